@@ -3,9 +3,9 @@
     PvhvmError
     ├── InputError (also ValueError)       bad input from a user: config, spec, CLI argument
     │   ├── ConfigError                    a config file: carries file, line, column
-    │   └── SpecError                      a disk= or vif= spec string
+    │   └── SpecError                      a disk= or vif= spec
     ├── PlanError (also ValueError)        a config that parses but cannot be realised as asked
-    ├── LaunchError                        a device model that failed to start (exit code, argv, log)
+    ├── LaunchError                       the device model failed to start (exit code, argv, log)
     ├── DomainError                        lifecycle: unknown domain, name in use, ...
     ├── GuestImageError                    building the guest image kit failed
     └── XenStoreError                      XenStore protocol or transport errors (see xenstore/)

@@ -1,0 +1,5 @@
+"""``python -m pvhvm``."""
+
+from pvhvm.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Config files: the safe config language, the disk/vif spec grammar, DomainConfig."""

@@ -1,0 +1,207 @@
+"""disk= and vif= spec grammar (xl-disk-configuration(5), xend form, and type=)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pvhvm.config.disk import FORMATS, Access, DiskSpec, format_disk, parse_disk
+from pvhvm.config.vif import KEYS, VifSpec, format_vif, parse_vif
+from pvhvm.errors import SpecError
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/dev/vg/guest-volume,,hda",
+        "/dev/vg/guest-volume,raw,hda,rw",
+        "format=raw, vdev=hda, access=rw, target=/dev/vg/guest-volume",
+        "raw:/dev/vg/guest-volume,hda,w",
+        "phy:/dev/vg/guest-volume,hda,w",
+        "file:/dev/vg/guest-volume,hda,w",
+        "/dev/vg/guest-volume,hda,w",
+    ],
+)
+def test_equivalent_spellings(spec: str) -> None:
+    disk = parse_disk(spec)
+    assert (disk.target, disk.vdev, disk.format, disk.access, disk.cdrom, disk.type) == (
+        "/dev/vg/guest-volume", "hda", "raw", Access.RW, False, None,
+    )
+
+
+def test_cdrom_spellings() -> None:
+    for spec in ("/root/image.iso,,hdc,cdrom", "/root/image.iso,,hdc,devtype=cdrom",
+                 "file:/root/image.iso,hdc:cdrom,r", "vdev=hdc:cdrom,target=/root/image.iso"):
+        disk = parse_disk(spec)
+        assert (disk.target, disk.vdev, disk.cdrom, disk.access) == (
+            "/root/image.iso", "hdc", True, Access.RO,
+        )
+
+
+def test_empty_cdrom() -> None:
+    disk = parse_disk(",hdc:cdrom,r")
+    assert disk.is_empty and disk.cdrom and disk.vdev == "hdc" and disk.access is Access.RO
+
+
+def test_type_token_and_ioemu_prefix() -> None:
+    assert parse_disk("phy:/dev/sdb,hda,w,type=xenbus").type == "xenbus"
+    assert parse_disk("/img,raw,xvda,rw,type=ioemu").type == "ioemu"
+    assert parse_disk("file:/img,ioemu:hda,w").type == "ioemu"
+    assert parse_disk("file:/img,ioemu:hda,w,type=ioemu").type == "ioemu"
+    assert parse_disk("vdev=ioemu:hdb,target=/x").type == "ioemu"
+
+
+def test_prefixes() -> None:
+    assert parse_disk("tap:aio:/img,xvda,w").prefix == "tap:aio"
+    assert parse_disk("tap:qcow2:/img,xvda,w").format == "qcow2"
+    assert parse_disk("qcow:/img,xvda,w").format == "qcow"
+    iscsi = parse_disk("iscsi:iqn.2001-04.com.example:storage,xvdb,w")
+    assert iscsi.script == "block-iscsi" and iscsi.is_script_backed
+    assert iscsi.target == "iqn.2001-04.com.example:storage"
+    assert parse_disk("drbd:res0,xvda,w").script == "block-drbd"
+    assert parse_disk("phy:vg/lv,xvda,w").target == "/dev/vg/lv"
+
+
+def test_modes_and_backend() -> None:
+    assert parse_disk("phy:/dev/x,xvda,r").access is Access.RO
+    assert parse_disk("phy:/dev/x,xvda,w!").access is Access.RW_SHARED
+    assert parse_disk("phy:/dev/x,xvda,w,backend0").backend == "backend0"
+    assert parse_disk("/x,raw,xvda,ro,backend=dd").backend == "dd"
+
+
+def test_target_eats_the_rest() -> None:
+    disk = parse_disk("vdev=xvda,format=raw,target=/a,b=c,d")
+    assert disk.target == "/a,b=c,d"
+
+
+def test_flags() -> None:
+    d = parse_disk("/x,raw,xvda,rw,no-discard,untrusted,direct-io-safe")
+    assert (d.discard, d.trusted, d.direct_io_safe) == (False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("/img,hda,w,type=xenbus,type=ioemu", "type given twice"),
+        ("file:/img,ioemu:hda,w,type=xenbus", "disagrees with the ioemu: prefix"),
+        ("/img,foo,hda", "format 'foo' is unknown"),
+        ("/img,raw,hda,x", "access mode 'x'"),
+        ("/img,raw,hda,w,extra", "too many positional"),
+        ("phy:/x,hda,w,0,9", "too many positional"),
+        ("", "empty disk spec"),
+        ("vdev=hda,bogus=1,target=/x", "unknown parameter 'bogus'"),
+        ("/img,raw", "no virtual device"),
+        ("/img,raw,hda,rw,format=qcow2", "format given twice"),
+        ("/img,raw,hda,rw,vdev=hdb", "vdev given twice"),
+        ("/img,raw,hda,rw,devtype=floppy", "devtype='floppy'"),
+        ("/img,raw,hda,rw,backendtype=nfs", "backendtype='nfs'"),
+        ("/img,raw,hda,rw,type=", "type= needs a value"),
+        ("/img,raw,hd:a,rw", "only an ioemu: prefix"),
+        ("/img,raw,ioemu:,rw", "virtual device name is empty"),
+        ("qcow2:/img,xvda,w,format=raw", "format given twice"),
+    ],
+)
+def test_refused(spec: str, words: str) -> None:
+    with pytest.raises(SpecError, match=None) as info:
+        parse_disk(spec)
+    assert words in str(info.value)
+    assert repr(spec) in str(info.value)
+
+
+@given(st.text(max_size=80))
+def test_disk_parser_raises_only_spec_error(text: str) -> None:
+    try:
+        parse_disk(text)
+    except SpecError:
+        pass
+
+
+_word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/._-", min_size=1, max_size=12)
+_target = st.one_of(st.just(""), _word.map(lambda w: "/" + w), st.text(
+    alphabet="abc/,=:_", min_size=1, max_size=12).map(lambda w: "/" + w))
+
+
+@st.composite
+def disks(draw: st.DrawFn) -> DiskSpec:
+    prefix = draw(st.sampled_from([None, "phy", "file", "tap:aio", "raw", "qcow2", "iscsi"]))
+    fmt = draw(st.sampled_from(FORMATS))
+    script = draw(st.sampled_from([None, "block-foo"]))
+    if prefix in ("raw", "qcow2"):
+        fmt = prefix
+    if prefix == "iscsi":
+        script = "block-iscsi"
+    return DiskSpec(
+        vdev=draw(st.sampled_from(["hda", "hdd", "xvda", "xvdq1", "sdb", "xvdaa"])),
+        target=draw(_target) if prefix is None else "/" + draw(_word),
+        format=fmt,
+        access=draw(st.sampled_from(list(Access))),
+        cdrom=draw(st.booleans()),
+        type=draw(st.sampled_from([None, "ioemu", "xenbus", "virtio"])),
+        prefix=prefix,
+        script=script,
+        backend=draw(st.sampled_from([None, "0", "driverdom"])),
+        backendtype=draw(st.sampled_from([None, "phy", "qdisk"])),
+        discard=draw(st.sampled_from([None, True, False])),
+        trusted=draw(st.sampled_from([None, True, False])),
+        direct_io_safe=draw(st.booleans()),
+    )
+
+
+@given(disks())
+def test_format_then_parse_is_identity(disk: DiskSpec) -> None:
+    assert parse_disk(format_disk(disk)) == disk
+
+
+@given(disks())
+def test_parse_format_parse_is_stable(disk: DiskSpec) -> None:
+    once = parse_disk(format_disk(disk))
+    assert parse_disk(format_disk(once)) == once
+
+
+# --- vif ---------------------------------------------------------------------------------
+
+
+def test_vif_default_and_keys() -> None:
+    assert parse_vif("") == VifSpec()
+    vif = parse_vif("mac=00:16:3E:01:02:03, bridge=br0, type=ioemu, model=e1000")
+    assert vif == VifSpec(mac="00:16:3e:01:02:03", bridge="br0", type="ioemu", model="e1000")
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("colour=blue", "unknown key 'colour'"),
+        ("mac=00:16:3e:01:02", "not six hex octets"),
+        ("mac=01:16:3e:01:02:03", "multicast"),
+        ("bridge", "not key=value"),
+        ("bridge=a,bridge=b", "bridge given twice"),
+        ("bridge=", "needs a value"),
+    ],
+)
+def test_vif_refused(spec: str, words: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_vif(spec)
+    assert words in str(info.value)
+
+
+@given(st.text(max_size=60))
+def test_vif_parser_raises_only_spec_error(text: str) -> None:
+    try:
+        parse_vif(text)
+    except SpecError:
+        pass
+
+
+_value = (
+    st.text(alphabet="abcdefghij0123456789._-/ ", min_size=1, max_size=10)
+    .map(str.strip)
+    .filter(bool)
+)
+
+
+@given(st.fixed_dictionaries({}, optional={k: _value for k in KEYS if k != "mac"}),
+       st.sampled_from([None, "00:16:3e:aa:bb:cc"]))
+def test_vif_round_trip(fields: dict[str, str], mac: str | None) -> None:
+    vif = VifSpec(mac=mac, **fields)
+    assert parse_vif(format_vif(vif)) == vif

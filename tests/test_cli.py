@@ -1,0 +1,159 @@
+"""The CLI: create --dry-run, JSON, errors as one message and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pvhvm.cli.main import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def imagedir(tmp_path: Path) -> Path:
+    for name in ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img", "data.img"):
+        (tmp_path / name).write_bytes(b"\0" * 1024)
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def dry_json(capsys: pytest.CaptureFixture[str], cfg: str, imagedir: Path) -> dict[str, object]:
+    code, out, err = run(capsys, "create", str(EXAMPLES / cfg), f"imagedir={imagedir}",
+                         "--dry-run", "--json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert isinstance(document, dict)
+    return document
+
+
+def test_pv_only_example(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    plan = dry_json(capsys, "pv-only.cfg", imagedir)
+    assert plan["name"] == "pv-only" and plan["platform"] == "qemu"
+    assert plan["ide_controller"] is False
+    assert plan["disks"] == [
+        {"vdev": "xvda", "devid": 51712, "type": "xenbus", "target": f"{imagedir}/rootfs.ext4",
+         "format": "raw", "mode": "w", "cdrom": False, "ide_place": None, "script": None,
+         "backend": None, "bootindex": None},
+    ]
+    vifs = plan["vifs"]
+    assert isinstance(vifs, list) and vifs[0]["type"] == "xenbus" and vifs[0]["model"] is None
+    assert vifs[0]["bridge"] == "xenbr0" and vifs[0]["mac"].startswith("00:16:3e:")
+
+
+def test_firmware_example(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    plan = dry_json(capsys, "pv-only-firmware.cfg", imagedir)
+    assert plan["ide_controller"] is False
+    assert plan["boot"] == {"firmware": "c"}
+    assert plan["disks"][0]["type"] == "xenbus" and plan["disks"][0]["bootindex"] == 0  # type: ignore[index]
+
+
+def test_default_example(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    plan = dry_json(capsys, "default.cfg", imagedir)
+    assert plan["ide_controller"] is True
+    disk = plan["disks"][0]  # type: ignore[index]
+    assert (disk["vdev"], disk["type"], disk["ide_place"]) == ("hda", "ioemu", [0, 0])
+    vif = plan["vifs"][0]  # type: ignore[index]
+    assert (vif["type"], vif["model"]) == ("ioemu", "rtl8139")
+
+
+def test_mixed_example(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    plan = dry_json(capsys, "mixed.cfg", imagedir)
+    assert plan["ide_controller"] is True
+    assert [(d["vdev"], d["type"]) for d in plan["disks"]] == [  # type: ignore[attr-defined]
+        ("hda", "ioemu"), ("xvdb", "xenbus"),
+    ]
+    assert [(v["type"], v["model"]) for v in plan["vifs"]] == [  # type: ignore[attr-defined]
+        ("ioemu", "e1000"), ("xenbus", None),
+    ]
+
+
+def test_table_output(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    code, out, _ = run(capsys, "create", str(EXAMPLES / "mixed.cfg"), f"imagedir={imagedir}",
+                       "--dry-run")
+    assert code == 0
+    assert "IDE disk primary master" in out and "PV block" in out and "e1000" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('name="g"\ndisk=["/x,raw,xvda,rw,type=floppy"]', "g.cfg:2:7: disk 'xvda': type='floppy'"),
+        ('name="g"\ndisk=["/x,ioemu:hda,w,type=xenbus"]', "disagrees with the ioemu: prefix"),
+        ('name="g"\ndisk=[",hdc:cdrom,r,type=xenbus"]', "a cdrom is always emulated"),
+        ('name="g"\ndisk=["DIR/a,raw,xvdb,rw,type=ioemu"]', "four IDE places"),
+        ('name="g"\ndisk=["DIR/a,raw,xvda,rw","DIR/b,raw,xvda,rw"]', "already used by disk"),
+        ('name="g"\ndisk=["DIR/a,raw,xvda,rw","DIR/a,raw,xvdb,rw"]', "w! on both"),
+        ('name="g"\ndisk=["DIR/none,raw,xvda,rw"]', "does not exist"),
+        ('name="g"\ndisk=["DIR/a,raw,xvda,rwx"]', "access mode 'rwx'"),
+        ('name="g"\nvif=["color=red"]', "unknown key 'color'"),
+        ('name="g"\nvif=["mac=00:16:3e:zz:00:00"]', "not six hex octets"),
+        ('name="g"\ndisk=["DIR/a,raw,xvda,rw,bogus=1"]', "unknown parameter 'bogus'"),
+        ("import os", "an import is not allowed"),
+        ("name = open('/etc/passwd')", "g.cfg:1:8: a function call is not allowed"),
+    ],
+)
+def test_bad_input_exit_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    text: str, words: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").write_bytes(b"\0")
+    (tmp_path / "b").write_bytes(b"\0")
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(text.replace("DIR", str(tmp_path)))
+    code, out, err = run(capsys, "create", "g.cfg", "-n")
+    assert code == 1
+    assert out == ""
+    assert words in err
+    assert err.startswith("pvhvm: error: g.cfg:")
+    assert err.startswith("pvhvm: error: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_bad_cli_arguments(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    code, _, err = run(capsys, "create")
+    assert code == 1 and "Missing argument" in err
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "novalue", "-n")
+    assert code == 1 and "not NAME=VALUE" in err
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "-n")
+    assert code == 1 and "name 'imagedir' is not defined" in err
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "--platform", "vmware")
+    assert code == 1 and "vmware" in err
+    code, _, err = run(capsys, "nosuchcommand")
+    assert code == 1
+
+
+def test_subprocess_no_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text("x = __import__('os').system('touch pwned')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"pvhvm: error: {cfg}:1:5: a function call is not allowed in a config file "
+        "(only literals, lists, tuples, dicts, names, + and % are)"
+    )
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "0.1.0" in out
+    for argv in (["--help"], ["create", "--help"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and "Usage:" in out

@@ -17,6 +17,8 @@ from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.runtime import lifecycle
+from pvhvm.runtime.lifecycle import CreateOptions
 
 PLATFORMS = [p.value for p in Platform]
 
@@ -39,13 +41,19 @@ def warn(message: str) -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan; start nothing.")
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the plan).")
 @click.option(
     "--platform", type=click.Choice(PLATFORMS), default="qemu", show_default=True,
     help="Where to realise the domain.",
 )
+@click.option(
+    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+    help="auto uses KVM only where it has been proven to boot a kernel.",
+)
+@click.option("-p", "--paused", is_flag=True, help="Leave the domain paused after creating it.")
 def create(
-    config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str
+    config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
+    accel: str, paused: bool,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -53,17 +61,39 @@ def create(
     """
     domain = load_config(config, _variables(variables))
     plan = make_plan(domain, Platform(platform))
+    options = CreateOptions(accel=accel, paused=paused)
+    if platform != "qemu":
+        raise click.UsageError("--platform xen is not available yet")
+    warnings = list(plan.warnings) + lifecycle.network_warnings(plan, lifecycle.host_bridges())
     if not as_json:
-        for message in plan.warnings:
+        for message in warnings:
             warn(message)
-    if not dry_run:
-        raise click.UsageError("only --dry-run is available in this version")
-    if as_json:
-        print_json(plan.to_json())
+    if dry_run:
+        document = plan.to_json()
+        document["warnings"] = warnings
+        document["qemu_argv"] = lifecycle.dry_run_argv(plan, options)
+        if as_json:
+            print_json(document)
+            return
+        out = console()
+        for table in plan_tables(plan):
+            out.print(table)
         return
-    out = console()
-    for table in plan_tables(plan):
-        out.print(table)
+    record = lifecycle.create(plan, options)
+    if as_json:
+        print_json(record.to_json())
+        return
+    console(stderr=True).print(
+        f"domain {record.name} (id {record.domid}) started: {record.accel}, "
+        f"console {record.console}"
+    )
+
+
+@cli.command()
+@click.argument("name")
+def destroy(name: str) -> None:
+    """Stop domain NAME at once and remove everything it made (as xl destroy)."""
+    lifecycle.destroy(name)
 
 
 def main(argv: list[str] | None = None) -> None:

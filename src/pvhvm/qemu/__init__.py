@@ -1,0 +1,1 @@
+"""Realise a Plan on QEMU: argv, accelerator choice, launch and QMP."""

@@ -1,0 +1,229 @@
+"""The QEMU command line of a Plan: a pure function of the plan and the domain's run paths.
+
+Facts it relies on (QEMU 7.2):
+
+* machine ``pc`` (i440fx) always has piix3-ide at 00:01.1; ``q35,sata=off,smbus=off`` with
+  ``-nodefaults`` has no IDE (class 0x0101) and no SATA (0x0106) function. So a plan that needs
+  the IDE controller gets ``pc``, and a plan with no emulated disk gets that q35.
+* ioemu disks are ``ide-hd``/``ide-cd`` on ``ide.<channel>`` unit ``<unit>`` (hda..hdd);
+  xenbus disks are ``virtio-blk-pci``; NICs are ``rtl8139``/``e1000``/``ne2k_pci`` or
+  ``virtio-net-pci``.
+* firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from pvhvm.errors import PlanError
+from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
+from pvhvm.plan.types import DeviceKind
+
+#: ``format=`` names of xl → QEMU block drivers
+QEMU_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
+NO_IDE_MACHINE = "q35,sata=off,smbus=off"
+IDE_MACHINE = "pc"
+
+
+class Accel(Enum):
+    """The accelerator QEMU runs the guest with."""
+
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class DiskTuning:
+    """Block settings. PV disk defaults are the winners of ``pvhvm bench io`` on this host
+    class (see benchmarks/README.md); emulated IDE disks keep QEMU's defaults."""
+
+    cache: str = "none"
+    aio: str = "native"
+    #: virtio-blk queues; 0 means one per vCPU
+    num_queues: int = 0
+    queue_size: int = 256
+    iothread: bool = False
+
+
+PV_DISK_TUNING = DiskTuning()
+IDE_DISK_TUNING = DiskTuning(cache="writeback", aio="threads")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a running domain's sockets and console log are (the argv's only other input)."""
+
+    qmp_socket: Path
+    control_socket: Path
+    console_socket: Path
+    console_log: Path
+
+
+@dataclass(frozen=True)
+class ArgvOptions:
+    """Choices made at realise time rather than in the plan."""
+
+    accel: Accel = Accel.TCG
+    qemu_binary: str = "qemu-system-x86_64"
+    #: bridges that exist on this host; a NIC on any other bridge gets user networking
+    bridges: frozenset[str] = frozenset()
+    #: targets that cannot be opened with O_DIRECT (tmpfs): their PV disks use cache=writeback
+    no_direct_io: frozenset[str] = frozenset()
+    pv_tuning: DiskTuning = PV_DISK_TUNING
+    ide_tuning: DiskTuning = IDE_DISK_TUNING
+    #: a supervisor decides what guest poweroff and panic lead to (on_poweroff, on_crash)
+    supervised: bool = True
+    start_paused: bool = False
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions()) -> list[str]:
+    """The full argv (a list, never a shell string) that realises ``plan`` on QEMU."""
+    machine = IDE_MACHINE if plan.ide_controller else NO_IDE_MACHINE
+    if not plan.acpi:
+        machine += ",acpi=off"
+    argv = [
+        options.qemu_binary,
+        "-name", f"guest={plan.name},debug-threads=on",
+        "-uuid", plan.uuid,
+        "-nodefaults", "-no-user-config",
+        "-machine", machine,
+        "-accel", options.accel.value,
+        "-cpu", "host" if options.accel is Accel.KVM else "max",
+        "-m", str(plan.memory_mib),
+        "-smp", str(plan.vcpus),
+        "-display", "none",
+        "-chardev", f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-chardev", f"socket,id=ctl,path={paths.control_socket},server=on,wait=off",
+        "-mon", "chardev=ctl,mode=control",
+        "-device", "pvpanic",
+    ]
+    argv += _serial(plan, paths)
+    if plan.localtime:
+        argv += ["-rtc", "base=localtime"]
+    if plan.on_reboot == "destroy":
+        argv += ["-no-reboot"]
+    if plan.direct_kernel_boot:
+        assert plan.kernel is not None
+        argv += ["-kernel", plan.kernel]
+        if plan.ramdisk:
+            argv += ["-initrd", plan.ramdisk]
+        if plan.cmdline:
+            argv += ["-append", plan.cmdline]
+    iothreads = 0
+    for disk in plan.disks:
+        disk_argv, uses_iothread = _disk(disk, plan, options, iothreads)
+        argv += disk_argv
+        iothreads += uses_iothread
+    for vif in plan.vifs:
+        argv += _nic(vif, options)
+    if options.supervised:
+        argv += ["-no-shutdown", "-action", "panic=pause"]
+    if options.start_paused:
+        argv += ["-S"]
+    argv += list(options.extra)
+    return argv
+
+
+def _serial(plan: Plan, paths: RunPaths) -> list[str]:
+    """``serial=`` as xl knows it: ``pty``, ``file:PATH``, ``unix:PATH``, ``tcp:HOST:PORT``.
+
+    Without a serial= line the console is a Unix socket (for ``pvhvm console``); every form
+    also logs to the domain's console.log.
+    """
+    log = f"logfile={paths.console_log},logappend=off"
+    spec = plan.serial
+    if spec is None or spec in ("", "none"):
+        chardev = f"socket,id=serial0,path={paths.console_socket},server=on,wait=off,{log}"
+    elif spec == "pty":
+        chardev = f"pty,id=serial0,{log}"
+    elif spec.startswith("file:") and spec[5:]:
+        chardev = f"file,id=serial0,path={_escape(spec[5:])}"
+    elif spec.startswith("unix:") and spec[5:]:
+        path = _escape(spec[5:].split(",")[0])
+        chardev = f"socket,id=serial0,path={path},server=on,wait=off,{log}"
+    elif spec.startswith("tcp:"):
+        host, _, port = spec[4:].split(",")[0].rpartition(":")
+        if not port.isdigit():
+            raise PlanError(f"serial = {spec!r}: tcp needs HOST:PORT")
+        host = host or "127.0.0.1"
+        chardev = f"socket,id=serial0,host={host},port={port},server=on,wait=off,{log}"
+    else:
+        raise PlanError(
+            f"serial = {spec!r} is not supported (use pty, file:PATH, unix:PATH or tcp:HOST:PORT)"
+        )
+    return ["-chardev", chardev, "-serial", "chardev:serial0"]
+
+
+def _disk(
+    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int
+) -> tuple[list[str], int]:
+    drive_id = f"disk-{disk.vdev}"
+    emulated = disk.kind is DeviceKind.IOEMU
+    tuning = options.ide_tuning if emulated else options.pv_tuning
+    if disk.script is not None:
+        raise PlanError(
+            f"disk {disk.vdev!r}: script-backed targets ({disk.script}) need Xen's hotplug "
+            "scripts; the qemu platform can use files and block devices only"
+        )
+    drive = [f"id={drive_id}", "if=none"]
+    if disk.is_empty:
+        drive.append("media=cdrom")
+    else:
+        cache, aio = tuning.cache, tuning.aio
+        if disk.target in options.no_direct_io and cache in ("none", "directsync"):
+            cache, aio = "writeback", "threads"
+        if aio == "native" and cache not in ("none", "directsync"):
+            aio = "threads"  # QEMU refuses aio=native without O_DIRECT
+        drive += [
+            f"file={_escape(disk.target)}",
+            f"format={QEMU_FORMATS[disk.format]}",
+            f"cache={cache}",
+            f"aio={aio}",
+        ]
+        if disk.cdrom:
+            drive.append("media=cdrom")
+        if not disk.access.writable or disk.cdrom:
+            drive.append("readonly=on")
+        if disk.access.value == "w!":
+            drive.append("file.locking=off")
+    argv = ["-drive", ",".join(drive)]
+    boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
+    if emulated:
+        assert disk.ide_place is not None
+        channel, unit = disk.ide_place
+        kind = "ide-cd" if disk.cdrom else "ide-hd"
+        argv += ["-device", f"{kind},drive={drive_id},bus=ide.{channel},unit={unit}{boot}"]
+        return argv, 0
+    queues = tuning.num_queues or plan.vcpus
+    device = (
+        f"virtio-blk-pci,drive={drive_id},id=vbd-{disk.devid},num-queues={queues},"
+        f"queue-size={tuning.queue_size}"
+    )
+    if tuning.iothread:
+        argv = ["-object", f"iothread,id=iothread{iothread_index}", *argv]
+        device += f",iothread=iothread{iothread_index}"
+    argv += ["-device", device + boot]
+    return argv, 1 if tuning.iothread else 0
+
+
+def _nic(vif: VifPlan, options: ArgvOptions) -> list[str]:
+    netdev_id = f"net{vif.devid}"
+    if vif.bridge in options.bridges:
+        netdev = f"bridge,id={netdev_id},br={vif.bridge}"
+    else:
+        netdev = f"user,id={netdev_id}"
+    model = "virtio-net-pci" if vif.kind is DeviceKind.XENBUS else vif.model
+    boot = "" if vif.bootindex is None else f",bootindex={vif.bootindex}"
+    device = f"{model},netdev={netdev_id},mac={vif.mac},id=vif-{vif.devid}{boot}"
+    if vif.bootindex is None:
+        device += ",romfile="  # no iPXE option ROM unless the firmware boots from this NIC
+    return ["-netdev", netdev, "-device", device]
+
+
+def _escape(value: str) -> str:
+    """QEMU option values double a comma to mean a literal comma."""
+    return value.replace(",", ",,")

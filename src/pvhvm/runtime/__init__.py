@@ -1,0 +1,1 @@
+"""Domain records, the per-domain supervisor, and the lifecycle verbs."""

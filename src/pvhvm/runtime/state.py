@@ -1,0 +1,253 @@
+"""Domain records: what a running domain is, written atomically under the state directory.
+
+Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/state/pvhvm``)::
+
+    lock                     flock held while allocating a domid
+    domains/<name>/          one directory per domain; mkdir is what makes a name ours
+        record.json          the DomainRecord (replaced atomically: tmp file, fsync, rename)
+        qmp.sock             QMP for the supervisor
+        ctl.sock             QMP for the CLI verbs
+        console.sock         the serial console (when serial= does not say otherwise)
+    logs/                    like /var/log/xen: qemu-dm-<name>.log, <name>.console.log,
+                             supervisor-<name>.log (kept after the domain is gone)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pvhvm.errors import DomainError
+
+#: sun_path is 108 bytes on Linux, NUL included
+MAX_SOCKET_PATH = 107
+
+
+class DomainState(Enum):
+    """States as ``xl list`` prints them (r b p s c d), plus ``starting``."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"
+    CRASHED = "crashed"
+    DYING = "dying"
+
+    @property
+    def letter(self) -> str:
+        return {
+            DomainState.STARTING: "-", DomainState.RUNNING: "r", DomainState.PAUSED: "p",
+            DomainState.SHUTDOWN: "s", DomainState.CRASHED: "c", DomainState.DYING: "d",
+        }[self]
+
+
+def state_dir() -> Path:
+    """The state directory, from PVHVM_STATE_DIR or the XDG state directory."""
+    explicit = os.environ.get("PVHVM_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "pvhvm"
+
+
+@dataclass
+class DomainRecord:
+    """One domain as the toolstack knows it."""
+
+    name: str
+    domid: int
+    uuid: str
+    platform: str
+    memory_mib: int
+    vcpus: int
+    plan: dict[str, Any]
+    argv: list[str]
+    on_poweroff: str
+    on_reboot: str
+    on_crash: str
+    state: str = DomainState.STARTING.value
+    qemu_pid: int | None = None
+    supervisor_pid: int | None = None
+    start_time: float = field(default_factory=time.time)
+    accel: str = "tcg"
+    console: str | None = None
+    restarts: int = 0
+    #: set by the toolstack before it asks the supervisor to destroy the domain
+    destroying: bool = False
+
+    @property
+    def domain_state(self) -> DomainState:
+        return DomainState(self.state)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DomainRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class DomainPaths:
+    """Every path of one domain."""
+
+    directory: Path
+    record: Path
+    qmp_socket: Path
+    control_socket: Path
+    console_socket: Path
+    console_log: Path
+    qemu_log: Path
+    supervisor_log: Path
+
+    @classmethod
+    def of(cls, root: Path, name: str) -> DomainPaths:
+        directory = root / "domains" / name
+        logs = root / "logs"
+        return cls(
+            directory=directory,
+            record=directory / "record.json",
+            qmp_socket=directory / "qmp.sock",
+            control_socket=directory / "ctl.sock",
+            console_socket=directory / "console.sock",
+            console_log=logs / f"{name}.console.log",
+            qemu_log=logs / f"qemu-dm-{name}.log",
+            supervisor_log=logs / f"supervisor-{name}.log",
+        )
+
+    def check_socket_lengths(self) -> None:
+        for sock in (self.qmp_socket, self.control_socket, self.console_socket):
+            if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+                raise DomainError(
+                    f"socket path {sock} is longer than {MAX_SOCKET_PATH} bytes; "
+                    "set PVHVM_STATE_DIR to a shorter directory"
+                )
+
+
+def write_atomic(path: Path, data: str) -> None:
+    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dirfd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+
+class StateStore:
+    """The state directory: domain records, names and domids."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else state_dir()
+
+    def paths(self, name: str) -> DomainPaths:
+        return DomainPaths.of(self.root, name)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise domid allocation between toolstack processes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def claim(self, name: str) -> DomainPaths:
+        """Make the domain's directory; exactly one of two racing claims of a name wins."""
+        paths = self.paths(name)
+        paths.check_socket_lengths()
+        (self.root / "domains").mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            paths.directory.mkdir(mode=0o700)
+        except FileExistsError:
+            raise DomainError(f"domain {name!r} already exists") from None
+        return paths
+
+    def release(self, name: str) -> None:
+        """Remove the domain's directory (record and sockets); logs stay."""
+        shutil.rmtree(self.paths(name).directory, ignore_errors=True)
+
+    def write(self, record: DomainRecord) -> None:
+        write_atomic(self.paths(record.name).record, json.dumps(record.to_json(), indent=1))
+
+    def read(self, name: str) -> DomainRecord | None:
+        """The record of ``name``, or None when there is none (yet)."""
+        try:
+            data = json.loads(self.paths(name).record.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise DomainError(f"record of domain {name!r} is unreadable: {err}") from err
+        return DomainRecord.from_json(data)
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in (self.root / "domains").iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def records(self) -> list[DomainRecord]:
+        out = []
+        for name in self.names():
+            record = self.read(name)
+            if record is not None:
+                out.append(record)
+        return out
+
+    def next_domid(self) -> int:
+        """The smallest domid not in use (call with :meth:`locked` held)."""
+        used = {r.domid for r in self.records()}
+        domid = 1
+        while domid in used:
+            domid += 1
+        return domid
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with ``pid`` exists (zombies count as gone)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def pid_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]

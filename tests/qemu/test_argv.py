@@ -1,0 +1,133 @@
+"""Golden QEMU argv for the example configs, and argv rules.
+
+Regenerate the golden files with ``pytest tests/qemu --regen-golden`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pvhvm.config.domain import config_from_text, load_config
+from pvhvm.errors import PlanError
+from pvhvm.plan.plan import make_plan
+from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+IMAGES = "/images"
+PATHS = RunPaths(
+    qmp_socket=Path("/run/pvhvm/g/qmp.sock"), control_socket=Path("/run/pvhvm/g/ctl.sock"),
+    console_socket=Path("/run/pvhvm/g/console.sock"),
+    console_log=Path("/var/log/pvhvm/g.console.log"),
+)
+
+
+def argv_for(text_or_path: str | Path, **options: object) -> list[str]:
+    if isinstance(text_or_path, Path):
+        config = load_config(text_or_path, {"imagedir": IMAGES})
+    else:
+        config = config_from_text(text_or_path, "g.cfg")
+    plan = make_plan(config, check_files=False)
+    return qemu_argv(plan, PATHS, ArgvOptions(**options))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.cfg")))
+def test_golden_argv(example: str, request: pytest.FixtureRequest) -> None:
+    argv = argv_for(ROOT / "examples" / example)
+    golden = GOLDEN / f"{example}.json"
+    if request.config.getoption("--regen-golden"):
+        golden.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(golden.read_text()), f"argv of {example} changed"
+
+
+def _device(argv: list[str], prefix: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-device" and
+            argv[i + 1].startswith(prefix)]
+
+
+def test_machine_follows_ide_need() -> None:
+    pv = argv_for('name="g"\ndisk=["/x,raw,xvda,rw"]')
+    assert pv[pv.index("-machine") + 1] == "q35,sata=off,smbus=off"
+    assert not _device(pv, "ide-")
+    ide = argv_for('name="g"\ndisk=["/x,raw,hda,rw"]')
+    assert ide[ide.index("-machine") + 1] == "pc"
+    assert _device(ide, "ide-hd") == ["ide-hd,drive=disk-hda,bus=ide.0,unit=0,bootindex=0"]
+
+
+def test_ide_places_and_cdroms() -> None:
+    argv = argv_for('name="g"\ndisk=["/a,raw,hdb,rw", ",hdc:cdrom,r", "/iso,,hdd,cdrom"]')
+    assert _device(argv, "ide-") == [
+        "ide-hd,drive=disk-hdb,bus=ide.0,unit=1,bootindex=0",
+        "ide-cd,drive=disk-hdc,bus=ide.1,unit=0",
+        "ide-cd,drive=disk-hdd,bus=ide.1,unit=1,bootindex=1",
+    ]
+    assert "id=disk-hdc,if=none,media=cdrom" in argv
+    drive = next(a for a in argv if a.startswith("id=disk-hdd"))
+    assert "readonly=on" in drive and "media=cdrom" in drive
+
+
+def test_pv_disk_tuning_and_fallback() -> None:
+    argv = argv_for('name="g"\nvcpus=2\ndisk=["/a,raw,xvda,rw", "/b,qcow2,xvdb,ro"]',
+                    no_direct_io=frozenset({"/b"}))
+    drives = [a for a in argv if a.startswith("id=disk-")]
+    assert "cache=none,aio=native" in drives[0]
+    assert "cache=writeback,aio=threads" in drives[1] and "format=qcow2" in drives[1]
+    assert "readonly=on" in drives[1]
+    assert _device(argv, "virtio-blk-pci")[0].startswith(
+        "virtio-blk-pci,drive=disk-xvda,id=vbd-51712,num-queues=2,queue-size=256")
+
+
+def test_nics_by_type_and_bridge() -> None:
+    argv = argv_for('name="g"\nvif=["mac=00:16:3e:00:00:01,bridge=br0",'
+                    '"type=ioemu,model=e1000,mac=00:16:3e:00:00:02"]',
+                    bridges=frozenset({"br0"}))
+    assert "bridge,id=net0,br=br0" in argv and "user,id=net1" in argv
+    assert _device(argv, "virtio-net-pci") == [
+        "virtio-net-pci,netdev=net0,mac=00:16:3e:00:00:01,id=vif-0,romfile="]
+    assert _device(argv, "e1000") == ["e1000,netdev=net1,mac=00:16:3e:00:00:02,id=vif-1,romfile="]
+
+
+def test_direct_kernel_boot_and_options() -> None:
+    argv = argv_for('name="g"\nkernel="/k"\nramdisk="/r"\nextra="console=ttyS0"\n'
+                    'on_reboot="destroy"\nacpi=0\nlocaltime=1', accel=Accel.KVM, start_paused=True)
+    for flag in (["-kernel", "/k"], ["-initrd", "/r"], ["-append", "console=ttyS0"],
+                 ["-accel", "kvm"], ["-cpu", "host"], ["-rtc", "base=localtime"]):
+        i = argv.index(flag[0])
+        assert argv[i:i + 2] == flag
+    assert "-no-reboot" in argv and "-S" in argv
+    assert argv[argv.index("-machine") + 1].endswith("acpi=off")
+
+
+@pytest.mark.parametrize(
+    ("serial", "chardev"),
+    [
+        (None, "socket,id=serial0,path=/run/pvhvm/g/console.sock,server=on,wait=off"),
+        ("'pty'", "pty,id=serial0"),
+        ("'file:/tmp/c,x.log'", "file,id=serial0,path=/tmp/c,,x.log"),
+        ("'unix:/tmp/s'", "socket,id=serial0,path=/tmp/s,server=on,wait=off"),
+        ("'tcp::4555'", "socket,id=serial0,host=127.0.0.1,port=4555,server=on,wait=off"),
+    ],
+)
+def test_serial(serial: str | None, chardev: str) -> None:
+    text = 'name="g"' + (f"\nserial={serial}" if serial else "")
+    argv = argv_for(text)
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    assert any(c.startswith(chardev) for c in chardevs), chardevs
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [('serial="vc"', "not supported"), ('serial="tcp:host:port"', "HOST:PORT"),
+     ('disk=["iscsi:iqn.x:y,xvda,w"]', "script-backed")],
+)
+def test_unrealisable(text: str, words: str) -> None:
+    with pytest.raises(PlanError, match=words):
+        argv_for('name="g"\n' + text)
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    argv = argv_for('name="g"\ndisk=["vdev=xvda,target=/a,b.img"]')
+    assert any("file=/a,,b.img," in a for a in argv)

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pvhvm import __version__
+from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
@@ -94,6 +95,9 @@ def create(
 def destroy(name: str) -> None:
     """Stop domain NAME at once and remove everything it made (as xl destroy)."""
     lifecycle.destroy(name)
+
+
+cli.add_command(image)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,46 @@
+"""``pvhvm image``: build the guest image kit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from pvhvm.errors import PvhvmError
+from pvhvm.guest.kit import OUTPUTS, build_kit
+
+
+def _console() -> Console:
+    if sys.stdout.isatty():
+        return Console(log_path=False)
+    return Console(width=100, log_path=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def image() -> None:
+    """The guest image kit (kernel, initramfs, rootfs, bootable disk)."""
+
+
+@image.command("build")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Rebuild even when the kit is up to date.")
+def build(directory: Path, force: bool) -> None:
+    """Build the kit into DIRECTORY (a no-op when it is already built)."""
+    if directory.exists() and not directory.is_dir():
+        raise click.ClickException(f"{directory} exists and is not a directory")
+    console = _console()
+    try:
+        with console.status("building the guest image kit") as status:
+
+            def progress(message: str) -> None:
+                status.update(message)
+                console.log(message)
+
+            kit = build_kit(directory, force=force, progress=progress)
+    except PvhvmError as err:
+        raise click.ClickException(str(err)) from err
+    for name in OUTPUTS:
+        path = kit.directory / name
+        console.print(f"{path}  {path.stat().st_size // 1024} KiB")

@@ -14,6 +14,7 @@ import click
 from pvhvm import __version__
 from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json
+from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
@@ -98,6 +99,7 @@ def destroy(name: str) -> None:
 
 
 cli.add_command(image)
+cli.add_command(xenstored)
 
 
 def main(argv: list[str] | None = None) -> None:

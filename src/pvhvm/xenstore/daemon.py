@@ -1,0 +1,436 @@
+"""The XenStore daemon on Unix sockets: a thin asyncio adapter around `server.reply`.
+
+Each connection has its own `wire.Parser`; requests are answered in order as their
+bytes arrive, so a client that sends half a header only holds its own parser. A client
+that does not read its replies has its reading paused once its output buffer passes a
+high-water mark (the other clients carry on), and watch events for it are dropped when
+its buffer passes a hard limit -- as xenstored drops events over a domain's memory
+quota. A header announcing more than XENSTORE_PAYLOAD_MAX bytes drops that connection
+only (xenstore.txt).
+
+With ``domain_socket_dir`` set, every introduced domain also gets a socket
+``<dir>/domain-<domid>`` whose clients act as that domain (as through its ring page):
+unprivileged, relative paths under ``/local/domain/<domid>``. It goes away on RELEASE.
+
+Helpers: `run_daemon` (foreground, until SIGTERM/SIGINT), `spawn_daemon` (subprocess)
+and `run_in_thread` (in-process), the last two as context managers that stop the daemon
+and remove its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreProtocolError
+from pvhvm.xenstore.quota import Quota
+from pvhvm.xenstore.server import (
+    Close,
+    Connection,
+    DomainIntroduced,
+    DomainReleased,
+    Effect,
+    Send,
+    XenStore,
+    reply,
+)
+from pvhvm.xenstore.wire import Op, Parser
+
+log = logging.getLogger(__name__)
+
+#: Pause reading a client's requests while this much output waits for it.
+OUTPUT_HIGH_WATER = 256 * 1024
+#: Drop watch events for a client with this much output waiting.
+OUTPUT_HARD_LIMIT = 4 * 1024 * 1024
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, daemon: XenStoreDaemon, domid: int, as_domain: bool) -> None:
+        self.daemon = daemon
+        self.domid = domid
+        self.as_domain = as_domain
+        self.parser = Parser()
+        self.transport: asyncio.Transport | None = None
+        self.connection: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
+        name = f"dom{self.domid}" if self.as_domain else f"socket#{id(self):x}"
+        self.connection = self.daemon.store.connect(
+            self.domid, as_domain=self.as_domain, name=name)
+        self.daemon.clients[self.connection] = self
+
+    def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        if connection is None or connection.closed:
+            return
+        try:
+            packets = self.parser.feed(data)
+        except XenStoreProtocolError as err:
+            log.warning("%s: %s; dropping the connection", connection.name, err)
+            packets = []
+            self.drop()
+        for packet in packets:
+            if connection.closed:
+                break
+            self.daemon.carry_out(reply(self.daemon.store, connection, packet))
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading its requests until it catches up.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def send(self, data: bytes, *, droppable: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if droppable and transport.get_write_buffer_size() > OUTPUT_HARD_LIMIT:
+            log.warning("%s: not reading; dropping a watch event",
+                        self.connection.name if self.connection else "client")
+            return
+        transport.write(data)
+
+    def drop(self) -> None:
+        if self.connection is not None:
+            self.daemon.store.disconnect(self.connection)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.connection is not None:
+            self.daemon.store.disconnect(self.connection)
+            self.daemon.clients.pop(self.connection, None)
+
+
+class XenStoreDaemon:
+    """The daemon: a `XenStore` served on a Unix socket."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], *, store: XenStore | None = None,
+                 quota: Quota | None = None,
+                 domain_socket_dir: str | os.PathLike[str] | None = None) -> None:
+        self.socket_path = Path(socket_path)
+        self.store = store or XenStore(quota)
+        self.domain_socket_dir = Path(domain_socket_dir) if domain_socket_dir else None
+        self.clients: dict[Connection, _ClientProtocol] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._domain_servers: dict[int, asyncio.AbstractServer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def domain_socket(self, domid: int) -> Path:
+        """Where clients connect to act as ``domid`` (needs ``domain_socket_dir``)."""
+        if self.domain_socket_dir is None:
+            raise XenStoreConnectionError("the daemon has no domain_socket_dir")
+        return self.domain_socket_dir / f"domain-{domid}"
+
+    async def start(self) -> None:
+        """Listen on the socket (a stale socket file is replaced; a live one is an error)."""
+        self._loop = asyncio.get_running_loop()
+        _claim_socket_path(self.socket_path)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await self._loop.create_unix_server(
+            lambda: _ClientProtocol(self, 0, False), path=str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+        if self.domain_socket_dir is not None:
+            self.domain_socket_dir.mkdir(parents=True, exist_ok=True)
+        log.info("xenstored listening on %s", self.socket_path)
+
+    async def stop(self) -> None:
+        """Close every connection and listener; remove the sockets."""
+        servers = [s for s in (self._server, *self._domain_servers.values()) if s is not None]
+        for server in servers:
+            server.close()
+        for protocol in list(self.clients.values()):
+            protocol.drop()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        for domid in list(self._domain_servers):
+            with contextlib.suppress(FileNotFoundError):
+                self.domain_socket(domid).unlink()
+        self._domain_servers.clear()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def carry_out(self, effects: Sequence[Effect]) -> None:
+        """Send packets, close connections, open/close domain sockets."""
+        for effect in effects:
+            if isinstance(effect, Send):
+                protocol = self.clients.get(effect.connection)
+                if protocol is not None:
+                    protocol.send(effect.packet.encode(),
+                                  droppable=effect.packet.op == Op.WATCH_EVENT)
+            elif isinstance(effect, Close):
+                protocol = self.clients.pop(effect.connection, None)
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.close()
+            elif isinstance(effect, DomainIntroduced):
+                if self.domain_socket_dir is not None and self._loop is not None:
+                    # Bind now, so the socket exists when the INTRODUCE reply goes out.
+                    listener = self._bind_domain_socket(effect.domid)
+                    self._loop.create_task(self._serve_domain_socket(effect.domid, listener))
+            elif isinstance(effect, DomainReleased):
+                server = self._domain_servers.pop(effect.domid, None)
+                if server is not None:
+                    server.close()
+                    with contextlib.suppress(FileNotFoundError):
+                        self.domain_socket(effect.domid).unlink()
+
+    def _bind_domain_socket(self, domid: int) -> socket.socket:
+        path = self.domain_socket(domid)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+
+    async def _serve_domain_socket(self, domid: int, listener: socket.socket) -> None:
+        assert self._loop is not None
+        server = await self._loop.create_unix_server(
+            lambda: _ClientProtocol(self, domid, True), sock=listener)
+        if self.store.domains.introduced(domid) is None or self._server is None:
+            server.close()  # released (or stopped) while we were opening it
+            with contextlib.suppress(FileNotFoundError):
+                self.domain_socket(domid).unlink()
+            return
+        self._domain_servers[domid] = server
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a stale socket file; refuse if a daemon answers on it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise XenStoreConnectionError(f"a xenstored already listens on {path}")
+    finally:
+        probe.close()
+
+
+async def _serve(daemon: XenStoreDaemon, stop: asyncio.Event,
+                 ready: threading.Event | None = None) -> None:
+    await daemon.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
+def run_daemon(socket_path: str | os.PathLike[str], *,
+               pid_file: str | os.PathLike[str] | None = None,
+               domain_socket_dir: str | os.PathLike[str] | None = None,
+               quota: Quota | None = None) -> None:
+    """Serve in the foreground until SIGTERM or SIGINT; remove the socket and pid file."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        daemon = XenStoreDaemon(socket_path, quota=quota, domain_socket_dir=domain_socket_dir)
+        if pid_file is not None:
+            Path(pid_file).write_text(f"{os.getpid()}\n")
+        try:
+            await _serve(daemon, stop)
+        finally:
+            if pid_file is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(pid_file).unlink()
+
+    asyncio.run(main())
+
+
+def _wait_for_socket(path: Path, deadline: float, alive: Callable[[], bool]) -> None:
+    while time.monotonic() < deadline:
+        if not alive():
+            raise XenStoreConnectionError(f"xenstored exited before listening on {path}")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            return
+        except OSError:
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    raise XenStoreConnectionError(f"xenstored did not listen on {path} in time")
+
+
+class DaemonProcess:
+    """A xenstored subprocess (`spawn_daemon`); a context manager that stops it."""
+
+    def __init__(self, socket_path: Path, process: subprocess.Popen[bytes],
+                 domain_socket_dir: Path | None) -> None:
+        self.socket_path = socket_path
+        self.process = process
+        self.domain_socket_dir = domain_socket_dir
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        return self.process.pid
+
+    def domain_socket(self, domid: int) -> Path:
+        """The socket to act as ``domid`` (needs ``domain_socket_dir``)."""
+        if self.domain_socket_dir is None:
+            raise XenStoreConnectionError("the daemon has no domain_socket_dir")
+        return self.domain_socket_dir / f"domain-{domid}"
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; remove the socket. Returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        return self.process.returncode
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with this very pvhvm first on PYTHONPATH, so that the child runs
+    the same code as its parent whatever the interpreter's own paths say."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def spawn_daemon(socket_path: str | os.PathLike[str], *,
+                 pid_file: str | os.PathLike[str] | None = None,
+                 domain_socket_dir: str | os.PathLike[str] | None = None,
+                 log_file: str | os.PathLike[str] | None = None,
+                 timeout: float = 10.0) -> DaemonProcess:
+    """Start ``python -m pvhvm.xenstore`` on ``socket_path``; return once it listens.
+
+    Use as ``with spawn_daemon(path) as daemon: ...``: leaving the block stops the
+    process (SIGTERM, then SIGKILL) and removes the socket.
+    """
+    path = Path(socket_path)
+    argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path)]
+    if pid_file is not None:
+        argv += ["--pid-file", str(pid_file)]
+    if domain_socket_dir is not None:
+        argv += ["--domain-socket-dir", str(domain_socket_dir)]
+    with contextlib.ExitStack() as stack:
+        output = (stack.enter_context(open(log_file, "ab")) if log_file is not None
+                  else subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
+                                   env=_child_environment())
+    handle = DaemonProcess(path, process,
+                           Path(domain_socket_dir) if domain_socket_dir else None)
+    try:
+        _wait_for_socket(path, time.monotonic() + timeout, lambda: process.poll() is None)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+class ThreadedDaemon:
+    """A daemon running on its own event loop in a thread of this process
+    (`run_in_thread`); a context manager that stops it."""
+
+    def __init__(self, daemon: XenStoreDaemon) -> None:
+        self.daemon = daemon
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="xenstored", daemon=True)
+
+    @property
+    def socket_path(self) -> Path:
+        """The daemon's socket."""
+        return self.daemon.socket_path
+
+    @property
+    def store(self) -> XenStore:
+        """The daemon's state (only inspect it while no client is busy)."""
+        return self.daemon.store
+
+    def domain_socket(self, domid: int) -> Path:
+        """The socket to act as ``domid``."""
+        return self.daemon.domain_socket(domid)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await _serve(self.daemon, self._stop, self._ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as err:  # reported to the starting thread
+            self._error = err
+            self._ready.set()
+
+    def start(self, timeout: float = 10.0) -> ThreadedDaemon:
+        """Start the thread; return once the socket listens."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise XenStoreConnectionError("in-process xenstored did not start")
+        if self._error is not None:
+            raise XenStoreConnectionError(f"in-process xenstored failed: {self._error}") \
+                from self._error
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and join the thread; the socket is removed."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> ThreadedDaemon:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run_in_thread(socket_path: str | os.PathLike[str], *, quota: Quota | None = None,
+                  domain_socket_dir: str | os.PathLike[str] | None = None,
+                  timeout: float = 10.0) -> ThreadedDaemon:
+    """Serve ``socket_path`` from a thread of this process; return once it listens."""
+    daemon = XenStoreDaemon(socket_path, quota=quota, domain_socket_dir=domain_socket_dir)
+    return ThreadedDaemon(daemon).start(timeout)

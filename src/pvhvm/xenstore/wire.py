@@ -1,0 +1,272 @@
+"""The XenStore wire format, as pure functions: no I/O, no dependencies.
+
+Each message is a ``struct xsd_sockmsg`` header -- four uint32 in host byte order:
+type, req_id, tx_id, len -- followed by ``len`` bytes of payload (xs_wire.h). Payloads
+are nul-terminated strings, except WRITE's value and READ's reply, which are binary
+(xenstore.txt, "Xenstore protocol details"). The payload is limited to
+XENSTORE_PAYLOAD_MAX (4096) bytes in both directions.
+
+Client and daemon share this module; sockets are thin adapters around `Parser`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pvhvm.xenstore.errors import XenStoreProtocolError
+
+HEADER = struct.Struct("=IIII")
+#: Size of ``struct xsd_sockmsg``.
+HEADER_SIZE = HEADER.size
+#: XENSTORE_PAYLOAD_MAX: a longer payload gets the connection dropped.
+PAYLOAD_MAX = 4096
+#: XENSTORE_ABS_PATH_MAX / XENSTORE_REL_PATH_MAX.
+ABS_PATH_MAX = 3072
+REL_PATH_MAX = 2048
+#: DOMID_SELF (xen.h), accepted by IS_DOMAIN_INTRODUCED.
+DOMID_SELF = 0x7FF0
+
+
+class Op(enum.IntEnum):
+    """``enum xsd_sockmsg_type`` (xs_wire.h); XS_RESTRICT (20) was removed."""
+
+    CONTROL = 0
+    DIRECTORY = 1
+    READ = 2
+    GET_PERMS = 3
+    WATCH = 4
+    UNWATCH = 5
+    TRANSACTION_START = 6
+    TRANSACTION_END = 7
+    INTRODUCE = 8
+    RELEASE = 9
+    GET_DOMAIN_PATH = 10
+    WRITE = 11
+    MKDIR = 12
+    RM = 13
+    SET_PERMS = 14
+    WATCH_EVENT = 15
+    ERROR = 16
+    IS_DOMAIN_INTRODUCED = 17
+    RESUME = 18
+    SET_TARGET = 19
+    RESET_WATCHES = 21
+    DIRECTORY_PART = 22
+    GET_FEATURE = 23
+    SET_FEATURE = 24
+    GET_QUOTA = 25
+    SET_QUOTA = 26
+    INVALID = 0xFFFF
+
+
+def op_name(op: int) -> str:
+    """The name of a message type, or ``"**UNKNOWN**"`` (as xenstored's sockmsg_string)."""
+    try:
+        return Op(op).name
+    except ValueError:
+        return "**UNKNOWN**"
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One message: header fields and payload. ``op`` stays an int so that unknown
+    types survive decoding (the daemon answers them ENOSYS)."""
+
+    op: int
+    req_id: int
+    tx_id: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        """Header + payload bytes. Raises XenStoreProtocolError if the payload is too long."""
+        return encode(self.op, self.payload, req_id=self.req_id, tx_id=self.tx_id)
+
+
+def encode(op: int, payload: bytes, *, req_id: int = 0, tx_id: int = 0) -> bytes:
+    """Encode one message (xs_wire.h ``struct xsd_sockmsg`` + payload)."""
+    if len(payload) > PAYLOAD_MAX:
+        raise XenStoreProtocolError(
+            f"payload of {len(payload)} bytes is over XENSTORE_PAYLOAD_MAX ({PAYLOAD_MAX})")
+    return HEADER.pack(op, req_id, tx_id, len(payload)) + payload
+
+
+class Parser:
+    """Incremental decoder: feed bytes in any chunking, take whole packets out.
+
+    ``need`` says how many more bytes complete the message under way. A header whose
+    len is over PAYLOAD_MAX raises XenStoreProtocolError: xenstored drops such a
+    connection (xenstore.txt), and so should the caller.
+    """
+
+    def __init__(self, max_payload: int = PAYLOAD_MAX) -> None:
+        self._buffer = bytearray()
+        self._max_payload = max_payload
+
+    @property
+    def need(self) -> int:
+        """Bytes still missing from the message under way (HEADER_SIZE when idle)."""
+        if len(self._buffer) < HEADER_SIZE:
+            return HEADER_SIZE - len(self._buffer)
+        length: int = HEADER.unpack_from(self._buffer)[3]
+        return max(0, HEADER_SIZE + length - len(self._buffer))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned packet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Packet]:
+        """Add bytes; return every packet now complete, in order."""
+        self._buffer += data
+        packets: list[Packet] = []
+        while len(self._buffer) >= HEADER_SIZE:
+            op, req_id, tx_id, length = HEADER.unpack_from(self._buffer)
+            if length > self._max_payload:
+                raise XenStoreProtocolError(
+                    f"message {op_name(op)} announces {length} payload bytes, "
+                    f"over XENSTORE_PAYLOAD_MAX ({self._max_payload})")
+            end = HEADER_SIZE + length
+            if len(self._buffer) < end:
+                break
+            packets.append(Packet(op, req_id, tx_id, bytes(self._buffer[HEADER_SIZE:end])))
+            del self._buffer[:end]
+        return packets
+
+
+def decode(data: bytes) -> list[Packet]:
+    """Decode bytes holding only whole messages. Raises on a trailing partial message."""
+    parser = Parser()
+    packets = parser.feed(data)
+    if parser.buffered:
+        raise XenStoreProtocolError(f"{parser.buffered} trailing bytes: need {parser.need} more")
+    return packets
+
+
+# --- payload helpers -----------------------------------------------------------------------
+
+def join_strings(*strings: str | bytes) -> bytes:
+    """``<a>|<b>|``: each string followed by a nul (xenstore.txt notation)."""
+    return b"".join((s.encode() if isinstance(s, str) else s) + b"\0" for s in strings)
+
+
+def split_strings(payload: bytes) -> list[bytes]:
+    """The nul-terminated strings of a payload; bytes after the last nul are dropped
+    (as xenstored's get_strings())."""
+    parts = payload.split(b"\0")
+    return parts[:-1]
+
+
+def one_arg(payload: bytes) -> bytes | None:
+    """The single argument of a payload that holds exactly one nul, at its end
+    (xenstored's onearg()); None otherwise."""
+    if not payload or payload.find(b"\0") != len(payload) - 1:
+        return None
+    return payload[:-1]
+
+
+def error_payload(errno_name: str) -> bytes:
+    """XS_ERROR payload: ``E<something>|``."""
+    return errno_name.encode() + b"\0"
+
+
+def parse_error_payload(payload: bytes) -> str:
+    """The errno name of an XS_ERROR payload."""
+    return payload.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+# --- permissions -----------------------------------------------------------------------------
+
+class Access(enum.IntFlag):
+    """XS_PERM_* bits: ``n`` none, ``r`` read, ``w`` write, ``b`` both."""
+
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    BOTH = 3
+
+
+_ACCESS_LETTER = {Access.NONE: "n", Access.READ: "r", Access.WRITE: "w", Access.BOTH: "b"}
+_LETTER_ACCESS = {letter: access for access, letter in _ACCESS_LETTER.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """One ``<perm-as-string>`` entry: a letter and a domid (xenstore.txt, SET_PERMS).
+
+    In a node's list the first entry names the owner and the access of every domain
+    not listed.
+    """
+
+    domid: int
+    access: Access = Access.NONE
+
+    def __str__(self) -> str:
+        return f"{_ACCESS_LETTER[Access(self.access & Access.BOTH)]}{self.domid}"
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> Permission:
+        """Parse ``r5``-style text, with the domid in C ``strtol(.., 0)`` syntax."""
+        if isinstance(text, bytes):
+            text = text.decode("ascii", "replace")
+        if not text or text[0] not in _LETTER_ACCESS:
+            raise XenStoreProtocolError(f"bad permission {text!r}: want n, r, w or b + domid")
+        try:
+            domid = _strtol0(text[1:])
+        except ValueError as err:
+            raise XenStoreProtocolError(f"bad domid in permission {text!r}") from err
+        return cls(domid, _LETTER_ACCESS[text[0]])
+
+
+def _strtol0(text: str) -> int:
+    """C ``strtol(text, &end, 0)`` that must consume everything (xs_strings_to_perms)."""
+    sign = 1
+    body = text
+    if body[:1] in ("+", "-"):
+        sign = -1 if body[0] == "-" else 1
+        body = body[1:]
+    if not body or not body[0].isdigit() or not body.isascii():
+        raise ValueError(text)
+    if body[:2].lower() == "0x":
+        value = int(body[2:], 16)
+    elif body.startswith("0") and len(body) > 1:
+        value = int(body[1:], 8)
+    else:
+        value = int(body, 10)
+    # An out-of-range domid is stored as its unsigned 32-bit truncation (C assignment).
+    return (sign * value) & 0xFFFFFFFF
+
+
+def parse_permissions(strings: Iterable[bytes | str]) -> tuple[Permission, ...]:
+    """Permissions from their strings (GET_PERMS reply, SET_PERMS request)."""
+    return tuple(Permission.parse(s) for s in strings)
+
+
+def permissions_payload(perms: Sequence[Permission]) -> bytes:
+    """``<perm-as-string>|+``."""
+    return join_strings(*(str(p) for p in perms))
+
+
+def c_atoi(text: bytes | str) -> int:
+    """C ``atoi``: optional blanks and sign, leading digits, else 0 (xenstored parses
+    domids this way)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    text = text.lstrip(" \t\n\v\f\r")
+    sign = 1
+    if text[:1] in ("+", "-"):
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    digits = ""
+    for char in text:
+        if "0" <= char <= "9":
+            digits += char
+        else:
+            break
+    if not digits:
+        return 0
+    value = sign * int(digits)
+    # Wrap as a C int, then as the unsigned int the caller stores it in.
+    return value & 0xFFFFFFFF

@@ -18,9 +18,11 @@ from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
-from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.plan.plan import Plan, Platform, make_plan
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.lifecycle import CreateOptions
+from pvhvm.xen import domain as xen_domain
+from pvhvm.xen.xlcfg import export_xl
 
 PLATFORMS = [p.value for p in Platform]
 
@@ -53,9 +55,13 @@ def warn(message: str) -> None:
     help="auto uses KVM only where it has been proven to boot a kernel.",
 )
 @click.option("-p", "--paused", is_flag=True, help="Leave the domain paused after creating it.")
+@click.option(
+    "--xenstore", type=click.Path(path_type=Path), default=None,
+    help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
+)
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
-    accel: str, paused: bool,
+    accel: str, paused: bool, xenstore: Path | None,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -64,8 +70,9 @@ def create(
     domain = load_config(config, _variables(variables))
     plan = make_plan(domain, Platform(platform))
     options = CreateOptions(accel=accel, paused=paused)
-    if platform != "qemu":
-        raise click.UsageError("--platform xen is not available yet")
+    if platform == "xen":
+        _create_xen(plan, dry_run, as_json, xenstore)
+        return
     warnings = list(plan.warnings) + lifecycle.network_warnings(plan, lifecycle.host_bridges())
     if not as_json:
         for message in warnings:
@@ -91,11 +98,53 @@ def create(
     )
 
 
+def _create_xen(plan: Plan, dry_run: bool, as_json: bool, xenstore: Path | None) -> None:
+    """--platform xen: the domain and its xenbus devices in XenStore; no device model runs."""
+    if not as_json:
+        for message in plan.warnings:
+            warn(message)
+    if dry_run:
+        document = plan.to_json()
+        document["xenstore"] = xen_domain.dry_run_nodes(plan)
+        if as_json:
+            print_json(document)
+            return
+        for table in plan_tables(plan):
+            console().print(table)
+        return
+    record = xen_domain.create(plan, xenstore)
+    if as_json:
+        print_json(record.to_json())
+        return
+    console(stderr=True).print(
+        f"domain {record.name} (id {record.domid}) written to XenStore at "
+        f"{record.plan['xenstore_socket']}"
+    )
+
+
 @cli.command()
 @click.argument("name")
 def destroy(name: str) -> None:
     """Stop domain NAME at once and remove everything it made (as xl destroy)."""
-    lifecycle.destroy(name)
+    if not xen_domain.destroy(name):
+        lifecycle.destroy(name)
+
+
+@cli.command(name="export-xl")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the xl.cfg here instead of stdout.")
+def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None) -> None:
+    """Export CONFIG as an xl.cfg(5) for a Xen host, noting what xl cannot express."""
+    plan = make_plan(load_config(config, _variables(variables)), Platform.XEN)
+    exported = export_xl(plan)
+    for note in exported.notes:
+        warn(note)
+    if output is None:
+        sys.stdout.write(exported.text)
+    else:
+        output.write_text(exported.text)
 
 
 cli.add_command(image)

@@ -338,11 +338,12 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
                  pid_file: str | os.PathLike[str] | None = None,
                  domain_socket_dir: str | os.PathLike[str] | None = None,
                  log_file: str | os.PathLike[str] | None = None,
-                 timeout: float = 10.0) -> DaemonProcess:
+                 timeout: float = 10.0, detach: bool = False) -> DaemonProcess:
     """Start ``python -m pvhvm.xenstore`` on ``socket_path``; return once it listens.
 
     Use as ``with spawn_daemon(path) as daemon: ...``: leaving the block stops the
-    process (SIGTERM, then SIGKILL) and removes the socket.
+    process (SIGTERM, then SIGKILL) and removes the socket. With ``detach`` the daemon runs
+    in a session of its own, so it outlives the caller and its terminal.
     """
     path = Path(socket_path)
     argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path)]
@@ -355,7 +356,7 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
                   else subprocess.DEVNULL)
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT if log_file else subprocess.DEVNULL,
-                                   env=_child_environment())
+                                   env=_child_environment(), start_new_session=detach)
     handle = DaemonProcess(path, process,
                            Path(domain_socket_dir) if domain_socket_dir else None)
     try:

@@ -1,0 +1,219 @@
+"""The xen platform: a domain and its xenbus devices written to XenStore, and removed again.
+
+``create`` writes the domain's nodes and, for each xenbus disk and NIC only, the frontend and
+backend nodes with their permissions and state 1 (Initialising), in one transaction that is
+retried on EAGAIN. It talks to a given xenstored socket, or starts pvhvm's own daemon
+(detached, under the state directory) when none is given. ``destroy`` removes exactly what
+create made, including parent directories it had to create, so the store is left as it was.
+
+Records of xen-platform domains live in ``<state dir>/xen``, apart from QEMU domains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pvhvm.errors import DomainError, XenStoreError
+from pvhvm.plan.plan import Plan
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.xen.xenbus import DomainEntries, domain_entries
+from pvhvm.xenstore.client import Transaction, XenStoreClient
+from pvhvm.xenstore.daemon import spawn_daemon
+from pvhvm.xenstore.errors import XenStoreErrnoError
+
+log = logging.getLogger(__name__)
+
+#: INTRODUCE needs the guest's store page and event channel. With no hypervisor there are
+#: none, so pvhvm's own daemon is told the usual HVM store pfn and port 1 (port 0 is EINVAL).
+NOMINAL_STORE_GFN = 0xFEFFC
+NOMINAL_STORE_PORT = 1
+
+
+def xen_store(root: StateStore | None = None) -> StateStore:
+    """Where xen-platform domain records live."""
+    base = root.root if root is not None else StateStore().root
+    return StateStore(base / "xen")
+
+
+def embedded_socket(store: StateStore) -> Path:
+    return store.root / "xenstored" / "socket"
+
+
+def ensure_embedded_daemon(store: StateStore) -> Path:
+    """The socket of pvhvm's own xenstored, started (detached) if it is not running."""
+    socket = embedded_socket(store)
+    pid_file = socket.parent / "xenstored.pid"
+    with store.locked():
+        if socket.exists() and _answers(socket):
+            return socket
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+        spawn_daemon(
+            socket, pid_file=pid_file, log_file=socket.parent / "xenstored.log", detach=True
+        )
+    return socket
+
+
+def _answers(socket: Path) -> bool:
+    try:
+        with XenStoreClient(socket, timeout=5) as xs:
+            xs.directory("/")
+    except (XenStoreError, OSError):
+        return False
+    return True
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``[/a, /a/b]``."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _write(t: Transaction, entries: DomainEntries) -> list[str]:
+    """Write every node; return the topmost paths this transaction had to create."""
+    created: list[str] = []
+    seen: set[str] = set()
+    for node in entries.nodes:
+        for path in [*_ancestors(node.path), node.path]:
+            if path in seen:
+                continue
+            seen.add(path)
+            inside_created = any(path.startswith(top + "/") for top in created)
+            if not inside_created and not t.exists(path):
+                created.append(path)
+        t.write(node.path, node.value)
+        if node.perms is not None:
+            t.set_perms(node.path, list(node.perms))
+    return created
+
+
+def create(
+    plan: Plan, xenstore: Path | None = None, store: StateStore | None = None
+) -> DomainRecord:
+    """Write ``plan``'s domain to XenStore; nothing is left behind if it fails."""
+    records = xen_store(store)
+    embedded = xenstore is None
+    socket = ensure_embedded_daemon(records) if xenstore is None else xenstore
+    records.claim(plan.name)
+    try:
+        with records.locked():
+            domid = records.next_domid()
+            record = DomainRecord(
+                name=plan.name, domid=domid, uuid=plan.uuid, platform="xen",
+                memory_mib=plan.memory_mib, vcpus=plan.vcpus, plan=plan.to_json(), argv=[],
+                on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+                on_crash=plan.on_crash, state=DomainState.STARTING.value,
+            )
+            records.write(record)
+        entries = domain_entries(plan, domid)
+        record.plan = {
+            **record.plan, "xenstore_socket": str(socket), "xenstore_created": [],
+            "xenstore_introduced": embedded,
+        }
+        _populate(record, entries, socket, embedded)
+        record.state = DomainState.RUNNING.value
+        records.write(record)
+    except BaseException:
+        records.release(plan.name)
+        raise
+    return record
+
+
+def _populate(record: DomainRecord, entries: DomainEntries, socket: Path, introduce: bool) -> None:
+    """Write the nodes in one transaction and introduce the domain; undo on failure."""
+    domid = record.domid
+    try:
+        with XenStoreClient(socket) as xs:
+            if xs.exists(f"/local/domain/{domid}"):
+                raise DomainError(
+                    f"domid {domid} is already in XenStore at {socket}; another toolstack "
+                    "owns it"
+                )
+            record.plan["xenstore_created"] = xs.run_transaction(lambda t: _write(t, entries))
+            try:
+                if introduce:
+                    xs.introduce(domid, NOMINAL_STORE_GFN, NOMINAL_STORE_PORT)
+            except BaseException:
+                xs.run_transaction(_remover(record))
+                raise
+    except XenStoreError as err:
+        raise DomainError(f"XenStore at {socket} refused the domain: {err}") from err
+    except OSError as err:
+        raise DomainError(f"cannot talk to XenStore at {socket}: {err}") from err
+
+
+def destroy(name: str, store: StateStore | None = None) -> bool:
+    """Remove ``name``'s nodes from XenStore and its record; False when it is not a xen domain."""
+    records = xen_store(store)
+    record = records.read(name)
+    if record is None:
+        if records.paths(name).directory.exists():
+            records.release(name)
+            return True
+        return False
+    socket = Path(str(record.plan.get("xenstore_socket", embedded_socket(records))))
+    try:
+        with XenStoreClient(socket) as xs:
+            xs.run_transaction(_remover(record))
+            if record.plan.get("xenstore_introduced"):
+                with contextlib.suppress(XenStoreErrnoError):
+                    xs.release(record.domid)
+    except (XenStoreError, OSError) as err:
+        raise DomainError(
+            f"cannot remove domain {name!r} from XenStore at {socket}: {err}"
+        ) from err
+    records.release(name)
+    return True
+
+
+def _remover(record: DomainRecord) -> Callable[[Transaction], None]:
+    """A transaction body that removes what create wrote for ``record``."""
+    created = [str(p) for p in record.plan.get("xenstore_created", [])]
+    owned = _owned_paths(record)
+
+    def remove(t: Transaction) -> None:
+        for path in owned:
+            if t.exists(path):
+                t.rm(path)
+        # Parents that create had to make go too, once nothing else lives in them.
+        for path in owned:
+            top = next((c for c in created if path == c or path.startswith(c + "/")), None)
+            parent = path
+            while top is not None and parent != top:
+                parent = parent.rsplit("/", 1)[0]
+                if not t.exists(parent) or t.directory(parent):
+                    break
+                t.rm(parent)
+
+    return remove
+
+
+def _owned_paths(record: DomainRecord) -> list[str]:
+    domid = record.domid
+    paths = [f"/vm/{record.uuid}", f"/local/domain/{domid}"]
+    for kind in ("vbd", "vif"):
+        paths.append(f"/local/domain/0/backend/{kind}/{domid}")
+    for disk in record.plan.get("disks", []):
+        backend = disk.get("backend")
+        if backend and str(backend).isdigit():
+            paths.append(f"/local/domain/{backend}/backend/vbd/{domid}")
+    for vif in record.plan.get("vifs", []):
+        backend = vif.get("backend")
+        if backend and str(backend).isdigit():
+            paths.append(f"/local/domain/{backend}/backend/vif/{domid}")
+    return list(dict.fromkeys(paths))
+
+
+def list_domains(store: StateStore | None = None) -> list[DomainRecord]:
+    """Records of the xen-platform domains."""
+    return xen_store(store).records()
+
+
+def dry_run_nodes(plan: Plan, store: StateStore | None = None) -> dict[str, str]:
+    """The nodes create would write (``--dry-run --json --platform xen``)."""
+    records = xen_store(store)
+    return domain_entries(plan, records.next_domid()).as_dict()

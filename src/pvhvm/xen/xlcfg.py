@@ -1,0 +1,155 @@
+"""Export a Plan as an xl.cfg(5) file for a real Xen host.
+
+xl has no per-disk ``type=``. With the upstream QEMU device model it emulates the first four
+disks (IDE) whatever their vdev names and gives every disk a PV path too; a guest with PV
+drivers then *unplugs* the emulated disks and NICs through the Xen platform PCI device
+(``xen_platform_pci=1``). Linux's ``xen_emul_unplug=`` kernel option chooses what is
+unplugged. So the export maps pvhvm's types like this, and writes a NOTE comment (and
+returns it as a warning) wherever xl cannot say exactly what the plan says:
+
+* all devices PV: ``xen_platform_pci=1``; xl still emulates the disks until the guest's PV
+  drivers unplug them, so the guest is PV-only once its drivers load, not from the firmware on;
+* all devices emulated: ``xen_platform_pci=0``; xl still offers PV backends, which a guest
+  without the platform device never uses;
+* mixed: ``xen_platform_pci=1`` and, when only hda is emulated, ``xen_emul_unplug=aux-ide-disks``
+  on a direct-boot kernel command line (keep hda, unplug other IDE disks); other mixes
+  cannot be expressed and are noted.
+* NICs: ``type=vif`` (PV only) or ``type=ioemu`` with the model.
+
+No device is ever dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
+from pvhvm.plan.types import DeviceKind
+
+
+@dataclass(frozen=True)
+class XlExport:
+    """An xl.cfg text and what it could not express exactly."""
+
+    text: str
+    notes: tuple[str, ...]
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _disk(disk: DiskPlan) -> str:
+    items = [f"format={disk.format}", f"vdev={disk.vdev}", f"access={disk.access.value}"]
+    if disk.access.value == "w!":
+        items[-1] = "access=rw"
+    if disk.cdrom:
+        items.append("devtype=cdrom")
+    if disk.script:
+        items.append(f"script={disk.script}")
+    if disk.backend_domain:
+        items.append(f"backend={disk.backend_domain}")
+    if disk.backendtype:
+        items.append(f"backendtype={disk.backendtype}")
+    if disk.target:
+        items.append(f"target={disk.target}")
+    return ", ".join(items)
+
+
+def _vif(vif: VifPlan) -> str:
+    items = [f"mac={vif.mac}", f"bridge={vif.bridge}"]
+    if vif.kind is DeviceKind.IOEMU:
+        items += ["type=ioemu", f"model={vif.model}"]
+    else:
+        items.append("type=vif")
+    for key in ("ip", "script", "vifname", "rate"):
+        value = getattr(vif, key)
+        if value is not None:
+            items.append(f"{key}={value}")
+    if vif.backend_domain:
+        items.append(f"backend={vif.backend_domain}")
+    return ",".join(items)
+
+
+def export_xl(plan: Plan) -> XlExport:
+    """The xl.cfg for ``plan`` and its notes."""
+    notes: list[str] = []
+    pv_disks = [d for d in plan.disks if d.kind is DeviceKind.XENBUS]
+    emu_disks = [d for d in plan.disks if d.kind is DeviceKind.IOEMU]
+    pv_any = bool(pv_disks) or any(v.kind is DeviceKind.XENBUS for v in plan.vifs)
+    emu_any = bool(emu_disks) or any(v.kind is DeviceKind.IOEMU for v in plan.vifs)
+    platform_pci = pv_any
+    cmdline = plan.cmdline
+    non_cd_disks = [d for d in plan.disks if not d.cdrom]
+    if pv_disks and len(non_cd_disks) > 0:
+        emulated_too = [d.vdev for d in non_cd_disks[:4] if d.kind is DeviceKind.XENBUS]
+        if emulated_too:
+            notes.append(
+                f"type=xenbus disk(s) {', '.join(emulated_too)}: xl also emulates the first "
+                "four disks (IDE) until the guest's PV drivers unplug them through "
+                "xen_platform_pci=1, so the firmware and an early boot see them as IDE"
+            )
+    if pv_any and emu_any:
+        emulated_disks = [d.vdev for d in emu_disks if not d.cdrom]
+        if emulated_disks == ["hda"] and plan.direct_kernel_boot:
+            cmdline = (cmdline + " " if cmdline else "") + "xen_emul_unplug=aux-ide-disks"
+            notes.append(
+                "mixed devices: hda stays emulated through xen_emul_unplug=aux-ide-disks on "
+                "the kernel command line; the other disks are used through PV drivers"
+            )
+        elif emulated_disks:
+            notes.append(
+                f"mixed devices: xl cannot keep {', '.join(emulated_disks)} emulated while "
+                "other disks are PV; the guest's PV drivers will unplug them (set Linux's "
+                "xen_emul_unplug= to choose, e.g. never or aux-ide-disks)"
+            )
+        emu_nics = [str(v.devid) for v in plan.vifs if v.kind is DeviceKind.IOEMU]
+        if emu_nics:
+            notes.append(
+                f"type=ioemu vif(s) {', '.join(emu_nics)}: xl also gives each a PV path, so "
+                "the guest either loses the emulated NIC (PV drivers unplug it) or, when "
+                "xen_emul_unplug= does not list nics, sees it twice (emulated and netfront)"
+            )
+    elif emu_any:
+        notes.append(
+            "all devices are emulated: xen_platform_pci=0, so the guest never sees the PV "
+            "backends xl still creates"
+        )
+
+    lines = [
+        "# xl.cfg exported by pvhvm: every device keeps its type (see the NOTE lines)",
+        'type = "hvm"',
+        f"name = {_quote(plan.name)}",
+        f"uuid = {_quote(plan.uuid)}",
+        f"memory = {plan.memory_mib}",
+        f"vcpus = {plan.vcpus}",
+    ]
+    if plan.kernel:
+        lines.append(f"kernel = {_quote(plan.kernel)}")
+        if plan.ramdisk:
+            lines.append(f"ramdisk = {_quote(plan.ramdisk)}")
+        if cmdline:
+            lines.append(f"cmdline = {_quote(cmdline)}")
+    else:
+        lines.append(f"boot = {_quote(plan.boot)}")
+    lines.append(f"xen_platform_pci = {1 if platform_pci else 0}")
+    lines.append('device_model_version = "qemu-xen"')
+    for key in ("acpi", "apic", "pae", "localtime"):
+        lines.append(f"{key} = {1 if getattr(plan, key) else 0}")
+    for key in ("on_poweroff", "on_reboot", "on_crash"):
+        lines.append(f"{key} = {_quote(getattr(plan, key))}")
+    lines.append(f"serial = {_quote(plan.serial or 'pty')}")
+    lines.append(f"vnc = {1 if plan.vnc else 0}")
+    lines.append(f"sdl = {1 if plan.sdl else 0}")
+    lines.append("disk = [")
+    for disk in plan.disks:
+        lines.append(f"    {_quote(_disk(disk))},  # pvhvm type={disk.kind.value}")
+    lines.append("]")
+    lines.append("vif = [")
+    for vif in plan.vifs:
+        lines.append(f"    {_quote(_vif(vif))},  # pvhvm type={vif.kind.value}")
+    lines.append("]")
+    if notes:
+        lines.append("")
+        lines += [f"# NOTE: {note}" for note in notes]
+    return XlExport(text="\n".join(lines) + "\n", notes=tuple(notes))

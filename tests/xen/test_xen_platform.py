@@ -1,0 +1,137 @@
+"""pvhvm create/destroy --platform xen against a real daemon, checked with Xen's own tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pvhvm.xenstore.daemon import DaemonProcess, spawn_daemon
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("xenstore-ls") is None,
+                                reason="xenstore-utils is not installed (dev/setup installs it)")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="pvx-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def xenstored(short_dir: Path) -> Iterator[DaemonProcess]:
+    with spawn_daemon(short_dir / "xs.sock") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def images(short_dir: Path) -> Path:
+    for name in ("rootfs.ext4", "data.img", "vmlinuz", "initramfs.cpio.gz", "boot.img"):
+        (short_dir / name).write_bytes(b"\0" * 512)
+    return short_dir
+
+
+def pvhvm(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pvhvm", *args], capture_output=True,
+                          text=True, env={**os.environ, "PVHVM_STATE_DIR": str(state)},
+                          check=False, timeout=60)
+
+
+def xs(sock: Path, tool: str, *args: str) -> str:
+    proc = subprocess.run([tool, *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, "XENSTORED_PATH": str(sock)}, timeout=30)
+    return proc.stdout
+
+
+def perms(sock: Path, path: str) -> dict[str, str]:
+    """Top-level children of ``path`` and their permissions, from ``xenstore-ls -p``."""
+    out = {}
+    for line in xs(sock, "xenstore-ls", "-p", path).splitlines():
+        if not line.startswith(" "):
+            out[line.split(" = ", 1)[0]] = line.rsplit("  ", 1)[1]
+    return out
+
+
+def test_create_writes_xenbus_nodes_and_destroy_restores(
+    xenstored: DaemonProcess, images: Path, short_dir: Path
+) -> None:
+    sock = xenstored.socket_path
+    xs(sock, "xenstore-write", "/local/domain/0/name", "Domain-0", "/tool/keep", "1")
+    before = xs(sock, "xenstore-ls", "-p", "/")
+    state = short_dir / "state"
+    created = pvhvm(state, "create", str(ROOT / "examples" / "mixed.cfg"), f"imagedir={images}",
+                    "--platform", "xen", "--xenstore", str(sock))
+    assert created.returncode == 0, created.stderr
+    assert xs(sock, "xenstore-read", "/local/domain/1/name").strip() == "mixed"
+    # Only the PV disk (xvdb = 51728) and the PV NIC (vif 1) get xenbus nodes.
+    assert xs(sock, "xenstore-list", "/local/domain/1/device/vbd").split() == ["51728"]
+    assert xs(sock, "xenstore-list", "/local/domain/1/device/vif").split() == ["1"]
+    front = "/local/domain/1/device/vbd/51728"
+    back = xs(sock, "xenstore-read", f"{front}/backend").strip()
+    assert back == "/local/domain/0/backend/vbd/1/51728"
+    assert xs(sock, "xenstore-read", f"{back}/params").strip() == f"{images}/data.img"
+    for path in (front, back, "/local/domain/1/device/vif/1"):
+        assert xs(sock, "xenstore-read", f"{path}/state").strip() == "1"
+    assert perms(sock, "/local/domain/1/device/vbd")["51728"] == "(n1,r0)"
+    assert perms(sock, "/local/domain/0/backend/vbd/1")["51728"] == "(n0,r1)"
+
+    again = pvhvm(state, "create", str(ROOT / "examples" / "mixed.cfg"), f"imagedir={images}",
+                  "--platform", "xen", "--xenstore", str(sock))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    destroyed = pvhvm(state, "destroy", "mixed")
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert xs(sock, "xenstore-ls", "-p", "/") == before
+    assert not (state / "xen" / "domains" / "mixed").exists()
+
+
+def test_dry_run_json_has_xenstore(images: Path, short_dir: Path) -> None:
+    import json
+
+    proc = pvhvm(short_dir / "state", "create", str(ROOT / "examples" / "pv-only.cfg"),
+                 f"imagedir={images}", "--platform", "xen", "-n", "--json")
+    assert proc.returncode == 0, proc.stderr
+    nodes = json.loads(proc.stdout)["xenstore"]
+    assert nodes["/local/domain/1/device/vbd/51712/backend"] == (
+        "/local/domain/0/backend/vbd/1/51712")
+    assert not (short_dir / "state" / "xen" / "domains").exists()
+
+
+def test_embedded_daemon_by_default(images: Path, short_dir: Path) -> None:
+    state = short_dir / "state"
+    proc = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
+                 "--platform", "xen")
+    pid_file = state / "xen" / "xenstored" / "xenstored.pid"
+    try:
+        assert proc.returncode == 0, proc.stderr
+        sock = state / "xen" / "xenstored" / "socket"
+        assert xs(sock, "xenstore-read", "/local/domain/1/name").strip() == "pv-only"
+        assert pvhvm(state, "destroy", "pv-only").returncode == 0
+        assert subprocess.run(["xenstore-exists", "/local/domain/1"], check=False,
+                              env={**os.environ, "XENSTORED_PATH": str(sock)}).returncode != 0
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+
+def test_failed_xen_create_leaves_nothing(
+    xenstored: DaemonProcess, images: Path, short_dir: Path
+) -> None:
+    sock = xenstored.socket_path
+    xs(sock, "xenstore-write", "/local/domain/1/name", "someone-else")
+    before = xs(sock, "xenstore-ls", "/")
+    state = short_dir / "state"
+    proc = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
+                 "--platform", "xen", "--xenstore", str(sock))
+    assert proc.returncode == 1 and "domid 1 is already in XenStore" in proc.stderr
+    assert xs(sock, "xenstore-ls", "/") == before
+    assert not list((state / "xen" / "domains").iterdir())

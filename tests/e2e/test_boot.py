@@ -36,6 +36,8 @@ def test_pv_only_direct_kernel_boot(pvhvm: Pvhvm, domain: list[str], imagedir: P
     assert report.root == "/dev/vda"
     assert drivers(report) == {"vda": "virtio_blk"}
     assert [n.driver for n in report.nets] == ["virtio_net"]
+    shown = json_of(pvhvm.run("report", "pv-direct", "--json"))
+    assert shown["ide_controller"] is False and shown["root"] == "/dev/vda"
 
 
 def test_pv_only_firmware_boot_from_pv_disk(

@@ -14,6 +14,7 @@ import click
 from pvhvm import __version__
 from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json
+from pvhvm.cli.report import report
 from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
@@ -148,6 +149,7 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
 
 
 cli.add_command(image)
+cli.add_command(report)
 cli.add_command(xenstored)
 
 

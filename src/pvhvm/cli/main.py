@@ -19,7 +19,7 @@ from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
-from pvhvm.plan.plan import Plan, Platform, make_plan
+from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.lifecycle import CreateOptions
 from pvhvm.xen import domain as xen_domain
@@ -71,17 +71,20 @@ def create(
     domain = load_config(config, _variables(variables))
     plan = make_plan(domain, Platform(platform))
     options = CreateOptions(accel=accel, paused=paused)
-    if platform == "xen":
-        _create_xen(plan, dry_run, as_json, xenstore)
-        return
-    warnings = list(plan.warnings) + lifecycle.network_warnings(plan, lifecycle.host_bridges())
+    xen = platform == "xen"
+    warnings = list(plan.warnings)
+    if not xen:
+        warnings += lifecycle.network_warnings(plan, lifecycle.host_bridges())
     if not as_json:
         for message in warnings:
             warn(message)
     if dry_run:
         document = plan.to_json()
         document["warnings"] = warnings
-        document["qemu_argv"] = lifecycle.dry_run_argv(plan, options)
+        if xen:
+            document["xenstore"] = xen_domain.dry_run_nodes(plan)
+        else:
+            document["qemu_argv"] = lifecycle.dry_run_argv(plan, options)
         if as_json:
             print_json(document)
             return
@@ -89,38 +92,16 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
-    record = lifecycle.create(plan, options)
+    if xen:
+        record = xen_domain.create(plan, xenstore)
+        done = f"written to XenStore at {record.plan['xenstore_socket']}"
+    else:
+        record = lifecycle.create(plan, options)
+        done = f"started: {record.accel}, console {record.console}"
     if as_json:
         print_json(record.to_json())
         return
-    console(stderr=True).print(
-        f"domain {record.name} (id {record.domid}) started: {record.accel}, "
-        f"console {record.console}"
-    )
-
-
-def _create_xen(plan: Plan, dry_run: bool, as_json: bool, xenstore: Path | None) -> None:
-    """--platform xen: the domain and its xenbus devices in XenStore; no device model runs."""
-    if not as_json:
-        for message in plan.warnings:
-            warn(message)
-    if dry_run:
-        document = plan.to_json()
-        document["xenstore"] = xen_domain.dry_run_nodes(plan)
-        if as_json:
-            print_json(document)
-            return
-        for table in plan_tables(plan):
-            console().print(table)
-        return
-    record = xen_domain.create(plan, xenstore)
-    if as_json:
-        print_json(record.to_json())
-        return
-    console(stderr=True).print(
-        f"domain {record.name} (id {record.domid}) written to XenStore at "
-        f"{record.plan['xenstore_socket']}"
-    )
+    console(stderr=True).print(f"domain {record.name} (id {record.domid}) {done}")
 
 
 @cli.command()

@@ -233,22 +233,14 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
     )
     if target or "target" not in b.fields:
         b.set("target", target, "first positional")
-    if legacy:
-        names = ("vdev", "access", "backend")
-        rest = positionals[1:]
-        if len(rest) > len(names):
-            raise b.fail(
-                f"too many positional parameters: {rest[len(names)].value!r} "
-                "(xend form is [prefix:]target,vdev[:cdrom],mode[,backend-domain])"
-            )
-    else:
-        names = ("format", "vdev", "access")
-        rest = positionals[1:]
-        if len(rest) > len(names):
-            raise b.fail(
-                f"too many positional parameters: {rest[len(names)].value!r} "
-                "(xl form is target,format,vdev,access)"
-            )
+    names, grammar = (
+        (("vdev", "access", "backend"), "xend form is [prefix:]target,vdev[:cdrom],mode[,backend]")
+        if legacy
+        else (("format", "vdev", "access"), "xl form is target,format,vdev,access")
+    )
+    rest = positionals[1:]
+    if len(rest) > len(names):
+        raise b.fail(f"too many positional parameters: {rest[len(names)].value!r} ({grammar})")
     for name, tok in zip(names, rest, strict=False):
         if tok.value == "":
             continue

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pvhvm import __version__
+from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json
 from pvhvm.cli.report import report
@@ -20,6 +21,7 @@ from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.lifecycle import CreateOptions
 from pvhvm.xen import domain as xen_domain
@@ -56,13 +58,15 @@ def warn(message: str) -> None:
     help="auto uses KVM only where it has been proven to boot a kernel.",
 )
 @click.option("-p", "--paused", is_flag=True, help="Leave the domain paused after creating it.")
+@click.option("-c", "--console", "attach_console", is_flag=True,
+              help="Attach to the console once the domain has started (^] detaches).")
 @click.option(
     "--xenstore", type=click.Path(path_type=Path), default=None,
     help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
 )
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
-    accel: str, paused: bool, xenstore: Path | None,
+    accel: str, paused: bool, xenstore: Path | None, attach_console: bool,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -100,8 +104,10 @@ def create(
         done = f"started: {record.accel}, console {record.console}"
     if as_json:
         print_json(record.to_json())
-        return
-    console(stderr=True).print(f"domain {record.name} (id {record.domid}) {done}")
+    else:
+        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {done}")
+    if attach_console and not xen:
+        domain_console.attach(record)
 
 
 @cli.command()
@@ -130,6 +136,7 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
 
 
 cli.add_command(image)
+register_domain_verbs(cli)
 cli.add_command(report)
 cli.add_command(xenstored)
 

@@ -1,10 +1,12 @@
-"""Lifecycle verbs on the qemu platform: create, destroy, and finding domains again.
+"""Lifecycle verbs on the qemu platform: create, destroy, pause, shutdown..., and finding
+domains again.
 
-``create`` claims the domain's name (an exclusive mkdir), writes a ``starting`` record,
-starts the detached supervisor and waits on a pipe for "ok" or QEMU's own error. A failed
-create leaves nothing: no QEMU, no socket, no record. A toolstack killed in the middle of a
-create leaves a supervisor that finishes the job (a running, listed guest) or nothing: a
-``starting`` record whose supervisor is gone is garbage, removed when next seen.
+``create`` introduces the domain (its directory appears whole, with a ``starting`` record and
+the owner lock held), starts the detached supervisor, which inherits the owner lock, and
+waits on a pipe for "ok" or QEMU's own error. A failed create leaves nothing: no QEMU, no
+socket, no record. A toolstack killed in the middle of a create leaves a supervisor that
+finishes the job (a running, listed guest) or nothing: a ``starting`` record whose owner lock
+is free is garbage, removed (with its QEMU) when next seen — see :func:`refresh`.
 """
 
 from __future__ import annotations
@@ -23,22 +25,23 @@ from pathlib import Path
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.types import DeviceKind
+from pvhvm.qemu import qmp
 from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime.state import (
     DomainPaths,
     DomainRecord,
     DomainState,
+    OwnerLock,
     StateStore,
     pid_alive,
+    qemu_alive,
 )
 
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT = 120.0
 DESTROY_TIMEOUT = 30.0
-#: a starting record older than this whose supervisor is gone is garbage
-STARTING_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -116,61 +119,88 @@ def create(
     """Start ``plan``'s domain and return once QEMU runs it (or raise, leaving nothing)."""
     store = store or StateStore()
     argv_opts = argv_options(plan, options, store)
-    paths = store.claim(plan.name)
+
+    def build(domid: int, paths: DomainPaths) -> DomainRecord:
+        return DomainRecord(
+            name=plan.name, domid=domid, uuid=plan.uuid,
+            platform=plan.platform.value, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
+            plan=plan.to_json(), argv=qemu_argv(plan, run_paths(paths), argv_opts),
+            on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+            on_crash=plan.on_crash, accel=argv_opts.accel.value,
+            console=str(paths.console_socket) if plan.serial in (None, "", "none")
+            else plan.serial,
+        )
+
+    record, owner = store.introduce(plan.name, build)
     try:
-        with store.locked():
-            record = DomainRecord(
-                name=plan.name, domid=store.next_domid(), uuid=plan.uuid,
-                platform=plan.platform.value, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
-                plan=plan.to_json(), argv=qemu_argv(plan, run_paths(paths), argv_opts),
-                on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
-                on_crash=plan.on_crash, accel=argv_opts.accel.value,
-                console=str(paths.console_socket) if plan.serial in (None, "", "none")
-                else plan.serial,
-            )
-            store.write(record)
-        _start_supervisor(store, paths, record)
+        _start_supervisor(store, record, owner)
     except BaseException:
         store.release(plan.name)
         raise
+    finally:
+        owner.close()
     final = store.read(plan.name)
     if final is None:
         raise DomainError(f"domain {plan.name!r} vanished while starting")
     return final
 
 
-def _start_supervisor(store: StateStore, paths: DomainPaths, record: DomainRecord) -> None:
+def spawn_supervisor(
+    store: StateStore, name: str, owner: OwnerLock, ready_fd: int | None = None,
+    adopt: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``name``'s supervisor in a session of its own, handing it the owner lock."""
+    assert owner.fd is not None
+    argv = [
+        sys.executable, "-m", "pvhvm.runtime.supervisor", "--state-dir", str(store.root),
+        "--name", name, "--lock-fd", str(owner.fd),
+    ]
+    fds = [owner.fd]
+    if ready_fd is not None:
+        argv += ["--ready-fd", str(ready_fd)]
+        fds.append(ready_fd)
+    if adopt:
+        argv.append("--adopt")
+    with open(store.paths(name).supervisor_log, "ab") as sup_log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=sup_log, stderr=sup_log,
+            pass_fds=fds, start_new_session=True, close_fds=True,
+        )
+
+
+def _start_supervisor(store: StateStore, record: DomainRecord, owner: OwnerLock) -> None:
+    paths = store.paths(record.name)
     read_fd, write_fd = os.pipe()
     try:
-        with open(paths.supervisor_log, "ab") as sup_log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "pvhvm.runtime.supervisor",
-                    "--state-dir", str(store.root), "--name", record.name,
-                    "--ready-fd", str(write_fd),
-                ],
-                stdin=subprocess.DEVNULL, stdout=sup_log, stderr=sup_log,
-                pass_fds=(write_fd,), start_new_session=True, close_fds=True,
-            )
+        proc = spawn_supervisor(store, record.name, owner, ready_fd=write_fd)
     finally:
         os.close(write_fd)
     try:
-        message = _read_until_eof(read_fd, CREATE_TIMEOUT)
-    finally:
-        os.close(read_fd)
+        try:
+            message = _read_until_eof(read_fd, CREATE_TIMEOUT)
+        finally:
+            os.close(read_fd)
+    except BaseException:  # Ctrl-C while waiting: take the half-made domain down with us
+        _kill_group(proc)
+        raise
     if message == "ok":
         return
     # The supervisor has cleaned up after itself on "error:"; make sure of it in any case.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+    _kill_group(proc)
     if not message:
         message = f"the supervisor exited without a word (see {paths.supervisor_log})"
     raise LaunchError(
         f"domain {record.name!r} did not start: {message.removeprefix('error: ')}",
         argv=record.argv,
     )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the supervisor's session (its QEMU is in the same process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 def _read_until_eof(fd: int, timeout: float) -> str:
@@ -198,38 +228,73 @@ def lookup(name: str, store: StateStore | None = None) -> DomainRecord:
     return record
 
 
-def refresh(store: StateStore, name: str) -> DomainRecord | None:
+def refresh(store: StateStore, name: str, adopt: bool = True) -> DomainRecord | None:
     """Read ``name``'s record and reconcile it with what is running.
 
-    A starting record whose supervisor is gone is removed; a running record whose QEMU is
-    gone is reported as crashed (its supervisor, if alive, is about to act on it).
+    The owner lock says whether anyone (the creating ``pvhvm create``, then the supervisor)
+    answers for the domain. When someone does, the record is trusted, except that a QEMU
+    that is gone shows as crashed (its supervisor is about to act). When nobody does:
+
+    * a ``starting`` record is garbage of a create killed before its supervisor ran: its QEMU
+      (if any) is killed and the record removed;
+    * a domain whose QEMU still runs is adopted by a new supervisor (``adopt``);
+    * a domain whose QEMU is gone is reported crashed, until ``pvhvm destroy``.
     """
     record = store.read(name)
     paths = store.paths(name)
     if record is None:
-        if paths.directory.exists() and time.time() - paths.directory.stat().st_mtime > (
-            STARTING_GRACE
-        ):
+        # A directory without a record is one being removed, or the remains of a removal
+        # that was killed half-way; nobody owns the latter.
+        if paths.directory.exists() and not OwnerLock.held(paths.owner_lock):
             store.release(name)
         return None
-    state = record.domain_state
-    supervisor_alive = pid_alive(record.supervisor_pid)
-    if state is DomainState.STARTING:
-        age = time.time() - record.start_time
-        if not supervisor_alive and age > STARTING_GRACE:
+    try:
+        owner = OwnerLock.try_acquire(paths.owner_lock)
+    except FileNotFoundError:
+        owner = None  # being removed right now
+    if owner is None:
+        if _qemu_should_run(record) and not qemu_alive(record, paths):
+            record.state = DomainState.CRASHED.value
+        return record
+    try:
+        if record.domain_state is DomainState.STARTING:
+            log.info("removing %s: a create that did not finish", name)
+            _kill_qemu(record, paths)
             store.release(name)
             return None
+        if qemu_alive(record, paths):
+            if adopt:
+                log.info("adopting %s: its supervisor is gone", name)
+                spawn_supervisor(store, name, owner, adopt=True)
+            return record
+        if record.domain_state is not DomainState.CRASHED:
+            record.state = DomainState.CRASHED.value
         return record
-    if state is not DomainState.CRASHED and not pid_alive(record.qemu_pid):
-        record.state = DomainState.CRASHED.value
-    return record
+    finally:
+        owner.close()
 
 
-def list_domains(store: StateStore | None = None) -> list[DomainRecord]:
+def _qemu_should_run(record: DomainRecord) -> bool:
+    return record.domain_state is not DomainState.CRASHED and record.qemu_pid is not None
+
+
+def _kill_qemu(record: DomainRecord, paths: DomainPaths) -> None:
+    if not qemu_alive(record, paths):
+        return
+    assert record.qemu_pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.qemu_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid_alive(record.qemu_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def list_domains(store: StateStore | None = None, adopt: bool = True) -> list[DomainRecord]:
     store = store or StateStore()
+    store.sweep_staging()
     out = []
     for name in store.names():
-        record = refresh(store, name)
+        record = refresh(store, name, adopt=adopt)
         if record is not None:
             out.append(record)
     return sorted(out, key=lambda r: r.domid)
@@ -238,8 +303,9 @@ def list_domains(store: StateStore | None = None) -> list[DomainRecord]:
 def destroy(name: str, store: StateStore | None = None, timeout: float = DESTROY_TIMEOUT) -> None:
     """Stop ``name`` at once and remove everything it made (logs stay)."""
     store = store or StateStore()
+    paths = store.paths(name)
     record = store.read(name)
-    if record is None and not store.paths(name).directory.exists():
+    if record is None and not paths.directory.exists():
         raise DomainError(f"no domain named {name!r}")
     if record is not None and pid_alive(record.supervisor_pid):
         assert record.supervisor_pid is not None
@@ -251,11 +317,91 @@ def destroy(name: str, store: StateStore | None = None, timeout: float = DESTROY
         if pid_alive(record.supervisor_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.supervisor_pid, signal.SIGKILL)
-    if record is not None and pid_alive(record.qemu_pid):
-        assert record.qemu_pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.qemu_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while pid_alive(record.qemu_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if record is not None:
+        _kill_qemu(record, paths)
     store.release(name)
+
+
+# --- verbs over QMP (the control socket, ctl.sock; the supervisor keeps qmp.sock) ----------
+
+#: how long pause/unpause wait for the supervisor to record the new state
+STATE_WAIT = 10.0
+SHUTDOWN_TIMEOUT = 60.0
+POLL = 0.1
+
+
+def _control(name: str, store: StateStore, command: str) -> DomainRecord:
+    record = lookup(name, store)
+    state = record.domain_state
+    if state is DomainState.STARTING:
+        raise DomainError(f"domain {name!r} is still starting")
+    if not qemu_alive(record, store.paths(name)):
+        raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+    qmp.execute(store.paths(name).control_socket, command)
+    return record
+
+
+def _wait_state(
+    name: str, store: StateStore, states: set[DomainState], timeout: float
+) -> DomainRecord | None:
+    """Wait until ``name``'s record is in one of ``states`` (None: the domain is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = refresh(store, name)
+        if record is None or record.domain_state in states:
+            return record
+        if time.monotonic() > deadline:
+            raise DomainError(
+                f"domain {name!r} is {record.state}, not "
+                f"{' or '.join(sorted(s.value for s in states))}, after {timeout:.0f}s"
+            )
+        time.sleep(POLL)
+
+
+def pause(name: str, store: StateStore | None = None) -> None:
+    """Stop the domain's vCPUs (QMP ``stop``); ``list`` shows ``p`` once this returns."""
+    store = store or StateStore()
+    _control(name, store, "stop")
+    _wait_state(name, store, {DomainState.PAUSED, DomainState.SHUTDOWN,
+                              DomainState.CRASHED}, STATE_WAIT)
+
+
+def unpause(name: str, store: StateStore | None = None) -> None:
+    """Resume the domain's vCPUs (QMP ``cont``)."""
+    store = store or StateStore()
+    _control(name, store, "cont")
+    _wait_state(name, store, {DomainState.RUNNING}, STATE_WAIT)
+
+
+def reboot(name: str, store: StateStore | None = None) -> None:
+    """Reset the domain (QMP ``system_reset``: a hard reset, not a request to the guest).
+
+    With on_reboot=destroy QEMU runs with ``-no-reboot`` and the reset ends the domain.
+    """
+    store = store or StateStore()
+    _control(name, store, "system_reset")
+
+
+def shutdown(
+    name: str, store: StateStore | None = None, wait: bool = False,
+    timeout: float = SHUTDOWN_TIMEOUT,
+) -> DomainRecord | None:
+    """Press the ACPI power button (QMP ``system_powerdown``), as ``xl shutdown`` asks the guest.
+
+    With ``wait``: return once the domain is gone (or preserved, on_poweroff=preserve: its
+    record, in state shutdown); DomainError when it is still there after ``timeout``.
+    """
+    store = store or StateStore()
+    _control(name, store, "system_powerdown")
+    if not wait:
+        return lookup(name, store)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = refresh(store, name)
+        if record is None or record.domain_state in (DomainState.SHUTDOWN, DomainState.CRASHED):
+            return record
+        time.sleep(POLL)
+    raise DomainError(
+        f"domain {name!r} did not shut down within {timeout:g}s: the guest ignored the ACPI "
+        f"power button (use 'pvhvm destroy {name}' to stop it at once)"
+    )

@@ -3,8 +3,14 @@
 Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/state/pvhvm``)::
 
     lock                     flock held while allocating a domid
-    domains/<name>/          one directory per domain; mkdir is what makes a name ours
+    domains/<name>/          one directory per domain; it appears whole, with its record and
+                             owner lock, by renaming a staging directory ``.<name>.<pid>.new``
+                             (a rename onto an existing domain fails: one of two racing
+                             creates of a name wins)
         record.json          the DomainRecord (replaced atomically: tmp file, fsync, rename)
+        owner.lock           flock held by whoever is responsible for the domain: the creating
+                             ``pvhvm create``, then its supervisor (the lock is inherited); free
+                             means nobody is (see lifecycle.refresh)
         qmp.sock             QMP for the supervisor
         ctl.sock             QMP for the CLI verbs
         console.sock         the serial console (when serial= does not say otherwise)
@@ -21,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -31,6 +37,8 @@ from pvhvm.errors import DomainError
 
 #: sun_path is 108 bytes on Linux, NUL included
 MAX_SOCKET_PATH = 107
+OWNER_LOCK = "owner.lock"
+STAGING_SUFFIX = ".new"
 
 
 class DomainState(Enum):
@@ -111,6 +119,7 @@ class DomainPaths:
     console_log: Path
     qemu_log: Path
     supervisor_log: Path
+    owner_lock: Path
 
     @classmethod
     def of(cls, root: Path, name: str) -> DomainPaths:
@@ -118,6 +127,7 @@ class DomainPaths:
         logs = root / "logs"
         return cls(
             directory=directory,
+            owner_lock=directory / OWNER_LOCK,
             record=directory / "record.json",
             qmp_socket=directory / "qmp.sock",
             control_socket=directory / "ctl.sock",
@@ -190,9 +200,64 @@ class StateStore:
             raise DomainError(f"domain {name!r} already exists") from None
         return paths
 
+    def introduce(
+        self, name: str, build: Callable[[int, DomainPaths], DomainRecord]
+    ) -> tuple[DomainRecord, OwnerLock]:
+        """Make domain ``name`` appear with its record (``build(domid, paths)``), owned by us.
+
+        The directory is staged under a dot-name, its owner lock taken, and renamed into place
+        while the domid lock is held: a reader sees the domain whole or not at all, and of two
+        racing introductions of one name exactly one wins (the other gets DomainError).
+        """
+        paths = self.paths(name)
+        paths.check_socket_lengths()
+        domains = self.root / "domains"
+        domains.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        if paths.directory.exists():
+            raise DomainError(f"domain {name!r} already exists")
+        staging = domains / f".{name}.{os.getpid()}{STAGING_SUFFIX}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o700)
+        lock: OwnerLock | None = None
+        try:
+            lock = OwnerLock.try_acquire(staging / OWNER_LOCK, create=True)
+            assert lock is not None, "a fresh staging directory's lock is free"
+            with self.locked():
+                record = build(self.next_domid(), paths)
+                write_atomic(staging / "record.json", json.dumps(record.to_json(), indent=1))
+                try:
+                    os.rename(staging, paths.directory)
+                except OSError as err:
+                    if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise DomainError(f"domain {name!r} already exists") from None
+                    raise
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return record, lock
+
+    def sweep_staging(self) -> None:
+        """Remove staging directories whose creating process is gone."""
+        try:
+            entries = list((self.root / "domains").iterdir())
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX)):
+                continue
+            pid = entry.name.removesuffix(STAGING_SUFFIX).rpartition(".")[2]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                shutil.rmtree(entry, ignore_errors=True)
+
     def release(self, name: str) -> None:
-        """Remove the domain's directory (record and sockets); logs stay."""
-        shutil.rmtree(self.paths(name).directory, ignore_errors=True)
+        """Remove the domain's directory (record first, then sockets and lock); logs stay."""
+        paths = self.paths(name)
+        with contextlib.suppress(FileNotFoundError):
+            paths.record.unlink()
+        shutil.rmtree(paths.directory, ignore_errors=True)
 
     def write(self, record: DomainRecord) -> None:
         write_atomic(self.paths(record.name).record, json.dumps(record.to_json(), indent=1))
@@ -209,7 +274,10 @@ class StateStore:
 
     def names(self) -> list[str]:
         try:
-            return sorted(p.name for p in (self.root / "domains").iterdir() if p.is_dir())
+            return sorted(
+                p.name for p in (self.root / "domains").iterdir()
+                if p.is_dir() and not p.name.startswith(".")
+            )
         except FileNotFoundError:
             return []
 
@@ -251,3 +319,73 @@ def pid_cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class OwnerLock:
+    """An exclusive flock on a domain's ``owner.lock``: whoever holds it answers for the domain.
+
+    The lock belongs to the open file, so a child given the descriptor (``pass_fds``) holds it
+    too; it is free again once every holder has closed it or exited.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def try_acquire(cls, path: Path, create: bool = False) -> OwnerLock | None:
+        """The lock, or None when another process holds it.
+
+        Raises FileNotFoundError when the lock file does not exist and ``create`` is false
+        (a domain directory being removed must not get a new file).
+        """
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    @staticmethod
+    def held(path: Path) -> bool | None:
+        """Whether someone holds the lock at ``path``; None when there is no lock file."""
+        try:
+            lock = OwnerLock.try_acquire(path)
+        except FileNotFoundError:
+            return None
+        if lock is None:
+            return True
+        lock.close()
+        return False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of ``pid`` (0.0 when it is gone), from /proc/PID/stat."""
+    if not pid:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[-1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def qemu_alive(record: DomainRecord, paths: DomainPaths) -> bool:
+    """Whether the record's QEMU still runs: its pid is alive and is this domain's QEMU (its
+    command line names the domain's QMP socket), so a reused pid is not mistaken for it."""
+    pid = record.qemu_pid
+    if not pid_alive(pid):
+        return False
+    assert pid is not None
+    return str(paths.qmp_socket) in " ".join(pid_cmdline(pid))

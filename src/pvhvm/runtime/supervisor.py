@@ -1,18 +1,26 @@
 """The per-domain supervisor: QEMU's parent, in a session of its own.
 
-``pvhvm create`` starts it detached (so it outlives the terminal and the toolstack); it
-starts QEMU, proves QMP answers, marks the record running and tells ``create`` over a pipe.
-Then it waits — on QEMU's exit and on QMP events, never polling — and applies the domain's
-actions (xl.cfg(5)):
+``pvhvm create`` starts it detached (``start_new_session``: it outlives the terminal and the
+toolstack, and a hangup is ignored), handing it the domain's owner lock. It starts QEMU,
+proves QMP answers, marks the record running and tells ``create`` over a pipe. Then it waits —
+on QEMU's exit and on QMP events, never polling — and applies the domain's actions
+(xl.cfg(5) on_poweroff / on_reboot / on_crash):
 
-* SHUTDOWN from the guest (QEMU runs with ``-no-shutdown``): ``on_poweroff``
-* SHUTDOWN with reason ``guest-reset`` (``-no-reboot``, i.e. on_reboot=destroy): destroy
+* SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``
+* SHUTDOWN reason ``guest-reset`` or ``host-qmp-system-reset`` (only seen with ``-no-reboot``,
+  i.e. on_reboot=destroy; otherwise QEMU resets in place and sends RESET): ``on_reboot``
 * GUEST_PANICKED (pvpanic, ``-action panic=pause``): ``on_crash``
-* QEMU exiting without being asked (killed, crashed): ``on_crash``
-* SIGTERM from ``pvhvm destroy``: quit QEMU (kill after a timeout), remove the record.
+* QEMU exiting without being asked (killed, crashed, SIGTERM from someone else): ``on_crash``
+* QEMU quitting on a QMP ``quit``, or SIGTERM to the supervisor from ``pvhvm destroy``:
+  destroy — quit QEMU (kill after a timeout), remove the record.
 
-``restart`` relaunches the same argv; ``preserve`` keeps the domain (paused, or a record in
-state crashed when QEMU is gone) until ``pvhvm destroy``.
+``restart`` relaunches the same argv (without ``-S``); ``preserve`` keeps the domain (QEMU
+stopped, state shutdown or crashed; or a record in state crashed when QEMU is gone) until
+``pvhvm destroy``.
+
+``--adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` starts it): it
+waits on QEMU through a pidfd, reads its run state over QMP and applies an action the
+guest asked for while nobody was watching.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from qemu.qmp import QMPClient, QMPError
 
 from pvhvm.errors import DomainError
 from pvhvm.qemu.qmp import connect
-from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_alive
 
 log = logging.getLogger("pvhvm.supervisor")
 
@@ -39,22 +48,94 @@ QMP_WAIT = 60.0
 QUIT_TIMEOUT = 10.0
 MAX_RESTARTS = 10
 
+#: what ends a QEMU run
+DESTROY, RESTART, PRESERVE = "destroy", "restart", "preserve"
+
+
+class QemuProcess(Protocol):
+    """What the supervisor needs of a QEMU process, child or adopted."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class AdoptedProcess:
+    """A QEMU this supervisor did not start, waited on through a pidfd (no polling).
+
+    Its exit status belongs to its dead parent's parent (init), so ``returncode`` is -1.
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self._pid = pid or 0
+        self._returncode: int | None = None
+        self._exit: asyncio.Future[None] | None = None
+        self._pidfd: int | None = None
+        try:
+            if pid:
+                self._pidfd = os.pidfd_open(pid)
+        except OSError:  # gone already
+            self._pidfd = None
+        if self._pidfd is None:
+            self._returncode = -1
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._returncode
+
+    async def wait(self) -> int:
+        if self._pidfd is not None and self._exit is None:
+            loop = asyncio.get_running_loop()
+            exit_future: asyncio.Future[None] = loop.create_future()
+            pidfd = self._pidfd
+
+            def readable() -> None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+                self._pidfd = None
+                self._returncode = -1
+                if not exit_future.done():
+                    exit_future.set_result(None)
+
+            loop.add_reader(pidfd, readable)
+            self._exit = exit_future
+        if self._exit is not None:
+            await asyncio.shield(self._exit)
+        return -1 if self._returncode is None else self._returncode
+
+    def kill(self) -> None:
+        if self._pid and self._returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+
 
 class Supervisor:
     """Runs one domain's QEMU and acts on what happens to it."""
 
-    def __init__(self, store: StateStore, name: str, ready_fd: int | None) -> None:
+    def __init__(
+        self, store: StateStore, name: str, ready_fd: int | None = None, adopt: bool = False
+    ) -> None:
         self.store = store
         self.name = name
         self.paths = store.paths(name)
         self.ready_fd = ready_fd
-        self.proc: asyncio.subprocess.Process | None = None
+        self.adopt = adopt
+        self.proc: QemuProcess | None = None
         self.qmp: QMPClient | None = None
         self.stopping = False
-        self.guest_shutdown = False
-        self.events: asyncio.Queue[str] = asyncio.Queue()
+        self.stop_requested = asyncio.Event()
 
-    # --- the record ---------------------------------------------------------------------
+    # --- the record (this process is its only writer once create has handed over) --------
 
     def record(self) -> DomainRecord:
         record = self.store.read(self.name)
@@ -62,9 +143,10 @@ class Supervisor:
             raise DomainError(f"record of domain {self.name!r} vanished")
         return record
 
-    def set_state(self, state: DomainState, **changes: object) -> None:
+    def update(self, state: DomainState | None = None, **changes: object) -> None:
         record = self.record()
-        record.state = state.value
+        if state is not None:
+            record.state = state.value
         for key, value in changes.items():
             setattr(record, key, value)
         self.store.write(record)
@@ -72,10 +154,13 @@ class Supervisor:
     def tell_creator(self, message: str) -> None:
         if self.ready_fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.write(self.ready_fd, message.encode())
-            os.close(self.ready_fd)
-        self.ready_fd = None
+        try:
+            with contextlib.suppress(OSError):  # the creator may be gone (killed): fine
+                os.write(self.ready_fd, message.encode())
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+            self.ready_fd = None
 
     # --- QEMU ---------------------------------------------------------------------------
 
@@ -87,12 +172,15 @@ class Supervisor:
         with open(self.paths.qemu_log, "ab") as qemu_log:
             qemu_log.write(f"--- {time.ctime()} {' '.join(argv)}\n".encode())
             qemu_log.flush()
-            self.proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
             )
+        self.proc = proc
+        # Known at once, so a cleaner that finds this domain orphaned can kill this QEMU.
+        self.update(qemu_pid=proc.pid)
         deadline = time.monotonic() + QMP_WAIT
         while True:
-            if self.proc.returncode is not None or (
+            if proc.returncode is not None or (
                 not self.paths.qmp_socket.exists() and await self._exited(0.05)
             ):
                 raise DomainError(self._launch_failure())
@@ -106,7 +194,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise DomainError(f"QEMU's QMP did not answer within {QMP_WAIT:.0f}s")
         status = await self.qmp.execute("query-status")
-        log.info("QEMU %d up, status %s", self.proc.pid, status)
+        log.info("QEMU %d up, status %s", proc.pid, status)
 
     async def _exited(self, wait: float) -> bool:
         assert self.proc is not None
@@ -149,67 +237,76 @@ class Supervisor:
 
     # --- events -------------------------------------------------------------------------
 
-    async def pump_events(self, client: QMPClient) -> None:
+    @staticmethod
+    async def pump_events(client: QMPClient, events: asyncio.Queue[str]) -> None:
+        """QMP events → the supervisor's words: poweroff reboot panic quit signal stop resume."""
         try:
             async for event in client.events:
                 name = str(event["event"])
                 raw = event.get("data")
                 data: dict[str, object] = raw if isinstance(raw, dict) else {}
                 log.info("event %s %s", name, data)
-                if name == "SHUTDOWN" and data.get("guest"):
-                    reason = str(data.get("reason", ""))
-                    self.events.put_nowait("reboot" if reason == "guest-reset" else "poweroff")
-                elif name == "GUEST_PANICKED":
-                    self.events.put_nowait("panic")
-                elif name == "STOP":
-                    self.events.put_nowait("stop")
-                elif name == "RESUME":
-                    self.events.put_nowait("resume")
+                word = _event_word(name, data)
+                if word is not None:
+                    events.put_nowait(word)
         except (QMPError, OSError, EOFError) as err:
             log.info("QMP event stream ended: %s", err)
 
-    async def run_once(self) -> str:
-        """Wait for what ends this QEMU run: returns destroy | restart | preserve."""
-        assert self.proc is not None and self.qmp is not None
-        record = self.record()
-        pump = asyncio.create_task(self.pump_events(self.qmp))
+    async def run_once(self, record: DomainRecord, events: asyncio.Queue[str]) -> str:
+        """Wait for what ends this QEMU run: returns destroy | restart | preserve.
+
+        ``events`` belongs to this run only, so a STOP left over from the last run cannot
+        mark a restarted domain paused.
+        """
+        assert self.proc is not None
+        pump = (
+            asyncio.create_task(self.pump_events(self.qmp, events))
+            if self.qmp is not None else None
+        )
         exited = asyncio.create_task(self.proc.wait())
+        guest_shutdown = quit_requested = False
         try:
             while True:
-                getter = asyncio.create_task(self.events.get())
+                getter = asyncio.create_task(events.get())
                 done, _ = await asyncio.wait({getter, exited}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
-                if exited in done:
-                    if self.stopping:
-                        return "destroy"
-                    if self.guest_shutdown:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if exited in done and getter not in done:
+                    if self.stopping or quit_requested:
+                        return DESTROY
+                    if guest_shutdown:
                         return _normalise(record.on_poweroff)
                     log.warning("QEMU exited unexpectedly (status %s)", self.proc.returncode)
                     return _normalise(record.on_crash)
                 event = getter.result()
                 if event == "stop":
                     if self.record().domain_state is DomainState.RUNNING:
-                        self.set_state(DomainState.PAUSED)
+                        self.update(DomainState.PAUSED)
                 elif event == "resume":
-                    self.set_state(DomainState.RUNNING)
+                    self.update(DomainState.RUNNING)
+                elif event == "quit":
+                    quit_requested = True
                 elif event == "poweroff":
-                    self.guest_shutdown = True
+                    guest_shutdown = True
                     action = _normalise(record.on_poweroff)
-                    if action == "preserve":
-                        self.set_state(DomainState.SHUTDOWN)
-                        continue
-                    return action
+                    if action != PRESERVE:
+                        return action
+                    self.update(DomainState.SHUTDOWN)
                 elif event == "reboot":
-                    return "destroy"
+                    action = _normalise(record.on_reboot)
+                    if action != PRESERVE:
+                        return action
+                    self.update(DomainState.SHUTDOWN)
                 elif event == "panic":
                     action = _normalise(record.on_crash)
-                    if action == "preserve":
-                        self.set_state(DomainState.CRASHED)
-                        continue
-                    return action
+                    if action != PRESERVE:
+                        return action
+                    self.update(DomainState.CRASHED)
         finally:
-            pump.cancel()
+            if pump is not None:
+                pump.cancel()
             if not exited.done():
                 exited.cancel()
 
@@ -220,46 +317,90 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        self.set_state(DomainState.STARTING, supervisor_pid=os.getpid())
+        if self.adopt:
+            return await self.take_over()
+        return await self.start()
+
+    async def start(self) -> int:
+        """The create path: launch QEMU, tell the creator, then supervise."""
+        self.update(DomainState.STARTING, supervisor_pid=os.getpid())
         record = self.record()
-        paused = "-S" in record.argv
         try:
             await self.launch(record.argv)
+            if self.stopping:
+                raise DomainError("destroyed while starting")
         except DomainError as err:
             self.tell_creator(f"error: {err}")
             await self.stop_qemu()
+            await self.close_qmp()
             self.store.release(self.name)
             return 1
         assert self.proc is not None
-        self.set_state(
-            DomainState.PAUSED if paused else DomainState.RUNNING, qemu_pid=self.proc.pid,
-            supervisor_pid=os.getpid(),
-        )
+        paused = "-S" in record.argv
+        self.update(DomainState.PAUSED if paused else DomainState.RUNNING)
         self.tell_creator("ok")
-        restarts = 0
+        return await self.supervise(record)
+
+    async def take_over(self) -> int:
+        """The adopt path: watch a QEMU whose supervisor died, then supervise it."""
+        record = self.record()
+        events: asyncio.Queue[str] = asyncio.Queue()
+        if record.qemu_pid is None or not qemu_alive(record, self.paths):
+            log.warning("adopting %s: its QEMU is gone", self.name)
+            self.proc = AdoptedProcess(None)
+        else:
+            self.proc = AdoptedProcess(record.qemu_pid)
+            try:
+                self.qmp = await connect(self.paths.qmp_socket, "supervisor", timeout=10)
+                status = await self.qmp.execute("query-status")
+            except (DomainError, QMPError, OSError, EOFError) as err:
+                log.error("adopting %s: QMP does not answer (%s); watching its exit only",
+                          self.name, err)
+                await self.close_qmp()
+            else:
+                run_state = str(status.get("status", "")) if isinstance(status, dict) else ""
+                log.info("adopted QEMU %d, status %s", self.proc.pid, run_state)
+                # What the guest asked for while nobody was watching is acted on now.
+                word = {"shutdown": "poweroff", "guest-panicked": "panic",
+                        "paused": "stop", "running": "resume"}.get(run_state)
+                state = record.domain_state
+                if word == "poweroff" and state is DomainState.SHUTDOWN:
+                    word = None
+                if word == "panic" and state is DomainState.CRASHED:
+                    word = None
+                if word is not None:
+                    events.put_nowait(word)
+        self.update(supervisor_pid=os.getpid())
+        return await self.supervise(record, events)
+
+    async def supervise(
+        self, record: DomainRecord, first_events: asyncio.Queue[str] | None = None
+    ) -> int:
+        """Apply the domain's actions run after run, until it is destroyed."""
+        restarts = record.restarts
+        events = first_events or asyncio.Queue()
         while True:
-            action = await self.run_once() if not self.stopping else "destroy"
+            action = DESTROY if self.stopping else await self.run_once(record, events)
+            events = asyncio.Queue()
             if self.stopping:
-                action = "destroy"
-            if action == "restart" and restarts < MAX_RESTARTS:
+                action = DESTROY
+            log.info("action %s", action)
+            if action == RESTART and restarts < MAX_RESTARTS:
                 restarts += 1
                 await self.stop_qemu()
                 await self.close_qmp()
-                self.guest_shutdown = False
                 try:
                     await self.launch([a for a in record.argv if a != "-S"])
                 except DomainError as err:
                     log.error("restart failed: %s", err)
                     break
-                assert self.proc is not None
-                self.set_state(DomainState.RUNNING, qemu_pid=self.proc.pid, restarts=restarts)
+                self.update(DomainState.RUNNING, restarts=restarts)
                 continue
-            if action == "preserve":
+            if action == PRESERVE:
                 # QEMU is gone but the domain is kept, as xl keeps a crashed domain.
-                self.set_state(DomainState.CRASHED, qemu_pid=None)
+                self.update(DomainState.CRASHED, qemu_pid=None)
                 await self.close_qmp()
-                await self.wait_for_stop()
-                break
+                await self.stop_requested.wait()
             break
         await self.stop_qemu()
         await self.close_qmp()
@@ -270,24 +411,32 @@ class Supervisor:
         self.stopping = True
         if self.proc is not None and self.proc.returncode is None:
             asyncio.get_running_loop().create_task(self.stop_qemu())
-        self._stop_event().set()
+        self.stop_requested.set()
 
-    def _stop_event(self) -> asyncio.Event:
-        if not hasattr(self, "_stop"):
-            self._stop = asyncio.Event()
-        return self._stop
 
-    async def wait_for_stop(self) -> None:
-        await self._stop_event().wait()
+def _event_word(name: str, data: dict[str, object]) -> str | None:
+    """One QMP event (qapi/run-state.json) as what it means to the supervisor."""
+    if name == "SHUTDOWN":
+        reason = str(data.get("reason", ""))
+        if reason == "guest-shutdown":
+            return "poweroff"
+        if reason in ("guest-reset", "host-qmp-system-reset"):
+            return "reboot"
+        if reason == "guest-panic":
+            return "panic"
+        if reason == "host-qmp-quit":
+            return "quit"
+        return None  # host-signal, host-ui...: QEMU exits, which is a crash unless we asked
+    return {"GUEST_PANICKED": "panic", "STOP": "stop", "RESUME": "resume"}.get(name)
 
 
 def _normalise(action: str) -> str:
     """xl's actions reduced to what pvhvm does: destroy, restart or preserve."""
     if action in ("restart", "rename-restart", "coredump-restart", "soft-reset"):
-        return "restart"
+        return RESTART
     if action == "preserve":
-        return "preserve"
-    return "destroy"
+        return PRESERVE
+    return DESTROY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,13 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--lock-fd", type=int, help="the domain's owner lock, held till exit")
+    parser.add_argument("--adopt", action="store_true", help="take over a running QEMU")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
     )
     store = StateStore(args.state_dir)
-    supervisor = Supervisor(store, args.name, args.ready_fd)
+    supervisor = Supervisor(store, args.name, args.ready_fd, adopt=args.adopt)
     try:
         return asyncio.run(supervisor.main())
     except Exception as err:  # the last line of defence of a detached process: log it

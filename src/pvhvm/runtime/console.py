@@ -1,0 +1,104 @@
+"""``pvhvm console``: attach a terminal (or a pipe) to a domain's serial console.
+
+The default serial is a QEMU socket chardev (server, one client at a time) at the record's
+``console`` path; ``unix:PATH`` and ``tcp:HOST:PORT`` serials are attached the same way.
+``^]`` on stdin detaches, as with ``xl console``. On a terminal, stdin is put in raw mode (and
+restored); with a pipe, end of input detaches once the guest has been quiet for
+:data:`LINGER` seconds, so ``echo cmd | pvhvm console NAME`` shows the command's output.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import termios
+import tty
+
+from pvhvm.errors import DomainError
+from pvhvm.runtime.state import DomainRecord
+
+ESCAPE = b"\x1d"  # ^]
+LINGER = 1.0
+CONNECT_TIMEOUT = 5.0
+
+
+def console_address(record: DomainRecord) -> tuple[int, str | tuple[str, int]]:
+    """(address family, address) of the domain's serial console."""
+    spec = record.console
+    if not spec:
+        raise DomainError(f"domain {record.name!r} has no serial console")
+    if spec.startswith("unix:"):
+        return socket.AF_UNIX, spec[5:].split(",")[0]
+    if spec.startswith("tcp:"):
+        host, _, port = spec[4:].split(",")[0].rpartition(":")
+        return socket.AF_INET, (host or "127.0.0.1", int(port))
+    if spec.startswith("/"):
+        return socket.AF_UNIX, spec
+    raise DomainError(
+        f"domain {record.name!r} has serial = {spec!r}; pvhvm console attaches to the default "
+        "socket, unix:PATH and tcp:HOST:PORT serials only"
+    )
+
+
+def connect(record: DomainRecord) -> socket.socket:
+    family, address = console_address(record)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        sock.connect(address)
+    except OSError as err:
+        sock.close()
+        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        raise DomainError(f"console of domain {record.name!r} at {where}: {err}") from err
+    sock.settimeout(None)
+    return sock
+
+
+def attach(record: DomainRecord, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
+    """Copy the console to ``stdout_fd`` and ``stdin_fd`` to the console until ``^]``."""
+    sock = connect(record)
+    saved = None
+    if os.isatty(stdin_fd):
+        saved = termios.tcgetattr(stdin_fd)
+        tty.setraw(stdin_fd)
+    try:
+        _relay(sock, stdin_fd, stdout_fd)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        sock.close()
+
+
+def _relay(sock: socket.socket, stdin_fd: int, stdout_fd: int) -> None:
+    stdin_open = True
+    while True:
+        watched: list[int] = [sock.fileno()] + ([stdin_fd] if stdin_open else [])
+        ready, _, _ = select.select(watched, [], [], None if stdin_open else LINGER)
+        if not ready:
+            return  # input ended and the guest has been quiet: detach
+        if sock.fileno() in ready:
+            data = sock.recv(65536)
+            if not data:
+                return  # QEMU closed the console (the domain is gone)
+            try:
+                _write_all(stdout_fd, data)
+            except BrokenPipeError:
+                return  # nobody reads the output any more
+        if stdin_open and stdin_fd in ready:
+            data = os.read(stdin_fd, 4096)
+            if not data:
+                stdin_open = False
+                continue
+            before, escape, _ = data.partition(ESCAPE)
+            if before:
+                sock.sendall(before)
+            if escape:
+                return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+

@@ -1,0 +1,188 @@
+"""What ``list``, ``block-list`` and ``network-list`` print: pure functions of domain records.
+
+``xl list`` (tools/xl/xl_info.c) prints a header and one line per domain::
+
+    printf("%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f", name, domid, mem_mib, vcpus,
+           running 'r', blocked 'b', paused 'p', shutdown 's', reason ("-rscwS"[reason]),
+           dying 'd', cpu_seconds)
+
+Scripts parse that, so it is reproduced exactly (header tabs included). Time(s) is the CPU
+time of the domain's QEMU (on Xen it is the vCPUs' time; QEMU's also counts emulation).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pvhvm.runtime.state import DomainRecord, DomainState
+
+LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+
+
+def state_flags(state: DomainState) -> str:
+    """xl's six state letters ``rbpscd`` for a domain in ``state``.
+
+    A shut-down domain carries its reason in the fifth place (xl: ``-rscwS``, poweroff '-');
+    pvhvm's crashed domain is xl's shut down with reason crash, ``---sc-``. A starting
+    domain is paused while it is being built, as libxl builds it.
+    """
+    return {
+        DomainState.STARTING: "--p---",
+        DomainState.RUNNING: "r-----",
+        DomainState.PAUSED: "--p---",
+        DomainState.SHUTDOWN: "---s--",
+        DomainState.CRASHED: "---sc-",
+        DomainState.DYING: "-----d",
+    }[state]
+
+
+@dataclass(frozen=True)
+class ListRow:
+    """One line of ``list``."""
+
+    name: str
+    domid: int
+    memory_mib: int
+    vcpus: int
+    state: str
+    flags: str
+    cpu_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_rows(
+    records: Iterable[DomainRecord], cpu_seconds: Callable[[int | None], float]
+) -> list[ListRow]:
+    return [
+        ListRow(
+            name=r.name, domid=r.domid, memory_mib=r.memory_mib, vcpus=r.vcpus, state=r.state,
+            flags=state_flags(r.domain_state),
+            cpu_seconds=cpu_seconds(r.qemu_pid) if r.qemu_pid else 0.0,
+        )
+        for r in records
+    ]
+
+
+def format_list(rows: Iterable[ListRow]) -> str:
+    """The text of ``xl list``: header and one line per domain."""
+    lines = [LIST_HEADER]
+    for row in rows:
+        lines.append(
+            f"{row.name:<40} {row.domid:5d} {row.memory_mib:5d} {row.vcpus:5d}     "
+            f"{row.flags}  {row.cpu_seconds:8.1f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def long_list(records: Iterable[DomainRecord]) -> list[dict[str, Any]]:
+    """``list -l``: like ``xl list -l``, one object per domain with its domid and config
+    (the plan), plus everything else the record knows."""
+    out = []
+    for record in records:
+        document = record.to_json()
+        config = document.pop("plan")
+        out.append({"domid": record.domid, "config": config, **document})
+    return out
+
+
+# --- devices ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """One disk of a domain as QEMU was told to realise it."""
+
+    vdev: str
+    devid: int
+    type: str
+    driver: str
+    mode: str
+    target: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NetworkDevice:
+    """One NIC of a domain as QEMU was told to realise it."""
+
+    devid: int
+    type: str
+    driver: str
+    mac: str
+    bridge: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _device_drivers(argv: list[str]) -> dict[str, str]:
+    """``-device`` driver names by the device's ``drive=`` or ``id=`` (argv.py's names)."""
+    out: dict[str, str] = {}
+    for option, value in itertools.pairwise(argv):
+        if option != "-device":
+            continue
+        driver, _, rest = value.partition(",")
+        for part in rest.split(","):
+            key, _, val = part.partition("=")
+            if key in ("drive", "id"):
+                out.setdefault(val, driver)
+    return out
+
+
+def block_devices(record: DomainRecord) -> list[BlockDevice]:
+    """The domain's disks: vdev, devid, ioemu|xenbus and the QEMU device from its argv."""
+    drivers = _device_drivers(record.argv)
+    out = []
+    for disk in record.plan.get("disks", []):
+        vdev = str(disk.get("vdev"))
+        out.append(BlockDevice(
+            vdev=vdev, devid=int(disk.get("devid") or 0), type=str(disk.get("type")),
+            driver=drivers.get(f"disk-{vdev}", "?"), mode=str(disk.get("mode") or ""),
+            target=str(disk.get("target") or "(empty)"),
+        ))
+    return out
+
+
+def network_devices(record: DomainRecord) -> list[NetworkDevice]:
+    """The domain's NICs: devid, ioemu|xenbus, QEMU device model, MAC and bridge."""
+    drivers = _device_drivers(record.argv)
+    out = []
+    for vif in record.plan.get("vifs", []):
+        devid = int(vif.get("devid") or 0)
+        out.append(NetworkDevice(
+            devid=devid, type=str(vif.get("type")), driver=drivers.get(f"vif-{devid}", "?"),
+            mac=str(vif.get("mac")), bridge=str(vif.get("bridge") or ""),
+        ))
+    return out
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Plain columns, left-aligned and padded to the widest cell, as xl's lists."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = []
+    for cells in [header, *rows]:
+        line = " ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        lines.append(line.rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def format_block_list(devices: list[BlockDevice]) -> str:
+    return format_table(
+        ["Vdev", "Devid", "Type", "Driver", "Mode", "Target"],
+        [[d.vdev, str(d.devid), d.type, d.driver, d.mode, d.target] for d in devices],
+    )
+
+
+def format_network_list(devices: list[NetworkDevice]) -> str:
+    return format_table(
+        ["Idx", "Type", "Driver", "Mac Addr.", "Bridge"],
+        [[str(d.devid), d.type, d.driver, d.mac, d.bridge] for d in devices],
+    )

@@ -1,0 +1,166 @@
+"""``pvhvm bench io`` and ``pvhvm bench toolstack`` (issue 6). Logic lives in pvhvm.bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pvhvm.bench.io import io_options, run_io, total_steps
+from pvhvm.bench.jobs import JOB_NAMES
+from pvhvm.bench.report import guests_table, io_table, plot_io, setups_table
+from pvhvm.bench.setups import ALTERNATIVES, DEFAULT_SETUP
+from pvhvm.bench.toolstack import DISK_COUNTS, ToolstackOptions, run_toolstack
+from pvhvm.cli.output import console, print_json
+
+SETUP_NAMES = [DEFAULT_SETUP, *(s.name for s in ALTERNATIVES)]
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+        console=console(stderr=True), transient=False,
+    )
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bench() -> None:
+    """Benchmarks: the PV benefit in real guests, pvhvm's own overhead (TCG guests)."""
+
+
+@bench.command("io")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--quick", is_flag=True, help="3 s jobs on 256 MiB, 5 setups (< 10 min).")
+@click.option("--tiny", is_flag=True, help="One 1 s job on 16 MiB, default setup (a smoke test).")
+@click.option("--dry", is_flag=True, help="Host fio only; boot no guest.")
+@click.option("--setups", help=f"Comma-separated PV setups besides the default: "
+              f"{', '.join(SETUP_NAMES)} ('' for none).")
+@click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(JOB_NAMES)}.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG bar chart of IOPS (needs matplotlib: pvhvm[bench]).")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON document to this file.")
+@click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the data image and run files go (a directory on a disk, not tmpfs).")
+def io(
+    as_json: bool, quick: bool, tiny: bool, dry: bool, setups: str | None, jobs: str | None,
+    plot: Path | None, save: Path | None, kit_dir: Path | None, workdir: Path | None,
+) -> None:
+    """fio on the host, in an IDE guest and in PV guests on the same data image."""
+    options = io_options(
+        quick=quick, tiny=tiny, setups=_split(setups), jobs=_split(jobs), dry=dry,
+        kit_dir=kit_dir, workdir=workdir,
+    )
+    with _progress() as progress:
+        task = progress.add_task("starting", total=total_steps(options))
+
+        def step(message: str, advance: int) -> None:
+            progress.update(task, description=message, advance=advance)
+
+        report = run_io(options, step)
+    document = report.to_json()
+    if save is not None:
+        save.write_text(json.dumps(document, indent=2) + "\n")
+    if plot is not None:
+        plot_io(document, plot)
+    if as_json:
+        print_json(document)
+        return
+    out = console()
+    out.print(io_table(report))
+    if report.guests:
+        out.print(setups_table(report))
+        out.print(guests_table(report))
+        winner = report.winner()
+        verdict = "is" if winner == DEFAULT_SETUP else "is NOT"
+        out.print(f"fastest PV setup: {winner} (pvhvm's default {verdict} the fastest)")
+
+
+@bench.command("toolstack")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--quick", is_flag=True, help="3 repetitions instead of 5.")
+@click.option("--tiny", is_flag=True, help="1 repetition, 1 and 4 disks, no boot (smoke test).")
+@click.option("--no-boot", is_flag=True, help="Skip the boot-to-report times.")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON document to this file.")
+@click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Guest image kit directory (default ~/.cache/pvhvm/image).")
+def toolstack(
+    as_json: bool, quick: bool, tiny: bool, no_boot: bool, save: Path | None,
+    kit_dir: Path | None,
+) -> None:
+    """create vs QEMU by hand, dry-run and import time, 1-64 disks, boot time IDE vs PV."""
+    options = ToolstackOptions(
+        repeat=1 if tiny else 3 if quick else 5,
+        disk_counts=(1, 4) if tiny else DISK_COUNTS,
+        boot=not (tiny or no_boot),
+    )
+    if kit_dir is not None:
+        options = ToolstackOptions(**{**options.__dict__, "kit_dir": kit_dir})
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
+        document = run_toolstack(
+            options, lambda message: progress.update(task, description=message),
+        )
+    if save is not None:
+        save.write_text(json.dumps(document, indent=2) + "\n")
+    if as_json:
+        print_json(document)
+        return
+    _print_toolstack(document)
+
+
+def _print_toolstack(document: dict[str, object]) -> None:
+    out = console()
+    summary = Table(title="pvhvm bench toolstack (medians)", title_justify="left",
+                    show_header=False)
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    imports = document["import"]
+    assert isinstance(imports, dict)
+    summary.add_row("python -c pass", f"{imports['python_start_s'] * 1000:.0f} ms")
+    summary.add_row("python -c 'import pvhvm.cli.main'", f"{imports['import_cli_s'] * 1000:.0f} ms")
+    summary.add_row("pvhvm create --dry-run --json (1 disk)",
+                    f"{float(str(document['dry_run_s'])) * 1000:.0f} ms")
+    versus = document["create_vs_qemu"]
+    assert isinstance(versus, dict)
+    if versus.get("create_s") is not None:
+        summary.add_row("pvhvm create until QMP answers", f"{versus['create_s'] * 1000:.0f} ms")
+        summary.add_row("same QEMU argv by hand until QMP answers",
+                        f"{versus['qemu_by_hand_s'] * 1000:.0f} ms")
+        summary.add_row("pvhvm's overhead", f"{versus['overhead_s'] * 1000:.0f} ms")
+    boot = document.get("boot")
+    if isinstance(boot, dict):
+        for device, label in (("ioemu", "IDE"), ("xenbus", "PV")):
+            summary.add_row(f"create → device report, root on {label}",
+                            f"{boot[device]['to_report_s']:.1f} s")
+    out.print(summary)
+    scaling = Table(title="cost vs number of PV disks (medians)", title_justify="left")
+    for column in ("disks", "plan+argv", "create --dry-run (CLI)", "create", "QEMU by hand",
+                   "overhead"):
+        scaling.add_column(column, justify="right")
+    rows = document["scaling"]
+    assert isinstance(rows, list)
+
+    def ms(value: object) -> str:
+        return "-" if value is None else f"{float(str(value)) * 1000:.1f} ms"
+
+    for row in rows:
+        create = ms(row.get("create_s")) if "create_error" not in row else "failed"
+        scaling.add_row(str(row["disks"]), ms(row["plan_argv_s"]), ms(row["dry_run_cli_s"]),
+                        create, ms(row.get("qemu_by_hand_s")), ms(row.get("overhead_s")))
+    out.print(scaling)
+    for row in rows:
+        if "create_error" in row:
+            out.print(f"{row['disks']} disks: create failed: {row['create_error']}")

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from pvhvm import __version__
+from pvhvm.cli.bench import bench
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json
@@ -135,6 +136,7 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
         output.write_text(exported.text)
 
 
+cli.add_command(bench)
 cli.add_command(image)
 register_domain_verbs(cli)
 cli.add_command(report)

@@ -389,6 +389,9 @@ class Supervisor:
                 restarts += 1
                 await self.stop_qemu()
                 await self.close_qmp()
+                # Counted before the new QEMU's pid is recorded, so no reader sees a new pid
+                # with the old count.
+                self.update(restarts=restarts)
                 try:
                     await self.launch([a for a in record.argv if a != "-S"])
                 except DomainError as err:

@@ -127,3 +127,26 @@ def test_two_creates_of_one_name(pvhvm: Pvhvm, domain: list[str], imagedir: Path
     proc = pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                      "name=twice", "--accel", "tcg", check=False)
     assert proc.returncode == 1 and "domain 'twice' already exists" in proc.stderr
+
+
+def test_many_pv_disks(pvhvm: Pvhvm, domain: list[str], imagedir: Path, tmp_path: Path) -> None:
+    """More PV disks than the root PCI bus has slots: they sit behind PCI bridges."""
+    extra = []
+    for i in range(1, 40):
+        image = tmp_path / f"d{i}.img"
+        image.write_bytes(b"")
+        with open(image, "r+b") as handle:
+            handle.truncate(1 << 20)
+        extra.append(f"{image},raw,xvd{chr(97 + i // 26) if i >= 26 else ''}{chr(97 + i % 26)},rw")
+    cfg = tmp_path / "many.cfg"
+    cfg.write_text(
+        f'name="many"\nkernel="{imagedir}/vmlinuz"\nramdisk="{imagedir}/initramfs.cpio.gz"\n'
+        f'extra="console=ttyS0 root=/dev/vda"\n'
+        f'disk=["{imagedir}/rootfs.ext4,raw,xvda,rw"] + {extra!r}\n'
+    )
+    domain.append("many")
+    pvhvm.run("create", str(cfg), "--accel", "tcg")
+    report = pvhvm.wait_report("many")
+    assert len(report.blocks) == 40
+    assert {b.driver for b in report.blocks} == {"virtio_blk"}
+    assert not report.has_class(IDE)

@@ -131,3 +131,16 @@ def test_unrealisable(text: str, words: str) -> None:
 def test_commas_in_paths_are_escaped() -> None:
     argv = argv_for('name="g"\ndisk=["vdev=xvda,target=/a,b.img"]')
     assert any("file=/a,,b.img," in a for a in argv)
+
+
+def test_many_pv_disks_go_behind_pci_bridges() -> None:
+    disks = ", ".join(f'"/d{i},raw,xvd{chr(97 + i // 26)}{chr(97 + i % 26)},rw"' for i in range(64))
+    argv = argv_for(f'name="g"\ndisk=[{disks}]')
+    assert _device(argv, "pci-bridge") == [
+        "pci-bridge,id=pvbridge1,chassis_nr=1", "pci-bridge,id=pvbridge2,chassis_nr=2",
+        "pci-bridge,id=pvbridge3,chassis_nr=3",
+    ]
+    buses = [d.rsplit("bus=", 1)[1].split(",")[0] for d in _device(argv, "virtio-blk-pci")]
+    assert buses.count("pvbridge1") == 31 and buses.count("pvbridge3") == 2
+    few = argv_for('name="g"\ndisk=["/a,raw,xvda,rw"]')
+    assert not _device(few, "pci-bridge")

@@ -24,6 +24,11 @@ from pvhvm.plan.types import DeviceKind
 #: ``format=`` names of xl → QEMU block drivers
 QEMU_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
 NO_IDE_MACHINE = "q35,sata=off,smbus=off"
+#: PCI devices pvhvm puts on the root bus before PV disks move behind PCI bridges (the
+#: root bus has 32 slots; the host bridge, ISA bridge and IDE function take some)
+ROOT_BUS_BUDGET = 24
+#: PV disks per pci-bridge (a bridge has 32 slots)
+BRIDGE_SLOTS = 31
 IDE_MACHINE = "pc"
 
 
@@ -113,9 +118,15 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
             argv += ["-initrd", plan.ramdisk]
         if plan.cmdline:
             argv += ["-append", plan.cmdline]
+    argv += _bridges(plan)
     iothreads = 0
+    pv_index = 0
     for disk in plan.disks:
-        disk_argv, uses_iothread = _disk(disk, plan, options, iothreads)
+        bus = None
+        if disk.kind is DeviceKind.XENBUS and _needs_bridges(plan):
+            bus = f"pvbridge{pv_index // BRIDGE_SLOTS + 1}"
+            pv_index += 1
+        disk_argv, uses_iothread = _disk(disk, plan, options, iothreads, bus)
         argv += disk_argv
         iothreads += uses_iothread
     for vif in plan.vifs:
@@ -158,8 +169,28 @@ def _serial(plan: Plan, paths: RunPaths) -> list[str]:
     return ["-chardev", chardev, "-serial", "chardev:serial0"]
 
 
+def _pv_disk_count(plan: Plan) -> int:
+    return sum(1 for d in plan.disks if d.kind is DeviceKind.XENBUS)
+
+
+def _needs_bridges(plan: Plan) -> bool:
+    """Whether the PV disks must go behind PCI bridges (more PCI devices than root slots)."""
+    return _pv_disk_count(plan) + len(plan.vifs) > ROOT_BUS_BUDGET
+
+
+def _bridges(plan: Plan) -> list[str]:
+    """``pci-bridge`` devices for PV disks when the root bus cannot hold them all."""
+    if not _needs_bridges(plan):
+        return []
+    count = -(-_pv_disk_count(plan) // BRIDGE_SLOTS)
+    argv: list[str] = []
+    for n in range(1, count + 1):
+        argv += ["-device", f"pci-bridge,id=pvbridge{n},chassis_nr={n}"]
+    return argv
+
+
 def _disk(
-    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int
+    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int, bus: str | None
 ) -> tuple[list[str], int]:
     drive_id = f"disk-{disk.vdev}"
     emulated = disk.kind is DeviceKind.IOEMU
@@ -203,6 +234,8 @@ def _disk(
         f"virtio-blk-pci,drive={drive_id},id=vbd-{disk.devid},num-queues={queues},"
         f"queue-size={tuning.queue_size}"
     )
+    if bus is not None:
+        device += f",bus={bus}"
     if tuning.iothread:
         argv = ["-object", f"iothread,id=iothread{iothread_index}", *argv]
         device += f",iothread=iothread{iothread_index}"

@@ -263,3 +263,29 @@ def test_create_killed_midway_leaves_a_guest_or_nothing(
         assert not pvhvm.leftovers(name), (delay, outcome, pvhvm.leftovers(name))
     assert not list((pvhvm.state / "domains").glob(".*"))
     print("outcomes by delay:", outcomes)
+
+
+def crash_guest(pvhvm: Pvhvm, name: str) -> None:
+    """Panic the guest's kernel from its shell (sysrq c); pvpanic tells QEMU."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pvhvm", "console", name], stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=pvhvm.env(),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"\necho c > /proc/sysrq-trigger\n")
+    proc.stdin.flush()
+    time.sleep(2)
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+
+
+def test_kernel_panic_reaches_on_crash(pvhvm: Pvhvm, domain: list[str], imagedir: Path) -> None:
+    """A real guest panic (GUEST_PANICKED through pvpanic): preserve keeps it, crashed."""
+    create(pvhvm, domain, imagedir, "panicky", "on_crash=preserve")
+    pvhvm.wait_report("panicky")
+    crash_guest(pvhvm, "panicky")
+    wait_for("the panic to be seen",
+             lambda: (record(pvhvm, "panicky") or {}).get("state") == "crashed", 30)
+    assert "Kernel panic" in pvhvm.console_log("panicky").read_text(errors="replace")
+    assert listed(pvhvm)["panicky"] == "---sc-"

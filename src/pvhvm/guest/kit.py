@@ -59,9 +59,10 @@ STORAGE_MODULES = (
 )
 #: Modules the root filesystem's rcS loads as well: NICs (8139cp before 8139too: QEMU's
 #: rtl8139 is a C+ chip, which 8139too refuses anyway), af_packet (built in on Debian), and
-#: the ACPI power button with evdev for acpid.
+#: the ACPI power button with evdev for acpid, and pvpanic-mmio, the driver of QEMU's ISA
+#: pvpanic device (ACPI QEMU0001), so a kernel panic reaches the host as GUEST_PANICKED.
 NET_MODULES = ("virtio_net", "8139cp", "8139too", "e1000", "ne2k-pci", "af_packet")
-ACPI_MODULES = ("button", "evdev")
+ACPI_MODULES = ("button", "evdev", "pvpanic-mmio")
 
 PACKAGES = ("busybox-static", "syslinux", "syslinux-common", "mtools")
 BOOT_APPEND = f"console=ttyS0,115200 root=LABEL={rootfs.ROOT_LABEL}"

@@ -11,6 +11,11 @@ Two spellings are accepted, and may be mixed as xl mixes them:
 
 The RFC's extension: ``type=ioemu|xenbus`` (emulated or PV) in either spelling, and the legacy
 ``ioemu:`` prefix on the vdev (``ioemu:hda``), which means ``type=ioemu``.
+
+tests/xen/test_xl_peer.py runs Xen 4.17's own parser (libxlutil) beside this one. They agree
+except where pvhvm follows xend or a newer xl on purpose: ``type=``; the xend form without a
+prefix (``/img,hda,w``) and with a 4th positional backend domain; ``phy:vg/lv`` meaning
+``/dev/vg/lv``; the ``trusted``/``untrusted`` flags (newer than 4.17).
 """
 
 from __future__ import annotations

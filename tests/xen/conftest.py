@@ -1,0 +1,81 @@
+"""Xen's own xl parsers as a test peer: tests/xen/xlpeer/xlparse.c built against libxlutil.
+
+The fixture fetches Debian's libxen-dev (headers) and libxenmisc4.17 (libxlutil, libxenlight)
+with ``apt-get download``, unpacks them with dpkg-deb into a cache, and compiles xlparse with
+the host's gcc. Nothing is installed system-wide. It skips, saying why, only when the
+packages cannot be downloaded or there is no C compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).parent / "xlpeer" / "xlparse.c"
+#: headers, libxlutil + libxenlight, and the libraries libxenlight links
+PACKAGES = (
+    "libxen-dev", "libxenmisc4.17", "libxentoollog1", "libyajl2", "libxenhypfs1",
+    "libxengnttab1", "libxenevtchn1", "libxenforeignmemory1", "libxencall1",
+    "libxendevicemodel1", "libxenstore4", "libxentoolcore1",
+)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pvhvm" / "xlpeer"
+LIBDIR = Path("usr/lib/x86_64-linux-gnu")
+
+
+@dataclass(frozen=True)
+class XlParser:
+    """Runs Xen's xl config and disk parsers."""
+
+    binary: Path
+    libdir: Path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LD_LIBRARY_PATH": str(self.libdir)}
+        return subprocess.run([str(self.binary), *args], capture_output=True, text=True,
+                              env=env, check=False, timeout=30)
+
+    def disk(self, spec: str) -> dict[str, str] | None:
+        """xl's reading of one disk spec, or None when xl refuses it."""
+        proc = self.run("disk", spec)
+        if proc.returncode not in (0, 1):  # 1 is xl refusing; anything else is a broken peer
+            raise AssertionError(f"xlparse failed ({proc.returncode}): {proc.stderr}")
+        if proc.returncode == 1:
+            return None
+        return dict(line.split("=", 1) for line in proc.stdout.splitlines())
+
+
+def _build() -> XlParser:
+    root = CACHE / "root"
+    binary = CACHE / "xlparse"
+    libdir = root / LIBDIR
+    if not (root / LIBDIR / "libyajl.so.2").exists():
+        debs = CACHE / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        for package in PACKAGES:
+            fetched = subprocess.run(["apt-get", "download", package], cwd=debs,
+                                     capture_output=True, text=True, check=False)
+            if fetched.returncode != 0:
+                pytest.skip(f"apt-get download {package} failed: {fetched.stderr.strip()}")
+        for deb in sorted(debs.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    if not binary.exists() or binary.stat().st_mtime < SOURCE.stat().st_mtime:
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        if compiler is None:
+            pytest.skip("no C compiler to build the xl parser peer")
+        subprocess.run(
+            [compiler, "-O1", "-o", str(binary), str(SOURCE), f"-I{root / 'usr/include'}",
+             f"-L{libdir}", f"-Wl,-rpath-link,{libdir}", "-Wl,--allow-shlib-undefined",
+             "-l:libxlutil.so.4.17", "-l:libxenlight.so.4.17"],
+            check=True, capture_output=True,
+        )
+    return XlParser(binary, libdir)
+
+
+@pytest.fixture(scope="session")
+def xl() -> XlParser:
+    return _build()

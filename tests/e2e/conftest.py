@@ -15,32 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.guest.kit import Kit, build_kit
+from pvhvm.guest.kit import Kit
 from pvhvm.guest.report import END, DeviceReport, parse_report
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BOOT_TIMEOUT = float(os.environ.get("PVHVM_BOOT_TIMEOUT", "240"))
 
 
-def kit_directory() -> Path:
-    configured = os.environ.get("PVHVM_IMAGE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "pvhvm" / "image"
-
-
-@pytest.fixture(scope="session")
-def e2e_kit() -> Kit:
-    """The guest image kit, built once (a lock serialises xdist workers)."""
-    return build_kit(kit_directory())
-
-
 @pytest.fixture
-def imagedir(e2e_kit: Kit, tmp_path: Path) -> Path:
+def imagedir(kit: Kit, tmp_path: Path) -> Path:
     """A private copy of the kit's images (guests write to their disks), plus a data disk."""
     directory = tmp_path / "images"
     directory.mkdir()
-    for source in (e2e_kit.vmlinuz, e2e_kit.initramfs):
+    for source in (kit.vmlinuz, kit.initramfs):
         os.symlink(source, directory / source.name)
-    for source in (e2e_kit.rootfs, e2e_kit.bootdisk):
+    for source in (kit.rootfs, kit.bootdisk):
         subprocess.run(
             ["cp", "--sparse=always", "--reflink=auto", str(source), str(directory / source.name)],
             check=True,

@@ -13,27 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.guest.kit import Kit, build_kit
 from pvhvm.guest.report import END, ERROR, DeviceReport, parse_report
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = float(os.environ.get("PVHVM_BOOT_TIMEOUT", "180"))
-
-
-def kit_directory() -> Path:
-    configured = os.environ.get("PVHVM_IMAGE_DIR")
-    if configured:
-        return Path(configured)
-    return Path.home() / ".cache" / "pvhvm" / "image"
-
-
-@pytest.fixture(scope="session")
-def kit() -> Kit:
-    """The guest image kit, built once into $PVHVM_IMAGE_DIR or ~/.cache/pvhvm/image.
-
-    Builds of one directory are serialised by a lock, so xdist workers share one build.
-    """
-    return build_kit(kit_directory())
 
 
 @dataclass

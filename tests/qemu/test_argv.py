@@ -144,3 +144,9 @@ def test_many_pv_disks_go_behind_pci_bridges() -> None:
     assert buses.count("pvbridge1") == 31 and buses.count("pvbridge3") == 2
     few = argv_for('name="g"\ndisk=["/a,raw,xvda,rw"]')
     assert not _device(few, "pci-bridge")
+
+
+@pytest.mark.parametrize(("action", "no_reboot"), [("restart", False), ("rename-restart", False),
+                                                   ("destroy", True), ("preserve", True)])
+def test_no_reboot_unless_reboot_means_reset(action: str, no_reboot: bool) -> None:
+    assert ("-no-reboot" in argv_for(f'name="g"\non_reboot="{action}"')) is no_reboot

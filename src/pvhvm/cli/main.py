@@ -22,6 +22,7 @@ from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.lifecycle import CreateOptions
@@ -80,6 +81,7 @@ def create(
     warnings = list(plan.warnings)
     if not xen:
         warnings += lifecycle.network_warnings(plan, lifecycle.host_bridges())
+        warnings += ignored_settings(plan)
     if not as_json:
         for message in warnings:
             warn(message)

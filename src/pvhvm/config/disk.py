@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from pvhvm.config.optstr import Token, tokenize
+from pvhvm.config.optstr import Token, brief, tokenize
 from pvhvm.errors import SpecError
 
 FORMATS = ("raw", "qcow", "qcow2", "vhd", "qed")
@@ -40,6 +40,7 @@ KEYS = (
 )
 _VDEV_WORD = re.compile(r"^(?:ioemu:)?(?:xvd|hd|sd)[a-z]+[0-9]*(?::cdrom)?$")
 _PREFIX = re.compile(r"^([a-z0-9]+):")
+_VDEV_CHARS = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class Access(Enum):
@@ -122,7 +123,7 @@ class _Builder:
 def parse_disk(spec: str) -> DiskSpec:
     """Parse one ``disk=`` entry; raise SpecError naming the bad token and what is allowed."""
     if not isinstance(spec, str):
-        raise SpecError(f"disk entry {spec!r} is not a string")
+        raise SpecError(f"disk entry {brief(spec)} is not a string")
     b = _Builder(spec)
     tokens = tokenize(spec, rest_keys=frozenset({"target"}))
     positionals: list[Token] = []
@@ -223,6 +224,8 @@ def _vdev(b: _Builder, value: str, source: str) -> None:
         raise b.fail(
             f"virtual device {value!r}: only an ioemu: prefix and a :cdrom suffix are allowed"
         )
+    if not _VDEV_CHARS.match(vdev):
+        raise b.fail(f"virtual device {value!r} is not a device name (e.g. hda, xvda)")
     b.set("vdev", vdev, source)
 
 

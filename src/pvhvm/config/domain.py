@@ -8,6 +8,7 @@ planner's job.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,26 @@ from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
 from pvhvm.config.lang import ConfigValues, Position, parse_config
+from pvhvm.config.optstr import brief
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}$")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a domain, or None when it can.
+
+    Names become directory names, QEMU option values and XenStore values: 1-64 characters
+    of letters, digits and ``_ . + @ -``, not starting with ``.`` or ``-``, no ``..``.
+    """
+    if not _NAME.match(name) or ".." in name:
+        return (
+            f"{name!r} is not a domain name: use 1-64 letters, digits and _ . + @ -, "
+            "starting with a letter, digit or _"
+        )
+    return None
+
 
 KNOWN_KEYS = (
     "name", "uuid", "memory", "maxmem", "vcpus", "builder", "type", "kernel", "ramdisk",
@@ -92,10 +111,10 @@ class _Reader:
         value = self.values.get(key)
         if value is None:
             return None
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"{key} must be a whole number, not {value!r}")
+            raise self.fail(key, f"{key} must be a whole number, not {brief(value)}")
         if not low <= value <= high:
             raise self.fail(key, f"{key} = {value} is out of range ({low}..{high})")
         return value
@@ -110,7 +129,7 @@ class _Reader:
             return bool(value)
         if isinstance(value, str) and value.lower() in ("0", "1", "yes", "no", "true", "false"):
             return value.lower() in ("1", "yes", "true")
-        raise self.fail(key, f"{key} must be 0 or 1, not {value!r}")
+        raise self.fail(key, f"{key} must be 0 or 1, not {brief(value)}")
 
     def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.str_(key)
@@ -172,8 +191,9 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
     name = r.str_("name")
     if not name:
         raise ConfigError("the domain has no name (add name = \"...\")", file=raw.file)
-    if any(c.isspace() or c in "/\\" for c in name) or len(name) > 64:
-        raise r.fail("name", f"name {name!r} must be 1-64 characters without spaces or slashes")
+    problem = name_problem(name)
+    if problem is not None:
+        raise r.fail("name", problem)
 
     builder = r.str_("builder") or "hvm"
     type_ = r.str_("type")

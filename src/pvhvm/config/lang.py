@@ -129,6 +129,22 @@ class _Evaluator:
             "(only literals, lists, tuples, dicts, names, + and % are)",
         )
 
+    def check_weight(self, node: ast.AST, value: Any) -> None:
+        """Refuse a value whose rendering would be too large: nested lists can share
+        themselves (``a = [a, a]``), so their printed size can double at every level."""
+        budget = MAX_VALUE_LEN
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            budget -= len(item) if isinstance(item, str) else 1
+            if budget < 0:
+                raise self.fail(node, f"value is too large to format (over {MAX_VALUE_LEN})")
+            if isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+
     def check_size(self, node: ast.AST, value: Any) -> Any:
         if isinstance(value, str | list | tuple | dict) and len(value) > MAX_VALUE_LEN:
             raise self.fail(node, f"value is too large (over {MAX_VALUE_LEN} items)")
@@ -162,9 +178,11 @@ class _Evaluator:
                 if key_node is None:
                     raise self.fail(value_node, "dict unpacking (**) is not allowed")
                 key = self.eval(key_node)
-                if isinstance(key, list | dict):
-                    raise self.fail(key_node, "a dict key must be a string or number")
-                result[key] = self.eval(value_node)
+                value = self.eval(value_node)
+                try:
+                    result[key] = value
+                except TypeError as err:
+                    raise self.fail(key_node, "a dict key must be a string or number") from err
             return result
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             operand = self.eval(node.operand)
@@ -206,10 +224,12 @@ class _Evaluator:
             for group in match.groups():
                 if group == "*" or (group and int(group) > MAX_FORMAT_WIDTH):
                     raise self.fail(node, "format width or precision is too large")
+        self.check_weight(node, right)
         try:
-            return self.check_size(node, left % right)
+            result = left % right
         except (TypeError, ValueError, KeyError, OverflowError) as err:
             raise self.fail(node, f"string formatting failed: {err}") from err
+        return self.check_size(node, result)
 
 
 def parse_config(

@@ -7,7 +7,18 @@ xl-disk-configuration(5), a ``target=`` item eats the rest of the string, commas
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 2
+_BRIEF.maxstring = 80
+_BRIEF.maxother = 80
+
+
+def brief(value: object) -> str:
+    """A bounded repr for messages (config values can nest deeply)."""
+    return _BRIEF.repr(value)
 
 
 @dataclass(frozen=True)

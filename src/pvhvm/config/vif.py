@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pvhvm.config.optstr import tokenize
+from pvhvm.config.optstr import brief, tokenize
 from pvhvm.errors import SpecError
 
 KEYS = ("mac", "bridge", "ip", "script", "type", "vifname", "rate", "model", "backend")
@@ -46,7 +46,7 @@ def normalise_mac(text: str, where: str) -> str:
 def parse_vif(spec: str) -> VifSpec:
     """Parse one ``vif=`` entry; raise SpecError naming the bad item and what is allowed."""
     if not isinstance(spec, str):
-        raise SpecError(f"vif entry {spec!r} is not a string")
+        raise SpecError(f"vif entry {brief(spec)} is not a string")
     where = f"vif spec {spec!r}"
     fields: dict[str, str] = {}
     for tok in tokenize(spec):

@@ -113,6 +113,7 @@ class Plan:
     xen_platform_pci: bool
     vnc: bool
     sdl: bool
+    device_model: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -160,6 +161,19 @@ class Plan:
         }
 
 
+def _absolute(path: str | None) -> str | None:
+    """Paths are decided against the directory pvhvm was run in, once, here: a supervisor or
+    a later command may run elsewhere."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _absolute_serial(serial: str | None) -> str | None:
+    for kind in ("file:", "unix:"):
+        if serial is not None and serial.startswith(kind) and serial[len(kind):]:
+            return kind + os.path.abspath(serial[len(kind):])
+    return serial
+
+
 def domain_uuid(config: DomainConfig) -> str:
     """The config's uuid, or one derived from the name so a re-created guest keeps it."""
     if config.uuid is None:
@@ -189,7 +203,7 @@ def make_plan(
     disks = _plan_disks(config, registry, check_files)
     vifs = _plan_vifs(config, registry, uuid, warnings)
 
-    kernel, ramdisk = config.kernel, config.ramdisk
+    kernel, ramdisk = _absolute(config.kernel), _absolute(config.ramdisk)
     if ramdisk is not None and kernel is None:
         raise ConfigError("ramdisk is set but kernel is not (direct boot needs a kernel)",
                           file=config.file)
@@ -223,7 +237,7 @@ def make_plan(
         ramdisk=ramdisk,
         cmdline=cmdline,
         boot=boot,
-        serial=config.serial,
+        serial=_absolute_serial(config.serial),
         on_poweroff=config.on_poweroff,
         on_reboot=config.on_reboot,
         on_crash=config.on_crash,
@@ -234,6 +248,7 @@ def make_plan(
         xen_platform_pci=xen_platform_pci,
         vnc=config.vnc,
         sdl=config.sdl,
+        device_model=config.device_model,
         warnings=tuple(warnings),
     )
 
@@ -279,15 +294,23 @@ def _plan_disks(
                 f"{where}: virtual device already used by disk {other.value.vdev!r} "
                 f"at {other.position}"
             )
+        if kind is DeviceKind.IOEMU and not spec.cdrom and not spec.access.writable:
+            raise pos.error(
+                f"{where}: QEMU cannot emulate a read-only IDE hard disk; make it PV "
+                "(type=xenbus), a cdrom (:cdrom), or writable"
+            )
         by_devid[vdev.devid] = located
-        if check_files and spec.target and not spec.is_script_backed and not os.path.exists(
-            spec.target
-        ):
+        target = spec.target
+        if target and not spec.is_script_backed:
+            target = os.path.abspath(target)
             what = "cdrom media" if spec.cdrom else "image"
-            raise pos.error(f"{where}: {what} {spec.target!r} does not exist")
+            if check_files and not os.path.exists(target):
+                raise pos.error(f"{where}: {what} {spec.target!r} does not exist")
+            if check_files and os.path.isdir(target):
+                raise pos.error(f"{where}: {what} {spec.target!r} is a directory")
         disks.append(
             DiskPlan(
-                vdev=spec.vdev, devid=vdev.devid, kind=kind, target=spec.target,
+                vdev=spec.vdev, devid=vdev.devid, kind=kind, target=target,
                 format=spec.format, access=spec.access, cdrom=spec.cdrom, ide_place=ide_place,
                 script=spec.script, backend_domain=spec.backend, backendtype=spec.backendtype,
             )

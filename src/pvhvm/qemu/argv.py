@@ -27,6 +27,8 @@ NO_IDE_MACHINE = "q35,sata=off,smbus=off"
 #: PCI devices pvhvm puts on the root bus before PV disks move behind PCI bridges (the
 #: root bus has 32 slots; the host bridge, ISA bridge and IDE function take some)
 ROOT_BUS_BUDGET = 24
+#: on_reboot actions QEMU carries out itself by resetting the guest in place
+RESET_IN_PLACE = ("restart", "rename-restart", "coredump-restart", "soft-reset")
 #: PV disks per pci-bridge (a bridge has 32 slots)
 BRIDGE_SLOTS = 31
 IDE_MACHINE = "pc"
@@ -112,7 +114,9 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
     argv += _serial(plan, paths)
     if plan.localtime:
         argv += ["-rtc", "base=localtime"]
-    if plan.on_reboot == "destroy":
+    if plan.on_reboot not in RESET_IN_PLACE:
+        # a guest reboot then stops QEMU (SHUTDOWN guest-reset) and the supervisor applies
+        # on_reboot; otherwise QEMU resets the guest in place, which is what restart means
         argv += ["-no-reboot"]
     if plan.direct_kernel_boot:
         assert plan.kernel is not None
@@ -140,6 +144,21 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         argv += ["-S"]
     argv += list(options.extra)
     return argv
+
+
+def ignored_settings(plan: Plan) -> list[str]:
+    """Config settings the qemu platform does not realise (said, never silently dropped)."""
+    out = []
+    if plan.vnc or plan.sdl:
+        out.append("vnc/sdl ignored: the qemu platform runs guests headless (-display none); "
+                   "use pvhvm console for the serial console")
+    if not plan.apic or not plan.pae:
+        out.append("apic=0/pae=0 ignored: the qemu platform always gives the guest a local "
+                   "APIC and PAE")
+    if plan.device_model is not None:
+        out.append(f"device_model={plan.device_model!r} ignored: the qemu platform runs "
+                   "qemu-system-x86_64")
+    return out
 
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:

@@ -33,6 +33,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pvhvm.config.domain import name_problem
 from pvhvm.errors import DomainError
 
 #: sun_path is 108 bytes on Linux, NUL included
@@ -171,17 +172,34 @@ def write_atomic(path: Path, data: str) -> None:
 class StateStore:
     """The state directory: domain records, names and domids."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, base: Path | None = None) -> None:
         self.root = root if root is not None else state_dir()
+        #: the state directory proper; xen-platform records live in a store under it
+        #: (``base/xen``) that shares its lock, its names and its domids
+        self.base = base if base is not None else self.root
+
+    @property
+    def peer(self) -> StateStore:
+        """The other platform's store: names and domids are unique across both."""
+        if self.base != self.root:
+            return StateStore(self.base)
+        return StateStore(self.root / "xen", base=self.root)
 
     def paths(self, name: str) -> DomainPaths:
+        problem = name_problem(name)
+        if problem is not None:
+            raise DomainError(problem)
         return DomainPaths.of(self.root, name)
+
+    def _check_free(self, name: str) -> None:
+        if self.peer.paths(name).directory.exists():
+            raise DomainError(f"domain {name!r} already exists (on the other platform)")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise domid allocation between toolstack processes."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "a+b") as handle:
+        """Serialise domid allocation between toolstack processes (both platforms)."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        with open(self.base / "lock", "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -194,6 +212,7 @@ class StateStore:
         paths.check_socket_lengths()
         (self.root / "domains").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self._check_free(name)
         try:
             paths.directory.mkdir(mode=0o700)
         except FileExistsError:
@@ -216,6 +235,7 @@ class StateStore:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         if paths.directory.exists():
             raise DomainError(f"domain {name!r} already exists")
+        self._check_free(name)
         staging = domains / f".{name}.{os.getpid()}{STAGING_SUFFIX}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
@@ -245,6 +265,8 @@ class StateStore:
             entries = list((self.root / "domains").iterdir())
         except FileNotFoundError:
             return
+        except OSError as err:
+            raise DomainError(f"state directory {self.root} is unusable: {err}") from err
         for entry in entries:
             if not (entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIX)):
                 continue
@@ -280,6 +302,8 @@ class StateStore:
             )
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise DomainError(f"state directory {self.root} is unusable: {err}") from err
 
     def records(self) -> list[DomainRecord]:
         out = []
@@ -290,8 +314,8 @@ class StateStore:
         return out
 
     def next_domid(self) -> int:
-        """The smallest domid not in use (call with :meth:`locked` held)."""
-        used = {r.domid for r in self.records()}
+        """The smallest domid not in use on either platform (call with :meth:`locked` held)."""
+        used = {r.domid for r in (*self.records(), *self.peer.records())}
         domid = 1
         while domid in used:
             domid += 1

@@ -34,8 +34,8 @@ NOMINAL_STORE_PORT = 1
 
 def xen_store(root: StateStore | None = None) -> StateStore:
     """Where xen-platform domain records live."""
-    base = root.root if root is not None else StateStore().root
-    return StateStore(base / "xen")
+    base = root.base if root is not None else StateStore().base
+    return StateStore(base / "xen", base=base)
 
 
 def embedded_socket(store: StateStore) -> Path:

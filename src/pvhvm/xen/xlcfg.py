@@ -78,7 +78,18 @@ def export_xl(plan: Plan) -> XlExport:
     emu_disks = [d for d in plan.disks if d.kind is DeviceKind.IOEMU]
     pv_any = bool(pv_disks) or any(v.kind is DeviceKind.XENBUS for v in plan.vifs)
     emu_any = bool(emu_disks) or any(v.kind is DeviceKind.IOEMU for v in plan.vifs)
-    platform_pci = pv_any
+    platform_pci = plan.xen_platform_pci
+    if pv_any and not platform_pci:
+        notes.append(
+            "xen_platform_pci=0 as the config says: without the Xen platform device an HVM "
+            "guest's PV drivers do not start, so its type=xenbus devices stay unused"
+        )
+    shared = [d.vdev for d in plan.disks if d.access.value == "w!"]
+    if shared:
+        notes.append(
+            f"disk(s) {', '.join(shared)} are w! (shared writable); xl has no such mode, so "
+            "they are exported as access=rw and xl will not check the sharing"
+        )
     cmdline = plan.cmdline
     non_cd_disks = [d for d in plan.disks if not d.cdrom]
     if pv_disks and len(non_cd_disks) > 0:

@@ -1,4 +1,4 @@
-"""``pvhvm bench io`` and ``pvhvm bench toolstack`` (issue 6). Logic lives in pvhvm.bench."""
+"""``pvhvm bench io``, ``bench net`` and ``bench toolstack`` (issue 6). Logic: pvhvm.bench."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from rich.table import Table
 
 from pvhvm.bench.io import io_options, run_io, total_steps
 from pvhvm.bench.jobs import JOB_NAMES
+from pvhvm.bench.net import JOB_NAMES as NET_JOB_NAMES
+from pvhvm.bench.net import SETUP_NAMES as NIC_SETUP_NAMES
+from pvhvm.bench.net import guests_table as net_guests_table
+from pvhvm.bench.net import net_options, net_table, run_net
+from pvhvm.bench.net import total_steps as net_total_steps
 from pvhvm.bench.report import guests_table, io_table, plot_io, setups_table
 from pvhvm.bench.setups import ALTERNATIVES, DEFAULT_SETUP
 from pvhvm.bench.toolstack import DISK_COUNTS, ToolstackOptions, run_toolstack
@@ -85,6 +90,51 @@ def io(
         winner = report.winner()
         verdict = "is" if winner == DEFAULT_SETUP else "is NOT"
         out.print(f"fastest PV setup: {winner} (pvhvm's default {verdict} the fastest)")
+
+
+@bench.command("net")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--quick", is_flag=True, help="5 s iperf3 runs, 200 pings (about 2 min).")
+@click.option("--tiny", is_flag=True, help="One 2 s tcp-tx job, virtio-net only (smoke test).")
+@click.option("--setups", help=f"Comma-separated NICs: {', '.join(NIC_SETUP_NAMES)}.")
+@click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(NET_JOB_NAMES)}.")
+@click.option("--no-host", is_flag=True, help="Skip the host-to-itself upper bound.")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON document to this file.")
+@click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the run files go.")
+def net(
+    as_json: bool, quick: bool, tiny: bool, setups: str | None, jobs: str | None,
+    no_host: bool, save: Path | None, kit_dir: Path | None, workdir: Path | None,
+) -> None:
+    """TCP throughput and ping latency: virtio-net vs e1000 vs rtl8139 (needs root).
+
+    Creates a private bridge (pvbench0, 10.213.0.1/24) with the host's iperf3 server on it and
+    an 'allow pvbench0' line in /etc/qemu/bridge.conf; each guest's NIC is a tap on it
+    (-netdev bridge). All of it is removed when the run ends, also on failure or Ctrl-C.
+    """
+    options = net_options(
+        quick=quick, tiny=tiny, setups=_split(setups), jobs=_split(jobs), no_host=no_host,
+        kit_dir=kit_dir, workdir=workdir,
+    )
+    with _progress() as progress:
+        task = progress.add_task("starting", total=net_total_steps(options))
+
+        def step(message: str, advance: int) -> None:
+            progress.update(task, description=message, advance=advance)
+
+        report = run_net(options, step)
+    document = report.to_json()
+    if save is not None:
+        save.write_text(json.dumps(document, indent=2) + "\n")
+    if as_json:
+        print_json(document)
+        return
+    out = console()
+    out.print(net_table(report))
+    out.print(net_guests_table(report))
 
 
 @bench.command("toolstack")

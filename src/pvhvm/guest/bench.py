@@ -9,6 +9,9 @@
     bench/lib/<soname>  every library fio needs, transitively (readelf DT_NEEDED)
     lib64/ld-linux-x86-64.so.2
 
+``build_net_extra(KIT)`` writes ``KIT/bench/net.cpio`` the same way for ``pvhvm bench net``:
+Debian's iperf3 with its libraries, the NIC drivers, and ``bench/net-init``.
+
 The default kit stays small: nothing here touches its outputs. A benchmark guest boots with
 ``-initrd`` = the kit's ``initramfs.cpio.gz`` + ``bench.cpio`` + a small per-run archive (the
 job files and ``bench/run.env``) and ``rdinit=/bench/init``: Linux unpacks concatenated
@@ -36,6 +39,7 @@ from pathlib import Path
 from pvhvm.errors import GuestImageError
 from pvhvm.guest import debs, initramfs, rootfs
 from pvhvm.guest.kit import Progress, sha256_file
+from pvhvm.guest.modules import ModuleSource, read_module_bytes, resolve
 
 BENCH_RECIPE_VERSION = 1
 BENCH_DIR = "bench"
@@ -51,6 +55,17 @@ _NEEDED_RE = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
 _RUNPATH_RE = re.compile(r"\((?:RUNPATH|RPATH)\)\s+Library (?:runpath|rpath): \[([^\]]+)\]")
 MAX_ROUNDS = 30
 
+NET_RECIPE_VERSION = 1
+NET_ARCHIVE = "net.cpio"
+NET_MANIFEST = "net-manifest.json"
+#: iperf3 and its libraries, named explicitly so no ``dpkg -S`` on the host is needed
+NET_PACKAGES = ("iperf3", "libiperf0", "libssl3", "libsctp1", "libc6")
+#: the NIC drivers of the three benchmarked models and the virtio PCI transport (the kit's
+#: initramfs has storage drivers only, and bench-net-init loads none of them). QEMU's rtl8139
+#: is an RTL8139C+ (revision 0x20): 8139cp drives it, 8139too declines it
+NET_DRIVERS = ("virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+NET_LOAD_LIST = "bench/net-modules.load"
+
 
 @dataclass(frozen=True)
 class BenchExtra:
@@ -58,13 +73,16 @@ class BenchExtra:
 
     directory: Path
 
+    #: ``bench`` (fio, bench.cpio) or ``net`` (iperf3 and NIC drivers, net.cpio)
+    name: str = "bench"
+
     @property
     def archive(self) -> Path:
-        return self.directory / ARCHIVE
+        return self.directory / (ARCHIVE if self.name == "bench" else NET_ARCHIVE)
 
     @property
     def manifest_path(self) -> Path:
-        return self.directory / MANIFEST
+        return self.directory / (MANIFEST if self.name == "bench" else NET_MANIFEST)
 
 
 def recipe_digest() -> str:
@@ -73,14 +91,22 @@ def recipe_digest() -> str:
     return digest.hexdigest()
 
 
-def is_built(extra: BenchExtra) -> bool:
+def net_recipe_digest(kernel_release: str) -> str:
+    digest = hashlib.sha256(
+        repr((NET_RECIPE_VERSION, NET_PACKAGES, NET_DRIVERS, kernel_release)).encode()
+    )
+    digest.update(rootfs.guest_file("bench-net-init"))
+    return digest.hexdigest()
+
+
+def is_built(extra: BenchExtra, recipe: str | None = None) -> bool:
     try:
         manifest = json.loads(extra.manifest_path.read_text())
     except (OSError, ValueError):
         return False
     return (
         isinstance(manifest, dict)
-        and manifest.get("recipe") == recipe_digest()
+        and manifest.get("recipe") == (recipe or recipe_digest())
         and extra.archive.is_file()
         and extra.archive.stat().st_size == manifest.get("size")
     )
@@ -174,6 +200,110 @@ def _build(extra: BenchExtra, kit_directory: Path, say: Progress) -> None:
             "sha256": sha256_file(extra.archive),
             "packages": {name: deb.version for name, deb in sorted(fetched.items())},
             "libraries": sorted(libraries),
+        }
+        extra.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_net_extra(
+    kit_directory: Path, *, force: bool = False, progress: Progress | None = None,
+) -> BenchExtra:
+    """Build ``KIT/bench/net.cpio`` (a no-op when it is up to date)::
+
+        bench/net-init              the rdinit program (files/bench-net-init)
+        bench/iperf3, bench/lib/*   Debian's iperf3 and the libraries it links
+        lib64/ld-linux-x86-64.so.2
+        lib/modules/<release>/...   virtio_net, e1000, 8139too and their dependencies
+        bench/net-modules.load      their relative paths, dependencies first (insmod order)
+
+    The kernel modules come from the kit's own kernel package (its release is in the kit's
+    manifest), so the guest's drivers match its kernel. The kit's modules.dep and load lists
+    are not overwritten: this archive adds files only.
+    """
+    say = progress or (lambda message: None)
+    kit_directory = kit_directory.resolve()
+    release = _kit_release(kit_directory)
+    extra = BenchExtra(kit_directory / BENCH_DIR, name="net")
+    recipe = net_recipe_digest(release)
+    if not force and is_built(extra, recipe):
+        say("iperf3 extra is up to date")
+        return extra
+    extra.directory.mkdir(parents=True, exist_ok=True)
+    with open(extra.directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and is_built(extra, recipe):
+            return extra
+        _build_net(extra, kit_directory, release, recipe, say)
+    say(f"iperf3 extra built: {extra.archive}")
+    return extra
+
+
+def _kit_release(kit_directory: Path) -> str:
+    try:
+        manifest = json.loads((kit_directory / "manifest.json").read_text())
+        release = manifest["kernel_release"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise GuestImageError(f"{kit_directory}: no kit manifest with a kernel release") from err
+    if not isinstance(release, str) or not release:
+        raise GuestImageError(f"{kit_directory}/manifest.json: bad kernel_release")
+    return release
+
+
+def _build_net(
+    extra: BenchExtra, kit_directory: Path, release: str, recipe: str, say: Progress,
+) -> None:
+    cache = kit_directory / "debs"
+    work = extra.directory / ".build-net"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        unpacked = work / "unpacked"
+        kernel_package = f"linux-image-{release}"
+        say(f"fetching {', '.join(NET_PACKAGES)} and {kernel_package}")
+        fetched = dict(debs.fetch([*NET_PACKAGES, kernel_package], cache))
+        for deb in fetched.values():
+            debs.unpack(deb, unpacked)
+        iperf3 = unpacked / "usr" / "bin" / "iperf3"
+        if not iperf3.is_file():
+            raise GuestImageError("the iperf3 package has no usr/bin/iperf3")
+        libraries = _closure(iperf3, unpacked, cache, fetched, say)
+        module_dir = unpacked / "lib" / "modules" / release
+        builtin_file = module_dir / "modules.builtin"
+        builtin = builtin_file.read_text().split() if builtin_file.exists() else []
+        drivers = resolve(NET_DRIVERS, ModuleSource(module_dir), builtin=builtin)
+        say(f"staging iperf3 with {len(libraries)} libraries and {len(drivers)} modules")
+        stage = work / "stage"
+        rootfs.write(stage / "bench" / "net-init", rootfs.guest_file("bench-net-init"), 0o755)
+        rootfs.write(stage / "bench" / "iperf3", iperf3.read_bytes(), 0o755)
+        for soname, path in sorted(libraries.items()):
+            rootfs.write(stage / "bench" / "lib" / soname, path.resolve().read_bytes(), 0o755)
+        interpreter = unpacked / INTERPRETER
+        if not interpreter.exists():
+            interpreter = unpacked / "lib" / "x86_64-linux-gnu" / "ld-linux-x86-64.so.2"
+        if not interpreter.exists():
+            raise GuestImageError("libc6 has no ld-linux-x86-64.so.2")
+        rootfs.write(stage / INTERPRETER, interpreter.resolve().read_bytes(), 0o755)
+        target = stage / "lib" / "modules" / release
+        for module in drivers:
+            rootfs.write(target / module.installed_relpath,
+                         read_module_bytes(module_dir / module.relpath))
+        load = "".join(m.installed_relpath + "\n" for m in drivers)
+        rootfs.write(stage / NET_LOAD_LIST, load.encode())
+        say("writing net.cpio")
+        archive = initramfs.cpio_newc(initramfs.tree_entries(stage))
+        tmp = extra.directory / (NET_ARCHIVE + ".tmp")
+        tmp.write_bytes(archive)
+        with contextlib.suppress(FileNotFoundError):
+            extra.manifest_path.unlink()
+        os.replace(tmp, extra.archive)
+        manifest = {
+            "recipe": recipe,
+            "size": extra.archive.stat().st_size,
+            "sha256": sha256_file(extra.archive),
+            "kernel_release": release,
+            "packages": {name: deb.version for name, deb in sorted(fetched.items())},
+            "libraries": sorted(libraries),
+            "modules": [m.name for m in drivers],
         }
         extra.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     finally:

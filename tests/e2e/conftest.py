@@ -44,14 +44,24 @@ def state_root() -> Iterator[Path]:
     """A short private state directory (Unix socket paths must stay under 108 bytes)."""
     root = Path(tempfile.mkdtemp(prefix="pvs-", dir="/tmp"))
     yield root
-    leftovers = _qemu_processes(root)
+    leftovers = _qemu_processes(root) + _supervisors(root)
     for pid in leftovers:
         subprocess.run(["kill", "-9", str(pid)], check=False)
+    records = [str(p) for p in (root / "domains").glob("*")] if (root / "domains").exists() else []
     shutil.rmtree(root, ignore_errors=True)
-    assert not leftovers, f"QEMU processes left behind: {leftovers}"
+    assert not leftovers, f"QEMU or supervisor processes left behind: {leftovers}"
+    assert not records, f"domain directories left behind: {records}"
+
+
+def _supervisors(root: Path) -> list[int]:
+    return _processes(root, b"pvhvm.runtime.supervisor")
 
 
 def _qemu_processes(root: Path) -> list[int]:
+    return _processes(root, b"qemu-system")
+
+
+def _processes(root: Path, program: bytes) -> list[int]:
     out = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -60,7 +70,7 @@ def _qemu_processes(root: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline and str(root).encode() in cmdline:
+        if program in cmdline and str(root).encode() in cmdline:
             out.append(int(proc.name))
     return out
 

@@ -116,11 +116,25 @@ def write_initrd(kit: Kit, extra: BenchExtra, spec: GuestSpec, output: Path) -> 
         out.write(run_archive(spec))
 
 
-def parse_console(text: str, spec: GuestSpec) -> tuple[list[JobResult], str]:
-    """Job results and the disk line from a benchmark guest's console log."""
+@dataclass(frozen=True)
+class JobOutput:
+    """What one job printed between its markers on a benchmark guest's console."""
+
+    job: str
+    returncode: int
+    #: the job's output lines, kernel messages (``[ ...``) left out
+    body: list[str]
+
+    def failure(self) -> str:
+        stderr = [b for b in self.body if b.startswith("PVHVM-BENCH-STDERR")]
+        return " | ".join(stderr[-3:]) or " ".join(self.body)[-300:]
+
+
+def split_console(text: str, header: str) -> tuple[list[JobOutput], str]:
+    """The jobs a benchmark guest printed, and its first line starting with ``header``."""
     lines = [line.replace("\r", "") for line in text.split("\n")]
-    results: list[JobResult] = []
-    disk_line = next((line.strip() for line in lines if line.startswith(DISK)), "")
+    header_line = next((line.strip() for line in lines if line.startswith(header)), "")
+    jobs: list[JobOutput] = []
     current: str | None = None
     body: list[str] = []
     for line in lines:
@@ -129,18 +143,28 @@ def parse_console(text: str, spec: GuestSpec) -> tuple[list[JobResult], str]:
             continue
         match = _END_RE.search(line)
         if match and current is not None:
-            if match.group(2) != "0":
-                stderr = [b for b in body if b.startswith("PVHVM-BENCH-STDERR")]
-                raise BenchError(
-                    f"fio {current} failed in the {spec.device} guest "
-                    f"(rc={match.group(2)}): {' | '.join(stderr[-3:])}"
-                )
-            json_text = "\n".join(b for b in body if not b.startswith("["))
-            results.append(parse_fio_json(json_text, current, spec.device, spec.setup_label))
+            kept = [b for b in body if not b.startswith("[")]
+            jobs.append(JobOutput(current, int(match.group(2)), kept))
             current = None
             continue
         if current is not None:
             body.append(line)
+    return jobs, header_line
+
+
+def parse_console(text: str, spec: GuestSpec) -> tuple[list[JobResult], str]:
+    """Job results and the disk line from a benchmark guest's console log."""
+    jobs, disk_line = split_console(text, DISK)
+    results: list[JobResult] = []
+    for job in jobs:
+        if job.returncode != 0:
+            raise BenchError(
+                f"fio {job.job} failed in the {spec.device} guest "
+                f"(rc={job.returncode}): {job.failure()}"
+            )
+        results.append(
+            parse_fio_json("\n".join(job.body), job.job, spec.device, spec.setup_label)
+        )
     return results, disk_line
 
 

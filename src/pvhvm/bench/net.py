@@ -36,7 +36,7 @@ from rich import box
 from rich.table import Table
 
 from pvhvm.bench import BenchError
-from pvhvm.bench.guest import BOOTED, DONE, JOB_BEGIN, JOB_END, _read, _tail
+from pvhvm.bench.guest import BOOTED, DONE, JOB_END, _read, _tail, split_console
 from pvhvm.bench.io import host_facts
 from pvhvm.bench.netenv import Network, bench_network, flush_neighbours
 from pvhvm.config.domain import config_from_text
@@ -52,7 +52,6 @@ GUEST_MEMORY_MIB = 512
 GUEST_VCPUS = 2
 GUEST_MAC = "00:16:3e:d5:00:02"
 CMDLINE = "console=ttyS0,115200 quiet rdinit=/bench/net-init"
-_END_RE = re.compile(rf"{JOB_END} (\S+) rc=(\d+)")
 _PING_RE = re.compile(
     r"(\d+) packets transmitted, (\d+) packets received.*?"
     r"min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms", re.S,
@@ -203,29 +202,15 @@ def parse_job(text: str, job: str, device: str, setup: str) -> NetResult:
 
 def parse_console(text: str, setup: NicSetup) -> tuple[list[NetResult], str]:
     """Job rows and the NIC line from a benchmark guest's console log."""
-    lines = [line.replace("\r", "") for line in text.split("\n")]
-    nic_line = next((line.strip() for line in lines if line.startswith(NIC)), "")
+    jobs, nic_line = split_console(text, NIC)
     results: list[NetResult] = []
-    current: str | None = None
-    body: list[str] = []
-    for line in lines:
-        if line.startswith(JOB_BEGIN):
-            current, body = line.split()[1], []
-            continue
-        match = _END_RE.search(line)
-        if match and current is not None:
-            if match.group(2) != "0":
-                stderr = [b for b in body if b.startswith("PVHVM-BENCH-STDERR")]
-                raise BenchError(
-                    f"{current} failed in the {setup.name} guest (rc={match.group(2)}): "
-                    f"{' | '.join(stderr[-3:]) or ' '.join(body)[-300:]}"
-                )
-            kept = "\n".join(b for b in body if not b.startswith("["))  # kernel messages
-            results.append(parse_job(kept, current, setup.device, setup.name))
-            current = None
-            continue
-        if current is not None:
-            body.append(line)
+    for job in jobs:
+        if job.returncode != 0:
+            raise BenchError(
+                f"{job.job} failed in the {setup.name} guest (rc={job.returncode}): "
+                f"{job.failure()}"
+            )
+        results.append(parse_job("\n".join(job.body), job.job, setup.device, setup.name))
     return results, nic_line
 
 

@@ -142,6 +142,25 @@ def _find_soname(soname: str, unpacked: Path, runpaths: list[str]) -> Path | Non
     return None
 
 
+
+def _stage_program(
+    stage: Path, unpacked: Path, program: Path, libraries: dict[str, Path],
+    init: tuple[str, str],
+) -> None:
+    """Stage a dynamically linked program under /bench: its init script (``(name in /bench,
+    guest file)``), the program, the libraries it links and the ELF interpreter."""
+    name, guest_file = init
+    rootfs.write(stage / "bench" / name, rootfs.guest_file(guest_file), 0o755)
+    rootfs.write(stage / "bench" / program.name, program.read_bytes(), 0o755)
+    for soname, path in sorted(libraries.items()):
+        rootfs.write(stage / "bench" / "lib" / soname, path.resolve().read_bytes(), 0o755)
+    interpreter = unpacked / INTERPRETER
+    if not interpreter.exists():
+        interpreter = unpacked / "lib" / "x86_64-linux-gnu" / "ld-linux-x86-64.so.2"
+    if not interpreter.exists():
+        raise GuestImageError("libc6 has no ld-linux-x86-64.so.2")
+    rootfs.write(stage / INTERPRETER, interpreter.resolve().read_bytes(), 0o755)
+
 def build_bench_extra(
     kit_directory: Path, *, force: bool = False, progress: Progress | None = None,
 ) -> BenchExtra:
@@ -177,16 +196,7 @@ def _build(extra: BenchExtra, kit_directory: Path, say: Progress) -> None:
         libraries = _closure(fio, unpacked, cache, fetched, say)
         say(f"staging fio with {len(libraries)} libraries")
         stage = work / "stage"
-        rootfs.write(stage / "bench" / "init", rootfs.guest_file("bench-init"), 0o755)
-        rootfs.write(stage / "bench" / "fio", fio.read_bytes(), 0o755)
-        for soname, path in sorted(libraries.items()):
-            rootfs.write(stage / "bench" / "lib" / soname, path.resolve().read_bytes(), 0o755)
-        interpreter = unpacked / INTERPRETER
-        if not interpreter.exists():
-            interpreter = unpacked / "lib" / "x86_64-linux-gnu" / "ld-linux-x86-64.so.2"
-        if not interpreter.exists():
-            raise GuestImageError("libc6 has no ld-linux-x86-64.so.2")
-        rootfs.write(stage / INTERPRETER, interpreter.resolve().read_bytes(), 0o755)
+        _stage_program(stage, unpacked, fio, libraries, init=("init", "bench-init"))
         say("writing bench.cpio")
         archive = initramfs.cpio_newc(initramfs.tree_entries(stage))
         tmp = extra.directory / (ARCHIVE + ".tmp")
@@ -273,16 +283,7 @@ def _build_net(
         drivers = resolve(NET_DRIVERS, ModuleSource(module_dir), builtin=builtin)
         say(f"staging iperf3 with {len(libraries)} libraries and {len(drivers)} modules")
         stage = work / "stage"
-        rootfs.write(stage / "bench" / "net-init", rootfs.guest_file("bench-net-init"), 0o755)
-        rootfs.write(stage / "bench" / "iperf3", iperf3.read_bytes(), 0o755)
-        for soname, path in sorted(libraries.items()):
-            rootfs.write(stage / "bench" / "lib" / soname, path.resolve().read_bytes(), 0o755)
-        interpreter = unpacked / INTERPRETER
-        if not interpreter.exists():
-            interpreter = unpacked / "lib" / "x86_64-linux-gnu" / "ld-linux-x86-64.so.2"
-        if not interpreter.exists():
-            raise GuestImageError("libc6 has no ld-linux-x86-64.so.2")
-        rootfs.write(stage / INTERPRETER, interpreter.resolve().read_bytes(), 0o755)
+        _stage_program(stage, unpacked, iperf3, libraries, init=("net-init", "bench-net-init"))
         target = stage / "lib" / "modules" / release
         for module in drivers:
             rootfs.write(target / module.installed_relpath,

@@ -143,6 +143,24 @@ def _find_soname(soname: str, unpacked: Path, runpaths: list[str]) -> Path | Non
 
 
 
+def _publish(extra: BenchExtra, stage: Path, manifest: dict[str, object]) -> None:
+    """Write ``stage`` as the extra's archive and then its manifest (recipe etc. plus size
+    and sha256). The manifest goes first and comes back last, so a crash in between leaves
+    an extra that is rebuilt, never one that looks up to date."""
+    tmp = extra.archive.with_name(extra.archive.name + ".tmp")
+    tmp.write_bytes(initramfs.cpio_newc(initramfs.tree_entries(stage)))
+    with contextlib.suppress(FileNotFoundError):
+        extra.manifest_path.unlink()
+    os.replace(tmp, extra.archive)
+    written = {
+        "recipe": manifest["recipe"],
+        "size": extra.archive.stat().st_size,
+        "sha256": sha256_file(extra.archive),
+        **{k: v for k, v in manifest.items() if k != "recipe"},
+    }
+    extra.manifest_path.write_text(json.dumps(written, indent=2) + "\n")
+
+
 def _stage_program(
     stage: Path, unpacked: Path, program: Path, libraries: dict[str, Path],
     init: tuple[str, str],
@@ -198,20 +216,11 @@ def _build(extra: BenchExtra, kit_directory: Path, say: Progress) -> None:
         stage = work / "stage"
         _stage_program(stage, unpacked, fio, libraries, init=("init", "bench-init"))
         say("writing bench.cpio")
-        archive = initramfs.cpio_newc(initramfs.tree_entries(stage))
-        tmp = extra.directory / (ARCHIVE + ".tmp")
-        tmp.write_bytes(archive)
-        with contextlib.suppress(FileNotFoundError):
-            extra.manifest_path.unlink()
-        os.replace(tmp, extra.archive)
-        manifest = {
+        _publish(extra, stage, {
             "recipe": recipe_digest(),
-            "size": extra.archive.stat().st_size,
-            "sha256": sha256_file(extra.archive),
             "packages": {name: deb.version for name, deb in sorted(fetched.items())},
             "libraries": sorted(libraries),
-        }
-        extra.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -291,22 +300,13 @@ def _build_net(
         load = "".join(m.installed_relpath + "\n" for m in drivers)
         rootfs.write(stage / NET_LOAD_LIST, load.encode())
         say("writing net.cpio")
-        archive = initramfs.cpio_newc(initramfs.tree_entries(stage))
-        tmp = extra.directory / (NET_ARCHIVE + ".tmp")
-        tmp.write_bytes(archive)
-        with contextlib.suppress(FileNotFoundError):
-            extra.manifest_path.unlink()
-        os.replace(tmp, extra.archive)
-        manifest = {
+        _publish(extra, stage, {
             "recipe": recipe,
-            "size": extra.archive.stat().st_size,
-            "sha256": sha256_file(extra.archive),
             "kernel_release": release,
             "packages": {name: deb.version for name, deb in sorted(fetched.items())},
             "libraries": sorted(libraries),
             "modules": [m.name for m in drivers],
-        }
-        extra.manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        })
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

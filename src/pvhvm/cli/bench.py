@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -29,6 +31,21 @@ def _progress() -> Progress:
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
         console=console(stderr=True), transient=False,
     )
+
+
+R = TypeVar("R")
+Step = Callable[[str, int], None]
+
+
+def _with_progress(total: int, run: Callable[[Step], R]) -> R:
+    """Run a bench with a progress bar; ``run`` reports steps as (message, advance)."""
+    with _progress() as progress:
+        task = progress.add_task("starting", total=total)
+
+        def step(message: str, advance: int) -> None:
+            progress.update(task, description=message, advance=advance)
+
+        return run(step)
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -67,13 +84,7 @@ def io(
         quick=quick, tiny=tiny, setups=_split(setups), jobs=_split(jobs), dry=dry,
         kit_dir=kit_dir, workdir=workdir,
     )
-    with _progress() as progress:
-        task = progress.add_task("starting", total=total_steps(options))
-
-        def step(message: str, advance: int) -> None:
-            progress.update(task, description=message, advance=advance)
-
-        report = run_io(options, step)
+    report = _with_progress(total_steps(options), lambda step: run_io(options, step))
     document = report.to_json()
     if save is not None:
         save.write_text(json.dumps(document, indent=2) + "\n")
@@ -119,13 +130,7 @@ def net(
         quick=quick, tiny=tiny, setups=_split(setups), jobs=_split(jobs), no_host=no_host,
         kit_dir=kit_dir, workdir=workdir,
     )
-    with _progress() as progress:
-        task = progress.add_task("starting", total=net_total_steps(options))
-
-        def step(message: str, advance: int) -> None:
-            progress.update(task, description=message, advance=advance)
-
-        report = run_net(options, step)
+    report = _with_progress(net_total_steps(options), lambda step: run_net(options, step))
     document = report.to_json()
     if save is not None:
         save.write_text(json.dumps(document, indent=2) + "\n")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cachelock import cache_lock
+
 SOURCE = Path(__file__).parent / "xlpeer" / "xlparse.c"
 #: headers, libxlutil + libxenlight, and the libraries libxenlight links
 PACKAGES = (
@@ -67,15 +69,18 @@ def _build() -> XlParser:
         compiler = shutil.which("gcc") or shutil.which("cc")
         if compiler is None:
             pytest.skip("no C compiler to build the xl parser peer")
+        built = binary.with_name(f"{binary.name}.{os.getpid()}")
         subprocess.run(
-            [compiler, "-O1", "-o", str(binary), str(SOURCE), f"-I{root / 'usr/include'}",
+            [compiler, "-O1", "-o", str(built), str(SOURCE), f"-I{root / 'usr/include'}",
              f"-L{libdir}", f"-Wl,-rpath-link,{libdir}", "-Wl,--allow-shlib-undefined",
              "-l:libxlutil.so.4.17", "-l:libxenlight.so.4.17"],
             check=True, capture_output=True,
         )
+        os.replace(built, binary)  # never exec a half-written binary
     return XlParser(binary, libdir)
 
 
 @pytest.fixture(scope="session")
 def xl() -> XlParser:
-    return _build()
+    with cache_lock(CACHE):  # xdist workers share the cache: one builds, the others wait
+        return _build()

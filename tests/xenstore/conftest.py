@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fetch_test_xenstore import FetchError, XenTestProgram, fetch
+from fetch_test_xenstore import DEFAULT_CACHE, FetchError, XenTestProgram, fetch
 
 from pvhvm.xenstore.client import XenStoreClient
 from pvhvm.xenstore.daemon import ThreadedDaemon, run_in_thread
 from pvhvm.xenstore.quota import Quota
+from tests.cachelock import cache_lock
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def client(daemon: ThreadedDaemon) -> Iterator[XenStoreClient]:
 def test_xenstore(tmp_path_factory: pytest.TempPathFactory) -> XenTestProgram:
     """Xen 4.17's test-xenstore, fetched with apt-get download (skips if that fails)."""
     try:
-        return fetch()
+        with cache_lock(DEFAULT_CACHE):  # xdist workers share the cache: one fetches
+            return fetch()
     except FetchError as err:
         pytest.skip(f"cannot fetch test-xenstore from Debian's xen-utils-4.17: {err}")

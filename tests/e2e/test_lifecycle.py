@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from pvhvm.guest.report import END
-from pvhvm.runtime.state import pid_alive, process_cpu_seconds
+from pvhvm.runtime.lifecycle import destroy
+from pvhvm.runtime.state import StateStore, pid_alive, process_cpu_seconds
 from tests.e2e.conftest import EXAMPLES, Pvhvm, json_of
 
 pytestmark = pytest.mark.e2e
@@ -289,3 +290,33 @@ def test_kernel_panic_reaches_on_crash(pvhvm: Pvhvm, domain: list[str], imagedir
              lambda: (record(pvhvm, "panicky") or {}).get("state") == "crashed", 30)
     assert "Kernel panic" in pvhvm.console_log("panicky").read_text(errors="replace")
     assert listed(pvhvm)["panicky"] == "---sc-"
+
+
+def test_destroy_racing_a_create(pvhvm: Pvhvm, domain: list[str], imagedir: Path) -> None:
+    """A destroy sent while create is still starting the domain wins: once destroy has
+    returned, nothing of the domain is left, and the create says the domain was destroyed."""
+    outcomes = []
+    for index, delay in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6)):
+        name = f"undo{index}"
+        domain.append(name)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pvhvm", "create", PV_ONLY, f"imagedir={imagedir}",
+             f"name={name}", "--accel", "tcg"],
+            env=pvhvm.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        record_path = pvhvm.state / "domains" / name / "record.json"
+        deadline = time.monotonic() + 60
+        while not record_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)  # in-process and polled fast: a CLI destroy would start too late
+        time.sleep(delay)
+        destroy(name, StateStore(pvhvm.state))
+        gone = pvhvm.leftovers(name)
+        _, err = proc.communicate(timeout=120)
+        outcomes.append((delay, proc.returncode))
+        assert not gone, (delay, gone)
+        if proc.returncode != 0:
+            assert f"domain '{name}' did not start: destroyed while starting" in err, err
+        time.sleep(0.5)  # nothing comes back once both have finished
+        assert not pvhvm.leftovers(name), (delay, pvhvm.leftovers(name))
+        assert name not in listed(pvhvm)
+    print("create exit status by destroy delay:", outcomes)

@@ -307,11 +307,12 @@ def destroy(name: str, store: StateStore | None = None, timeout: float = DESTROY
     record = store.read(name)
     if record is None and not paths.directory.exists():
         raise DomainError(f"no domain named {name!r}")
+    deadline = time.monotonic() + timeout
+    record = _await_supervisor(store, name, record, deadline)
     if record is not None and pid_alive(record.supervisor_pid):
         assert record.supervisor_pid is not None
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.supervisor_pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
         while pid_alive(record.supervisor_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if pid_alive(record.supervisor_pid):
@@ -320,6 +321,27 @@ def destroy(name: str, store: StateStore | None = None, timeout: float = DESTROY
     if record is not None:
         _kill_qemu(record, paths)
     store.release(name)
+
+
+def _await_supervisor(
+    store: StateStore, name: str, record: DomainRecord | None, deadline: float
+) -> DomainRecord | None:
+    """The record once a create in progress has a supervisor to stop, or None when it is gone.
+
+    A create introduces the domain before its supervisor runs. Removing the directory under
+    that supervisor would leave it to fail on a vanished record; waiting for it to record its
+    pid (its SIGTERM handler is in place by then) lets it stop cleanly and tell its creator
+    that the domain was destroyed while starting.
+    """
+    owner_lock = store.paths(name).owner_lock
+    while (
+        record is not None and record.supervisor_pid is None
+        and record.domain_state is DomainState.STARTING
+        and OwnerLock.held(owner_lock) and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+        record = store.read(name)
+    return record
 
 
 # --- verbs over QMP (the control socket, ctl.sock; the supervisor keeps qmp.sock) ----------

@@ -330,7 +330,9 @@ class Supervisor:
             if self.stopping:
                 raise DomainError("destroyed while starting")
         except DomainError as err:
-            self.tell_creator(f"error: {err}")
+            # A destroy during start-up may make QEMU fail before start() sees the request.
+            self.tell_creator("error: destroyed while starting" if self.stopping
+                              else f"error: {err}")
             await self.stop_qemu()
             await self.close_qmp()
             self.store.release(self.name)

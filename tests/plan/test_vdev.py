@@ -14,14 +14,16 @@ from pvhvm.plan.vdev import index_to_letters, letters_to_index, parse_vdev
     ("name", "devid"),
     [("hda", 768), ("hdb", 832), ("hdc", 5632), ("hdd", 5696), ("sda", 2048), ("sdb", 2064),
      ("xvda", 51712), ("xvdb", 51728), ("xvdq", 268439552), ("xvda1", 51713),
-     ("hda1", 769), ("hdt", (91 << 8) + 64), ("sdq", (1 << 28) | (16 << 8)),
+     ("hda1", 769), ("hdt", (91 << 8) + 64), ("sdp15", 2048 | 15 << 4 | 15),
      ("xvdaa", (1 << 28) | (26 << 8)), ("xvda16", (1 << 28) | 16)],
 )
 def test_worked_values(name: str, devid: int) -> None:
     assert parse_vdev(name).devid == devid
 
 
-@pytest.mark.parametrize("name", ["hdu", "hda64", "vda", "xvd", "xvda0x", "fd0", "xvdzzzzz", ""])
+@pytest.mark.parametrize(
+    "name", ["hdu", "hda64", "sdq", "sda16", "vda", "xvd", "xvda0x", "fd0", "xvdzzzzz", ""],
+)
 def test_refused(name: str) -> None:
     with pytest.raises(SpecError):
         parse_vdev(name)

@@ -2,7 +2,8 @@
 
 * ``xvd`` disks 0..15 with partitions 0..15: ``202 << 8 | disk << 4 | part``;
   larger disks or partitions: ``1 << 28 | disk << 8 | part``.
-* ``sd`` disks 0..15: ``8 << 8 | disk << 4 | part`` (larger: the extended form).
+* ``sd`` disks 0..15 with partitions 0..15: ``8 << 8 | disk << 4 | part``; no larger ones
+  (the extended form is xvd's; libxl refuses ``sdq`` too).
 * ``hd`` disks 0..19 (a..t): major ``[3, 22, 33, 34, 56, 57, 88, 89, 90, 91][disk // 2]``,
   minor ``(disk % 2) * 64 + part``.
 
@@ -106,6 +107,12 @@ def vdev_to_devid(vdev: Vdev) -> int:
     if disk < 16 and part < 16:
         major = 202 if vdev.family is VdevFamily.XVD else 8
         return major << 8 | disk << 4 | part
+    if vdev.family is VdevFamily.SD:
+        # The extended numbers are xvd's alone: sdq would get xvdq's number. libxl refuses too.
+        raise SpecError(
+            f"virtual device {vdev.name!r}: sd disks go from sda to sdp, partitions from 1 "
+            "to 15; use xvd names (xvdq, xvdaa, ...) for more"
+        )
     if disk >= 1 << 20 or part >= 256:
         raise SpecError(
             f"virtual device {vdev.name!r}: disk or partition number out of range "

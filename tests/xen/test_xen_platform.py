@@ -135,3 +135,47 @@ def test_failed_xen_create_leaves_nothing(
     assert proc.returncode == 1 and "domid 1 is already in XenStore" in proc.stderr
     assert xs(sock, "xenstore-ls", "/") == before
     assert not list((state / "xen" / "domains").iterdir())
+
+
+def test_verbs_on_a_xen_domain(xenstored: DaemonProcess, images: Path, short_dir: Path) -> None:
+    """list NAME and block-/network-list read the domain back (backends and their xenbus state
+    live from XenStore); verbs that need a running guest say why they cannot act."""
+    import json
+
+    sock = xenstored.socket_path
+    state = short_dir / "state"
+    created = pvhvm(state, "create", str(ROOT / "examples" / "mixed.cfg"), f"imagedir={images}",
+                    "--platform", "xen", "--xenstore", str(sock))
+    assert created.returncode == 0, created.stderr
+    listed = pvhvm(state, "list", "mixed")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:2] == ["mixed", "1"]
+
+    disks = json.loads(pvhvm(state, "block-list", "mixed", "--json").stdout)
+    assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
+        ("hda", "ioemu", "device model"),
+        ("xvdb", "xenbus", "/local/domain/0/backend/vbd/1/51728 (state 1)"),
+    ]
+    # A backend moving its state on (as blkback would, to 2 InitWait) shows at once.
+    xs(sock, "xenstore-write", "/local/domain/0/backend/vbd/1/51728/state", "2")
+    text = pvhvm(state, "block-list", "mixed").stdout
+    assert "/local/domain/0/backend/vbd/1/51728 (state 2)" in text
+    nics = json.loads(pvhvm(state, "network-list", "mixed", "--json").stdout)
+    assert [(n["type"], n["driver"]) for n in nics] == [
+        ("ioemu", "device model"), ("xenbus", "/local/domain/0/backend/vif/1/1 (state 1)"),
+    ]
+    # Removed behind pvhvm's back: said, not a traceback.
+    xs(sock, "xenstore-rm", "/local/domain/1/device/vif/1")
+    nics = json.loads(pvhvm(state, "network-list", "mixed", "--json").stdout)
+    assert nics[1]["driver"] == "missing from XenStore"
+
+    for verb in ("pause", "unpause", "shutdown", "reboot", "console"):
+        refused = pvhvm(state, verb, "mixed")
+        assert refused.returncode == 1, (verb, refused.stderr)
+        assert refused.stderr.strip() == (
+            "pvhvm: error: domain 'mixed' is on the xen platform: pvhvm wrote its XenStore "
+            f"entries, but no hypervisor runs it on this host for 'pvhvm {verb}' to act on; on "
+            f"a Xen host use 'xl {verb} mixed'"
+        )
+    assert pvhvm(state, "destroy", "mixed").returncode == 0
+    assert pvhvm(state, "block-list", "mixed").stderr.strip() == (
+        "pvhvm: error: no domain named 'mixed'")

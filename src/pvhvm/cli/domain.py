@@ -6,10 +6,33 @@ from __future__ import annotations
 import click
 
 from pvhvm.cli.output import print_json
+from pvhvm.errors import DomainError
 from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle, listing
-from pvhvm.runtime.state import process_cpu_seconds
+from pvhvm.runtime.state import DomainRecord, process_cpu_seconds
 from pvhvm.xen import domain as xen_domain
+
+
+def _find(name: str) -> DomainRecord:
+    """NAME's record, on the qemu or the xen platform (names are unique across both)."""
+    record = xen_domain.xen_store().read(name)
+    return record if record is not None else lifecycle.lookup(name)
+
+
+def _running(name: str, verb: str) -> str:
+    """NAME, once it is known not to be a xen-platform domain, which nothing runs here."""
+    if xen_domain.xen_store().read(name) is not None:
+        raise DomainError(
+            f"domain {name!r} is on the xen platform: pvhvm wrote its XenStore entries, but "
+            f"no hypervisor runs it on this host for 'pvhvm {verb}' to act on; on a Xen host "
+            f"use 'xl {verb} {name}'"
+        )
+    return name
+
+
+def _drivers(record: DomainRecord) -> dict[str, str] | None:
+    """Backends read from XenStore for a xen-platform domain; None: the QEMU argv says."""
+    return xen_domain.device_drivers(record) if record.platform == "xen" else None
 
 
 @click.command(name="list")
@@ -19,7 +42,7 @@ from pvhvm.xen import domain as xen_domain
 def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     """List domains as xl list prints them (Name ID Mem VCPUs State Time(s))."""
     if names:
-        records = [lifecycle.lookup(name) for name in names]
+        records = [_find(name) for name in names]
     else:  # qemu-platform domains, then those written to XenStore by --platform xen
         records = lifecycle.list_domains() + xen_domain.list_domains()
     if long_:
@@ -36,7 +59,7 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
 @click.argument("name")
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
-    domain_console.attach(lifecycle.lookup(name))
+    domain_console.attach(lifecycle.lookup(_running(name, "console")))
 
 
 @click.command()
@@ -48,36 +71,38 @@ def console(name: str) -> None:
 )
 def shutdown(name: str, wait: bool, timeout: float) -> None:
     """Ask domain NAME to shut down (the ACPI power button)."""
-    lifecycle.shutdown(name, wait=wait, timeout=timeout)
+    lifecycle.shutdown(_running(name, "shutdown"), wait=wait, timeout=timeout)
 
 
 @click.command()
 @click.argument("name")
 def pause(name: str) -> None:
     """Pause domain NAME (its vCPUs stop)."""
-    lifecycle.pause(name)
+    lifecycle.pause(_running(name, "pause"))
 
 
 @click.command()
 @click.argument("name")
 def unpause(name: str) -> None:
     """Unpause domain NAME."""
-    lifecycle.unpause(name)
+    lifecycle.unpause(_running(name, "unpause"))
 
 
 @click.command()
 @click.argument("name")
 def reboot(name: str) -> None:
     """Reset domain NAME (a hard system reset; on_reboot=destroy ends it)."""
-    lifecycle.reboot(name)
+    lifecycle.reboot(_running(name, "reboot"))
 
 
 @click.command(name="block-list")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def block_list(name: str, as_json: bool) -> None:
-    """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device, target."""
-    devices = listing.block_devices(lifecycle.lookup(name))
+    """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
+    target."""
+    record = _find(name)
+    devices = listing.block_devices(record, _drivers(record))
     if as_json:
         print_json([d.to_json() for d in devices])
         return
@@ -88,8 +113,10 @@ def block_list(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def network_list(name: str, as_json: bool) -> None:
-    """List domain NAME's NICs: index, ioemu|xenbus, QEMU device, MAC, bridge."""
-    devices = listing.network_devices(lifecycle.lookup(name))
+    """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
+    bridge."""
+    record = _find(name)
+    devices = listing.network_devices(record, _drivers(record))
     if as_json:
         print_json([d.to_json() for d in devices])
         return

@@ -13,7 +13,7 @@ time of the domain's QEMU (on Xen it is the vCPUs' time; QEMU's also counts emul
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -136,9 +136,12 @@ def _device_drivers(argv: list[str]) -> dict[str, str]:
     return out
 
 
-def block_devices(record: DomainRecord) -> list[BlockDevice]:
-    """The domain's disks: vdev, devid, ioemu|xenbus and the QEMU device from its argv."""
-    drivers = _device_drivers(record.argv)
+def block_devices(
+    record: DomainRecord, drivers: Mapping[str, str] | None = None
+) -> list[BlockDevice]:
+    """The domain's disks: vdev, devid, ioemu|xenbus and what realises each: ``drivers``
+    (keyed ``disk-<vdev>``), by default the QEMU device in the domain's argv."""
+    drivers = _device_drivers(record.argv) if drivers is None else drivers
     out = []
     for disk in record.plan.get("disks", []):
         vdev = str(disk.get("vdev"))
@@ -150,9 +153,12 @@ def block_devices(record: DomainRecord) -> list[BlockDevice]:
     return out
 
 
-def network_devices(record: DomainRecord) -> list[NetworkDevice]:
-    """The domain's NICs: devid, ioemu|xenbus, QEMU device model, MAC and bridge."""
-    drivers = _device_drivers(record.argv)
+def network_devices(
+    record: DomainRecord, drivers: Mapping[str, str] | None = None
+) -> list[NetworkDevice]:
+    """The domain's NICs: devid, ioemu|xenbus, what realises each (``drivers``, keyed
+    ``vif-<devid>``, by default the QEMU device model in the argv), MAC and bridge."""
+    drivers = _device_drivers(record.argv) if drivers is None else drivers
     out = []
     for vif in record.plan.get("vifs", []):
         devid = int(vif.get("devid") or 0)

@@ -217,3 +217,41 @@ def dry_run_nodes(plan: Plan, store: StateStore | None = None) -> dict[str, str]
     """The nodes create would write (``--dry-run --json --platform xen``)."""
     records = xen_store(store)
     return domain_entries(plan, records.next_domid()).as_dict()
+
+
+def device_drivers(record: DomainRecord) -> dict[str, str]:
+    """What realises each device of a xen-platform domain, keyed as listing keys QEMU devices
+    (``disk-<vdev>``, ``vif-<devid>``): for a xenbus device its backend path and xenbus state,
+    read now from XenStore (as ``xl block-list`` reads them); for an ioemu one the device model.
+    """
+    socket = Path(str(record.plan.get("xenstore_socket", embedded_socket(xen_store()))))
+    front = f"/local/domain/{record.domid}/device"
+    out: dict[str, str] = {}
+    wanted = [(f"disk-{d.get('vdev')}", "vbd", d) for d in record.plan.get("disks", [])]
+    wanted += [(f"vif-{v.get('devid')}", "vif", v) for v in record.plan.get("vifs", [])]
+    try:
+        with XenStoreClient(socket, timeout=10) as xs:
+            for key, kind, device in wanted:
+                if device.get("type") != "xenbus":
+                    out[key] = "device model"
+                    continue
+                backend = _read(xs, f"{front}/{kind}/{device.get('devid')}/backend")
+                if backend is None:
+                    out[key] = "missing from XenStore"
+                    continue
+                out[key] = f"{backend} (state {_read(xs, f'{backend}/state') or '?'})"
+    except (XenStoreError, OSError) as err:
+        raise DomainError(
+            f"cannot read domain {record.name!r} from XenStore at {socket}: {err}"
+        ) from err
+    return out
+
+
+def _read(xs: XenStoreClient, path: str) -> str | None:
+    """The value at ``path``, or None when there is no such node."""
+    try:
+        return xs.read(path).decode(errors="replace")
+    except XenStoreErrnoError as err:
+        if err.errno_name == "ENOENT":
+            return None
+        raise

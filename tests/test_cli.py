@@ -157,3 +157,38 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--help"], ["create", "--help"]):
         code, out, _ = run(capsys, *argv)
         assert code == 0 and "Usage:" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("export-xl", "{cfg}", "imagedir={imagedir}", "-o", "{tmp}/missing/x.cfg"),
+        ("bench", "io", "--save", "{tmp}/missing/r.json"),
+        ("bench", "io", "--plot", "{tmp}/missing/r.png"),
+        ("bench", "net", "--save", "{tmp}/missing/r.json"),
+        ("bench", "toolstack", "--save", "{tmp}/missing/r.json"),
+    ],
+)
+def test_output_file_checked_before_any_work(
+    capsys: pytest.CaptureFixture[str], imagedir: Path, tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """A bad -o/--save/--plot is refused at once (a bench would otherwise run for minutes
+    first) with one message naming the file, and no traceback."""
+    filled = [a.format(cfg=EXAMPLES / "pv-only.cfg", imagedir=imagedir, tmp=tmp_path)
+              for a in argv]
+    code, out, err = run(capsys, *filled)
+    assert code == 1 and out == ""
+    assert f"cannot write {tmp_path}/missing/" in err
+    assert f"directory {tmp_path}/missing does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_export_xl_writes_the_file(
+    capsys: pytest.CaptureFixture[str], imagedir: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "g.xl.cfg"
+    code, _, err = run(capsys, "export-xl", str(EXAMPLES / "pv-only.cfg"),
+                       f"imagedir={imagedir}", "-o", str(target))
+    assert code == 0, err
+    assert 'type = "hvm"' in target.read_text()
+

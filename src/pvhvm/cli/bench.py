@@ -21,7 +21,7 @@ from pvhvm.bench.net import total_steps as net_total_steps
 from pvhvm.bench.report import guests_table, io_table, plot_io, setups_table
 from pvhvm.bench.setups import ALTERNATIVES, DEFAULT_SETUP
 from pvhvm.bench.toolstack import DISK_COUNTS, ToolstackOptions, run_toolstack
-from pvhvm.cli.output import console, print_json
+from pvhvm.cli.output import console, print_json, writable_option, write_output
 
 SETUP_NAMES = [DEFAULT_SETUP, *(s.name for s in ALTERNATIVES)]
 
@@ -68,8 +68,10 @@ def bench() -> None:
               f"{', '.join(SETUP_NAMES)} ('' for none).")
 @click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(JOB_NAMES)}.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
               help="Write a PNG bar chart of IOPS (needs matplotlib: pvhvm[bench]).")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
               help="Also write the JSON document to this file.")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
@@ -87,7 +89,7 @@ def io(
     report = _with_progress(total_steps(options), lambda step: run_io(options, step))
     document = report.to_json()
     if save is not None:
-        save.write_text(json.dumps(document, indent=2) + "\n")
+        write_output(save, json.dumps(document, indent=2) + "\n")
     if plot is not None:
         plot_io(document, plot)
     if as_json:
@@ -111,6 +113,7 @@ def io(
 @click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(NET_JOB_NAMES)}.")
 @click.option("--no-host", is_flag=True, help="Skip the host-to-itself upper bound.")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
               help="Also write the JSON document to this file.")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
@@ -133,7 +136,7 @@ def net(
     report = _with_progress(net_total_steps(options), lambda step: run_net(options, step))
     document = report.to_json()
     if save is not None:
-        save.write_text(json.dumps(document, indent=2) + "\n")
+        write_output(save, json.dumps(document, indent=2) + "\n")
     if as_json:
         print_json(document)
         return
@@ -148,6 +151,7 @@ def net(
 @click.option("--tiny", is_flag=True, help="1 repetition, 1 and 4 disks, no boot (smoke test).")
 @click.option("--no-boot", is_flag=True, help="Skip the boot-to-report times.")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
               help="Also write the JSON document to this file.")
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image).")
@@ -169,7 +173,7 @@ def toolstack(
             options, lambda message: progress.update(task, description=message),
         )
     if save is not None:
-        save.write_text(json.dumps(document, indent=2) + "\n")
+        write_output(save, json.dumps(document, indent=2) + "\n")
     if as_json:
         print_json(document)
         return

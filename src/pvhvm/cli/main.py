@@ -15,7 +15,7 @@ from pvhvm import __version__
 from pvhvm.cli.bench import bench
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.image import image
-from pvhvm.cli.output import console, plan_tables, print_json
+from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
 from pvhvm.cli.report import report
 from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
@@ -125,6 +125,7 @@ def destroy(name: str) -> None:
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
               help="Write the xl.cfg here instead of stdout.")
 def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None) -> None:
     """Export CONFIG as an xl.cfg(5) for a Xen host, noting what xl cannot express."""
@@ -135,7 +136,7 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
     if output is None:
         sys.stdout.write(exported.text)
     else:
-        output.write_text(exported.text)
+        write_output(output, exported.text)
 
 
 cli.add_command(bench)

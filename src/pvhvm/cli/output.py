@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
+from pvhvm.errors import PvhvmError
 from pvhvm.plan.plan import Plan
 
 #: width used when stdout/stderr is a pipe or file, so scripted output does not wrap oddly
@@ -25,6 +29,43 @@ def console(stderr: bool = False) -> Console:
 def print_json(document: Any) -> None:
     """Exactly one JSON document on stdout."""
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+class OutputError(PvhvmError):
+    """An output file (``-o``, ``--save``, ``--plot``) cannot be written."""
+
+
+def check_writable(path: Path) -> Path:
+    """``path``, once its directory is known to take a new file: checked before long work, so
+    a typo in ``--save`` does not cost a whole run. Raises OutputError."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: directory {parent} is not writable")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def writable_option(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> Path | None:
+    """A click callback: an output-file option is checked as it is parsed."""
+    if value is None:
+        return None
+    try:
+        return check_writable(value)
+    except OutputError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from err
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``; a failure is an OutputError naming the file."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 def plan_tables(plan: Plan) -> list[Table]:

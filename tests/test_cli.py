@@ -192,3 +192,11 @@ def test_export_xl_writes_the_file(
     assert code == 0, err
     assert 'type = "hvm"' in target.read_text()
 
+
+def test_command_line_disk_errors_name_the_command_line(
+    capsys: pytest.CaptureFixture[str], imagedir: Path
+) -> None:
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
+                       'disk=["/x,hdz,w"]', "--dry-run")
+    assert code == 1
+    assert err.startswith("pvhvm: error: <command line>: virtual device 'hdz': hd disks go")

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pvhvm.config.domain import config_from_text
 from pvhvm.config.lang import parse_cli_variable, parse_config
 from pvhvm.errors import ConfigError, PvhvmError
 
@@ -148,3 +149,26 @@ def test_expression_soup_gives_values_or_config_error(exprs: list[str]) -> None:
         parse_config(text)
     except ConfigError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"memory": "abc"}, "<command line>: memory must be a whole number, not 'abc'"),
+        ({"vcpus": 0}, "<command line>: vcpus = 0 is out of range (1..255)"),
+    ],
+)
+def test_errors_in_command_line_overrides_name_the_command_line(
+    variables: dict[str, object], message: str
+) -> None:
+    """A key the command line overrides is the command line's: its errors point there, not
+    at the file's line 1 or at the file's own (overridden) assignment."""
+    with pytest.raises(ConfigError) as info:
+        config_from_text('name = "g"\nmemory = 256\nvcpus = 1\n', "g.cfg", variables)
+    assert str(info.value).startswith(message)
+
+
+def test_errors_in_the_file_still_name_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_text('name = "g"\nmemory = "abc"\n', "g.cfg", {"vcpus": 2})
+    assert str(info.value).startswith("g.cfg:2:1: memory must be a whole number")

@@ -31,16 +31,21 @@ MAX_FILE_BYTES = 1 << 20
 _FORMAT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\d*|\*)(?:\.(\d*|\*))?")
 
 
+#: the "file" of values given as VAR=VALUE arguments
+COMMAND_LINE = "<command line>"
+
+
 @dataclass(frozen=True)
 class Position:
-    """Where something is in a config file (1-based line and column)."""
+    """Where something is in a config file (1-based line and column), or on the command line
+    (no line)."""
 
     file: str
-    line: int
-    col: int
+    line: int | None
+    col: int | None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return self.file if self.line is None else f"{self.file}:{self.line}:{self.col}"
 
     def error(self, message: str) -> ConfigError:
         """A ConfigError located here."""
@@ -267,6 +272,8 @@ def parse_config(
     for name, value in cli.items():
         if name not in evaluator.referenced:
             out.values[name] = value
+            out.positions[name] = Position(COMMAND_LINE, None, None)
+            out.item_positions.pop(name, None)
     return out
 
 
@@ -329,11 +336,11 @@ def parse_cli_variable(assignment: str) -> tuple[str, Any]:
     name = name.strip()
     if not sep or not name.isidentifier():
         raise ConfigError(
-            f"command-line variable {assignment!r} is not NAME=VALUE", file="<command line>"
+            f"command-line variable {assignment!r} is not NAME=VALUE", file=COMMAND_LINE
         )
     try:
         node = ast.parse(raw.strip(), mode="eval").body
-        value = _Evaluator("<command line>", {}).eval(node)
+        value = _Evaluator(COMMAND_LINE, {}).eval(node)
     except (SyntaxError, ValueError, ConfigError, RecursionError):
         value = raw
     return name, value

@@ -179,3 +179,14 @@ def test_verbs_on_a_xen_domain(xenstored: DaemonProcess, images: Path, short_dir
     assert pvhvm(state, "destroy", "mixed").returncode == 0
     assert pvhvm(state, "block-list", "mixed").stderr.strip() == (
         "pvhvm: error: no domain named 'mixed'")
+
+
+def test_unreachable_xenstore_is_said_and_leaves_nothing(images: Path, short_dir: Path) -> None:
+    state = short_dir / "state"
+    proc = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
+                 "--platform", "xen", "--xenstore", str(short_dir / "nobody.sock"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"pvhvm: error: cannot connect to xenstored at {short_dir / 'nobody.sock'}: "
+        "[Errno 2] No such file or directory")
+    assert not list((state / "xen" / "domains").iterdir())

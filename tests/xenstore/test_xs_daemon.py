@@ -153,6 +153,18 @@ def test_stale_socket_replaced_and_live_one_refused(short_dir: Path) -> None:
     assert not path.exists()
 
 
+def test_a_path_that_is_not_a_socket_is_never_removed(short_dir: Path) -> None:
+    """--socket pointing at a user's file by mistake: refused, and the file is left alone,
+    also by the spawned daemon's clean-up."""
+    path = short_dir / "notes.txt"
+    path.write_text("keep me")
+    with pytest.raises(XenStoreConnectionError, match="exists and is not a socket"):
+        run_in_thread(path)
+    with pytest.raises(XenStoreConnectionError):
+        spawn_daemon(path)
+    assert path.read_text() == "keep me"
+
+
 def test_cli_command_runs_until_sigterm(short_dir: Path) -> None:
     path = short_dir / "cli.sock"
     env = dict(os.environ)

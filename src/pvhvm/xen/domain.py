@@ -22,7 +22,7 @@ from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
 from pvhvm.xen.xenbus import DomainEntries, domain_entries
 from pvhvm.xenstore.client import Transaction, XenStoreClient
 from pvhvm.xenstore.daemon import spawn_daemon
-from pvhvm.xenstore.errors import XenStoreErrnoError
+from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreErrnoError
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ def _populate(record: DomainRecord, entries: DomainEntries, socket: Path, introd
             except BaseException:
                 xs.run_transaction(_remover(record))
                 raise
+    except XenStoreConnectionError as err:  # it names the socket and says what is wrong
+        raise DomainError(str(err)) from err
     except XenStoreError as err:
         raise DomainError(f"XenStore at {socket} refused the domain: {err}") from err
     except OSError as err:

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -164,12 +165,10 @@ class XenStoreDaemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
         for domid in list(self._domain_servers):
-            with contextlib.suppress(FileNotFoundError):
-                self.domain_socket(domid).unlink()
+            unlink_socket(self.domain_socket(domid))
         self._domain_servers.clear()
         self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        unlink_socket(self.socket_path)
 
     def carry_out(self, effects: Sequence[Effect]) -> None:
         """Send packets, close connections, open/close domain sockets."""
@@ -192,13 +191,11 @@ class XenStoreDaemon:
                 server = self._domain_servers.pop(effect.domid, None)
                 if server is not None:
                     server.close()
-                    with contextlib.suppress(FileNotFoundError):
-                        self.domain_socket(effect.domid).unlink()
+                    unlink_socket(self.domain_socket(effect.domid))
 
     def _bind_domain_socket(self, domid: int) -> socket.socket:
         path = self.domain_socket(domid)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        unlink_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
         os.chmod(path, 0o600)
@@ -212,16 +209,32 @@ class XenStoreDaemon:
             lambda: _ClientProtocol(self, domid, True), sock=listener)
         if self.store.domains.introduced(domid) is None or self._server is None:
             server.close()  # released (or stopped) while we were opening it
-            with contextlib.suppress(FileNotFoundError):
-                self.domain_socket(domid).unlink()
+            unlink_socket(self.domain_socket(domid))
             return
         self._domain_servers[domid] = server
 
 
+def unlink_socket(path: Path) -> None:
+    """Remove ``path`` if it is a socket; anything else there (a user's file given as
+    ``--socket`` by mistake) is never removed."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def _claim_socket_path(path: Path) -> None:
-    """Remove a stale socket file; refuse if a daemon answers on it."""
-    if not path.exists():
+    """Remove a stale socket file; refuse if a daemon answers on it, or if the path is
+    something other than a socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise XenStoreConnectionError(
+            f"{path} exists and is not a socket; give a new path or remove it yourself"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
@@ -312,8 +325,7 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        unlink_socket(self.socket_path)
         return self.process.returncode
 
     def __enter__(self) -> DaemonProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,16 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         serial = serial[0] if serial else None
     if serial is not None and not isinstance(serial, str):
         raise r.fail("serial", f"serial must be a string, not {_kind(serial)}")
+    if serial is not None and serial.startswith("unix:") and serial[5:]:
+        # QEMU unlinks whatever is at a listening socket's path before it binds.
+        where = Path(serial[5:].split(",")[0])
+        try:
+            mode: int | None = where.lstat().st_mode
+        except OSError:
+            mode = None  # nothing there yet (or unreachable: QEMU will say)
+        if mode is not None and not stat.S_ISSOCK(mode):
+            raise r.fail("serial", f"serial = {serial!r}: {where} exists and is not a socket, "
+                         "and QEMU would replace it; give a new path")
     boot = r.str_("boot")
     if boot is not None and (not boot or any(c not in "acdn" for c in boot)):
         raise r.fail("boot", f"boot = {boot!r}: use the letters c (disk), d (cdrom), n (network)")

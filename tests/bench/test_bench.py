@@ -13,8 +13,17 @@ import pytest
 
 from pvhvm.bench import BenchError
 from pvhvm.bench.guest import GuestSpec, parse_console, run_archive
-from pvhvm.bench.jobs import JOB_NAMES, JOBS, JobParams, job_by_name, job_file, parse_fio_json
-from pvhvm.bench.setups import DEFAULT, DEFAULT_SETUP, IDE, select_setups
+from pvhvm.bench.io import IoReport, io_options
+from pvhvm.bench.jobs import (
+    JOB_NAMES,
+    JOBS,
+    JobParams,
+    JobResult,
+    job_by_name,
+    job_file,
+    parse_fio_json,
+)
+from pvhvm.bench.setups import DEFAULT, DEFAULT_SETUP, IDE, IDE_DIRECT, select_setups
 from pvhvm.bench.toolstack import vdev_name
 from pvhvm.guest.bench import parse_dpkg_search, parse_needed
 from pvhvm.qemu.argv import PV_DISK_TUNING
@@ -87,6 +96,29 @@ def test_setups_put_the_default_first_and_drop_reruns() -> None:
     assert select_setups([], quick=True) == [DEFAULT]
     with pytest.raises(BenchError, match="unknown setup"):
         select_setups(["fastest"], quick=True)
+
+
+def test_ide_guests_and_ratios() -> None:
+    """Quick and full runs boot IDE twice (pvhvm's tuning, and O_DIRECT like the PV default);
+    the ratios divide PV by each, from rows the report finds by setup."""
+    quick = io_options(quick=True, tiny=False, setups=[], jobs=["read-1m"], dry=False,
+                       kit_dir=None, workdir=None)
+    assert quick.ide_setups == (IDE, IDE_DIRECT)
+    assert IDE_DIRECT.tuning.cache == "none" and IDE_DIRECT.describe() == "cache=none,aio=native"
+    tiny = io_options(quick=False, tiny=True, setups=None, jobs=None, dry=False, kit_dir=None,
+                      workdir=None)
+    assert tiny.ide_setups == (IDE,)
+
+    def row(device: str, setup: str, iops: float) -> JobResult:
+        return JobResult("read-1m", device, setup, iops, iops, 1.0, None)
+
+    report = IoReport(options=quick, results=[
+        row("host", "host", 800.0), row("ioemu", "ide", 400.0),
+        row("ioemu", "ide-direct", 200.0), row("xenbus", DEFAULT_SETUP, 1000.0),
+    ])
+    assert report.ratios() == [{
+        "job": "read-1m", "pv_over_ide": 2.5, "pv_over_ide_direct": 5.0, "pv_over_host": 1.25,
+    }]
 
 
 def test_library_resolution_parsers() -> None:

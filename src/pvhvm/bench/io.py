@@ -21,7 +21,16 @@ from pvhvm.bench import BenchError
 from pvhvm.bench.guest import GuestOutcome, GuestSpec, run_guest
 from pvhvm.bench.host import make_data_image, run_host
 from pvhvm.bench.jobs import JOBS, FioJob, JobParams, JobResult, job_by_name
-from pvhvm.bench.setups import DEFAULT_SETUP, IDE, RERUN, Setup, select_setups
+from pvhvm.bench.setups import (
+    DEFAULT_SETUP,
+    IDE,
+    IDE_DIRECT,
+    IDE_DIRECT_SETUP,
+    IDE_SETUP,
+    RERUN,
+    Setup,
+    select_setups,
+)
 from pvhvm.guest.bench import BenchExtra, build_bench_extra
 from pvhvm.guest.kit import Kit, build_kit
 from pvhvm.qemu.argv import Accel
@@ -36,7 +45,8 @@ class IoOptions:
     params: JobParams
     jobs: tuple[FioJob, ...] = JOBS
     setups: tuple[Setup, ...] = ()
-    ide: bool = True
+    #: the IDE guests: pvhvm's IDE tuning, and (but in tiny runs) IDE with O_DIRECT
+    ide_setups: tuple[Setup, ...] = (IDE,)
     #: run no guest: host fio only (and the guests' plans)
     dry: bool = False
     accel: Accel = Accel.TCG
@@ -65,7 +75,7 @@ def io_options(
         setups = []
     options = IoOptions(
         params=params, jobs=chosen, setups=tuple(select_setups(setups, quick or tiny)), dry=dry,
-        workdir=workdir,
+        ide_setups=(IDE,) if tiny else (IDE, IDE_DIRECT), workdir=workdir,
     )
     if kit_dir is not None:
         options = IoOptions(**{**options.__dict__, "kit_dir": kit_dir})
@@ -98,16 +108,16 @@ class IoReport:
         return None
 
     def ratios(self) -> list[dict[str, Any]]:
-        """PV (pvhvm's default setup) over IDE and over the host, per job, IOPS based."""
+        """PV (pvhvm's default setup) over IDE (pvhvm's IDE tuning, and IDE with O_DIRECT like
+        the PV default) and over the host, per job, IOPS based."""
         out = []
         for job in self.options.jobs:
             pv = self.find(job.name, "xenbus", DEFAULT_SETUP)
-            ide = self.find(job.name, "ioemu")
-            host = self.find(job.name, "host")
             out.append({
                 "job": job.name,
-                "pv_over_ide": _ratio(pv, ide),
-                "pv_over_host": _ratio(pv, host),
+                "pv_over_ide": _ratio(pv, self.find(job.name, "ioemu", IDE_SETUP)),
+                "pv_over_ide_direct": _ratio(pv, self.find(job.name, "ioemu", IDE_DIRECT_SETUP)),
+                "pv_over_host": _ratio(pv, self.find(job.name, "host")),
             })
         return out
 
@@ -193,8 +203,7 @@ Step = Callable[[str, int], None]
 def guest_plan(options: IoOptions) -> list[GuestSpec]:
     """The guests one run boots, in order."""
     specs = []
-    if options.ide:
-        specs.append(GuestSpec("ioemu", IDE, options.jobs, options.params))
+    specs += [GuestSpec("ioemu", s, options.jobs, options.params) for s in options.ide_setups]
     specs += [GuestSpec("xenbus", s, options.jobs, options.params) for s in options.setups]
     return specs
 

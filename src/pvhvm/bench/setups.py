@@ -1,9 +1,11 @@
 """The virtio-blk setups ``pvhvm bench io`` compares with pvhvm's default (PV_DISK_TUNING).
 
 Each is a :class:`DiskTuning` for the PV data disk; the IDE guest uses IDE_DISK_TUNING (as
-``pvhvm create`` does). QEMU 7.2 facts: ``aio=native`` needs O_DIRECT (cache=none), so with
-cache=writeback pvhvm's argv falls back to threads; ``aio=io_uring`` works with Debian's 7.2
-(liburing linked); virtio-blk's queue-size is at most 1024.
+``pvhvm create`` does), and a second IDE guest (``ide-direct``) uses cache=none,aio=native
+like the PV default, so the device itself is compared with the host's page cache out of both.
+QEMU 7.2 facts: ``aio=native`` needs O_DIRECT (cache=none), so with cache=writeback pvhvm's
+argv falls back to threads; ``aio=io_uring`` works with Debian's 7.2 (liburing linked);
+virtio-blk's queue-size is at most 1024.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pvhvm.qemu.argv import IDE_DISK_TUNING, PV_DISK_TUNING, DiskTuning
 
 DEFAULT_SETUP = "pvhvm-default"
 IDE_SETUP = "ide"
+#: IDE with O_DIRECT like the PV default: the like-for-like comparison of the two devices
+IDE_DIRECT_SETUP = "ide-direct"
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Setup:
         if aio == "native" and tuning.cache not in ("none", "directsync"):
             aio = "threads"
         text = f"cache={tuning.cache},aio={aio}"
-        if self.name != IDE_SETUP:
+        if not self.name.startswith(IDE_SETUP):
             queues = tuning.num_queues or "vcpus"
             text += f",num-queues={queues},queue-size={tuning.queue_size}"
             if tuning.iothread:
@@ -49,6 +53,7 @@ def _variant(name: str, **changes: object) -> Setup:
 
 
 IDE = Setup(IDE_SETUP, IDE_DISK_TUNING)
+IDE_DIRECT = Setup(IDE_DIRECT_SETUP, DiskTuning(cache="none", aio="native"))
 DEFAULT = Setup(DEFAULT_SETUP, PV_DISK_TUNING)
 #: the default again, last: how far two runs of one setup differ (the noise floor)
 RERUN = Setup(DEFAULT_SETUP + "-rerun", PV_DISK_TUNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -58,3 +59,7 @@ def make_data_image(path: Path, size_mib: int) -> None:
             block[:] = chunk
             block[:8] = index.to_bytes(8, "little")
             out.write(block)
+        out.flush()
+        # On disk before the first job: the host's jobs run next and must not share the disk
+        # with the write-back of a freshly written GiB.
+        os.fsync(out.fileno())

@@ -165,6 +165,38 @@ def test_a_path_that_is_not_a_socket_is_never_removed(short_dir: Path) -> None:
     assert path.read_text() == "keep me"
 
 
+def test_second_daemon_on_a_live_socket_leaves_the_first_whole(short_dir: Path) -> None:
+    """Refused at once, by the spawner and by the daemon itself: the first daemon keeps its
+    socket and its pid file."""
+    socket_path, pid_file = short_dir / "xs.sock", short_dir / "xs.pid"
+    with spawn_daemon(socket_path, pid_file=pid_file) as first:
+        with pytest.raises(XenStoreConnectionError, match="already listens"):
+            spawn_daemon(socket_path, pid_file=pid_file)
+        again = subprocess.run(
+            [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(socket_path),
+             "--pid-file", str(pid_file)], capture_output=True, text=True, timeout=30,
+            check=False)
+        assert again.returncode != 0 and "already listens" in again.stderr
+        assert pid_file.read_text().strip() == str(first.pid)
+        with XenStoreClient(socket_path) as xs:
+            assert xs.directory("/") == ["tool"]
+    assert not socket_path.exists() and not pid_file.exists()
+
+
+def test_domain_socket_path_taken_by_a_file(short_dir: Path) -> None:
+    """A file where a domain's socket should go: the domain is introduced without its socket,
+    the file is left alone and the daemon keeps serving."""
+    sockets = short_dir / "dom"
+    sockets.mkdir()
+    (sockets / "domain-7").write_text("keep me")
+    with (run_in_thread(short_dir / "xs.sock", domain_socket_dir=sockets) as daemon,
+          XenStoreClient(daemon.socket_path) as xs):
+        xs.introduce(7, 0, 1)
+        assert xs.is_domain_introduced(7)
+        xs.write("/still/serving", "1")
+    assert (sockets / "domain-7").read_text() == "keep me"
+
+
 def test_cli_command_runs_until_sigterm(short_dir: Path) -> None:
     path = short_dir / "cli.sock"
     env = dict(os.environ)

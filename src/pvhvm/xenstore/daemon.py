@@ -185,7 +185,13 @@ class XenStoreDaemon:
             elif isinstance(effect, DomainIntroduced):
                 if self.domain_socket_dir is not None and self._loop is not None:
                     # Bind now, so the socket exists when the INTRODUCE reply goes out.
-                    listener = self._bind_domain_socket(effect.domid)
+                    try:
+                        listener = self._bind_domain_socket(effect.domid)
+                    except OSError as err:
+                        # The domain stays introduced; only its socket is missing.
+                        log.error("domain %d: cannot listen on %s: %s", effect.domid,
+                                  self.domain_socket(effect.domid), err)
+                        continue
                     self._loop.create_task(self._serve_domain_socket(effect.domid, listener))
             elif isinstance(effect, DomainReleased):
                 server = self._domain_servers.pop(effect.domid, None)
@@ -197,9 +203,13 @@ class XenStoreDaemon:
         path = self.domain_socket(domid)
         unlink_socket(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        os.chmod(path, 0o600)
-        listener.listen(64)
+        try:
+            listener.bind(str(path))
+            os.chmod(path, 0o600)
+            listener.listen(64)
+        except OSError:
+            listener.close()
+            raise
         listener.setblocking(False)
         return listener
 
@@ -224,13 +234,13 @@ def unlink_socket(path: Path) -> None:
         pass
 
 
-def _claim_socket_path(path: Path) -> None:
-    """Remove a stale socket file; refuse if a daemon answers on it, or if the path is
-    something other than a socket."""
+def _check_socket_path(path: Path) -> bool:
+    """Whether ``path`` holds a stale socket (True) or nothing (False); XenStoreConnectionError
+    when a daemon answers on it or it is something other than a socket."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISSOCK(mode):
         raise XenStoreConnectionError(
             f"{path} exists and is not a socket; give a new path or remove it yourself"
@@ -239,11 +249,17 @@ def _claim_socket_path(path: Path) -> None:
     try:
         probe.connect(str(path))
     except OSError:
-        path.unlink()
-    else:
-        raise XenStoreConnectionError(f"a xenstored already listens on {path}")
+        return True
     finally:
         probe.close()
+    raise XenStoreConnectionError(f"a xenstored already listens on {path}")
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a stale socket file; refuse if a daemon answers on it, or if the path is
+    something other than a socket."""
+    if _check_socket_path(path):
+        path.unlink()
 
 
 async def _serve(daemon: XenStoreDaemon, stop: asyncio.Event,
@@ -269,16 +285,28 @@ def run_daemon(socket_path: str | os.PathLike[str], *,
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         daemon = XenStoreDaemon(socket_path, quota=quota, domain_socket_dir=domain_socket_dir)
-        if pid_file is not None:
-            Path(pid_file).write_text(f"{os.getpid()}\n")
+        # The socket is claimed first: a refused start (a live daemon there, a file that is
+        # not a socket) leaves that daemon's pid file alone.
+        await daemon.start()
         try:
-            await _serve(daemon, stop)
-        finally:
             if pid_file is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(pid_file).unlink()
+                Path(pid_file).write_text(f"{os.getpid()}\n")
+            await stop.wait()
+        finally:
+            await daemon.stop()
+            if pid_file is not None:
+                _remove_own_pid_file(Path(pid_file))
 
     asyncio.run(main())
+
+
+def _remove_own_pid_file(path: Path) -> None:
+    """Remove ``path`` if it still names this process (nobody else has taken it over)."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except (OSError, UnicodeDecodeError):
+        pass
 
 
 def _wait_for_socket(path: Path, deadline: float, alive: Callable[[], bool]) -> None:
@@ -304,6 +332,8 @@ class DaemonProcess:
         self.socket_path = socket_path
         self.process = process
         self.domain_socket_dir = domain_socket_dir
+        #: set once this daemon was seen listening: only then is the socket its own to remove
+        self.listening = False
 
     @property
     def pid(self) -> int:
@@ -325,7 +355,8 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        unlink_socket(self.socket_path)
+        if self.listening:
+            unlink_socket(self.socket_path)
         return self.process.returncode
 
     def __enter__(self) -> DaemonProcess:
@@ -358,6 +389,9 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
     in a session of its own, so it outlives the caller and its terminal.
     """
     path = Path(socket_path)
+    # Checked here too: the readiness probe below would otherwise take a daemon already
+    # listening on the path for the new one.
+    _check_socket_path(path)
     argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path)]
     if pid_file is not None:
         argv += ["--pid-file", str(pid_file)]
@@ -376,6 +410,7 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
     except BaseException:
         handle.stop()
         raise
+    handle.listening = True
     return handle
 
 

@@ -221,3 +221,29 @@ def test_virtio_alias_and_platform(images: Path) -> None:
                    platform=Platform.XEN)
     assert plan.disks[0].kind is DeviceKind.XENBUS and plan.vifs[0].kind is DeviceKind.XENBUS
     assert plan.to_json()["platform"] == "xen"
+
+
+def test_serial_unix_path_that_qemu_would_replace(images: Path) -> None:
+    """QEMU unlinks whatever is at a listening socket's path: a file there, or a socket that
+    something listens on (another guest's console), is refused on the qemu platform and kept;
+    a stale socket may be replaced. On the xen platform the path is the Xen host's business."""
+    import socket
+
+    victim = images / "notes.txt"
+    victim.write_text("keep me")
+    with pytest.raises(ConfigError) as info:
+        plan_of(f'name = "g"\nserial = "unix:{victim}"\n', images)
+    assert str(info.value) == (
+        f"g.cfg:2:1: serial = 'unix:{victim}': {victim} exists and is not a socket, and QEMU "
+        "would replace it")
+    assert victim.read_text() == "keep me"
+    assert plan_of(f'name = "g"\nserial = "unix:{victim}"\n', images,
+                   platform=Platform.XEN).serial == f"unix:{victim}"
+
+    live = images / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(live))
+        server.listen(1)
+        with pytest.raises(ConfigError, match="is a socket something is listening on"):
+            plan_of(f'name = "g"\nserial = "unix:{live},server"\n', images)
+    assert plan_of(f'name = "g"\nserial = "unix:{live}"\n', images).serial == f"unix:{live}"

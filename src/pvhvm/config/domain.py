@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +76,8 @@ class DomainConfig:
     disks: tuple[Located[DiskSpec], ...] = ()
     vifs: tuple[Located[VifSpec], ...] = ()
     serial: str | None = None
+    #: where serial= was set (for errors found when the plan is made)
+    serial_position: Position | None = None
     vnc: bool = False
     sdl: bool = False
     nographic: bool = True
@@ -223,16 +224,6 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         serial = serial[0] if serial else None
     if serial is not None and not isinstance(serial, str):
         raise r.fail("serial", f"serial must be a string, not {_kind(serial)}")
-    if serial is not None and serial.startswith("unix:") and serial[5:]:
-        # QEMU unlinks whatever is at a listening socket's path before it binds.
-        where = Path(serial[5:].split(",")[0])
-        try:
-            mode: int | None = where.lstat().st_mode
-        except OSError:
-            mode = None  # nothing there yet (or unreachable: QEMU will say)
-        if mode is not None and not stat.S_ISSOCK(mode):
-            raise r.fail("serial", f"serial = {serial!r}: {where} exists and is not a socket, "
-                         "and QEMU would replace it; give a new path")
     boot = r.str_("boot")
     if boot is not None and (not boot or any(c not in "acdn" for c in boot)):
         raise r.fail("boot", f"boot = {boot!r}: use the letters c (disk), d (cdrom), n (network)")
@@ -258,6 +249,7 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         disks=disks,
         vifs=vifs,
         serial=serial,
+        serial_position=r.raw.position("serial") if serial is not None else None,
         vnc=r.bool_("vnc", False),
         sdl=r.bool_("sdl", False),
         nographic=r.bool_("nographic", True),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import stat
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -174,6 +176,33 @@ def _absolute_serial(serial: str | None) -> str | None:
     return serial
 
 
+def _check_serial_socket(config: DomainConfig, serial: str | None) -> None:
+    """QEMU unlinks whatever is at a listening socket's path before it binds (checked with
+    QEMU 7.2): refuse a path that holds anything but a dead socket."""
+    if serial is None or not serial.startswith("unix:"):
+        return
+    where = serial[5:].split(",")[0]
+    try:
+        mode = os.lstat(where).st_mode
+    except OSError:
+        return  # nothing there yet (or unreachable: QEMU will say so)
+    problem = None
+    if not stat.S_ISSOCK(mode):
+        problem = "exists and is not a socket"
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(where)
+                problem = "is a socket something is listening on"
+            except OSError:
+                pass  # a stale socket: QEMU may replace it
+    if problem is not None:
+        message = f"serial = {config.serial!r}: {where} {problem}, and QEMU would replace it"
+        if config.serial_position is not None:
+            raise config.serial_position.error(message)
+        raise ConfigError(message, file=config.file)
+
+
 def domain_uuid(config: DomainConfig) -> str:
     """The config's uuid, or one derived from the name so a re-created guest keeps it."""
     if config.uuid is None:
@@ -211,6 +240,9 @@ def make_plan(
         for key, path in (("kernel", kernel), ("ramdisk", ramdisk)):
             if path is not None and not os.path.isfile(path):
                 raise ConfigError(f"{key} {path!r} does not exist", file=config.file)
+    serial = _absolute_serial(config.serial)
+    if check_files and platform is Platform.QEMU:
+        _check_serial_socket(config, serial)
     cmdline = config.cmdline
     if config.root is not None:
         cmdline = f"root={config.root}" + (f" {cmdline}" if cmdline else "")
@@ -237,7 +269,7 @@ def make_plan(
         ramdisk=ramdisk,
         cmdline=cmdline,
         boot=boot,
-        serial=_absolute_serial(config.serial),
+        serial=serial,
         on_poweroff=config.on_poweroff,
         on_reboot=config.on_reboot,
         on_crash=config.on_crash,

@@ -200,3 +200,23 @@ def test_command_line_disk_errors_name_the_command_line(
                        'disk=["/x,hdz,w"]', "--dry-run")
     assert code == 1
     assert err.startswith("pvhvm: error: <command line>: virtual device 'hdz': hd disks go")
+
+
+def test_output_file_that_exists_read_only(
+    capsys: pytest.CaptureFixture[str], imagedir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An existing file we may not write is refused up front (root may write anything, so the
+    permission answer is what a non-root user would get)."""
+    import os as os_module
+
+    target = tmp_path / "taken.cfg"
+    target.write_text("old")
+    real_access = os_module.access
+    monkeypatch.setattr(os_module, "access",
+                        lambda p, mode: (False if Path(p) == target and mode & os_module.W_OK
+                                         else real_access(p, mode)))
+    code, _, err = run(capsys, "export-xl", str(EXAMPLES / "pv-only.cfg"),
+                       f"imagedir={imagedir}", "-o", str(target))
+    assert code == 1 and f"cannot write {target}: the file is not writable" in err
+    assert target.read_text() == "old"

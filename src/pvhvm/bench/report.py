@@ -123,5 +123,9 @@ def plot_io(document: dict[str, Any], output: Path) -> None:
     ax.set_title("pvhvm bench io: fio IOPS, host vs emulated IDE vs PV (virtio-blk), TCG")
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(output, dpi=100)
+    except OSError as err:
+        raise BenchError(f"cannot write {output}: {err.strerror or err}") from err
+    finally:
+        plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,15 @@ def bench() -> None:
     """Benchmarks: the PV benefit in real guests, pvhvm's own overhead (TCG guests)."""
 
 
+def _plot_option(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """--plot: a writable path, and matplotlib present, known before the run starts."""
+    path = writable_option(ctx, param, value)
+    if path is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.BadParameter("plotting needs matplotlib: pip install 'pvhvm[bench]'",
+                                 ctx=ctx, param=param)
+    return path
+
+
 @bench.command("io")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--quick", is_flag=True, help="3 s jobs on 256 MiB, 5 setups (< 10 min).")
@@ -68,7 +78,7 @@ def bench() -> None:
               f"{', '.join(SETUP_NAMES)} ('' for none).")
 @click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(JOB_NAMES)}.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
+              callback=_plot_option,
               help="Write a PNG bar chart of IOPS (needs matplotlib: pvhvm[bench]).")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
               callback=writable_option,

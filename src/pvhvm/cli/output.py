@@ -45,6 +45,8 @@ def check_writable(path: Path) -> Path:
         raise OutputError(f"cannot write {path}: directory {parent} is not writable")
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"cannot write {path}: the file is not writable")
     return path
 
 

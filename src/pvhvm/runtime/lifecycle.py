@@ -140,8 +140,8 @@ def create(
     finally:
         owner.close()
     final = store.read(plan.name)
-    if final is None:
-        raise DomainError(f"domain {plan.name!r} vanished while starting")
+    if final is None:  # a destroy came between the supervisor's "ok" and this read
+        raise DomainError(f"domain {plan.name!r} did not start: destroyed while starting")
     return final
 
 

@@ -102,18 +102,18 @@ def create(
     try:
         with records.locked():
             domid = records.next_domid()
+            # The store is in the first record written: a create killed after this still
+            # leaves a record that destroy can clean up in the right XenStore.
             record = DomainRecord(
                 name=plan.name, domid=domid, uuid=plan.uuid, platform="xen",
-                memory_mib=plan.memory_mib, vcpus=plan.vcpus, plan=plan.to_json(), argv=[],
-                on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+                memory_mib=plan.memory_mib, vcpus=plan.vcpus,
+                plan={**plan.to_json(), "xenstore_socket": str(socket),
+                      "xenstore_created": [], "xenstore_introduced": embedded},
+                argv=[], on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
                 on_crash=plan.on_crash, state=DomainState.STARTING.value,
             )
             records.write(record)
         entries = domain_entries(plan, domid)
-        record.plan = {
-            **record.plan, "xenstore_socket": str(socket), "xenstore_created": [],
-            "xenstore_introduced": embedded,
-        }
         _populate(record, entries, socket, embedded)
         record.state = DomainState.RUNNING.value
         records.write(record)

@@ -173,3 +173,16 @@ def test_errors_in_the_file_still_name_the_file() -> None:
         config_from_text('name = "g"\nmemory = "abc"\n', "g.cfg", {"vcpus": 2})
     assert str(info.value).startswith("g.cfg:2:1: memory must be a whole number")
 
+
+
+def test_command_line_value_the_file_replaces_gets_a_warning() -> None:
+    """A command-line name the file reads stays a variable and the file's own assignment
+    wins (as in xm); that is said, not silent."""
+    config = config_from_text('name = "g"\nmemory = 256\nmaxmem = memory\n', "g.cfg",
+                              {"memory": 512})
+    assert config.memory == 256 and config.warnings == (
+        "g.cfg:2:1: the file sets memory itself, so memory=512 from the command line only "
+        "counts before this line",)
+    # Keys the file does not read are overridden, with no warning.
+    plain = config_from_text('name = "g"\nmemory = 256\n', "g.cfg", {"memory": 512})
+    assert plain.memory == 512 and plain.warnings == ()

@@ -189,6 +189,11 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         near = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         warnings.append(f"{raw.position(key)}: unknown key {key!r} ignored{hint}")
+    for key, (given, where) in raw.shadowed.items():
+        warnings.append(
+            f"{where}: the file sets {key} itself, so {key}={brief(given)} from the command "
+            "line only counts before this line"
+        )
 
     name = r.str_("name")
     if not name:

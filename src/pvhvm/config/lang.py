@@ -66,6 +66,9 @@ class ConfigValues:
     referenced: set[str] = field(default_factory=set)
     #: names given on the command line
     cli_vars: frozenset[str] = frozenset()
+    #: command-line names the file reads and then sets itself: name → (value given, where
+    #: the file sets it); the file's value is the one that counts
+    shadowed: dict[str, tuple[Any, Position]] = field(default_factory=dict)
 
     def position(self, key: str, index: int | None = None) -> Position:
         """The position of ``key`` (or of its ``index``-th element where known)."""
@@ -270,6 +273,8 @@ def parse_config(
         raise ConfigError("expression is nested too deeply", file=file) from err
     out.referenced = evaluator.referenced
     for name, value in cli.items():
+        if name in evaluator.referenced and out.values.get(name, value) != value:
+            out.shadowed[name] = (value, out.positions[name])
         if name not in evaluator.referenced:
             out.values[name] = value
             out.positions[name] = Position(COMMAND_LINE, None, None)

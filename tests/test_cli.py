@@ -220,3 +220,19 @@ def test_output_file_that_exists_read_only(
                        f"imagedir={imagedir}", "-o", str(target))
     assert code == 1 and f"cannot write {target}: the file is not writable" in err
     assert target.read_text() == "old"
+
+
+def test_everyday_commands_do_not_load_the_benchmarks_or_the_daemon() -> None:
+    """bench, image, report and xenstored load when named; create and list stay light (the
+    import time is measured by `pvhvm bench toolstack`, not here)."""
+    probe = (
+        "import sys, pvhvm.cli.main as m\n"
+        "heavy = [n for n in sys.modules if n.startswith(('pvhvm.bench', 'pvhvm.xenstore.daemon',"
+        " 'pvhvm.xenstore.server', 'pvhvm.guest.kit', 'pvhvm.cli.bench'))]\n"
+        "print(heavy)\n"
+        "m.cli.get_command(None, 'bench')\n"
+        "print('pvhvm.bench.io' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.splitlines() == ["[]", "True"]

@@ -5,6 +5,7 @@ Every PvhvmError and every usage error becomes one line on stderr and exit statu
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,8 @@ from typing import Any
 import click
 
 from pvhvm import __version__
-from pvhvm.cli.bench import bench
 from pvhvm.cli.domain import register as register_domain_verbs
-from pvhvm.cli.image import image
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
-from pvhvm.cli.report import report
-from pvhvm.cli.xenstored import xenstored
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
@@ -32,7 +29,36 @@ from pvhvm.xen.xlcfg import export_xl
 PLATFORMS = [p.value for p in Platform]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group some of whose commands are imported only when named: ``bench`` pulls in the
+    whole benchmark and ``xenstored`` the daemon, which ``create`` or ``list`` never need."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: command name → "module:attribute"
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.lazy.get(cmd_name)
+        if where is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = where.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
+        "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
+    },
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="pvhvm")
 def cli() -> None:
     """HVM guests whose disks and NICs are each deterministically emulated or PV."""
@@ -139,11 +165,7 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
         write_output(output, exported.text)
 
 
-cli.add_command(bench)
-cli.add_command(image)
 register_domain_verbs(cli)
-cli.add_command(report)
-cli.add_command(xenstored)
 
 
 def main(argv: list[str] | None = None) -> None:

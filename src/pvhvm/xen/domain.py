@@ -21,7 +21,6 @@ from pvhvm.plan.plan import Plan
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
 from pvhvm.xen.xenbus import DomainEntries, domain_entries
 from pvhvm.xenstore.client import Transaction, XenStoreClient
-from pvhvm.xenstore.daemon import spawn_daemon
 from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreErrnoError
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,8 @@ def ensure_embedded_daemon(store: StateStore) -> Path:
         socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             socket.unlink()
+        from pvhvm.xenstore.daemon import spawn_daemon  # only here: create/list skip it
+
         spawn_daemon(
             socket, pid_file=pid_file, log_file=socket.parent / "xenstored.log", detach=True
         )

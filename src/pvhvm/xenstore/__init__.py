@@ -10,32 +10,36 @@ Modules, in the order data flows:
 * `errors` -- the XenStoreError subclasses (tree in its docstring).
 """
 
-from pvhvm.xenstore.client import (
-    AsyncTransaction,
-    AsyncXenStoreClient,
-    Transaction,
-    WatchEvent,
-    XenStoreClient,
-    default_socket_path,
-)
-from pvhvm.xenstore.daemon import (
-    DaemonProcess,
-    ThreadedDaemon,
-    XenStoreDaemon,
-    run_daemon,
-    run_in_thread,
-    spawn_daemon,
-)
-from pvhvm.xenstore.errors import (
-    XenStoreConflictError,
-    XenStoreConnectionError,
-    XenStoreErrnoError,
-    XenStoreProtocolError,
-)
-from pvhvm.xenstore.quota import Quota
-from pvhvm.xenstore.server import Connection, XenStore, reply
-from pvhvm.xenstore.wire import Access, Op, Packet, Permission
+from typing import TYPE_CHECKING, Any
 
+#: each public name and the module it lives in; imported on first use, so that a command
+#: that needs only the client does not load the daemon
+_WHERE = {
+    "Access": "wire",
+    "AsyncTransaction": "client",
+    "AsyncXenStoreClient": "client",
+    "Connection": "server",
+    "DaemonProcess": "daemon",
+    "Op": "wire",
+    "Packet": "wire",
+    "Permission": "wire",
+    "Quota": "quota",
+    "ThreadedDaemon": "daemon",
+    "Transaction": "client",
+    "WatchEvent": "client",
+    "XenStore": "server",
+    "XenStoreClient": "client",
+    "XenStoreConflictError": "errors",
+    "XenStoreConnectionError": "errors",
+    "XenStoreDaemon": "daemon",
+    "XenStoreErrnoError": "errors",
+    "XenStoreProtocolError": "errors",
+    "default_socket_path": "client",
+    "reply": "server",
+    "run_daemon": "daemon",
+    "run_in_thread": "daemon",
+    "spawn_daemon": "daemon",
+}
 __all__ = [
     "Access",
     "AsyncTransaction",
@@ -62,3 +66,39 @@ __all__ = [
     "run_in_thread",
     "spawn_daemon",
 ]
+
+if TYPE_CHECKING:
+    from pvhvm.xenstore.client import (
+        AsyncTransaction,
+        AsyncXenStoreClient,
+        Transaction,
+        WatchEvent,
+        XenStoreClient,
+        default_socket_path,
+    )
+    from pvhvm.xenstore.daemon import (
+        DaemonProcess,
+        ThreadedDaemon,
+        XenStoreDaemon,
+        run_daemon,
+        run_in_thread,
+        spawn_daemon,
+    )
+    from pvhvm.xenstore.errors import (
+        XenStoreConflictError,
+        XenStoreConnectionError,
+        XenStoreErrnoError,
+        XenStoreProtocolError,
+    )
+    from pvhvm.xenstore.quota import Quota
+    from pvhvm.xenstore.server import Connection, XenStore, reply
+    from pvhvm.xenstore.wire import Access, Op, Packet, Permission
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

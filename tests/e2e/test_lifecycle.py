@@ -320,3 +320,20 @@ def test_destroy_racing_a_create(pvhvm: Pvhvm, domain: list[str], imagedir: Path
         assert not pvhvm.leftovers(name), (delay, pvhvm.leftovers(name))
         assert name not in listed(pvhvm)
     print("create exit status by destroy delay:", outcomes)
+
+
+def test_shutdown_wait_right_after_create(pvhvm: Pvhvm, domain: list[str], imagedir: Path) -> None:
+    """The first press comes while the guest is still booting and is lost; -w presses again
+    until the guest powers off. A paused guest is said to be paused."""
+    create(pvhvm, domain, imagedir, "quick-off")
+    pvhvm.run("shutdown", "-w", "quick-off", "--timeout", "120")
+    assert "quick-off" not in listed(pvhvm)
+    assert not pvhvm.leftovers("quick-off")
+
+    create(pvhvm, domain, imagedir, "held", "-p")
+    refused = pvhvm.run("shutdown", "-w", "held", "--timeout", "1", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "pvhvm: error: domain 'held' did not shut down within 1s: it is paused, so its guest "
+        "cannot act on the power button ('pvhvm unpause held', or 'pvhvm destroy held')")
+    pvhvm.run("destroy", "held")

@@ -349,6 +349,8 @@ def _await_supervisor(
 #: how long pause/unpause wait for the supervisor to record the new state
 STATE_WAIT = 10.0
 SHUTDOWN_TIMEOUT = 60.0
+#: how often ``shutdown -w`` presses the power button again while the guest still runs
+REPRESS_INTERVAL = 5.0
 POLL = 0.1
 
 
@@ -410,20 +412,37 @@ def shutdown(
 ) -> DomainRecord | None:
     """Press the ACPI power button (QMP ``system_powerdown``), as ``xl shutdown`` asks the guest.
 
-    With ``wait``: return once the domain is gone (or preserved, on_poweroff=preserve: its
-    record, in state shutdown); DomainError when it is still there after ``timeout``.
+    With ``wait``: press it again every REPRESS_INTERVAL seconds while the domain runs (a press
+    that comes before the guest's OS listens is lost); return once the domain is gone (or
+    preserved, on_poweroff=preserve: its record, in state shutdown); DomainError when it is
+    still there after ``timeout``.
     """
     store = store or StateStore()
     _control(name, store, "system_powerdown")
     if not wait:
         return lookup(name, store)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline, presses = start + timeout, 1
+    record: DomainRecord | None = None
     while time.monotonic() < deadline:
         record = refresh(store, name)
         if record is None or record.domain_state in (DomainState.SHUTDOWN, DomainState.CRASHED):
             return record
+        if (record.domain_state is DomainState.RUNNING
+                and time.monotonic() >= start + presses * REPRESS_INTERVAL):
+            # A press before the guest's OS listens (one just created is still booting) is
+            # lost, not queued: -w presses again while it waits.
+            presses += 1
+            with contextlib.suppress(DomainError, OSError):
+                qmp.execute(store.paths(name).control_socket, "system_powerdown", timeout=5)
         time.sleep(POLL)
+    if record is not None and record.domain_state is DomainState.PAUSED:
+        raise DomainError(
+            f"domain {name!r} did not shut down within {timeout:g}s: it is paused, so its guest "
+            f"cannot act on the power button ('pvhvm unpause {name}', or 'pvhvm destroy {name}')"
+        )
+    times = "once" if presses == 1 else f"{presses} times"
     raise DomainError(
         f"domain {name!r} did not shut down within {timeout:g}s: the guest ignored the ACPI "
-        f"power button (use 'pvhvm destroy {name}' to stop it at once)"
+        f"power button, pressed {times} (use 'pvhvm destroy {name}' to stop it at once)"
     )

@@ -174,6 +174,7 @@ def test_vif_default_and_keys() -> None:
         ("colour=blue", "unknown key 'colour'"),
         ("mac=00:16:3e:01:02", "not six hex octets"),
         ("mac=01:16:3e:01:02:03", "multicast"),
+        ("mac=00:00:00:00:00:00", "all zeros"),
         ("bridge", "not key=value"),
         ("bridge=a,bridge=b", "bridge given twice"),
         ("bridge=", "needs a value"),

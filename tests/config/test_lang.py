@@ -186,3 +186,11 @@ def test_command_line_value_the_file_replaces_gets_a_warning() -> None:
     # Keys the file does not read are overridden, with no warning.
     plain = config_from_text('name = "g"\nmemory = 256\n', "g.cfg", {"memory": 512})
     assert plain.memory == 512 and plain.warnings == ()
+
+
+def test_unknown_key_on_the_command_line_is_warned_like_one_in_the_file() -> None:
+    config = config_from_text('name = "g"\nmemory = 256\n', "g.cfg", {"memroy": 512})
+    assert config.memory == 256 and config.warnings == (
+        "<command line>: unknown key 'memroy' ignored (did you mean 'memory'?)",)
+    # A name the file reads is its variable, not a key: no warning.
+    assert config_from_text('name = "g" + sfx\n', "g.cfg", {"sfx": "1"}).warnings == ()

@@ -184,7 +184,9 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
     r = _Reader(raw)
     warnings: list[str] = []
     for key in raw.values:
-        if key in KNOWN_KEYS or key in raw.referenced or key in raw.cli_vars:
+        # A command-line name the file reads is one of its variables; one it does not read is
+        # a key, checked like the file's own.
+        if key in KNOWN_KEYS or key in raw.referenced:
             continue
         near = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""

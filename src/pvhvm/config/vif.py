@@ -32,10 +32,13 @@ class VifSpec:
 
 
 def normalise_mac(text: str, where: str) -> str:
-    """Lower-case ``aa:bb:cc:dd:ee:ff``; refuse malformed and multicast addresses."""
+    """Lower-case ``aa:bb:cc:dd:ee:ff``; refuse malformed, all-zero and multicast addresses."""
     if not _MAC.match(text):
         raise SpecError(f"{where}: MAC address {text!r} is not six hex octets (aa:bb:cc:dd:ee:ff)")
     mac = text.lower()
+    if mac == "00:00:00:00:00:00":
+        # QEMU takes an all-zero MAC as "none given" and uses its own default instead.
+        raise SpecError(f"{where}: MAC address {text!r} is all zeros, not an address")
     if int(mac[:2], 16) & 1:
         raise SpecError(
             f"{where}: MAC address {text!r} is a multicast address (the first octet is odd)"

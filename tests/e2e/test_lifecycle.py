@@ -160,6 +160,10 @@ def test_supervisor_lost_then_found_and_on_poweroff_preserve(
     pvhvm.run("shutdown", "-w", "keep")
     assert listed(pvhvm)["keep"] == "---s--"
     assert pid_alive(created["qemu_pid"])  # preserved, stopped
+    refused = pvhvm.run("unpause", "keep", check=False)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "pvhvm: error: domain 'keep' has shut down and is kept (on_poweroff/on_reboot = "
+        "preserve); 'pvhvm destroy keep' removes it")
     pvhvm.run("destroy", "keep")
     assert "keep" not in listed(pvhvm) and not pvhvm.leftovers("keep")
 
@@ -331,9 +335,13 @@ def test_shutdown_wait_right_after_create(pvhvm: Pvhvm, domain: list[str], image
     assert not pvhvm.leftovers("quick-off")
 
     create(pvhvm, domain, imagedir, "held", "-p")
-    refused = pvhvm.run("shutdown", "-w", "held", "--timeout", "1", check=False)
+    refused = pvhvm.run("shutdown", "-w", "held", check=False)
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
-        "pvhvm: error: domain 'held' did not shut down within 1s: it is paused, so its guest "
-        "cannot act on the power button ('pvhvm unpause held', or 'pvhvm destroy held')")
+        "pvhvm: error: domain 'held' is paused, so its guest cannot act on the power button "
+        "('pvhvm unpause held' first, or 'pvhvm destroy held')")
+    report = pvhvm.run("report", "held", check=False)
+    assert report.returncode == 1 and report.stderr.strip() == (
+        "pvhvm: error: domain 'held' is paused and has not reported yet; 'pvhvm unpause held' "
+        "lets it boot")
     pvhvm.run("destroy", "held")

@@ -190,3 +190,22 @@ def test_unreachable_xenstore_is_said_and_leaves_nothing(images: Path, short_dir
         f"pvhvm: error: cannot connect to xenstored at {short_dir / 'nobody.sock'}: "
         "[Errno 2] No such file or directory")
     assert not list((state / "xen" / "domains").iterdir())
+
+
+def test_report_and_xenstore_option_misuse(
+    xenstored: DaemonProcess, images: Path, short_dir: Path
+) -> None:
+    state = short_dir / "state"
+    sock = xenstored.socket_path
+    assert pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
+                 "--platform", "xen", "--xenstore", str(sock)).returncode == 0
+    report = pvhvm(state, "report", "pv-only")
+    assert report.returncode == 1 and report.stderr.strip() == (
+        "pvhvm: error: domain 'pv-only' is on the xen platform: no guest runs on this host to "
+        "report its devices")
+    assert pvhvm(state, "destroy", "pv-only").returncode == 0
+    # --xenstore with the qemu platform is a mistake, said before anything starts.
+    wrong = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
+                  "--xenstore", str(sock))
+    assert wrong.returncode == 1
+    assert "--xenstore applies to --platform xen only" in wrong.stderr

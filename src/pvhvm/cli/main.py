@@ -100,6 +100,8 @@ def create(
 
     VAR=VALUE pairs are variables the file may use; those it does not use override its keys.
     """
+    if xenstore is not None and platform != "xen":
+        raise click.UsageError("--xenstore applies to --platform xen only")
     domain = load_config(config, _variables(variables))
     plan = make_plan(domain, Platform(platform))
     options = CreateOptions(accel=accel, paused=paused)
@@ -130,7 +132,8 @@ def create(
         done = f"written to XenStore at {record.plan['xenstore_socket']}"
     else:
         record = lifecycle.create(plan, options)
-        done = f"started: {record.accel}, console {record.console}"
+        how = "created paused" if paused else "started"
+        done = f"{how}: {record.accel}, console {record.console}"
     if as_json:
         print_json(record.to_json())
     else:

@@ -11,7 +11,9 @@ from rich.table import Table
 from pvhvm.cli.output import console, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report
-from pvhvm.runtime.state import StateStore
+from pvhvm.runtime import lifecycle
+from pvhvm.runtime.state import DomainState, StateStore
+from pvhvm.xen import domain as xen_domain
 
 PCI_CLASSES = {
     0x0100: "SCSI / virtio-blk", IDE_CLASS: "IDE controller", SATA_CLASS: "SATA controller",
@@ -65,7 +67,20 @@ def report(name: str, timeout: float, as_json: bool) -> None:
     store = StateStore()
     paths = store.paths(name)
     if not paths.directory.exists():
+        if xen_domain.xen_store(store).read(name) is not None:
+            raise DomainError(
+                f"domain {name!r} is on the xen platform: no guest runs on this host to report "
+                "its devices")
         raise DomainError(f"no domain named {name!r}")
+    log = paths.console_log
+    if not (log.exists() and END in log.read_text(errors="replace")):
+        state = lifecycle.lookup(name, store).domain_state
+        if state is not DomainState.RUNNING and state is not DomainState.STARTING:
+            what = "shut down" if state is DomainState.SHUTDOWN else state.value
+            raise DomainError(
+                f"domain {name!r} is {what} and has not reported yet"
+                + (f"; 'pvhvm unpause {name}' lets it boot" if state is DomainState.PAUSED
+                   else ""))
     found = wait_for_report(paths.console_log, paths.directory, timeout)
     summary = {
         "ide_controller": found.has_class(IDE_CLASS),

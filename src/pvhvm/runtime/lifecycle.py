@@ -359,6 +359,11 @@ def _control(name: str, store: StateStore, command: str) -> DomainRecord:
     state = record.domain_state
     if state is DomainState.STARTING:
         raise DomainError(f"domain {name!r} is still starting")
+    if state is DomainState.SHUTDOWN and command in ("cont", "stop", "system_powerdown"):
+        raise DomainError(
+            f"domain {name!r} has shut down and is kept (on_poweroff/on_reboot = preserve); "
+            f"'pvhvm destroy {name}' removes it"
+        )
     if not qemu_alive(record, store.paths(name)):
         raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
     qmp.execute(store.paths(name).control_socket, command)
@@ -418,6 +423,11 @@ def shutdown(
     still there after ``timeout``.
     """
     store = store or StateStore()
+    if wait and lookup(name, store).domain_state is DomainState.PAUSED:
+        raise DomainError(
+            f"domain {name!r} is paused, so its guest cannot act on the power button "
+            f"('pvhvm unpause {name}' first, or 'pvhvm destroy {name}')"
+        )
     _control(name, store, "system_powerdown")
     if not wait:
         return lookup(name, store)
@@ -438,8 +448,8 @@ def shutdown(
         time.sleep(POLL)
     if record is not None and record.domain_state is DomainState.PAUSED:
         raise DomainError(
-            f"domain {name!r} did not shut down within {timeout:g}s: it is paused, so its guest "
-            f"cannot act on the power button ('pvhvm unpause {name}', or 'pvhvm destroy {name}')"
+            f"domain {name!r} did not shut down within {timeout:g}s: it was paused meanwhile "
+            f"('pvhvm unpause {name}', or 'pvhvm destroy {name}')"
         )
     times = "once" if presses == 1 else f"{presses} times"
     raise DomainError(

@@ -73,6 +73,27 @@ def test_console_relays_and_detaches_on_escape(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_a_second_console_is_refused_while_one_is_attached(tmp_path: Path) -> None:
+    """QEMU would leave a second client waiting with its typing queued: refused instead."""
+    path = tmp_path / "console.sock"
+    serve_echo(path, [])
+    lock = tmp_path / "console.lock"
+    record = record_with_console(str(path))
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    first = threading.Thread(target=console.attach, args=(record, stdin_r, stdout_w),
+                             kwargs={"lock": lock})
+    first.start()
+    assert os.read(stdout_r, 1024) == b"login: "  # the first one is attached
+    with pytest.raises(DomainError, match="is attached elsewhere"):
+        console.attach(record, stdin_r, stdout_w, lock=lock)
+    os.write(stdin_w, b"\x1d")
+    first.join(timeout=5)
+    assert not first.is_alive()
+    for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+        os.close(fd)
+
+
 def test_console_end_of_input_detaches_after_output(tmp_path: Path) -> None:
     path = tmp_path / "console.sock"
     serve_echo(path, [])

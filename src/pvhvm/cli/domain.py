@@ -9,7 +9,7 @@ from pvhvm.cli.output import print_json
 from pvhvm.errors import DomainError
 from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle, listing
-from pvhvm.runtime.state import DomainRecord, process_cpu_seconds
+from pvhvm.runtime.state import DomainRecord, StateStore, process_cpu_seconds
 from pvhvm.xen import domain as xen_domain
 
 
@@ -59,7 +59,8 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
 @click.argument("name")
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
-    domain_console.attach(lifecycle.lookup(_running(name, "console")))
+    record = lifecycle.lookup(_running(name, "console"))
+    domain_console.attach(record, lock=StateStore().paths(name).console_lock)
 
 
 @click.command()

@@ -23,6 +23,7 @@ from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.lifecycle import CreateOptions
+from pvhvm.runtime.state import StateStore
 from pvhvm.xen import domain as xen_domain
 from pvhvm.xen.xlcfg import export_xl
 
@@ -139,7 +140,7 @@ def create(
     else:
         console(stderr=True).print(f"domain {record.name} (id {record.domid}) {done}")
     if attach_console and not xen:
-        domain_console.attach(record)
+        domain_console.attach(record, lock=StateStore().paths(record.name).console_lock)
 
 
 @cli.command()

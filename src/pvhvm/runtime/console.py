@@ -9,11 +9,15 @@ restored); with a pipe, end of input detaches once the guest has been quiet for
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import select
 import socket
 import termios
 import tty
+from collections.abc import Iterator
+from pathlib import Path
 
 from pvhvm.errors import DomainError
 from pvhvm.runtime.state import DomainRecord
@@ -55,8 +59,41 @@ def connect(record: DomainRecord) -> socket.socket:
     return sock
 
 
-def attach(record: DomainRecord, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
-    """Copy the console to ``stdout_fd`` and ``stdin_fd`` to the console until ``^]``."""
+@contextlib.contextmanager
+def _only_console(record: DomainRecord, lock: Path | None) -> Iterator[None]:
+    """Hold ``lock`` (flock) while attached. QEMU serves one console client at a time and
+    leaves the next one waiting, unanswered, with its typing queued for later: a second
+    ``pvhvm console`` is refused instead."""
+    if lock is None:
+        yield
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise DomainError(f"no domain named {record.name!r}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DomainError(
+                f"the console of domain {record.name!r} is attached elsewhere (one at a time; "
+                "^] detaches the other)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def attach(
+    record: DomainRecord, stdin_fd: int = 0, stdout_fd: int = 1, lock: Path | None = None
+) -> None:
+    """Copy the console to ``stdout_fd`` and ``stdin_fd`` to the console until ``^]``;
+    ``lock`` (the domain's console lock) refuses a second attach."""
+    with _only_console(record, lock):
+        _attach(record, stdin_fd, stdout_fd)
+
+
+def _attach(record: DomainRecord, stdin_fd: int, stdout_fd: int) -> None:
     sock = connect(record)
     saved = None
     if os.isatty(stdin_fd):

@@ -121,6 +121,8 @@ class DomainPaths:
     qemu_log: Path
     supervisor_log: Path
     owner_lock: Path
+    #: flock held by the one ``pvhvm console`` attached to the domain
+    console_lock: Path
 
     @classmethod
     def of(cls, root: Path, name: str) -> DomainPaths:
@@ -129,6 +131,7 @@ class DomainPaths:
         return cls(
             directory=directory,
             owner_lock=directory / OWNER_LOCK,
+            console_lock=directory / "console.lock",
             record=directory / "record.json",
             qmp_socket=directory / "qmp.sock",
             control_socket=directory / "ctl.sock",

@@ -236,3 +236,22 @@ def test_everyday_commands_do_not_load_the_benchmarks_or_the_daemon() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.splitlines() == ["[]", "True"]
+
+
+def test_ctrl_c_while_the_cli_imports_is_quiet() -> None:
+    """A Ctrl-C that lands while the CLI is being imported: exit status 130, no traceback.
+    (The interrupt is raised by an import hook, so the test does not depend on timing.)"""
+    probe = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pvhvm.cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from pvhvm.cli.entry import run\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 130
+    assert done.stderr == ""

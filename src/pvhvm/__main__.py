@@ -1,5 +1,5 @@
 """``python -m pvhvm``."""
 
-from pvhvm.cli.main import main
+from pvhvm.cli.entry import run
 
-main()
+run()

@@ -42,7 +42,7 @@ def record(name: str = "web", domid: int = 3, state: str = "running",
             "-device", "virtio-blk-pci,drive=disk-xvdb,id=vbd-51728,num-queues=2",
             "-netdev", "user,id=net0",
             "-device", "rtl8139,netdev=net0,mac=00:16:3e:00:00:01,id=vif-0,romfile=",
-            "-netdev", "user,id=net1",
+            "-netdev", "bridge,id=net1,br=br1",
             "-device", "virtio-net-pci,netdev=net1,mac=00:16:3e:00:00:02,id=vif-1",
         ],
         on_poweroff="destroy", on_reboot="restart", on_crash="destroy", state=state,
@@ -116,3 +116,5 @@ def test_network_devices() -> None:
     lines = format_network_list(devices).splitlines()
     assert lines[0].split() == ["Idx", "Type", "Driver", "Mac", "Addr.", "Bridge"]
     assert lines[2].split() == ["1", "xenbus", "virtio-net-pci", "00:16:3e:00:00:02", "br1"]
+    # vif 0's bridge (xenbr0) was missing at create, so QEMU put it on user networking.
+    assert devices[0].bridge == "xenbr0 (absent: user networking)"

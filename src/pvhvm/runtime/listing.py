@@ -153,18 +153,39 @@ def block_devices(
     return out
 
 
+def _user_networked(argv: list[str]) -> set[str]:
+    """Ids of the ``-device``s whose netdev is QEMU user networking (no bridge on this host)."""
+    user = {
+        part.removeprefix("id=")
+        for option, value in itertools.pairwise(argv) if option == "-netdev"
+        and value.startswith("user,") for part in value.split(",") if part.startswith("id=")
+    }
+    out = set()
+    for option, value in itertools.pairwise(argv):
+        if option == "-device":
+            fields = dict(p.partition("=")[::2] for p in value.split(",")[1:])
+            if fields.get("netdev") in user and "id" in fields:
+                out.add(fields["id"])
+    return out
+
+
 def network_devices(
     record: DomainRecord, drivers: Mapping[str, str] | None = None
 ) -> list[NetworkDevice]:
     """The domain's NICs: devid, ioemu|xenbus, what realises each (``drivers``, keyed
-    ``vif-<devid>``, by default the QEMU device model in the argv), MAC and bridge."""
+    ``vif-<devid>``, by default the QEMU device model in the argv), MAC and bridge. A NIC put on
+    QEMU user networking because its bridge does not exist here says so in the bridge column."""
+    user = _user_networked(record.argv) if drivers is None else set()
     drivers = _device_drivers(record.argv) if drivers is None else drivers
     out = []
     for vif in record.plan.get("vifs", []):
         devid = int(vif.get("devid") or 0)
+        bridge = str(vif.get("bridge") or "")
+        if f"vif-{devid}" in user:
+            bridge = f"{bridge} (absent: user networking)" if bridge else "user networking"
         out.append(NetworkDevice(
             devid=devid, type=str(vif.get("type")), driver=drivers.get(f"vif-{devid}", "?"),
-            mac=str(vif.get("mac")), bridge=str(vif.get("bridge") or ""),
+            mac=str(vif.get("mac")), bridge=bridge,
         ))
     return out
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pvhvm.runtime.state import pid_alive
 from pvhvm.xenstore.daemon import DaemonProcess, spawn_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,17 +108,33 @@ def test_dry_run_json_has_xenstore(images: Path, short_dir: Path) -> None:
 
 
 def test_embedded_daemon_by_default(images: Path, short_dir: Path) -> None:
+    """Without --xenstore pvhvm starts its own daemon; destroying the last xen domain stops it,
+    and the next create starts it again."""
     state = short_dir / "state"
-    proc = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"), f"imagedir={images}",
-                 "--platform", "xen")
     pid_file = state / "xen" / "xenstored" / "xenstored.pid"
+    sock = state / "xen" / "xenstored" / "socket"
+    env = {**os.environ, "XENSTORED_PATH": str(sock)}
     try:
-        assert proc.returncode == 0, proc.stderr
-        sock = state / "xen" / "xenstored" / "socket"
+        for name in ("one", "two"):
+            proc = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"),
+                         f"imagedir={images}", f"name={name}", "--platform", "xen")
+            assert proc.returncode == 0, proc.stderr
+        assert xs(sock, "xenstore-read", "/local/domain/1/name").strip() == "one"
+        daemon = int(pid_file.read_text().split()[0])
+        assert pvhvm(state, "destroy", "one").returncode == 0
+        # The daemon still serves "two"; "one" is gone from it.
+        assert subprocess.run(["xenstore-exists", "/local/domain/1"], check=False, env=env,
+                              capture_output=True).returncode != 0
+        assert xs(sock, "xenstore-read", "/local/domain/2/name").strip() == "two"
+        assert pvhvm(state, "destroy", "two").returncode == 0
+        assert not sock.exists() and not pid_file.exists()
+        assert not pid_alive(daemon)  # gone (or a zombie waiting for its reaper)
+        again = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"),
+                      f"imagedir={images}", "--platform", "xen")
+        assert again.returncode == 0, again.stderr
         assert xs(sock, "xenstore-read", "/local/domain/1/name").strip() == "pv-only"
         assert pvhvm(state, "destroy", "pv-only").returncode == 0
-        assert subprocess.run(["xenstore-exists", "/local/domain/1"], check=False,
-                              env={**os.environ, "XENSTORED_PATH": str(sock)}).returncode != 0
+        assert not sock.exists()
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)

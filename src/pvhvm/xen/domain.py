@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,7 +173,31 @@ def destroy(name: str, store: StateStore | None = None) -> bool:
             f"cannot remove domain {name!r} from XenStore at {socket}: {err}"
         ) from err
     records.release(name)
+    if socket == embedded_socket(records):
+        _stop_idle_embedded_daemon(records)
     return True
+
+
+def _stop_idle_embedded_daemon(records: StateStore) -> None:
+    """Stop pvhvm's own xenstored once no xen-platform domain is left (the next create starts
+    it again). A pid that is not that daemon any more is left alone."""
+    socket = embedded_socket(records)
+    pid_file = socket.parent / "xenstored.pid"
+    with records.locked():
+        if records.names():
+            return
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return
+        if b"pvhvm.xenstore" not in cmdline or str(socket).encode() not in cmdline:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _remover(record: DomainRecord) -> Callable[[Transaction], None]:

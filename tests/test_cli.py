@@ -255,3 +255,19 @@ def test_ctrl_c_while_the_cli_imports_is_quiet() -> None:
                           timeout=60, check=False)
     assert done.returncode == 130
     assert done.stderr == ""
+
+
+def test_xl_numbered_vdevs(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    """vdev=d1p0 and a bare device number, as xl accepts them: PV by default; a number that
+    is another disk's device number is that disk's place."""
+    disk = f"{imagedir}/data.img"
+    code, out, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
+                         f'disk=["{imagedir}/rootfs.ext4,raw,d0p0,rw", "{disk},raw,51728,r"]',
+                         "--dry-run", "--json")
+    assert code == 0, err
+    disks = [(d["vdev"], d["devid"], d["type"]) for d in json.loads(out)["disks"]]
+    assert disks == [("d0p0", 51712, "xenbus"), ("51728", 51728, "xenbus")]
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
+                       f'disk=["{imagedir}/rootfs.ext4,raw,xvda,rw", "{disk},raw,51712,r"]',
+                       "--dry-run")
+    assert code == 1 and "virtual device already used by disk 'xvda'" in err

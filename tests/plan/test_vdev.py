@@ -15,14 +15,18 @@ from pvhvm.plan.vdev import index_to_letters, letters_to_index, parse_vdev
     [("hda", 768), ("hdb", 832), ("hdc", 5632), ("hdd", 5696), ("sda", 2048), ("sdb", 2064),
      ("xvda", 51712), ("xvdb", 51728), ("xvdq", 268439552), ("xvda1", 51713),
      ("hda1", 769), ("hdt", (91 << 8) + 64), ("sdp15", 2048 | 15 << 4 | 15),
-     ("xvdaa", (1 << 28) | (26 << 8)), ("xvda16", (1 << 28) | 16)],
+     ("xvdaa", (1 << 28) | (26 << 8)), ("xvda16", (1 << 28) | 16),
+     # libxl's other spellings: d<disk>p<partition> (xvd numbering) and a bare number
+     ("d0p0", 51712), ("d1p2", 51730), ("d16p0", (1 << 28) | (16 << 8)), ("51712", 51712),
+     ("0xca10", 51728), ("268439552", 268439552)],
 )
 def test_worked_values(name: str, devid: int) -> None:
     assert parse_vdev(name).devid == devid
 
 
 @pytest.mark.parametrize(
-    "name", ["hdu", "hda64", "sdq", "sda16", "vda", "xvd", "xvda0x", "fd0", "xvdzzzzz", ""],
+    "name", ["hdu", "hda64", "sdq", "sda16", "vda", "xvd", "xvda0x", "fd0", "xvdzzzzz", "",
+             "d1048576p0", "d0p256", "d01p0", "0", "2147483648", "-1", "0x", "1e3"],
 )
 def test_refused(name: str) -> None:
     with pytest.raises(SpecError):
@@ -48,3 +52,9 @@ def test_distinct_names_distinct_devids(family: str, a: int, b: int) -> None:
     except SpecError:
         return
     assert (first.devid == second.devid) == (a == b)
+
+
+def test_numbered_spellings_default_to_pv_and_are_never_ide() -> None:
+    assert parse_vdev("d0p0").ide_place is None and parse_vdev("768").ide_place is None
+    assert parse_vdev("d0p0").family.value == "xvd"
+    assert parse_vdev("768").family.value == "number"

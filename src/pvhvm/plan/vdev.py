@@ -21,6 +21,9 @@ from pvhvm.errors import SpecError
 _HD_MAJORS = (3, 22, 33, 34, 56, 57, 88, 89, 90, 91)
 _NAME = re.compile(r"^(xvd|hd|sd)([a-z]+)(0|[1-9][0-9]*)?$")
 _EXTENDED = 1 << 28
+_XL_NUMBERED = re.compile(r"^d(0|[1-9][0-9]{0,6})p(0|[1-9][0-9]{0,2})$")
+_BARE_NUMBER = re.compile(r"^(0x[0-9a-fA-F]{1,8}|[1-9][0-9]{0,9})$")
+_INT_MAX = (1 << 31) - 1
 #: hda..hdd, the four places of the emulated IDE controller (channel, unit)
 IDE_PLACES: dict[str, tuple[int, int]] = {
     "hda": (0, 0), "hdb": (0, 1), "hdc": (1, 0), "hdd": (1, 1),
@@ -33,6 +36,8 @@ class VdevFamily(Enum):
     HD = "hd"
     SD = "sd"
     XVD = "xvd"
+    #: a bare virtual-device number (``51712``, ``0xca00``), which xl also accepts
+    NUMBER = "number"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Vdev:
     family: VdevFamily
     disk: int
     partition: int
+    #: the number itself, for the NUMBER family
+    number: int | None = None
 
     @property
     def devid(self) -> int:
@@ -76,12 +83,31 @@ def index_to_letters(index: int) -> str:
 
 
 def parse_vdev(name: str) -> Vdev:
-    """Parse ``name`` (``xvda``, ``hdc``, ``sdb1``, ...) or raise SpecError."""
+    """Parse ``name`` (``xvda``, ``hdc``, ``sdb1``, ...) or raise SpecError.
+
+    As libxl does, ``d<disk>p<partition>`` is the xvd disk and partition by number
+    (``d0p0`` is ``xvda``), and a bare number (decimal or 0x hex) is the device number itself.
+    """
+    numbered = _XL_NUMBERED.match(name)
+    if numbered:
+        disk, partition = int(numbered.group(1)), int(numbered.group(2))
+        if disk >= 1 << 20 or partition >= 256:
+            raise SpecError(
+                f"virtual device {name!r}: d<disk>p<partition> allows disks below 2^20 and "
+                "partitions below 256"
+            )
+        return Vdev(name=name, family=VdevFamily.XVD, disk=disk, partition=partition)
+    if _BARE_NUMBER.match(name):
+        number = int(name, 0)
+        if not 0 < number <= _INT_MAX:
+            raise SpecError(f"virtual device {name!r}: a device number is from 1 to {_INT_MAX}")
+        return Vdev(name=name, family=VdevFamily.NUMBER, disk=0, partition=0, number=number)
     match = _NAME.match(name)
     if not match:
         raise SpecError(
             f"virtual device {name!r} is not a disk name: use hdX, sdX or xvdX "
-            "(e.g. hda, sda, xvda), optionally with a partition number"
+            "(e.g. hda, sda, xvda), optionally with a partition number, d<disk>p<partition> "
+            "or a device number"
         )
     prefix, letters, part_text = match.groups()
     if len(letters) > 4:
@@ -96,6 +122,8 @@ def parse_vdev(name: str) -> Vdev:
 
 def vdev_to_devid(vdev: Vdev) -> int:
     """The virtual-device number of ``vdev`` (xen-vbd-interface(7))."""
+    if vdev.number is not None:
+        return vdev.number
     disk, part = vdev.disk, vdev.partition
     if vdev.family is VdevFamily.HD:
         if disk >= 2 * len(_HD_MAJORS) or part >= 64:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cachelock import cache_lock
+from pvhvm.hostfs import directory_lock
 
 SOURCE = Path(__file__).parent / "xlpeer" / "xlparse.c"
 #: headers, libxlutil + libxenlight, and the libraries libxenlight links
@@ -82,5 +82,5 @@ def _build() -> XlParser:
 
 @pytest.fixture(scope="session")
 def xl() -> XlParser:
-    with cache_lock(CACHE):  # xdist workers share the cache: one builds, the others wait
+    with directory_lock(CACHE):  # xdist workers share the cache: one builds, the others wait
         return _build()

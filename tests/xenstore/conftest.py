@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from fetch_test_xenstore import DEFAULT_CACHE, FetchError, XenTestProgram, fetch
 
+from pvhvm.hostfs import directory_lock
 from pvhvm.xenstore.client import XenStoreClient
 from pvhvm.xenstore.daemon import ThreadedDaemon, run_in_thread
 from pvhvm.xenstore.quota import Quota
-from tests.cachelock import cache_lock
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def client(daemon: ThreadedDaemon) -> Iterator[XenStoreClient]:
 def test_xenstore(tmp_path_factory: pytest.TempPathFactory) -> XenTestProgram:
     """Xen 4.17's test-xenstore, fetched with apt-get download (skips if that fails)."""
     try:
-        with cache_lock(DEFAULT_CACHE):  # xdist workers share the cache: one fetches
+        with directory_lock(DEFAULT_CACHE):  # xdist workers share the cache: one fetches
             return fetch()
     except FetchError as err:
         pytest.skip(f"cannot fetch test-xenstore from Debian's xen-utils-4.17: {err}")

@@ -27,7 +27,6 @@ installed on the host by dev/setup), that package is fetched and unpacked, and s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from pvhvm.errors import GuestImageError
 from pvhvm.guest import debs, initramfs, rootfs
 from pvhvm.guest.kit import Progress, sha256_file
 from pvhvm.guest.modules import ModuleSource, read_module_bytes, resolve
+from pvhvm.hostfs import directory_lock
 
 BENCH_RECIPE_VERSION = 1
 BENCH_DIR = "bench"
@@ -188,9 +188,7 @@ def build_bench_extra(
     if not force and is_built(extra):
         say("fio extra is up to date")
         return extra
-    extra.directory.mkdir(parents=True, exist_ok=True)
-    with open(extra.directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders (test workers) wait
+    with directory_lock(extra.directory):  # concurrent builders (test workers) wait
         if not force and is_built(extra):
             return extra
         _build(extra, kit_directory, say)
@@ -248,9 +246,7 @@ def build_net_extra(
     if not force and is_built(extra, recipe):
         say("iperf3 extra is up to date")
         return extra
-    extra.directory.mkdir(parents=True, exist_ok=True)
-    with open(extra.directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with directory_lock(extra.directory):
         if not force and is_built(extra, recipe):
             return extra
         _build_net(extra, kit_directory, release, recipe, say)

@@ -27,7 +27,6 @@ size, :func:`build_kit` returns at once without asking apt anything. ``force=Tru
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Any
 from pvhvm.errors import GuestImageError
 from pvhvm.guest import bootdisk, debs, initramfs, rootfs
 from pvhvm.guest.modules import ModuleInfo, ModuleSource, resolve
+from pvhvm.hostfs import directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +160,6 @@ def _builtin_modules(module_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory/.lock``: one build of a kit at a time."""
-    with open(directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _workdir(directory: Path) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
     try:
@@ -195,7 +184,7 @@ def build_kit(directory: Path, *, force: bool = False, progress: Progress | None
         kit.directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise GuestImageError(f"cannot create {kit.directory}: {err}") from err
-    with _locked(kit.directory):
+    with directory_lock(kit.directory):  # one build of a kit at a time
         if not force and is_built(kit):
             say("kit is up to date")
             return kit

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import stat
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -19,6 +17,7 @@ from pvhvm.config.disk import Access, DiskSpec
 from pvhvm.config.domain import DomainConfig, Located
 from pvhvm.config.vif import VifSpec
 from pvhvm.errors import ConfigError, SpecError
+from pvhvm.hostfs import SocketPath, socket_path_state
 from pvhvm.plan.types import (
     DeviceClass,
     DeviceKind,
@@ -183,19 +182,13 @@ def _check_serial_socket(config: DomainConfig, serial: str | None) -> None:
         return
     where = serial[5:].split(",")[0]
     try:
-        mode = os.lstat(where).st_mode
+        state = socket_path_state(where)
     except OSError:
-        return  # nothing there yet (or unreachable: QEMU will say so)
-    problem = None
-    if not stat.S_ISSOCK(mode):
-        problem = "exists and is not a socket"
-    else:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(where)
-                problem = "is a socket something is listening on"
-            except OSError:
-                pass  # a stale socket: QEMU may replace it
+        return  # unreachable: QEMU will say so
+    problem = {
+        SocketPath.OTHER: "exists and is not a socket",
+        SocketPath.LIVE: "is a socket something is listening on",
+    }.get(state)  # nothing there, or a stale socket QEMU may replace: fine
     if problem is not None:
         message = f"serial = {config.serial!r}: {where} {problem}, and QEMU would replace it"
         if config.serial_position is not None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from pvhvm.hostfs import SocketPath, socket_path_state
 from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreProtocolError
 from pvhvm.xenstore.quota import Quota
 from pvhvm.xenstore.server import (
@@ -237,22 +238,14 @@ def unlink_socket(path: Path) -> None:
 def _check_socket_path(path: Path) -> bool:
     """Whether ``path`` holds a stale socket (True) or nothing (False); XenStoreConnectionError
     when a daemon answers on it or it is something other than a socket."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(mode):
+    state = socket_path_state(path)
+    if state is SocketPath.OTHER:
         raise XenStoreConnectionError(
             f"{path} exists and is not a socket; give a new path or remove it yourself"
         )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return True
-    finally:
-        probe.close()
-    raise XenStoreConnectionError(f"a xenstored already listens on {path}")
+    if state is SocketPath.LIVE:
+        raise XenStoreConnectionError(f"a xenstored already listens on {path}")
+    return state is SocketPath.STALE
 
 
 def _claim_socket_path(path: Path) -> None:

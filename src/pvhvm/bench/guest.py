@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pvhvm.bench import BenchError
 from pvhvm.bench.jobs import FioJob, JobParams, JobResult, job_file, parse_fio_json
@@ -152,19 +153,32 @@ def split_console(text: str, header: str) -> tuple[list[JobOutput], str]:
     return jobs, header_line
 
 
-def parse_console(text: str, spec: GuestSpec) -> tuple[list[JobResult], str]:
-    """Job results and the disk line from a benchmark guest's console log."""
-    jobs, disk_line = split_console(text, DISK)
-    results: list[JobResult] = []
+R = TypeVar("R")
+
+
+def job_results(
+    jobs: list[JobOutput], guest: str, parse: Callable[[str, str], R], program: str = ""
+) -> list[R]:
+    """``parse(output, job)`` for each job; BenchError naming the first job that failed."""
+    results: list[R] = []
     for job in jobs:
         if job.returncode != 0:
             raise BenchError(
-                f"fio {job.job} failed in the {spec.device} guest "
-                f"(rc={job.returncode}): {job.failure()}"
+                f"{program}{job.job} failed in the {guest} guest (rc={job.returncode}): "
+                f"{job.failure()}"
             )
-        results.append(
-            parse_fio_json("\n".join(job.body), job.job, spec.device, spec.setup_label)
-        )
+        results.append(parse("\n".join(job.body), job.job))
+    return results
+
+
+def parse_console(text: str, spec: GuestSpec) -> tuple[list[JobResult], str]:
+    """Job results and the disk line from a benchmark guest's console log."""
+    jobs, disk_line = split_console(text, DISK)
+    results = job_results(
+        jobs, spec.device,
+        lambda output, job: parse_fio_json(output, job, spec.device, spec.setup_label),
+        program="fio ",
+    )
     return results, disk_line
 
 

@@ -36,7 +36,7 @@ from rich import box
 from rich.table import Table
 
 from pvhvm.bench import BenchError
-from pvhvm.bench.guest import BOOTED, DONE, JOB_END, _read, _tail, split_console
+from pvhvm.bench.guest import BOOTED, DONE, JOB_END, _read, _tail, job_results, split_console
 from pvhvm.bench.io import host_facts
 from pvhvm.bench.netenv import Network, bench_network, flush_neighbours
 from pvhvm.config.domain import config_from_text
@@ -203,14 +203,9 @@ def parse_job(text: str, job: str, device: str, setup: str) -> NetResult:
 def parse_console(text: str, setup: NicSetup) -> tuple[list[NetResult], str]:
     """Job rows and the NIC line from a benchmark guest's console log."""
     jobs, nic_line = split_console(text, NIC)
-    results: list[NetResult] = []
-    for job in jobs:
-        if job.returncode != 0:
-            raise BenchError(
-                f"{job.job} failed in the {setup.name} guest (rc={job.returncode}): "
-                f"{job.failure()}"
-            )
-        results.append(parse_job("\n".join(job.body), job.job, setup.device, setup.name))
+    results = job_results(
+        jobs, setup.name, lambda output, job: parse_job(output, job, setup.device, setup.name)
+    )
     return results, nic_line
 
 

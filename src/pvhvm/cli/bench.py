@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,7 +21,7 @@ from pvhvm.bench.net import total_steps as net_total_steps
 from pvhvm.bench.report import guests_table, io_table, plot_io, setups_table
 from pvhvm.bench.setups import ALTERNATIVES, DEFAULT_SETUP
 from pvhvm.bench.toolstack import DISK_COUNTS, ToolstackOptions, run_toolstack
-from pvhvm.cli.output import console, print_json, writable_option, write_output
+from pvhvm.cli.output import console, print_json, save_json, writable_option
 
 SETUP_NAMES = [DEFAULT_SETUP, *(s.name for s in ALTERNATIVES)]
 
@@ -33,6 +32,12 @@ def _progress() -> Progress:
         console=console(stderr=True), transient=False,
     )
 
+
+#: ``--save FILE``: every bench also writes its JSON document there (checked before the run)
+SAVE_OPTION = click.option(
+    "--save", type=click.Path(dir_okay=False, path_type=Path), callback=writable_option,
+    help="Also write the JSON document to this file.",
+)
 
 R = TypeVar("R")
 Step = Callable[[str, int], None]
@@ -80,9 +85,7 @@ def _plot_option(ctx: click.Context, param: click.Parameter, value: Path | None)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               callback=_plot_option,
               help="Write a PNG bar chart of IOPS (needs matplotlib: pvhvm[bench]).")
-@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
-              help="Also write the JSON document to this file.")
+@SAVE_OPTION
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
@@ -99,7 +102,7 @@ def io(
     report = _with_progress(total_steps(options), lambda step: run_io(options, step))
     document = report.to_json()
     if save is not None:
-        write_output(save, json.dumps(document, indent=2) + "\n")
+        save_json(save, document)
     if plot is not None:
         plot_io(document, plot)
     if as_json:
@@ -122,9 +125,7 @@ def io(
 @click.option("--setups", help=f"Comma-separated NICs: {', '.join(NIC_SETUP_NAMES)}.")
 @click.option("--jobs", "jobs", help=f"Comma-separated jobs: {', '.join(NET_JOB_NAMES)}.")
 @click.option("--no-host", is_flag=True, help="Skip the host-to-itself upper bound.")
-@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
-              help="Also write the JSON document to this file.")
+@SAVE_OPTION
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image; built if needed).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
@@ -146,7 +147,7 @@ def net(
     report = _with_progress(net_total_steps(options), lambda step: run_net(options, step))
     document = report.to_json()
     if save is not None:
-        write_output(save, json.dumps(document, indent=2) + "\n")
+        save_json(save, document)
     if as_json:
         print_json(document)
         return
@@ -160,9 +161,7 @@ def net(
 @click.option("--quick", is_flag=True, help="3 repetitions instead of 5.")
 @click.option("--tiny", is_flag=True, help="1 repetition, 1 and 4 disks, no boot (smoke test).")
 @click.option("--no-boot", is_flag=True, help="Skip the boot-to-report times.")
-@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
-              help="Also write the JSON document to this file.")
+@SAVE_OPTION
 @click.option("--kit", "kit_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Guest image kit directory (default ~/.cache/pvhvm/image).")
 def toolstack(
@@ -183,7 +182,7 @@ def toolstack(
             options, lambda message: progress.update(task, description=message),
         )
     if save is not None:
-        write_output(save, json.dumps(document, indent=2) + "\n")
+        save_json(save, document)
     if as_json:
         print_json(document)
         return

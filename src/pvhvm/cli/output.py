@@ -26,9 +26,18 @@ def console(stderr: bool = False) -> Console:
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
 
 
+def _json_text(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
 def print_json(document: Any) -> None:
     """Exactly one JSON document on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    sys.stdout.write(_json_text(document))
+
+
+def save_json(path: Path, document: Any) -> None:
+    """The same JSON document :func:`print_json` prints, written to ``path``."""
+    write_output(path, _json_text(document))
 
 
 class OutputError(PvhvmError):

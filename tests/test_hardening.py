@@ -94,7 +94,7 @@ def test_self_nesting_value_cannot_hang_formatting() -> None:
         parse_config(text, "h.cfg")
     assert time.monotonic() - started < 10
     with pytest.raises(ConfigError, match="is not a string"):
-        config_from_text('name="g"\na=[1]\n' + "a=[a,a]\n" * 40 + "disk=[a]\n", "h.cfg")
+        config_from_text('name="g"; builder="hvm"\na=[1]\n' + "a=[a,a]\n" * 40 + "disk=[a]\n", "h.cfg")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_self_nesting_value_cannot_hang_formatting() -> None:
 )
 def test_values_that_crashed_the_parser(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
-        config_from_text('name = "g"\n' + text, "g.cfg")
+        config_from_text('name = "g"; builder = "hvm"\n' + text, "g.cfg")
 
 
 def test_formatting_error_is_located_once() -> None:
@@ -120,7 +120,7 @@ def test_vdev_must_be_a_name() -> None:
 
 
 def plan_of(text: str, tmp_path: Path, platform: Platform = Platform.QEMU) -> object:
-    return make_plan(config_from_text('name="g"\n' + text, "g.cfg", {"d": str(tmp_path)}),
+    return make_plan(config_from_text('name="g"; builder="hvm"\n' + text, "g.cfg", {"d": str(tmp_path)}),
                      platform)
 
 
@@ -141,22 +141,22 @@ def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "k").write_bytes(b"\0")
     monkeypatch.chdir(tmp_path)
     plan = make_plan(config_from_text(
-        'name="g"\nkernel="k"\ndisk=["a.img,raw,xvda,rw"]\nserial="unix:con.sock"', "g.cfg"))
+        'name="g"; builder="hvm"\nkernel="k"\ndisk=["a.img,raw,xvda,rw"]\nserial="unix:con.sock"', "g.cfg"))
     assert plan.kernel == str(tmp_path / "k")
     assert plan.disks[0].target == str(tmp_path / "a.img")
     assert plan.serial == f"unix:{tmp_path / 'con.sock'}"
 
 
 def test_ignored_settings_are_said(tmp_path: Path) -> None:
-    plan = make_plan(config_from_text('name="g"\nvnc=1\napic=0\ndevice_model="/x"', "g.cfg"))
+    plan = make_plan(config_from_text('name="g"; builder="hvm"\nsdl=1\napic=0\ndevice_model="/x"', "g.cfg"))
     said = " ".join(ignored_settings(plan))
-    assert "vnc/sdl ignored" in said and "apic=0" in said and "device_model" in said
-    assert not ignored_settings(make_plan(config_from_text('name="g"', "g.cfg")))
+    assert "sdl ignored" in said and "apic=0" in said and "device_model" in said
+    assert not ignored_settings(make_plan(config_from_text('name="g"; builder="hvm"', "g.cfg")))
 
 
 def test_export_keeps_platform_pci_and_notes_shared_disks() -> None:
     plan = make_plan(config_from_text(
-        'name="g"\nxen_platform_pci=0\ndisk=["/a.img,raw,xvda,w!", "/a.img,raw,xvdb,w!"]',
+        'name="g"; builder="hvm"\nxen_platform_pci=0\ndisk=["/a.img,raw,xvda,w!", "/a.img,raw,xvdb,w!"]',
         "g.cfg"), Platform.XEN, check_files=False)
     exported = export_xl(plan)
     assert "xen_platform_pci = 0" in exported.text

@@ -26,7 +26,7 @@ def plan_of(text: str, images: Path, **kw: object) -> Plan:
 
 def test_defaults_from_xen_3_0_2(images: Path) -> None:
     plan = plan_of(
-        'name="g"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w",'
+        'name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w",'
         '"phy:"+d+"/c.iso,sdc,r"]\nvif=["", "type=ioemu"]', images,
     )
     assert [x.kind for x in plan.disks] == [DeviceKind.IOEMU, DeviceKind.XENBUS, DeviceKind.XENBUS]
@@ -37,13 +37,13 @@ def test_defaults_from_xen_3_0_2(images: Path) -> None:
 
 
 def test_pv_only_has_no_ide_controller(images: Path) -> None:
-    plan = plan_of('name="g"\ndisk=["file:"+d+"/a.img,hda,w,type=xenbus"]\nvif=[""]', images)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,hda,w,type=xenbus"]\nvif=[""]', images)
     assert not plan.ide_controller
     assert plan.disks[0].kind is DeviceKind.XENBUS and plan.disks[0].ide_place is None
 
 
 def test_explicit_type_wins(images: Path) -> None:
-    plan = plan_of('name="g"\ndisk=["%s/a.img,raw,hda,rw,type=xenbus" % d,'
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,hda,rw,type=xenbus" % d,'
                    '"%s/b.img,raw,hdb,rw,type=ioemu" % d]', images)
     assert [x.kind for x in plan.disks] == [DeviceKind.XENBUS, DeviceKind.IOEMU]
     assert [x.ide_place for x in plan.disks] == [None, (0, 1)]
@@ -51,48 +51,48 @@ def test_explicit_type_wins(images: Path) -> None:
 
 def test_ioemu_disk_outside_ide_places(images: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        plan_of('name="g"\ndisk=["%s/a.img,raw,xvda,rw,type=ioemu" % d]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,xvda,rw,type=ioemu" % d]', images)
     assert "four IDE places hda, hdb, hdc, hdd" in str(info.value)
     assert str(info.value).startswith("g.cfg:2:7:")
     with pytest.raises(ConfigError, match="hde is not one"):
-        plan_of('name="g"\ndisk=["%s/a.img,raw,hde,rw" % d]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,hde,rw" % d]', images)
 
 
 def test_cdrom_is_always_emulated(images: Path) -> None:
-    plan = plan_of('name="g"\ndisk=[",hdc:cdrom,r", d+"/c.iso,,hdd,cdrom"]', images)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=[",hdc:cdrom,r", d+"/c.iso,,hdd,cdrom"]', images)
     assert all(x.kind is DeviceKind.IOEMU and x.cdrom for x in plan.disks)
     assert [x.ide_place for x in plan.disks] == [(1, 0), (1, 1)]
     with pytest.raises(ConfigError, match="a cdrom is always emulated"):
-        plan_of('name="g"\ndisk=[d+"/c.iso,,hdc,cdrom,type=xenbus"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=[d+"/c.iso,,hdc,cdrom,type=xenbus"]', images)
 
 
 def test_unknown_type(images: Path) -> None:
     known = r"type='blktap' is not a disk type \(known: ioemu, xenbus"
     with pytest.raises(ConfigError, match=known):
-        plan_of('name="g"\ndisk=[d+"/a.img,,xvda,rw,type=blktap"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=blktap"]', images)
     with pytest.raises(ConfigError, match="type='vif' is not a disk type"):
-        plan_of('name="g"\ndisk=[d+"/a.img,,xvda,rw,type=vif"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=vif"]', images)
     with pytest.raises(ConfigError, match="type='bogus' is not a nic type"):
-        plan_of('name="g"\nvif=["type=bogus"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["type=bogus"]', images)
 
 
 def test_type_and_prefix_disagree(images: Path) -> None:
     with pytest.raises(ConfigError, match="disagrees with the ioemu: prefix"):
-        plan_of('name="g"\ndisk=["file:"+d+"/a.img,ioemu:hda,w,type=xenbus"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,ioemu:hda,w,type=xenbus"]', images)
 
 
 def test_two_disks_on_one_vdev(images: Path) -> None:
     with pytest.raises(ConfigError, match=r"already used by disk 'xvda' at g\.cfg:2:7"):
-        plan_of('name="g"\ndisk=[d+"/a.img,,xvda,rw", d+"/b.img,,xvda,rw"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw", d+"/b.img,,xvda,rw"]', images)
 
 
 def test_writable_image_twice(images: Path) -> None:
     with pytest.raises(ConfigError, match="use mode w! on both"):
-        plan_of('name="g"\ndisk=["file:"+d+"/a.img,xvda,w", "file:"+d+"/a.img,xvdb,r"]', images)
-    plan = plan_of('name="g"\ndisk=["file:"+d+"/a.img,xvda,w!", "file:"+d+"/a.img,xvdb,w!"]',
+        plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,w", "file:"+d+"/a.img,xvdb,r"]', images)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,w!", "file:"+d+"/a.img,xvdb,w!"]',
                    images)
     assert len(plan.disks) == 2
-    plan = plan_of('name="g"\ndisk=["file:"+d+"/a.img,xvda,r", "file:"+d+"/a.img,xvdb,r"]', images)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,r", "file:"+d+"/a.img,xvdb,r"]', images)
     assert len(plan.disks) == 2
 
 
@@ -103,55 +103,57 @@ def test_writable_image_twice(images: Path) -> None:
 )
 def test_missing_files(images: Path, spec: str) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        plan_of(f'name="g"\ndisk=[{spec}]', images)
+        plan_of(f'name="g"; builder="hvm"\ndisk=[{spec}]', images)
 
 
 def test_script_backed_targets_are_not_files(images: Path) -> None:
-    plan = plan_of('name="g"\ndisk=["iscsi:iqn.2001-04.com.example:x,xvda,w",'
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["iscsi:iqn.2001-04.com.example:x,xvda,w",'
                    '"drbd:r0,xvdb,w", "/no/file,raw,xvdc,rw,script=block-nbd"]', images)
     assert [x.script for x in plan.disks] == ["block-iscsi", "block-drbd", "block-nbd"]
 
 
 def test_bad_mode_and_vif_errors(images: Path) -> None:
     with pytest.raises(ConfigError, match="access mode 'rx'"):
-        plan_of('name="g"\ndisk=["file:"+d+"/a.img,xvda,rx"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,rx"]', images)
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
-        plan_of('name="g"\nvif=["colour=red"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["colour=red"]', images)
     with pytest.raises(ConfigError, match="multicast"):
-        plan_of('name="g"\nvif=["mac=ff:16:3e:00:00:01"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["mac=ff:16:3e:00:00:01"]', images)
     with pytest.raises(ConfigError, match="already used"):
-        plan_of('name="g"\nvif=["mac=00:16:3e:00:00:01", "mac=00:16:3e:00:00:01"]', images)
-    with pytest.raises(ConfigError, match="not an emulated NIC model"):
-        plan_of('name="g"\nvif=["type=ioemu,model=virtio"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["mac=00:16:3e:00:00:01", "mac=00:16:3e:00:00:01"]', images)
+    with pytest.raises(ConfigError, match="is the PV NIC"):
+        plan_of('name="g"; builder="hvm"\nvif=["type=ioemu,model=virtio"]', images)
+    with pytest.raises(ConfigError, match="not an emulated NIC model QEMU has"):
+        plan_of('name="g"; builder="hvm"\nvif=["type=ioemu,model=3c509"]', images)
     with pytest.raises(ConfigError, match="applies only to emulated NICs"):
-        plan_of('name="g"\nvif=["type=xenbus,model=e1000"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["type=xenbus,model=e1000"]', images)
 
 
 def test_model_without_type_warns(images: Path) -> None:
-    plan = plan_of('name="g"\nvif=["model=e1000"]', images)
+    plan = plan_of('name="g"; builder="hvm"\nvif=["model=e1000"]', images)
     assert plan.vifs[0].kind is DeviceKind.XENBUS and plan.vifs[0].model is None
     assert any("model=e1000 ignored" in w for w in plan.warnings)
 
 
 def test_macs_are_stable_and_xen_oui(images: Path) -> None:
-    text = 'name="g"\nvif=["", "", "type=ioemu"]'
+    text = 'name="g"; builder="hvm"\nvif=["", "", "type=ioemu"]'
     first, second = plan_of(text, images), plan_of(text, images)
     macs = [v.mac for v in first.vifs]
     assert macs == [v.mac for v in second.vifs]
     assert len(set(macs)) == 3 and all(m.startswith("00:16:3e:") for m in macs)
     assert int(macs[0].split(":")[3], 16) < 0x80
     assert default_mac(first.uuid, 0) == macs[0]
-    other = plan_of('name="h"\nvif=[""]', images)
+    other = plan_of('name="h"; builder="hvm"\nvif=[""]', images)
     assert other.vifs[0].mac != macs[0]
-    fixed = plan_of('name="g"\nuuid="12345678-1234-1234-1234-123456789abc"\nvif=[""]', images)
+    fixed = plan_of('name="g"; builder="hvm"\nuuid="12345678-1234-1234-1234-123456789abc"\nvif=[""]', images)
     assert fixed.uuid == "12345678-1234-1234-1234-123456789abc"
 
 
 def test_boot_order(images: Path) -> None:
-    plan = plan_of('name="g"\nboot="dc"\ndisk=["file:"+d+"/a.img,xvda,w", d+"/c.iso,,hdc,cdrom"]'
+    plan = plan_of('name="g"; builder="hvm"\nboot="dc"\ndisk=["file:"+d+"/a.img,xvda,w", d+"/c.iso,,hdc,cdrom"]'
                    '\nvif=[""]', images)
     assert [x.bootindex for x in plan.disks] == [1, 0]
-    kernel = plan_of('name="g"\nkernel=d+"/vmlinuz"\nramdisk=d+"/initrd"\nextra="quiet"\n'
+    kernel = plan_of('name="g"; builder="hvm"\nkernel=d+"/vmlinuz"\nramdisk=d+"/initrd"\nextra="quiet"\n'
                      'root="/dev/vda"\ndisk=["file:"+d+"/a.img,xvda,w"]', images)
     assert kernel.direct_kernel_boot and kernel.disks[0].bootindex is None
     assert kernel.cmdline == "root=/dev/vda quiet"
@@ -159,10 +161,10 @@ def test_boot_order(images: Path) -> None:
 
 def test_kernel_checks(images: Path) -> None:
     with pytest.raises(ConfigError, match="kernel '/nonexistent/vmlinuz' does not exist"):
-        plan_of('name="g"\nkernel="/nonexistent/vmlinuz"', images)
+        plan_of('name="g"; builder="hvm"\nkernel="/nonexistent/vmlinuz"', images)
     with pytest.raises(ConfigError, match="ramdisk is set but kernel is not"):
-        plan_of('name="g"\nramdisk=d+"/initrd"', images)
-    plan = plan_of('name="g"\nkernel="/usr/lib/xen/boot/hvmloader"', images)
+        plan_of('name="g"; builder="hvm"\nramdisk=d+"/initrd"', images)
+    plan = plan_of('name="g"; builder="hvm"\nkernel="/usr/lib/xen/boot/hvmloader"', images)
     assert not plan.direct_kernel_boot
 
 
@@ -174,8 +176,14 @@ def test_kernel_checks(images: Path) -> None:
         ("vcpus=0", "out of range"),
         ("acpi=2", "must be 0 or 1"),
         ("on_crash='explode'", "not one of"),
-        ("builder='linux'", "HVM guests"),
-        ("type='pv'", "HVM guests"),
+        ("builder='linux'", "a PV guest needs kernel="),
+        ("type='pv'", "a PV guest needs kernel="),
+        ("type='pvh'", "PVH guest needs the Xen hypervisor"),
+        ("builder='sun'", "is not one of: hvm, generic, linux"),
+        ("type='hvm'\nvga='qxl'", "needs SPICE"),
+        ("soundhw='gus'", "not one of: hda"),
+        ("usbdevice='host:1234:5678'", "passthrough"),
+        ("maxvcpus=1\nvcpus=2", "below vcpus"),
         ("boot='z'", "boot = 'z'"),
         ("disk='x'", "no virtual device"),
         ("disk=3", "list of strings"),
@@ -187,7 +195,7 @@ def test_kernel_checks(images: Path) -> None:
 )
 def test_config_errors(images: Path, text: str, words: str) -> None:
     with pytest.raises(PvhvmError) as info:
-        plan_of('name="g"\n' + text, images)
+        plan_of('name="g"; builder="hvm"\n' + text, images)
     assert words in str(info.value)
     assert "g.cfg" in str(info.value)
 
@@ -198,26 +206,26 @@ def test_missing_name(images: Path) -> None:
 
 
 def test_unknown_key_warns_with_nearest(images: Path) -> None:
-    plan = plan_of('name="g"\nmemroy=128\nbase="/x"\npath=base+"/y"', images)
+    plan = plan_of('name="g"; builder="hvm"\nmemroy=128\nbase="/x"\npath=base+"/y"', images)
     assert any("unknown key 'memroy'" in w and "'memory'" in w for w in plan.warnings)
     assert not any("'base'" in w for w in plan.warnings)  # used as a variable
 
 
 def test_registry_extension_keeps_old_meanings(images: Path) -> None:
     registry = default_registry()
-    text = 'name="g"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w"]'
+    text = 'name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w"]'
     before = plan_of(text, images, registry=registry)
     registry.register(DeviceType("vhost", DeviceKind.XENBUS, frozenset({DeviceClass.DISK}), "x"))
     after = plan_of(text, images, registry=registry)
     assert before == after
-    assert plan_of('name="g"\ndisk=[d+"/a.img,,xvda,rw,type=vhost"]', images,
+    assert plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=vhost"]', images,
                    registry=registry).disks[0].kind is DeviceKind.XENBUS
     with pytest.raises(ValueError, match="already registered"):
         registry.register(DeviceType("ioemu", DeviceKind.XENBUS, frozenset(), "x"))
 
 
 def test_virtio_alias_and_platform(images: Path) -> None:
-    plan = plan_of('name="g"\ndisk=[d+"/a.img,,xvda,rw,type=virtio"]\nvif=["type=vif"]', images,
+    plan = plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=virtio"]\nvif=["type=vif"]', images,
                    platform=Platform.XEN)
     assert plan.disks[0].kind is DeviceKind.XENBUS and plan.vifs[0].kind is DeviceKind.XENBUS
     assert plan.to_json()["platform"] == "xen"
@@ -232,12 +240,12 @@ def test_serial_unix_path_that_qemu_would_replace(images: Path) -> None:
     victim = images / "notes.txt"
     victim.write_text("keep me")
     with pytest.raises(ConfigError) as info:
-        plan_of(f'name = "g"\nserial = "unix:{victim}"\n', images)
+        plan_of(f'name = "g"; builder = "hvm"\nserial = "unix:{victim}"\n', images)
     assert str(info.value) == (
         f"g.cfg:2:1: serial = 'unix:{victim}': {victim} exists and is not a socket, and QEMU "
         "would replace it")
     assert victim.read_text() == "keep me"
-    assert plan_of(f'name = "g"\nserial = "unix:{victim}"\n', images,
+    assert plan_of(f'name = "g"; builder = "hvm"\nserial = "unix:{victim}"\n', images,
                    platform=Platform.XEN).serial == f"unix:{victim}"
 
     live = images / "live.sock"
@@ -245,5 +253,5 @@ def test_serial_unix_path_that_qemu_would_replace(images: Path) -> None:
         server.bind(str(live))
         server.listen(1)
         with pytest.raises(ConfigError, match="is a socket something is listening on"):
-            plan_of(f'name = "g"\nserial = "unix:{live},server"\n', images)
-    assert plan_of(f'name = "g"\nserial = "unix:{live}"\n', images).serial == f"unix:{live}"
+            plan_of(f'name = "g"; builder = "hvm"\nserial = "unix:{live},server"\n', images)
+    assert plan_of(f'name = "g"; builder = "hvm"\nserial = "unix:{live}"\n', images).serial == f"unix:{live}"

@@ -49,16 +49,16 @@ def _device(argv: list[str], prefix: str) -> list[str]:
 
 
 def test_machine_follows_ide_need() -> None:
-    pv = argv_for('name="g"\ndisk=["/x,raw,xvda,rw"]')
+    pv = argv_for('name="g"; builder="hvm"\ndisk=["/x,raw,xvda,rw"]')
     assert pv[pv.index("-machine") + 1] == "q35,sata=off,smbus=off"
     assert not _device(pv, "ide-")
-    ide = argv_for('name="g"\ndisk=["/x,raw,hda,rw"]')
+    ide = argv_for('name="g"; builder="hvm"\ndisk=["/x,raw,hda,rw"]')
     assert ide[ide.index("-machine") + 1] == "pc"
     assert _device(ide, "ide-hd") == ["ide-hd,drive=disk-hda,bus=ide.0,unit=0,bootindex=0"]
 
 
 def test_ide_places_and_cdroms() -> None:
-    argv = argv_for('name="g"\ndisk=["/a,raw,hdb,rw", ",hdc:cdrom,r", "/iso,,hdd,cdrom"]')
+    argv = argv_for('name="g"; builder="hvm"\ndisk=["/a,raw,hdb,rw", ",hdc:cdrom,r", "/iso,,hdd,cdrom"]')
     assert _device(argv, "ide-") == [
         "ide-hd,drive=disk-hdb,bus=ide.0,unit=1,bootindex=0",
         "ide-cd,drive=disk-hdc,bus=ide.1,unit=0",
@@ -70,7 +70,7 @@ def test_ide_places_and_cdroms() -> None:
 
 
 def test_pv_disk_tuning_and_fallback() -> None:
-    argv = argv_for('name="g"\nvcpus=2\ndisk=["/a,raw,xvda,rw", "/b,qcow2,xvdb,ro"]',
+    argv = argv_for('name="g"; builder="hvm"\nvcpus=2\ndisk=["/a,raw,xvda,rw", "/b,qcow2,xvdb,ro"]',
                     no_direct_io=frozenset({"/b"}))
     drives = [a for a in argv if a.startswith("id=disk-")]
     assert "cache=none,aio=native" in drives[0]
@@ -81,7 +81,7 @@ def test_pv_disk_tuning_and_fallback() -> None:
 
 
 def test_nics_by_type_and_bridge() -> None:
-    argv = argv_for('name="g"\nvif=["mac=00:16:3e:00:00:01,bridge=br0",'
+    argv = argv_for('name="g"; builder="hvm"\nvif=["mac=00:16:3e:00:00:01,bridge=br0",'
                     '"type=ioemu,model=e1000,mac=00:16:3e:00:00:02"]',
                     bridges=frozenset({"br0"}))
     assert "bridge,id=net0,br=br0" in argv and "user,id=net1" in argv
@@ -91,7 +91,7 @@ def test_nics_by_type_and_bridge() -> None:
 
 
 def test_direct_kernel_boot_and_options() -> None:
-    argv = argv_for('name="g"\nkernel="/k"\nramdisk="/r"\nextra="console=ttyS0"\n'
+    argv = argv_for('name="g"; builder="hvm"\nkernel="/k"\nramdisk="/r"\nextra="console=ttyS0"\n'
                     'on_reboot="destroy"\nacpi=0\nlocaltime=1', accel=Accel.KVM, start_paused=True)
     for flag in (["-kernel", "/k"], ["-initrd", "/r"], ["-append", "console=ttyS0"],
                  ["-accel", "kvm"], ["-cpu", "host"], ["-rtc", "base=localtime"]):
@@ -112,7 +112,7 @@ def test_direct_kernel_boot_and_options() -> None:
     ],
 )
 def test_serial(serial: str | None, chardev: str) -> None:
-    text = 'name="g"' + (f"\nserial={serial}" if serial else "")
+    text = 'name="g"; builder="hvm"' + (f"\nserial={serial}" if serial else "")
     argv = argv_for(text)
     chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
     assert any(c.startswith(chardev) for c in chardevs), chardevs
@@ -125,28 +125,28 @@ def test_serial(serial: str | None, chardev: str) -> None:
 )
 def test_unrealisable(text: str, words: str) -> None:
     with pytest.raises(PlanError, match=words):
-        argv_for('name="g"\n' + text)
+        argv_for('name="g"; builder="hvm"\n' + text)
 
 
 def test_commas_in_paths_are_escaped() -> None:
-    argv = argv_for('name="g"\ndisk=["vdev=xvda,target=/a,b.img"]')
+    argv = argv_for('name="g"; builder="hvm"\ndisk=["vdev=xvda,target=/a,b.img"]')
     assert any("file=/a,,b.img," in a for a in argv)
 
 
 def test_many_pv_disks_go_behind_pci_bridges() -> None:
     disks = ", ".join(f'"/d{i},raw,xvd{chr(97 + i // 26)}{chr(97 + i % 26)},rw"' for i in range(64))
-    argv = argv_for(f'name="g"\ndisk=[{disks}]')
+    argv = argv_for(f'name="g"; builder="hvm"\ndisk=[{disks}]')
     assert _device(argv, "pci-bridge") == [
         "pci-bridge,id=pvbridge1,chassis_nr=1", "pci-bridge,id=pvbridge2,chassis_nr=2",
         "pci-bridge,id=pvbridge3,chassis_nr=3",
     ]
     buses = [d.rsplit("bus=", 1)[1].split(",")[0] for d in _device(argv, "virtio-blk-pci")]
     assert buses.count("pvbridge1") == 31 and buses.count("pvbridge3") == 2
-    few = argv_for('name="g"\ndisk=["/a,raw,xvda,rw"]')
+    few = argv_for('name="g"; builder="hvm"\ndisk=["/a,raw,xvda,rw"]')
     assert not _device(few, "pci-bridge")
 
 
 @pytest.mark.parametrize(("action", "no_reboot"), [("restart", False), ("rename-restart", False),
                                                    ("destroy", True), ("preserve", True)])
 def test_no_reboot_unless_reboot_means_reset(action: str, no_reboot: bool) -> None:
-    assert ("-no-reboot" in argv_for(f'name="g"\non_reboot="{action}"')) is no_reboot
+    assert ("-no-reboot" in argv_for(f'name="g"; builder="hvm"\non_reboot="{action}"')) is no_reboot

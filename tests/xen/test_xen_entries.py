@@ -12,7 +12,7 @@ from pvhvm.xen.xlcfg import export_xl
 
 
 def plan_of(text: str) -> Plan:
-    return make_plan(config_from_text('name="g"\n' + text, "g.cfg"), Platform.XEN,
+    return make_plan(config_from_text('name="g"; builder="hvm"\n' + text, "g.cfg"), Platform.XEN,
                      check_files=False)
 
 

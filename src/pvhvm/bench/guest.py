@@ -78,7 +78,7 @@ def guest_config(spec: GuestSpec, kit: Kit, initrd: Path, image: Path, name: str
     """The xl-style config of a benchmark guest (the data disk is its only disk)."""
     vdev = "hda" if spec.device == "ioemu" else "xvda"
     return "\n".join([
-        f'name = "{name}"',
+        f'name = "{name}"', 'builder = "hvm"',
         f"memory = {GUEST_MEMORY_MIB}",
         f"vcpus = {GUEST_VCPUS}",
         f'kernel = "{kit.vmlinuz}"',

@@ -214,7 +214,7 @@ def parse_console(text: str, setup: NicSetup) -> tuple[list[NetResult], str]:
 def guest_config(setup: NicSetup, net: Network, kit: Kit, initrd: Path, name: str) -> str:
     """The xl-style config of a NIC benchmark guest: no disk, one NIC on the bench bridge."""
     return "\n".join([
-        f'name = "{name}"',
+        f'name = "{name}"', 'builder = "hvm"',
         f"memory = {GUEST_MEMORY_MIB}",
         f"vcpus = {GUEST_VCPUS}",
         f'kernel = "{kit.vmlinuz}"',

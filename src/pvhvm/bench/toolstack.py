@@ -80,7 +80,7 @@ def pv_config(name: str, kit: Kit, images: list[Path], *, root: str = "xenbus",
         for i, image in enumerate(images)
     ]
     return "\n".join([
-        f'name = "{name}"', "memory = 256", "vcpus = 1",
+        f'name = "{name}"', 'builder = "hvm"', "memory = 256", "vcpus = 1",
         f'kernel = "{kit.vmlinuz}"', f'ramdisk = "{kit.initramfs}"',
         'extra = "console=ttyS0,115200 pvhvm.poweroff=1"',
         "disk = [" + ", ".join(json.dumps(d) for d in disks) + "]",

@@ -15,7 +15,7 @@ import click
 from pvhvm import __version__
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
-from pvhvm.config.domain import load_config
+from pvhvm.config.domain import Dialect, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.plan.plan import Platform, make_plan
@@ -69,8 +69,22 @@ def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
     return dict(parse_cli_variable(a) for a in assignments)
 
 
-def warn(message: str) -> None:
-    console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", markup=True)
+def warn(message: str, label: str = "warning") -> None:
+    """One message on stderr, one line whatever the width (scripts grep these)."""
+    console(stderr=True).print(f"[yellow]{label}:[/yellow] {message}", markup=True,
+                               soft_wrap=True)
+
+
+def dialect_option(function: Any) -> Any:
+    return click.option(
+        "--dialect", type=click.Choice([d.value for d in Dialect]), default=None,
+        help="Read CONFIG as xm or xl reads it (default: xl when it sets type=, "
+             "xm when it sets builder=).",
+    )(function)
+
+
+def _dialect(value: str | None) -> Dialect | None:
+    return None if value is None else Dialect(value)
 
 
 @cli.command()
@@ -93,9 +107,14 @@ def warn(message: str) -> None:
     "--xenstore", type=click.Path(path_type=Path), default=None,
     help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
 )
+@dialect_option
+@click.option("--skip-unsupported", is_flag=True,
+              help="Create the guest without the keys this platform cannot realise "
+                   "(PCI passthrough, vTPM...) instead of refusing.")
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
     accel: str, paused: bool, xenstore: Path | None, attach_console: bool,
+    dialect: str | None, skip_unsupported: bool,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -103,8 +122,8 @@ def create(
     """
     if xenstore is not None and platform != "xen":
         raise click.UsageError("--xenstore applies to --platform xen only")
-    domain = load_config(config, _variables(variables))
-    plan = make_plan(domain, Platform(platform))
+    domain = load_config(config, _variables(variables), _dialect(dialect))
+    plan = make_plan(domain, Platform(platform), skip_unsupported=skip_unsupported)
     options = CreateOptions(accel=accel, paused=paused)
     xen = platform == "xen"
     warnings = list(plan.warnings)
@@ -114,6 +133,8 @@ def create(
     if not as_json:
         for message in warnings:
             warn(message)
+        for message in () if dry_run else plan.notes:  # a dry run shows them in its tables
+            warn(message, "note")
     if dry_run:
         document = plan.to_json()
         document["warnings"] = warnings
@@ -157,9 +178,13 @@ def destroy(name: str) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               callback=writable_option,
               help="Write the xl.cfg here instead of stdout.")
-def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None) -> None:
+@dialect_option
+def export_xl_cmd(
+    config: Path, variables: tuple[str, ...], output: Path | None, dialect: str | None
+) -> None:
     """Export CONFIG as an xl.cfg(5) for a Xen host, noting what xl cannot express."""
-    plan = make_plan(load_config(config, _variables(variables)), Platform.XEN)
+    domain = load_config(config, _variables(variables), _dialect(dialect))
+    plan = make_plan(domain, Platform.XEN, skip_unsupported=True)
     exported = export_xl(plan)
     for note in exported.notes:
         warn(note)

@@ -85,6 +85,8 @@ def plan_tables(plan: Plan) -> list[Table]:
     summary.add_column("key", style="bold")
     summary.add_column("value")
     summary.add_row("platform", plan.platform.value)
+    summary.add_row("guest type", f"{plan.guest_type.value} ({plan.guest_type_reason})")
+    summary.add_row("dialect", f"{plan.dialect.value} ({plan.dialect_reason})")
     summary.add_row("uuid", plan.uuid)
     summary.add_row("memory", f"{plan.memory_mib} MiB")
     summary.add_row("vcpus", str(plan.vcpus))
@@ -116,4 +118,12 @@ def plan_tables(plan: Plan) -> list[Table]:
         nics.add_column(column)
     for v in plan.vifs:
         nics.add_row(str(v.devid), v.kind.value, v.model or "PV net", v.mac, v.bridge)
-    return [summary, disks, nics]
+    tables = [summary, disks, nics]
+    if plan.notes:
+        notes = Table(title="How untyped devices were read", title_justify="left",
+                      show_header=False)
+        notes.add_column("note")
+        for note in plan.notes:
+            notes.add_row(note)
+        tables.append(notes)
+    return tables

@@ -11,38 +11,57 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
+from pvhvm.config.keys import KEY_USE, KNOWN_KEYS, KeyUse
 from pvhvm.config.lang import ConfigValues, Position, parse_config
 from pvhvm.config.optstr import brief
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}$")
+#: printable ASCII but for the characters a directory name, a QEMU option value or a shell
+#: script would trip on; xl itself accepts any name it can write to XenStore
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@&%#~-]{0,63}$")
 
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a domain, or None when it can.
 
     Names become directory names, QEMU option values and XenStore values: 1-64 characters
-    of letters, digits and ``_ . + @ -``, not starting with ``.`` or ``-``, no ``..``.
+    of letters, digits and ``_ . + @ & % # ~ -``, not starting with ``.`` or ``-``, no
+    ``..``. That covers the names real xl files use (``XenGuest2&test``); ``/``, ``,``,
+    spaces and control characters are refused.
     """
     if not _NAME.match(name) or ".." in name:
         return (
-            f"{name!r} is not a domain name: use 1-64 letters, digits and _ . + @ -, "
+            f"{name!r} is not a domain name: use 1-64 letters, digits and _ . + @ & % # ~ -, "
             "starting with a letter, digit or _"
         )
     return None
 
 
-KNOWN_KEYS = (
-    "name", "uuid", "memory", "maxmem", "vcpus", "builder", "type", "kernel", "ramdisk",
-    "extra", "cmdline", "root", "boot", "disk", "vif", "serial", "vnc", "sdl", "nographic",
-    "on_poweroff", "on_reboot", "on_crash", "acpi", "apic", "pae", "localtime",
-    "device_model", "device_model_version", "xen_platform_pci",
-)
+class Dialect(Enum):
+    """Which toolstack a config file was written for: its untyped devices mean what that
+    toolstack made of them (xm: the RFC's xend 3.0.2 defaults; xl: xl.cfg(5), libxl_dm.c)."""
+
+    XM = "xm"
+    XL = "xl"
+
+
+class GuestType(Enum):
+    """HVM (firmware, emulated platform, PV drivers optional) or PV (a kernel that runs on
+    PV devices only; on the qemu platform: direct kernel boot, every device PV)."""
+
+    HVM = "hvm"
+    PV = "pv"
+
+
+#: xl's emulated sound cards (soundhw=) → QEMU devices
+SOUND_CARDS = {"hda": "intel-hda", "ac97": "AC97", "sb16": "sb16", "es1370": "ES1370"}
+VGA_KINDS = ("std", "cirrus", "none")
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
            "coredump-restart")
 
@@ -66,8 +85,16 @@ class DomainConfig:
     name: str
     uuid: str | None = None
     memory: int | None = None
+    maxmem: int | None = None
     vcpus: int | None = None
+    maxvcpus: int | None = None
     builder: str = "hvm"
+    dialect: Dialect = Dialect.XM
+    #: why this dialect (a key the file sets, or --dialect)
+    dialect_reason: str = "builder= is set (xm)"
+    guest_type: GuestType = GuestType.HVM
+    guest_type_reason: str = "builder = 'hvm'"
+    bootloader: str | None = None
     kernel: str | None = None
     ramdisk: str | None = None
     cmdline: str | None = None
@@ -89,7 +116,28 @@ class DomainConfig:
     pae: bool = True
     localtime: bool = False
     device_model: str | None = None
+    device_model_version: str | None = None
     xen_platform_pci: bool | None = None
+    #: vnclisten, vncdisplay, vncunused, vncpasswd (only when vnc is on)
+    vnc_listen: str = "127.0.0.1"
+    vnc_display: int | None = None
+    vnc_unused: bool = True
+    vnc_password: str | None = None
+    keymap: str | None = None
+    #: the emulated graphics card: std, cirrus, none; None: none unless a display is asked for
+    vga: str | None = None
+    usb: bool = False
+    usbdevices: tuple[str, ...] = ()
+    rtc_timeoffset: int = 0
+    #: firmware: seabios (default) or ovmf
+    bios: str = "seabios"
+    soundhw: tuple[str, ...] = ()
+    hpet: bool = True
+    parallel: str | None = None
+    #: keys kept for export-xl that pvhvm does not realise itself: (key, value) in file order
+    xl_passthrough: tuple[tuple[str, Any], ...] = ()
+    #: GUEST keys (see config.keys): they change the guest and the qemu platform cannot do them
+    unsupported: tuple[tuple[str, Position], ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -159,9 +207,10 @@ def _kind(value: object) -> str:
 
 
 def load_config(
-    path: str | Path, variables: Mapping[str, Any] | None = None
+    path: str | Path, variables: Mapping[str, Any] | None = None,
+    dialect: Dialect | None = None,
 ) -> DomainConfig:
-    """Read, parse and type the config file at ``path``."""
+    """Read, parse and type the config file at ``path`` (``dialect`` forces xm or xl)."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -169,28 +218,203 @@ def load_config(
         raise ConfigError("config file not found", file=file) from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file: {err}", file=file) from err
-    return config_from_text(text, file, variables)
+    return config_from_text(text, file, variables, dialect)
 
 
 def config_from_text(
-    text: str, file: str = "<config>", variables: Mapping[str, Any] | None = None
+    text: str, file: str = "<config>", variables: Mapping[str, Any] | None = None,
+    dialect: Dialect | None = None,
 ) -> DomainConfig:
     """Parse and type config ``text``."""
-    return domain_config(parse_config(text, file, variables))
+    return domain_config(parse_config(text, file, variables), dialect)
 
 
-def domain_config(raw: ConfigValues) -> DomainConfig:
-    """Type the evaluated values of a config file."""
-    r = _Reader(raw)
+def _key_warnings(raw: ConfigValues) -> tuple[list[str], list[tuple[str, Position]]]:
+    """Unknown keys (a warning naming the nearest), Xen-only keys (a warning saying they do
+    nothing here) and GUEST keys (returned: the planner decides whether they are errors)."""
     warnings: list[str] = []
-    for key in raw.values:
+    unsupported: list[tuple[str, Position]] = []
+    for key, value in raw.values.items():
         # A command-line name the file reads is one of its variables; one it does not read is
         # a key, checked like the file's own.
-        if key in KNOWN_KEYS or key in raw.referenced:
+        if key in raw.referenced:
             continue
-        near = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        warnings.append(f"{raw.position(key)}: unknown key {key!r} ignored{hint}")
+        use = KEY_USE.get(key)
+        if use is None:
+            near = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            warnings.append(f"{raw.position(key)}: unknown key {key!r} ignored{hint}")
+        elif use is KeyUse.XEN:
+            warnings.append(
+                f"{raw.position(key)}: {key} is a setting of the Xen hypervisor or of xl; it "
+                "changes nothing on the qemu platform (export-xl keeps it)"
+            )
+        elif use is KeyUse.GUEST and value not in (None, "", [], (), 0):
+            unsupported.append((key, raw.position(key)))
+    return warnings, unsupported
+
+
+def _dialect(raw: ConfigValues, forced: Dialect | None) -> tuple[Dialect, str]:
+    if forced is not None:
+        return forced, f"--dialect {forced.value}"
+    if "type" in raw.values:
+        return Dialect.XL, "type= is set (xl.cfg)"
+    if "builder" in raw.values:
+        return Dialect.XM, "builder= is set (xm)"
+    return Dialect.XM, "neither type= nor builder= is set: xm, the RFC's defaults"
+
+
+def _guest_type(r: _Reader) -> tuple[GuestType, str]:
+    """xl: ``type=`` (pv when absent); xm: ``builder=`` (generic/linux are PV).
+
+    A file that names no guest type is a PV guest to both xl and xm, and so to pvhvm."""
+    type_ = r.str_("type")
+    builder = r.str_("builder")
+    if type_ is not None:
+        if type_ == "pvh":
+            raise r.fail("type", "type = 'pvh': a PVH guest needs the Xen hypervisor; pvhvm "
+                                 "runs HVM guests (type = 'hvm') and PV guests (type = 'pv')")
+        if type_ not in ("hvm", "pv"):
+            raise r.fail("type", f"type = {type_!r} is not one of: hvm, pv")
+        return GuestType(type_), f"type = {type_!r}"
+    if builder is not None:
+        if builder == "hvm":
+            return GuestType.HVM, "builder = 'hvm'"
+        if builder in ("generic", "linux"):
+            return GuestType.PV, f"builder = {builder!r} builds a PV guest"
+        raise r.fail("builder", f"builder = {builder!r} is not one of: hvm, generic, linux")
+    if r.values.get("bootloader"):
+        return GuestType.PV, "bootloader= and no type=: a PV guest, as xl and xm read it"
+    return GuestType.PV, "no type= or builder=: a PV guest, as xl and xm read it"
+
+
+def _serial(r: _Reader) -> str | None:
+    serial = r.values.get("serial")
+    if isinstance(serial, list | tuple):
+        if len(serial) > 1:
+            raise r.fail("serial", "only one serial port is supported")
+        serial = serial[0] if serial else None
+    if serial is not None and not isinstance(serial, str):
+        raise r.fail("serial", f"serial must be a string, not {_kind(serial)}")
+    return serial
+
+
+def _vnc(r: _Reader) -> dict[str, Any]:
+    """vnc, vnclisten, vncdisplay, vncunused, vncpasswd (xl.cfg(5)), and vfb= lines' vnc
+    settings (xm/xl PV framebuffer: ``type=vnc,vnclisten=...,vncdisplay=...``)."""
+    settings: dict[str, Any] = {}
+    vfb = r.list_("vfb")
+    for item, index in vfb:
+        if not isinstance(item, str):
+            raise r.fail("vfb", f"vfb entries must be strings, not {_kind(item)}", index)
+        for part in item.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "vnc" or (key == "type" and value == "vnc"):
+                settings.setdefault("vnc", value != "0")
+            elif key in ("vnclisten", "vncdisplay", "vncunused", "vncpasswd", "keymap"):
+                settings.setdefault(key, value)
+            elif key == "sdl" and value == "1":
+                settings.setdefault("sdl", True)
+    vnc = r.bool_("vnc", bool(settings.get("vnc", False)))
+    listen = r.str_("vnclisten") or settings.get("vnclisten") or "127.0.0.1"
+    display_text = r.values.get("vncdisplay", settings.get("vncdisplay"))
+    display: int | None = None
+    if display_text is not None:
+        if isinstance(display_text, bool) or not str(display_text).strip().isdigit():
+            raise r.fail("vncdisplay", f"vncdisplay must be a display number, not "
+                                       f"{brief(display_text)}")
+        display = int(str(display_text).strip())
+    host, sep, port = listen.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:  # vnclisten = "0.0.0.0:1" (xm)
+        listen, display = host, int(port) if display is None else display
+    unused = r.bool_("vncunused", str(settings.get("vncunused", "1")) != "0")
+    password = r.str_("vncpasswd") or settings.get("vncpasswd") or None
+    return {
+        "vnc": vnc, "vnc_listen": listen, "vnc_display": display, "vnc_unused": unused,
+        "vnc_password": password, "keymap": r.str_("keymap") or settings.get("keymap"),
+    }
+
+
+def _vga(r: _Reader) -> str | None:
+    vga = r.str_("vga")
+    if vga is not None:
+        vga = {"stdvga": "std", "cirrus": "cirrus", "none": "none", "std": "std"}.get(vga)
+        if vga is None:
+            raise r.fail("vga", f"vga = {r.str_('vga')!r} is not one of: stdvga, cirrus, none "
+                                "(qxl needs SPICE, which the qemu platform does not run)")
+    if "stdvga" in r.values:
+        stdvga = r.bool_("stdvga", False)
+        if vga is not None and (vga == "std") != stdvga:
+            raise r.fail("stdvga", "stdvga and vga disagree: give one of them")
+        vga = "std" if stdvga else (vga or "cirrus")
+    return vga
+
+
+def _usbdevices(r: _Reader) -> tuple[str, ...]:
+    devices: list[str] = []
+    for item, index in r.list_("usbdevice"):
+        if item not in ("tablet", "mouse", "keyboard"):
+            raise r.fail("usbdevice", f"usbdevice {brief(item)}: the qemu platform emulates "
+                                      "tablet, mouse and keyboard (host devices need "
+                                      "passthrough, which it cannot do)", index)
+        devices.append(str(item))
+    return tuple(devices)
+
+
+def _soundhw(r: _Reader) -> tuple[str, ...]:
+    text = r.str_("soundhw")
+    if not text:
+        return ()
+    cards = [card.strip() for card in text.split(",") if card.strip()]
+    if cards == ["all"]:
+        cards = list(SOUND_CARDS)
+    for card in cards:
+        if card not in SOUND_CARDS:
+            raise r.fail("soundhw", f"soundhw card {card!r} is not one of: "
+                                    f"{', '.join(SOUND_CARDS)}, all")
+    return tuple(dict.fromkeys(cards))
+
+
+def _bios(r: _Reader, guest_type: GuestType) -> str:
+    bios = r.str_("bios")
+    firmware = r.str_("firmware")
+    if firmware is not None and guest_type is GuestType.HVM:
+        bios = bios or {"uefi": "ovmf", "bios": "seabios"}.get(firmware)
+        if bios is None:
+            raise r.fail("firmware", f"firmware = {firmware!r}: the qemu platform boots "
+                                     "bios (SeaBIOS) or uefi (OVMF) firmware")
+    if bios is None:
+        return "seabios"
+    if bios not in ("seabios", "ovmf"):
+        raise r.fail("bios", f"bios = {bios!r} is not one of: seabios, ovmf (rombios needs "
+                             "Xen's qemu-xen-traditional)")
+    return bios
+
+
+def _xm_cdrom(r: _Reader) -> list[Located[DiskSpec]]:
+    """xm's ``cdrom = "PATH"``: the hdc CD drive (xend's image.py)."""
+    path = r.str_("cdrom")
+    if path is None:
+        return []
+    try:
+        spec = parse_disk(f"format=raw, vdev=hdc, access=ro, devtype=cdrom, target={path}")
+    except SpecError as err:
+        raise r.fail("cdrom", str(err)) from err
+    return [Located(spec, r.raw.position("cdrom"))]
+
+
+def _passthrough(raw: ConfigValues) -> tuple[tuple[str, Any], ...]:
+    """Keys kept verbatim for export-xl: Xen's own settings and guest keys pvhvm cannot do."""
+    return tuple(
+        (key, value) for key, value in raw.values.items()
+        if KEY_USE.get(key) in (KeyUse.XEN, KeyUse.GUEST) and key not in raw.referenced
+    )
+
+
+def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> DomainConfig:
+    """Type the evaluated values of a config file."""
+    r = _Reader(raw)
+    warnings, unsupported = _key_warnings(raw)
     for key, (given, where) in raw.shadowed.items():
         warnings.append(
             f"{where}: the file sets {key} itself, so {key}={brief(given)} from the command "
@@ -204,33 +428,25 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
     if problem is not None:
         raise r.fail("name", problem)
 
-    builder = r.str_("builder") or "hvm"
-    type_ = r.str_("type")
-    if builder not in ("hvm", "generic"):
-        raise r.fail("builder", f"builder = {builder!r}: pvhvm runs HVM guests (builder = 'hvm')")
-    if type_ is not None and type_ != "hvm":
-        raise r.fail("type", f"type = {type_!r}: pvhvm runs HVM guests (type = 'hvm')")
+    dialect, dialect_reason = _dialect(raw, forced_dialect)
+    guest_type, guest_type_reason = _guest_type(r)
 
     kernel = r.str_("kernel")
     if kernel is not None and Path(kernel).name == "hvmloader":
         # xm HVM configs name Xen's firmware as the "kernel": that means firmware boot.
-        warnings.append(f"{raw.position('kernel')}: kernel = hvmloader means firmware boot")
+        if guest_type is GuestType.HVM:
+            warnings.append(f"{raw.position('kernel')}: kernel = hvmloader means firmware boot")
         kernel = None
+    bootloader = r.str_("bootloader")
 
     cmdline = r.str_("cmdline")
     extra = r.str_("extra")
     if cmdline is not None and extra is not None:
         raise r.fail("extra", "give cmdline or extra, not both (they are the same setting)")
 
-    disks = tuple(_located(r, "disk", parse_disk))
+    disks = tuple(_located(r, "disk", parse_disk)) + tuple(_xm_cdrom(r))
     vifs = tuple(_located(r, "vif", parse_vif))
-    serial = r.values.get("serial")
-    if isinstance(serial, list | tuple):
-        if len(serial) > 1:
-            raise r.fail("serial", "only one serial port is supported")
-        serial = serial[0] if serial else None
-    if serial is not None and not isinstance(serial, str):
-        raise r.fail("serial", f"serial must be a string, not {_kind(serial)}")
+    serial = _serial(r)
     boot = r.str_("boot")
     if boot is not None and (not boot or any(c not in "acdn" for c in boot)):
         raise r.fail("boot", f"boot = {boot!r}: use the letters c (disk), d (cdrom), n (network)")
@@ -239,15 +455,33 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
     maxmem = r.int_("maxmem", 16, 1 << 20)
     if memory is not None and maxmem is not None and maxmem < memory:
         raise r.fail("maxmem", f"maxmem = {maxmem} is below memory = {memory}")
+    vcpus = r.int_("vcpus", 1, 255)
+    maxvcpus_key = "maxvcpus" if "maxvcpus" in raw.values else "maxcpus"
+    maxvcpus = r.int_(maxvcpus_key, 1, 255)
+    if maxvcpus is not None and vcpus is not None and maxvcpus < vcpus:
+        raise r.fail(maxvcpus_key, f"{maxvcpus_key} = {maxvcpus} is below vcpus = {vcpus}")
     platform_pci = r.values.get("xen_platform_pci")
+    parallel = r.str_("parallel")
+    rtc_offset = r.values.get("rtc_timeoffset", 0)
+    if isinstance(rtc_offset, str) and rtc_offset.strip().lstrip("-").isdigit():
+        rtc_offset = int(rtc_offset)
+    if isinstance(rtc_offset, bool) or not isinstance(rtc_offset, int):
+        raise r.fail("rtc_timeoffset", f"rtc_timeoffset must be seconds, not {brief(rtc_offset)}")
 
     return DomainConfig(
         file=raw.file,
         name=name,
         uuid=r.str_("uuid"),
         memory=memory,
-        vcpus=r.int_("vcpus", 1, 255),
-        builder="hvm",
+        maxmem=maxmem,
+        vcpus=vcpus,
+        maxvcpus=maxvcpus,
+        builder=guest_type.value,
+        dialect=dialect,
+        dialect_reason=dialect_reason,
+        guest_type=guest_type,
+        guest_type_reason=guest_type_reason,
+        bootloader=bootloader,
         kernel=kernel,
         ramdisk=r.str_("ramdisk"),
         cmdline=cmdline if cmdline is not None else extra,
@@ -257,7 +491,6 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         vifs=vifs,
         serial=serial,
         serial_position=r.raw.position("serial") if serial is not None else None,
-        vnc=r.bool_("vnc", False),
         sdl=r.bool_("sdl", False),
         nographic=r.bool_("nographic", True),
         on_poweroff=r.choice("on_poweroff", "destroy", ACTIONS),
@@ -268,8 +501,22 @@ def domain_config(raw: ConfigValues) -> DomainConfig:
         pae=r.bool_("pae", True),
         localtime=r.bool_("localtime", False),
         device_model=r.str_("device_model"),
+        device_model_version=r.choice(
+            "device_model_version", "qemu-xen", ("qemu-xen", "qemu-xen-traditional")
+        ) if "device_model_version" in raw.values else None,
         xen_platform_pci=None if platform_pci is None else r.bool_("xen_platform_pci", False),
+        vga=_vga(r),
+        usb=r.bool_("usb", False),
+        usbdevices=_usbdevices(r),
+        rtc_timeoffset=rtc_offset,
+        bios=_bios(r, guest_type),
+        soundhw=_soundhw(r),
+        hpet=r.bool_("hpet", True),
+        parallel=None if parallel in (None, "", "none") else parallel,
+        xl_passthrough=_passthrough(raw),
+        unsupported=tuple(unsupported),
         warnings=tuple(warnings),
+        **_vnc(r),
     )
 
 

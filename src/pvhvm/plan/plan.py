@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from pvhvm.config.disk import Access, DiskSpec
-from pvhvm.config.domain import DomainConfig, Located
+from pvhvm.config.domain import Dialect, DomainConfig, GuestType, Located
 from pvhvm.config.vif import VifSpec
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.hostfs import SocketPath, socket_path_state
@@ -26,12 +26,21 @@ from pvhvm.plan.types import (
     default_nic_type,
     default_registry,
 )
-from pvhvm.plan.vdev import IDE_PLACES, parse_vdev
+from pvhvm.plan.vdev import IDE_PLACES, Vdev, VdevFamily, parse_vdev
 
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_BRIDGE = "xenbr0"
-EMULATED_NIC_MODELS = ("rtl8139", "e1000", "ne2k_pci")
+#: the emulated NIC models QEMU 7.2 has on PCI (``-device help``); xl passes model= as is
+EMULATED_NIC_MODELS = (
+    "rtl8139", "e1000", "e1000-82544gc", "e1000-82545em", "e1000e", "ne2k_pci", "pcnet",
+    "vmxnet3", "tulip", "i82550", "i82551", "i82557a", "i82557b", "i82557c", "i82558a",
+    "i82558b", "i82559a", "i82559b", "i82559c", "i82559er", "i82562", "i82801",
+)
 DEFAULT_NIC_MODEL = "rtl8139"
+#: xl emulates the first four disks of an HVM guest (libxl_dm.c: disk index 0..3 → hda..hdd)
+XL_EMULATED_DISKS = 4
+#: Debian's ovmf package: the firmware bios = "ovmf" boots
+OVMF_PATH = "/usr/share/ovmf/OVMF.fd"
 #: Xen's OUI; the other three octets are derived from the domain's uuid and the vif's index
 XEN_OUI = "00:16:3e"
 _UUID_NAMESPACE = uuidlib.UUID("6f1c0a6e-3b9e-4f3c-9a57-7076686d0001")
@@ -87,6 +96,20 @@ class VifPlan:
 
 
 @dataclass(frozen=True)
+class Display:
+    """The guest's graphics: an emulated card and, with vnc, a VNC server for it."""
+
+    vga: str
+    vnc: bool = False
+    listen: str = "127.0.0.1"
+    #: VNC display number (port 5900 + N); with ``unused``, the first free one from N
+    display: int = 0
+    unused: bool = True
+    password: str | None = None
+    keymap: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything needed to realise a domain, every default decided."""
 
@@ -115,6 +138,25 @@ class Plan:
     vnc: bool
     sdl: bool
     device_model: str | None = None
+    dialect: Dialect = Dialect.XM
+    dialect_reason: str = ""
+    guest_type: GuestType = GuestType.HVM
+    guest_type_reason: str = ""
+    maxmem_mib: int | None = None
+    maxvcpus: int | None = None
+    #: None: no graphics card (the default: guests run headless)
+    display: Display | None = None
+    usb: bool = False
+    usbdevices: tuple[str, ...] = ()
+    rtc_timeoffset: int = 0
+    bios: str = "seabios"
+    soundhw: tuple[str, ...] = ()
+    hpet: bool = True
+    parallel: str | None = None
+    device_model_version: str | None = None
+    xl_passthrough: tuple[tuple[str, Any], ...] = ()
+    #: how untyped devices were read (not problems: the dialect's meaning, said once)
+    notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -127,8 +169,14 @@ class Plan:
             "name": self.name,
             "uuid": self.uuid,
             "platform": self.platform.value,
+            "guest_type": self.guest_type.value,
+            "guest_type_reason": self.guest_type_reason,
+            "dialect": self.dialect.value,
+            "dialect_reason": self.dialect_reason,
             "memory": self.memory_mib,
+            "maxmem": self.maxmem_mib,
             "vcpus": self.vcpus,
+            "maxvcpus": self.maxvcpus,
             "ide_controller": self.ide_controller,
             "boot": (
                 {"kernel": self.kernel, "ramdisk": self.ramdisk, "cmdline": self.cmdline}
@@ -158,6 +206,19 @@ class Plan:
             "on_crash": self.on_crash,
             "acpi": self.acpi,
             "xen_platform_pci": self.xen_platform_pci,
+            "bios": self.bios,
+            "display": None if self.display is None else {
+                "vga": self.display.vga, "vnc": self.display.vnc,
+                "listen": self.display.listen if self.display.vnc else None,
+                "display": self.display.display if self.display.vnc else None,
+            },
+            "usb": self.usb or bool(self.usbdevices),
+            "usbdevices": list(self.usbdevices),
+            "soundhw": list(self.soundhw),
+            "hpet": self.hpet,
+            "rtc_timeoffset": self.rtc_timeoffset,
+            "parallel": self.parallel,
+            "notes": list(self.notes),
             "warnings": list(self.warnings),
         }
 
@@ -217,13 +278,22 @@ def make_plan(
     platform: Platform = Platform.QEMU,
     registry: TypeRegistry | None = None,
     check_files: bool = True,
+    skip_unsupported: bool = False,
 ) -> Plan:
-    """Resolve every device of ``config`` and decide every default."""
+    """Resolve every device of ``config`` and decide every default.
+
+    ``skip_unsupported`` turns keys that change the guest but cannot be realised here (PCI
+    passthrough, a vTPM...) from errors into warnings; export-xl keeps them either way."""
     registry = registry or default_registry()
     warnings = list(config.warnings)
+    notes: list[str] = []
+    _unsupported_keys(config, platform, skip_unsupported, warnings)
     uuid = domain_uuid(config)
-    disks = _plan_disks(config, registry, check_files)
-    vifs = _plan_vifs(config, registry, uuid, warnings)
+    pv_guest = config.guest_type is GuestType.PV
+    if pv_guest:
+        _check_pv_guest(config, warnings)
+    disks = _plan_disks(config, registry, check_files, notes)
+    vifs = _plan_vifs(config, registry, uuid, warnings, notes)
 
     kernel, ramdisk = _absolute(config.kernel), _absolute(config.ramdisk)
     if ramdisk is not None and kernel is None:
@@ -233,6 +303,9 @@ def make_plan(
         for key, path in (("kernel", kernel), ("ramdisk", ramdisk)):
             if path is not None and not os.path.isfile(path):
                 raise ConfigError(f"{key} {path!r} does not exist", file=config.file)
+        if config.bios == "ovmf" and platform is Platform.QEMU and not os.path.isfile(OVMF_PATH):
+            raise ConfigError(f"bios = 'ovmf' needs the OVMF firmware at {OVMF_PATH} "
+                              "(Debian's ovmf package)", file=config.file)
     serial = _absolute_serial(config.serial)
     if check_files and platform is Platform.QEMU:
         _check_serial_socket(config, serial)
@@ -274,15 +347,123 @@ def make_plan(
         vnc=config.vnc,
         sdl=config.sdl,
         device_model=config.device_model,
+        dialect=config.dialect,
+        dialect_reason=config.dialect_reason,
+        guest_type=config.guest_type,
+        guest_type_reason=config.guest_type_reason,
+        maxmem_mib=config.maxmem if config.maxmem != config.memory else None,
+        maxvcpus=config.maxvcpus if config.maxvcpus != (config.vcpus or 1) else None,
+        display=_display(config),
+        usb=config.usb,
+        usbdevices=config.usbdevices,
+        rtc_timeoffset=config.rtc_timeoffset,
+        bios=config.bios,
+        soundhw=config.soundhw,
+        hpet=config.hpet,
+        parallel=config.parallel,
+        device_model_version=config.device_model_version,
+        xl_passthrough=config.xl_passthrough,
+        notes=tuple(notes),
         warnings=tuple(warnings),
     )
 
 
+def _unsupported_keys(
+    config: DomainConfig, platform: Platform, skip: bool, warnings: list[str]
+) -> None:
+    """GUEST keys (config.keys): errors unless the user said to go ahead without them."""
+    for key, position in config.unsupported:
+        message = (
+            f"{key} changes what the guest gets, and the {platform.value} platform cannot "
+            "realise it (no passthrough or Xen-only device here)"
+        )
+        if not skip:
+            raise position.error(f"{message}; remove it, or give --skip-unsupported to create "
+                                 "the guest without it")
+        warnings.append(f"{position}: {message}: created without it (--skip-unsupported)")
+
+
+def _check_pv_guest(config: DomainConfig, warnings: list[str]) -> None:
+    """A PV guest runs its own kernel on PV devices only: on QEMU, direct kernel boot."""
+    hvm_hint = 'add type = "hvm" (xl) or builder = "hvm" (xm) for an HVM guest'
+    if config.kernel is None:
+        if config.bootloader is not None:
+            raise ConfigError(
+                f"bootloader = {config.bootloader!r} ({config.guest_type_reason}): pvhvm does "
+                "not run a bootloader from the guest's disk; set kernel=, ramdisk= and "
+                "extra= to the guest's kernel, initrd and arguments (pvhvm guest inspect "
+                f"lists them), or {hvm_hint}",
+                file=config.file,
+            )
+        raise ConfigError(
+            f"{config.guest_type_reason}, and a PV guest needs kernel= (or bootloader=); "
+            f"{hvm_hint}", file=config.file,
+        )
+    if config.cmdline and any(f"console={c}" in config.cmdline for c in ("hvc0", "xvc0")):
+        warnings.append(
+            "the kernel command line names Xen's PV console (hvc0/xvc0), which QEMU does not "
+            "have: the serial console is ttyS0 (extra = \"console=ttyS0 ...\")"
+        )
+
+
+def _display(config: DomainConfig) -> Display | None:
+    if config.vga == "none" or not (config.vnc or config.vga):
+        return None
+    return Display(
+        vga=config.vga or "cirrus", vnc=config.vnc, listen=config.vnc_listen,
+        display=config.vnc_display or 0, unused=config.vnc_unused,
+        password=config.vnc_password, keymap=config.keymap,
+    )
+
+
+_PV_GUEST = 'a PV guest has no emulated devices; add type = "hvm" (xl) or builder = "hvm" (xm)'
+
+
+def _disk_kind(
+    config: DomainConfig, spec: DiskSpec, vdev: Vdev, registry: TypeRegistry, where: str,
+    pos: Any,
+) -> DeviceKind:
+    """The one place an untyped disk's kind is decided: by guest type, then dialect."""
+    kind: DeviceKind | None = None
+    if spec.type is not None:
+        try:
+            kind = registry.resolve(spec.type, DeviceClass.DISK)
+        except SpecError as err:
+            raise pos.error(f"{where}: {err}") from err
+    if config.guest_type is GuestType.PV:
+        if spec.cdrom or kind is DeviceKind.IOEMU:
+            what = "a cdrom is emulated" if spec.cdrom else f"type={spec.type} is emulated"
+            raise pos.error(f"{where}: {what}, and {_PV_GUEST} to emulate it")
+        return DeviceKind.XENBUS
+    if kind is not None:
+        return kind
+    if spec.cdrom:
+        return DeviceKind.IOEMU
+    if config.dialect is Dialect.XL:
+        # libxl_dm.c (qemu-xen): the first four disks are emulated whatever their name
+        emulated = vdev.family is not VdevFamily.NUMBER and vdev.disk < XL_EMULATED_DISKS
+        return DeviceKind.IOEMU if emulated else DeviceKind.XENBUS
+    return default_disk_type(vdev.family.value)
+
+
+def _ide_place(config: DomainConfig, spec: DiskSpec, vdev: Vdev) -> tuple[int, int] | None:
+    """hda..hdd sit at their own place; in xl files, and for any cdrom, a disk of another
+    name sits at the place of its disk index (xvdc → hdc), as libxl_dm.c puts it."""
+    if vdev.ide_place is not None:
+        return vdev.ide_place
+    by_index = config.dialect is Dialect.XL or spec.cdrom
+    if by_index and vdev.family is not VdevFamily.NUMBER and vdev.disk < len(IDE_PLACES):
+        return list(IDE_PLACES.values())[vdev.disk]
+    return None
+
+
 def _plan_disks(
-    config: DomainConfig, registry: TypeRegistry, check_files: bool
+    config: DomainConfig, registry: TypeRegistry, check_files: bool, notes: list[str]
 ) -> list[DiskPlan]:
     disks: list[DiskPlan] = []
     by_devid: dict[int, Located[DiskSpec]] = {}
+    by_place: dict[tuple[int, int], Located[DiskSpec]] = {}
+    xl_emulated: list[str] = []
     for located in config.disks:
         spec, pos = located.value, located.position
         where = f"disk {spec.vdev!r}"
@@ -290,15 +471,7 @@ def _plan_disks(
             vdev = parse_vdev(spec.vdev)
         except SpecError as err:
             raise pos.error(str(err)) from err
-        if spec.type is not None:
-            try:
-                kind = registry.resolve(spec.type, DeviceClass.DISK)
-            except SpecError as err:
-                raise pos.error(f"{where}: {err}") from err
-        elif spec.cdrom:
-            kind = DeviceKind.IOEMU
-        else:
-            kind = default_disk_type(vdev.family.value)
+        kind = _disk_kind(config, spec, vdev, registry, where, pos)
         if spec.cdrom and kind is DeviceKind.XENBUS:
             raise pos.error(
                 f"{where}: a cdrom is always emulated; type={spec.type} is not allowed on it "
@@ -306,13 +479,23 @@ def _plan_disks(
             )
         ide_place = None
         if kind is DeviceKind.IOEMU:
-            ide_place = vdev.ide_place
+            ide_place = _ide_place(config, spec, vdev)
             if ide_place is None:
+                hint = "" if spec.type else " (or give type=xenbus to make it PV)"
                 raise pos.error(
                     f"{where}: an emulated (ioemu) disk must sit at one of the four IDE places "
-                    f"{', '.join(IDE_PLACES)}; {spec.vdev} is not one"
-                    + ("" if spec.type else " (or give type=xenbus to make it PV)")
+                    f"{', '.join(IDE_PLACES)}; {spec.vdev} is not one{hint}"
                 )
+            other_place = by_place.get(ide_place)
+            if other_place is not None:
+                place_name = list(IDE_PLACES)[list(IDE_PLACES.values()).index(ide_place)]
+                raise pos.error(
+                    f"{where}: IDE place {place_name} is already taken by disk "
+                    f"{other_place.value.vdev!r} at {other_place.position}"
+                )
+            by_place[ide_place] = located
+            if spec.type is None and not spec.cdrom and config.dialect is Dialect.XL:
+                xl_emulated.append(spec.vdev)
         if vdev.devid in by_devid:
             other = by_devid[vdev.devid]
             raise pos.error(
@@ -340,6 +523,13 @@ def _plan_disks(
                 script=spec.script, backend_domain=spec.backend, backendtype=spec.backendtype,
             )
         )
+    if xl_emulated:
+        notes.append(
+            f"disk(s) {', '.join(xl_emulated)} have no type=: xl emulates an HVM guest's first "
+            "four disks as IDE and offers them PV too, for the guest's PV drivers to unplug the "
+            "emulated ones; QEMU has no unplug, so they are emulated only (type=xenbus makes a "
+            "disk PV-only)"
+        )
     _check_sharing(config)
     return disks
 
@@ -365,39 +555,61 @@ def _check_sharing(config: DomainConfig) -> None:
             seen[key] = located
 
 
+def _nic_kind(
+    config: DomainConfig, spec: VifSpec, registry: TypeRegistry, where: str, pos: Any
+) -> DeviceKind:
+    """The one place an untyped NIC's kind is decided: by guest type, then dialect."""
+    kind: DeviceKind | None = None
+    if spec.type is not None:
+        try:
+            kind = registry.resolve(spec.type, DeviceClass.NIC)
+        except SpecError as err:
+            raise pos.error(f"{where}: {err}") from err
+    if config.guest_type is GuestType.PV:
+        if kind is DeviceKind.IOEMU:
+            raise pos.error(f"{where}: type={spec.type} is emulated, and {_PV_GUEST} to "
+                            "emulate it")
+        return DeviceKind.XENBUS
+    if kind is not None:
+        return kind
+    if config.dialect is Dialect.XL:
+        return DeviceKind.IOEMU  # xl-network-configuration(5): type=ioemu is the default
+    return default_nic_type()
+
+
 def _plan_vifs(
-    config: DomainConfig, registry: TypeRegistry, uuid: str, warnings: list[str]
+    config: DomainConfig, registry: TypeRegistry, uuid: str, warnings: list[str],
+    notes: list[str],
 ) -> list[VifPlan]:
     vifs: list[VifPlan] = []
     macs: dict[str, Located[VifSpec]] = {}
+    xl_emulated: list[str] = []
     for index, located in enumerate(config.vifs):
         spec, pos = located.value, located.position
         where = f"vif {index}"
-        if spec.type is not None:
-            try:
-                kind = registry.resolve(spec.type, DeviceClass.NIC)
-            except SpecError as err:
-                raise pos.error(f"{where}: {err}") from err
-        else:
-            kind = default_nic_type()
+        kind = _nic_kind(config, spec, registry, where, pos)
         model = spec.model
         if kind is DeviceKind.IOEMU:
             model = model or DEFAULT_NIC_MODEL
+            if model.startswith("virtio"):
+                raise pos.error(f"{where}: model={model} is the PV NIC; give type=xenbus "
+                                "instead of an emulated model")
             if model not in EMULATED_NIC_MODELS:
                 raise pos.error(
-                    f"{where}: model={model!r} is not an emulated NIC model "
+                    f"{where}: model={model!r} is not an emulated NIC model QEMU has "
                     f"(known: {', '.join(EMULATED_NIC_MODELS)})"
                 )
+            if spec.type is None:
+                xl_emulated.append(str(index))
         elif model is not None:
             if spec.type is not None:
                 raise pos.error(
                     f"{where}: model={model} applies only to emulated NICs, "
                     f"and this one is type={spec.type}"
                 )
-            warnings.append(
-                f"{pos}: {where}: model={model} ignored: a vif without type= is PV "
-                "(add type=ioemu to emulate it)"
-            )
+            why = ("a PV guest's NICs are PV" if config.guest_type is GuestType.PV
+                   else "a vif without type= is PV in xm files (add type=ioemu to emulate it)")
+            warnings.append(f"{pos}: {where}: model={model} ignored: {why}")
             model = None
         mac = spec.mac or default_mac(uuid, index)
         if mac in macs:
@@ -410,6 +622,12 @@ def _plan_vifs(
                 model=model, ip=spec.ip, script=spec.script, vifname=spec.vifname,
                 rate=spec.rate, backend_domain=spec.backend,
             )
+        )
+    if xl_emulated:
+        notes.append(
+            f"vif(s) {', '.join(xl_emulated)} have no type=: xl's default is type=ioemu, an "
+            "emulated NIC and a PV one the guest's drivers may use instead; QEMU has no "
+            "unplug, so they are emulated only (type=xenbus makes a NIC PV-only)"
         )
     return vifs
 

@@ -13,12 +13,13 @@ Facts it relies on (QEMU 7.2):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from pvhvm.errors import PlanError
-from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
+from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 
 #: ``format=`` names of xl → QEMU block drivers
@@ -87,6 +88,8 @@ class ArgvOptions:
     supervised: bool = True
     start_paused: bool = False
     extra: tuple[str, ...] = field(default_factory=tuple)
+    #: seconds since the epoch that rtc_timeoffset counts from (None: now)
+    now: float | None = None
 
 
 def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions()) -> list[str]:
@@ -94,6 +97,14 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
     machine = IDE_MACHINE if plan.ide_controller else NO_IDE_MACHINE
     if not plan.acpi:
         machine += ",acpi=off"
+    if not plan.hpet:
+        machine += ",hpet=off"
+    memory = str(plan.memory_mib)
+    if plan.maxmem_mib is not None:
+        memory = f"{plan.memory_mib}M,slots=1,maxmem={plan.maxmem_mib}M"
+    smp = str(plan.vcpus)
+    if plan.maxvcpus is not None:
+        smp += f",maxcpus={plan.maxvcpus}"
     argv = [
         options.qemu_binary,
         "-name", f"guest={plan.name},debug-threads=on",
@@ -102,8 +113,8 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         "-machine", machine,
         "-accel", options.accel.value,
         "-cpu", "host" if options.accel is Accel.KVM else "max",
-        "-m", str(plan.memory_mib),
-        "-smp", str(plan.vcpus),
+        "-m", memory,
+        "-smp", smp,
         "-display", "none",
         "-chardev", f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
@@ -111,9 +122,15 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         "-mon", "chardev=ctl,mode=control",
         "-device", "pvpanic",
     ]
+    if plan.bios == "ovmf":
+        argv += ["-bios", OVMF_PATH]
     argv += _serial(plan, paths)
-    if plan.localtime:
-        argv += ["-rtc", "base=localtime"]
+    argv += _parallel(plan)
+    argv += _rtc(plan, options)
+    if plan.display is not None:
+        argv += _display(plan.display)
+    argv += _usb(plan)
+    argv += _sound(plan)
     if plan.on_reboot not in RESET_IN_PLACE:
         # a guest reboot then stops QEMU (SHUTDOWN guest-reset) and the supervisor applies
         # on_reboot; otherwise QEMU resets the guest in place, which is what restart means
@@ -149,9 +166,9 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
 def ignored_settings(plan: Plan) -> list[str]:
     """Config settings the qemu platform does not realise (said, never silently dropped)."""
     out = []
-    if plan.vnc or plan.sdl:
-        out.append("vnc/sdl ignored: the qemu platform runs guests headless (-display none); "
-                   "use pvhvm console for the serial console")
+    if plan.sdl:
+        out.append("sdl ignored: the qemu platform opens no window on the host; use vnc=1 "
+                   "for a graphical console, pvhvm console for the serial one")
     if not plan.apic or not plan.pae:
         out.append("apic=0/pae=0 ignored: the qemu platform always gives the guest a local "
                    "APIC and PAE")
@@ -159,6 +176,83 @@ def ignored_settings(plan: Plan) -> list[str]:
         out.append(f"device_model={plan.device_model!r} ignored: the qemu platform runs "
                    "qemu-system-x86_64")
     return out
+
+
+def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
+    """localtime and rtc_timeoffset (seconds): QEMU takes the clock's start, not an offset."""
+    if not plan.rtc_timeoffset:
+        return ["-rtc", "base=localtime"] if plan.localtime else []
+    start = (time.time() if options.now is None else options.now) + plan.rtc_timeoffset
+    clock = time.localtime(start) if plan.localtime else time.gmtime(start)
+    return ["-rtc", "base=" + time.strftime("%Y-%m-%dT%H:%M:%S", clock)]
+
+
+_VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+
+
+def _display(display: Display) -> list[str]:
+    """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
+    vncpasswd, keymap of xl.cfg(5))."""
+    argv = ["-device", _VGA_DEVICES[display.vga]]
+    if not display.vnc:
+        return argv
+    listen = display.listen
+    if ":" in listen and not listen.startswith("["):
+        listen = f"[{listen}]"  # an IPv6 address
+    vnc = f"{listen}:{display.display}"
+    if display.unused:
+        vnc += ",to=99"  # xl's vncunused: the first free display from vncdisplay on
+    if display.password:
+        argv += ["-object", f"secret,id=vncpass0,data={_escape(display.password)}"]
+        vnc += ",password-secret=vncpass0"
+    argv += ["-vnc", vnc]
+    if display.keymap:
+        argv += ["-k", display.keymap]
+    return argv
+
+
+def _usb(plan: Plan) -> list[str]:
+    """usb=1 and usbdevice= (tablet, mouse, keyboard): an emulated USB controller."""
+    if not plan.usb and not plan.usbdevices:
+        return []
+    argv = ["-usb"]
+    for device in plan.usbdevices:
+        argv += ["-device", f"usb-{'kbd' if device == 'keyboard' else device}"]
+    return argv
+
+
+_SOUND_DEVICES = {"hda": ["intel-hda", "hda-duplex"], "ac97": ["AC97"], "sb16": ["sb16"],
+                  "es1370": ["ES1370"]}
+
+
+def _sound(plan: Plan) -> list[str]:
+    """soundhw=: the cards, with no host audio behind them (the guest sees the card)."""
+    if not plan.soundhw:
+        return []
+    argv = ["-audiodev", "none,id=audio0"]
+    for card in plan.soundhw:
+        *controllers, codec = _SOUND_DEVICES[card]
+        for controller in controllers:
+            argv += ["-device", controller]
+        argv += ["-device", f"{codec},audiodev=audio0"]
+    return argv
+
+
+def _parallel(plan: Plan) -> list[str]:
+    """parallel= as xl.cfg(5) (xl passes it to QEMU): pty, file:PATH, unix:PATH."""
+    spec = plan.parallel
+    if spec is None:
+        return []
+    if spec == "pty":
+        chardev = "pty,id=parallel0"
+    elif spec.startswith("file:") and spec[5:]:
+        chardev = f"file,id=parallel0,path={_escape(spec[5:])}"
+    elif spec.startswith("unix:") and spec[5:]:
+        chardev = f"socket,id=parallel0,path={_escape(spec[5:])},server=on,wait=off"
+    else:
+        raise PlanError(f"parallel = {spec!r} is not supported (use pty, file:PATH, "
+                        "unix:PATH or none)")
+    return ["-chardev", chardev, "-parallel", "chardev:parallel0"]
 
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:
@@ -169,7 +263,9 @@ def _serial(plan: Plan, paths: RunPaths) -> list[str]:
     """
     log = f"logfile={paths.console_log},logappend=off"
     spec = plan.serial
-    if spec is None or spec in ("", "none"):
+    if spec == "none":
+        return []  # xl: no serial port at all
+    if spec is None or spec == "":
         chardev = f"socket,id=serial0,path={paths.console_socket},server=on,wait=off,{log}"
     elif spec == "pty":
         chardev = f"pty,id=serial0,{log}"

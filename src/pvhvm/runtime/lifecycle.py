@@ -127,8 +127,8 @@ def create(
             plan=plan.to_json(), argv=qemu_argv(plan, run_paths(paths), argv_opts),
             on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
             on_crash=plan.on_crash, accel=argv_opts.accel.value,
-            console=str(paths.console_socket) if plan.serial in (None, "", "none")
-            else plan.serial,
+            console="" if plan.serial == "none" else str(paths.console_socket)
+            if plan.serial in (None, "") else plan.serial,
         )
 
     record, owner = store.introduce(plan.name, build)

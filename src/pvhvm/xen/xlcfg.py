@@ -22,7 +22,10 @@ No device is ever dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from pvhvm.config.domain import GuestType
+from pvhvm.config.keys import XM_ONLY
 from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 
@@ -37,6 +40,56 @@ class XlExport:
 
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _value(value: Any) -> str:
+    """A config value in xl.cfg(5) syntax: strings quoted, numbers bare, lists in []."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[ " + ", ".join(_value(v) for v in value) + " ]"
+    return _quote(str(value))
+
+
+def _settings(plan: Plan) -> list[str]:
+    """The keys pvhvm realises beyond devices and boot, in xl's spelling."""
+    lines: list[str] = []
+    if plan.maxmem_mib is not None:
+        lines.append(f"maxmem = {plan.maxmem_mib}")
+    if plan.maxvcpus is not None:
+        lines.append(f"maxvcpus = {plan.maxvcpus}")
+    if plan.guest_type is GuestType.PV:
+        return lines
+    if plan.bios != "seabios":
+        lines.append(f"bios = {_quote(plan.bios)}")
+    display = plan.display
+    if display is not None:
+        lines.append(f"vga = {_quote('stdvga' if display.vga == 'std' else display.vga)}")
+        if display.vnc:
+            lines += [f"vnclisten = {_quote(display.listen)}",
+                      f"vncdisplay = {display.display}",
+                      f"vncunused = {1 if display.unused else 0}"]
+            if display.password:
+                lines.append(f"vncpasswd = {_quote(display.password)}")
+            if display.keymap:
+                lines.append(f"keymap = {_quote(display.keymap)}")
+    else:
+        lines.append('vga = "none"')
+    if plan.usb:
+        lines.append("usb = 1")
+    if plan.usbdevices:
+        lines.append(f"usbdevice = {_value(list(plan.usbdevices))}")
+    if plan.soundhw:
+        lines.append(f"soundhw = {_quote(','.join(plan.soundhw))}")
+    if not plan.hpet:
+        lines.append("hpet = 0")
+    if plan.rtc_timeoffset:
+        lines.append(f"rtc_timeoffset = {plan.rtc_timeoffset}")
+    if plan.parallel:
+        lines.append(f"parallel = {_quote(plan.parallel)}")
+    return lines
 
 
 def _disk(disk: DiskPlan) -> str:
@@ -71,65 +124,99 @@ def _vif(vif: VifPlan) -> str:
     return ",".join(items)
 
 
-def export_xl(plan: Plan) -> XlExport:
-    """The xl.cfg for ``plan`` and its notes."""
+def _hvm_notes(plan: Plan) -> tuple[list[str], str | None]:
+    """What xl's HVM device model does differently from the plan, and the kernel command line
+    that gets closest (xen_emul_unplug= of Linux's PV drivers)."""
     notes: list[str] = []
     pv_disks = [d for d in plan.disks if d.kind is DeviceKind.XENBUS]
-    emu_disks = [d for d in plan.disks if d.kind is DeviceKind.IOEMU]
-    pv_any = bool(pv_disks) or any(v.kind is DeviceKind.XENBUS for v in plan.vifs)
-    emu_any = bool(emu_disks) or any(v.kind is DeviceKind.IOEMU for v in plan.vifs)
-    platform_pci = plan.xen_platform_pci
-    if pv_any and not platform_pci:
+    emu_disks = [d.vdev for d in plan.disks if d.kind is DeviceKind.IOEMU and not d.cdrom]
+    pv_nics = [v for v in plan.vifs if v.kind is DeviceKind.XENBUS]
+    emu_nics = [str(v.devid) for v in plan.vifs if v.kind is DeviceKind.IOEMU]
+    pv_any = bool(pv_disks or pv_nics)
+    if pv_any and not plan.xen_platform_pci:
         notes.append(
             "xen_platform_pci=0 as the config says: without the Xen platform device an HVM "
             "guest's PV drivers do not start, so its type=xenbus devices stay unused"
         )
+    cmdline = plan.cmdline
+    non_cd_disks = [d for d in plan.disks if not d.cdrom]
+    emulated_too = [d.vdev for d in non_cd_disks[:4] if d.kind is DeviceKind.XENBUS]
+    if emulated_too:
+        notes.append(
+            f"type=xenbus disk(s) {', '.join(emulated_too)}: xl also emulates the first "
+            "four disks (IDE) until the guest's PV drivers unplug them through "
+            "xen_platform_pci=1, so the firmware and an early boot see them as IDE"
+        )
+    unplug: str | None = None
+    if not pv_any:
+        notes.append(
+            "all devices are emulated: xen_platform_pci=0, so the guest never sees the PV "
+            "backends xl still creates"
+        )
+    elif emu_disks and pv_disks:
+        if emu_disks == ["hda"]:
+            unplug = "aux-ide-disks"
+            how = "through xen_emul_unplug=aux-ide-disks on the kernel command line"
+            if not plan.direct_kernel_boot:
+                how = "only if the guest's kernel command line has xen_emul_unplug=aux-ide-disks"
+            notes.append(f"mixed disks: hda stays emulated {how}; the other disks are used "
+                         "through PV drivers")
+        else:
+            notes.append(
+                f"mixed disks: xl cannot keep {', '.join(emu_disks)} emulated while other "
+                "disks are PV; the guest's PV drivers will unplug them (set Linux's "
+                "xen_emul_unplug= to choose, e.g. never or aux-ide-disks)"
+            )
+    elif emu_disks and pv_nics:
+        unplug = "nics"
+        how = "xen_emul_unplug=nics on the kernel command line keeps them"
+        if not plan.direct_kernel_boot:
+            how = "add xen_emul_unplug=nics to the guest's kernel command line to keep them"
+        notes.append(
+            f"disk(s) {', '.join(emu_disks)} are emulated and only NICs are PV: Linux's PV "
+            f"drivers unplug emulated disks too by default; {how}"
+        )
+    if pv_any and emu_nics:
+        notes.append(
+            f"type=ioemu vif(s) {', '.join(emu_nics)}: xl also gives each a PV path, so "
+            "the guest either loses the emulated NIC (PV drivers unplug it) or, when "
+            "xen_emul_unplug= does not list nics, sees it twice (emulated and netfront)"
+        )
+    if unplug is not None and plan.direct_kernel_boot:
+        cmdline = (cmdline + " " if cmdline else "") + f"xen_emul_unplug={unplug}"
+    return notes, cmdline
+
+
+def _passthrough(plan: Plan, notes: list[str]) -> list[str]:
+    lines = []
+    dropped = []
+    for key, value in plan.xl_passthrough:
+        if key in XM_ONLY:
+            dropped.append(key)
+        else:
+            lines.append(f"{key} = {_value(value)}")
+    if dropped:
+        notes.append(f"xm-only key(s) {', '.join(dropped)} have no xl spelling and are left out")
+    return lines
+
+
+def export_xl(plan: Plan) -> XlExport:
+    """The xl.cfg for ``plan`` and its notes."""
+    notes: list[str] = []
+    pv_guest = plan.guest_type is GuestType.PV
+    cmdline = plan.cmdline
+    if not pv_guest:
+        notes, cmdline = _hvm_notes(plan)
     shared = [d.vdev for d in plan.disks if d.access.value == "w!"]
     if shared:
         notes.append(
             f"disk(s) {', '.join(shared)} are w! (shared writable); xl has no such mode, so "
             "they are exported as access=rw and xl will not check the sharing"
         )
-    cmdline = plan.cmdline
-    non_cd_disks = [d for d in plan.disks if not d.cdrom]
-    if pv_disks and len(non_cd_disks) > 0:
-        emulated_too = [d.vdev for d in non_cd_disks[:4] if d.kind is DeviceKind.XENBUS]
-        if emulated_too:
-            notes.append(
-                f"type=xenbus disk(s) {', '.join(emulated_too)}: xl also emulates the first "
-                "four disks (IDE) until the guest's PV drivers unplug them through "
-                "xen_platform_pci=1, so the firmware and an early boot see them as IDE"
-            )
-    if pv_any and emu_any:
-        emulated_disks = [d.vdev for d in emu_disks if not d.cdrom]
-        if emulated_disks == ["hda"] and plan.direct_kernel_boot:
-            cmdline = (cmdline + " " if cmdline else "") + "xen_emul_unplug=aux-ide-disks"
-            notes.append(
-                "mixed devices: hda stays emulated through xen_emul_unplug=aux-ide-disks on "
-                "the kernel command line; the other disks are used through PV drivers"
-            )
-        elif emulated_disks:
-            notes.append(
-                f"mixed devices: xl cannot keep {', '.join(emulated_disks)} emulated while "
-                "other disks are PV; the guest's PV drivers will unplug them (set Linux's "
-                "xen_emul_unplug= to choose, e.g. never or aux-ide-disks)"
-            )
-        emu_nics = [str(v.devid) for v in plan.vifs if v.kind is DeviceKind.IOEMU]
-        if emu_nics:
-            notes.append(
-                f"type=ioemu vif(s) {', '.join(emu_nics)}: xl also gives each a PV path, so "
-                "the guest either loses the emulated NIC (PV drivers unplug it) or, when "
-                "xen_emul_unplug= does not list nics, sees it twice (emulated and netfront)"
-            )
-    elif emu_any:
-        notes.append(
-            "all devices are emulated: xen_platform_pci=0, so the guest never sees the PV "
-            "backends xl still creates"
-        )
 
     lines = [
         "# xl.cfg exported by pvhvm: every device keeps its type (see the NOTE lines)",
-        'type = "hvm"',
+        f"type = {_quote(plan.guest_type.value)}",
         f"name = {_quote(plan.name)}",
         f"uuid = {_quote(plan.uuid)}",
         f"memory = {plan.memory_mib}",
@@ -141,17 +228,20 @@ def export_xl(plan: Plan) -> XlExport:
             lines.append(f"ramdisk = {_quote(plan.ramdisk)}")
         if cmdline:
             lines.append(f"cmdline = {_quote(cmdline)}")
-    else:
+    elif not pv_guest:
         lines.append(f"boot = {_quote(plan.boot)}")
-    lines.append(f"xen_platform_pci = {1 if platform_pci else 0}")
-    lines.append('device_model_version = "qemu-xen"')
-    for key in ("acpi", "apic", "pae", "localtime"):
-        lines.append(f"{key} = {1 if getattr(plan, key) else 0}")
+    if not pv_guest:
+        lines.append(f"xen_platform_pci = {1 if plan.xen_platform_pci else 0}")
+        lines.append(f"device_model_version = {_quote(plan.device_model_version or 'qemu-xen')}")
+        for key in ("acpi", "apic", "pae", "localtime"):
+            lines.append(f"{key} = {1 if getattr(plan, key) else 0}")
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         lines.append(f"{key} = {_quote(getattr(plan, key))}")
-    lines.append(f"serial = {_quote(plan.serial or 'pty')}")
-    lines.append(f"vnc = {1 if plan.vnc else 0}")
-    lines.append(f"sdl = {1 if plan.sdl else 0}")
+    if not pv_guest:
+        lines.append(f"serial = {_quote(plan.serial or 'pty')}")
+        lines.append(f"vnc = {1 if plan.vnc else 0}")
+        lines.append(f"sdl = {1 if plan.sdl else 0}")
+    lines += _settings(plan)
     lines.append("disk = [")
     for disk in plan.disks:
         lines.append(f"    {_quote(_disk(disk))},  # pvhvm type={disk.kind.value}")
@@ -160,6 +250,7 @@ def export_xl(plan: Plan) -> XlExport:
     for vif in plan.vifs:
         lines.append(f"    {_quote(_vif(vif))},  # pvhvm type={vif.kind.value}")
     lines.append("]")
+    lines += _passthrough(plan, notes)
     if notes:
         lines.append("")
         lines += [f"# NOTE: {note}" for note in notes]

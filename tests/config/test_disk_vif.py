@@ -15,8 +15,17 @@ from pvhvm.config.disk import (
     network_url,
     parse_disk,
 )
-from pvhvm.config.vif import KEYS, VifSpec, format_vif, parse_vif
+from pvhvm.config.vif import (
+    INT_KEYS,
+    STRING_KEYS,
+    Rate,
+    VifSpec,
+    format_vif,
+    parse_rate,
+    parse_vif,
+)
 from pvhvm.errors import SpecError
+from pvhvm.plan.types import DeviceClass, DeviceKind, default_registry
 
 
 @pytest.mark.parametrize(
@@ -324,8 +333,86 @@ _value = (
 )
 
 
-@given(st.fixed_dictionaries({}, optional={k: _value for k in KEYS if k != "mac"}),
-       st.sampled_from([None, "00:16:3e:aa:bb:cc"]))
-def test_vif_round_trip(fields: dict[str, str], mac: str | None) -> None:
-    vif = VifSpec(mac=mac, **fields)
+@given(
+    st.fixed_dictionaries(
+        {}, optional={k: _value for k in STRING_KEYS if k not in ("mac", "rate")}
+    ),
+    st.fixed_dictionaries({}, optional={k: st.integers(68, 9000) for k in INT_KEYS}),
+    st.sampled_from([None, "00:16:3e:aa:bb:cc"]),
+    st.sampled_from([None, "10MB/s", "100Mb/s@20ms"]),
+    st.sampled_from([None, True, False]),
+)
+def test_vif_round_trip(
+    fields: dict[str, str], numbers: dict[str, int], mac: str | None, rate: str | None,
+    trusted: bool | None,
+) -> None:
+    vif = VifSpec(mac=mac, rate=rate, trusted=trusted, **fields, **numbers)  # type: ignore[arg-type]
     assert parse_vif(format_vif(vif)) == vif
+
+
+def test_vif_keys_of_xl_network_configuration() -> None:
+    """Every keyword of xl-network-configuration(5) (4.17), typed."""
+    vif = parse_vif(
+        "mac=00:16:3e:01:02:03,bridge=xenbr0,gatewaydev=eth0,type=vif,model=pcnet,"
+        "vifname=guest-eth0,script=vif-route,ip=10.0.0.2 10.0.0.3,backend=netdom,"
+        "rate=10240KB/s,devid=4,mtu=9000,untrusted,forwarddev=eth1,accel=netfront"
+    )
+    assert vif == VifSpec(
+        mac="00:16:3e:01:02:03", bridge="xenbr0", gatewaydev="eth0", type="vif",
+        model="pcnet", vifname="guest-eth0", script="vif-route", ip="10.0.0.2 10.0.0.3",
+        backend="netdom", rate="10240KB/s", devid=4, mtu=9000, trusted=False,
+        forwarddev="eth1", accel="netfront",
+    )
+    assert parse_vif("netdev=eth0").gatewaydev == "eth0"  # xl's deprecated spelling
+    assert parse_vif("trusted").trusted is True
+
+
+def test_vif_types_of_xm_and_xl_mean_pv() -> None:
+    registry = default_registry()
+    for name in ("vif", "netfront", "xenbus"):
+        assert registry.resolve(parse_vif(f"type={name}").type or "", DeviceClass.NIC) is (
+            DeviceKind.XENBUS)
+    assert registry.resolve("ioemu", DeviceClass.NIC) is DeviceKind.IOEMU
+    with pytest.raises(SpecError, match="not a disk type"):
+        registry.resolve("netfront", DeviceClass.DISK)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("mtu=jumbo", "mtu='jumbo' is not a whole number"),
+        ("mtu=20", "mtu=20 is out of range (68..65535)"),
+        ("devid=-1", "devid='-1' is not a whole number"),
+        ("rate=fast", "rate 'fast': not a rate"),
+        ("rate=10MB", "rate '10MB': not a rate"),
+        ("rate=0MB/s", "the rate is zero"),
+        ("rate=10MB/s@soon", "interval is not a time"),
+        ("rate=@20ms", "no rate given"),
+        ("trusted,untrusted", "trusted/untrusted given twice"),
+        ("gatewaydev=a,netdev=b", "gatewaydev given twice"),
+        ("colo_sock_mirror_id=1", "unknown key 'colo_sock_mirror_id'"),
+    ],
+)
+def test_vif_values_refused(spec: str, words: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_vif(spec)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [
+        # xl-network-configuration(5)'s own examples, and the issue's
+        ("10Mb/s", Rate(62_500, 50_000)),
+        ("250KB/s", Rate(12_500, 50_000)),
+        ("1MB/s@20ms", Rate(20_000, 20_000)),
+        ("10240KB/s", Rate(512_000, 50_000)),
+        ("1GB/s@1s", Rate(1_000_000_000, 1_000_000)),
+        ("100b/s@2", Rate(24, 2_000_000)),  # 100 bits/s is 12 whole bytes/s
+        ("8B/s@100us", Rate(0, 100)),
+        ("010KB/s", Rate(400, 50_000)),  # C's strtoull base 0: 010 is octal 8
+    ],
+)
+def test_rate_as_libxlutil_reads_it(rate: str, expected: Rate) -> None:
+    assert parse_rate(rate) == expected
+    assert expected.backend_value() == f"{expected.bytes_per_interval},{expected.interval_usecs}"

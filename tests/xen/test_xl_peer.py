@@ -11,7 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pvhvm.config.disk import FORMATS, Access, DiskSpec, format_disk, parse_disk
+from pvhvm.config.domain import config_from_text
+from pvhvm.config.vif import parse_rate
 from pvhvm.errors import SpecError
+from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.xen.xenbus import domain_entries
 from tests.config.test_disk_vif import XL_DISK_VECTORS
 from tests.xen.conftest import XlParser
 
@@ -211,3 +215,46 @@ def parse_config_disks(example: str, imagedir: Path) -> list[str]:
 
     config = load_config(ROOT / "examples" / example, {"imagedir": str(imagedir)})
     return [d.value.vdev for d in config.disks]
+
+
+# --- vif rate= ---------------------------------------------------------------------------
+
+RATES = ["10Mb/s", "250KB/s", "1MB/s@20ms", "10240KB/s", "1GB/s@1s", "100b/s@2",
+         "8B/s@100us", "010KB/s", "4294967295B/s", "4294967296B/s", "0B/s", "10MB", "fast",
+         "@20ms", "1MB/s@", "1MB/s@0ms", "1MB/s@4295s", "1MB/s@20m", "09KB/s", "5Gb/s@5000ms"]
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_rate_read_as_xl(xl: XlParser, rate: str) -> None:
+    theirs = xl.rate(rate)
+    try:
+        parsed = parse_rate(rate)
+    except SpecError:
+        assert theirs is None
+    else:
+        assert theirs == (parsed.bytes_per_interval, parsed.interval_usecs)
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.from_regex(r"\A[0-9]{1,11}[GMK]?[Bb]/s(@[0-9]{1,8}(m|u)?s?)?\Z"))
+def test_rate_property_against_xl(xl: XlParser, rate: str) -> None:
+    theirs = xl.rate(rate)
+    try:
+        parsed = parse_rate(rate)
+    except SpecError:
+        assert theirs is None, rate
+    else:
+        assert theirs == (parsed.bytes_per_interval, parsed.interval_usecs), rate
+
+
+def test_rate_backend_node_is_what_netback_reads(xl: XlParser) -> None:
+    """On the xen platform the vif backend's rate node is libxl's bytes,usecs."""
+    plan = make_plan(
+        config_from_text('name="g"\nvif=["mac=00:16:3e:00:00:09,rate=10240KB/s@20ms"]\n',
+                         "g.cfg"),
+        Platform.XEN, check_files=False,
+    )
+    nodes = domain_entries(plan, 2).as_dict()
+    bytes_per_interval, usecs = xl.rate("10240KB/s@20ms") or (0, 0)
+    assert nodes["/local/domain/0/backend/vif/2/0/rate"] == f"{bytes_per_interval},{usecs}"
+    assert nodes["/local/domain/0/backend/vif/2/0/rate"] == "204800,20000"

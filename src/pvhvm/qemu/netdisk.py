@@ -252,3 +252,28 @@ def available_drivers(
         if "Unknown driver" not in proc.stderr and "Unknown protocol" not in proc.stderr:
             found.add(driver)
     return frozenset(found)
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [pair for key, item in value.items() for pair in _flatten(f"{prefix}.{key}", item)]
+    if isinstance(value, list):
+        return [pair for i, item in enumerate(value) for pair in _flatten(f"{prefix}.{i}", item)]
+    if isinstance(value, bool):
+        return [(prefix, "on" if value else "off")]
+    return [(prefix, str(value))]
+
+
+def drive_options(
+    url: str, *, format: str = "raw", read_only: bool = False, drivers: Collection[str],
+) -> list[str]:
+    """The node of :func:`blockdev_options` as ``-drive`` items (``format=qcow2``,
+    ``file.driver=nbd``, ``file.server.host=...``), commas in values doubled."""
+    options = blockdev_options(url, node_name="unused", format=format, read_only=read_only,
+                               drivers=drivers)
+    protocol = {k: v for k, v in options["file"].items() if k not in ("node-name", "read-only")}
+    items = [f"format={options['driver']}"]
+    items += [f"{key}={value.replace(',', ',,')}" for key, value in _flatten("file", protocol)]
+    if read_only:
+        items.append("readonly=on")
+    return items

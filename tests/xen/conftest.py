@@ -8,11 +8,14 @@ packages cannot be downloaded or there is no C compiler.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +53,47 @@ class XlParser:
             return None
         return dict(line.split("=", 1) for line in proc.stdout.splitlines())
 
+    def rate(self, rate: str) -> tuple[int, int] | None:
+        """(bytes per interval, interval in us) as xlu_vif_parse_rate reads ``rate``."""
+        proc = self.run("rate", rate)
+        if proc.returncode not in (0, 1):
+            raise AssertionError(f"xlparse failed ({proc.returncode}): {proc.stderr}")
+        if proc.returncode == 1:
+            return None
+        fields = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+        return int(fields["bytes_per_interval"]), int(fields["interval_usecs"])
+
+    def file(self, path: Path, keys: list[str]) -> XlReading | None:
+        """xl's reading of a whole config file, or None when xlu_cfg_readfile refuses it."""
+        proc = self.run("file", str(path), *keys)
+        if proc.returncode not in (0, 1):
+            raise AssertionError(f"xlparse failed ({proc.returncode}): {proc.stderr}")
+        if proc.returncode == 1:
+            return None
+        reading = XlReading(stderr=proc.stderr)
+        for line in proc.stdout.splitlines():
+            item = json.loads(line)
+            if "key" in item:
+                reading.keys[item["key"]] = item
+            else:
+                reading.disks.append(item)
+        return reading
+
+
+@dataclass
+class XlReading:
+    """What xlparse printed for a whole file: each key asked for, then each disk."""
+
+    stderr: str
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disks: list[dict[str, Any]] = field(default_factory=list)
+
 
 def _build() -> XlParser:
     root = CACHE / "root"
-    binary = CACHE / "xlparse"
+    # One binary per version of the source: worktrees on other branches share the cache.
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    binary = CACHE / f"xlparse-{digest}"
     libdir = root / LIBDIR
     if not (root / LIBDIR / "libyajl.so.2").exists():
         debs = CACHE / "debs"
@@ -65,7 +105,7 @@ def _build() -> XlParser:
                 pytest.skip(f"apt-get download {package} failed: {fetched.stderr.strip()}")
         for deb in sorted(debs.glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    if not binary.exists() or binary.stat().st_mtime < SOURCE.stat().st_mtime:
+    if not binary.exists():
         compiler = shutil.which("gcc") or shutil.which("cc")
         if compiler is None:
             pytest.skip("no C compiler to build the xl parser peer")

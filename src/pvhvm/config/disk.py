@@ -12,10 +12,26 @@ Two spellings are accepted, and may be mixed as xl mixes them:
 The RFC's extension: ``type=ioemu|xenbus`` (emulated or PV) in either spelling, and the legacy
 ``ioemu:`` prefix on the vdev (``ioemu:hda``), which means ``type=ioemu``.
 
+As libxlutil (libxlu_disk.c) makes them: a cdrom is always read-only, and an empty cdrom
+drive's format is ``empty`` in every spelling (``,,hdc:cdrom,r``, ``devtype=cdrom,,,hdc``,
+``,empty,hdc:cdrom,r``, ``format=empty``). As libxl refuses them at create
+(libxl_device.c): an empty drive that is not a cdrom, and ``format=empty`` with a target.
+
+Network targets (:func:`network_url`) name a block device a network protocol serves, not a
+file: QEMU's own filename syntax ``rbd:pool/image``, ``nbd:host:port``, and URLs
+(``nbd://``, ``iscsi://``, ``http(s)://``, ...). xl reads a leading ``nbd:``/``iscsi:`` as a
+deprecated prefix (script ``block-nbd``/``block-iscsi``, target ``//host/...``); pvhvm reads
+it the same way and still knows the URL.
+
 tests/xen/test_xl_peer.py runs Xen 4.17's own parser (libxlutil) beside this one. They agree
 except where pvhvm follows xend or a newer xl on purpose: ``type=``; the xend form without a
 prefix (``/img,hda,w``) and with a 4th positional backend domain; ``phy:vg/lv`` meaning
-``/dev/vg/lv``; the ``trusted``/``untrusted`` flags (newer than 4.17).
+``/dev/vg/lv``; ``w!``; the ``trusted``/``untrusted`` flags (newer than Debian's 4.17);
+blanks around items; a parameter given twice, even in two spellings or with one value (xl lets
+the last win or allows the same value again); what libxl refuses at create (above, and an empty
+vdev); a URL target given as a positional; ``vdev=hdc:cdrom`` read as ``hdc`` and a cdrom;
+a ``target=`` value beginning with a deprecated prefix is refused (xl takes target= literally
+and would look for a file named ``phy:/dev/x``).
 """
 
 from __future__ import annotations
@@ -28,19 +44,58 @@ from pvhvm.config.optstr import Token, brief, tokenize
 from pvhvm.errors import SpecError
 
 FORMATS = ("raw", "qcow", "qcow2", "vhd", "qed")
+#: libxl's format of an empty (cdrom) drive
+EMPTY_FORMAT = "empty"
 BACKEND_TYPES = ("phy", "qdisk", "tap", "standalone")
 #: prefix -> what it implies; a prefix may be stacked (``tap:aio:``)
 FORMAT_PREFIXES = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vhd"}
 SCRIPT_PREFIXES = ("iscsi", "nbd", "enbd", "drbd")
 IGNORED_PREFIXES = ("tapdisk", "tap2", "tap", "aio", "ioemu", "file", "phy")
 FLAGS = ("discard", "no-discard", "cdrom", "trusted", "untrusted", "direct-io-safe")
+DEVTYPES = ("cdrom", "disk")
 KEYS = (
     "target", "format", "vdev", "access", "devtype", "backendtype", "backend", "script",
     "type",
 )
-_VDEV_WORD = re.compile(r"^(?:ioemu:)?(?:xvd|hd|sd)[a-z]+[0-9]*(?::cdrom)?$")
+_VDEV_WORD = re.compile(r"^(?:ioemu:)?(?:xvd|hd|sd)[a-z]+[0-9]*(?::cdrom|:disk)?$")
 _PREFIX = re.compile(r"^([a-z0-9]+):")
 _VDEV_CHARS = re.compile(r"^[A-Za-z0-9_]+$")
+#: URL schemes of QEMU 7.2's network block drivers (nbd, iscsi, curl, ssh, gluster, nfs)
+NETWORK_SCHEMES = (
+    "nbd", "nbd+tcp", "nbd+unix", "iscsi", "iser", "http", "https", "ftp", "ftps", "ssh",
+    "gluster", "gluster+tcp", "gluster+unix", "nfs",
+)
+_URL = re.compile(r"^([a-z][a-z0-9+]*)://")
+#: the deprecated prefixes whose hotplug script takes what QEMU's driver of that name takes
+_NETWORK_SCRIPTS = {"block-nbd": "nbd", "block-iscsi": "iscsi"}
+#: QEMU's legacy nbd address: ``host:port`` or ``unix:/path``, then ``:exportname=NAME``
+_NBD_ADDRESS = re.compile(r"^(?:unix:/[^:]+|[^/:\s]+:[0-9]+)(?::exportname=.+)?$")
+
+
+def network_url(target: str, script: str | None = None) -> str | None:
+    """The network block device ``target`` names, in QEMU's spelling, or None for a file.
+
+    ``rbd:pool/image[@snap][:opt=val]`` and ``nbd:host:port`` / ``nbd:unix:/path`` are QEMU's
+    own filename syntax; ``scheme://...`` a URL of one of :data:`NETWORK_SCHEMES`. A target
+    left by xl's ``nbd:``/``iscsi:`` prefix (script ``block-nbd``, target ``//host/export``
+    or ``host:port``) is given its scheme back; an iSCSI IQN for the ``block-iscsi`` script
+    names no portal, so it stays script-backed.
+    """
+    scheme = _NETWORK_SCRIPTS.get(script or "")
+    if scheme is not None:
+        if target.startswith("//"):
+            return f"{scheme}:{target}"
+        if scheme == "nbd" and _NBD_ADDRESS.match(target):
+            return f"nbd:{target}"
+        return None
+    if script is not None:
+        return None
+    match = _URL.match(target)
+    if match:
+        return target if match.group(1) in NETWORK_SCHEMES else None
+    if target.startswith(("rbd:", "nbd:")) and len(target) > 4:
+        return target
+    return None
 
 
 class Access(Enum):
@@ -88,6 +143,16 @@ class DiskSpec:
     def is_script_backed(self) -> bool:
         """A target handed to a hotplug script (``iscsi:``, ``script=``): not a file."""
         return self.script is not None
+
+    @property
+    def network_url(self) -> str | None:
+        """The network block device this disk names (:func:`network_url`), or None."""
+        return network_url(self.target, self.script)
+
+    @property
+    def is_network(self) -> bool:
+        """A target a network protocol serves (``rbd:``, ``nbd://``, ...): not a file."""
+        return self.network_url is not None
 
 
 def _split_prefixes(target: str) -> tuple[list[str], str]:
@@ -172,9 +237,9 @@ def _keyword(b: _Builder, tok: Token) -> None:
     elif key == "access":
         b.set("access", _access(b, value), source)
     elif key == "devtype":
-        if value != "cdrom":
-            raise b.fail(f"devtype={value!r} is not supported (only devtype=cdrom)")
-        b.set("devtype", "cdrom", source)
+        if value not in DEVTYPES:
+            raise b.fail(f"devtype={value!r} is not supported (only devtype=cdrom or disk)")
+        b.set("devtype", value, source)
     elif key == "backendtype":
         if value not in BACKEND_TYPES:
             raise b.fail(
@@ -196,12 +261,18 @@ def _keyword(b: _Builder, tok: Token) -> None:
 
 
 def _format(b: _Builder, value: str) -> str:
-    if value not in FORMATS:
-        raise b.fail(f"format {value!r} is unknown (known: {', '.join(FORMATS)})")
+    if value == "":
+        return "raw"  # libxlu_disk_l.l: an empty format= is raw
+    if value not in FORMATS and value != EMPTY_FORMAT:
+        raise b.fail(
+            f"format {value!r} is unknown (known: {', '.join(FORMATS)}, {EMPTY_FORMAT})"
+        )
     return value
 
 
 def _access(b: _Builder, value: str) -> Access:
+    if value == "":
+        return Access.RW  # libxlu_disk_l.l: an empty access= is rw
     try:
         return _ACCESS[value]
     except KeyError:
@@ -215,14 +286,16 @@ def _vdev(b: _Builder, value: str, source: str) -> None:
     if vdev.startswith("ioemu:"):
         vdev = vdev[len("ioemu:"):]
         b.set("ioemu_prefix", True, "ioemu: prefix")
-    if vdev.endswith(":cdrom"):
-        vdev = vdev[: -len(":cdrom")]
-        b.set("devtype", "cdrom", ":cdrom suffix")
+    for devtype in DEVTYPES:
+        if vdev.endswith(f":{devtype}"):
+            vdev = vdev[: -len(devtype) - 1]
+            b.set("devtype", devtype, f":{devtype} suffix")
     if not vdev:
         raise b.fail("the virtual device name is empty")
     if ":" in vdev:
         raise b.fail(
-            f"virtual device {value!r}: only an ioemu: prefix and a :cdrom suffix are allowed"
+            f"virtual device {value!r}: only an ioemu: prefix and a :cdrom or :disk suffix "
+            "are allowed"
         )
     if not _VDEV_CHARS.match(vdev):
         raise b.fail(f"virtual device {value!r} is not a device name (e.g. hda, xvda)")
@@ -234,10 +307,12 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
         return
     target = positionals[0].value
     prefixes, _ = _split_prefixes(target)
+    # xl: the second positional is the format unless a deprecated prefix came first (or, for
+    # an empty target, it is a vdev:devtype). pvhvm also reads the xend form without a prefix:
+    # a second positional that names a disk (``/img,hda,w``) is the vdev.
+    second = positionals[1].value if len(positionals) > 1 else ""
     legacy = bool(prefixes) or (
-        len(positionals) > 1 and positionals[1].value not in FORMATS and (
-            target == "" or _VDEV_WORD.match(positionals[1].value) is not None
-        )
+        second not in (*FORMATS, EMPTY_FORMAT, "") and _VDEV_WORD.match(second) is not None
     )
     if target or "target" not in b.fields:
         b.set("target", target, "first positional")
@@ -276,6 +351,17 @@ def _finish(b: _Builder) -> DiskSpec:
             )
         type_ = "ioemu"
     prefixes, target = _split_prefixes(str(f.get("target", "")))
+    if b.sources.get("target") == "target=":
+        # xl-disk-configuration(5): target= is taken literally; only the positional
+        # (deprecated) form has prefixes. A prefix there would name a file "phy:/dev/x".
+        target = str(f["target"])
+        if prefixes and network_url(target) is None:
+            raise b.fail(
+                f"target={target!r}: target= is taken literally, and {prefixes[0]}: is a "
+                "deprecated prefix only a leading positional target may have (drop it, or "
+                f"write {target.split(',')[0]!r} as the first item)"
+            )
+        prefixes = []
     if prefixes:
         b.set("prefix", ":".join(prefixes), "target prefix")
         for prefix in prefixes:
@@ -288,15 +374,24 @@ def _finish(b: _Builder) -> DiskSpec:
         not target.startswith("/")
     ):
         target = "/dev/" + target  # xend: phy:vg/lv means /dev/vg/lv
+    cdrom = f.get("devtype") == "cdrom"
+    format_ = str(f.get("format", "raw"))
+    if format_ == EMPTY_FORMAT and target:
+        raise b.fail(f"format={EMPTY_FORMAT} is an empty drive, but target {target!r} is given")
+    if not target and not cdrom:
+        raise b.fail(
+            "no target given, and only a cdrom drive may be empty "
+            "(give the image, or add devtype=cdrom)"
+        )
+    if cdrom and not target:
+        format_ = EMPTY_FORMAT  # libxlu_disk.c: an empty cdrom's format is "empty"
     return DiskSpec(
         vdev=str(f["vdev"]),
         target=target,
-        format=str(f.get("format", "raw")),
-        # xl-disk-configuration(5): access defaults to rw, or to r for a cdrom
-        access=f.get(  # type: ignore[arg-type]
-            "access", Access.RO if f.get("devtype") == "cdrom" else Access.RW
-        ),
-        cdrom=f.get("devtype") == "cdrom",
+        format=format_,
+        # libxlu_disk.c: access defaults to rw; a cdrom is always read-only
+        access=Access.RO if cdrom else f.get("access", Access.RW),  # type: ignore[arg-type]
+        cdrom=cdrom,
         type=None if type_ is None else str(type_),
         prefix=None if f.get("prefix") is None else str(f["prefix"]),
         script=None if script is None else str(script),
@@ -309,7 +404,8 @@ def _finish(b: _Builder) -> DiskSpec:
 
 
 def format_disk(disk: DiskSpec) -> str:
-    """The canonical xl-form string of ``disk``; ``parse_disk`` gives ``disk`` back."""
+    """The canonical xl-form string of ``disk``; ``parse_disk`` gives ``disk`` back (for every
+    DiskSpec that parse_disk gives)."""
     implied = set((disk.prefix or "").split(":"))
     items = [f"vdev={disk.vdev}", f"access={disk.access.value}"]
     if not implied & set(FORMAT_PREFIXES):
@@ -334,7 +430,11 @@ def format_disk(disk: DiskSpec) -> str:
         target = disk.target
         if disk.prefix is not None:
             target = disk.prefix + ":" + target
+        if disk.prefix is not None:
+            # target= is taken literally: only a leading positional has a prefix. A
+            # prefixed target came from a positional, so it has no comma or = in it.
+            return ",".join([target, *items])
         items.append(f"target={target}")
     elif disk.prefix is not None:
-        items.append(f"target={disk.prefix}:")
+        return ",".join([f"{disk.prefix}:", *items])
     return ",".join(items)

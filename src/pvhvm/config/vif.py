@@ -1,19 +1,43 @@
-"""The ``vif=`` spec grammar (xl-network-configuration(5), as xm used it).
+"""The ``vif=`` spec grammar: xl-network-configuration(5) (Xen 4.17), as xm and xl use it.
 
-``key=value,...`` with keys ``mac bridge ip script type vifname rate model backend``; any other
-key is an error, and ``''`` is a vif with every default.
+``key=value,...`` with the keys of :data:`KEYS` (xl's ``parse_nic_config``) and the flags
+``trusted``/``untrusted``; ``''`` is a vif with every default. Values are typed here
+(``mtu``/``devid`` integers, ``mac`` normalised, ``rate`` checked as libxlutil reads it);
+what a ``type=`` or ``model=`` means is the planner's business, so any model name is kept.
+``netdev=`` is xl's deprecated spelling of ``gatewaydev=``; ``accel=`` is accepted and, as in
+xl, does nothing.
+
+Where pvhvm differs from xl on purpose: an unknown key, a key given twice and a bad value are
+errors (xl prints a line and carries on with the rest); xl's COLO keys are not accepted.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pvhvm.config.optstr import brief, tokenize
 from pvhvm.errors import SpecError
 
-KEYS = ("mac", "bridge", "ip", "script", "type", "vifname", "rate", "model", "backend")
+#: string-valued keys, in canonical order
+STRING_KEYS = (
+    "mac", "bridge", "ip", "script", "type", "vifname", "rate", "model", "backend",
+    "gatewaydev", "forwarddev", "accel",
+)
+INT_KEYS = ("mtu", "devid")
+KEYS = (*STRING_KEYS, *INT_KEYS)
+FLAGS = ("trusted", "untrusted")
+#: deprecated spellings xl still reads
+ALIASES = {"netdev": "gatewaydev"}
+#: netback's MTU bounds (ETH_MIN_MTU .. the largest frame netback takes)
+MTU_RANGE = (68, 65535)
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# libxlu_vif.c's two regular expressions
+_RATE = re.compile(r"^[0-9]+[GMK]?[Bb]/s$")
+_INTERVAL = re.compile(r"^[0-9]+[mu]?s?$")
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+DEFAULT_RATE_INTERVAL_USECS = 50_000
 
 
 @dataclass(frozen=True)
@@ -26,9 +50,82 @@ class VifSpec:
     script: str | None = None
     type: str | None = None
     vifname: str | None = None
+    #: as written (``10MB/s@20ms``); :func:`parse_rate` gives netback's form
     rate: str | None = None
     model: str | None = None
     backend: str | None = None
+    gatewaydev: str | None = None
+    forwarddev: str | None = None
+    accel: str | None = None
+    mtu: int | None = None
+    devid: int | None = None
+    trusted: bool | None = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A vif's credit-based rate limit as libxl keeps it (libxl_device_nic)."""
+
+    bytes_per_interval: int
+    interval_usecs: int
+
+    def backend_value(self) -> str:
+        """The backend ``rate`` node netback reads: ``bytes,usecs`` (libxl_nic.c)."""
+        return f"{self.bytes_per_interval},{self.interval_usecs}"
+
+
+def _strtoull(text: str) -> tuple[int, str]:
+    """C strtoull(text, &end, 0) over a string of decimal digits and more: (value, rest)."""
+    digits = re.match(r"[0-9]*", text)
+    assert digits is not None
+    number = digits.group()
+    if len(number) > 1 and number.startswith("0"):  # base 0: a leading 0 means octal
+        octal = re.match(r"0[0-7]*", number)
+        assert octal is not None
+        return int(octal.group(), 8), text[octal.end():]
+    return (int(number) if number else 0), text[len(number):]
+
+
+def parse_rate(text: str, where: str = "rate") -> Rate:
+    """Read ``RATE/s[@INTERVAL]`` exactly as libxlutil's xlu_vif_parse_rate does.
+
+    RATE takes ``GB MB KB B`` (bytes) or ``Gb Mb Kb b`` (bits), where K/M/G are powers of
+    1000; INTERVAL takes ``s ms us`` (no unit: seconds) and defaults to 50ms. As in C, a
+    leading 0 makes a number octal.
+    """
+    rate, at, interval = text.partition("@")
+
+    def fail(problem: str) -> SpecError:
+        return SpecError(
+            f"{where}: rate {text!r}: {problem} (e.g. 10MB/s, 100Mb/s, 1MB/s@20ms)"
+        )
+
+    if rate == "":
+        raise fail("no rate given")
+    if not _RATE.match(rate):
+        raise fail("not a rate")
+    value, rest = _strtoull(rate)
+    if value == 0 or value > UINT32_MAX:
+        raise fail("the rate is zero or too large")
+    value *= {"G": 1000**3, "M": 1000**2, "K": 1000}.get(rest[:1], 1)
+    if rest[:1] == "b" or rest[1:2] == "b":
+        value //= 8
+    usecs = DEFAULT_RATE_INTERVAL_USECS
+    if at:
+        if not _INTERVAL.match(interval):
+            raise fail("the replenishment interval is not a time")
+        usecs, rest = _strtoull(interval)
+        if usecs == 0 or usecs > UINT32_MAX:
+            raise fail("the replenishment interval is zero or too large")
+        if rest[:1] in ("s", ""):
+            usecs *= 1000 * 1000
+        elif rest[:1] == "m":
+            usecs *= 1000
+        if usecs > UINT32_MAX:
+            raise fail("the replenishment interval is too large")
+    if value > UINT64_MAX // usecs:
+        raise fail("the rate is too large")
+    return Rate(bytes_per_interval=value * usecs // 1_000_000, interval_usecs=usecs)
 
 
 def normalise_mac(text: str, where: str) -> str:
@@ -46,31 +143,61 @@ def normalise_mac(text: str, where: str) -> str:
     return mac
 
 
+def _integer(where: str, key: str, value: str) -> int:
+    if not value.isdigit():
+        raise SpecError(f"{where}: {key}={value!r} is not a whole number")
+    number = int(value)
+    if key == "mtu" and not MTU_RANGE[0] <= number <= MTU_RANGE[1]:
+        raise SpecError(
+            f"{where}: mtu={number} is out of range ({MTU_RANGE[0]}..{MTU_RANGE[1]})"
+        )
+    return number
+
+
 def parse_vif(spec: str) -> VifSpec:
     """Parse one ``vif=`` entry; raise SpecError naming the bad item and what is allowed."""
     if not isinstance(spec, str):
         raise SpecError(f"vif entry {brief(spec)} is not a string")
     where = f"vif spec {spec!r}"
-    fields: dict[str, str] = {}
+    values: dict[str, object] = {}
     for tok in tokenize(spec):
         if tok.key is None:
             if tok.value == "":
                 continue
-            raise SpecError(f"{where}: {tok.value!r} is not key=value (keys: {', '.join(KEYS)})")
-        if tok.key not in KEYS:
+            if tok.value in FLAGS:
+                if "trusted" in values:
+                    raise SpecError(f"{where}: trusted/untrusted given twice")
+                values["trusted"] = tok.value == "trusted"
+                continue
+            raise SpecError(
+                f"{where}: {tok.value!r} is not key=value (keys: {', '.join(KEYS)}; "
+                f"flags: {', '.join(FLAGS)})"
+            )
+        key = ALIASES.get(tok.key, tok.key)
+        if key not in KEYS:
             raise SpecError(f"{where}: unknown key {tok.key!r} (known: {', '.join(KEYS)})")
-        if tok.key in fields:
-            raise SpecError(f"{where}: {tok.key} given twice")
+        if key in values:
+            raise SpecError(f"{where}: {key} given twice")
         if tok.value == "":
             raise SpecError(f"{where}: {tok.key}= needs a value")
-        fields[tok.key] = tok.value
-    if "mac" in fields:
-        fields["mac"] = normalise_mac(fields["mac"], where)
-    return VifSpec(**fields)
+        if key in INT_KEYS:
+            values[key] = _integer(where, key, tok.value)
+        elif key == "mac":
+            values[key] = normalise_mac(tok.value, where)
+        else:
+            if key == "rate":
+                parse_rate(tok.value, where)
+            values[key] = tok.value
+    return VifSpec(**values)  # type: ignore[arg-type]
 
 
 def format_vif(vif: VifSpec) -> str:
     """The canonical string of ``vif``; ``parse_vif`` gives ``vif`` back."""
-    return ",".join(
-        f"{key}={getattr(vif, key)}" for key in KEYS if getattr(vif, key) is not None
-    )
+    items = [
+        f"{f.name}={getattr(vif, f.name)}"
+        for f in fields(vif)
+        if f.name != "trusted" and getattr(vif, f.name) is not None
+    ]
+    if vif.trusted is not None:
+        items.append("trusted" if vif.trusted else "untrusted")
+    return ",".join(items)

@@ -509,7 +509,7 @@ def _plan_disks(
             )
         by_devid[vdev.devid] = located
         target = spec.target
-        if target and not spec.is_script_backed:
+        if target and not (spec.is_script_backed or spec.is_network):
             target = os.path.abspath(target)
             what = "cdrom media" if spec.cdrom else "image"
             if check_files and not os.path.exists(target):

@@ -66,7 +66,9 @@ class TypeRegistry:
 
 
 def default_registry() -> TypeRegistry:
-    """The built-in types: ioemu and xenbus (the RFC), plus aliases users already write."""
+    """The built-in types: ioemu and xenbus (the RFC), plus aliases users already write:
+    ``virtio``; on NICs xl's ``type=vif`` (xl-network-configuration(5)) and xm's
+    ``type=netfront``, both PV only."""
     both = frozenset({DeviceClass.DISK, DeviceClass.NIC})
     registry = TypeRegistry()
     registry.register(DeviceType("ioemu", DeviceKind.IOEMU, both, "emulated by the device model"))
@@ -74,8 +76,11 @@ def default_registry() -> TypeRegistry:
     registry.register(
         DeviceType("virtio", DeviceKind.XENBUS, both, "alias of xenbus on the qemu platform")
     )
+    nic = frozenset({DeviceClass.NIC})
+    registry.register(DeviceType("vif", DeviceKind.XENBUS, nic, "xl's name for a PV-only NIC"))
     registry.register(
-        DeviceType("vif", DeviceKind.XENBUS, frozenset({DeviceClass.NIC}), "xl's name for a PV NIC")
+        DeviceType("netfront", DeviceKind.XENBUS, nic,
+                   "xm's name for a PV-only NIC (libvirt's xm converter writes it)")
     )
     return registry
 

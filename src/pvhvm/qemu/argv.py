@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from pvhvm.config.disk import network_url
 from pvhvm.errors import PlanError
 from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
+from pvhvm.qemu.netdisk import available_drivers, drive_options, driver_of
 
 #: ``format=`` names of xl → QEMU block drivers
 QEMU_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
@@ -313,14 +315,21 @@ def _disk(
     drive_id = f"disk-{disk.vdev}"
     emulated = disk.kind is DeviceKind.IOEMU
     tuning = options.ide_tuning if emulated else options.pv_tuning
-    if disk.script is not None:
+    url = network_url(disk.target, disk.script)
+    if disk.script is not None and url is None:
         raise PlanError(
             f"disk {disk.vdev!r}: script-backed targets ({disk.script}) need Xen's hotplug "
-            "scripts; the qemu platform can use files and block devices only"
+            "scripts; the qemu platform can use files, block devices and the network targets "
+            "QEMU has drivers for (nbd://, rbd:, iscsi://, http(s)://, ...)"
         )
     drive = [f"id={drive_id}", "if=none"]
     if disk.is_empty:
         drive.append("media=cdrom")
+    elif url is not None:  # served over the network by QEMU's own block driver
+        drive += drive_options(url, format=disk.format, drivers=available_drivers(
+            [driver_of(url)]), read_only=disk.cdrom or not disk.access.writable)
+        if disk.cdrom:
+            drive.append("media=cdrom")
     else:
         cache, aio = tuning.cache, tuning.aio
         if disk.target in options.no_direct_io and cache in ("none", "directsync"):

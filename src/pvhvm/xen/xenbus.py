@@ -11,7 +11,8 @@ Layout (xenstore-paths.pandoc, xen-vbd-interface(7), and libxl):
   permissions ``n<domid>, r<backend>`` (the guest owns it, the backend reads it);
 * backend ``/local/domain/<backend>/backend/<kind>/<domid>/<devid>``:
   ``frontend frontend-id online state``, plus ``params type mode dev device-type removable
-  bootable`` (vbd) or ``script mac bridge handle type`` (vif);
+  bootable`` (vbd) or ``script mac bridge handle type`` (vif), and a vif's ``rate`` as
+  netback reads it, ``bytes,usecs``;
   permissions ``n<backend>, r<domid>``.
 
 ioemu devices get no xenbus nodes at all: that is the RFC's determinism.
@@ -22,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from pvhvm.errors import PlanError
+from pvhvm.config.vif import parse_rate
+from pvhvm.errors import PlanError, SpecError
 from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 
@@ -124,9 +126,15 @@ def vif_entry(vif: VifPlan) -> DeviceEntry:
         "handle": str(vif.devid),
         "type": "vif",
     }
-    for key, value in (("ip", vif.ip), ("vifname", vif.vifname), ("rate", vif.rate)):
+    for key, value in (("ip", vif.ip), ("vifname", vif.vifname)):
         if value is not None:
             backend[key] = value
+    if vif.rate is not None:
+        # netback reads libxl's "bytes,usecs" (libxl_nic.c), not the rate= text
+        try:
+            backend["rate"] = parse_rate(vif.rate, f"vif {vif.devid}").backend_value()
+        except SpecError as err:
+            raise PlanError(str(err)) from err
     return DeviceEntry("vif", vif.devid, frontend, backend)
 
 

@@ -155,9 +155,9 @@ def test_explicit_type_wins_in_both_dialects() -> None:
 
 def test_xl_untyped_vif_is_emulated_with_its_model() -> None:
     plan = plan_of('name="win"\ntype="hvm"\nvif=["bridge=xenbr0", "model=e1000", '
-                   '"type=vif", "model=pcnet,type=ioemu"]')
+                   '"type=vif", "model=pcnet,type=ioemu", "type=netfront"]')
     assert [(v.kind, v.model) for v in plan.vifs] == [
-        (IO, "rtl8139"), (IO, "e1000"), (PV, None), (IO, "pcnet")]
+        (IO, "rtl8139"), (IO, "e1000"), (PV, None), (IO, "pcnet"), (PV, None)]
     assert any("vif(s) 0, 1 have no type=" in n for n in plan.notes)
 
 
@@ -278,3 +278,10 @@ def test_golden_dry_run_plan(example: str, request: pytest.FixtureRequest) -> No
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(json.dumps(document, indent=1) + "\n")
     assert document == json.loads(golden.read_text()), f"plan of {example} changed"
+
+
+def test_xl_serial_list_gives_more_ports() -> None:
+    argv = argv_of('name="g"\ntype="hvm"\nserial=["pty", "file:/tmp/s1.log", "none"]')
+    serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
+    assert serials == ["chardev:serial0", "chardev:serial1"]
+    assert "file,id=serial1,path=/tmp/s1.log" in argv

@@ -190,7 +190,7 @@ def test_kernel_checks(images: Path) -> None:
         ("disk=[3]", "not a string"),
         ("uuid='nope'", "not a UUID"),
         ("extra='a'\ncmdline='b'", "not both"),
-        ("serial=['pty','pty']", "one serial port"),
+        ("serial=['pty','pty','pty','pty','pty']", "a PC has four"),
     ],
 )
 def test_config_errors(images: Path, text: str, words: str) -> None:

@@ -207,7 +207,7 @@ PATHS = RunPaths(
 
 
 def argv_of(disks: list[str]) -> list[str]:
-    config = config_from_text(f'name="g"\ndisk={disks!r}\n', "g.cfg")
+    config = config_from_text(f'name="g"\nbuilder="hvm"\ndisk={disks!r}\n', "g.cfg")
     return qemu_argv(make_plan(config, check_files=False), PATHS, ArgvOptions())
 
 

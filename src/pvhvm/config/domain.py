@@ -103,6 +103,8 @@ class DomainConfig:
     disks: tuple[Located[DiskSpec], ...] = ()
     vifs: tuple[Located[VifSpec], ...] = ()
     serial: str | None = None
+    #: serial ports after the first (xl.cfg(5) takes a list): ttyS1, ttyS2, ttyS3
+    more_serials: tuple[str, ...] = ()
     #: where serial= was set (for errors found when the plan is made)
     serial_position: Position | None = None
     vnc: bool = False
@@ -288,15 +290,18 @@ def _guest_type(r: _Reader) -> tuple[GuestType, str]:
     return GuestType.PV, "no type= or builder=: a PV guest, as xl and xm read it"
 
 
-def _serial(r: _Reader) -> str | None:
+def _serials(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
+    """serial= is one port or, in xl, a list of up to four (the first is the console)."""
     serial = r.values.get("serial")
-    if isinstance(serial, list | tuple):
-        if len(serial) > 1:
-            raise r.fail("serial", "only one serial port is supported")
-        serial = serial[0] if serial else None
-    if serial is not None and not isinstance(serial, str):
-        raise r.fail("serial", f"serial must be a string, not {_kind(serial)}")
-    return serial
+    ports = list(serial) if isinstance(serial, list | tuple) else [serial]
+    if len(ports) > 4:
+        raise r.fail("serial", f"serial lists {len(ports)} ports; a PC has four (ttyS0-ttyS3)")
+    for index, port in enumerate(ports):
+        if port is not None and not isinstance(port, str):
+            where = index if isinstance(serial, list | tuple) else None
+            raise r.fail("serial", f"serial must be a string, not {_kind(port)}", where)
+    first = ports[0] if ports else None
+    return first, tuple(str(p) for p in ports[1:])
 
 
 def _vnc(r: _Reader) -> dict[str, Any]:
@@ -446,7 +451,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
 
     disks = tuple(_located(r, "disk", parse_disk)) + tuple(_xm_cdrom(r))
     vifs = tuple(_located(r, "vif", parse_vif))
-    serial = _serial(r)
+    serial, more_serials = _serials(r)
     boot = r.str_("boot")
     if boot is not None and (not boot or any(c not in "acdn" for c in boot)):
         raise r.fail("boot", f"boot = {boot!r}: use the letters c (disk), d (cdrom), n (network)")
@@ -490,6 +495,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         disks=disks,
         vifs=vifs,
         serial=serial,
+        more_serials=more_serials,
         serial_position=r.raw.position("serial") if serial is not None else None,
         sdl=r.bool_("sdl", False),
         nographic=r.bool_("nographic", True),

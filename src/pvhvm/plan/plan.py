@@ -154,6 +154,8 @@ class Plan:
     hpet: bool = True
     parallel: str | None = None
     device_model_version: str | None = None
+    #: serial ports after the console (ttyS1..ttyS3)
+    more_serials: tuple[str, ...] = ()
     xl_passthrough: tuple[tuple[str, Any], ...] = ()
     #: how untyped devices were read (not problems: the dialect's meaning, said once)
     notes: tuple[str, ...] = ()
@@ -201,6 +203,7 @@ class Plan:
                 for v in self.vifs
             ],
             "serial": self.serial,
+            "more_serials": list(self.more_serials),
             "on_poweroff": self.on_poweroff,
             "on_reboot": self.on_reboot,
             "on_crash": self.on_crash,
@@ -362,6 +365,7 @@ def make_plan(
         hpet=config.hpet,
         parallel=config.parallel,
         device_model_version=config.device_model_version,
+        more_serials=tuple(s for s in map(_absolute_serial, config.more_serials) if s),
         xl_passthrough=config.xl_passthrough,
         notes=tuple(notes),
         warnings=tuple(warnings),
@@ -503,8 +507,11 @@ def _plan_disks(
                 f"at {other.position}"
             )
         if kind is DeviceKind.IOEMU and not spec.cdrom and not spec.access.writable:
+            how = ("xl emulates it as IDE (one of the first four disks), and neither xl "
+                   "(XSA-142) nor QEMU can emulate" if spec.type is None
+                   and config.dialect is Dialect.XL else "QEMU cannot emulate")
             raise pos.error(
-                f"{where}: QEMU cannot emulate a read-only IDE hard disk; make it PV "
+                f"{where}: {how} a read-only IDE hard disk; make it PV "
                 "(type=xenbus), a cdrom (:cdrom), or writable"
             )
         by_devid[vdev.devid] = located
@@ -589,6 +596,11 @@ def _plan_vifs(
         where = f"vif {index}"
         kind = _nic_kind(config, spec, registry, where, pos)
         model = spec.model
+        if kind is DeviceKind.IOEMU and spec.type is None and (model or "").startswith("virtio"):
+            # xl hands model= to QEMU as is: virtio-net is QEMU's PV NIC, so this vif is PV
+            notes.append(f"{where}: model={model} is QEMU's PV NIC, so this vif is PV "
+                         "(type=xenbus)")
+            kind, model = DeviceKind.XENBUS, None
         if kind is DeviceKind.IOEMU:
             model = model or DEFAULT_NIC_MODEL
             if model.startswith("virtio"):

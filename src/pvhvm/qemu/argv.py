@@ -127,6 +127,8 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
     if plan.bios == "ovmf":
         argv += ["-bios", OVMF_PATH]
     argv += _serial(plan, paths)
+    for index, spec in enumerate(plan.more_serials, start=1):
+        argv += _chardev_port(spec, f"serial{index}", "serial", "-serial")
     argv += _parallel(plan)
     argv += _rtc(plan, options)
     if plan.display is not None:
@@ -242,19 +244,25 @@ def _sound(plan: Plan) -> list[str]:
 
 def _parallel(plan: Plan) -> list[str]:
     """parallel= as xl.cfg(5) (xl passes it to QEMU): pty, file:PATH, unix:PATH."""
-    spec = plan.parallel
-    if spec is None:
+    if plan.parallel is None:
+        return []
+    return _chardev_port(plan.parallel, "parallel0", "parallel", "-parallel")
+
+
+def _chardev_port(spec: str, chardev_id: str, key: str, option: str) -> list[str]:
+    """A port other than the console: ``pty``, ``file:PATH``, ``unix:PATH`` or ``none``."""
+    if spec == "none":
         return []
     if spec == "pty":
-        chardev = "pty,id=parallel0"
+        chardev = f"pty,id={chardev_id}"
     elif spec.startswith("file:") and spec[5:]:
-        chardev = f"file,id=parallel0,path={_escape(spec[5:])}"
+        chardev = f"file,id={chardev_id},path={_escape(spec[5:])}"
     elif spec.startswith("unix:") and spec[5:]:
-        chardev = f"socket,id=parallel0,path={_escape(spec[5:])},server=on,wait=off"
+        chardev = f"socket,id={chardev_id},path={_escape(spec[5:])},server=on,wait=off"
     else:
-        raise PlanError(f"parallel = {spec!r} is not supported (use pty, file:PATH, "
+        raise PlanError(f"{key} = {spec!r} is not supported (use pty, file:PATH, "
                         "unix:PATH or none)")
-    return ["-chardev", chardev, "-parallel", "chardev:parallel0"]
+    return ["-chardev", chardev, option, f"chardev:{chardev_id}"]
 
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:

@@ -238,7 +238,10 @@ def export_xl(plan: Plan) -> XlExport:
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         lines.append(f"{key} = {_quote(getattr(plan, key))}")
     if not pv_guest:
-        lines.append(f"serial = {_quote(plan.serial or 'pty')}")
+        if plan.more_serials:
+            lines.append(f"serial = {_value([plan.serial or 'pty', *plan.more_serials])}")
+        else:
+            lines.append(f"serial = {_quote(plan.serial or 'pty')}")
         lines.append(f"vnc = {1 if plan.vnc else 0}")
         lines.append(f"sdl = {1 if plan.sdl else 0}")
     lines += _settings(plan)

@@ -325,6 +325,11 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
     if len(rest) > len(names):
         raise b.fail(f"too many positional parameters: {rest[len(names)].value!r} ({grammar})")
     for name, tok in zip(names, rest, strict=False):
+        if tok.value == "" and name == "format" and b.fields.get("format", "raw") != "raw":
+            # libxlutil reads an empty positional format as raw: a format= keyword that says
+            # otherwise is "format respecified"
+            raise b.fail(f"format given twice ({b.sources['format']} and the empty "
+                         "positional format, which xl reads as raw)")
         if tok.value == "":
             continue
         source = f"positional {name}"

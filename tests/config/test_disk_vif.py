@@ -162,6 +162,14 @@ def test_not_network_targets(spec: str) -> None:
     assert not parse_disk(spec).is_network
 
 
+def test_target_keyword_is_literal() -> None:
+    """xl-disk-configuration(5): target= is the rest of the spec, taken literally."""
+    disk = parse_disk("vdev=xvda,target=nbd:10.0.0.1:10809")
+    assert (disk.target, disk.prefix, disk.script) == ("nbd:10.0.0.1:10809", None, None)
+    assert disk.network_url == "nbd:10.0.0.1:10809"
+    assert parse_disk("vdev=xvda,target=/srv/a:b,c").target == "/srv/a:b,c"
+
+
 def test_network_url_needs_a_name() -> None:
     assert network_url("rbd:") is None and network_url("nbd:", None) is None
 
@@ -218,6 +226,9 @@ def test_flags() -> None:
         ("/img,raw,hda,rw,vdev=hdb", "vdev given twice"),
         ("/img,raw,hda,rw,devtype=floppy", "devtype='floppy'"),
         (",,hda", "only a cdrom drive may be empty"),
+        ("vdev=xvda,target=phy:/dev/vg/lv", "target= is taken literally, and phy: is a "
+         "deprecated prefix only a leading positional target may have"),
+        ("vdev=xvda,target=iscsi:iqn.2001-04.com.example:x", "target= is taken literally"),
         ("vdev=hda,format=empty", "only a cdrom drive may be empty"),
         ("/x.iso,empty,hdc,r,cdrom", "format=empty is an empty drive, but target"),
         ("/x,raw,hda:floppy,w", "only an ioemu: prefix and a :cdrom or :disk suffix"),

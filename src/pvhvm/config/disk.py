@@ -27,8 +27,12 @@ tests/xen/test_xl_peer.py runs Xen 4.17's own parser (libxlutil) beside this one
 except where pvhvm follows xend or a newer xl on purpose: ``type=``; the xend form without a
 prefix (``/img,hda,w``) and with a 4th positional backend domain; ``phy:vg/lv`` meaning
 ``/dev/vg/lv``; ``w!``; the ``trusted``/``untrusted`` flags (newer than Debian's 4.17);
-blanks around items; a parameter given twice in two spellings; what libxl refuses at create
-(above); a URL target given as a positional.
+blanks around items; a parameter given twice, even in two spellings or with one value (xl lets
+the last win or allows the same value again); what libxl refuses at create (above, and an empty
+vdev); a URL target given as a positional; an empty positional (``/img,,hda,format=qcow2``: xl
+counts the empty format as raw and then refuses format= as a respecification);
+``vdev=hdc:cdrom`` read as ``hdc`` and a cdrom; a ``target=`` value beginning with a deprecated
+prefix is refused (xl takes target= literally and would look for a file named ``phy:/dev/x``).
 """
 
 from __future__ import annotations
@@ -348,8 +352,17 @@ def _finish(b: _Builder) -> DiskSpec:
             )
         type_ = "ioemu"
     prefixes, target = _split_prefixes(str(f.get("target", "")))
-    if b.sources.get("target") == "target=" and _URL.match(str(f["target"])):
-        prefixes, target = [], str(f["target"])  # xl: target=URL is the URL, no prefix
+    if b.sources.get("target") == "target=":
+        # xl-disk-configuration(5): target= is taken literally; only the positional
+        # (deprecated) form has prefixes. A prefix there would name a file "phy:/dev/x".
+        target = str(f["target"])
+        if prefixes and network_url(target) is None:
+            raise b.fail(
+                f"target={target!r}: target= is taken literally, and {prefixes[0]}: is a "
+                "deprecated prefix only a leading positional target may have (drop it, or "
+                f"write {target.split(',')[0]!r} as the first item)"
+            )
+        prefixes = []
     if prefixes:
         b.set("prefix", ":".join(prefixes), "target prefix")
         for prefix in prefixes:
@@ -392,7 +405,8 @@ def _finish(b: _Builder) -> DiskSpec:
 
 
 def format_disk(disk: DiskSpec) -> str:
-    """The canonical xl-form string of ``disk``; ``parse_disk`` gives ``disk`` back."""
+    """The canonical xl-form string of ``disk``; ``parse_disk`` gives ``disk`` back (for every
+    DiskSpec that parse_disk gives)."""
     implied = set((disk.prefix or "").split(":"))
     items = [f"vdev={disk.vdev}", f"access={disk.access.value}"]
     if not implied & set(FORMAT_PREFIXES):
@@ -417,11 +431,11 @@ def format_disk(disk: DiskSpec) -> str:
         target = disk.target
         if disk.prefix is not None:
             target = disk.prefix + ":" + target
-        if disk.prefix is not None and _URL.match(target):
-            # target=URL is taken whole; only a leading positional reads ``nbd:`` as a
-            # prefix. A prefixed target came from a positional, so it has no comma in it.
+        if disk.prefix is not None:
+            # target= is taken literally: only a leading positional has a prefix. A
+            # prefixed target came from a positional, so it has no comma or = in it.
             return ",".join([target, *items])
         items.append(f"target={target}")
     elif disk.prefix is not None:
-        items.append(f"target={disk.prefix}:")
+        return ",".join([f"{disk.prefix}:", *items])
     return ",".join(items)

@@ -77,6 +77,21 @@ def test_check_xl_disk_parse_vectors_read_as_xl(xl: XlParser, spec: str) -> None
 
 
 @pytest.mark.parametrize(
+    "parts",
+    [["format=raw", "vdev=hda", "access=rw", "target=/dev/vg/guest-volume"],
+     ["format=raw", "vdev=hdc", "access=ro", "devtype=cdrom", "target=/root/image.iso"],
+     ["discard", "vdev=hda", "target=/some/disk/image.raw"],
+     ["cdrom", "no-discard", "vdev=hda", "target=/some/disk/image.iso"]],
+)
+def test_block_attach_argument_form(xl: XlParser, parts: list[str]) -> None:
+    """check-xl-disk-parse also gives a spec as several arguments (xl block-attach A B C);
+    a disk= entry writes the same items joined with commas."""
+    proc = xl.run("disk", *parts)
+    assert proc.returncode == 0, proc.stderr
+    assert dict(line.split("=", 1) for line in proc.stdout.splitlines()) == ours(",".join(parts))
+
+
+@pytest.mark.parametrize(
     "spec",
     ["vdev=xvda,target=rbd:pool/guest:id=admin", "vdev=xvda,target=nbd://10.0.0.1/guest",
      "nbd://10.0.0.1/guest,xvda,w", "nbd:10.0.0.1:10809,xvda,w",

@@ -257,7 +257,9 @@ def test_disk_parser_raises_only_spec_error(text: str) -> None:
 
 _word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/._-", min_size=1, max_size=12)
 _target = st.one_of(st.just(""), _word.map(lambda w: "/" + w), st.text(
-    alphabet="abc/,=:_", min_size=1, max_size=12).map(lambda w: "/" + w))
+    alphabet="abc/,=:_", min_size=1, max_size=12).map(lambda w: "/" + w),
+    st.sampled_from(["rbd:pool/img:id=admin", "nbd://10.0.0.1:10809/e", "nbd:h:10809",
+                     "https://h/x,y.iso", "iscsi://h/iqn.2001-04.x:y/1"]))
 
 
 @st.composite
@@ -294,6 +296,11 @@ def disks(draw: st.DrawFn) -> DiskSpec:
 @given(disks())
 def test_format_then_parse_is_identity(disk: DiskSpec) -> None:
     assert parse_disk(format_disk(disk)) == disk
+
+
+@given(disks())
+def test_network_url_survives_the_round_trip(disk: DiskSpec) -> None:
+    assert parse_disk(format_disk(disk)).network_url == disk.network_url
 
 
 @given(disks())

@@ -7,8 +7,10 @@ netdisk writes, with qemu-io (reading a pattern back) and with qemu-system-x86_6
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +252,23 @@ def test_a_driver_this_qemu_lacks_is_one_line() -> None:
 def test_script_backed_targets_still_refused() -> None:
     with pytest.raises(PlanError, match="script-backed targets"):
         argv_of(["iscsi:iqn.2001-04.com.example:store,xvda,w"])
+
+
+def test_cli_refuses_a_missing_driver_in_one_line(tmp_path: Path) -> None:
+    """pvhvm create: exit 1, one line, no traceback, no domain left behind."""
+    (tmp_path / "vmlinuz").write_bytes(b"")
+    cfg = tmp_path / "rbd.cfg"
+    cfg.write_text(f'name = "rbd-guest"\nkernel = "{tmp_path / "vmlinuz"}"\n'
+                   'disk = [ "vdev=xvda,access=rw,type=xenbus,target=rbd:pool/guest" ]\n')
+    env = {**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    if "rbd" in available_drivers(["rbd"]):
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "no rbd block driver" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--accel", "tcg"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert not list((tmp_path / "state" / "domains").glob("*"))

@@ -336,7 +336,12 @@ def test_vif_refused(spec: str, words: str) -> None:
     assert words in str(info.value)
 
 
-@given(st.text(max_size=60))
+@given(st.one_of(
+    st.text(max_size=60),
+    st.lists(st.builds(lambda key, value: f"{key}={value}",
+                       st.sampled_from([*STRING_KEYS, *INT_KEYS, "netdev"]),
+                       st.text(max_size=14)), max_size=3).map(",".join),
+))
 def test_vif_parser_raises_only_spec_error(text: str) -> None:
     try:
         parse_vif(text)
@@ -400,6 +405,7 @@ def test_vif_types_of_xm_and_xl_mean_pv() -> None:
     [
         ("mtu=jumbo", "mtu='jumbo' is not a whole number"),
         ("mtu=20", "mtu=20 is out of range (68..65535)"),
+        ("mtu=\u00b2", "is not a whole number"),
         ("devid=-1", "devid='-1' is not a whole number"),
         ("rate=fast", "rate 'fast': not a rate"),
         ("rate=10MB", "rate '10MB': not a rate"),

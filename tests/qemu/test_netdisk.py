@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pvhvm.config.disk import parse_disk
 from pvhvm.config.domain import config_from_text
@@ -272,3 +274,17 @@ def test_cli_refuses_a_missing_driver_in_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert not list((tmp_path / "state" / "domains").glob("*"))
+
+
+@given(st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda scheme, rest: scheme + rest,
+              st.sampled_from(["nbd://", "nbd+unix://", "nbd:", "rbd:", "iscsi://", "ssh://",
+                               "gluster://", "nfs://", "https://", "nbd:unix:"]),
+              st.text(max_size=30)),
+))
+def test_any_target_gives_options_or_one_plan_error(url: str) -> None:
+    try:
+        blockdev_options(url, node_name="d", read_only=True, drivers=ALL)
+    except PlanError as err:
+        assert "\n" not in str(err)

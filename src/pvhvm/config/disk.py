@@ -430,11 +430,9 @@ def format_disk(disk: DiskSpec) -> str:
     if disk.target:
         target = disk.target
         if disk.prefix is not None:
-            target = disk.prefix + ":" + target
-        if disk.prefix is not None:
             # target= is taken literally: only a leading positional has a prefix. A
             # prefixed target came from a positional, so it has no comma or = in it.
-            return ",".join([target, *items])
+            return ",".join([f"{disk.prefix}:{target}", *items])
         items.append(f"target={target}")
     elif disk.prefix is not None:
         return ",".join([f"{disk.prefix}:", *items])

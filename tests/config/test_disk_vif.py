@@ -257,7 +257,9 @@ def test_disk_parser_raises_only_spec_error(text: str) -> None:
 
 _word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/._-", min_size=1, max_size=12)
 _target = st.one_of(st.just(""), _word.map(lambda w: "/" + w), st.text(
-    alphabet="abc/,=:_", min_size=1, max_size=12).map(lambda w: "/" + w))
+    alphabet="abc/,=:_", min_size=1, max_size=12).map(lambda w: "/" + w),
+    st.sampled_from(["rbd:pool/img:id=admin", "nbd://10.0.0.1:10809/e", "nbd:h:10809",
+                     "https://h/x,y.iso", "iscsi://h/iqn.2001-04.x:y/1"]))
 
 
 @st.composite
@@ -297,6 +299,11 @@ def test_format_then_parse_is_identity(disk: DiskSpec) -> None:
 
 
 @given(disks())
+def test_network_url_survives_the_round_trip(disk: DiskSpec) -> None:
+    assert parse_disk(format_disk(disk)).network_url == disk.network_url
+
+
+@given(disks())
 def test_parse_format_parse_is_stable(disk: DiskSpec) -> None:
     once = parse_disk(format_disk(disk))
     assert parse_disk(format_disk(once)) == once
@@ -329,7 +336,12 @@ def test_vif_refused(spec: str, words: str) -> None:
     assert words in str(info.value)
 
 
-@given(st.text(max_size=60))
+@given(st.one_of(
+    st.text(max_size=60),
+    st.lists(st.builds(lambda key, value: f"{key}={value}",
+                       st.sampled_from([*STRING_KEYS, *INT_KEYS, "netdev"]),
+                       st.text(max_size=14)), max_size=3).map(",".join),
+))
 def test_vif_parser_raises_only_spec_error(text: str) -> None:
     try:
         parse_vif(text)
@@ -393,6 +405,7 @@ def test_vif_types_of_xm_and_xl_mean_pv() -> None:
     [
         ("mtu=jumbo", "mtu='jumbo' is not a whole number"),
         ("mtu=20", "mtu=20 is out of range (68..65535)"),
+        ("mtu=\u00b2", "is not a whole number"),
         ("devid=-1", "devid='-1' is not a whole number"),
         ("rate=fast", "rate 'fast': not a rate"),
         ("rate=10MB", "rate '10MB': not a rate"),

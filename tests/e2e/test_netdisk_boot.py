@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def nbd_root(imagedir: Path) -> Iterator[Path]:
-    """The guest's private root image exported by qemu-nbd on a unix socket."""
+    """The guest's private root image exported by qemu-nbd on a unix socket. A test asks for
+    it before ``domain``, so the guest is destroyed before the server stops."""
     directory = Path(tempfile.mkdtemp(prefix="pvnbd-", dir="/tmp"))  # short socket path
     sock = directory / "root.sock"
     server = subprocess.Popen(
@@ -39,7 +40,7 @@ def nbd_root(imagedir: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_root_disk_over_nbd(pvhvm: Pvhvm, domain: list[str], imagedir: Path, nbd_root: Path,
+def test_root_disk_over_nbd(pvhvm: Pvhvm, nbd_root: Path, domain: list[str], imagedir: Path,
                             tmp_path: Path) -> None:
     cfg = tmp_path / "nbd-root.cfg"
     cfg.write_text(

@@ -7,14 +7,18 @@ netdisk writes, with qemu-io (reading a pattern back) and with qemu-system-x86_6
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pvhvm.config.disk import parse_disk
 from pvhvm.config.domain import config_from_text
@@ -250,3 +254,37 @@ def test_a_driver_this_qemu_lacks_is_one_line() -> None:
 def test_script_backed_targets_still_refused() -> None:
     with pytest.raises(PlanError, match="script-backed targets"):
         argv_of(["iscsi:iqn.2001-04.com.example:store,xvda,w"])
+
+
+def test_cli_refuses_a_missing_driver_in_one_line(tmp_path: Path) -> None:
+    """pvhvm create: exit 1, one line, no traceback, no domain left behind."""
+    (tmp_path / "vmlinuz").write_bytes(b"")
+    cfg = tmp_path / "rbd.cfg"
+    cfg.write_text(f'name = "rbd-guest"\nkernel = "{tmp_path / "vmlinuz"}"\n'
+                   'disk = [ "vdev=xvda,access=rw,type=xenbus,target=rbd:pool/guest" ]\n')
+    env = {**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    if "rbd" in available_drivers(["rbd"]):
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "no rbd block driver" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--accel", "tcg"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert not list((tmp_path / "state" / "domains").glob("*"))
+
+
+@given(st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda scheme, rest: scheme + rest,
+              st.sampled_from(["nbd://", "nbd+unix://", "nbd:", "rbd:", "iscsi://", "ssh://",
+                               "gluster://", "nfs://", "https://", "nbd:unix:"]),
+              st.text(max_size=30)),
+))
+def test_any_target_gives_options_or_one_plan_error(url: str) -> None:
+    try:
+        blockdev_options(url, node_name="d", read_only=True, drivers=ALL)
+    except PlanError as err:
+        assert "\n" not in str(err)

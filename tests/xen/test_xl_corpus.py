@@ -19,6 +19,7 @@ import pytest
 
 from pvhvm.config.disk import parse_disk
 from pvhvm.config.lang import ConfigValues, parse_config
+from pvhvm.config.vif import parse_rate, parse_vif
 from pvhvm.errors import ConfigError, SpecError
 from tests.xen.conftest import XlParser
 
@@ -160,3 +161,21 @@ def test_refused_disks_in_accepted_files_are_refused_by_both(xl: XlParser) -> No
     assert [bool(d.get("refused")) for d in theirs.disks] == [True, False, True]
     specs = parse_config(path.read_text(), str(path)).values["disk"]
     assert [disk_reading(s) is None for s in specs] == [True, False, True]
+
+
+XL_READS = [n for n in FILES if not n.startswith("both-refuse-")
+            and "xl refuses the file" not in DOCUMENTED_CHOICES.get(n, (frozenset(), ""))[0]]
+
+
+@pytest.mark.parametrize("name", [n for n in XL_READS if "vif" in (CORPUS / n).read_text()])
+def test_vifs_read_and_rates_as_xl(xl: XlParser, name: str) -> None:
+    """Every vif= entry pvhvm reads; each rate= gives libxlutil's bytes,usecs (xl's own vif
+    parser lives in xl, not libxlutil: the rate is the part the peer can read)."""
+    path = CORPUS / name
+    theirs = xl.file(path, ["vif"])
+    assert theirs is not None
+    for entry in theirs.keys["vif"]["list"]:
+        vif = parse_vif(entry)
+        if vif.rate is not None:
+            rate = parse_rate(vif.rate)
+            assert xl.rate(vif.rate) == (rate.bytes_per_interval, rate.interval_usecs)

@@ -29,9 +29,10 @@ prefix (``/img,hda,w``) and with a 4th positional backend domain; ``phy:vg/lv`` 
 ``/dev/vg/lv``; ``w!``; the ``trusted``/``untrusted`` flags (newer than Debian's 4.17);
 blanks around items; a parameter given twice, even in two spellings or with one value (xl lets
 the last win or allows the same value again); what libxl refuses at create (above, and an empty
-vdev); a URL target given as a positional; ``vdev=hdc:cdrom`` read as ``hdc`` and a cdrom;
-a ``target=`` value beginning with a deprecated prefix is refused (xl takes target= literally
-and would look for a file named ``phy:/dev/x``).
+vdev); a URL target given as a positional; an empty positional (``/img,,hda,format=qcow2``: xl
+counts the empty format as raw and then refuses format= as a respecification);
+``vdev=hdc:cdrom`` read as ``hdc`` and a cdrom; a ``target=`` value beginning with a deprecated
+prefix is refused (xl takes target= literally and would look for a file named ``phy:/dev/x``).
 """
 
 from __future__ import annotations
@@ -325,11 +326,6 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
     if len(rest) > len(names):
         raise b.fail(f"too many positional parameters: {rest[len(names)].value!r} ({grammar})")
     for name, tok in zip(names, rest, strict=False):
-        if tok.value == "" and name == "format" and b.fields.get("format", "raw") != "raw":
-            # libxlutil reads an empty positional format as raw: a format= keyword that says
-            # otherwise is "format respecified"
-            raise b.fail(f"format given twice ({b.sources['format']} and the empty "
-                         "positional format, which xl reads as raw)")
         if tok.value == "":
             continue
         source = f"positional {name}"
@@ -434,11 +430,9 @@ def format_disk(disk: DiskSpec) -> str:
     if disk.target:
         target = disk.target
         if disk.prefix is not None:
-            target = disk.prefix + ":" + target
-        if disk.prefix is not None:
             # target= is taken literally: only a leading positional has a prefix. A
             # prefixed target came from a positional, so it has no comma or = in it.
-            return ",".join([target, *items])
+            return ",".join([f"{disk.prefix}:{target}", *items])
         items.append(f"target={target}")
     elif disk.prefix is not None:
         return ",".join([f"{disk.prefix}:", *items])

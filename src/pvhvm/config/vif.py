@@ -144,7 +144,7 @@ def normalise_mac(text: str, where: str) -> str:
 
 
 def _integer(where: str, key: str, value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise SpecError(f"{where}: {key}={value!r} is not a whole number")
     number = int(value)
     if key == "mtu" and not MTU_RANGE[0] <= number <= MTU_RANGE[1]:

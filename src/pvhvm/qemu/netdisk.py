@@ -22,7 +22,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Collection, Iterable
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from pvhvm.errors import PlanError
 
@@ -42,6 +42,11 @@ FORMAT_DRIVERS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", 
 READ_ONLY_DRIVERS = frozenset({"http", "https", "ftp", "ftps"})
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes other scripts' digits, which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _fail(url: str, message: str) -> PlanError:
     return PlanError(f"network disk {url!r}: {message}")
 
@@ -59,6 +64,13 @@ def driver_of(url: str) -> str:
     return driver
 
 
+def _urlsplit(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as err:  # an unbalanced [ in the host, ...
+        raise _fail(url, f"not a URL ({err})") from err
+
+
 def _split_host_port(url: str, netloc: str, default: int) -> tuple[str, int]:
     """``[user@]host[:port]`` or ``[user@][v6addr][:port]`` -> (host, port)."""
     hostport = netloc.rpartition("@")[2]
@@ -69,7 +81,7 @@ def _split_host_port(url: str, netloc: str, default: int) -> tuple[str, int]:
         host, _, port = hostport.partition(":")
     if not host:
         raise _fail(url, "no host given")
-    if port and not port.isdigit():
+    if port and not _digits(port):
         raise _fail(url, f"port {port!r} is not a number")
     return host, int(port) if port else default
 
@@ -82,14 +94,14 @@ def _nbd(url: str) -> dict[str, Any]:
             server: dict[str, Any] = {"type": "unix", "path": body[len("unix:"):]}
         else:
             host, _, port = body.rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not _digits(port):
                 raise _fail(url, "nbd:HOST:PORT or nbd:unix:PATH expected")
             server = {"type": "inet", "host": host, "port": port}
         options: dict[str, Any] = {"driver": "nbd", "server": server}
         if export:
             options["export"] = export
         return options
-    parts = urlsplit(url)
+    parts = _urlsplit(url)
     export = unquote(parts.path.lstrip("/"))
     if parts.scheme == "nbd+unix":
         socket = parse_qs(parts.query).get("socket")
@@ -128,7 +140,7 @@ def _rbd(url: str) -> dict[str, Any]:
 
 
 def _iscsi(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
+    parts = _urlsplit(url)
     if parts.password is not None:
         raise _fail(url, "an iSCSI password in the URL is not supported; use CHAP via the "
                     "initiator's configuration")
@@ -136,7 +148,7 @@ def _iscsi(url: str) -> dict[str, Any]:
     target, _, lun = parts.path.lstrip("/").partition("/")
     if not target:
         raise _fail(url, "iscsi://HOST[:PORT]/TARGET-IQN/LUN expected")
-    if lun and not lun.isdigit():
+    if lun and not _digits(lun):
         raise _fail(url, f"LUN {lun!r} is not a number")
     options: dict[str, Any] = {
         "driver": "iscsi", "transport": "iser" if parts.scheme == "iser" else "tcp",
@@ -148,7 +160,7 @@ def _iscsi(url: str) -> dict[str, Any]:
 
 
 def _ssh(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
+    parts = _urlsplit(url)
     host, port = _split_host_port(url, parts.netloc, 22)
     if not parts.path:
         raise _fail(url, "ssh://[USER@]HOST[:PORT]/PATH expected")
@@ -160,7 +172,7 @@ def _ssh(url: str) -> dict[str, Any]:
 
 
 def _gluster(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
+    parts = _urlsplit(url)
     host, port = _split_host_port(url, parts.netloc, GLUSTER_PORT)
     volume, _, path = parts.path.lstrip("/").partition("/")
     if not volume or not path:
@@ -170,7 +182,7 @@ def _gluster(url: str) -> dict[str, Any]:
 
 
 def _nfs(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
+    parts = _urlsplit(url)
     host, _ = _split_host_port(url, parts.netloc, 2049)
     if not parts.path:
         raise _fail(url, "nfs://HOST/PATH expected")

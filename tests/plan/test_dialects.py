@@ -285,3 +285,12 @@ def test_xl_serial_list_gives_more_ports() -> None:
     serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
     assert serials == ["chardev:serial0", "chardev:serial1"]
     assert "file,id=serial1,path=/tmp/s1.log" in argv
+
+
+def test_vif_devid_and_mtu_are_planned_and_realised() -> None:
+    plan = plan_of('name="g"\nbuilder="hvm"\nvif=["devid=3,mtu=9000", "gatewaydev=eth1"]')
+    assert [(v.devid, v.mtu) for v in plan.vifs] == [(3, 9000), (1, None)]
+    argv = qemu_argv(plan, PATHS)
+    assert any("id=vif-3" in a and "host_mtu=9000" in a for a in argv)
+    with pytest.raises(ConfigError, match="devid 1 is already used"):
+        plan_of('name="g"\nbuilder="hvm"\nvif=["devid=1", ""]')

@@ -93,6 +93,8 @@ class VifPlan:
     rate: str | None = None
     backend_domain: str | None = None
     bootindex: int | None = None
+    mtu: int | None = None
+    gatewaydev: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class Plan:
                     "devid": v.devid, "type": v.kind.value, "mac": v.mac, "bridge": v.bridge,
                     "model": v.model, "ip": v.ip, "script": v.script, "vifname": v.vifname,
                     "rate": v.rate, "backend": v.backend_domain, "bootindex": v.bootindex,
+                    "mtu": v.mtu, "gatewaydev": v.gatewaydev,
                 }
                 for v in self.vifs
             ],
@@ -590,6 +593,7 @@ def _plan_vifs(
 ) -> list[VifPlan]:
     vifs: list[VifPlan] = []
     macs: dict[str, Located[VifSpec]] = {}
+    devids: dict[int, Located[VifSpec]] = {}
     xl_emulated: list[str] = []
     for index, located in enumerate(config.vifs):
         spec, pos = located.value, located.position
@@ -628,11 +632,17 @@ def _plan_vifs(
             other = macs[mac].position
             raise pos.error(f"{where}: MAC {mac} is already used by the vif at {other}")
         macs[mac] = located
+        devid = index if spec.devid is None else spec.devid
+        if devid in devids:
+            other = devids[devid].position
+            raise pos.error(f"{where}: devid {devid} is already used by the vif at {other}")
+        devids[devid] = located
         vifs.append(
             VifPlan(
-                devid=index, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
+                devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
                 model=model, ip=spec.ip, script=spec.script, vifname=spec.vifname,
-                rate=spec.rate, backend_domain=spec.backend,
+                rate=spec.rate, backend_domain=spec.backend, mtu=spec.mtu,
+                gatewaydev=spec.gatewaydev,
             )
         )
     if xl_emulated:

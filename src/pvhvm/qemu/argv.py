@@ -387,6 +387,8 @@ def _nic(vif: VifPlan, options: ArgvOptions) -> list[str]:
     model = "virtio-net-pci" if vif.kind is DeviceKind.XENBUS else vif.model
     boot = "" if vif.bootindex is None else f",bootindex={vif.bootindex}"
     device = f"{model},netdev={netdev_id},mac={vif.mac},id=vif-{vif.devid}{boot}"
+    if vif.mtu is not None and vif.kind is DeviceKind.XENBUS:
+        device += f",host_mtu={vif.mtu}"  # virtio-net tells the guest the MTU
     if vif.bootindex is None:
         device += ",romfile="  # no iPXE option ROM unless the firmware boots from this NIC
     return ["-netdev", netdev, "-device", device]

@@ -126,9 +126,12 @@ def vif_entry(vif: VifPlan) -> DeviceEntry:
         "handle": str(vif.devid),
         "type": "vif",
     }
-    for key, value in (("ip", vif.ip), ("vifname", vif.vifname)):
+    for key, value in (("ip", vif.ip), ("vifname", vif.vifname),
+                       ("gatewaydev", vif.gatewaydev)):
         if value is not None:
             backend[key] = value
+    if vif.mtu is not None:
+        backend["mtu"] = str(vif.mtu)  # libxl writes it for netback and the hotplug script
     if vif.rate is not None:
         # netback reads libxl's "bytes,usecs" (libxl_nic.c), not the rate= text
         try:

@@ -115,7 +115,7 @@ def _vif(vif: VifPlan) -> str:
         items += ["type=ioemu", f"model={vif.model}"]
     else:
         items.append("type=vif")
-    for key in ("ip", "script", "vifname", "rate"):
+    for key in ("ip", "script", "vifname", "rate", "mtu", "gatewaydev"):
         value = getattr(vif, key)
         if value is not None:
             items.append(f"{key}={value}")

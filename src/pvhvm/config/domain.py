@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
-from pvhvm.config.lang import ConfigValues, Position, parse_config
+from pvhvm.config.lang import ConfigValues, Position, parse_config, read_config_text
 from pvhvm.config.optstr import brief
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
@@ -162,14 +162,7 @@ def load_config(
     path: str | Path, variables: Mapping[str, Any] | None = None
 ) -> DomainConfig:
     """Read, parse and type the config file at ``path``."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError("config file not found", file=file) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file: {err}", file=file) from err
-    return config_from_text(text, file, variables)
+    return config_from_text(read_config_text(path), str(path), variables)
 
 
 def config_from_text(
@@ -182,7 +175,7 @@ def config_from_text(
 def domain_config(raw: ConfigValues) -> DomainConfig:
     """Type the evaluated values of a config file."""
     r = _Reader(raw)
-    warnings: list[str] = []
+    warnings: list[str] = list(raw.warnings)
     for key in raw.values:
         # A command-line name the file reads is one of its variables; one it does not read is
         # a key, checked like the file's own.

@@ -11,9 +11,14 @@ _watch.c, _transaction.c) and docs/misc/xenstore.txt:
   rights; a missing node's errno is ENOENT only if the closest existing ancestor would
   grant the access asked for, else EACCES;
 * watches fire for the node and its subtree, once at registration, and on
-  @introduceDomain / @releaseDomain (subject to their SET_PERMS permissions);
+  @introduceDomain / @releaseDomain (subject to their SET_PERMS permissions); they are
+  indexed by path, so a write looks up the watches on its path and its ancestors only,
+  never every watch in the store, and a connection marked ``stalled`` (its client is not
+  reading, see `pvhvm.xenstore.daemon`) costs a write one dictionary step however many
+  watches it holds: its events are counted in ``dropped_events`` and not built;
 * transactions queue their watch events until commit and fail with EAGAIN on conflict;
-* quotas bind unprivileged domains only (see `pvhvm.xenstore.quota`).
+* quotas bind unprivileged domains (see `pvhvm.xenstore.quota`, C xenstored's names);
+  Unix-socket clients are capped too, higher, on watches and open transactions.
 
 Nothing here does I/O: `reply` returns `Send`, `Close`, `DomainIntroduced` and
 `DomainReleased` effects, which the socket adapter (`pvhvm.xenstore.daemon`) carries
@@ -29,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pvhvm.xenstore.errors import XenStoreErrnoError, XenStoreProtocolError
-from pvhvm.xenstore.quota import Domains, Quota, is_privileged
+from pvhvm.xenstore.quota import TRANSACTION_MEMORY, Domains, Quota, is_privileged
 from pvhvm.xenstore.transaction import (
     GlobalView,
     Transaction,
@@ -38,7 +43,7 @@ from pvhvm.xenstore.transaction import (
     apply,
     check_conflicts,
 )
-from pvhvm.xenstore.tree import Node, Tree, basename, is_child, is_valid_path, parent_of
+from pvhvm.xenstore.tree import Node, Tree, basename, is_valid_path, parent_of
 from pvhvm.xenstore.wire import (
     DOMID_SELF,
     PAYLOAD_MAX,
@@ -80,6 +85,8 @@ class Watch:
     path: str
     token: bytes
     relative_base: str | None = None
+    #: registration order across the store
+    seq: int = 0
 
     def event_path(self, path: str) -> str:
         """get_watch_path(): report relative events for relative watches."""
@@ -97,10 +104,17 @@ class Connection:
     domid: int = 0
     as_domain: bool = False
     name: str = ""
-    watches: list[Watch] = field(default_factory=list)
+    #: (absolute path, token) -> watch, in registration order
+    watches: dict[tuple[str, bytes], Watch] = field(default_factory=dict)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx_id: int = 0
     closed: bool = False
+    #: order of connection (events go out connection by connection, as in xenstored)
+    seq: int = 0
+    #: set by the transport while the client is not reading: no events are built for it
+    stalled: bool = False
+    #: watch events not built or not sent because the client was not reading
+    dropped_events: int = 0
 
     @property
     def unprivileged(self) -> bool:
@@ -155,14 +169,25 @@ class XenStore:
         self.quota = quota or Quota()
         self.tree = Tree()
         self.domains = Domains()
-        self.connections: list[Connection] = []
+        #: connections in connection order (a dict, so that disconnecting is O(1))
+        self._connections: dict[Connection, None] = {}
+        self._next_seq = 0
+        #: watch path -> connection -> its watches on that path, in registration order
+        self.watch_index: dict[str, dict[Connection, list[Watch]]] = {}
         self.special_perms: dict[str, tuple[Permission, ...]] = {
             name: (Permission(0, Access.NONE),) for name in SPECIAL_PATHS}
 
+    @property
+    def connections(self) -> list[Connection]:
+        """The open connections, in connection order."""
+        return list(self._connections)
+
     def connect(self, domid: int = 0, *, as_domain: bool = False, name: str = "") -> Connection:
         """Register a new connection."""
-        connection = Connection(domid=domid, as_domain=as_domain, name=name)
-        self.connections.append(connection)
+        connection = Connection(domid=domid, as_domain=as_domain, name=name,
+                                seq=self._next_seq)
+        self._next_seq += 1
+        self._connections[connection] = None
         return connection
 
     def disconnect(self, connection: Connection) -> None:
@@ -171,13 +196,54 @@ class XenStore:
             return
         connection.closed = True
         self._reset(connection)
-        self.connections.remove(connection)
+        self._connections.pop(connection, None)
+
+    def add_watch(self, connection: Connection, watch: Watch) -> None:
+        """Register ``watch`` for ``connection`` (and in the path index)."""
+        watch.seq = self._next_seq
+        self._next_seq += 1
+        connection.watches[(watch.path, watch.token)] = watch
+        self.watch_index.setdefault(watch.path, {}).setdefault(connection, []).append(watch)
+        domain = self.domains.find(connection.domid) if connection.as_domain else None
+        if domain is not None:
+            domain.nbwatch += 1
+            domain.memory += watch_memory(watch)
+
+    def remove_watch(self, connection: Connection, key: tuple[str, bytes]) -> bool:
+        """Unregister the watch on ``key`` = (path, token); False if there is none."""
+        watch = connection.watches.pop(key, None)
+        if watch is None:
+            return False
+        by_conn = self.watch_index.get(watch.path)
+        if by_conn is not None:
+            mine = by_conn.get(connection)
+            if mine is not None:
+                mine.remove(watch)
+                if not mine:
+                    del by_conn[connection]
+            if not by_conn:
+                del self.watch_index[watch.path]
+        domain = self.domains.find(connection.domid) if connection.as_domain else None
+        if domain is not None:
+            domain.nbwatch = max(0, domain.nbwatch - 1)
+            domain.memory = max(0, domain.memory - watch_memory(watch))
+        return True
 
     def _reset(self, connection: Connection) -> None:
         """Delete all watches and transactions of a connection."""
         domain = self.domains.find(connection.domid) if connection.as_domain else None
         if domain is not None:
             domain.nbwatch = max(0, domain.nbwatch - len(connection.watches))
+            domain.memory = max(0, domain.memory - sum(
+                watch_memory(w) for w in connection.watches.values())
+                - TRANSACTION_MEMORY * len(connection.transactions))
+            domain.transactions = max(0, domain.transactions - len(connection.transactions))
+        for path in {watch.path for watch in connection.watches.values()}:
+            by_conn = self.watch_index.get(path)
+            if by_conn is not None:
+                by_conn.pop(connection, None)
+                if not by_conn:
+                    del self.watch_index[path]
         connection.watches.clear()
         connection.transactions.clear()
 
@@ -380,14 +446,53 @@ def _event(conn: Connection, path: str, token: bytes) -> Send | None:
     return Send(conn, Packet(Op.WATCH_EVENT, 0, 0, payload))
 
 
+def watch_memory(watch: Watch) -> int:
+    """What one watch costs its domain's memory quota (path, token, bookkeeping)."""
+    return len(watch.path) + len(watch.token) + _WATCH_OVERHEAD
+
+
+_WATCH_OVERHEAD = 64
+
+
+def _watched_prefixes(path: str, exact: bool) -> list[str]:
+    """The watch paths an event on ``path`` matches: the path itself and, unless
+    ``exact``, every ancestor up to ``/`` (is_child() from the watch's side)."""
+    if exact or path.startswith("@"):
+        return [path]
+    prefixes = [path]
+    cut = path.rfind("/")
+    while cut > 0:
+        prefixes.append(path[:cut])
+        cut = path.rfind("/", 0, cut)
+    if path != "/":
+        prefixes.append("/")
+    return prefixes
+
+
 def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
                  perms: tuple[Permission, ...] | None = None) -> list[Effect]:
-    """fire_watches() outside a transaction: the events every connection gets."""
+    """fire_watches() outside a transaction: the events every connection gets.
+
+    Only the watches on ``path`` and its ancestors are looked at (the path index); events
+    go out connection by connection, each connection's in registration order.
+    """
+    index = store.watch_index
+    matched: dict[Connection, list[Watch]] = {}
+    for prefix in _watched_prefixes(path, exact):
+        by_conn = index.get(prefix)
+        if not by_conn:
+            continue
+        for conn, watches in by_conn.items():
+            if conn.stalled:
+                conn.dropped_events += len(watches)
+                continue
+            matched.setdefault(conn, []).extend(watches)
+    if not matched:
+        return []
     effects: list[Effect] = []
     special = path.startswith("@")
-    for conn in store.connections:
-        if not conn.watches:
-            continue
+    many = len(matched) > 1
+    for conn in sorted(matched, key=_conn_order) if many else matched:
         if special:
             special_perms = store.special_perms.get(path)
             if special_perms is None or not (
@@ -395,13 +500,22 @@ def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
                 continue
         elif not _watch_permitted(store, conn, path, node, perms):
             continue
-        for watch in conn.watches:
-            matches = path == watch.path if exact else is_child(path, watch.path)
-            if matches:
-                event = _event(conn, watch.event_path(path), watch.token)
-                if event is not None:
-                    effects.append(event)
+        watches = matched[conn]
+        if len(watches) > 1:
+            watches.sort(key=_watch_order)
+        for watch in watches:
+            event = _event(conn, watch.event_path(path), watch.token)
+            if event is not None:
+                effects.append(event)
     return effects
+
+
+def _conn_order(conn: Connection) -> int:
+    return conn.seq
+
+
+def _watch_order(watch: Watch) -> int:
+    return watch.seq
 
 
 def _fire(req: _Request, path: str, node: Node | None, *, exact: bool,
@@ -594,18 +708,19 @@ def _do_watch(req: _Request) -> bytes:
         path = _canonicalize(conn, raw_path) or ""
         if not is_valid_path(path, store.quota.path_len):
             raise _error("EINVAL", "invalid path", path)
-    for watch in conn.watches:
-        if watch.path == path and watch.token == token:
-            raise _error("EEXIST", "watch exists", path)
+    if (path, token) in conn.watches:
+        raise _error("EEXIST", "watch exists", path)
     domain = store.domains.find_or_alloc(conn.domid, store.tree.generation) \
         if conn.as_domain else None
-    if conn.unprivileged and domain is not None and \
-            domain.nbwatch > store.quota.watches_per_domain:
-        raise _error("E2BIG", "too many watches")
     watch = Watch(path, token, relative_base)
-    conn.watches.append(watch)
-    if domain is not None:
-        domain.nbwatch += 1
+    if conn.unprivileged and domain is not None:
+        if domain.nbwatch > store.quota.watches_per_domain:
+            raise _error("E2BIG", "too many watches")
+        if domain.memory + watch_memory(watch) > store.quota.memory:
+            raise _error("ENOMEM", "domain memory quota")
+    elif not conn.unprivileged and len(conn.watches) >= store.quota.socket_watches:
+        raise _error("E2BIG", "too many watches on this connection")
+    store.add_watch(conn, watch)
     # "When a watch is first set up it is triggered once straight away."
     event = _event(conn, watch.event_path(path), token)
     if event is not None:
@@ -619,14 +734,9 @@ def _do_unwatch(req: _Request) -> bytes:
     if payload.count(b"\0") != 2:
         raise _error("EINVAL", "UNWATCH needs a path and a token")
     raw_path, token = split_strings(payload)
-    path = _canonicalize(conn, raw_path)
-    for index, watch in enumerate(conn.watches):
-        if watch.path == path and watch.token == token:
-            del conn.watches[index]
-            domain = store.domains.find(conn.domid) if conn.as_domain else None
-            if domain is not None and domain.nbwatch:
-                domain.nbwatch -= 1
-            return _OK
+    path = _canonicalize(conn, raw_path) or ""
+    if store.remove_watch(conn, (path, token)):
+        return _OK
     raise _error("ENOENT", "no such watch", path)
 
 
@@ -634,8 +744,18 @@ def _do_transaction_start(req: _Request) -> bytes:
     store, conn = req.store, req.conn
     if req.tx is not None:
         raise _error("EBUSY", "nested transactions are not supported")
-    if conn.unprivileged and len(conn.transactions) > store.quota.transactions:
-        raise _error("ENOSPC", "too many transactions")
+    domain = store.domains.find_or_alloc(conn.domid, store.tree.generation) \
+        if conn.as_domain else None
+    if conn.unprivileged:
+        if len(conn.transactions) > store.quota.transactions:
+            raise _error("ENOSPC", "too many transactions")
+        if domain is not None and domain.memory + TRANSACTION_MEMORY > store.quota.memory:
+            raise _error("ENOMEM", "domain memory quota")
+    elif len(conn.transactions) >= store.quota.socket_transactions:
+        raise _error("ENOSPC", "too many transactions on this connection")
+    if domain is not None:
+        domain.transactions += 1
+        domain.memory += TRANSACTION_MEMORY
     while True:
         tx_id = conn.next_tx_id
         conn.next_tx_id = (conn.next_tx_id + 1) & 0xFFFFFFFF
@@ -653,6 +773,10 @@ def _do_transaction_end(req: _Request) -> bytes:
     if tx is None:
         raise _error("ENOENT", "no transaction")
     del conn.transactions[tx.tx_id]
+    domain = store.domains.find(conn.domid) if conn.as_domain else None
+    if domain is not None:
+        domain.transactions = max(0, domain.transactions - 1)
+        domain.memory = max(0, domain.memory - TRANSACTION_MEMORY)
     if arg == b"F":
         return _OK
     if tx.failed:

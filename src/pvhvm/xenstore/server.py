@@ -176,6 +176,8 @@ class XenStore:
         self.watch_index: dict[str, dict[Connection, list[Watch]]] = {}
         self.special_perms: dict[str, tuple[Permission, ...]] = {
             name: (Permission(0, Access.NONE),) for name in SPECIAL_PATHS}
+        #: watch events dropped, over all connections, because their clients did not read
+        self.dropped_events = 0
 
     @property
     def connections(self) -> list[Connection]:
@@ -485,6 +487,7 @@ def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
         for conn, watches in by_conn.items():
             if conn.stalled:
                 conn.dropped_events += len(watches)
+                store.dropped_events += len(watches)
                 continue
             matched.setdefault(conn, []).extend(watches)
     if not matched:

@@ -7,6 +7,7 @@ exercised through a domain's own connection (its domain socket).
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from pvhvm.xenstore import daemon as daemon_module
 from pvhvm.xenstore.client import XenStoreClient
-from pvhvm.xenstore.daemon import LogLimiter, ThreadedDaemon, run_in_thread
+from pvhvm.xenstore.daemon import LogLimiter, ThreadedDaemon, run_in_thread, spawn_daemon
 from pvhvm.xenstore.errors import XenStoreErrnoError, XenStoreProtocolError
 from pvhvm.xenstore.quota import Quota
 from pvhvm.xenstore.server import Connection, XenStore, reply
@@ -318,3 +319,33 @@ def test_permission_strings_c_accepts(text: bytes, expected: str) -> None:
 def test_permission_strings_c_refuses(text: bytes) -> None:
     with pytest.raises(XenStoreProtocolError):
         Permission.parse(text)
+
+
+# --- the command line: C xenstored's quota options, one-line errors -----------------------
+
+def test_quota_options_reach_a_spawned_daemon(short_dir: Path) -> None:
+    with spawn_daemon(short_dir / "q.sock", quota=Quota(socket_watches=3,
+                                                         socket_transactions=2)) as proc, \
+            XenStoreClient(proc.socket_path) as xs:
+        for i in range(3):
+            xs.watch(f"/q{i}", "t")
+        with pytest.raises(XenStoreErrnoError, match="E2BIG"):
+            xs.watch("/q3", "t")
+        xs.transaction_start()
+        xs.transaction_start()
+        with pytest.raises(XenStoreErrnoError, match="ENOSPC"):
+            xs.transaction_start()
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--socket", "/tmp/" + "a" * 120], "over the 107 a Unix socket's path may have"),
+    (["--socket", "/proc/no/xs.sock"], "cannot listen on '/proc/no/xs.sock'"),
+    (["-Q", "memory=lots"], "'lots' is not a number"),
+    (["-Q", "nodes=5"], "want WHAT=NB"),
+])
+def test_xenstored_command_errors_are_one_line(argv: list[str], words: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "xenstored", *argv],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode in (1, 2)
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert not Path("/tmp/" + "a" * 120).exists()

@@ -60,6 +60,8 @@ OUTPUT_HIGH_WATER = 256 * 1024
 OUTPUT_HARD_LIMIT = 4 * 1024 * 1024
 #: At most one log line per this many seconds for each kind of client-caused trouble.
 LOG_INTERVAL = 10.0
+#: sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can have.
+SUN_PATH_MAX = 107
 #: How often a stalled client's output is looked at when no transport callback will come.
 _DRAIN_POLL = 0.05
 
@@ -297,13 +299,26 @@ class XenStoreDaemon:
     async def start(self) -> None:
         """Listen on the socket (a stale socket file is replaced; a live one is an error)."""
         self._loop = self.loop = asyncio.get_running_loop()
+        size = len(os.fsencode(self.socket_path))
+        if size > SUN_PATH_MAX:
+            raise XenStoreConnectionError(
+                f"socket path {str(self.socket_path)!r} is {size} bytes, over the "
+                f"{SUN_PATH_MAX} a Unix socket's path may have; give a shorter one")
         _claim_socket_path(self.socket_path)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await self._loop.create_unix_server(
-            lambda: _ClientProtocol(self, 0, False), path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
-        if self.domain_socket_dir is not None:
-            self.domain_socket_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self._server = await self._loop.create_unix_server(
+                lambda: _ClientProtocol(self, 0, False), path=str(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            if self.domain_socket_dir is not None:
+                self.domain_socket_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+                unlink_socket(self.socket_path)
+            raise XenStoreConnectionError(
+                f"cannot listen on {str(self.socket_path)!r}: {err.strerror or err}") from err
         log.info("xenstored listening on %s", self.socket_path)
 
     async def stop(self) -> None:
@@ -468,6 +483,17 @@ def _wait_for_socket(path: Path, deadline: float, alive: Callable[[], bool]) -> 
     raise XenStoreConnectionError(f"xenstored did not listen on {path} in time")
 
 
+def quota_arguments(quota: Quota) -> list[str]:
+    """The ``pvhvm xenstored`` options that give ``quota`` (C xenstored's names)."""
+    return ["-E", str(quota.nodes_per_domain), "-S", str(quota.entry_size),
+            "-W", str(quota.watches_per_domain), "-t", str(quota.transactions),
+            "-A", str(quota.perms_per_node), "-M", str(quota.path_len),
+            "-Q", f"transaction-nodes={quota.transaction_nodes}",
+            "-Q", f"memory={quota.memory}", "-Q", f"outstanding={quota.outstanding}",
+            "--socket-watches", str(quota.socket_watches),
+            "--socket-transactions", str(quota.socket_transactions)]
+
+
 class DaemonProcess:
     """A xenstored subprocess (`spawn_daemon`); a context manager that stops it."""
 
@@ -525,7 +551,8 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
                  pid_file: str | os.PathLike[str] | None = None,
                  domain_socket_dir: str | os.PathLike[str] | None = None,
                  log_file: str | os.PathLike[str] | None = None,
-                 timeout: float = 10.0, detach: bool = False) -> DaemonProcess:
+                 timeout: float = 10.0, detach: bool = False,
+                 quota: Quota | None = None) -> DaemonProcess:
     """Start ``python -m pvhvm.xenstore`` on ``socket_path``; return once it listens.
 
     Use as ``with spawn_daemon(path) as daemon: ...``: leaving the block stops the
@@ -536,7 +563,8 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
     # Checked here too: the readiness probe below would otherwise take a daemon already
     # listening on the path for the new one.
     _check_socket_path(path)
-    argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path)]
+    argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path),
+            *quota_arguments(quota or Quota())]
     if pid_file is not None:
         argv += ["--pid-file", str(pid_file)]
     if domain_socket_dir is not None:

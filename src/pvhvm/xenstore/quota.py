@@ -44,6 +44,10 @@ class Quota:
     socket_transactions: int = 1024     # pvhvm: open transactions per Unix-socket connection
 
 
+#: ``-Q WHAT=NB`` names of C xenstored -> Quota fields.
+QUOTA_NAMES = {"transaction-nodes": "transaction_nodes", "memory": "memory",
+               "outstanding": "outstanding"}
+
 #: What an open transaction costs its domain's memory quota (its bookkeeping).
 TRANSACTION_MEMORY = 1024
 

@@ -27,8 +27,6 @@ out. Every failure is a XenStoreErrnoError, turned into an XS_ERROR packet in on
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,8 +65,9 @@ _OK = b"OK\0"
 _ALWAYS_VALID = 1 << 62
 
 
-class _Perm(enum.IntFlag):
-    """XS_PERM_READ / WRITE / OWNER as checked by perm_for_conn()."""
+class _Perm:
+    """XS_PERM_READ / WRITE / OWNER as checked by perm_for_conn(): plain ints, as these
+    are combined on every request (an IntFlag costs a call per operator)."""
 
     NONE = 0
     READ = 1
@@ -178,6 +177,8 @@ class XenStore:
             name: (Permission(0, Access.NONE),) for name in SPECIAL_PATHS}
         #: watch events dropped, over all connections, because their clients did not read
         self.dropped_events = 0
+        #: recently checked valid paths (bounded, see _valid_path)
+        self.valid_paths: set[str] = set()
 
     @property
     def connections(self) -> list[Connection]:
@@ -281,7 +282,7 @@ def _target_of(store: XenStore, conn: Connection) -> int | None:
 
 
 def _perm_for_conn(store: XenStore, conn: Connection, perms: tuple[Permission, ...],
-                   generation: int = _ALWAYS_VALID) -> _Perm:
+                   generation: int = _ALWAYS_VALID) -> int:
     """perm_for_conn(): the access ``conn`` has under ``perms``."""
     target = _target_of(store, conn)
     owner = perms[0].domid
@@ -291,11 +292,11 @@ def _perm_for_conn(store: XenStore, conn: Connection, perms: tuple[Permission, .
         if not store.domains.perm_valid(perm.domid, generation):
             continue
         if perm.domid == conn.domid or (target is not None and perm.domid == target):
-            return _Perm(int(perm.access) & 3)
-    return _Perm(int(perms[0].access) & 3)
+            return int(perm.access) & 3
+    return int(perms[0].access) & 3
 
 
-def _node_perm(req: _Request, node: Node) -> _Perm:
+def _node_perm(req: _Request, node: Node) -> int:
     return _perm_for_conn(req.store, req.conn, node.perms, node.generation)
 
 
@@ -311,7 +312,7 @@ def _canonicalize(conn: Connection, raw: bytes | None) -> str | None:
     return f"{conn.implicit_path}/{path}"
 
 
-def _parent_perm(req: _Request, path: str) -> _Perm:
+def _parent_perm(req: _Request, path: str) -> int:
     """ask_parents(): the access granted by the closest existing ancestor."""
     name = path
     while name != "/":
@@ -324,12 +325,24 @@ def _parent_perm(req: _Request, path: str) -> _Perm:
 
 def _valid_path(req: _Request, path: str | None) -> str:
     """EINVAL unless ``path`` is a valid absolute path (is_valid_nodename())."""
-    if path is None or not is_valid_path(path, req.store.quota.path_len):
+    if path is None:
         raise _error("EINVAL", "invalid path", path)
+    store = req.store
+    if path in store.valid_paths:
+        return path
+    if not is_valid_path(path, store.quota.path_len):
+        raise _error("EINVAL", "invalid path", path)
+    if len(store.valid_paths) >= _VALID_PATH_CACHE:
+        store.valid_paths.clear()
+    store.valid_paths.add(path)
     return path
 
 
-def _get_node(req: _Request, path: str | None, perm: _Perm) -> Node:
+#: Paths remembered as valid (a request's path is checked once, not once per step).
+_VALID_PATH_CACHE = 4096
+
+
+def _get_node(req: _Request, path: str | None, perm: int) -> Node:
     """get_node(): read with a permission check; errors as xenstored reports them."""
     path = _valid_path(req, path)
     node = req.view.read(path)
@@ -393,7 +406,7 @@ def _create_node(req: _Request, path: str, value: bytes) -> Node:
         child_name = basename(planned[index + 1][0])
         planned[index] = (planned[index][0], planned[index][1].with_child(child_name))
     target_path, target = planned[-1]
-    planned[-1] = (target_path, dataclasses.replace(target, value=value))
+    planned[-1] = (target_path, target.with_value(value))
     parent = parent.with_child(basename(planned[0][0]))
     if req.tx is not None:
         req.tx.node_created = True
@@ -479,6 +492,8 @@ def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
     go out connection by connection, each connection's in registration order.
     """
     index = store.watch_index
+    if not index:
+        return []
     matched: dict[Connection, list[Watch]] = {}
     for prefix in _watched_prefixes(path, exact):
         by_conn = index.get(prefix)
@@ -589,7 +604,7 @@ def _do_write(req: _Request) -> bytes:
             raise
         node = _create_node(req, path, value)
     else:
-        node = _write_node(req, path, dataclasses.replace(node, value=value))
+        node = _write_node(req, path, node.with_value(value))
     _fire(req, path, node, exact=False)
     return _OK
 
@@ -686,7 +701,7 @@ def _do_set_perms(req: _Request) -> bytes:
     if conn.unprivileged and perms[0].domid != node.owner:
         raise _error("EPERM", "only dom0 may change the owner", path)
     old_perms = node.perms
-    updated = dataclasses.replace(node, perms=perms)
+    updated = node.with_perms(perms)
     updated = _write_node(req, path, updated)
     _entry_delta(req, node.owner, -1)
     _entry_delta(req, updated.owner, +1)

@@ -15,6 +15,7 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvhvm.xenstore.errors import XenStoreProtocolError
 
@@ -70,10 +71,10 @@ def op_name(op: int) -> str:
         return "**UNKNOWN**"
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One message: header fields and payload. ``op`` stays an int so that unknown
-    types survive decoding (the daemon answers them ENOSYS)."""
+    types survive decoding (the daemon answers them ENOSYS). A NamedTuple: immutable and
+    cheap to build, one per request and reply."""
 
     op: int
     req_id: int

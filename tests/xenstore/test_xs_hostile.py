@@ -349,3 +349,33 @@ def test_xenstored_command_errors_are_one_line(argv: list[str], words: str) -> N
     assert proc.returncode in (1, 2)
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert not Path("/tmp/" + "a" * 120).exists()
+
+
+def test_domain_memory_quota_through_its_own_connection(quota_daemon: ThreadedDaemon) -> None:
+    """64 KiB of memory quota: watches with 2,000-byte tokens run out of memory (ENOMEM)
+    long before the 128-watch quota (E2BIG)."""
+    with XenStoreClient(introduce(quota_daemon, 12)) as dom12:
+        made = 0
+        with pytest.raises(XenStoreErrnoError, match="ENOMEM"):
+            for i in range(128):
+                dom12.watch(f"w{i}", "t" * 2000)
+                made += 1
+        assert 20 <= made <= 32
+        domain = quota_daemon.store.domains.find(12)
+        assert domain is not None and domain.memory <= 64 * 1024
+
+
+def test_events_for_a_domain_over_its_memory_quota_are_dropped(quota_daemon: ThreadedDaemon
+                                                               ) -> None:
+    sock = raw_socket(introduce(quota_daemon, 13))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(encode(Op.WATCH, join_strings("/local/domain/13/big", "t" * 1000)))
+    receive(sock, 2)
+    with XenStoreClient(quota_daemon.socket_path) as dom0:
+        for i in range(3000):  # each fires a ~1 KB event at a domain that does not read
+            dom0.write("/local/domain/13/big", str(i))
+    protocol = next(p for p in quota_daemon.daemon.clients.values() if p.as_domain)
+    assert protocol.transport is not None
+    assert protocol.transport.get_write_buffer_size() <= 64 * 1024
+    assert protocol.connection is not None and protocol.connection.dropped_events > 0
+    sock.close()

@@ -21,7 +21,7 @@ the same round), p50/p99 latency, the daemon's CPU time per good request (user +
 from /proc: less noisy than rates on a shared machine), its resident memory, how many
 bytes its log grew and the host's load average. Usage::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/xenstore/hostile.py [--seconds 5] [--clients 1 16]
+    PYTHONPATH=src .venv/bin/python benchmarks/xenstore/hostile.py [--seconds 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,42 +210,67 @@ def stop_hostile(procs: list[subprocess.Popen[str]]) -> None:
         proc.wait(30)
 
 
-def bench(seconds: float, client_counts: list[int]) -> None:
+PHASES: list[tuple[str, tuple[str, ...], str]] = [
+    ("solo", (), ""),
+    ("all hostile, flood on /good", HOSTILE, ""),
+    ("flood on 20,000 unrelated paths", ("flood",), "/elsewhere/n"),
+]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def bench(seconds: float, client_counts: list[int], rounds: int) -> None:
+    """Alternate the phases ``rounds`` times (the host is shared: alternating keeps slow
+    spells from landing on one phase); report medians, ratios taken within each round."""
     with tempfile.TemporaryDirectory(prefix="xsh", dir="/tmp") as tmp:
         path = str(Path(tmp) / "socket")
         log = Path(tmp) / "xenstored.log"
         with spawn_daemon(path, log_file=log) as daemon:
+            print(f"daemon at start: RSS {_rss_kib(daemon.pid) / 1024:.1f} MiB; "
+                  f"{rounds} rounds of {seconds:g} s per phase, medians shown")
             print(f"{'phase':>34} {'clients':>7} {'req/s':>8} {'ratio':>6} {'p50 µs':>7} "
-                  f"{'p99 µs':>7} {'cpu µs':>7} {'RSS MiB':>8} {'log B':>7}  load")
-            print(f"{'daemon at start':>34} {'':>7} {'':>8} {'':>6} {'':>7} {'':>7} {'':>7} "
-                  f"{_rss_kib(daemon.pid) / 1024:>8.1f} {log.stat().st_size:>7}")
-            phases: list[tuple[str, tuple[str, ...], str]] = [
-                ("solo", (), ""),
-                ("all hostile, flood on /good", HOSTILE, ""),
-                ("flood on 20,000 unrelated paths", ("flood",), "/elsewhere/n"),
-                ("solo again (hostile gone)", (), ""),
-            ]
+                  f"{'p99 µs':>7} {'cpu µs':>7} {'RSS MiB':>8} {'log B':>7} {'load':>5}")
             for clients in client_counts:
-                solo = None
-                for name, kinds, prefix in phases:
-                    hostile = start_hostile(path, kinds, prefix)
-                    size_before = log.stat().st_size
-                    cpu_before = _cpu_seconds(daemon.pid)
-                    rate, p50, p99, requests = run_good(path, clients, seconds)
-                    cpu = (_cpu_seconds(daemon.pid) - cpu_before) / requests
-                    rss = _rss_kib(daemon.pid) / 1024
-                    grown = log.stat().st_size - size_before
-                    stop_hostile(hostile)
-                    solo = rate if solo is None else solo
-                    print(f"{name:>34} {clients:>7} {rate:>8.0f} {rate / solo:>6.2f} "
+                rows: dict[str, list[tuple[float, ...]]] = {name: [] for name, _, _ in PHASES}
+                for _ in range(rounds):
+                    solo = 0.0
+                    for name, kinds, prefix in PHASES:
+                        hostile = start_hostile(path, kinds, prefix)
+                        size_before = log.stat().st_size
+                        cpu_before = _cpu_seconds(daemon.pid)
+                        rate, p50, p99, requests = run_good(path, clients, seconds)
+                        cpu = (_cpu_seconds(daemon.pid) - cpu_before) / requests
+                        rss = _rss_kib(daemon.pid) / 1024
+                        grown = log.stat().st_size - size_before
+                        stop_hostile(hostile)
+                        solo = solo or rate
+                        rows[name].append((rate, rate / solo, p50, p99, cpu, rss, grown,
+                                           os.getloadavg()[0]))
+                        time.sleep(0.5)  # let the daemon forget the hostile connections
+                for name, _, _ in PHASES:
+                    columns = list(zip(*rows[name], strict=True))
+                    rate, ratio, p50, p99, cpu, rss, grown, load = (
+                        _median(list(c)) for c in columns)
+                    print(f"{name:>34} {clients:>7} {rate:>8.0f} {ratio:>6.2f} "
                           f"{p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} "
-                          f"{rss:>8.1f} {grown:>7}  {os.getloadavg()[0]:.1f}", flush=True)
-                    time.sleep(1.0)  # let the daemon forget the hostile connections
-            print(f"{'daemon at end':>34} {'':>7} {'':>8} {'':>6} {'':>7} {'':>7} {'':>7} "
-                  f"{_rss_kib(daemon.pid) / 1024:>8.1f} {log.stat().st_size:>7}")
-        print("\nlog lines:")
-        for line in log.read_text().splitlines()[:20]:
-            print("   ", line[:150])
+                          f"{rss:>8.1f} {grown:>7.0f} {load:>5.1f}", flush=True)
+            rate, p50, p99, _ = run_good(path, client_counts[0], seconds)
+            print(f"{'after: hostile clients gone':>34} {client_counts[0]:>7} {rate:>8.0f} "
+                  f"{'':>6} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f}")
+            print(f"daemon at end: RSS {_rss_kib(daemon.pid) / 1024:.1f} MiB, "
+                  f"{len(daemon_connections(daemon.pid))} sockets open, "
+                  f"log {log.stat().st_size} bytes in all")
+        print("\nlog lines (first 6):")
+        for line in log.read_text().splitlines()[:6]:
+            print("   ", line[:140])
+
+
+def daemon_connections(pid: int) -> list[str]:
+    """The daemon's open socket descriptors (listener included)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return [str(fd) for fd in fds.iterdir() if os.readlink(fd).startswith("socket:")]
 
 
 def main() -> None:
@@ -255,11 +281,12 @@ def main() -> None:
         hostile_worker(sys.argv[2], sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per phase")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16],
                         help="good clients per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the phases")
     args = parser.parse_args()
-    bench(args.seconds, args.clients)
+    bench(args.seconds, args.clients, args.rounds)
 
 
 if __name__ == "__main__":

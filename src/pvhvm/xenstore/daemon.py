@@ -356,8 +356,11 @@ class XenStoreDaemon:
                         listener = self._bind_domain_socket(effect.domid)
                     except OSError as err:
                         # The domain stays introduced; only its socket is missing.
-                        log.error("domain %d: cannot listen on %s: %s", effect.domid,
-                                  self.domain_socket(effect.domid), err)
+                        self.log_limiter.note(
+                            "domain-socket", 1, _braces_escaped(
+                                f"domain {effect.domid}: cannot listen on "
+                                f"{self.domain_socket(effect.domid)}: {err}")
+                            + " ({count} such failures since the last such line)")
                         continue
                     self._loop.create_task(self._serve_domain_socket(effect.domid, listener))
             elif isinstance(effect, DomainReleased):

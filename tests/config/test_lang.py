@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pvhvm.config.domain import config_from_text
-from pvhvm.config.lang import parse_cli_variable, parse_config
+from pvhvm.config.lang import (
+    MAX_FILE_BYTES,
+    Position,
+    check_path_value,
+    parse_cli_variable,
+    parse_config,
+    path_problem,
+    read_config_text,
+)
 from pvhvm.errors import ConfigError, PvhvmError
 
 
@@ -194,3 +206,192 @@ def test_unknown_key_on_the_command_line_is_warned_like_one_in_the_file() -> Non
         "<command line>: unknown key 'memroy' ignored (did you mean 'memory'?)",)
     # A name the file reads is its variable, not a key: no warning.
     assert config_from_text('name = "g" + sfx\n', "g.cfg", {"sfx": "1"}).warnings == ()
+
+
+# --- budgets and hostile files (issue 13) ------------------------------------------------
+
+def _refused(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "g.cfg")
+    assert str(info.value).startswith("g.cfg:")
+    return info.value
+
+
+def test_tuple_of_copies_of_itself_is_refused_before_it_is_hashed() -> None:
+    """The 43-line file: hashing t would take 2**40 steps; it is refused where t grows too
+    large, long before the dict is built."""
+    text = "t = (1,)\n" + "t = (t, t)\n" * 40 + "d = {t: 1}\n"
+    err = _refused(text)
+    assert err.line is not None and err.line <= 41 and "too large" in err.message
+
+
+def test_hashing_large_keys_is_a_work_budget() -> None:
+    text = "t = (1,)\n" + "t = (t, t)\n" * 17 + "".join(f"d{i} = {{t: {i}}}\n" for i in range(40))
+    err = _refused(text)
+    assert "too much work" in err.message and err.line is not None and err.line > 19
+
+
+def test_the_total_size_of_all_values_is_bounded_not_each_value() -> None:
+    """300 distinct 1 MiB strings from a 4 KB file: each is within the per-value limit,
+    together they are over the file's total."""
+    text = "a = '%4096s' % 'x'\n" + "a = a + a\n" * 7 + "".join(
+        f"v{i} = a + a\n" for i in range(300))
+    assert len(text) < 5000
+    err = _refused(text)
+    assert "too much data" in err.message and err.line is not None and err.line < 20
+
+
+def test_values_nested_through_names_are_bounded() -> None:
+    err = _refused("a = [1]\n" + "a = [a]\n" * 40)
+    assert "nested too deeply" in err.message and (err.line, err.col) == (33, 5)
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "1 + " * 300 + "1\n",
+    "x = " + "- " * 300 + "1\n",
+])
+def test_deep_expressions_are_refused_with_a_position(text: str) -> None:
+    err = _refused(text)
+    assert "nested too deeply" in err.message and err.line == 1
+
+
+def test_too_many_tokens_is_refused_before_parsing() -> None:
+    """ast would take about 500 MB for a 1 MiB list of numbers; the token count stops it."""
+    text = "x = [" + "1," * 400_000 + "]\n"
+    err = _refused(text)
+    assert "too many tokens" in err.message and err.line == 1
+
+
+def test_formatting_a_shared_structure_is_bounded() -> None:
+    text = "t = (1,)\n" + "t = (t, t)\n" * 17 + "x = '%s' % (t,)\n" * 40
+    assert "too much" in _refused(text).message
+    mapping = "d = {'k': '%4000s' % 'a'}\nx = '" + "%(k)s" * 300 + "' % d\n"
+    assert "too large to format" in _refused(mapping).message
+
+
+def test_read_config_text_reads_at_most_the_limit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^/dev/zero: file is too large"):
+        read_config_text("/dev/zero")
+    exact = tmp_path / "exact.cfg"
+    exact.write_text("#" * MAX_FILE_BYTES)
+    assert len(read_config_text(exact)) == MAX_FILE_BYTES
+    (tmp_path / "over.cfg").write_text("#" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(ConfigError, match="too large"):
+        read_config_text(tmp_path / "over.cfg")
+    (tmp_path / "latin.cfg").write_bytes(b'name = "g"\nx = "\xe9"\n')
+    with pytest.raises(ConfigError, match=r"latin.cfg:2:6: the file is not UTF-8"):
+        read_config_text(tmp_path / "latin.cfg")
+    with pytest.raises(ConfigError, match="is a directory"):
+        read_config_text(tmp_path)
+
+
+def test_a_nul_byte_in_the_file_names_its_position() -> None:
+    err = _refused("x = 1\ny = 2\x00\n")
+    assert (err.line, err.col) == (2, 6) and "NUL" in err.message
+
+
+# --- numbers as xl reads them ---------------------------------------------------------
+
+def test_leading_zero_is_octal_as_in_xl_with_a_warning() -> None:
+    raw = parse_config("memory = 0512\nname = '0512' # 0512\nz = [00, 0, 0o17, 1.05, 05.5]\n",
+                       "g.cfg")
+    assert raw.values["memory"] == 0o512 == 330
+    assert raw.values["name"] == "0512" and raw.values["z"] == [0, 0, 15, 1.05, 5.5]
+    assert raw.warnings == ["g.cfg:1:10: 0512 is read as octal, 330, as xl reads it "
+                            "(Python 3 refuses it); write 330 or 0o512"]
+    config = config_from_text('name = "g"\nmemory = 0512\n', "g.cfg")
+    assert config.memory == 330 and any("octal" in w for w in config.warnings)
+
+
+def test_columns_after_an_octal_number_stay_right() -> None:
+    err = _refused("x = [0512, 1 2]\n")
+    assert (err.line, err.col) == (1, 12)
+
+
+def test_a_leading_zero_with_8_or_9_is_refused_as_xl_refuses_it() -> None:
+    err = _refused("memory = 09\n")
+    assert (err.line, err.col) == (1, 10) and "not octal digits" in err.message
+
+
+# --- nothing of Python's reaches the user -------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "memory = 1if 1 else 2\n", "memory = 0x1for\n", "memory = 0512\n", "x = 'a\\d'\n",
+    "memory = 1_000\n", "x = 1 is 1\n", "memory = 0b12\n",
+])
+def test_no_python_warning_is_raised_or_printed(text: str, capfd: pytest.CaptureFixture[str]
+                                                ) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.suppress(ConfigError):
+            parse_config(text, "g.cfg")
+    assert caught == []
+    out, err = capfd.readouterr()
+    assert out == err == ""
+
+
+@pytest.mark.parametrize(("text", "line", "col"), [
+    ("if x = 1: pass\n", 1, 4), ("x = 1 = 2\n", 1, 5), ("x = [1 2]\n", 1, 6),
+    ("x == = 1\n", 1, 6), ("print 'a'\n", 1, 1), ("x = (1,\n", 1, 5),
+    ("memory = 0_5\n", 1, 10), ("memory = 12abc\n", 1, 10),
+])
+def test_syntax_errors_are_worded_without_python_hints(text: str, line: int, col: int) -> None:
+    err = _refused(text)
+    assert err.line == line and err.message.startswith("syntax error: ")
+    for hint in ("Maybe", "Perhaps", "Did you", "0o prefix", "print("):
+        assert hint not in err.message
+
+
+def test_cli_prints_one_line_and_no_warning(tmp_path: Path) -> None:
+    """Through the real CLI in a fresh interpreter with Python's warnings all on."""
+    for text in ("name = 'g'\nmemory = 1if 1 else 2\n", "name = 'g'\nmemory = 0x1for\n"):
+        cfg = tmp_path / "bad.cfg"
+        cfg.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, "-W", "always", "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+            capture_output=True, text=True, check=False)
+        assert proc.returncode == 1
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"pvhvm: error: {cfg}:2:"), lines
+    proc = subprocess.run([sys.executable, "-m", "pvhvm", "create", "/dev/zero", "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == "pvhvm: error: /dev/zero: file is too large (over 1048576 bytes)\n"
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("unix:/tmp/a\x00b", "a path cannot contain a NUL byte (at character 12)"),
+    ("/img/a\nb", "a path cannot contain the control character '\\n' (at character 7)"),
+    ("/img/\x1b[31m", "control character '\\x1b'"),
+])
+def test_impossible_path_characters(value: str, problem: str) -> None:
+    assert problem in (path_problem(value) or "")
+    where = Position("g.cfg", 3, 10)
+    with pytest.raises(ConfigError, match=r"^g.cfg:3:10: serial: a path cannot contain"):
+        check_path_value(value, "serial", where)
+
+
+def test_ordinary_paths_pass() -> None:
+    for value in ("/img/a b.img", "unix:/tmp/x,server", "/srv/été/g.img", "pty"):
+        assert path_problem(value) is None
+        assert check_path_value(value, "kernel", Position("g.cfg", 1, 1)) == value
+
+
+# --- property: hostile programs end quickly, in values or one error -----------------------
+
+_HOSTILE = st.sampled_from([
+    "t = (t, t)", "l = l + l", "s = s + s", "s = '%s%s' % (s, s)", "d = {t: s}",
+    "s = '%s' % (l,)", "l = [l, l]", "d = {'k': d, 'j': d}", "s = '%(k)s%(k)s' % {'k': s}",
+    "t = (d, l, t)", "x = 0512", "x = 077 + 0o7",
+])
+
+
+@given(st.lists(_HOSTILE, max_size=60))
+def test_self_referencing_programs_give_values_or_one_error(lines: list[str]) -> None:
+    text = "t = (1,)\nl = [1]\ns = 'ab'\nd = {}\n" + "\n".join(lines) + "\n"
+    try:
+        parse_config(text, "g.cfg")
+    except ConfigError as err:
+        assert str(err).startswith("g.cfg:") and "\n" not in str(err)

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
 from pvhvm.config.keys import KEY_USE, KNOWN_KEYS, KeyUse
-from pvhvm.config.lang import ConfigValues, Position, parse_config
+from pvhvm.config.lang import ConfigValues, Position, parse_config, read_config_text
 from pvhvm.config.optstr import brief
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
@@ -213,14 +213,7 @@ def load_config(
     dialect: Dialect | None = None,
 ) -> DomainConfig:
     """Read, parse and type the config file at ``path`` (``dialect`` forces xm or xl)."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError("config file not found", file=file) from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file: {err}", file=file) from err
-    return config_from_text(text, file, variables, dialect)
+    return config_from_text(read_config_text(path), str(path), variables, dialect)
 
 
 def config_from_text(
@@ -419,7 +412,8 @@ def _passthrough(raw: ConfigValues) -> tuple[tuple[str, Any], ...]:
 def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> DomainConfig:
     """Type the evaluated values of a config file."""
     r = _Reader(raw)
-    warnings, unsupported = _key_warnings(raw)
+    key_warnings, unsupported = _key_warnings(raw)
+    warnings = [*raw.warnings, *key_warnings]
     for key, (given, where) in raw.shadowed.items():
         warnings.append(
             f"{where}: the file sets {key} itself, so {key}={brief(given)} from the command "

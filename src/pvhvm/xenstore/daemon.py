@@ -2,11 +2,13 @@
 
 Each connection has its own `wire.Parser`; requests are answered in order as their
 bytes arrive, so a client that sends half a header only holds its own parser. A client
-that does not read its replies has its reading paused once its output buffer passes a
-high-water mark (the other clients carry on), and watch events for it are dropped when
-its buffer passes a hard limit -- as xenstored drops events over a domain's memory
-quota. A header announcing more than XENSTORE_PAYLOAD_MAX bytes drops that connection
-only (xenstore.txt).
+that does not read its replies has its requests held once its output buffer passes a
+high-water mark (the other clients carry on), and watch events for it are dropped, not
+built, once its buffer passes a hard limit -- as xenstored drops events over a domain's
+memory quota (see `_ClientProtocol`). A header announcing more than
+XENSTORE_PAYLOAD_MAX bytes drops that connection only (xenstore.txt), after the complete
+requests before it in the same read are answered. Every log line a client can cause goes
+through `LogLimiter`: at most one line per kind every LOG_INTERVAL seconds.
 
 With ``domain_socket_dir`` set, every introduced domain also gets a socket
 ``<dir>/domain-<domid>`` whose clients act as that domain (as through its ring page):
@@ -20,6 +22,7 @@ and remove its socket.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -36,7 +39,7 @@ from types import TracebackType
 
 from pvhvm.hostfs import SocketPath, socket_path_state
 from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreProtocolError
-from pvhvm.xenstore.quota import Quota
+from pvhvm.xenstore.quota import Quota, is_privileged
 from pvhvm.xenstore.server import (
     Close,
     Connection,
@@ -47,18 +50,66 @@ from pvhvm.xenstore.server import (
     XenStore,
     reply,
 )
-from pvhvm.xenstore.wire import Op, Parser
+from pvhvm.xenstore.wire import Op, Packet, Parser
 
 log = logging.getLogger(__name__)
 
-#: Pause reading a client's requests while this much output waits for it.
+#: Stop taking a client's requests while this much output waits for it.
 OUTPUT_HIGH_WATER = 256 * 1024
-#: Drop watch events for a client with this much output waiting.
+#: Drop watch events for a Unix-socket client with this much output waiting.
 OUTPUT_HARD_LIMIT = 4 * 1024 * 1024
+#: At most one log line per this many seconds for each kind of client-caused trouble.
+LOG_INTERVAL = 10.0
+#: sizeof(sockaddr_un.sun_path) - 1 on Linux: the longest path a Unix socket can have.
+SUN_PATH_MAX = 107
+#: How often a stalled client's output is looked at when no transport callback will come.
+_DRAIN_POLL = 0.05
+
+
+class LogLimiter:
+    """Log lines a client can cause, at most one per ``interval`` for each kind: the
+    first at once, then one summary with the count since the last line."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        #: kind -> [count not yet logged, time of the last line]
+        self._state: dict[str, list[float]] = {}
+        #: lines written, per kind (for tests and the benchmark)
+        self.lines: dict[str, int] = {}
+
+    def note(self, kind: str, count: int, message: str) -> None:
+        """Count ``count`` occurrences of ``kind``; log ``message`` (``{count}`` is the
+        number since the last line) if the interval has passed."""
+        state = self._state.setdefault(kind, [0, float("-inf")])
+        state[0] += count
+        now = self.clock()
+        if now - state[1] < self.interval:
+            return
+        self.logger.warning(message.format(count=int(state[0])))
+        self.lines[kind] = self.lines.get(kind, 0) + 1
+        state[0] = 0
+        state[1] = now
+
+
+def _braces_escaped(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class _ClientProtocol(asyncio.Protocol):
-    """One client connection."""
+    """One client connection.
+
+    Requests are answered in order while the client's output is under its limit: over
+    OUTPUT_HIGH_WATER (or, for an unprivileged domain, once ``outstanding`` replies wait
+    unread) the parsed requests wait and reading stops, so the daemon holds at most one
+    read's worth of requests for a client that does not read. Watch events for it are
+    not built at all while it is ``stalled`` (over OUTPUT_HARD_LIMIT, or over its
+    domain's memory quota); they are counted and logged once per interval. This is the
+    choice made here: drop, as C xenstored drops events over a domain's memory quota and
+    after its watch-event timeout, but keep the connection, which gets every reply.
+    """
 
     def __init__(self, daemon: XenStoreDaemon, domid: int, as_domain: bool) -> None:
         self.daemon = daemon
@@ -67,11 +118,19 @@ class _ClientProtocol(asyncio.Protocol):
         self.parser = Parser()
         self.transport: asyncio.Transport | None = None
         self.connection: Connection | None = None
+        self.pending: collections.deque[Packet] = collections.deque()
+        self.parse_error: XenStoreProtocolError | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+        #: replies queued since the output buffer was last empty (``outstanding``)
+        self.queued_replies = 0
+        self.unprivileged = as_domain and not is_privileged(domid)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
+        # An unprivileged domain hears when its output is drained, for ``outstanding``.
+        transport.set_write_buffer_limits(high=0 if self.unprivileged else OUTPUT_HIGH_WATER)
         name = f"dom{self.domid}" if self.as_domain else f"socket#{id(self):x}"
         self.connection = self.daemon.store.connect(
             self.domid, as_domain=self.as_domain, name=name)
@@ -81,46 +140,138 @@ class _ClientProtocol(asyncio.Protocol):
         connection = self.connection
         if connection is None or connection.closed:
             return
-        try:
-            packets = self.parser.feed(data)
-        except XenStoreProtocolError as err:
-            log.warning("%s: %s; dropping the connection", connection.name, err)
-            packets = []
-            self.drop()
-        for packet in packets:
-            if connection.closed:
-                break
-            self.daemon.carry_out(reply(self.daemon.store, connection, packet))
+        packets, error = self.parser.feed_until_error(data)
+        self.pending.extend(packets)
+        if error is not None:
+            self.parse_error = error
+            self.pause_reading()
+        self.process()
 
-    def pause_writing(self) -> None:
-        # The client is not reading: stop reading its requests until it catches up.
-        if self.transport is not None:
+    def blocked(self) -> bool:
+        """Whether the client must read before more of its requests are answered."""
+        transport = self.transport
+        if transport is None:
+            return False
+        waiting = transport.get_write_buffer_size()
+        if waiting == 0:
+            self.queued_replies = 0
+            return False
+        if self.unprivileged:
+            return self.queued_replies >= self.daemon.store.quota.outstanding
+        return waiting > OUTPUT_HIGH_WATER
+
+    def process(self) -> None:
+        """Answer the waiting requests, as far as the client's output allows."""
+        daemon = self.daemon
+        store = daemon.store
+        connection = self.connection
+        pending = self.pending
+        while pending and connection is not None and not connection.closed:
+            if self.blocked():
+                self.pause_reading()
+                return
+            dropped = store.dropped_events
+            daemon.carry_out(reply(store, connection, pending.popleft()))
+            if store.dropped_events != dropped:
+                daemon.log_limiter.note(
+                    "dropped-events", store.dropped_events - dropped,
+                    "watch events dropped for clients that do not read their socket: "
+                    "{count} since the last such line")
+        if connection is None or connection.closed:
+            return
+        if self.parse_error is not None:
+            daemon.log_limiter.note(
+                "protocol-error", 1,
+                _braces_escaped(f"{connection.name}: {self.parse_error}")
+                + "; dropping the connection ({count} dropped since the last such line)")
+            self.drop(flush=True)
+            return
+        self.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.reading_paused and \
+                not self.transport.is_closing():
+            self.reading_paused = False
             self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # Requests are held by process() once the output is over its limit.
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        # The client has read: it gets events again, and its waiting requests are answered.
+        self.writing_paused = False
+        self.queued_replies = 0
+        if self.connection is not None:
+            self.connection.stalled = False
+        self.process()
+
+    def _stall(self) -> None:
+        """Stop building events for this client until its output drains; resume_writing
+        says so when the transport was over its high-water mark, else a timer checks."""
+        connection = self.connection
+        if connection is None or connection.stalled:
+            return
+        connection.stalled = True
+        if not self.writing_paused and self.daemon.loop is not None:
+            self.daemon.loop.call_later(_DRAIN_POLL, self._check_drained)
+
+    def _check_drained(self) -> None:
+        transport, connection = self.transport, self.connection
+        if transport is None or connection is None or connection.closed or \
+                not connection.stalled:
+            return
+        if self.writing_paused:
+            return  # resume_writing will come
+        if transport.get_write_buffer_size() <= self.event_limit() // 2:
+            connection.stalled = False
+            self.process()
+        elif self.daemon.loop is not None:
+            self.daemon.loop.call_later(_DRAIN_POLL, self._check_drained)
+
+    def event_limit(self) -> int:
+        """Output bytes over which watch events for this client are dropped."""
+        if not self.unprivileged:
+            return OUTPUT_HARD_LIMIT
+        domain = self.daemon.store.domains.find(self.domid)
+        used = domain.memory if domain is not None else 0
+        return max(0, self.daemon.store.quota.memory - used)
 
     def send(self, data: bytes, *, droppable: bool) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
+        connection = self.connection
+        if transport is None or transport.is_closing() or connection is None:
             return
-        if droppable and transport.get_write_buffer_size() > OUTPUT_HARD_LIMIT:
-            log.warning("%s: not reading; dropping a watch event",
-                        self.connection.name if self.connection else "client")
+        if droppable and transport.get_write_buffer_size() + len(data) > self.event_limit():
+            self._stall()
+            connection.dropped_events += 1
+            self.daemon.store.dropped_events += 1
             return
+        if not droppable:
+            self.queued_replies += 1
         transport.write(data)
 
-    def drop(self) -> None:
+    def drop(self, *, flush: bool = False) -> None:
+        """Disconnect; with ``flush`` the replies already queued still go out."""
         if self.connection is not None:
             self.daemon.store.disconnect(self.connection)
+        self.pending.clear()
         if self.transport is not None:
-            self.transport.abort()
+            if flush:
+                self.transport.close()
+            else:
+                self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.connection is not None:
             self.daemon.store.disconnect(self.connection)
             self.daemon.clients.pop(self.connection, None)
+        self.pending.clear()
 
 
 class XenStoreDaemon:
@@ -133,6 +284,8 @@ class XenStoreDaemon:
         self.store = store or XenStore(quota)
         self.domain_socket_dir = Path(domain_socket_dir) if domain_socket_dir else None
         self.clients: dict[Connection, _ClientProtocol] = {}
+        self.log_limiter = LogLimiter(log)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._domain_servers: dict[int, asyncio.AbstractServer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,14 +298,27 @@ class XenStoreDaemon:
 
     async def start(self) -> None:
         """Listen on the socket (a stale socket file is replaced; a live one is an error)."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.loop = asyncio.get_running_loop()
+        size = len(os.fsencode(self.socket_path))
+        if size > SUN_PATH_MAX:
+            raise XenStoreConnectionError(
+                f"socket path {str(self.socket_path)!r} is {size} bytes, over the "
+                f"{SUN_PATH_MAX} a Unix socket's path may have; give a shorter one")
         _claim_socket_path(self.socket_path)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await self._loop.create_unix_server(
-            lambda: _ClientProtocol(self, 0, False), path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
-        if self.domain_socket_dir is not None:
-            self.domain_socket_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self._server = await self._loop.create_unix_server(
+                lambda: _ClientProtocol(self, 0, False), path=str(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            if self.domain_socket_dir is not None:
+                self.domain_socket_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+                unlink_socket(self.socket_path)
+            raise XenStoreConnectionError(
+                f"cannot listen on {str(self.socket_path)!r}: {err.strerror or err}") from err
         log.info("xenstored listening on %s", self.socket_path)
 
     async def stop(self) -> None:
@@ -190,8 +356,11 @@ class XenStoreDaemon:
                         listener = self._bind_domain_socket(effect.domid)
                     except OSError as err:
                         # The domain stays introduced; only its socket is missing.
-                        log.error("domain %d: cannot listen on %s: %s", effect.domid,
-                                  self.domain_socket(effect.domid), err)
+                        self.log_limiter.note(
+                            "domain-socket", 1, _braces_escaped(
+                                f"domain {effect.domid}: cannot listen on "
+                                f"{self.domain_socket(effect.domid)}: {err}")
+                            + " ({count} such failures since the last such line)")
                         continue
                     self._loop.create_task(self._serve_domain_socket(effect.domid, listener))
             elif isinstance(effect, DomainReleased):
@@ -317,6 +486,17 @@ def _wait_for_socket(path: Path, deadline: float, alive: Callable[[], bool]) -> 
     raise XenStoreConnectionError(f"xenstored did not listen on {path} in time")
 
 
+def quota_arguments(quota: Quota) -> list[str]:
+    """The ``pvhvm xenstored`` options that give ``quota`` (C xenstored's names)."""
+    return ["-E", str(quota.nodes_per_domain), "-S", str(quota.entry_size),
+            "-W", str(quota.watches_per_domain), "-t", str(quota.transactions),
+            "-A", str(quota.perms_per_node), "-M", str(quota.path_len),
+            "-Q", f"transaction-nodes={quota.transaction_nodes}",
+            "-Q", f"memory={quota.memory}", "-Q", f"outstanding={quota.outstanding}",
+            "--socket-watches", str(quota.socket_watches),
+            "--socket-transactions", str(quota.socket_transactions)]
+
+
 class DaemonProcess:
     """A xenstored subprocess (`spawn_daemon`); a context manager that stops it."""
 
@@ -374,7 +554,8 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
                  pid_file: str | os.PathLike[str] | None = None,
                  domain_socket_dir: str | os.PathLike[str] | None = None,
                  log_file: str | os.PathLike[str] | None = None,
-                 timeout: float = 10.0, detach: bool = False) -> DaemonProcess:
+                 timeout: float = 10.0, detach: bool = False,
+                 quota: Quota | None = None) -> DaemonProcess:
     """Start ``python -m pvhvm.xenstore`` on ``socket_path``; return once it listens.
 
     Use as ``with spawn_daemon(path) as daemon: ...``: leaving the block stops the
@@ -385,7 +566,8 @@ def spawn_daemon(socket_path: str | os.PathLike[str], *,
     # Checked here too: the readiness probe below would otherwise take a daemon already
     # listening on the path for the new one.
     _check_socket_path(path)
-    argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path)]
+    argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", str(path),
+            *quota_arguments(quota or Quota())]
     if pid_file is not None:
         argv += ["--pid-file", str(pid_file)]
     if domain_socket_dir is not None:

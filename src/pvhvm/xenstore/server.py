@@ -11,9 +11,14 @@ _watch.c, _transaction.c) and docs/misc/xenstore.txt:
   rights; a missing node's errno is ENOENT only if the closest existing ancestor would
   grant the access asked for, else EACCES;
 * watches fire for the node and its subtree, once at registration, and on
-  @introduceDomain / @releaseDomain (subject to their SET_PERMS permissions);
+  @introduceDomain / @releaseDomain (subject to their SET_PERMS permissions); they are
+  indexed by path, so a write looks up the watches on its path and its ancestors only,
+  never every watch in the store, and a connection marked ``stalled`` (its client is not
+  reading, see `pvhvm.xenstore.daemon`) costs a write one dictionary step however many
+  watches it holds: its events are counted in ``dropped_events`` and not built;
 * transactions queue their watch events until commit and fail with EAGAIN on conflict;
-* quotas bind unprivileged domains only (see `pvhvm.xenstore.quota`).
+* quotas bind unprivileged domains (see `pvhvm.xenstore.quota`, C xenstored's names);
+  Unix-socket clients are capped too, higher, on watches and open transactions.
 
 Nothing here does I/O: `reply` returns `Send`, `Close`, `DomainIntroduced` and
 `DomainReleased` effects, which the socket adapter (`pvhvm.xenstore.daemon`) carries
@@ -22,14 +27,12 @@ out. Every failure is a XenStoreErrnoError, turned into an XS_ERROR packet in on
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pvhvm.xenstore.errors import XenStoreErrnoError, XenStoreProtocolError
-from pvhvm.xenstore.quota import Domains, Quota, is_privileged
+from pvhvm.xenstore.quota import TRANSACTION_MEMORY, Domains, Quota, is_privileged
 from pvhvm.xenstore.transaction import (
     GlobalView,
     Transaction,
@@ -38,7 +41,7 @@ from pvhvm.xenstore.transaction import (
     apply,
     check_conflicts,
 )
-from pvhvm.xenstore.tree import Node, Tree, basename, is_child, is_valid_path, parent_of
+from pvhvm.xenstore.tree import Node, Tree, basename, is_valid_path, parent_of
 from pvhvm.xenstore.wire import (
     DOMID_SELF,
     PAYLOAD_MAX,
@@ -62,8 +65,9 @@ _OK = b"OK\0"
 _ALWAYS_VALID = 1 << 62
 
 
-class _Perm(enum.IntFlag):
-    """XS_PERM_READ / WRITE / OWNER as checked by perm_for_conn()."""
+class _Perm:
+    """XS_PERM_READ / WRITE / OWNER as checked by perm_for_conn(): plain ints, as these
+    are combined on every request (an IntFlag costs a call per operator)."""
 
     NONE = 0
     READ = 1
@@ -80,6 +84,8 @@ class Watch:
     path: str
     token: bytes
     relative_base: str | None = None
+    #: registration order across the store
+    seq: int = 0
 
     def event_path(self, path: str) -> str:
         """get_watch_path(): report relative events for relative watches."""
@@ -97,10 +103,17 @@ class Connection:
     domid: int = 0
     as_domain: bool = False
     name: str = ""
-    watches: list[Watch] = field(default_factory=list)
+    #: (absolute path, token) -> watch, in registration order
+    watches: dict[tuple[str, bytes], Watch] = field(default_factory=dict)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx_id: int = 0
     closed: bool = False
+    #: order of connection (events go out connection by connection, as in xenstored)
+    seq: int = 0
+    #: set by the transport while the client is not reading: no events are built for it
+    stalled: bool = False
+    #: watch events not built or not sent because the client was not reading
+    dropped_events: int = 0
 
     @property
     def unprivileged(self) -> bool:
@@ -155,14 +168,29 @@ class XenStore:
         self.quota = quota or Quota()
         self.tree = Tree()
         self.domains = Domains()
-        self.connections: list[Connection] = []
+        #: connections in connection order (a dict, so that disconnecting is O(1))
+        self._connections: dict[Connection, None] = {}
+        self._next_seq = 0
+        #: watch path -> connection -> its watches on that path, in registration order
+        self.watch_index: dict[str, dict[Connection, list[Watch]]] = {}
         self.special_perms: dict[str, tuple[Permission, ...]] = {
             name: (Permission(0, Access.NONE),) for name in SPECIAL_PATHS}
+        #: watch events dropped, over all connections, because their clients did not read
+        self.dropped_events = 0
+        #: recently checked valid paths (bounded, see _valid_path)
+        self.valid_paths: set[str] = set()
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The open connections, in connection order."""
+        return list(self._connections)
 
     def connect(self, domid: int = 0, *, as_domain: bool = False, name: str = "") -> Connection:
         """Register a new connection."""
-        connection = Connection(domid=domid, as_domain=as_domain, name=name)
-        self.connections.append(connection)
+        connection = Connection(domid=domid, as_domain=as_domain, name=name,
+                                seq=self._next_seq)
+        self._next_seq += 1
+        self._connections[connection] = None
         return connection
 
     def disconnect(self, connection: Connection) -> None:
@@ -171,13 +199,54 @@ class XenStore:
             return
         connection.closed = True
         self._reset(connection)
-        self.connections.remove(connection)
+        self._connections.pop(connection, None)
+
+    def add_watch(self, connection: Connection, watch: Watch) -> None:
+        """Register ``watch`` for ``connection`` (and in the path index)."""
+        watch.seq = self._next_seq
+        self._next_seq += 1
+        connection.watches[(watch.path, watch.token)] = watch
+        self.watch_index.setdefault(watch.path, {}).setdefault(connection, []).append(watch)
+        domain = self.domains.find(connection.domid) if connection.as_domain else None
+        if domain is not None:
+            domain.nbwatch += 1
+            domain.memory += watch_memory(watch)
+
+    def remove_watch(self, connection: Connection, key: tuple[str, bytes]) -> bool:
+        """Unregister the watch on ``key`` = (path, token); False if there is none."""
+        watch = connection.watches.pop(key, None)
+        if watch is None:
+            return False
+        by_conn = self.watch_index.get(watch.path)
+        if by_conn is not None:
+            mine = by_conn.get(connection)
+            if mine is not None:
+                mine.remove(watch)
+                if not mine:
+                    del by_conn[connection]
+            if not by_conn:
+                del self.watch_index[watch.path]
+        domain = self.domains.find(connection.domid) if connection.as_domain else None
+        if domain is not None:
+            domain.nbwatch = max(0, domain.nbwatch - 1)
+            domain.memory = max(0, domain.memory - watch_memory(watch))
+        return True
 
     def _reset(self, connection: Connection) -> None:
         """Delete all watches and transactions of a connection."""
         domain = self.domains.find(connection.domid) if connection.as_domain else None
         if domain is not None:
             domain.nbwatch = max(0, domain.nbwatch - len(connection.watches))
+            domain.memory = max(0, domain.memory - sum(
+                watch_memory(w) for w in connection.watches.values())
+                - TRANSACTION_MEMORY * len(connection.transactions))
+            domain.transactions = max(0, domain.transactions - len(connection.transactions))
+        for path in {watch.path for watch in connection.watches.values()}:
+            by_conn = self.watch_index.get(path)
+            if by_conn is not None:
+                by_conn.pop(connection, None)
+                if not by_conn:
+                    del self.watch_index[path]
         connection.watches.clear()
         connection.transactions.clear()
 
@@ -213,7 +282,7 @@ def _target_of(store: XenStore, conn: Connection) -> int | None:
 
 
 def _perm_for_conn(store: XenStore, conn: Connection, perms: tuple[Permission, ...],
-                   generation: int = _ALWAYS_VALID) -> _Perm:
+                   generation: int = _ALWAYS_VALID) -> int:
     """perm_for_conn(): the access ``conn`` has under ``perms``."""
     target = _target_of(store, conn)
     owner = perms[0].domid
@@ -223,11 +292,11 @@ def _perm_for_conn(store: XenStore, conn: Connection, perms: tuple[Permission, .
         if not store.domains.perm_valid(perm.domid, generation):
             continue
         if perm.domid == conn.domid or (target is not None and perm.domid == target):
-            return _Perm(int(perm.access) & 3)
-    return _Perm(int(perms[0].access) & 3)
+            return int(perm.access) & 3
+    return int(perms[0].access) & 3
 
 
-def _node_perm(req: _Request, node: Node) -> _Perm:
+def _node_perm(req: _Request, node: Node) -> int:
     return _perm_for_conn(req.store, req.conn, node.perms, node.generation)
 
 
@@ -243,7 +312,7 @@ def _canonicalize(conn: Connection, raw: bytes | None) -> str | None:
     return f"{conn.implicit_path}/{path}"
 
 
-def _parent_perm(req: _Request, path: str) -> _Perm:
+def _parent_perm(req: _Request, path: str) -> int:
     """ask_parents(): the access granted by the closest existing ancestor."""
     name = path
     while name != "/":
@@ -256,12 +325,24 @@ def _parent_perm(req: _Request, path: str) -> _Perm:
 
 def _valid_path(req: _Request, path: str | None) -> str:
     """EINVAL unless ``path`` is a valid absolute path (is_valid_nodename())."""
-    if path is None or not is_valid_path(path, req.store.quota.path_len):
+    if path is None:
         raise _error("EINVAL", "invalid path", path)
+    store = req.store
+    if path in store.valid_paths:
+        return path
+    if not is_valid_path(path, store.quota.path_len):
+        raise _error("EINVAL", "invalid path", path)
+    if len(store.valid_paths) >= _VALID_PATH_CACHE:
+        store.valid_paths.clear()
+    store.valid_paths.add(path)
     return path
 
 
-def _get_node(req: _Request, path: str | None, perm: _Perm) -> Node:
+#: Paths remembered as valid (a request's path is checked once, not once per step).
+_VALID_PATH_CACHE = 4096
+
+
+def _get_node(req: _Request, path: str | None, perm: int) -> Node:
     """get_node(): read with a permission check; errors as xenstored reports them."""
     path = _valid_path(req, path)
     node = req.view.read(path)
@@ -325,7 +406,7 @@ def _create_node(req: _Request, path: str, value: bytes) -> Node:
         child_name = basename(planned[index + 1][0])
         planned[index] = (planned[index][0], planned[index][1].with_child(child_name))
     target_path, target = planned[-1]
-    planned[-1] = (target_path, dataclasses.replace(target, value=value))
+    planned[-1] = (target_path, target.with_value(value))
     parent = parent.with_child(basename(planned[0][0]))
     if req.tx is not None:
         req.tx.node_created = True
@@ -380,14 +461,56 @@ def _event(conn: Connection, path: str, token: bytes) -> Send | None:
     return Send(conn, Packet(Op.WATCH_EVENT, 0, 0, payload))
 
 
+def watch_memory(watch: Watch) -> int:
+    """What one watch costs its domain's memory quota (path, token, bookkeeping)."""
+    return len(watch.path) + len(watch.token) + _WATCH_OVERHEAD
+
+
+_WATCH_OVERHEAD = 64
+
+
+def _watched_prefixes(path: str, exact: bool) -> list[str]:
+    """The watch paths an event on ``path`` matches: the path itself and, unless
+    ``exact``, every ancestor up to ``/`` (is_child() from the watch's side)."""
+    if exact or path.startswith("@"):
+        return [path]
+    prefixes = [path]
+    cut = path.rfind("/")
+    while cut > 0:
+        prefixes.append(path[:cut])
+        cut = path.rfind("/", 0, cut)
+    if path != "/":
+        prefixes.append("/")
+    return prefixes
+
+
 def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
                  perms: tuple[Permission, ...] | None = None) -> list[Effect]:
-    """fire_watches() outside a transaction: the events every connection gets."""
+    """fire_watches() outside a transaction: the events every connection gets.
+
+    Only the watches on ``path`` and its ancestors are looked at (the path index); events
+    go out connection by connection, each connection's in registration order.
+    """
+    index = store.watch_index
+    if not index:
+        return []
+    matched: dict[Connection, list[Watch]] = {}
+    for prefix in _watched_prefixes(path, exact):
+        by_conn = index.get(prefix)
+        if not by_conn:
+            continue
+        for conn, watches in by_conn.items():
+            if conn.stalled:
+                conn.dropped_events += len(watches)
+                store.dropped_events += len(watches)
+                continue
+            matched.setdefault(conn, []).extend(watches)
+    if not matched:
+        return []
     effects: list[Effect] = []
     special = path.startswith("@")
-    for conn in store.connections:
-        if not conn.watches:
-            continue
+    many = len(matched) > 1
+    for conn in sorted(matched, key=_conn_order) if many else matched:
         if special:
             special_perms = store.special_perms.get(path)
             if special_perms is None or not (
@@ -395,13 +518,22 @@ def fire_watches(store: XenStore, path: str, node: Node | None, *, exact: bool,
                 continue
         elif not _watch_permitted(store, conn, path, node, perms):
             continue
-        for watch in conn.watches:
-            matches = path == watch.path if exact else is_child(path, watch.path)
-            if matches:
-                event = _event(conn, watch.event_path(path), watch.token)
-                if event is not None:
-                    effects.append(event)
+        watches = matched[conn]
+        if len(watches) > 1:
+            watches.sort(key=_watch_order)
+        for watch in watches:
+            event = _event(conn, watch.event_path(path), watch.token)
+            if event is not None:
+                effects.append(event)
     return effects
+
+
+def _conn_order(conn: Connection) -> int:
+    return conn.seq
+
+
+def _watch_order(watch: Watch) -> int:
+    return watch.seq
 
 
 def _fire(req: _Request, path: str, node: Node | None, *, exact: bool,
@@ -472,7 +604,7 @@ def _do_write(req: _Request) -> bytes:
             raise
         node = _create_node(req, path, value)
     else:
-        node = _write_node(req, path, dataclasses.replace(node, value=value))
+        node = _write_node(req, path, node.with_value(value))
     _fire(req, path, node, exact=False)
     return _OK
 
@@ -569,7 +701,7 @@ def _do_set_perms(req: _Request) -> bytes:
     if conn.unprivileged and perms[0].domid != node.owner:
         raise _error("EPERM", "only dom0 may change the owner", path)
     old_perms = node.perms
-    updated = dataclasses.replace(node, perms=perms)
+    updated = node.with_perms(perms)
     updated = _write_node(req, path, updated)
     _entry_delta(req, node.owner, -1)
     _entry_delta(req, updated.owner, +1)
@@ -594,18 +726,19 @@ def _do_watch(req: _Request) -> bytes:
         path = _canonicalize(conn, raw_path) or ""
         if not is_valid_path(path, store.quota.path_len):
             raise _error("EINVAL", "invalid path", path)
-    for watch in conn.watches:
-        if watch.path == path and watch.token == token:
-            raise _error("EEXIST", "watch exists", path)
+    if (path, token) in conn.watches:
+        raise _error("EEXIST", "watch exists", path)
     domain = store.domains.find_or_alloc(conn.domid, store.tree.generation) \
         if conn.as_domain else None
-    if conn.unprivileged and domain is not None and \
-            domain.nbwatch > store.quota.watches_per_domain:
-        raise _error("E2BIG", "too many watches")
     watch = Watch(path, token, relative_base)
-    conn.watches.append(watch)
-    if domain is not None:
-        domain.nbwatch += 1
+    if conn.unprivileged and domain is not None:
+        if domain.nbwatch > store.quota.watches_per_domain:
+            raise _error("E2BIG", "too many watches")
+        if domain.memory + watch_memory(watch) > store.quota.memory:
+            raise _error("ENOMEM", "domain memory quota")
+    elif not conn.unprivileged and len(conn.watches) >= store.quota.socket_watches:
+        raise _error("E2BIG", "too many watches on this connection")
+    store.add_watch(conn, watch)
     # "When a watch is first set up it is triggered once straight away."
     event = _event(conn, watch.event_path(path), token)
     if event is not None:
@@ -619,14 +752,9 @@ def _do_unwatch(req: _Request) -> bytes:
     if payload.count(b"\0") != 2:
         raise _error("EINVAL", "UNWATCH needs a path and a token")
     raw_path, token = split_strings(payload)
-    path = _canonicalize(conn, raw_path)
-    for index, watch in enumerate(conn.watches):
-        if watch.path == path and watch.token == token:
-            del conn.watches[index]
-            domain = store.domains.find(conn.domid) if conn.as_domain else None
-            if domain is not None and domain.nbwatch:
-                domain.nbwatch -= 1
-            return _OK
+    path = _canonicalize(conn, raw_path) or ""
+    if store.remove_watch(conn, (path, token)):
+        return _OK
     raise _error("ENOENT", "no such watch", path)
 
 
@@ -634,8 +762,18 @@ def _do_transaction_start(req: _Request) -> bytes:
     store, conn = req.store, req.conn
     if req.tx is not None:
         raise _error("EBUSY", "nested transactions are not supported")
-    if conn.unprivileged and len(conn.transactions) > store.quota.transactions:
-        raise _error("ENOSPC", "too many transactions")
+    domain = store.domains.find_or_alloc(conn.domid, store.tree.generation) \
+        if conn.as_domain else None
+    if conn.unprivileged:
+        if len(conn.transactions) > store.quota.transactions:
+            raise _error("ENOSPC", "too many transactions")
+        if domain is not None and domain.memory + TRANSACTION_MEMORY > store.quota.memory:
+            raise _error("ENOMEM", "domain memory quota")
+    elif len(conn.transactions) >= store.quota.socket_transactions:
+        raise _error("ENOSPC", "too many transactions on this connection")
+    if domain is not None:
+        domain.transactions += 1
+        domain.memory += TRANSACTION_MEMORY
     while True:
         tx_id = conn.next_tx_id
         conn.next_tx_id = (conn.next_tx_id + 1) & 0xFFFFFFFF
@@ -653,6 +791,10 @@ def _do_transaction_end(req: _Request) -> bytes:
     if tx is None:
         raise _error("ENOENT", "no transaction")
     del conn.transactions[tx.tx_id]
+    domain = store.domains.find(conn.domid) if conn.as_domain else None
+    if domain is not None:
+        domain.transactions = max(0, domain.transactions - 1)
+        domain.memory = max(0, domain.memory - TRANSACTION_MEMORY)
     if arg == b"F":
         return _OK
     if tx.failed:

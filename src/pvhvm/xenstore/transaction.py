@@ -13,7 +13,6 @@ Operations go through a `View`: `GlobalView` for requests outside a transaction 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -50,7 +49,7 @@ class GlobalView:
 
     def write(self, path: str, node: Node) -> Node:
         """Store ``node`` with a fresh generation."""
-        stored = dataclasses.replace(node, generation=self.tree.next_generation())
+        stored = node.with_generation(self.tree.next_generation())
         self.tree.put(path, stored)
         return stored
 
@@ -129,7 +128,7 @@ class TransactionView:
         entry = self.transaction.accessed.get(path)
         if entry is None:
             entry = self._introduce(path, for_read=False)
-        stored = dataclasses.replace(node, generation=self.tree.next_generation())
+        stored = node.with_generation(self.tree.next_generation())
         entry.node = stored
         entry.modified = True
         return stored
@@ -183,7 +182,7 @@ def apply(tree: Tree, transaction: Transaction) -> list[CommittedEvent]:
         if not entry.modified:
             continue
         if entry.node is not None:
-            tree.put(path, dataclasses.replace(entry.node, generation=tree.next_generation()))
+            tree.put(path, entry.node.with_generation(tree.next_generation()))
         elif tree.get(path) is not None:
             tree.next_generation()
             tree.delete(path)

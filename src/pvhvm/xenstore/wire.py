@@ -15,6 +15,7 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvhvm.xenstore.errors import XenStoreProtocolError
 
@@ -70,10 +71,10 @@ def op_name(op: int) -> str:
         return "**UNKNOWN**"
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One message: header fields and payload. ``op`` stays an int so that unknown
-    types survive decoding (the daemon answers them ENOSYS)."""
+    types survive decoding (the daemon answers them ENOSYS). A NamedTuple: immutable and
+    cheap to build, one per request and reply."""
 
     op: int
     req_id: int
@@ -119,21 +120,39 @@ class Parser:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Packet]:
-        """Add bytes; return every packet now complete, in order."""
-        self._buffer += data
+        """Add bytes; return every packet now complete, in order. A bad header raises,
+        even after good packets in the same bytes (see `feed_until_error`)."""
+        packets, error = self.feed_until_error(data)
+        if error is not None:
+            raise error
+        return packets
+
+    def feed_until_error(self, data: bytes) -> tuple[list[Packet], XenStoreProtocolError | None]:
+        """Add bytes; return the packets complete before any bad header, and the error of
+        that header (None if there is none), so that a daemon can answer the complete
+        requests before it drops the connection."""
+        buffer = self._buffer
+        buffer += data
         packets: list[Packet] = []
-        while len(self._buffer) >= HEADER_SIZE:
-            op, req_id, tx_id, length = HEADER.unpack_from(self._buffer)
+        start = 0
+        size = len(buffer)
+        error: XenStoreProtocolError | None = None
+        unpack = HEADER.unpack_from
+        while size - start >= HEADER_SIZE:
+            op, req_id, tx_id, length = unpack(buffer, start)
             if length > self._max_payload:
-                raise XenStoreProtocolError(
+                error = XenStoreProtocolError(
                     f"message {op_name(op)} announces {length} payload bytes, "
                     f"over XENSTORE_PAYLOAD_MAX ({self._max_payload})")
-            end = HEADER_SIZE + length
-            if len(self._buffer) < end:
                 break
-            packets.append(Packet(op, req_id, tx_id, bytes(self._buffer[HEADER_SIZE:end])))
-            del self._buffer[:end]
-        return packets
+            end = start + HEADER_SIZE + length
+            if end > size:
+                break
+            packets.append(Packet(op, req_id, tx_id, bytes(buffer[start + HEADER_SIZE:end])))
+            start = end
+        if start:
+            del buffer[:start]
+        return packets, error
 
 
 def decode(data: bytes) -> list[Packet]:
@@ -220,23 +239,45 @@ class Permission:
         return cls(domid, _LETTER_ACCESS[text[0]])
 
 
+_C_SPACE = " \t\n\v\f\r"
+_LONG_MAX = (1 << 63) - 1
+
+
 def _strtol0(text: str) -> int:
-    """C ``strtol(text, &end, 0)`` that must consume everything (xs_strings_to_perms)."""
-    sign = 1
-    body = text
-    if body[:1] in ("+", "-"):
-        sign = -1 if body[0] == "-" else 1
-        body = body[1:]
-    if not body or not body[0].isdigit() or not body.isascii():
+    """C ``strtol(text, &end, 0)`` that must consume everything, as xs_strings_to_perms()
+    checks it (``if (*end || !*p)``): leading C white space and a sign are skipped; base
+    16 after ``0x``/``0X`` followed by a hex digit, 8 after a leading ``0``, else 10; the
+    value saturates at LONG_MIN/LONG_MAX and is then stored in an unsigned int."""
+    if not text:
         raise ValueError(text)
-    if body[:2].lower() == "0x":
-        value = int(body[2:], 16)
-    elif body.startswith("0") and len(body) > 1:
-        value = int(body[1:], 8)
-    else:
-        value = int(body, 10)
-    # An out-of-range domid is stored as its unsigned 32-bit truncation (C assignment).
-    return (sign * value) & 0xFFFFFFFF
+    index = 0
+    while index < len(text) and text[index] in _C_SPACE:
+        index += 1
+    sign = 1
+    if index < len(text) and text[index] in "+-":
+        sign = -1 if text[index] == "-" else 1
+        index += 1
+    base = 10
+    if text[index:index + 1] == "0":
+        if text[index + 1:index + 2] in ("x", "X") and \
+                text[index + 2:index + 3] in _HEX_DIGITS and text[index + 2:index + 3]:
+            base = 16
+            index += 2
+        else:
+            base = 8
+    digits = _BASE_DIGITS[base]
+    start = index
+    while index < len(text) and text[index] in digits:
+        index += 1
+    if index == start or index != len(text):
+        raise ValueError(text)
+    value = sign * int(text[start:index], base)
+    value = max(-_LONG_MAX - 1, min(_LONG_MAX, value))
+    return value & 0xFFFFFFFF
+
+
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+_BASE_DIGITS = {8: "01234567", 10: "0123456789", 16: _HEX_DIGITS}
 
 
 def parse_permissions(strings: Iterable[bytes | str]) -> tuple[Permission, ...]:

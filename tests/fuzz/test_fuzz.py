@@ -1,0 +1,31 @@
+"""A few hundred fuzz inputs per target on every test run (run_fuzz.py runs millions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from tests.fuzz.harness import TARGETS
+
+#: Findings known and waiting for a fix outside this area: a NUL byte in a path value reaches
+#: os.lstat/os.path (config/domain.py must call lang.check_path_value on path keys).
+KNOWN = ("ValueError: embedded null byte",)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_no_finding(name: str) -> None:
+    target, strategy = TARGETS[name]
+    findings: list[str] = []
+
+    @settings(max_examples=300, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(strategy)
+    def run(value: Any) -> None:
+        finding = target(value)
+        if finding is not None and not finding.startswith(KNOWN):
+            findings.append(f"{finding} <- {value!r}"[:300])
+
+    run()
+    assert findings == []

@@ -271,3 +271,38 @@ def test_xl_numbered_vdevs(capsys: pytest.CaptureFixture[str], imagedir: Path) -
                        f'disk=["{imagedir}/rootfs.ext4,raw,xvda,rw", "{disk},raw,51712,r"]',
                        "--dry-run")
     assert code == 1 and "virtual device already used by disk 'xvda'" in err
+
+
+def test_a_hostile_config_path_is_printed_escaped(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad\nname\x1b[31m.cfg"
+    cfg.write_text('name="x\n')
+    done = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr
+    assert "bad\\nname\\x1b[31m.cfg:1:6: " in done.stderr
+
+
+def test_dialect_option_and_notes_for_scripts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text('name = "g"\nbuilder = "hvm"\nvif = [ "bridge=xenbr0" ]\n')
+    code, out, _ = run(capsys, "create", str(cfg), "--dry-run", "--json", "--dialect", "xl")
+    document = json.loads(out)
+    assert code == 0 and document["dialect"] == "xl"
+    assert document["vifs"][0]["type"] == "ioemu" and document["notes"]
+    code, _, err = run(capsys, "create", str(cfg), "--dry-run", "--dialect", "xq")
+    assert code == 1 and "'xq' is not one of 'xm', 'xl'" in err
+
+
+def test_export_xl_notes_are_one_line_each_in_a_pipe(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.cfg"
+    cfg.write_text(f'name = "g"\nbuilder = "hvm"\nkernel = "{tmp_path}/k"\n'
+                   f'disk = [ "{tmp_path}/a.img,raw,hda,w" ]\nvif = [ "" ]\n')
+    (tmp_path / "k").write_bytes(b"")
+    (tmp_path / "a.img").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "pvhvm", "export-xl", str(cfg)],
+                          capture_output=True, text=True, check=False, cwd="/")
+    notes = [line for line in done.stderr.splitlines() if line]
+    assert notes and all(line.startswith("warning: ") for line in notes), done.stderr

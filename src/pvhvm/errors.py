@@ -16,6 +16,14 @@ The CLI turns any PvhvmError into one line on stderr and exit status 1.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, terminal escapes) shown as escapes, so a
+    message naming a hostile file name stays one line and cannot drive the terminal."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
 class PvhvmError(Exception):
     """Root of every error pvhvm raises on purpose."""
 
@@ -40,7 +48,7 @@ class ConfigError(InputError):
     def __str__(self) -> str:
         where = ""
         if self.file is not None:
-            where = self.file
+            where = printable(self.file)
             if self.line is not None:
                 where += f":{self.line}"
                 if self.col is not None:

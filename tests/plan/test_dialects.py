@@ -294,3 +294,14 @@ def test_vif_devid_and_mtu_are_planned_and_realised() -> None:
     assert any("id=vif-3" in a and "host_mtu=9000" in a for a in argv)
     with pytest.raises(ConfigError, match="devid 1 is already used"):
         plan_of('name="g"\nbuilder="hvm"\nvif=["devid=1", ""]')
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [('kernel="/boot/vm\\x00linuz"', "kernel"), ('serial="unix:/tmp/a\\x00b"', "serial"),
+     ('disk=["/a\\x01b.img,raw,xvda,w"]', "target"), ('ramdisk="/x\\ny"', "ramdisk")],
+)
+def test_impossible_path_characters_are_refused_naming_the_key(line: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        plan_of('name="g"\nbuilder="hvm"\n' + line)
+    assert f"{key}: a path cannot contain" in str(info.value) and "g.cfg:3:" in str(info.value)

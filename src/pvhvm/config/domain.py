@@ -17,7 +17,14 @@ from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
 from pvhvm.config.keys import KEY_USE, KNOWN_KEYS, KeyUse
-from pvhvm.config.lang import ConfigValues, Position, parse_config, read_config_text
+from pvhvm.config.lang import (
+    ConfigValues,
+    Position,
+    check_path_value,
+    parse_config,
+    path_problem,
+    read_config_text,
+)
 from pvhvm.config.optstr import brief
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
@@ -159,6 +166,11 @@ class _Reader:
             raise self.fail(key, f"{key} must be a string, not {_kind(value)}")
         return str(value)
 
+    def path_(self, key: str) -> str | None:
+        """A string naming a host path: NUL and control characters are refused here."""
+        value = self.str_(key)
+        return None if value is None else check_path_value(value, key, self.raw.position(key))
+
     def int_(self, key: str, low: int, high: int) -> int | None:
         value = self.values.get(key)
         if value is None:
@@ -293,6 +305,11 @@ def _serials(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
         if port is not None and not isinstance(port, str):
             where = index if isinstance(serial, list | tuple) else None
             raise r.fail("serial", f"serial must be a string, not {_kind(port)}", where)
+    for index, port in enumerate(ports):
+        problem = path_problem(port) if isinstance(port, str) else None
+        if problem is not None:
+            where = index if isinstance(serial, list | tuple) else None
+            raise r.fail("serial", f"serial: {problem}", where)
     first = ports[0] if ports else None
     return first, tuple(str(p) for p in ports[1:])
 
@@ -391,7 +408,7 @@ def _bios(r: _Reader, guest_type: GuestType) -> str:
 
 def _xm_cdrom(r: _Reader) -> list[Located[DiskSpec]]:
     """xm's ``cdrom = "PATH"``: the hdc CD drive (xend's image.py)."""
-    path = r.str_("cdrom")
+    path = r.path_("cdrom")
     if path is None:
         return []
     try:
@@ -430,13 +447,13 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
     dialect, dialect_reason = _dialect(raw, forced_dialect)
     guest_type, guest_type_reason = _guest_type(r)
 
-    kernel = r.str_("kernel")
+    kernel = r.path_("kernel")
     if kernel is not None and Path(kernel).name == "hvmloader":
         # xm HVM configs name Xen's firmware as the "kernel": that means firmware boot.
         if guest_type is GuestType.HVM:
             warnings.append(f"{raw.position('kernel')}: kernel = hvmloader means firmware boot")
         kernel = None
-    bootloader = r.str_("bootloader")
+    bootloader = r.path_("bootloader")
 
     cmdline = r.str_("cmdline")
     extra = r.str_("extra")
@@ -460,7 +477,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
     if maxvcpus is not None and vcpus is not None and maxvcpus < vcpus:
         raise r.fail(maxvcpus_key, f"{maxvcpus_key} = {maxvcpus} is below vcpus = {vcpus}")
     platform_pci = r.values.get("xen_platform_pci")
-    parallel = r.str_("parallel")
+    parallel = r.path_("parallel")
     rtc_offset = r.values.get("rtc_timeoffset", 0)
     if isinstance(rtc_offset, str) and rtc_offset.strip().lstrip("-").isdigit():
         rtc_offset = int(rtc_offset)
@@ -482,7 +499,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         guest_type_reason=guest_type_reason,
         bootloader=bootloader,
         kernel=kernel,
-        ramdisk=r.str_("ramdisk"),
+        ramdisk=r.path_("ramdisk"),
         cmdline=cmdline if cmdline is not None else extra,
         root=r.str_("root"),
         boot=boot,
@@ -500,7 +517,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         apic=r.bool_("apic", True),
         pae=r.bool_("pae", True),
         localtime=r.bool_("localtime", False),
-        device_model=r.str_("device_model"),
+        device_model=r.path_("device_model"),
         device_model_version=r.choice(
             "device_model_version", "qemu-xen", ("qemu-xen", "qemu-xen-traditional")
         ) if "device_model_version" in raw.values else None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from pvhvm.config.disk import Access, DiskSpec
 from pvhvm.config.domain import Dialect, DomainConfig, GuestType, Located
+from pvhvm.config.lang import path_problem
 from pvhvm.config.vif import VifSpec
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.hostfs import SocketPath, socket_path_state
@@ -519,6 +520,9 @@ def _plan_disks(
             )
         by_devid[vdev.devid] = located
         target = spec.target
+        problem = path_problem(target)
+        if problem is not None:
+            raise pos.error(f"{where}: target: {problem}")
         if target and not (spec.is_script_backed or spec.is_network):
             target = os.path.abspath(target)
             what = "cdrom media" if spec.cdrom else "image"

@@ -19,6 +19,7 @@ from pvhvm.cli.output import console, plan_tables, print_json, writable_option, 
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
+from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
 from pvhvm.xen.xlcfg import export_xl
@@ -160,6 +161,28 @@ def export_xl_cmd(config: Path, variables: tuple[str, ...], output: Path | None)
         sys.stdout.write(exported.text)
     else:
         write_output(output, exported.text)
+
+
+@cli.command(name="export-libvirt")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
+              help="Write the domain XML here instead of stdout.")
+@click.option("--virt-type", type=click.Choice(VIRT_TYPES), default="kvm", show_default=True,
+              help="<domain type=...>: kvm, or qemu for TCG where KVM is not available.")
+def export_libvirt_cmd(
+    config: Path, variables: tuple[str, ...], output: Path | None, virt_type: str
+) -> None:
+    """Export CONFIG as libvirt domain XML (virsh define), noting what libvirt cannot express."""
+    plan = make_plan(load_config(config, _variables(variables)), Platform.QEMU)
+    exported = domain_xml(plan, virt_type)
+    for note in exported.notes:
+        warn(note)
+    if output is None:
+        sys.stdout.write(exported.xml)
+    else:
+        write_output(output, exported.xml)
 
 
 register_domain_verbs(cli)

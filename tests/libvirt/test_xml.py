@@ -256,3 +256,21 @@ def test_any_plan_exports_valid_xml(
     validate(xml, tmp_path_factory.mktemp("xml"))
     assert len(devices(xml, "disk")) == len(plan.disks)
     assert len(devices(xml, "interface")) == len(plan.vifs)
+
+
+def test_running_options_console_log_and_user_networking(tmp_path: Path) -> None:
+    """What --platform libvirt adds for a local daemon: the console also logged to pvhvm's
+    log (not for serial=file:, which is a log already), user networking for absent bridges."""
+    plan = plan_of('name="g"\nvif=["bridge=br0", "bridge=nosuch"]')
+    xml = domain_xml(plan, "qemu", console_log="/logs/g.console.log",
+                     user_networking=frozenset({1})).xml
+    validate(xml, tmp_path)
+    (port,) = devices(xml, "serial")
+    assert port.find("log").attrib == {"file": "/logs/g.console.log", "append": "off"}  # type: ignore[union-attr]
+    assert devices(xml, "console")[0].find("log") is None
+    nics = devices(xml, "interface")
+    assert [n.get("type") for n in nics] == ["bridge", "user"]
+    assert nics[1].find("source") is None
+    assert nics[1].find("mac").get("address") == plan.vifs[1].mac  # type: ignore[union-attr]
+    filed = domain_xml(plan_of('name="g"\nserial="file:/s.log"'), console_log="/l").xml
+    assert devices(filed, "serial")[0].find("log") is None

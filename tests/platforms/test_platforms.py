@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pvhvm.platforms.base import (
     Platforms,
     ReportSource,
 )
+from pvhvm.platforms.libvirt import is_local
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, StateStore
 
@@ -52,7 +54,7 @@ class FakePlatform(DomainPlatform):
             raise self.not_here(verb, name)
         self.calls.append((verb, name, *extra))
 
-    def realise_warnings(self, plan: Plan) -> list[str]:
+    def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
         return [f"{self.name} realises {plan.name} its own way"]
 
     def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
@@ -274,7 +276,8 @@ def test_registry_rules(alpha: FakePlatform) -> None:
 def test_built_in_platforms_hold_what_their_records_say(tmp_path: Path) -> None:
     """Each real platform holds exactly the names its own store has; qemu is the default."""
     platforms = default_platforms(StateStore(tmp_path))
-    assert platforms.names() == ["qemu", "xen"] and platforms.default.name == "qemu"
+    assert platforms.names() == ["qemu", "xen", "libvirt"]
+    assert platforms.default.name == "qemu"
     xen = platforms.get("xen")
     records = StateStore(tmp_path / "xen", base=tmp_path)
     records.claim("g")
@@ -298,3 +301,33 @@ def test_cli_holds_no_platform_branch() -> None:
                 names = [c.value for c in ast.walk(node)
                          if isinstance(c, ast.Constant) and c.value in ("xen", "qemu")]
                 assert not names, (source.name, node.lineno)
+
+
+def test_libvirt_dry_run_needs_no_daemon(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The libvirt platform's dry run is the domain XML it would start, with the console
+    logged under the state directory and the URI it would use; nothing is connected to."""
+    monkeypatch.setenv("PVHVM_STATE_DIR", str(tmp_path / "state"))
+    config = tmp_path / "g.cfg"
+    config.write_text('name = "g"\nvif = ["bridge=nosuchbridge0"]\n')
+    with pytest.raises(SystemExit) as info:
+        main(["create", str(config), "--platform", "libvirt", "--connect", "qemu:///session",
+              "--accel", "tcg", "-n", "--json"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 0, err
+    document = json.loads(out)
+    assert document["libvirt_uri"] == "qemu:///session"
+    root = ET.fromstring(document["libvirt_xml"])
+    assert root.get("type") == "qemu"
+    log = root.find("devices/serial/log")
+    assert log is not None
+    assert log.get("file") == str(tmp_path / "state" / "libvirt" / "logs" / "g.console.log")
+    assert [i.get("type") for i in root.findall("devices/interface")] == ["user"]
+    assert any("nosuchbridge0" in w for w in document["warnings"])
+    assert not (tmp_path / "state" / "libvirt" / "domains").exists()
+
+
+def test_local_and_remote_uris() -> None:
+    assert is_local("qemu:///system") and is_local("qemu+unix:///system?socket=/x/sock")
+    assert not is_local("qemu+ssh://host/system") and not is_local("qemu+tcp://10.0.0.2/system")

@@ -97,9 +97,12 @@ def _known_platform(ctx: click.Context, param: click.Parameter, value: str | Non
     "--xenstore", type=click.Path(path_type=Path), default=None,
     help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
 )
+@click.option("--connect", metavar="URI", default=None,
+              help="libvirt platform: the daemon's URI (default: qemu:///system).")
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str | None,
     accel: str | None, paused: bool, xenstore: Path | None, attach_console: bool,
+    connect: str | None,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -108,12 +111,12 @@ def create(
     platforms = current_platforms()
     target = platforms.default if platform is None else platforms.get(platform)
     options = CreateOptions(
-        accel=accel, paused=paused, console=attach_console, xenstore=xenstore
+        accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
     )
     platforms.check_options(target, options)
     domain = load_config(config, _variables(variables))
     plan = make_plan(domain, target.plan_target)
-    warnings = list(plan.warnings) + target.realise_warnings(plan)
+    warnings = list(plan.warnings) + target.realise_warnings(plan, options)
     if not as_json:
         for message in warnings:
             warn(message)

@@ -96,10 +96,11 @@ def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str]) 
                      "has no libvirt form; the host's QEMU serves the disk")
 
 
-def _interface(devices: ET.Element, vif: VifPlan, notes: list[str]) -> None:
-    element = _sub(devices, "interface", type="bridge")
+def _interface(devices: ET.Element, vif: VifPlan, notes: list[str], user: bool) -> None:
+    element = _sub(devices, "interface", type="user" if user else "bridge")
     _sub(element, "mac", address=vif.mac)
-    _sub(element, "source", bridge=vif.bridge)
+    if not user:
+        _sub(element, "source", bridge=vif.bridge)
     model = "virtio" if vif.kind is DeviceKind.XENBUS else vif.model
     assert model is not None
     _sub(element, "model", type=model)
@@ -117,9 +118,10 @@ def _interface(devices: ET.Element, vif: VifPlan, notes: list[str]) -> None:
                      "with no counterpart here; libvirt's own bridge setup applies)")
 
 
-def _serial(devices: ET.Element, spec: str | None) -> None:
+def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
     """xl's ``serial=`` (pty, file:PATH, unix:PATH, tcp:HOST:PORT, none) as a serial port
-    with the console on it; no serial= gives a pty, which ``virsh console`` attaches to."""
+    with the console on it; no serial= gives a pty, which ``virsh console`` attaches to.
+    ``log``: a file that also gets the output (not with file:, which is one already)."""
     if spec == "none":
         return
     if spec in (None, "", "pty"):
@@ -141,10 +143,12 @@ def _serial(devices: ET.Element, spec: str | None) -> None:
         raise PlanError(
             f"serial = {spec!r} is not supported (use pty, file:PATH, unix:PATH or tcp:HOST:PORT)"
         )
+    if log is not None and serial.get("type") != "file":
+        _sub(serial, "log", file=log, append="off")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type=serial.get("type", "pty"))
     for child in serial:
-        if child.tag != "target":  # the console is the same port: same source
+        if child.tag not in ("target", "log"):  # the console is the same port: same source
             console.append(copy.deepcopy(child))
     _sub(console, "target", type="serial", port="0")
 
@@ -164,9 +168,17 @@ def _comment_text(note: str) -> str:
     return f" NOTE: {note} "
 
 
-def domain_xml(plan: Plan, virt_type: str = "kvm") -> LibvirtExport:
-    """The libvirt domain XML for ``plan`` and its notes. ``virt_type``: ``kvm``, or ``qemu``
-    for TCG (where KVM is not proven, as on these test machines)."""
+def domain_xml(
+    plan: Plan, virt_type: str = "kvm", *, console_log: str | None = None,
+    user_networking: frozenset[int] = frozenset(),
+) -> LibvirtExport:
+    """The libvirt domain XML for ``plan`` and its notes.
+
+    ``virt_type``: ``kvm``, or ``qemu`` for TCG (where KVM is not proven, as on these test
+    machines). For running the domain (``--platform libvirt``): ``console_log`` also logs the
+    serial console to that file; the vifs in ``user_networking`` (devids) use QEMU user
+    networking instead of their bridge, which that host lacks.
+    """
     if virt_type not in VIRT_TYPES:
         raise PlanError(f"virt type {virt_type!r} is not one of {', '.join(VIRT_TYPES)}")
     notes: list[str] = []
@@ -213,8 +225,8 @@ def domain_xml(plan: Plan, virt_type: str = "kvm") -> LibvirtExport:
         pv_index += disk.kind is DeviceKind.XENBUS
     _sub(devices, "controller", type="usb", model="none")
     for vif in plan.vifs:
-        _interface(devices, vif, notes)
-    _serial(devices, plan.serial)
+        _interface(devices, vif, notes, vif.devid in user_networking)
+    _serial(devices, plan.serial, console_log)
     if plan.vnc:
         _sub(devices, "graphics", type="vnc", autoport="yes")
     if plan.sdl:

@@ -37,11 +37,14 @@ class CreateOptions:
     console: bool = False
     #: xen: the xenstored socket to write to
     xenstore: Path | None = None
+    #: libvirt: the daemon's URI
+    connect: str | None = None
 
     def given(self) -> list[str]:
         """The options set, by their CLI names."""
         names = {"accel": self.accel is not None, "paused": self.paused,
-                 "console": self.console, "xenstore": self.xenstore is not None}
+                 "console": self.console, "xenstore": self.xenstore is not None,
+                 "connect": self.connect is not None}
         return [name for name, set_ in names.items() if set_]
 
 
@@ -73,7 +76,7 @@ class DomainPlatform(ABC):
 
     # --- create and its dry run --------------------------------------------------------
 
-    def realise_warnings(self, plan: Plan) -> list[str]:
+    def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
         """What this platform will not realise as the plan says (said before creating)."""
         return []
 

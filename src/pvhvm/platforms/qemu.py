@@ -46,7 +46,7 @@ class QemuPlatform(DomainPlatform):
     def _lifecycle_options(options: CreateOptions) -> lifecycle.CreateOptions:
         return lifecycle.CreateOptions(accel=options.accel or "auto", paused=options.paused)
 
-    def realise_warnings(self, plan: Plan) -> list[str]:
+    def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
         return lifecycle.network_warnings(plan, lifecycle.host_bridges()) + ignored_settings(plan)
 
     def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:

@@ -7,6 +7,7 @@
     ├── PlanError (also ValueError)        a config that parses but cannot be realised as asked
     ├── LaunchError                       the device model failed to start (exit code, argv, log)
     ├── DomainError                        lifecycle: unknown domain, name in use, ...
+    │   └── NotOnPlatformError             a verb or option the domain's platform lacks
     ├── GuestImageError                    building the guest image kit failed
     └── XenStoreError                      XenStore protocol or transport errors (see xenstore/)
 
@@ -86,6 +87,15 @@ class LaunchError(PvhvmError):
 
 class DomainError(PvhvmError):
     """A lifecycle operation on a domain failed."""
+
+
+class NotOnPlatformError(DomainError):
+    """A verb (or create option) that the platform holding the domain does not have."""
+
+    def __init__(self, message: str, *, platform: str, verb: str) -> None:
+        self.platform = platform
+        self.verb = verb
+        super().__init__(message)
 
 
 class GuestImageError(PvhvmError):

@@ -1,38 +1,29 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
-reboot, block-list, network-list. Thin: the work is in pvhvm.runtime."""
+reboot, block-list, network-list. Thin: each asks the platform that holds the domain
+(pvhvm.platforms), which says in one line when a verb is not on it."""
 
 from __future__ import annotations
 
 import click
 
 from pvhvm.cli.output import print_json
-from pvhvm.errors import DomainError
-from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import lifecycle, listing
-from pvhvm.runtime.state import DomainRecord, StateStore, process_cpu_seconds
-from pvhvm.xen import domain as xen_domain
+from pvhvm.platforms import Platforms, default_platforms
+from pvhvm.platforms.base import SHUTDOWN_TIMEOUT, DomainPlatform
+from pvhvm.runtime import listing
+from pvhvm.runtime.state import process_cpu_seconds
 
 
-def _find(name: str) -> DomainRecord:
-    """NAME's record, on the qemu or the xen platform (names are unique across both)."""
-    record = xen_domain.xen_store().read(name)
-    return record if record is not None else lifecycle.lookup(name)
+def current_platforms() -> Platforms:
+    """The platforms of this invocation: those given to ``main``, else the built-in ones."""
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, Platforms):
+        root.obj = default_platforms()
+    return root.obj
 
 
-def _running(name: str, verb: str) -> str:
-    """NAME, once it is known not to be a xen-platform domain, which nothing runs here."""
-    if xen_domain.xen_store().read(name) is not None:
-        raise DomainError(
-            f"domain {name!r} is on the xen platform: pvhvm wrote its XenStore entries, but "
-            f"no hypervisor runs it on this host for 'pvhvm {verb}' to act on; on a Xen host "
-            f"use 'xl {verb} {name}'"
-        )
-    return name
-
-
-def _drivers(record: DomainRecord) -> dict[str, str] | None:
-    """Backends read from XenStore for a xen-platform domain; None: the QEMU argv says."""
-    return xen_domain.device_drivers(record) if record.platform == "xen" else None
+def _holder(name: str) -> DomainPlatform:
+    """The platform that holds domain NAME (DomainError when none does)."""
+    return current_platforms().locate(name)
 
 
 @click.command(name="list")
@@ -41,10 +32,9 @@ def _drivers(record: DomainRecord) -> dict[str, str] | None:
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
 def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     """List domains as xl list prints them (Name ID Mem VCPUs State Time(s))."""
-    if names:
-        records = [_find(name) for name in names]
-    else:  # qemu-platform domains, then those written to XenStore by --platform xen
-        records = lifecycle.list_domains() + xen_domain.list_domains()
+    # no names: platform by platform, qemu-platform domains then xen-platform ones
+    records = ([_holder(name).find(name) for name in names] if names
+               else current_platforms().domains())
     if long_:
         print_json(listing.long_list(records))
         return
@@ -59,8 +49,7 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
 @click.argument("name")
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
-    record = lifecycle.lookup(_running(name, "console"))
-    domain_console.attach(record, lock=StateStore().paths(name).console_lock)
+    _holder(name).console(name)
 
 
 @click.command()
@@ -68,32 +57,32 @@ def console(name: str) -> None:
 @click.option("-w", "--wait", is_flag=True, help="Wait until the domain has shut down.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True),
-    default=lifecycle.SHUTDOWN_TIMEOUT, show_default=True, help="Seconds -w waits.",
+    default=SHUTDOWN_TIMEOUT, show_default=True, help="Seconds -w waits.",
 )
 def shutdown(name: str, wait: bool, timeout: float) -> None:
     """Ask domain NAME to shut down (the ACPI power button)."""
-    lifecycle.shutdown(_running(name, "shutdown"), wait=wait, timeout=timeout)
+    _holder(name).shutdown(name, wait=wait, timeout=timeout)
 
 
 @click.command()
 @click.argument("name")
 def pause(name: str) -> None:
     """Pause domain NAME (its vCPUs stop)."""
-    lifecycle.pause(_running(name, "pause"))
+    _holder(name).pause(name)
 
 
 @click.command()
 @click.argument("name")
 def unpause(name: str) -> None:
     """Unpause domain NAME."""
-    lifecycle.unpause(_running(name, "unpause"))
+    _holder(name).unpause(name)
 
 
 @click.command()
 @click.argument("name")
 def reboot(name: str) -> None:
     """Reset domain NAME (a hard system reset; on_reboot=destroy ends it)."""
-    lifecycle.reboot(_running(name, "reboot"))
+    _holder(name).reboot(name)
 
 
 @click.command(name="block-list")
@@ -102,8 +91,7 @@ def reboot(name: str) -> None:
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
     target."""
-    record = _find(name)
-    devices = listing.block_devices(record, _drivers(record))
+    devices = _holder(name).block_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])
         return
@@ -116,8 +104,7 @@ def block_list(name: str, as_json: bool) -> None:
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
     bridge."""
-    record = _find(name)
-    devices = listing.network_devices(record, _drivers(record))
+    devices = _holder(name).network_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])
         return

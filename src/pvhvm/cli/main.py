@@ -13,21 +13,16 @@ from typing import Any
 import click
 
 from pvhvm import __version__
+from pvhvm.cli.domain import current_platforms
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
 from pvhvm.config.domain import Dialect, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
+from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
 from pvhvm.plan.plan import Platform, make_plan
-from pvhvm.qemu.argv import ignored_settings
-from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import lifecycle
-from pvhvm.runtime.lifecycle import CreateOptions
-from pvhvm.runtime.state import StateStore
-from pvhvm.xen import domain as xen_domain
+from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
 from pvhvm.xen.xlcfg import export_xl
-
-PLATFORMS = [p.value for p in Platform]
 
 
 class LazyGroup(click.Group):
@@ -87,18 +82,27 @@ def _dialect(value: str | None) -> Dialect | None:
     return None if value is None else Dialect(value)
 
 
+def _known_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: ``--platform`` names one of this invocation's platforms."""
+    names = current_platforms().names()
+    if value is not None and value not in names:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(names)}",
+                                 ctx=ctx, param=param)
+    return value
+
+
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan; start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the plan).")
 @click.option(
-    "--platform", type=click.Choice(PLATFORMS), default="qemu", show_default=True,
-    help="Where to realise the domain.",
+    "--platform", metavar="|".join(PLATFORM_NAMES), default=None, callback=_known_platform,
+    help=f"Where to realise the domain.  [default: {PLATFORM_NAMES[0]}]",
 )
 @click.option(
-    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
-    help="auto uses KVM only where it has been proven to boot a kernel.",
+    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default=None,
+    help="auto uses KVM only where it has been proven to boot a kernel.  [default: auto]",
 )
 @click.option("-p", "--paused", is_flag=True, help="Leave the domain paused after creating it.")
 @click.option("-c", "--console", "attach_console", is_flag=True,
@@ -111,25 +115,26 @@ def _dialect(value: str | None) -> Dialect | None:
 @click.option("--skip-unsupported", is_flag=True,
               help="Create the guest without the keys this platform cannot realise "
                    "(PCI passthrough, vTPM...) instead of refusing.")
+@click.option("--connect", metavar="URI", default=None,
+              help="libvirt platform: the daemon's URI (default: qemu:///system).")
 def create(
-    config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
-    accel: str, paused: bool, xenstore: Path | None, attach_console: bool,
-    dialect: str | None, skip_unsupported: bool,
+    config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str | None,
+    accel: str | None, paused: bool, xenstore: Path | None, attach_console: bool,
+    dialect: str | None, skip_unsupported: bool, connect: str | None,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
     VAR=VALUE pairs are variables the file may use; those it does not use override its keys.
     """
-    if xenstore is not None and platform != "xen":
-        raise click.UsageError("--xenstore applies to --platform xen only")
+    platforms = current_platforms()
+    target = platforms.default if platform is None else platforms.get(platform)
+    options = CreateOptions(
+        accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
+    )
+    platforms.check_options(target, options)
     domain = load_config(config, _variables(variables), _dialect(dialect))
-    plan = make_plan(domain, Platform(platform), skip_unsupported=skip_unsupported)
-    options = CreateOptions(accel=accel, paused=paused)
-    xen = platform == "xen"
-    warnings = list(plan.warnings)
-    if not xen:
-        warnings += lifecycle.network_warnings(plan, lifecycle.host_bridges())
-        warnings += ignored_settings(plan)
+    plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)
+    warnings = list(plan.warnings) + target.realise_warnings(plan, options)
     if not as_json:
         for message in warnings:
             warn(message)
@@ -138,10 +143,7 @@ def create(
     if dry_run:
         document = plan.to_json()
         document["warnings"] = warnings
-        if xen:
-            document["xenstore"] = xen_domain.dry_run_nodes(plan)
-        else:
-            document["qemu_argv"] = lifecycle.dry_run_argv(plan, options)
+        document.update(target.dry_run(plan, options))
         if as_json:
             print_json(document)
             return
@@ -149,27 +151,21 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
-    if xen:
-        record = xen_domain.create(plan, xenstore)
-        done = f"written to XenStore at {record.plan['xenstore_socket']}"
-    else:
-        record = lifecycle.create(plan, options)
-        how = "created paused" if paused else "started"
-        done = f"{how}: {record.accel}, console {record.console}"
+    created = platforms.create(target, plan, options)
+    record = created.record
     if as_json:
         print_json(record.to_json())
     else:
-        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {done}")
-    if attach_console and not xen:
-        domain_console.attach(record, lock=StateStore().paths(record.name).console_lock)
+        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {created.summary}")
+    if attach_console:
+        target.console(record.name)
 
 
 @cli.command()
 @click.argument("name")
 def destroy(name: str) -> None:
     """Stop domain NAME at once and remove everything it made (as xl destroy)."""
-    if not xen_domain.destroy(name):
-        lifecycle.destroy(name)
+    current_platforms().locate(name).destroy(name)
 
 
 @cli.command(name="export-xl")
@@ -194,13 +190,41 @@ def export_xl_cmd(
         write_output(output, exported.text)
 
 
+@cli.command(name="export-libvirt")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              callback=writable_option,
+              help="Write the domain XML here instead of stdout.")
+@click.option("--virt-type", type=click.Choice(VIRT_TYPES), default="kvm", show_default=True,
+              help="<domain type=...>: kvm, or qemu for TCG where KVM is not available.")
+@dialect_option
+def export_libvirt_cmd(
+    config: Path, variables: tuple[str, ...], output: Path | None, virt_type: str,
+    dialect: str | None,
+) -> None:
+    """Export CONFIG as libvirt domain XML (virsh define), noting what libvirt cannot express."""
+    domain = load_config(config, _variables(variables), _dialect(dialect))
+    plan = make_plan(domain, Platform.QEMU)
+    exported = domain_xml(plan, virt_type)
+    for note in exported.notes:
+        warn(note)
+    if output is None:
+        sys.stdout.write(exported.xml)
+    else:
+        write_output(output, exported.xml)
+
+
 register_domain_verbs(cli)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; turn expected errors into one message and exit status 1."""
+def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> None:
+    """Entry point: run the CLI; turn expected errors into one message and exit status 1.
+
+    ``platforms``: the platforms the commands may use (default: the built-in ones).
+    """
     try:
-        cli.main(args=argv, prog_name="pvhvm", standalone_mode=False)
+        cli.main(args=argv, prog_name="pvhvm", standalone_mode=False, obj=platforms)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.Abort:

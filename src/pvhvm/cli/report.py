@@ -8,12 +8,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from pvhvm.cli.domain import current_platforms
 from pvhvm.cli.output import console, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report
-from pvhvm.runtime import lifecycle
-from pvhvm.runtime.state import DomainState, StateStore
-from pvhvm.xen import domain as xen_domain
 
 PCI_CLASSES = {
     0x0100: "SCSI / virtio-blk", IDE_CLASS: "IDE controller", SATA_CLASS: "SATA controller",
@@ -64,24 +62,8 @@ def report_tables(name: str, report: DeviceReport) -> list[Table]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def report(name: str, timeout: float, as_json: bool) -> None:
     """Show the devices guest NAME reports on its console (the pvhvm guest image prints them)."""
-    store = StateStore()
-    paths = store.paths(name)
-    if not paths.directory.exists():
-        if xen_domain.xen_store(store).read(name) is not None:
-            raise DomainError(
-                f"domain {name!r} is on the xen platform: no guest runs on this host to report "
-                "its devices")
-        raise DomainError(f"no domain named {name!r}")
-    log = paths.console_log
-    if not (log.exists() and END in log.read_text(errors="replace")):
-        state = lifecycle.lookup(name, store).domain_state
-        if state is not DomainState.RUNNING and state is not DomainState.STARTING:
-            what = "shut down" if state is DomainState.SHUTDOWN else state.value
-            raise DomainError(
-                f"domain {name!r} is {what} and has not reported yet"
-                + (f"; 'pvhvm unpause {name}' lets it boot" if state is DomainState.PAUSED
-                   else ""))
-    found = wait_for_report(paths.console_log, paths.directory, timeout)
+    source = current_platforms().locate(name).report_source(name)
+    found = wait_for_report(source.console_log, source.domain_directory, timeout)
     summary = {
         "ide_controller": found.has_class(IDE_CLASS),
         "sata_controller": found.has_class(SATA_CLASS),

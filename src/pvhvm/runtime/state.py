@@ -39,6 +39,9 @@ from pvhvm.errors import DomainError
 #: sun_path is 108 bytes on Linux, NUL included
 MAX_SOCKET_PATH = 107
 OWNER_LOCK = "owner.lock"
+#: stores under the state directory for the platforms other than qemu (whose records are
+#: in the state directory itself): xen/domain.py, platforms/libvirt.py
+PLATFORM_SUBSTORES = ("xen", "libvirt")
 STAGING_SUFFIX = ".new"
 
 
@@ -182,11 +185,12 @@ class StateStore:
         self.base = base if base is not None else self.root
 
     @property
-    def peer(self) -> StateStore:
-        """The other platform's store: names and domids are unique across both."""
-        if self.base != self.root:
-            return StateStore(self.base)
-        return StateStore(self.root / "xen", base=self.root)
+    def peers(self) -> list[StateStore]:
+        """The other platforms' stores: names and domids are unique across all of them."""
+        stores = [StateStore(self.base)] + [
+            StateStore(self.base / sub, base=self.base) for sub in PLATFORM_SUBSTORES
+        ]
+        return [store for store in stores if store.root != self.root]
 
     def paths(self, name: str) -> DomainPaths:
         problem = name_problem(name)
@@ -195,8 +199,8 @@ class StateStore:
         return DomainPaths.of(self.root, name)
 
     def _check_free(self, name: str) -> None:
-        if self.peer.paths(name).directory.exists():
-            raise DomainError(f"domain {name!r} already exists (on the other platform)")
+        if any(peer.paths(name).directory.exists() for peer in self.peers):
+            raise DomainError(f"domain {name!r} already exists (on another platform)")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -317,8 +321,8 @@ class StateStore:
         return out
 
     def next_domid(self) -> int:
-        """The smallest domid not in use on either platform (call with :meth:`locked` held)."""
-        used = {r.domid for r in (*self.records(), *self.peer.records())}
+        """The smallest domid not in use on any platform (call with :meth:`locked` held)."""
+        used = {r.domid for store in (self, *self.peers) for r in store.records()}
         domid = 1
         while domid in used:
             domid += 1

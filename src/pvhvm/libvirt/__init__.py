@@ -1,0 +1,1 @@
+"""libvirt: a Plan as libvirt domain XML (:mod:`pvhvm.libvirt.xml`)."""

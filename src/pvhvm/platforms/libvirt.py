@@ -1,0 +1,400 @@
+"""The libvirt platform: domains run by a libvirt daemon (local or by URI), through libvirt's
+Python binding (libvirt-python).
+
+``create`` turns the plan into domain XML (:mod:`pvhvm.libvirt.xml`) and starts it as a
+transient domain (``virDomainCreateXML``, as ``virsh create``): like an xl domain it is gone
+once it is destroyed or powers off with on_poweroff=destroy. pvhvm keeps a record per domain in
+``<state dir>/libvirt`` (the URI, the plan, a domid unique across pvhvm's platforms); the
+record of a domain libvirt no longer has is removed when next seen. The verbs map to libvirt's
+(virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``.
+
+Only on a local URI (no host part) does pvhvm log the serial console to its own log directory
+(so ``pvhvm report`` can read it) and put a NIC whose bridge this host lacks on user networking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pvhvm.errors import DomainError
+from pvhvm.guest.report import END
+from pvhvm.libvirt.xml import LibvirtExport, domain_xml
+from pvhvm.plan.plan import Plan
+from pvhvm.plan.plan import Platform as PlanTarget
+from pvhvm.platforms.base import (
+    SHUTDOWN_TIMEOUT,
+    Created,
+    CreateOptions,
+    DomainPlatform,
+    ReportSource,
+)
+from pvhvm.qemu.accel import choose_accel
+from pvhvm.runtime import lifecycle, listing
+from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+
+DEFAULT_URI = "qemu:///system"
+#: how often ``shutdown -w`` presses the power button again while the guest runs
+REPRESS_INTERVAL = 5.0
+POLL = 0.1
+
+
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` names a daemon on this host (no host part: qemu:///system,
+    qemu+unix:///system?socket=...)."""
+    return not urlsplit(uri).netloc
+
+
+def _binding() -> Any:
+    """libvirt's Python binding, imported when a libvirt domain is first touched (most
+    commands never need it); its default handler, which prints every error, silenced."""
+    try:
+        import libvirt
+    except ImportError as err:
+        raise DomainError(
+            "--platform libvirt needs libvirt's Python binding: pip install libvirt-python "
+            "(with libvirt-dev and pkg-config), or Debian's python3-libvirt"
+        ) from err
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _message(err: Exception) -> str:
+    get = getattr(err, "get_error_message", None)
+    text = get() if callable(get) else None
+    return str(text or err)
+
+
+class LibvirtPlatform(DomainPlatform):
+    """A libvirt daemon's QEMU driver, at ``--connect URI`` (default qemu:///system)."""
+
+    name = "libvirt"
+    plan_target = PlanTarget.QEMU
+    create_options = frozenset({"accel", "paused", "console", "connect"})
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self._base = store
+
+    @property
+    def records(self) -> StateStore:
+        base = self._base.base if self._base is not None else StateStore().base
+        return StateStore(base / "libvirt", base=base)
+
+    # --- connections ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self, uri: str) -> Iterator[Any]:
+        libvirt = _binding()
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as err:
+            raise DomainError(f"cannot connect to libvirt at {uri}: {_message(err)}") from err
+        try:
+            yield conn
+        except libvirt.libvirtError as err:
+            raise DomainError(f"libvirt at {uri}: {_message(err)}") from err
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def _lookup(self, conn: Any, record: DomainRecord) -> Any | None:
+        """The libvirt domain of ``record``, or None when libvirt has none (or another one
+        with the name: a different uuid)."""
+        libvirt = _binding()
+        try:
+            dom = conn.lookupByName(record.name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        return dom if dom.UUIDString() == record.uuid else None
+
+    @staticmethod
+    def _active(dom: Any) -> bool:
+        """Whether ``dom`` still runs; False once libvirt has forgotten it (a transient
+        domain that powered off)."""
+        libvirt = _binding()
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
+
+    @staticmethod
+    def _uri(record: DomainRecord) -> str:
+        return str(record.plan.get("libvirt_uri", DEFAULT_URI))
+
+    @staticmethod
+    def _state(dom: Any) -> DomainState:
+        libvirt = _binding()
+        state = dom.state()[0]
+        return {
+            libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+            libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+            libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+            libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+            libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.DYING,
+            libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTDOWN,
+            libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+        }.get(state, DomainState.RUNNING)
+
+    # --- create --------------------------------------------------------------------------
+
+    def _user_networking(self, plan: Plan, uri: str) -> frozenset[int]:
+        if not is_local(uri):
+            return frozenset()
+        bridges = lifecycle.host_bridges()
+        return frozenset(v.devid for v in plan.vifs if v.bridge not in bridges)
+
+    def _export(self, plan: Plan, options: CreateOptions, virt_type: str) -> LibvirtExport:
+        uri = options.connect or DEFAULT_URI
+        log = str(self.records.paths(plan.name).console_log) if is_local(uri) else None
+        return domain_xml(plan, virt_type, console_log=log,
+                          user_networking=self._user_networking(plan, uri))
+
+    def _virt_type(self, plan: Plan, options: CreateOptions, probe: bool) -> str:
+        """kvm or qemu (TCG): as --accel says; auto, on a local URI, KVM only where pvhvm has
+        proven it boots a kernel here (as the qemu platform decides); on a remote one, kvm."""
+        uri = options.connect or DEFAULT_URI
+        if (options.accel or "auto") == "auto" and not is_local(uri):
+            return "kvm"
+        accel = choose_accel(
+            options.accel or "auto", cache_dir=self.records.base,
+            kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=probe,
+        )
+        return "kvm" if accel.value == "kvm" else "qemu"
+
+    def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
+        notes = list(domain_xml(plan, "qemu").notes)
+        if not is_local(options.connect or DEFAULT_URI):
+            return notes  # that host's bridges are its own business
+        return lifecycle.network_warnings(plan, lifecycle.host_bridges()) + notes
+
+    def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
+        exported = self._export(plan, options, self._virt_type(plan, options, probe=False))
+        return {"libvirt_uri": options.connect or DEFAULT_URI, "libvirt_xml": exported.xml}
+
+    def create(self, plan: Plan, options: CreateOptions) -> Created:
+        uri = options.connect or DEFAULT_URI
+        libvirt = _binding()
+        virt_type = self._virt_type(plan, options, probe=True)
+        exported = self._export(plan, options, virt_type)
+        records = self.records
+        paths = records.claim(plan.name)
+        paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        dom: Any = None
+        try:
+            with records.locked():
+                record = DomainRecord(
+                    name=plan.name, domid=records.next_domid(), uuid=plan.uuid,
+                    platform=self.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
+                    plan={**plan.to_json(), "libvirt_uri": uri, "libvirt_xml": exported.xml},
+                    argv=[], on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+                    on_crash=plan.on_crash, state=DomainState.STARTING.value,
+                    accel="kvm" if virt_type == "kvm" else "tcg",
+                    console=f"virsh -c {uri} console {plan.name}",
+                )
+                records.write(record)
+            flags = libvirt.VIR_DOMAIN_START_PAUSED if options.paused else 0
+            with self._connection(uri) as conn:
+                dom = conn.createXML(exported.xml, flags)
+                record.plan["libvirt_id"] = dom.ID()
+                record.state = self._state(dom).value
+            records.write(record)
+        except BaseException:
+            if dom is not None:
+                with contextlib.suppress(Exception):
+                    dom.destroy()
+            records.release(plan.name)
+            raise
+        how = "created paused" if options.paused else "started"
+        return Created(record, f"{how} by libvirt at {uri} ({record.accel}); "
+                               f"console: {record.console}")
+
+    # --- finding -------------------------------------------------------------------------
+
+    def holds(self, name: str) -> bool:
+        return self.records.paths(name).directory.exists()
+
+    def _refresh(self, name: str) -> tuple[DomainRecord, Any] | None:
+        """``name``'s record with its state read from libvirt now, and its libvirt domain;
+        None (record removed) when libvirt no longer has it."""
+        records = self.records
+        record = records.read(name)
+        if record is None:  # a create still writing it, or killed before: destroy removes it
+            return None
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                records.release(name)
+                return None
+            record.state = self._state(dom).value
+            return record, dom
+
+    def find(self, name: str) -> DomainRecord:
+        found = self._refresh(name)
+        if found is None:
+            raise DomainError(f"no domain named {name!r}")
+        return found[0]
+
+    def domains(self) -> list[DomainRecord]:
+        """Every recorded domain libvirt still has; one whose daemon cannot be reached is
+        listed as last recorded (a list of every platform should not fail for it)."""
+        out = []
+        for name in self.records.names():
+            try:
+                found = self._refresh(name)
+            except DomainError:
+                record = self.records.read(name)
+                if record is not None:
+                    out.append(record)
+                continue
+            if found is not None:
+                out.append(found[0])
+        return sorted(out, key=lambda r: r.domid)
+
+    def destroy(self, name: str) -> None:
+        records = self.records
+        record = records.read(name)
+        if record is None:
+            if not records.paths(name).directory.exists():
+                raise DomainError(f"no domain named {name!r}")
+            records.release(name)
+            return
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is not None and self._active(dom):
+                libvirt = _binding()
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError as err:  # it stopped meanwhile: as good
+                    if err.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                                    libvirt.VIR_ERR_OPERATION_INVALID):
+                        raise
+        records.release(name)
+
+    # --- verbs ---------------------------------------------------------------------------
+
+    def _act(self, name: str, action: str) -> None:
+        record = self.find(name)
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            getattr(dom, action)()
+
+    def pause(self, name: str) -> None:
+        """``virsh suspend``."""
+        self._act(name, "suspend")
+
+    def unpause(self, name: str) -> None:
+        """``virsh resume``."""
+        self._act(name, "resume")
+
+    def reboot(self, name: str) -> None:
+        """``virsh reset``: a hard reset, as on the qemu platform."""
+        record = self.find(name)
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            dom.reset(0)
+
+    def shutdown(self, name: str, wait: bool = False,
+                 timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """The ACPI power button (``virsh shutdown --mode acpi``); ``wait``: pressed again
+        every REPRESS_INTERVAL seconds until libvirt has no such running domain."""
+        libvirt = _binding()
+        record = self.find(name)
+        if wait and record.domain_state is DomainState.PAUSED:
+            raise DomainError(
+                f"domain {name!r} is paused, so its guest cannot act on the power button "
+                f"('pvhvm unpause {name}' first, or 'pvhvm destroy {name}')"
+            )
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            if not wait:
+                return
+            start = time.monotonic()
+            presses = 1
+            while time.monotonic() < start + timeout:
+                dom = self._lookup(conn, record)
+                if dom is None or not self._active(dom):
+                    if dom is None:
+                        self.records.release(name)
+                    return
+                if time.monotonic() >= start + presses * REPRESS_INTERVAL:
+                    presses += 1
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                time.sleep(POLL)
+        times = "once" if presses == 1 else f"{presses} times"
+        raise DomainError(
+            f"domain {name!r} did not shut down within {timeout:g}s: the guest ignored the ACPI "
+            f"power button, pressed {times} (use 'pvhvm destroy {name}' to stop it at once)"
+        )
+
+    def console(self, name: str) -> None:
+        """``virsh console`` (^] detaches; libvirt allows one console session per domain)."""
+        record = self.find(name)
+        virsh = shutil.which("virsh")
+        if virsh is None:
+            raise DomainError("pvhvm console on the libvirt platform uses virsh "
+                              "(Debian's libvirt-clients), which is not installed")
+        done = subprocess.run([virsh, "-c", self._uri(record), "console", name], check=False)
+        if done.returncode != 0:
+            raise DomainError(f"virsh console {name} failed (exit status {done.returncode})")
+
+    def _live_devices(self, record: DomainRecord) -> dict[str, str]:
+        """What realises each device, from the live domain XML, keyed as the listings key
+        them (``disk-<vdev>``, ``vif-<devid>``): e.g. ``libvirt ide hda``, ``libvirt virtio``."""
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {record.name!r}")
+            live = ET.fromstring(dom.XMLDesc(0))
+        out: dict[str, str] = {}
+        for device in live.find("devices") or []:
+            alias = device.find("alias")
+            key = (alias.get("name") or "").removeprefix("ua-") if alias is not None else ""
+            if device.tag == "disk" and key.startswith("disk-"):
+                target = device.find("target")
+                if target is not None:
+                    out[key] = f"libvirt {target.get('bus')} {target.get('dev')}"
+            elif device.tag == "interface" and key.startswith("vif-"):
+                model = device.find("model")
+                kind = device.get("type")
+                out[key] = (f"libvirt {model.get('type') if model is not None else '?'}"
+                            + (" (user networking)" if kind == "user" else ""))
+        return out
+
+    def block_devices(self, name: str) -> list[BlockDevice]:
+        record = self.find(name)
+        return listing.block_devices(record, self._live_devices(record))
+
+    def network_devices(self, name: str) -> list[NetworkDevice]:
+        record = self.find(name)
+        return listing.network_devices(record, self._live_devices(record))
+
+    def report_source(self, name: str) -> ReportSource:
+        record = self.find(name)
+        if not is_local(self._uri(record)):
+            raise self.not_here("report", name)
+        paths = self.records.paths(name)
+        log = paths.console_log
+        reported = log.exists() and END in log.read_text(errors="replace")
+        if not reported and record.domain_state is not DomainState.RUNNING:
+            raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")
+        return ReportSource(console_log=log, domain_directory=paths.directory)

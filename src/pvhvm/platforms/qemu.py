@@ -1,0 +1,108 @@
+"""The qemu platform: each domain a QEMU run by pvhvm's own supervisor (runtime/lifecycle).
+
+Records live in the state directory's ``domains/``; the verbs go over QMP (see lifecycle).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvhvm.errors import DomainError
+from pvhvm.guest.report import END
+from pvhvm.plan.plan import Plan
+from pvhvm.plan.plan import Platform as PlanTarget
+from pvhvm.platforms.base import (
+    SHUTDOWN_TIMEOUT,
+    Created,
+    CreateOptions,
+    DomainPlatform,
+    ReportSource,
+)
+from pvhvm.qemu.argv import ignored_settings
+from pvhvm.runtime import console as domain_console
+from pvhvm.runtime import lifecycle, listing
+from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+
+
+class QemuPlatform(DomainPlatform):
+    """QEMU on this host, supervised by pvhvm (the default platform)."""
+
+    name = "qemu"
+    plan_target = PlanTarget.QEMU
+    create_options = frozenset({"accel", "paused", "console"})
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> StateStore:
+        """The state directory, read from the environment when first needed."""
+        if self._store is None:
+            self._store = StateStore()
+        return self._store
+
+    @staticmethod
+    def _lifecycle_options(options: CreateOptions) -> lifecycle.CreateOptions:
+        return lifecycle.CreateOptions(accel=options.accel or "auto", paused=options.paused)
+
+    def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
+        return lifecycle.network_warnings(plan, lifecycle.host_bridges()) + ignored_settings(plan)
+
+    def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
+        return {"qemu_argv": lifecycle.dry_run_argv(
+            plan, self._lifecycle_options(options), self.store)}
+
+    def create(self, plan: Plan, options: CreateOptions) -> Created:
+        record = lifecycle.create(plan, self._lifecycle_options(options), self.store)
+        how = "created paused" if options.paused else "started"
+        return Created(record, f"{how}: {record.accel}, console {record.console}")
+
+    def holds(self, name: str) -> bool:
+        return self.store.paths(name).directory.exists()
+
+    def find(self, name: str) -> DomainRecord:
+        return lifecycle.lookup(name, self.store)
+
+    def domains(self) -> list[DomainRecord]:
+        return lifecycle.list_domains(self.store)
+
+    def destroy(self, name: str) -> None:
+        lifecycle.destroy(name, self.store)
+
+    def console(self, name: str) -> None:
+        record = lifecycle.lookup(name, self.store)
+        domain_console.attach(record, lock=self.store.paths(name).console_lock)
+
+    def shutdown(self, name: str, wait: bool = False,
+                 timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        lifecycle.shutdown(name, self.store, wait=wait, timeout=timeout)
+
+    def pause(self, name: str) -> None:
+        lifecycle.pause(name, self.store)
+
+    def unpause(self, name: str) -> None:
+        lifecycle.unpause(name, self.store)
+
+    def reboot(self, name: str) -> None:
+        lifecycle.reboot(name, self.store)
+
+    def block_devices(self, name: str) -> list[BlockDevice]:
+        return listing.block_devices(self.find(name), None)
+
+    def network_devices(self, name: str) -> list[NetworkDevice]:
+        return listing.network_devices(self.find(name), None)
+
+    def report_source(self, name: str) -> ReportSource:
+        """The console log, once the domain is known to be running or to have reported."""
+        paths = self.store.paths(name)
+        log = paths.console_log
+        if not (log.exists() and END in log.read_text(errors="replace")):
+            state = lifecycle.lookup(name, self.store).domain_state
+            if state is not DomainState.RUNNING and state is not DomainState.STARTING:
+                what = "shut down" if state is DomainState.SHUTDOWN else state.value
+                raise DomainError(
+                    f"domain {name!r} is {what} and has not reported yet"
+                    + (f"; 'pvhvm unpause {name}' lets it boot" if state is DomainState.PAUSED
+                       else ""))
+        return ReportSource(console_log=log, domain_directory=paths.directory)

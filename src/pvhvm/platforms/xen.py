@@ -1,0 +1,81 @@
+"""The xen platform: a domain's xenbus device nodes written to XenStore (xen/domain.py).
+
+Nothing runs the guest on this host, so only create, destroy, list and the device listings
+(read back from XenStore) are on this platform; every other verb says to use xl on a Xen host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvhvm.errors import DomainError, NotOnPlatformError
+from pvhvm.plan.plan import Plan
+from pvhvm.plan.plan import Platform as PlanTarget
+from pvhvm.platforms.base import Created, CreateOptions, DomainPlatform
+from pvhvm.runtime import listing
+from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime.state import DomainRecord, StateStore
+from pvhvm.xen import domain as xen_domain
+
+
+class XenPlatform(DomainPlatform):
+    """XenStore entries for a Xen host (pvhvm's own xenstored, or one given by socket)."""
+
+    name = "xen"
+    plan_target = PlanTarget.XEN
+    create_options = frozenset({"xenstore"})
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        #: the state directory proper; xen records live in its ``xen/`` store
+        self._base = store
+
+    @property
+    def records(self) -> StateStore:
+        return xen_domain.xen_store(self._base)
+
+    def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
+        return {"xenstore": xen_domain.dry_run_nodes(plan, self._base)}
+
+    def create(self, plan: Plan, options: CreateOptions) -> Created:
+        record = xen_domain.create(plan, options.xenstore, self._base)
+        return Created(record, f"written to XenStore at {record.plan['xenstore_socket']}")
+
+    def holds(self, name: str) -> bool:
+        return self.records.paths(name).directory.exists()
+
+    def find(self, name: str) -> DomainRecord:
+        record = self.records.read(name)
+        if record is None:
+            raise self._unknown(name)
+        return record
+
+    @staticmethod
+    def _unknown(name: str) -> DomainError:
+        return DomainError(f"no domain named {name!r}")
+
+    def domains(self) -> list[DomainRecord]:
+        return xen_domain.list_domains(self._base)
+
+    def destroy(self, name: str) -> None:
+        if not xen_domain.destroy(name, self._base):
+            raise self._unknown(name)
+
+    def not_here(self, verb: str, name: str) -> NotOnPlatformError:
+        if verb == "report":
+            message = (f"domain {name!r} is on the xen platform: no guest runs on this host "
+                       "to report its devices")
+        else:
+            message = (
+                f"domain {name!r} is on the xen platform: pvhvm wrote its XenStore entries, "
+                f"but no hypervisor runs it on this host for 'pvhvm {verb}' to act on; on a "
+                f"Xen host use 'xl {verb} {name}'"
+            )
+        return NotOnPlatformError(message, platform=self.name, verb=verb)
+
+    def block_devices(self, name: str) -> list[BlockDevice]:
+        record = self.find(name)
+        return listing.block_devices(record, xen_domain.device_drivers(record))
+
+    def network_devices(self, name: str) -> list[NetworkDevice]:
+        record = self.find(name)
+        return listing.network_devices(record, xen_domain.device_drivers(record))

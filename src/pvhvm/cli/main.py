@@ -14,6 +14,7 @@ import click
 
 from pvhvm import __version__
 from pvhvm.cli.domain import register as register_domain_verbs
+from pvhvm.cli.guest import guest_check_for_create
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
@@ -56,6 +57,7 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     lazy={
         "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
+        "guest": "pvhvm.cli.guest:guest",
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -93,9 +95,11 @@ def warn(message: str) -> None:
     "--xenstore", type=click.Path(path_type=Path), default=None,
     help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
 )
+@click.option("--no-check", is_flag=True,
+              help="Create the guest even when pvhvm guest check says it will not boot.")
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str,
-    accel: str, paused: bool, xenstore: Path | None, attach_console: bool,
+    accel: str, paused: bool, xenstore: Path | None, attach_console: bool, no_check: bool,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -128,6 +132,8 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
+    if not no_check:
+        guest_check_for_create(plan, quiet=as_json)
     if xen:
         record = xen_domain.create(plan, xenstore)
         done = f"written to XenStore at {record.plan['xenstore_socket']}"

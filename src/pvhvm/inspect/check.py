@@ -338,17 +338,12 @@ def _device_problem(
                                f"name it by UUID= (pvhvm guest prepare), or /dev/{expected}")
             return None
         target = _target_for(device, report)
-        hint = ""
+        where = f"on this plan the root disk {disk.vdev} is /dev/{root_name}"
         if device.partition is not None and device.partition in {
                 p.number for p in report.table.partitions}:
-            hint = f" (partition {device.partition} of the root disk is /dev/{root_name}" \
-                   f"{device.partition} here)"
-        elif device.partition is None and report.table.scheme == "none":
-            hint = f" (the root disk is /dev/{root_name} here)"
+            where += f", so its partition {device.partition} is /dev/{root_name}{device.partition}"
         fix = f"name it {target}" if target else "name it by UUID= or LABEL="
-        return Problem(severity, what,
-                       f"{device.spec} will not exist: the root disk {disk.vdev} is "
-                       f"/dev/{root_name} on this plan{hint}",
+        return Problem(severity, what, f"{device.spec} will not exist: {where}",
                        f"{fix} (pvhvm guest prepare does this)")
     if device.naming in (Naming.UUID, Naming.LABEL, Naming.PARTUUID):
         if any(matches(fs, device) for fs in report.filesystems):

@@ -40,7 +40,8 @@ DRIVERS: dict[str, str] = {
     "virtio_net": "VIRTIO_NET", "xen_blkfront": "XEN_BLKDEV_FRONTEND",
     "xen_netfront": "XEN_NETDEV_FRONTEND", "ata_piix": "ATA_PIIX",
     "ata_generic": "ATA_GENERIC", "ahci": "SATA_AHCI", "sd_mod": "BLK_DEV_SD",
-    "e1000": "E1000", "8139cp": "8139CP", "8139too": "8139TOO", "ext4": "EXT4_FS",
+    "e1000": "E1000", "8139cp": "8139CP", "8139too": "8139TOO", "ne2k_pci": "NE2K_PCI",
+    "ext4": "EXT4_FS",
 }
 STORAGE_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "xen_blkfront", "ata_piix",
                    "ata_generic", "ahci", "sd_mod", "ext4")

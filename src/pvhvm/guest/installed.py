@@ -129,7 +129,8 @@ def recipe_digest(variant: str) -> str:
     """Everything that shapes a variant's disk besides the packages."""
     return _digest(
         base_recipe(), variant, IDE_INITRAMFS_MODULES, ROOT_DEVICE, KERNEL_CONSOLE, DISK_MIB,
-        GRUB_PREFIX, GRUB_CORE_MODULES, SYSTEMD_MARKER, guest_file("report.sh"),
+        GRUB_PREFIX, GRUB_CORE_MODULES, REPORT_TTY, REPORT_UNIT, DEFAULT_GRUB,
+        guest_file("report.sh"),
     )
 
 
@@ -237,17 +238,32 @@ DEFAULT_GRUB = (
     f'GRUB_CMDLINE_LINUX="{KERNEL_CONSOLE}"\n'
     "GRUB_TERMINAL=serial\n"
     'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
+    "# the installer was told to name the root by device: grub.cfg says root=/dev/sda1\n"
+    "GRUB_DISABLE_LINUX_UUID=true\n"
 )
+
+#: agetty on ttyS0 calls vhangup(), which cuts off a write already under way: retry until the
+#: whole report went out (pvhvm.guest.report takes the last complete block).
+REPORT_TTY = f"""#!/bin/sh
+# pvhvm: print the device report on ttyS0 once systemd has reached multi-user.target.
+state="$(systemctl is-active multi-user.target)"
+/usr/local/sbin/pvhvm-report >/run/pvhvm-report.txt 2>&1
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    {{ echo "{SYSTEMD_MARKER}.target $state"; cat /run/pvhvm-report.txt; }} \\
+        >/dev/ttyS0 2>/dev/null && exit 0
+    sleep 1
+done
+exit 1
+"""
 
 REPORT_UNIT = (
     "[Unit]\n"
     "Description=pvhvm device report on ttyS0\n"
-    "After=multi-user.target\n"
+    "After=multi-user.target serial-getty@ttyS0.service\n"
     "\n"
     "[Service]\n"
     "Type=oneshot\n"
-    "ExecStart=/bin/sh -c 'echo " + SYSTEMD_MARKER + " >/dev/ttyS0; "
-    "/usr/local/sbin/pvhvm-report >/dev/ttyS0 2>&1'\n"
+    "ExecStart=/usr/local/sbin/pvhvm-report-tty\n"
     "\n"
     "[Install]\n"
     "WantedBy=multi-user.target\n"
@@ -280,6 +296,7 @@ def customise(root: Path, variant: str, say: Progress) -> str:
         if source.suffix in (".mod", ".lst"):
             shutil.copy2(source, modules_dir / source.name)
     _write(root / "usr" / "local" / "sbin" / "pvhvm-report", guest_file("report.sh"), 0o755)
+    _write(root / "usr" / "local" / "sbin" / "pvhvm-report-tty", REPORT_TTY, 0o755)
     _write(root / "etc" / "systemd" / "system" / "pvhvm-report.service", REPORT_UNIT)
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ import click
 
 from pvhvm import __version__
 from pvhvm.cli.domain import register as register_domain_verbs
-from pvhvm.cli.guest import guest_check_for_create
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
@@ -133,6 +132,10 @@ def create(
             out.print(table)
         return
     if not no_check:
+        # imported here, as LazyGroup imports commands: only a real create reads the guest's
+        # image, so --dry-run and the other verbs do not pay for the inspection modules
+        from pvhvm.cli.guest import guest_check_for_create
+
         guest_check_for_create(plan, quiet=as_json)
     if xen:
         record = xen_domain.create(plan, xenstore)

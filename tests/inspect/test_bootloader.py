@@ -3,7 +3,13 @@ update-grub and extlinux installs leave them."""
 
 from __future__ import annotations
 
-from pvhvm.inspect.bootloader import parse_extlinux, parse_grub1, parse_grub2, parse_grubenv
+from pvhvm.inspect.bootloader import (
+    parse_bls,
+    parse_extlinux,
+    parse_grub1,
+    parse_grub2,
+    parse_grubenv,
+)
 from tests.inspect.conftest import GRUB_CFG, RELEASE, ROOT_UUID
 
 
@@ -111,3 +117,28 @@ def test_empty_configs() -> None:
     assert parse_grub2("", "g").default_entry is None
     assert parse_grub1("default 0\n", "m").default_entry is None
     assert parse_extlinux("DEFAULT x\n", "e").default_entry is None
+
+
+def test_bls_entries_fedora_style() -> None:
+    entries = {
+        "abc-6.5.6-300.fc39.x86_64.conf":
+            "title Fedora Linux (6.5.6-300.fc39.x86_64) 39\nversion 6.5.6-300.fc39.x86_64\n"
+            "linux /vmlinuz-6.5.6-300.fc39.x86_64\ninitrd /initramfs-6.5.6-300.fc39.x86_64.img\n"
+            "options $kernelopts\ngrub_users $grub_users\n",
+        "abc-6.10.3-200.fc39.x86_64.conf":
+            "title Fedora Linux (6.10.3-200.fc39.x86_64) 39\nversion 6.10.3-200.fc39.x86_64\n"
+            "linux /vmlinuz-6.10.3-200.fc39.x86_64\n"
+            "initrd /initramfs-6.10.3-200.fc39.x86_64.img\noptions root=UUID=r ro rhgb\n",
+        "notes.conf": "title no kernel here\n",
+    }
+    env = parse_grubenv("kernelopts=root=/dev/xvda2 ro console=hvc0\n")
+    config = parse_bls(entries, "/boot/loader/entries", env)
+    assert config.loader == "grub2-bls"
+    assert [e.title for e in config.entries] == [
+        "Fedora Linux (6.10.3-200.fc39.x86_64) 39", "Fedora Linux (6.5.6-300.fc39.x86_64) 39",
+    ]
+    assert config.default == 0  # the highest version, 6.10 above 6.5
+    assert config.entries[1].cmdline == "root=/dev/xvda2 ro console=hvc0"
+    saved = parse_bls(entries, "e", {**env, "saved_entry": "abc-6.5.6-300.fc39.x86_64"})
+    assert saved.default_entry is not None
+    assert saved.default_entry.kernel == "/vmlinuz-6.5.6-300.fc39.x86_64"

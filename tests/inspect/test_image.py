@@ -12,12 +12,14 @@ from pvhvm.inspect.extfs import ExtFilesystem
 from pvhvm.inspect.image import find_boot_entry, inspect_image
 from tests.inspect.conftest import (
     BOOT_UUID,
+    COMPRESSORS,
     IDE_MODULES,
     MIB,
     PV_MODULES,
     RELEASE,
     ROOT_UUID,
     InstalledImage,
+    cpio_of,
     installed_image,
     make_ext4,
     write_tree,
@@ -119,3 +121,46 @@ def test_full_initramfs_variant(tmp_path: Path) -> None:
     kernel = inspect_image(image.path).kernels[0]
     assert kernel.initrd is not None and kernel.initrd.compression == "xz"
     assert kernel.drivers["virtio_blk"].at_boot and kernel.drivers["virtio_pci"].at_boot
+
+
+def test_fedora_like_guest_bls_dracut_xz_modules(tmp_path: Path) -> None:
+    """One root filesystem, grub.cfg with blscfg, BLS entries, a dracut-style initramfs:
+    microcode first, then xz, modules as .ko.xz under usr/lib/modules."""
+    release = "6.10.3-200.fc39.x86_64"
+    early = write_tree(tmp_path / "early", {"kernel/x86/microcode/AuthenticAMD.bin": b"\2" * 64})
+    main = write_tree(tmp_path / "main", {
+        f"usr/lib/modules/{release}/kernel/drivers/block/virtio_blk.ko.xz": b"x",
+        f"usr/lib/modules/{release}/kernel/drivers/virtio/virtio_pci.ko.xz": b"x",
+        f"usr/lib/modules/{release}/kernel/drivers/block/xen-blkfront.ko.xz": b"x",
+        "init": "-> usr/lib/systemd/systemd",
+    })
+    initrd = cpio_of(early) + COMPRESSORS["xz"](cpio_of(main))
+    tree = write_tree(tmp_path / "root", {
+        "etc/os-release": "-> ../usr/lib/os-release",
+        "usr/lib/os-release": 'NAME="Fedora Linux"\nVERSION_ID=39\nID=fedora\n'
+                              'PRETTY_NAME="Fedora Linux 39 (Server Edition)"\n',
+        "etc/fstab": "UUID=2f1f5c6e-0d2a-4c55-9b43-1f3a5c7e9d01 / ext4 defaults 1 1\n",
+        "boot/grub2/grub.cfg": "set default=\"${saved_entry}\"\ninsmod blscfg\nblscfg\n",
+        "boot/grub2/grubenv": "saved_entry=\nkernelopts=root=UUID=2f1f5c6e-0d2a-4c55-9b43-"
+                              "1f3a5c7e9d01 ro console=ttyS0\n",
+        f"boot/loader/entries/m-{release}.conf":
+            f"title Fedora\nversion {release}\nlinux /vmlinuz-{release}\n"
+            f"initrd /initramfs-{release}.img\noptions $kernelopts\n",
+        f"boot/vmlinuz-{release}": b"MZ",
+        f"boot/initramfs-{release}.img": initrd,
+        "lib": "-> usr/lib",
+        f"usr/lib/modules/{release}/modules.dep": "kernel/drivers/block/virtio_blk.ko.xz:\n",
+    })
+    image = make_ext4(tmp_path / "root.ext4", tree, 16, uuid=ROOT_UUID)
+    report = inspect_image(image)
+    assert report.os_release["ID"] == "fedora"
+    assert report.bootloader is not None and report.bootloader.loader == "grub2-bls"
+    entry = report.default_entry
+    assert entry is not None
+    assert entry.kernel == f"/boot/vmlinuz-{release}"
+    assert entry.cmdline == f"root=UUID={ROOT_UUID} ro console=ttyS0"
+    kernel = report.kernel_for(entry)
+    assert kernel is not None and kernel.initrd is not None
+    assert kernel.initrd.compression == "xz" and kernel.initrd.microcode
+    assert kernel.drivers["virtio_blk"].at_boot and kernel.drivers["xen_blkfront"].at_boot
+    assert not kernel.drivers["ata_piix"].at_boot

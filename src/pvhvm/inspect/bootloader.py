@@ -318,3 +318,43 @@ def _absolute(base: str, path: str) -> str:
     if path.startswith("/"):
         return path
     return (base.rstrip("/") + "/" + path) if base != "/" else "/" + path
+
+
+def parse_bls(entries: dict[str, str], path: str, grubenv: dict[str, str] | None = None,
+              ) -> BootConfig:
+    """Boot Loader Specification entries (``/boot/loader/entries/*.conf``), which Fedora's
+    and RHEL's grub.cfg load with ``blscfg``: keys ``title version linux initrd options``;
+    ``$kernelopts`` in options comes from grubenv; the default is grubenv's ``saved_entry``
+    (an entry's file name without ``.conf``), else the highest version, as blscfg sorts."""
+    env = dict(grubenv or {})
+    parsed: list[tuple[str, dict[str, list[str]]]] = []
+    for name, text in entries.items():
+        keys: dict[str, list[str]] = {}
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.partition(" ")
+            keys.setdefault(key, []).append(value.strip())
+        if "linux" in keys:
+            parsed.append((name.removesuffix(".conf"), keys))
+    parsed.sort(key=lambda item: _version_key(item[1].get("version", [item[0]])[0]),
+                reverse=True)
+    boot_entries = tuple(
+        BootEntry(
+            keys.get("title", [entry_id])[0], keys["linux"][0],
+            tuple(i for value in keys.get("initrd", []) for i in value.split()),
+            _substitute(" ".join(keys.get("options", [])), env),
+        )
+        for entry_id, keys in parsed
+    )
+    default: int | None = 0 if boot_entries else None
+    saved = env.get("saved_entry")
+    ids = [entry_id for entry_id, _ in parsed]
+    if saved in ids:
+        default = ids.index(saved)
+    return BootConfig("grub2-bls", path, boot_entries, default)
+
+
+def _version_key(version: str) -> list[tuple[int, int | str]]:
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-+_~]", version)]

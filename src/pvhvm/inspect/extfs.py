@@ -22,6 +22,8 @@ from pathlib import Path
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
 
 MAX_SYMLINKS = 16
+#: files up to this size are kept once read
+SMALL_FILE = 1 << 20
 _BANNER = re.compile(r"^debugfs \d")
 _FAST_LINK = re.compile(r'Fast link dest: "(.*)"\s*$', re.M)
 
@@ -67,6 +69,9 @@ class ExtFilesystem:
             raise ImageUnreadableError("debugfs (e2fsprogs) is not installed; cannot read ext4")
         self._debugfs = tool
         self._listings: dict[str, dict[str, DirEntry] | None] = {}
+        self._links: dict[str, str | None] = {}
+        #: small files already read (fstab is wanted by two steps of an inspection)
+        self._small: dict[str, bytes] = {}
         #: debugfs invocations made (the benchmark counts them)
         self.calls = 0
 
@@ -128,6 +133,11 @@ class ExtFilesystem:
 
     def readlink(self, real: str) -> str | None:
         """The target of the symlink at resolved-parent path ``real``."""
+        if real not in self._links:
+            self._links[real] = self._readlink(real)
+        return self._links[real]
+
+    def _readlink(self, real: str) -> str | None:
         out, errors = self._run(f"stat {_quote(real)}")
         text = out.decode(errors="surrogateescape")
         match = _FAST_LINK.search(text)
@@ -178,9 +188,13 @@ class ExtFilesystem:
             return None
         if limit is not None and entry.size > limit:
             raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
+        if real in self._small:
+            return self._small[real]
         data, errors = self._run(f"cat {_quote(real)}")
         if errors:
             raise ImageFormatError(f"{self.image}: cannot read {path}: {errors[0].strip()}")
+        if len(data) <= SMALL_FILE:
+            self._small[real] = data
         return data
 
     def read_text(self, path: str) -> str | None:

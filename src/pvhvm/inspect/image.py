@@ -397,6 +397,8 @@ def _read_bootloader(guest: _Guest, report: ImageReport) -> None:
                     env_path = posixpath.join(posixpath.dirname(path), "grubenv")
                     env = bootloader.parse_grubenv(fs.read_text(env_path) or "")
                     report.bootloader = bootloader.parse_grub2(text, where, env)
+                    if not report.bootloader.entries and "blscfg" in text:
+                        report.bootloader = _bls(fs, path, where, env)
                 elif parse == "extlinux":
                     report.bootloader = bootloader.parse_extlinux(text, path)
                     report.bootloader = _rebase(report.bootloader, where)
@@ -405,6 +407,25 @@ def _read_bootloader(guest: _Guest, report: ImageReport) -> None:
                 report.bootloader = _guest_paths(report.bootloader, fs is guest.boot)
                 return
     report.notes.append("no boot loader configuration found (grub.cfg, menu.lst, extlinux)")
+
+
+def _bls(fs: GuestFilesystem, grub_path: str, where: str, env: dict[str, str]) -> BootConfig:
+    """grub.cfg's ``blscfg``: the entries directory is on the same partition as grub.cfg."""
+    top = "/boot" if grub_path.startswith("/boot/") else ""
+    directory = f"{top}/loader/entries"
+    listing = fs.listdir(directory) or {}
+    texts = {name: fs.read_text(f"{directory}/{name}") or ""
+             for name in sorted(listing) if name.endswith(".conf")}
+    config = bootloader.parse_bls(texts, f"{where} + {directory}", env)
+    if not top:
+        return config
+    entries = tuple(  # BLS paths are relative to the partition, which is / here
+        BootEntry(e.title, "/boot" + e.kernel if not e.kernel.startswith("/boot/") else e.kernel,
+                  tuple(i if i.startswith("/boot/") else "/boot" + i for i in e.initrd),
+                  e.cmdline)
+        for e in config.entries
+    )
+    return BootConfig(config.loader, config.path, entries, config.default, config.notes)
 
 
 def _rebase(config: BootConfig, where: str) -> BootConfig:

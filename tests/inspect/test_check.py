@@ -112,3 +112,16 @@ def test_unreadable_images_are_notes(tmp_path: Path) -> None:
     qcow.write_bytes(b"QFI\xfb" + b"\0" * 512)
     result = check_plan(plan_for(tmp_path, [f"{qcow},qcow2,xvda,w"]))
     assert not result.fatal and "qcow2 image is not inspected" in result.problems[0].message
+
+
+def test_what_firmware_boots_first_decides(ide_install: InstalledImage, tmp_path: Path) -> None:
+    """A guest booting an installer CD or the network first, or with no disk at all, is not
+    refused for what its hard disk holds."""
+    pv = f"{ide_install.path},raw,hda,w,type=xenbus"
+    iso = tmp_path / "installer.iso"
+    iso.write_bytes(b"\0" * 4096)
+    for disks, boot in (([pv, f"{iso},raw,hdc:cdrom,r"], "dc"), ([pv], "nc"), ([], "n")):
+        result = check_plan(plan_for(tmp_path, disks, extra=f'boot = "{boot}"\n'))
+        assert not result.fatal, (disks, boot, lines(result.problems))
+        assert len(result.problems) == 1
+    assert check_plan(plan_for(tmp_path, [pv], extra='boot = "cd"\n')).fatal

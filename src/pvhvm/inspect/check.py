@@ -171,8 +171,7 @@ def check_guest(
     problems: list[Problem] = []
     disk = disk or root_disk(plan)
     if disk is None:
-        return [Problem(Severity.FATAL, "disks", "the plan has no hard disk to boot from",
-                        "add a disk= line")]
+        return [Problem(Severity.NOTE, "disks", "no hard disk: nothing installed to check")]
     names = guest_disk_names(plan)
     cmdline, kernel, initrd = _boot_chain(plan, report, initramfs, problems)
     drivers = kernel.drivers if kernel is not None else {}
@@ -484,6 +483,19 @@ class CheckResult:
         }
 
 
+def _first_boot_device(plan: Plan) -> str | None:
+    """What firmware boots first when it is not a hard disk (a cdrom, a NIC), else None."""
+    if plan.direct_kernel_boot:
+        return None
+    for disk in plan.disks:
+        if disk.bootindex == 0 and disk.cdrom:
+            return f"the cdrom {disk.vdev}"
+    for vif in plan.vifs:
+        if vif.bootindex == 0:
+            return f"the network (vif {vif.devid})"
+    return None
+
+
 def check_plan(plan: Plan) -> CheckResult:
     """Read the plan's root disk image (and a direct boot's ``ramdisk=``) and check them.
 
@@ -494,10 +506,20 @@ def check_plan(plan: Plan) -> CheckResult:
     problems: list[Problem] = []
     report: ImageReport | None = None
     initramfs: InitramfsReport | None = None
-    if disk is not None and disk.format != "raw":
+    first = _first_boot_device(plan)
+    if first is not None:
+        return CheckResult(disk, None, None, [Problem(
+            Severity.NOTE, "boot", f"the firmware boots from {first} first; the installed "
+            "system is not checked")])
+    if disk is None:
+        problems.append(Problem(Severity.NOTE, "disks", "no hard disk: nothing to check"))
+    elif disk.script is not None:
+        problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
+                                f"a script-backed target ({disk.script}) is not inspected"))
+    elif disk.format != "raw":
         problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
                                 f"a {disk.format} image is not inspected (raw only); not checked"))
-    elif disk is not None:
+    else:
         try:
             report = inspect_image(Path(disk.target))
         except InspectError as err:

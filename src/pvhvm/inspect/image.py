@@ -185,7 +185,7 @@ def _open_image(path: Path) -> tuple[int, bytes]:
     try:
         with open(path, "rb") as stream:
             head = stream.read(4)
-            size = os.fstat(stream.fileno()).st_size
+            size = stream.seek(0, os.SEEK_END)  # st_size is 0 for a block device
     except FileNotFoundError as err:
         raise ImageUnreadableError(f"{path}: no such file") from err
     except IsADirectoryError as err:

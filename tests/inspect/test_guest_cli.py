@@ -71,7 +71,7 @@ def test_check_pv_plan_fails_and_names_the_driver(capsys: pytest.CaptureFixture[
     assert code == 1
     assert "pv: will not boot" in out
     fatal = [line for line in err.splitlines() if line.startswith("fatal:")]
-    assert any("lacks virtio_blk" in line for line in fatal)
+    assert any("lacks virtio_pci and virtio_blk" in line for line in fatal)
     assert any("root=/dev/sda2" in line and "/dev/vda2" in line for line in fatal)
     code, out, _ = run(capsys, "guest", "check", str(pv), "--json")
     assert code == 1
@@ -98,10 +98,10 @@ def test_create_refuses_a_guest_that_will_not_boot(
     code, out, err = run(capsys, "create", str(pv), "--accel", "tcg")
     assert code == 1 and out == ""
     assert err.strip().splitlines()[-1] == (
-        "pvhvm: error: pv will not boot as planned (4 fatal problems above); fix them "
+        "pvhvm: error: pv will not boot as planned (3 fatal problems above); fix them "
         "(pvhvm guest prepare) or use --no-check to create it anyway"
     )
-    assert "lacks virtio_blk" in err
+    assert "lacks virtio_pci and virtio_blk" in err
     assert not state.exists() or not any(p for p in state.rglob("*") if p.is_file())
     assert not any(name.startswith("pv") for name in os.listdir(tmp_path)
                    if name.endswith(".sock"))

@@ -248,36 +248,44 @@ def _check_disk_drivers(
         PV_DISK_DRIVERS[plan.platform] if disk.kind is DeviceKind.XENBUS else IDE_DISK_DRIVERS
     )
     where = initrd.path if initrd is not None else "the initramfs"
+    if initrd is not None and initrd.modules_policy:
+        where += f" (built with MODULES={initrd.modules_policy})"
+    missing: list[str] = []
+    not_installed: list[str] = []
+    unknown: list[str] = []
     for alternatives in needs:
         known = [_driver_present(d, drivers, initrd, at_boot=True) for d in alternatives]
         if any(known):
             continue
         if any(k is None for k in known):
-            if initrd is not None and initrd.error is None:
-                continue
-            problems.append(Problem(
-                Severity.NOTE, f"disk {disk.vdev}",
-                f"cannot tell whether {' or '.join(alternatives)} is available at boot "
-                "(no readable initramfs or kernel config)",
-            ))
+            if initrd is None or initrd.error is not None:
+                unknown.append(" or ".join(alternatives))
             continue
-        missing = " or ".join(alternatives)
-        installed = any(drivers.get(d, DriverState(False, None, None)).installed
-                        for d in alternatives)
-        if disk.kind is DeviceKind.XENBUS:
-            fix = ("pvhvm guest prepare CONFIG (adds the PV drivers to the initramfs and "
-                   "rebuilds it), or give the root disk type=ioemu")
-        else:
-            fix = "add ata_piix and sd_mod to the initramfs, or give the root disk type=xenbus"
-        if not installed and drivers:
-            fix = f"install a kernel that has {missing}"
+        missing.append(" or ".join(alternatives))
+        if drivers and not any(drivers.get(d, DriverState(False, None, None)).installed
+                               for d in alternatives):
+            not_installed.append(" or ".join(alternatives))
+    if unknown:
         problems.append(Problem(
-            Severity.FATAL, f"disk {disk.vdev}",
-            f"the root disk is {_realised(disk, plan)} and {where} lacks {missing} "
-            "(not built into the kernel either): the initramfs will not find the root "
-            "filesystem",
-            fix,
+            Severity.NOTE, f"disk {disk.vdev}",
+            f"cannot tell whether {' and '.join(unknown)} is available at boot "
+            "(no readable initramfs or kernel config)",
         ))
+    if not missing:
+        return
+    if not_installed:
+        fix = f"install a kernel that has {' and '.join(not_installed)}"
+    elif disk.kind is DeviceKind.XENBUS:
+        fix = ("pvhvm guest prepare CONFIG (adds the PV drivers to the initramfs and "
+               "rebuilds it), or give the root disk type=ioemu")
+    else:
+        fix = "add ata_piix and sd_mod to the initramfs, or give the root disk type=xenbus"
+    problems.append(Problem(
+        Severity.FATAL, f"disk {disk.vdev}",
+        f"the root disk is {_realised(disk, plan)} and {where} lacks {' and '.join(missing)} "
+        "(not built into the kernel either): the initramfs will not find the root filesystem",
+        fix,
+    ))
 
 
 def _check_nic_drivers(

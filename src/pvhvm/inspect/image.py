@@ -83,13 +83,15 @@ class InitramfsReport:
     modules: set[str]
     builtin: set[str]
     error: str | None = None
+    #: initramfs-tools' MODULES= (most, dep, list, netboot) from the copied conf/initramfs.conf
+    modules_policy: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         carried = sorted(d for d in DRIVERS if d in self.modules)
         return {"path": self.path, "size": self.size, "compression": self.compression,
                 "microcode": self.microcode, "segments": self.segments,
                 "releases": self.releases, "drivers": carried, "modules": len(self.modules),
-                "error": self.error}
+                "modules_policy": self.modules_policy, "error": self.error}
 
 
 @dataclass
@@ -508,11 +510,14 @@ def initramfs_report(path: str, data: bytes) -> InitramfsReport:
         return InitramfsReport(path, len(data), "unknown", False, [], [], set(), set(), str(err))
     modules = parsed.modules()
     builtin = parsed.builtin()
+    conf = parsed.files.get("conf/initramfs.conf", b"").decode(errors="replace")
+    policy = etcfiles.parse_shell_assignments(conf).get("MODULES")
     return InitramfsReport(
         path, len(data), parsed.compression, parsed.microcode,
         [s.to_json() for s in parsed.segments], sorted(modules),
         set().union(*modules.values()) if modules else set(),
         set().union(*builtin.values()) if builtin else set(),
+        modules_policy=policy,
     )
 
 

@@ -12,8 +12,10 @@ root) with systemd, linux-image-amd64, initramfs-tools and GRUB, installed once 
 ``BASE/root`` (default ``~/.cache/pvhvm/installed/base``) and shared by every variant. Then, in
 a copy of it:
 
-- ``/etc/fstab`` and GRUB's ``root=`` name the root by device name, ``/dev/sda1``: what an
-  install on an IDE disk under libata calls it (hda1 in the pre-libata days);
+- variant ``ide``: ``/etc/fstab`` and GRUB's ``root=`` name the root by device name,
+  ``/dev/sda1`` (what an IDE install under libata calls it; hda1 before libata), with
+  ``GRUB_DISABLE_LINUX_UUID=true``; variant ``full`` names it ``UUID=``, as Debian's installer
+  and grub-mkconfig do by default;
 - ``/boot/grub/grub.cfg`` as grub-mkconfig shapes it, the console on ttyS0 (GRUB's serial
   terminal and ``console=ttyS0,115200``); ``/etc/default/grub`` says the same;
 - the initramfs is rebuilt by the guest's own ``update-initramfs -u -k all`` (chroot):
@@ -44,6 +46,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 VARIANTS = ("ide", "full")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -276,19 +279,27 @@ def _write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def customise(root: Path, variant: str, say: Progress) -> str:
+def root_spec(variant: str, uuid: str) -> str:
+    """How the variant's fstab and root= name the root filesystem."""
+    return ROOT_DEVICE if variant == "ide" else f"UUID={uuid}"
+
+
+def customise(root: Path, variant: str, uuid: str, say: Progress) -> str:
     """Turn a copy of the base into the installed system of ``variant``; returns the kernel."""
     release = kernel_release(root)
+    spec = root_spec(variant, uuid)
     hostname = f"pvhvm-{variant}"
     _write(root / "etc" / "hostname", hostname + "\n")
     _write(root / "etc" / "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n")
     _write(root / "etc" / "fstab", (
         "# /etc/fstab: static file system information.\n"
         "# <file system> <mount point> <type> <options> <dump> <pass>\n"
-        f"{ROOT_DEVICE}\t/\text4\terrors=remount-ro\t0\t1\n"
+        f"{spec}\t/\text4\terrors=remount-ro\t0\t1\n"
     ))
-    _write(root / "etc" / "default" / "grub", DEFAULT_GRUB)
-    _write(root / "boot" / "grub" / "grub.cfg", grub_cfg(release, ROOT_DEVICE, KERNEL_CONSOLE))
+    default_grub = DEFAULT_GRUB if variant == "ide" else DEFAULT_GRUB.replace(
+        "GRUB_DISABLE_LINUX_UUID=true", "#GRUB_DISABLE_LINUX_UUID=true")
+    _write(root / "etc" / "default" / "grub", default_grub)
+    _write(root / "boot" / "grub" / "grub.cfg", grub_cfg(release, spec, KERNEL_CONSOLE))
     # grub-install copies the platform's modules next to grub.cfg; normal.mod etc. load from there.
     modules_dir = root / "boot" / "grub" / "i386-pc"
     modules_dir.mkdir(parents=True, exist_ok=True)
@@ -433,7 +444,8 @@ def _build(guest: InstalledGuest, variant: str, base_root: Path, say: Progress) 
         root = work / "root"
         say("copying the debootstrap base")
         run(["cp", "-a", "--reflink=auto", str(base_root), str(root)])
-        release = customise(root, variant, say)
+        uuid = str(uuidlib.uuid4())
+        release = customise(root, variant, uuid, say)
         modules = initramfs_modules(root, release)
         virtio = {"virtio_pci", "virtio_blk"} <= set(modules)
         if virtio != (variant == "full"):
@@ -447,9 +459,10 @@ def _build(guest: InstalledGuest, variant: str, base_root: Path, say: Progress) 
         rootfs = work / "root.ext4"
         run([
             require_tool("mke2fs", "e2fsprogs"), "-q", "-F", "-t", "ext4", "-d", str(root),
-            "-E", "root_owner=0:0", str(rootfs), f"{DISK_MIB - 1}M",
+            "-E", "root_owner=0:0", "-U", uuid, str(rootfs), f"{DISK_MIB - 1}M",
         ])
-        uuid = filesystem_uuid(rootfs)
+        if filesystem_uuid(rootfs) != uuid:
+            raise GuestImageError(f"mke2fs did not give {rootfs} the UUID {uuid}")
         say("writing disk.img (MBR, GRUB, partition 1)")
         disk = work / DISK
         part = assemble_disk(disk, rootfs=rootfs, boot_img=boot_img, core_img=core,
@@ -458,7 +471,7 @@ def _build(guest: InstalledGuest, variant: str, base_root: Path, say: Progress) 
             "recipe": recipe_digest(variant),
             "variant": variant,
             "kernel_release": release,
-            "root_device": ROOT_DEVICE,
+            "root_device": root_spec(variant, uuid),
             "root_uuid": uuid,
             "partition": {"start": part.start, "sectors": part.sectors},
             "initramfs_modules": modules,

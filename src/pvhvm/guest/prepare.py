@@ -14,11 +14,12 @@ installed Linux guest to PV disks"):
 3. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
 
 Atomicity: the work is done on a sparse (reflinked where possible) copy of the image next to
-it, ``.<name>.pvhvm-prepare``; the copy replaces the image by ``rename(2)`` only after every
-write succeeded and ``e2fsck -fn`` finds the filesystem clean. An interruption leaves the
-original untouched (and a stale copy, removed by the next run). Files go back into the ext4
-image with ``debugfs -w`` (``rm`` + ``write`` + ``set_inode_field`` for mode, owner and
-times): nothing is mounted.
+it, ``.<name>.pvhvm-prepare``; ``e2fsck -fp`` first replays the journal of a guest that was
+destroyed rather than shut down (debugfs never does); the copy replaces the image by
+``rename(2)`` only after every write succeeded and ``e2fsck -fn`` finds the filesystem clean.
+An interruption leaves the original untouched (and a stale copy, removed by the next run).
+Files go back into the ext4 image with ``debugfs -w`` (``rm`` + ``write`` +
+``set_inode_field`` for mode, owner and times): nothing is mounted.
 
 Why a chroot and not libguestfs: as root on a Debian host a chroot runs the guest's own
 update-initramfs in seconds; libguestfs would boot its appliance under TCG here for the same
@@ -121,12 +122,13 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class RootFilesystem:
-    """Where the guest's root filesystem is: byte offset, its partition, the disk's partitions'
-    UUIDs by number (0: the whole disk is the filesystem)."""
+    """Where the guest's root filesystem is: byte offset and size, its partition, the disk's
+    partitions' UUIDs by number (0: the whole disk is the filesystem)."""
 
     offset: int
     partition: int
     uuids: dict[int, str]
+    size: int = 0
 
 
 # -- pure rewriting -------------------------------------------------------------------------
@@ -225,6 +227,7 @@ def find_root(image: Path) -> RootFilesystem:
             table = read_table(stream, size)
             places = ([(p.number, p.start) for p in table.partitions]
                       if table.partitions else [(0, 0)])
+            sizes = {p.number: p.size for p in table.partitions} or {0: size}
             uuids: dict[int, str] = {}
             kinds: dict[int, str] = {}
             for number, start in places:
@@ -240,7 +243,7 @@ def find_root(image: Path) -> RootFilesystem:
             continue
         try:
             if ExtFilesystem(image, offsets[number]).read_text(FSTAB) is not None:
-                return RootFilesystem(offsets[number], number, uuids)
+                return RootFilesystem(offsets[number], number, uuids, sizes[number])
         except InspectError as err:
             raise PrepareError(str(err)) from err
     raise PrepareError(f"{image}: no ext2/3/4 filesystem with {FSTAB} (a Linux root) found")
@@ -488,28 +491,96 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
         raise ImageInUseError(f"{image} is in use by running domain {', '.join(users)}; "
                               "shut it down first")
     root = find_root(image)
-    fs = ExtFilesystem(image, root.offset)
-    try:
-        plan = plan_changes(fs, root)
-    except InspectError as err:
-        raise PrepareError(str(err)) from err
-    result.changes, result.notes = plan.changes, plan.notes
-    result.seconds["read"] = time.monotonic() - started
     if dry_run:
+        plan = _plan(image, root)
+        result.changes, result.notes = plan.changes, plan.notes
+        if needs_recovery(image, root):
+            result.notes.append("the filesystem's journal needs recovery (the guest did not "
+                                "shut down cleanly): prepare replays it first")
+        result.seconds["read"] = time.monotonic() - started
         return result
     if os.geteuid() != 0:
         raise PrepareError("pvhvm guest prepare needs root (chroot into the guest's files)")
     work_image = image.with_name(f".{image.name}.pvhvm-prepare")
+    work_fs = image.with_name(f".{image.name}.pvhvm-prepare.rootfs")
     with _exclusive(image):
-        work_image.unlink(missing_ok=True)
         try:
-            _prepare_copy(image, work_image, root, plan, result, say)
-            say("replacing the image")
+            for stale in (work_image, work_fs):
+                stale.unlink(missing_ok=True)
+            _prepare_filesystem(image, work_fs, root, result, say)
+            mark = time.monotonic()
+            say(f"writing the prepared filesystem into a copy of {image.name}")
+            _run(["cp", "--sparse=always", "--reflink=auto", str(image), str(work_image)],
+                 "cp")
+            splice(work_fs, work_image, root.offset)
+            _timed(result, "commit", mark)
             os.replace(work_image, image)
         finally:
-            work_image.unlink(missing_ok=True)
+            for scratch in (work_image, work_fs):
+                scratch.unlink(missing_ok=True)
     result.seconds["total"] = time.monotonic() - started
     return result
+
+
+def extract_range(image: Path, target: Path, offset: int, size: int) -> None:
+    """Copy ``size`` bytes at ``offset`` of ``image`` into a new sparse file ``target``."""
+    block = 1 << 20
+    zero = bytes(block)
+    with open(image, "rb") as src, open(target, "wb") as dst:
+        dst.truncate(size)
+        src.seek(offset)
+        done = 0
+        while done < size:
+            chunk = src.read(min(block, size - done))
+            if not chunk:
+                break
+            if chunk != zero[:len(chunk)]:
+                dst.seek(done)
+                dst.write(chunk)
+            done += len(chunk)
+
+
+def splice(source: Path, image: Path, offset: int) -> None:
+    """Write ``source`` into ``image`` at ``offset``: only the MiB blocks that differ, so the
+    copy stays as sparse as the original; then fsync."""
+    block = 1 << 20
+    with open(source, "rb") as src, open(image, "r+b") as dst:
+        position = 0
+        while chunk := src.read(block):
+            dst.seek(offset + position)
+            if dst.read(len(chunk)) != chunk:
+                dst.seek(offset + position)
+                dst.write(chunk)
+            position += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _plan(image: Path, root: RootFilesystem) -> _Plan:
+    try:
+        return plan_changes(ExtFilesystem(image, root.offset), root)
+    except InspectError as err:
+        raise PrepareError(str(err)) from err
+
+
+def needs_recovery(image: Path, root: RootFilesystem) -> bool:
+    """Whether the ext superblock says the journal must be replayed (incompat 0x4)."""
+    with open(image, "rb") as stream:
+        stream.seek(root.offset + 1024 + 96)
+        incompat = int.from_bytes(stream.read(4), "little")
+    return bool(incompat & 0x4)
+
+
+def recover(device: str) -> bool:
+    """``e2fsck -fp``: replay the journal of a guest that was not shut down, fix what is
+    safe; anything worse is the user's to decide (exit status 4 and up)."""
+    done = subprocess.run(["e2fsck", "-fp", device], capture_output=True, text=True,
+                          check=False)
+    if done.returncode >= 4:
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        raise PrepareError(f"the guest's root filesystem has errors e2fsck -p will not fix "
+                           f"(run e2fsck on it first): {tail}")
+    return done.returncode != 0
 
 
 def _timed(result: PrepareResult, step: str, started: float) -> float:
@@ -518,13 +589,23 @@ def _timed(result: PrepareResult, step: str, started: float) -> float:
     return now
 
 
-def _prepare_copy(image: Path, work_image: Path, root: RootFilesystem, plan: _Plan,
-                  result: PrepareResult, say: Progress) -> None:
+def _prepare_filesystem(image: Path, work_fs: Path, root: RootFilesystem,
+                        result: PrepareResult, say: Progress) -> None:
+    """All the work, on a copy of the root filesystem alone (e2fsck and debugfs then need no
+    offset: e2fsck loses ``?offset=`` when it re-opens a device after a journal replay)."""
     mark = time.monotonic()
-    say(f"copying {image.name}")
-    _run(["cp", "--sparse=always", "--reflink=auto", str(image), str(work_image)], "cp")
+    say("copying the root filesystem out of the image")
+    extract_range(image, work_fs, root.offset, root.size)
     mark = _timed(result, "copy", mark)
-    device = f"{work_image}?offset={root.offset}" if root.offset else str(work_image)
+    device = str(work_fs)
+    say("e2fsck -fp (replays the journal if the guest did not shut down)")
+    repaired = recover(device)
+    mark = _timed(result, "fsck-before", mark)
+    plan = _plan(work_fs, RootFilesystem(0, root.partition, root.uuids, root.size))
+    result.changes, result.notes = plan.changes, plan.notes
+    if repaired:
+        result.notes.append("e2fsck -p replayed the journal or fixed the filesystem first")
+    mark = _timed(result, "read", mark)
     with tempfile.TemporaryDirectory(prefix="pvhvm-prepare-") as scratch:
         tree = Path(scratch) / "root"
         tree.mkdir()
@@ -560,4 +641,4 @@ def _prepare_copy(image: Path, work_image: Path, root: RootFilesystem, plan: _Pl
         mark = _timed(result, "write-back", mark)
     say("e2fsck -fn")
     _run(["e2fsck", "-fn", device], "e2fsck -fn on the prepared filesystem")
-    _timed(result, "fsck", mark)
+    _timed(result, "fsck-after", mark)

@@ -121,3 +121,23 @@ def test_kit_examples_pass(capsys: pytest.CaptureFixture[str], kit: Kit) -> None
     assert code == 1
     assert "fatal: root=/dev/sda: /dev/sda will not exist: on this plan the root disk xvda " \
            "is /dev/vda" in err
+
+
+def test_boot_entry(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                    ide_install: InstalledImage) -> None:
+    code, out, err = run(capsys, "guest", "boot-entry", str(ide_install.path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["cmdline"] == "root=/dev/sda2 ro console=ttyS0,115200"
+    code, out, err = run(capsys, "guest", "boot-entry", str(ide_install.path),
+                         "--extract", str(tmp_path), "--json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert Path(document["kernel_file"]).read_bytes() == ide_install.kernel
+    assert Path(document["initrd_file"]).read_bytes() == ide_install.initrd
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * 65536)
+    before = sorted(tmp_path.iterdir())
+    code, out, err = run(capsys, "guest", "boot-entry", str(blank), "--extract", str(tmp_path))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "no default boot entry" in err
+    assert sorted(tmp_path.iterdir()) == before  # nothing half-made

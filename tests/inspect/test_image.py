@@ -164,3 +164,16 @@ def test_fedora_like_guest_bls_dracut_xz_modules(tmp_path: Path) -> None:
     assert kernel.initrd.compression == "xz" and kernel.initrd.microcode
     assert kernel.drivers["virtio_blk"].at_boot and kernel.drivers["xen_blkfront"].at_boot
     assert not kernel.drivers["ata_piix"].at_boot
+
+
+def test_find_boot_entry_missing_kernel_leaves_nothing(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path / "t", {
+        "etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n",
+        "boot/grub/grub.cfg": "menuentry 'gone' {\n linux /boot/vmlinuz-9 root=/dev/sda1\n}\n",
+    })
+    image = make_ext4(tmp_path / "fs.ext4", tree, 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ImageFormatError, match="kernel /boot/vmlinuz-9 is not in the image"):
+        find_boot_entry(image, out)
+    assert list(out.iterdir()) == []

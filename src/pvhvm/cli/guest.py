@@ -20,7 +20,8 @@ from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.inspect.check import CheckResult, Problem, Severity, check_plan
-from pvhvm.inspect.image import ImageReport, inspect_image
+from pvhvm.inspect.errors import InspectError
+from pvhvm.inspect.image import ImageReport, find_boot_entry, inspect_image
 from pvhvm.plan.plan import Plan, Platform, make_plan
 
 
@@ -148,6 +149,36 @@ def inspect_cmd(image: Path, as_json: bool) -> None:
         out.print(table)
     for note in report.notes:
         out.print(f"note: {note}")
+
+
+@guest.command("boot-entry")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--extract", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the entry's kernel and initrd out into this directory (as pygrub).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def boot_entry_cmd(image: Path, extract: Path | None, as_json: bool) -> None:
+    """The default boot entry of IMAGE's boot loader: kernel, initrd, command line (what
+    pygrub boots for a bootloader = "pygrub" guest)."""
+    if extract is None:
+        report = inspect_image(image)
+        entry = report.default_entry
+        if entry is None:
+            raise InspectError(f"{image}: no default boot entry "
+                               f"({'; '.join(report.notes) or 'the boot loader has none'})")
+        document: dict[str, Any] = entry.to_json()
+    else:
+        if not extract.is_dir():
+            raise InspectError(f"--extract {extract}: no such directory")
+        boot = find_boot_entry(image, extract)
+        document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
+                    "initrd_file": str(boot.initrd) if boot.initrd else None}
+    if as_json:
+        print_json(document)
+        return
+    out = console()
+    for key, value in document.items():
+        out.print(f"{key}: {' '.join(value) if isinstance(value, list) else value}",
+                  soft_wrap=True)
 
 
 def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:

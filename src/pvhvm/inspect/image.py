@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -582,6 +583,14 @@ def find_boot_entry(image: Path, directory: Path | None = None) -> ExtractedBoot
     if guest is None:
         raise ImageFormatError(f"{image}: no Linux root filesystem found")
     out = Path(tempfile.mkdtemp(prefix="pvhvm-boot-", dir=directory))
+    try:
+        return _extract(image, guest, entry, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # nothing half-made is left behind
+        raise
+
+
+def _extract(image: Path, guest: _Guest, entry: BootEntry, out: Path) -> ExtractedBoot:
     kernel = out / posixpath.basename(entry.kernel)
     source, inner = guest.locate(entry.kernel)
     if not source.dump(inner, kernel):

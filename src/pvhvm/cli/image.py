@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from pvhvm.errors import PvhvmError
+from pvhvm.guest.installed import VARIANTS, build_installed
 from pvhvm.guest.kit import OUTPUTS, build_kit
 
 
@@ -44,3 +45,30 @@ def build(directory: Path, force: bool) -> None:
     for name in OUTPUTS:
         path = kit.directory / name
         console.print(f"{path}  {path.stat().st_size // 1024} KiB")
+
+
+@image.command("build-installed")
+@click.argument("directory", type=click.Path(path_type=Path), required=False)
+@click.option("--variant", type=click.Choice(VARIANTS), default="ide", show_default=True,
+              help="ide: initramfs without virtio (installed on IDE); full: MODULES=most.")
+@click.option("--force", is_flag=True, help="Rebuild even when the disk is up to date.")
+def build_installed_command(directory: Path | None, variant: str, force: bool) -> None:
+    """Build an installed Debian 12 guest disk into DIRECTORY (default
+    ~/.cache/pvhvm/installed/VARIANT); needs root (debootstrap, chroot)."""
+    if directory is not None and directory.exists() and not directory.is_dir():
+        raise click.ClickException(f"{directory} exists and is not a directory")
+    console = _console()
+    try:
+        with console.status(f"building the installed guest ({variant})") as status:
+
+            def progress(message: str) -> None:
+                status.update(message)
+                console.log(message)
+
+            guest = build_installed(directory, variant, force=force, progress=progress)
+        manifest = guest.manifest()
+    except PvhvmError as err:
+        raise click.ClickException(str(err)) from err
+    console.print(f"{guest.disk}  {guest.disk.stat().st_size // (1 << 20)} MiB "
+                  f"(kernel {manifest['kernel_release']}, root {manifest['root_device']}, "
+                  f"UUID {manifest['root_uuid']})")

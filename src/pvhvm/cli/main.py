@@ -51,6 +51,7 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     lazy={
         "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
+        "guest": "pvhvm.cli.guest:guest",
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -117,10 +118,12 @@ def _known_platform(ctx: click.Context, param: click.Parameter, value: str | Non
                    "(PCI passthrough, vTPM...) instead of refusing.")
 @click.option("--connect", metavar="URI", default=None,
               help="libvirt platform: the daemon's URI (default: qemu:///system).")
+@click.option("--no-check", is_flag=True,
+              help="Create the guest even when pvhvm guest check says it will not boot.")
 def create(
     config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool, platform: str | None,
     accel: str | None, paused: bool, xenstore: Path | None, attach_console: bool,
-    dialect: str | None, skip_unsupported: bool, connect: str | None,
+    dialect: str | None, skip_unsupported: bool, connect: str | None, no_check: bool,
 ) -> None:
     """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
 
@@ -151,6 +154,12 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
+    if not no_check:
+        # imported here, as LazyGroup imports commands: only a real create reads the guest's
+        # image, so --dry-run and the other verbs do not pay for the inspection modules
+        from pvhvm.cli.guest import guest_check_for_create
+
+        guest_check_for_create(plan, quiet=as_json)
     created = platforms.create(target, plan, options)
     record = created.record
     if as_json:

@@ -1,0 +1,232 @@
+"""``pvhvm guest``: installed guests, read offline (inspect) and checked against a plan (check).
+
+``create`` calls :func:`guest_check_for_create` so a guest that will not boot is refused
+with the reasons (``--no-check`` goes ahead anyway).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from pvhvm.cli.output import console, print_json
+from pvhvm.config.domain import load_config
+from pvhvm.config.lang import parse_cli_variable
+from pvhvm.errors import PvhvmError
+from pvhvm.inspect.check import CheckResult, Problem, Severity, check_plan
+from pvhvm.inspect.errors import InspectError
+from pvhvm.inspect.image import ImageReport, find_boot_entry, inspect_image
+from pvhvm.plan.plan import Plan, Platform, make_plan
+
+
+class GuestWillNotBootError(PvhvmError):
+    """``create`` refused: the check found a problem that stops the guest booting."""
+
+
+#: helper commands in their own modules, found when they are installed: "name" → module
+OPTIONAL_COMMANDS = {"prepare": "pvhvm.cli.guest_prepare"}
+
+
+class GuestGroup(click.Group):
+    """The ``guest`` group; ``prepare`` lives in its own module and is imported when named."""
+
+    def _optional(self, name: str) -> click.Command | None:
+        module = OPTIONAL_COMMANDS.get(name)
+        if module is None or importlib.util.find_spec(module) is None:
+            return None
+        command = getattr(importlib.import_module(module), name, None)
+        return command if isinstance(command, click.Command) else None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names |= {n for n, m in OPTIONAL_COMMANDS.items() if importlib.util.find_spec(m)}
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._optional(cmd_name)
+
+
+@click.group(cls=GuestGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def guest() -> None:
+    """Installed guests: what an image holds, and whether it boots with a config."""
+
+
+def _yes(value: bool | None) -> str:
+    return {True: "yes", False: "no", None: "?"}[value]
+
+
+def report_tables(report: ImageReport) -> list[Table]:
+    """The readable form of an ImageReport."""
+    tables: list[Table] = []
+    summary = Table(title="Image", show_header=False, title_justify="left")
+    summary.add_column("key", style="bold")
+    summary.add_column("value")
+    summary.add_row("path", report.path)
+    summary.add_row("size", f"{report.size >> 20} MiB")
+    summary.add_row("partition table", f"{report.table.scheme} {report.table.disk_id}".strip())
+    summary.add_row("os", report.os_release.get("PRETTY_NAME", "?"))
+    if report.bootloader is not None:
+        entry = report.default_entry
+        summary.add_row("boot loader", f"{report.bootloader.loader} ({report.bootloader.path})")
+        if entry is not None:
+            summary.add_row("default entry", entry.title)
+            summary.add_row("  kernel", entry.kernel)
+            summary.add_row("  initrd", " ".join(entry.initrd) or "(none)")
+            summary.add_row("  cmdline", entry.cmdline)
+    for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+        if key in report.default_grub:
+            summary.add_row(key, report.default_grub[key])
+    summary.add_row("gettys", " ".join(report.gettys) or "(none found)")
+    tables.append(summary)
+
+    filesystems = Table(title="Filesystems", title_justify="left")
+    for column in ("part", "start", "size", "type", "uuid", "label", "partuuid", "role"):
+        filesystems.add_column(column)
+    for fs in report.filesystems:
+        sig = fs.signature
+        filesystems.add_row(
+            "-" if fs.partition is None else str(fs.partition), str(fs.offset),
+            f"{fs.size >> 20} MiB", sig.type if sig else "?", sig.uuid if sig else "",
+            sig.label if sig else "", fs.partuuid, fs.role,
+        )
+    tables.append(filesystems)
+
+    kernels = Table(title="Kernels and their storage/network drivers", title_justify="left")
+    for column in ("release", "initrd", "at boot (built in or initramfs)", "modules only",
+                   "absent"):
+        kernels.add_column(column)
+    for kernel in report.kernels:
+        initrd = kernel.initrd
+        at_boot, modules, absent = [], [], []
+        for driver, state in kernel.drivers.items():
+            if state.at_boot:
+                at_boot.append(driver + ("(b)" if state.builtin else ""))
+            elif state.installed:
+                modules.append(driver)
+            elif state.installed is False:
+                absent.append(driver)
+        where = "(none)"
+        if initrd is not None:
+            where = f"{initrd.path}\n{initrd.compression}" + (
+                " + microcode" if initrd.microcode else "")
+            if initrd.error:
+                where = f"{initrd.path}\nunreadable: {initrd.error}"
+        kernels.add_row(kernel.release, where, " ".join(at_boot), " ".join(modules),
+                        " ".join(absent))
+    tables.append(kernels)
+
+    mounts = Table(title="fstab / crypttab", title_justify="left")
+    for column in ("file:line", "device", "named by", "mountpoint", "type", "options"):
+        mounts.add_column(column)
+    for mount in report.fstab:
+        mounts.add_row(f"fstab:{mount.line}", mount.device.spec, mount.device.naming.value,
+                       mount.mountpoint, mount.fstype, ",".join(mount.options))
+    for crypt in report.crypttab:
+        mounts.add_row(f"crypttab:{crypt.line}", crypt.device.spec, crypt.device.naming.value,
+                       f"/dev/mapper/{crypt.name}", "luks", ",".join(crypt.options))
+    tables.append(mounts)
+    return tables
+
+
+@guest.command("inspect")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect_cmd(image: Path, as_json: bool) -> None:
+    """What disk IMAGE holds, read offline: partitions, OS, kernels and their initramfs
+    drivers, boot loader, fstab. Nothing is booted or mounted."""
+    report = inspect_image(image)
+    if as_json:
+        print_json(report.to_json())
+        return
+    out = console()
+    for table in report_tables(report):
+        out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}")
+
+
+@guest.command("boot-entry")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--extract", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the entry's kernel and initrd out into this directory (as pygrub).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def boot_entry_cmd(image: Path, extract: Path | None, as_json: bool) -> None:
+    """The default boot entry of IMAGE's boot loader: kernel, initrd, command line (what
+    pygrub boots for a bootloader = "pygrub" guest)."""
+    if extract is None:
+        report = inspect_image(image)
+        entry = report.default_entry
+        if entry is None:
+            raise InspectError(f"{image}: no default boot entry "
+                               f"({'; '.join(report.notes) or 'the boot loader has none'})")
+        document: dict[str, Any] = entry.to_json()
+    else:
+        if not extract.is_dir():
+            raise InspectError(f"--extract {extract}: no such directory")
+        boot = find_boot_entry(image, extract)
+        document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
+                    "initrd_file": str(boot.initrd) if boot.initrd else None}
+    if as_json:
+        print_json(document)
+        return
+    out = console()
+    for key, value in document.items():
+        out.print(f"{key}: {' '.join(value) if isinstance(value, list) else value}",
+                  soft_wrap=True)
+
+
+def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
+    return dict(parse_cli_variable(a) for a in assignments)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    err = console(stderr=True)
+    for problem in problems:
+        style = "red" if problem.severity is Severity.FATAL else "yellow"
+        err.print(f"[{style}]{problem.severity.value}:[/{style}] "
+                  f"{problem.line().split(': ', 1)[1]}", markup=True, highlight=False,
+                  soft_wrap=True)
+
+
+@guest.command("check")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
+@click.option("--platform", type=click.Choice([p.value for p in Platform]), default="qemu",
+              show_default=True, help="The platform the guest would run on.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def check_cmd(config: Path, variables: tuple[str, ...], platform: str,
+              as_json: bool) -> None:
+    """Will the guest of CONFIG boot as planned? One line per problem with its fix;
+    exit status 1 when it will not boot."""
+    plan = make_plan(load_config(config, _variables(variables)), Platform(platform))
+    result = check_plan(plan)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_problems(result.problems)
+        where = result.report.path if result.report else "nothing readable"
+        verdict = "will not boot" if result.fatal else "should boot"
+        console().print(f"{plan.name}: {verdict} ({where}, {len(result.problems)} findings)")
+    if result.fatal:
+        sys.exit(1)  # the findings are the message; click's ctx.exit would be swallowed
+
+
+def guest_check_for_create(plan: Plan, quiet: bool = False) -> CheckResult:
+    """``create``'s check: notes are printed, a fatal problem refuses the create."""
+    result = check_plan(plan)
+    if not quiet or result.fatal:
+        _print_problems(result.problems)
+    if result.fatal:
+        count = sum(1 for p in result.problems if p.severity is Severity.FATAL)
+        raise GuestWillNotBootError(
+            f"{plan.name} will not boot as planned ({count} fatal problem"
+            f"{'s' if count > 1 else ''} above); fix them (pvhvm guest prepare) or use "
+            "--no-check to create it anyway"
+        )
+    return result

@@ -1,0 +1,84 @@
+"""``pvhvm guest prepare``: make a config's installed guest boot on PV disks (virt-v2v style).
+
+The ``guest`` group (cli/guest.py) finds the ``prepare`` command here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from pvhvm.cli.output import console, print_json
+from pvhvm.config.domain import load_config
+from pvhvm.config.lang import parse_cli_variable
+from pvhvm.guest.prepare import PrepareError, PrepareResult, prepare_image
+from pvhvm.inspect.check import root_disk
+from pvhvm.plan.plan import Plan, Platform, make_plan
+
+
+def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
+    return dict(parse_cli_variable(a) for a in assignments)
+
+
+def root_image(plan: Plan) -> Path:
+    """The image file of the disk the guest boots from (a raw file, not a script target)."""
+    disk = root_disk(plan)
+    if disk is None:
+        raise PrepareError(f"{plan.name}: the config has no hard disk to prepare")
+    if disk.script is not None:
+        raise PrepareError(f"{plan.name}: {disk.vdev} is a script-backed disk "
+                           f"({disk.script}); prepare works on image files")
+    if disk.format not in ("raw", ""):
+        raise PrepareError(f"{plan.name}: {disk.vdev} is {disk.format}; prepare works on raw "
+                           "images (qemu-img convert -O raw first)")
+    return Path(disk.target)
+
+
+def changes_table(result: PrepareResult) -> Table:
+    verb = "would change" if result.dry_run else "changed"
+    table = Table(title=f"{result.image}: {verb}")
+    table.add_column("file")
+    table.add_column("what")
+    table.add_column("change")
+    for change in result.changes:
+        table.add_row(change.path, change.kind, change.detail)
+    return table
+
+
+@click.command("prepare")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
+@click.option("-n", "--dry-run", is_flag=True, help="List the changes; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prepare(config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Make the guest of CONFIG boot on PV (virtio) disks: add the drivers to its initramfs
+    and rebuild it with the guest's own update-initramfs, name devices by UUID= in fstab,
+    crypttab and the bootloader; keep <file>.pre-pvhvm copies. Refused while a domain runs
+    on the image."""
+    plan = make_plan(load_config(config, _variables(variables)), Platform.QEMU)
+    image = root_image(plan)
+    err = console(stderr=True)
+    if as_json or dry_run:
+        result = prepare_image(image, dry_run=dry_run)
+    else:
+        with err.status("preparing") as status:
+
+            def progress(message: str) -> None:
+                status.update(message)
+                err.log(message)
+
+            result = prepare_image(image, progress=progress)
+    if as_json:
+        print_json(result.to_json())
+        return
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
+    out = console()
+    out.print(changes_table(result))
+    if not dry_run:
+        total = result.seconds.get("total", 0.0)
+        out.print(f"{len(result.written)} files written back; {total:.1f} s; backups end in "
+                  ".pre-pvhvm")

@@ -73,3 +73,19 @@ def test_xl_keys_reach_the_running_qemu(
     assert len(cpus) == 2
     memory = execute(control, "query-memory-size-summary")
     assert memory["base-memory"] == 256 << 20
+
+
+def test_pygrub_config_boots_the_kernel_in_its_disk(
+    pvhvm: Pvhvm, domain: list[str], imagedir: Path, tmp_path: Path
+) -> None:
+    """An xm PV config with bootloader = "pygrub" and no kernel=: pvhvm reads the disk's own
+    boot loader config (the kit's extlinux), boots that kernel, every device PV."""
+    cfg = tmp_path / "pygrub.cfg"
+    cfg.write_text(f'name = "pygrub"\nbootloader = "pygrub"\nmemory = 512\n'
+                   f'disk = [ "file:{imagedir}/boot.img,xvda,w" ]\nvif = [ "" ]\n')
+    domain.append("pygrub")
+    created = pvhvm.run("create", str(cfg), "--accel", "tcg")
+    assert "as pygrub would" in created.stderr
+    report = pvhvm.wait_report("pygrub")
+    assert not report.has_class(IDE) and not report.has_class(SATA)
+    assert report.root is not None and report.root.startswith("/dev/vda")

@@ -16,12 +16,13 @@ import click
 from rich.table import Table
 
 from pvhvm.cli.output import console, print_json
-from pvhvm.config.domain import load_config
+from pvhvm.config.domain import Dialect, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.inspect.check import CheckResult, Problem, Severity, check_plan
 from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.image import ImageReport, find_boot_entry, inspect_image
+from pvhvm.inspect.pygrub import run_bootloader
 from pvhvm.plan.plan import Plan, Platform, make_plan
 
 
@@ -200,11 +201,17 @@ def _print_problems(problems: list[Problem]) -> None:
 @click.option("--platform", type=click.Choice([p.value for p in Platform]), default="qemu",
               show_default=True, help="The platform the guest would run on.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--dialect", type=click.Choice([d.value for d in Dialect]), default=None,
+              help="Read CONFIG as xm or xl reads it (as create does).")
 def check_cmd(config: Path, variables: tuple[str, ...], platform: str,
-              as_json: bool) -> None:
+              as_json: bool, dialect: str | None) -> None:
     """Will the guest of CONFIG boot as planned? One line per problem with its fix;
     exit status 1 when it will not boot."""
-    plan = make_plan(load_config(config, _variables(variables)), Platform(platform))
+    domain = load_config(config, _variables(variables),
+                         None if dialect is None else Dialect(dialect))
+    if Platform(platform) is Platform.QEMU:
+        domain = run_bootloader(domain)
+    plan = make_plan(domain, Platform(platform))
     result = check_plan(plan)
     if as_json:
         print_json(result.to_json())

@@ -16,7 +16,7 @@ from pvhvm import __version__
 from pvhvm.cli.domain import current_platforms
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
-from pvhvm.config.domain import Dialect, load_config
+from pvhvm.config.domain import Dialect, DomainConfig, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
 from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
@@ -83,6 +83,16 @@ def _dialect(value: str | None) -> Dialect | None:
     return None if value is None else Dialect(value)
 
 
+def run_bootloader(domain: DomainConfig) -> DomainConfig:
+    """bootloader = "pygrub" with no kernel=: the kernel is found in the guest's disk (the
+    inspection modules are imported only then, as LazyGroup imports commands)."""
+    if domain.bootloader is None or domain.kernel is not None:
+        return domain
+    pygrub = importlib.import_module("pvhvm.inspect.pygrub")
+    found: DomainConfig = pygrub.run_bootloader(domain)
+    return found
+
+
 def _known_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A click callback: ``--platform`` names one of this invocation's platforms."""
     names = current_platforms().names()
@@ -136,6 +146,8 @@ def create(
     )
     platforms.check_options(target, options)
     domain = load_config(config, _variables(variables), _dialect(dialect))
+    if target.plan_target is Platform.QEMU:
+        domain = run_bootloader(domain)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)
     warnings = list(plan.warnings) + target.realise_warnings(plan, options)
     if not as_json:
@@ -213,7 +225,7 @@ def export_libvirt_cmd(
     dialect: str | None,
 ) -> None:
     """Export CONFIG as libvirt domain XML (virsh define), noting what libvirt cannot express."""
-    domain = load_config(config, _variables(variables), _dialect(dialect))
+    domain = run_bootloader(load_config(config, _variables(variables), _dialect(dialect)))
     plan = make_plan(domain, Platform.QEMU)
     exported = domain_xml(plan, virt_type)
     for note in exported.notes:

@@ -157,6 +157,8 @@ class Plan:
     hpet: bool = True
     parallel: str | None = None
     device_model_version: str | None = None
+    #: a PV guest's bootloader (pygrub), kept for the xen platform and export-xl
+    bootloader: str | None = None
     #: serial ports after the console (ttyS1..ttyS3)
     more_serials: tuple[str, ...] = ()
     xl_passthrough: tuple[tuple[str, Any], ...] = ()
@@ -298,7 +300,7 @@ def make_plan(
     uuid = domain_uuid(config)
     pv_guest = config.guest_type is GuestType.PV
     if pv_guest:
-        _check_pv_guest(config, warnings)
+        _check_pv_guest(config, platform, warnings)
     disks = _plan_disks(config, registry, check_files, notes)
     vifs = _plan_vifs(config, registry, uuid, warnings, notes)
 
@@ -369,6 +371,7 @@ def make_plan(
         hpet=config.hpet,
         parallel=config.parallel,
         device_model_version=config.device_model_version,
+        bootloader=config.bootloader,
         more_serials=tuple(s for s in map(_absolute_serial, config.more_serials) if s),
         xl_passthrough=config.xl_passthrough,
         notes=tuple(notes),
@@ -391,10 +394,13 @@ def _unsupported_keys(
         warnings.append(f"{position}: {message}: created without it (--skip-unsupported)")
 
 
-def _check_pv_guest(config: DomainConfig, warnings: list[str]) -> None:
-    """A PV guest runs its own kernel on PV devices only: on QEMU, direct kernel boot."""
+def _check_pv_guest(config: DomainConfig, platform: Platform, warnings: list[str]) -> None:
+    """A PV guest runs its own kernel on PV devices only: on QEMU, direct kernel boot (a
+    bootloader = "pygrub" config has had its kernel found by pvhvm.inspect.pygrub by now)."""
     hvm_hint = 'add type = "hvm" (xl) or builder = "hvm" (xm) for an HVM guest'
     if config.kernel is None:
+        if config.bootloader is not None and platform is Platform.XEN:
+            return  # Xen runs the bootloader itself
         if config.bootloader is not None:
             raise ConfigError(
                 f"bootloader = {config.bootloader!r} ({config.guest_type_reason}): pvhvm does "

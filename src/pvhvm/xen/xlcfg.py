@@ -228,6 +228,10 @@ def export_xl(plan: Plan) -> XlExport:
             lines.append(f"ramdisk = {_quote(plan.ramdisk)}")
         if cmdline:
             lines.append(f"cmdline = {_quote(cmdline)}")
+    elif pv_guest and plan.bootloader:
+        lines.append(f"bootloader = {_quote(plan.bootloader)}")
+        if cmdline:
+            lines.append(f"cmdline = {_quote(cmdline)}")
     elif not pv_guest:
         lines.append(f"boot = {_quote(plan.boot)}")
     if not pv_guest:

@@ -89,3 +89,22 @@ def test_pygrub_config_boots_the_kernel_in_its_disk(
     report = pvhvm.wait_report("pygrub")
     assert not report.has_class(IDE) and not report.has_class(SATA)
     assert report.root is not None and report.root.startswith("/dev/vda")
+
+
+def test_bios_ovmf_boots_the_guest_under_uefi_firmware(
+    pvhvm: Pvhvm, domain: list[str], imagedir: Path, tmp_path: Path
+) -> None:
+    """bios = "ovmf" (Debian's OVMF): the firmware QEMU runs is OVMF and the guest comes up."""
+    cfg = tmp_path / "ovmf.cfg"
+    cfg.write_text(
+        'type = "hvm"\nname = "ovmf"\nmemory = 512\nbios = "ovmf"\n'
+        f'kernel = "{imagedir}/vmlinuz"\nramdisk = "{imagedir}/initramfs.cpio.gz"\n'
+        'extra = "console=ttyS0 root=/dev/vda"\n'
+        f'disk = [ "format=raw, vdev=xvda, access=rw, type=xenbus, target={imagedir}/rootfs.ext4" ]\n'
+    )
+    domain.append("ovmf")
+    pvhvm.run("create", str(cfg), "--accel", "tcg")
+    argv = (pvhvm.state / "domains" / "ovmf" / "record.json").read_text()
+    assert "/usr/share/ovmf/OVMF.fd" in argv
+    report = pvhvm.wait_report("ovmf")
+    assert report.root == "/dev/vda" and not report.has_class(IDE)

@@ -67,7 +67,7 @@ def test_golden_xml(example: str, request: pytest.FixtureRequest, tmp_path: Path
 def imagedir(tmp_path: Path) -> Path:
     images = tmp_path / "images"
     images.mkdir()
-    for name in ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img", "data.img"):
+    for name in ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img", "data.img", "disk.img"):
         (images / name).write_bytes(b"\0" * 1024)
     return images
 

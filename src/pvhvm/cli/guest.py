@@ -225,11 +225,12 @@ def check_cmd(config: Path, variables: tuple[str, ...], platform: str,
 
 
 def guest_check_for_create(plan: Plan, quiet: bool = False) -> CheckResult:
-    """``create``'s check: notes are printed, a fatal problem refuses the create."""
+    """``create``'s check: a fatal problem refuses the create, with every problem printed.
+    Notes alone are printed by :func:`print_check_notes` once the domain exists, so a create
+    that fails for another reason still says one line."""
     result = check_plan(plan)
-    if not quiet or result.fatal:
-        _print_problems(result.problems)
     if result.fatal:
+        _print_problems(result.problems)
         count = sum(1 for p in result.problems if p.severity is Severity.FATAL)
         raise GuestWillNotBootError(
             f"{plan.name} will not boot as planned ({count} fatal problem"
@@ -237,3 +238,8 @@ def guest_check_for_create(plan: Plan, quiet: bool = False) -> CheckResult:
             "--no-check to create it anyway"
         )
     return result
+
+
+def print_check_notes(result: CheckResult) -> None:
+    """The check's notes, after a create that went ahead."""
+    _print_problems(result.problems)

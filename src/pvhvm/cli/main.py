@@ -166,14 +166,16 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
+    checked = None
     if not no_check:
         # imported here, as LazyGroup imports commands: only a real create reads the guest's
         # image, so --dry-run and the other verbs do not pay for the inspection modules
-        from pvhvm.cli.guest import guest_check_for_create
-
-        guest_check_for_create(plan, quiet=as_json)
+        guest_cli = importlib.import_module("pvhvm.cli.guest")
+        checked = guest_cli.guest_check_for_create(plan)
     created = platforms.create(target, plan, options)
     record = created.record
+    if checked is not None and not as_json:
+        guest_cli.print_check_notes(checked)
     if as_json:
         print_json(record.to_json())
     else:

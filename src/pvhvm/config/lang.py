@@ -539,7 +539,9 @@ def parse_cli_variable(assignment: str) -> tuple[str, Any]:
             f"command-line variable {assignment!r} is not NAME=VALUE", file=COMMAND_LINE
         )
     try:
-        node = ast.parse(raw.strip(), mode="eval").body
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            node = ast.parse(_prescan(raw.strip(), COMMAND_LINE, []), mode="eval").body
         value = _Evaluator(COMMAND_LINE, {}).eval(node)
     except (SyntaxError, ValueError, ConfigError, RecursionError):
         value = raw

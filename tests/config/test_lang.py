@@ -59,7 +59,8 @@ def test_command_line_variables_are_visible_and_override() -> None:
 @pytest.mark.parametrize(
     ("assignment", "expected"),
     [("vmid=3", ("vmid", 3)), ("name=web1", ("name", "web1")), ("x='a b'", ("x", "a b")),
-     ("disk=['a','b']", ("disk", ["a", "b"])), ("p=/tmp/x", ("p", "/tmp/x"))],
+     ("disk=['a','b']", ("disk", ["a", "b"])), ("p=/tmp/x", ("p", "/tmp/x")),
+     ("memory=0512", ("memory", 330)), ("x=1if 1 else 2", ("x", "1if 1 else 2"))],
 )
 def test_cli_variable(assignment: str, expected: tuple[str, object]) -> None:
     assert parse_cli_variable(assignment) == expected

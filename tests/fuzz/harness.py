@@ -9,6 +9,7 @@ time and prints the figures, and test_fuzz.py runs a few hundred inputs of each 
 
 from __future__ import annotations
 
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -197,4 +198,75 @@ TARGETS: dict[str, tuple[Callable[[Any], str | None], st.SearchStrategy[Any]]] =
     "vif": (vif, vif_specs),
     "xenstore codec+server": (xenstore, packets()),
     "permission strings": (permission, permission_texts),
+}
+
+
+# --- plain random inputs: the same alphabets without hypothesis, for long, fast runs -------
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_ODD) if rng.random() < 0.6 else chr(rng.randrange(0x20, 0x3000))
+                   for _ in range(rng.randrange(12)))
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> str:
+    roll = rng.random()
+    if depth < 3 and roll < 0.2:
+        return "[" + ", ".join(_random_value(rng, depth + 1) for _ in range(rng.randrange(4))) + "]"
+    if depth < 3 and roll < 0.35:
+        return f"{_random_value(rng, depth + 1)} {rng.choice('+%')} {_random_value(rng, depth + 1)}"
+    if roll < 0.6:
+        return repr(_random_text(rng))
+    if roll < 0.75:
+        return str(rng.randrange(-2**70, 2**70) if rng.random() < 0.2 else rng.randrange(-9, 5000))
+    return rng.choice(["True", "None", "0512", "09", "1.5", "1if 1 else 2", "0x1for", "name",
+                       "memory", "t", "(t, t)", "[t, t]", "'%s' % (t,)"])
+
+
+def random_config(rng: random.Random) -> str:
+    lines = rng.choice(_SEEDS).splitlines()
+    for _ in range(rng.randrange(7)):
+        at = rng.randrange(max(1, len(lines)))
+        action = rng.choice(["add", "replace", "cut", "flip", "path"])
+        line = f"{rng.choice(_KEYS)} = {_random_value(rng)}"
+        if action == "path":
+            line = rng.choice(_PATH_LINES).format("/tmp/" + _random_text(rng))
+        if action in ("add", "path"):
+            lines.insert(at, line)
+        elif action == "replace" and lines:
+            lines[at] = line
+        elif action == "cut" and lines:
+            del lines[at]
+        elif lines:
+            cut = rng.randrange(len(lines[at]) + 1)
+            lines[at] = lines[at][:cut] + _random_text(rng) + lines[at][cut:]
+    return "name = 'fuzz'\n" + "\n".join(lines) + "\n"
+
+
+def _random_spec(rng: random.Random, tokens: list[str]) -> str:
+    return "".join(rng.choice(tokens) if rng.random() < 0.85 else _random_text(rng)[:4]
+                   for _ in range(rng.randrange(13)))
+
+
+def random_packets(rng: random.Random) -> bytes:
+    out = b""
+    for _ in range(rng.randrange(1, 9)):
+        if rng.random() < 0.7:
+            op = rng.randrange(31) if rng.random() < 0.9 else rng.randrange(2**32)
+            strings = [rng.choice(_PATHS) if rng.random() < 0.6
+                       else rng.randbytes(rng.randrange(12)) for _ in range(rng.randrange(5))]
+            payload = b"\0".join(strings) + rng.choice([b"", b"\0"])
+            out += encode(op, payload[:4096], req_id=rng.randrange(2**32), tx_id=rng.randrange(4))
+        else:
+            out += rng.randbytes(rng.randrange(40))
+    return out
+
+
+#: name -> a function making one random input
+RANDOM_INPUTS: dict[str, Callable[[random.Random], Any]] = {
+    "config->plan": random_config,
+    "disk": lambda rng: _random_spec(rng, _DISK_TOKENS),
+    "vif": lambda rng: _random_spec(rng, _VIF_TOKENS),
+    "xenstore codec+server": random_packets,
+    "permission strings": lambda rng: rng.choice([b"r", b"w", b"b", b"n", b"x", b""])
+    + rng.randbytes(rng.randrange(8)),
 }

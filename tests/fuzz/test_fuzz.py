@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz.harness import TARGETS
+from tests.fuzz.harness import RANDOM_INPUTS, TARGETS
 
 #: Findings known and waiting for a fix outside this area: a NUL byte in a path value reaches
 #: os.lstat/os.path (config/domain.py must call lang.check_path_value on path keys).
@@ -28,4 +29,13 @@ def test_no_finding(name: str) -> None:
             findings.append(f"{finding} <- {value!r}"[:300])
 
     run()
+    assert findings == []
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_INPUTS))
+def test_no_finding_on_random_inputs(name: str) -> None:
+    target, make = TARGETS[name][0], RANDOM_INPUTS[name]
+    rng = random.Random(name)
+    findings = [f for f in (target(make(rng)) for _ in range(1000))
+                if f is not None and not f.startswith(KNOWN)]
     assert findings == []

@@ -46,7 +46,7 @@ MAX_VALUE_LEN = 1 << 20
 MAX_FORMAT_WIDTH = 4096
 MAX_FILE_BYTES = 1 << 20
 #: Tokens in one file (names, numbers, strings, operators, brackets).
-MAX_TOKENS = 50_000
+MAX_TOKENS = 20_000
 #: Sum of the sizes of all values one file builds (characters and container items).
 MAX_TOTAL_SIZE = 4 << 20
 #: Nesting of one value (a list in a list ... ) and of one expression in the source.
@@ -341,13 +341,16 @@ class _Evaluator:
 
 
 #: One token of the config language, for the pre-scan: strings and comments are skipped
-#: whole so that nothing inside them is read as a number.
+#: whole so that nothing inside them is read as a number. Strings are matched with
+#: possessive, unrolled loops: a 1 MiB literal costs one pass, no backtracking state.
 _TOKEN = re.compile(
     r"""(?P<space>[ \t\f\r\n\\]+)
       | (?P<comment>\#[^\r\n]*)
       | (?P<string>[rRbBuUfF]{0,2}
-          (?:'''(?:[^\\]|\\.)*?(?:'''|\Z) | \"\"\"(?:[^\\]|\\.)*?(?:\"\"\"|\Z)
-            | '(?:[^\\'\r\n]|\\.)*'? | "(?:[^\\"\r\n]|\\.)*"? ))
+          (?:'''[^'\\]*+(?:(?:\\.|'(?!''))[^'\\]*+)*+(?:'''|\Z)
+            | \"\"\"[^"\\]*+(?:(?:\\.|"(?!""))[^"\\]*+)*+(?:\"\"\"|\Z)
+            | '[^\\'\r\n]*+(?:\\.[^\\'\r\n]*+)*+'?
+            | "[^\\"\r\n]*+(?:\\.[^\\"\r\n]*+)*+"? ))
       | (?P<number>\.?[0-9](?:[0-9a-zA-Z_.]|(?<=[eE])[-+])*)
       | (?P<name>[^\W\d]\w*)
       | (?P<other>.)""",
@@ -536,7 +539,9 @@ def parse_cli_variable(assignment: str) -> tuple[str, Any]:
             f"command-line variable {assignment!r} is not NAME=VALUE", file=COMMAND_LINE
         )
     try:
-        node = ast.parse(raw.strip(), mode="eval").body
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            node = ast.parse(_prescan(raw.strip(), COMMAND_LINE, []), mode="eval").body
         value = _Evaluator(COMMAND_LINE, {}).eval(node)
     except (SyntaxError, ValueError, ConfigError, RecursionError):
         value = raw

@@ -76,6 +76,8 @@ def test_pv_only_guest_through_libvirt(
         assert [(n["driver"], n["mac"]) for n in nets] == [  # type: ignore[attr-defined]
             ("virtio_net", record["config"]["vifs"][0]["mac"])]
 
+        (row,) = json.loads(pvhvm.run("list", "--json", "pv-only").stdout)
+        assert row["cpu_seconds"] > 0  # libvirt's CPU time of a guest that has booted
         disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
         assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
             ("xvda", "xenbus", "libvirt virtio vda")]

@@ -10,7 +10,6 @@ from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import SHUTDOWN_TIMEOUT, DomainPlatform
 from pvhvm.runtime import listing
-from pvhvm.runtime.state import process_cpu_seconds
 
 
 def current_platforms() -> Platforms:
@@ -38,7 +37,7 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     if long_:
         print_json(listing.long_list(records))
         return
-    rows = listing.list_rows(records, process_cpu_seconds)
+    rows = listing.list_rows(records, current_platforms().cpu_seconds)
     if as_json:
         print_json([row.to_json() for row in rows])
         return

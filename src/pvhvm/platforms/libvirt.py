@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.guest.report import END
 from pvhvm.libvirt.xml import LibvirtExport, domain_xml
 from pvhvm.plan.plan import Plan
@@ -237,7 +237,16 @@ class LibvirtPlatform(DomainPlatform):
             if dom is None:
                 records.release(name)
                 return None
-            record.state = self._state(dom).value
+            libvirt = _binding()
+            try:
+                record.state = self._state(dom).value
+                # virDomainGetInfo: [state, max memory, memory, vCPUs, CPU time in ns]
+                record.plan["libvirt_cpu_seconds"] = dom.info()[4] / 1e9
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                records.release(name)  # a transient domain that has just powered off
+                return None
             return record, dom
 
     def find(self, name: str) -> DomainRecord:
@@ -261,6 +270,10 @@ class LibvirtPlatform(DomainPlatform):
             if found is not None:
                 out.append(found[0])
         return sorted(out, key=lambda r: r.domid)
+
+    def cpu_seconds(self, record: DomainRecord) -> float:
+        """As libvirt read it when the record was last refreshed (``list`` refreshes it)."""
+        return float(record.plan.get("libvirt_cpu_seconds", 0.0))
 
     def destroy(self, name: str) -> None:
         records = self.records
@@ -390,8 +403,13 @@ class LibvirtPlatform(DomainPlatform):
 
     def report_source(self, name: str) -> ReportSource:
         record = self.find(name)
-        if not is_local(self._uri(record)):
-            raise self.not_here("report", name)
+        uri = self._uri(record)
+        if not is_local(uri):
+            raise NotOnPlatformError(
+                f"domain {name!r} runs on the libvirt host at {uri}: pvhvm reads a guest's "
+                "device report only from a daemon on this host (use 'virsh -c URI console')",
+                platform=self.name, verb="report",
+            )
         paths = self.records.paths(name)
         log = paths.console_log
         reported = log.exists() and END in log.read_text(errors="replace")

@@ -149,6 +149,12 @@ class DomainPlatform(ABC):
         """Where the guest's device report appears (``pvhvm report``)."""
         raise self.not_here("report", name)
 
+    def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
+                unsafe: bool = False) -> DomainRecord:
+        """Move the running domain to ``destination`` (live, as ``xl migrate``/``virsh
+        migrate --live``); disks are assumed shared. Returns the record there."""
+        raise self.not_here("migrate", name)
+
 
 class Platforms:
     """The platforms the CLI may use, by name; the first one given is the default."""

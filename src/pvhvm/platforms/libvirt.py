@@ -6,7 +6,8 @@ transient domain (``virDomainCreateXML``, as ``virsh create``): like an xl domai
 once it is destroyed or powers off with on_poweroff=destroy. pvhvm keeps a record per domain in
 ``<state dir>/libvirt`` (the URI, the plan, a domid unique across pvhvm's platforms); the
 record of a domain libvirt no longer has is removed when next seen. The verbs map to libvirt's
-(virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``.
+(virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``,
+and live migration to another daemon's URI (the record then names that URI).
 
 Only on a local URI (no host part) does pvhvm log the serial console to its own log directory
 (so ``pvhvm report`` can read it) and put a NIC whose bridge this host lacks on user networking.
@@ -191,6 +192,10 @@ class LibvirtPlatform(DomainPlatform):
         records = self.records
         paths = records.claim(plan.name)
         paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        # The XML appends to the log (a migration's destination QEMU opens it again); a new
+        # domain starts it empty, so an old report is never read as this guest's.
+        with contextlib.suppress(FileNotFoundError):
+            paths.console_log.unlink()
         dom: Any = None
         try:
             with records.locked():
@@ -400,6 +405,41 @@ class LibvirtPlatform(DomainPlatform):
     def network_devices(self, name: str) -> list[NetworkDevice]:
         record = self.find(name)
         return listing.network_devices(record, self._live_devices(record))
+
+    def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
+                unsafe: bool = False) -> DomainRecord:
+        """Live migration through libvirt, managed by this client (virDomainMigrate: both
+        daemons are connected to from here, so neither needs to reach the other's libvirtd).
+
+        ``migrate_uri``: where the destination's QEMU takes the migration stream (virsh's
+        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``); by default libvirt names the
+        destination host. ``unsafe``: skip libvirt's shared-storage check (virsh's
+        ``--unsafe``) for disks that are shared in fact but not on a file system libvirt
+        knows as shared. A failed migration leaves the domain running where it was.
+        """
+        libvirt = _binding()
+        record = self.find(name)
+        source = self._uri(record)
+        if destination == source:
+            raise DomainError(f"domain {name!r} already runs at {source}")
+        flags = libvirt.VIR_MIGRATE_LIVE | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
+        with self._connection(source) as conn, self._connection(destination) as dconn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            try:
+                moved = dom.migrate(dconn, flags, None, migrate_uri, 0)
+            except libvirt.libvirtError as err:
+                raise DomainError(
+                    f"domain {name!r} was not migrated from {source} to {destination} (it "
+                    f"still runs at {source}): {_message(err)}"
+                ) from err
+            record.plan["libvirt_uri"] = destination
+            record.plan["libvirt_id"] = moved.ID()
+            record.console = f"virsh -c {destination} console {name}"
+            record.state = self._state(moved).value
+        self.records.write(record)
+        return record
 
     def report_source(self, name: str) -> ReportSource:
         record = self.find(name)

@@ -76,6 +76,8 @@ def test_pv_only_guest_through_libvirt(
         assert [(n["driver"], n["mac"]) for n in nets] == [  # type: ignore[attr-defined]
             ("virtio_net", record["config"]["vifs"][0]["mac"])]
 
+        (row,) = json.loads(pvhvm.run("list", "--json", "pv-only").stdout)
+        assert row["cpu_seconds"] > 0  # libvirt's CPU time of a guest that has booted
         disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
         assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
             ("xvda", "xenbus", "libvirt virtio vda")]
@@ -143,3 +145,53 @@ def test_failed_libvirt_create_leaves_nothing(
     wrong = pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                       "--connect", libvirtd.uri, check=False)
     assert wrong.returncode == 1 and "--connect applies to --platform libvirt only" in wrong.stderr
+
+
+@pytest.fixture(scope="module")
+def second_libvirtd() -> Iterator[PrivateLibvirtd]:
+    """A second libvirt host: its own daemon, sockets, state and host_uuid."""
+    daemon = PrivateLibvirtd()
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        leftovers = daemon.stop()
+        assert not leftovers, f"domains left running in the second libvirt: {leftovers}"
+
+
+def test_second_host_by_uri_and_live_migration(
+    pvhvm: Pvhvm, libvirtd: PrivateLibvirtd, second_libvirtd: PrivateLibvirtd, imagedir: Path
+) -> None:
+    """Created on a second host by its URI, then live-migrated to the first: the same guest
+    (still answering the power button) with the same devices."""
+    lv_create(pvhvm, second_libvirtd, "pv-only.cfg", imagedir)
+    try:
+        assert second_libvirtd.virsh("list", "--name").split() == ["pv-only"]
+        assert libvirtd.virsh("list", "--all", "--name").split() == []
+        seen = report(pvhvm, "pv-only")
+        assert seen["ide_controller"] is False and seen["root"] == "/dev/vda"
+        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
+        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
+        uuid = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)[0]["uuid"]
+
+        pvhvm.run("migrate", "pv-only", "--to", libvirtd.uri, "--migrate-uri",
+                  "tcp://127.0.0.1", "--unsafe", timeout=300)
+        assert second_libvirtd.virsh("list", "--all", "--name").split() == []
+        assert libvirtd.virsh("list", "--name").split() == ["pv-only"]
+        assert libvirtd.virsh("domuuid", "pv-only").strip() == uuid
+        (record,) = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)
+        assert record["config"]["libvirt_uri"] == libvirtd.uri
+        assert record["state"] == "running"
+        # the same devices, read now from the destination's live domain
+        assert json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
+        assert json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
+        # the console log survived the move, report and all
+        assert report(pvhvm, "pv-only")["root"] == "/dev/vda"
+        again = pvhvm.run("migrate", "pv-only", "--to", libvirtd.uri, check=False)
+        assert again.returncode == 1 and "already runs at" in again.stderr
+        # the guest itself came along: it still acts on the ACPI power button
+        pvhvm.run("shutdown", "-w", "pv-only", "--timeout", "120", timeout=180)
+        assert "pv-only" not in listed(pvhvm)
+    finally:
+        pvhvm.run("destroy", "pv-only", check=False)
+    assert not libvirtd.qemu_pids() and not second_libvirtd.qemu_pids()

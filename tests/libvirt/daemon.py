@@ -15,13 +15,19 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from pvhvm.runtime.state import pid_alive, pid_cmdline
 
 LIBVIRT_DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt",
                 "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
-LIBVIRTD_CONF = 'auth_unix_rw = "none"\nauth_unix_ro = "none"\nunix_sock_rw_perms = "0700"\n'
+#: each daemon is a host of its own to libvirt: its own host_uuid (migration refuses a
+#: destination with the source's)
+LIBVIRTD_CONF = (
+    'auth_unix_rw = "none"\nauth_unix_ro = "none"\nunix_sock_rw_perms = "0700"\n'
+    'host_uuid = "{host_uuid}"\n'
+)
 #: root runs QEMU; libvirt must not chown images or kernels, nor want virtlogd
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\n'
@@ -50,7 +56,8 @@ class PrivateLibvirtd:
     def start(self, timeout: float = 30.0) -> None:
         for name in LIBVIRT_DIRS:
             (self.root / name).mkdir()
-        (self.root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        (self.root / "etc" / "libvirtd.conf").write_text(
+            LIBVIRTD_CONF.format(host_uuid=uuid.uuid4()))
         (self.root / "etc" / "qemu.conf").write_text(QEMU_CONF)
         script = START.format(pairs=" ".join(f"{k}={v}" for k, v in LIBVIRT_DIRS.items()))
         done = subprocess.run(

@@ -269,7 +269,7 @@ def test_running_options_console_log_and_user_networking(tmp_path: Path) -> None
                      user_networking=frozenset({1})).xml
     validate(xml, tmp_path)
     (port,) = devices(xml, "serial")
-    assert port.find("log").attrib == {"file": "/logs/g.console.log", "append": "off"}  # type: ignore[union-attr]
+    assert port.find("log").attrib == {"file": "/logs/g.console.log", "append": "on"}  # type: ignore[union-attr]
     assert devices(xml, "console")[0].find("log") is None
     nics = devices(xml, "interface")
     assert [n.get("type") for n in nics] == ["bridge", "user"]

@@ -210,6 +210,9 @@ def test_a_verb_the_platform_lacks_is_one_line(
         assert code == 1 and out == ""
         assert err == (f"pvhvm: error: domain 'g' is on the beta platform, which has no "
                        f"'pvhvm {verb}'\n"), verb
+    code, out, err = run(capsys, platforms, "migrate", "g", "--to", "elsewhere")
+    assert code == 1 and out == ""
+    assert err == "pvhvm: error: domain 'g' is on the beta platform, which has no 'pvhvm migrate'\n"
     code, out, _ = run(capsys, platforms, "block-list", "g")
     assert code == 0 and "beta-blk" in out
 

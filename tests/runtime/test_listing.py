@@ -60,7 +60,8 @@ def test_state_flags_are_xl_six_letters() -> None:
 
 
 def test_list_matches_xl_printf() -> None:
-    rows = list_rows([record(), record("db", 12, "paused", None)], lambda pid: 12.34)
+    rows = list_rows([record(), record("db", 12, "paused", None)],
+                     lambda r: 12.34 if r.qemu_pid else 0.0)
     text = format_list(rows)
     # xl: printf("%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f", ...)
     expected = [
@@ -79,7 +80,8 @@ def test_list_empty_is_the_header() -> None:
 
 
 def test_list_rows_json() -> None:
-    (row,) = list_rows([record(state="crashed", qemu_pid=None)], lambda pid: 99.0)
+    (row,) = list_rows([record(state="crashed", qemu_pid=None)],
+                       lambda r: 99.0 if r.qemu_pid else 0.0)
     assert row.to_json() == {
         "name": "web", "domid": 3, "memory_mib": 512, "vcpus": 2, "state": "crashed",
         "flags": "---sc-", "cpu_seconds": 0.0,

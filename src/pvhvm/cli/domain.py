@@ -1,5 +1,5 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
-reboot, block-list, network-list. Thin: each asks the platform that holds the domain
+reboot, block-list, network-list, migrate. Thin: each asks the platform that holds the domain
 (pvhvm.platforms), which says in one line when a verb is not on it."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import SHUTDOWN_TIMEOUT, DomainPlatform
 from pvhvm.runtime import listing
-from pvhvm.runtime.state import process_cpu_seconds
 
 
 def current_platforms() -> Platforms:
@@ -38,7 +37,7 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     if long_:
         print_json(listing.long_list(records))
         return
-    rows = listing.list_rows(records, process_cpu_seconds)
+    rows = listing.list_rows(records, current_platforms().cpu_seconds)
     if as_json:
         print_json([row.to_json() for row in rows])
         return
@@ -111,7 +110,22 @@ def network_list(name: str, as_json: bool) -> None:
     click.echo(listing.format_network_list(devices), nl=False)
 
 
-COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list)
+@click.command()
+@click.argument("name")
+@click.option("--to", "destination", required=True, metavar="URI",
+              help="Where the domain goes (libvirt: the destination daemon's URI).")
+@click.option("--migrate-uri", metavar="URI", default=None,
+              help="Where the destination takes the migration stream (tcp://ADDR, unix://PATH).")
+@click.option("--unsafe", is_flag=True,
+              help="Disks are shared though not on a file system libvirt knows as shared.")
+def migrate(name: str, destination: str, migrate_uri: str | None, unsafe: bool) -> None:
+    """Move running domain NAME to another host, live (as xl migrate; disks are shared)."""
+    record = _holder(name).migrate(name, destination, migrate_uri=migrate_uri, unsafe=unsafe)
+    click.echo(f"domain {name} migrated to {destination} ({record.state})", err=True)
+
+
+COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
+            migrate)
 
 
 def register(cli: click.Group) -> None:

@@ -145,7 +145,8 @@ def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
             f"serial = {spec!r} is not supported (use pty, file:PATH, unix:PATH or tcp:HOST:PORT)"
         )
     if log is not None and serial.get("type") != "file":
-        _sub(serial, "log", file=log, append="off")
+        # append: a migration's destination QEMU opens the log again and would truncate it
+        _sub(serial, "log", file=log, append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type=serial.get("type", "pty"))
     for child in serial:
@@ -177,8 +178,9 @@ def domain_xml(
 
     ``virt_type``: ``kvm``, or ``qemu`` for TCG (where KVM is not proven, as on these test
     machines). For running the domain (``--platform libvirt``): ``console_log`` also logs the
-    serial console to that file; the vifs in ``user_networking`` (devids) use QEMU user
-    networking instead of their bridge, which that host lacks.
+    serial console to that file (appending: the caller starts it empty); the vifs in
+    ``user_networking`` (devids) use QEMU user networking instead of their bridge, which that
+    host lacks.
     """
     if virt_type not in VIRT_TYPES:
         raise PlanError(f"virt type {virt_type!r} is not one of {', '.join(VIRT_TYPES)}")

@@ -102,6 +102,10 @@ class DomainPlatform(ABC):
     def domains(self) -> list[DomainRecord]:
         """Every domain on this platform, by domid."""
 
+    def cpu_seconds(self, record: DomainRecord) -> float:
+        """CPU time the domain has used (``list``'s Time(s)); 0.0 where nothing runs it."""
+        return 0.0
+
     @abstractmethod
     def destroy(self, name: str) -> None:
         """Stop ``name`` at once and remove everything it made (as ``xl destroy``)."""
@@ -144,6 +148,12 @@ class DomainPlatform(ABC):
     def report_source(self, name: str) -> ReportSource:
         """Where the guest's device report appears (``pvhvm report``)."""
         raise self.not_here("report", name)
+
+    def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
+                unsafe: bool = False) -> DomainRecord:
+        """Move the running domain to ``destination`` (live, as ``xl migrate``/``virsh
+        migrate --live``); disks are assumed shared. Returns the record there."""
+        raise self.not_here("migrate", name)
 
 
 class Platforms:
@@ -209,6 +219,11 @@ class Platforms:
                 f"domain {plan.name!r} already exists (on the {other.name} platform)"
             )
         return platform.create(plan, options)
+
+    def cpu_seconds(self, record: DomainRecord) -> float:
+        """CPU time of ``record``'s domain, asked of the platform its record names."""
+        platform = self._by_name.get(record.platform)
+        return 0.0 if platform is None else platform.cpu_seconds(record)
 
     def domains(self) -> list[DomainRecord]:
         """Every domain of every platform, platform by platform."""

@@ -6,7 +6,8 @@ transient domain (``virDomainCreateXML``, as ``virsh create``): like an xl domai
 once it is destroyed or powers off with on_poweroff=destroy. pvhvm keeps a record per domain in
 ``<state dir>/libvirt`` (the URI, the plan, a domid unique across pvhvm's platforms); the
 record of a domain libvirt no longer has is removed when next seen. The verbs map to libvirt's
-(virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``.
+(virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``,
+and live migration to another daemon's URI (the record then names that URI).
 
 Only on a local URI (no host part) does pvhvm log the serial console to its own log directory
 (so ``pvhvm report`` can read it) and put a NIC whose bridge this host lacks on user networking.
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.guest.report import END
 from pvhvm.libvirt.xml import LibvirtExport, domain_xml
 from pvhvm.plan.plan import Plan
@@ -191,6 +192,10 @@ class LibvirtPlatform(DomainPlatform):
         records = self.records
         paths = records.claim(plan.name)
         paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        # The XML appends to the log (a migration's destination QEMU opens it again); a new
+        # domain starts it empty, so an old report is never read as this guest's.
+        with contextlib.suppress(FileNotFoundError):
+            paths.console_log.unlink()
         dom: Any = None
         try:
             with records.locked():
@@ -237,7 +242,16 @@ class LibvirtPlatform(DomainPlatform):
             if dom is None:
                 records.release(name)
                 return None
-            record.state = self._state(dom).value
+            libvirt = _binding()
+            try:
+                record.state = self._state(dom).value
+                # virDomainGetInfo: [state, max memory, memory, vCPUs, CPU time in ns]
+                record.plan["libvirt_cpu_seconds"] = dom.info()[4] / 1e9
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                records.release(name)  # a transient domain that has just powered off
+                return None
             return record, dom
 
     def find(self, name: str) -> DomainRecord:
@@ -261,6 +275,10 @@ class LibvirtPlatform(DomainPlatform):
             if found is not None:
                 out.append(found[0])
         return sorted(out, key=lambda r: r.domid)
+
+    def cpu_seconds(self, record: DomainRecord) -> float:
+        """As libvirt read it when the record was last refreshed (``list`` refreshes it)."""
+        return float(record.plan.get("libvirt_cpu_seconds", 0.0))
 
     def destroy(self, name: str) -> None:
         records = self.records
@@ -388,10 +406,50 @@ class LibvirtPlatform(DomainPlatform):
         record = self.find(name)
         return listing.network_devices(record, self._live_devices(record))
 
+    def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
+                unsafe: bool = False) -> DomainRecord:
+        """Live migration through libvirt, managed by this client (virDomainMigrate: both
+        daemons are connected to from here, so neither needs to reach the other's libvirtd).
+
+        ``migrate_uri``: where the destination's QEMU takes the migration stream (virsh's
+        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``); by default libvirt names the
+        destination host. ``unsafe``: skip libvirt's shared-storage check (virsh's
+        ``--unsafe``) for disks that are shared in fact but not on a file system libvirt
+        knows as shared. A failed migration leaves the domain running where it was.
+        """
+        libvirt = _binding()
+        record = self.find(name)
+        source = self._uri(record)
+        if destination == source:
+            raise DomainError(f"domain {name!r} already runs at {source}")
+        flags = libvirt.VIR_MIGRATE_LIVE | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
+        with self._connection(source) as conn, self._connection(destination) as dconn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            try:
+                moved = dom.migrate(dconn, flags, None, migrate_uri, 0)
+            except libvirt.libvirtError as err:
+                raise DomainError(
+                    f"domain {name!r} was not migrated from {source} to {destination} (it "
+                    f"still runs at {source}): {_message(err)}"
+                ) from err
+            record.plan["libvirt_uri"] = destination
+            record.plan["libvirt_id"] = moved.ID()
+            record.console = f"virsh -c {destination} console {name}"
+            record.state = self._state(moved).value
+        self.records.write(record)
+        return record
+
     def report_source(self, name: str) -> ReportSource:
         record = self.find(name)
-        if not is_local(self._uri(record)):
-            raise self.not_here("report", name)
+        uri = self._uri(record)
+        if not is_local(uri):
+            raise NotOnPlatformError(
+                f"domain {name!r} runs on the libvirt host at {uri}: pvhvm reads a guest's "
+                "device report only from a daemon on this host (use 'virsh -c URI console')",
+                platform=self.name, verb="report",
+            )
         paths = self.records.paths(name)
         log = paths.console_log
         reported = log.exists() and END in log.read_text(errors="replace")

@@ -22,7 +22,7 @@ from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
 from pvhvm.runtime import lifecycle, listing
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
-from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
 
 class QemuPlatform(DomainPlatform):
@@ -66,6 +66,9 @@ class QemuPlatform(DomainPlatform):
 
     def domains(self) -> list[DomainRecord]:
         return lifecycle.list_domains(self.store)
+
+    def cpu_seconds(self, record: DomainRecord) -> float:
+        return process_cpu_seconds(record.qemu_pid) if record.qemu_pid else 0.0
 
     def destroy(self, name: str) -> None:
         lifecycle.destroy(name, self.store)

@@ -56,13 +56,13 @@ class ListRow:
 
 
 def list_rows(
-    records: Iterable[DomainRecord], cpu_seconds: Callable[[int | None], float]
+    records: Iterable[DomainRecord], cpu_seconds: Callable[[DomainRecord], float]
 ) -> list[ListRow]:
+    """The rows of ``list``; ``cpu_seconds`` says how much CPU a domain has used."""
     return [
         ListRow(
             name=r.name, domid=r.domid, memory_mib=r.memory_mib, vcpus=r.vcpus, state=r.state,
-            flags=state_flags(r.domain_state),
-            cpu_seconds=cpu_seconds(r.qemu_pid) if r.qemu_pid else 0.0,
+            flags=state_flags(r.domain_state), cpu_seconds=cpu_seconds(r),
         )
         for r in records
     ]

@@ -609,6 +609,10 @@ def _plan_vifs(
         spec, pos = located.value, located.position
         where = f"vif {index}"
         kind = _nic_kind(config, spec, registry, where, pos)
+        for key, value in (("script", spec.script), ("bridge", spec.bridge)):
+            problem = None if value is None else path_problem(value)
+            if problem is not None:
+                raise pos.error(f"{where}: {key}: {problem}")
         model = spec.model
         if kind is DeviceKind.IOEMU and spec.type is None and (model or "").startswith("virtio"):
             # xl hands model= to QEMU as is: virtio-net is QEMU's PV NIC, so this vif is PV

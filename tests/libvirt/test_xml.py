@@ -277,3 +277,35 @@ def test_running_options_console_log_and_user_networking(tmp_path: Path) -> None
     assert nics[1].find("mac").get("address") == plan.vifs[1].mac  # type: ignore[union-attr]
     filed = domain_xml(plan_of('name="g"\nbuilder="hvm"\nserial="file:/s.log"'), console_log="/l").xml
     assert devices(filed, "serial")[0].find("log") is None
+
+
+def test_xl_keys_are_exported_and_validate(tmp_path: Path) -> None:
+    """The xl.cfg keys the qemu platform realises have their libvirt form too."""
+    plan = plan_of(
+        'name="g"\ntype="hvm"\nmemory=512\nmaxmem=1024\nvcpus=2\nmaxvcpus=4\nvnc=1\n'
+        'vnclisten="0.0.0.0"\nvncdisplay=3\nvncunused=0\nvncpasswd="s3cret"\nstdvga=1\nusb=1\n'
+        'usbdevice=["tablet"]\nsoundhw="hda,ac97"\nhpet=0\nrtc_timeoffset=3600\nlocaltime=1\n'
+        'parallel="pty"\nbios="ovmf"\nserial=["pty", "file:/tmp/s1.log"]\n'
+        'disk=["/a,raw,xvdc,w"]\nvif=["type=xenbus,mtu=9000"]'
+    )
+    exported = domain_xml(plan, "qemu")
+    validate(exported.xml, tmp_path)
+    root = ET.fromstring(exported.xml)
+    assert root.find("vcpu").get("current") == "2" and root.findtext("vcpu") == "4"
+    assert root.find("os/loader").text == "/usr/share/ovmf/OVMF.fd"
+    clock = root.find("clock")
+    assert clock.attrib == {"offset": "variable", "adjustment": "3600", "basis": "localtime"}
+    assert clock.find("timer").attrib == {"name": "hpet", "present": "no"}
+    graphics = devices(exported.xml, "graphics")[0]
+    assert (graphics.get("port"), graphics.get("listen"), graphics.get("passwd")) == (
+        "5903", "0.0.0.0", "s3cret")
+    assert devices(exported.xml, "video")[0].find("model").get("type") == "vga"
+    assert [c.get("model") for c in devices(exported.xml, "controller")] == ["piix3-uhci"]
+    assert devices(exported.xml, "input")[0].attrib == {"type": "tablet", "bus": "usb"}
+    assert [s.get("model") for s in devices(exported.xml, "sound")] == ["ich6", "ac97"]
+    assert [s.find("target").get("port") for s in devices(exported.xml, "serial")] == ["0", "1"]
+    assert devices(exported.xml, "parallel")[0].get("type") == "pty"
+    # xl emulates the untyped xvdc at the secondary master: libvirt's name for it is hdc
+    assert devices(exported.xml, "disk")[0].find("target").attrib == {"dev": "hdc", "bus": "ide"}
+    assert devices(exported.xml, "interface")[0].find("mtu").get("size") == "9000"
+    assert any("maxmem=1024 not exported" in n for n in exported.notes)

@@ -25,8 +25,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from pvhvm.errors import PlanError
-from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
+from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
+from pvhvm.plan.vdev import IDE_PLACES
 
 #: xl ``format=`` → libvirt disk driver type
 LIBVIRT_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
@@ -78,7 +79,9 @@ def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str]) 
         _sub(element, "source", **({"dev": disk.target} if block else {"file": disk.target}))
     if disk.kind is DeviceKind.IOEMU:
         assert disk.ide_place is not None
-        _sub(element, "target", dev=disk.vdev, bus="ide")
+        # libvirt names IDE targets hda..hdd; an xl file's emulated xvdc is the drive at hdc
+        place = list(IDE_PLACES)[list(IDE_PLACES.values()).index(disk.ide_place)]
+        _sub(element, "target", dev=place, bus="ide")
     else:
         _sub(element, "target", dev=f"vd{_disk_letters(pv_index)}", bus="virtio")
     if disk.cdrom or not disk.access.writable:
@@ -109,6 +112,8 @@ def _interface(devices: ET.Element, vif: VifPlan, notes: list[str], user: bool) 
         _sub(element, "boot", order=str(vif.bootindex + 1))
     else:  # no iPXE option ROM unless the firmware boots from this NIC (as on pvhvm's QEMU)
         _sub(element, "rom", enabled="no")
+    if vif.mtu is not None:
+        _sub(element, "mtu", size=str(vif.mtu))
     _sub(element, "alias", name=f"ua-vif-{vif.devid}")
     unexpressed = [f"{key}={getattr(vif, key)}" for key in ("ip", "script", "vifname", "rate")
                    if getattr(vif, key) is not None]
@@ -155,6 +160,79 @@ def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
     _sub(console, "target", type="serial", port="0")
 
 
+def _clock(domain: ET.Element, plan: Plan) -> None:
+    """localtime, rtc_timeoffset (seconds) and hpet=0."""
+    basis = "localtime" if plan.localtime else "utc"
+    if plan.rtc_timeoffset:
+        clock = _sub(domain, "clock", offset="variable", adjustment=str(plan.rtc_timeoffset),
+                     basis=basis)
+    else:
+        clock = _sub(domain, "clock", offset=basis)
+    if not plan.hpet:
+        _sub(clock, "timer", name="hpet", present="no")
+
+
+def _usb(devices: ET.Element, plan: Plan, machine: str) -> None:
+    """usb=1 / usbdevice=: a USB controller (pvhvm's QEMU: -usb) and the input devices; none
+    otherwise (libvirt would add one)."""
+    if not plan.usb and not plan.usbdevices:
+        _sub(devices, "controller", type="usb", model="none")
+        return
+    model = "piix3-uhci" if machine == IDE_MACHINE else "qemu-xhci"
+    _sub(devices, "controller", type="usb", index="0", model=model)
+    for device in plan.usbdevices:
+        _sub(devices, "input", type=device, bus="usb")
+
+
+_VIDEO = {"std": "vga", "cirrus": "cirrus"}
+
+
+def _display(devices: ET.Element, display: Display) -> None:
+    if display.vnc:
+        attributes = {"type": "vnc", "listen": display.listen}
+        if display.unused:
+            attributes["autoport"] = "yes"
+        else:
+            attributes["port"] = str(5900 + display.display)
+        if display.password:
+            attributes["passwd"] = display.password
+        if display.keymap:
+            attributes["keymap"] = display.keymap
+        _sub(devices, "graphics", **attributes)
+    video = _sub(devices, "video")
+    _sub(video, "model", type=_VIDEO[display.vga])
+
+
+_SOUND = {"hda": "ich6", "ac97": "ac97", "sb16": "sb16", "es1370": "es1370"}
+
+
+def _sound(devices: ET.Element, plan: Plan) -> None:
+    """soundhw=: the cards, with no host audio behind them (as pvhvm's -audiodev none)."""
+    if not plan.soundhw:
+        return
+    for card in plan.soundhw:
+        sound = _sub(devices, "sound", model=_SOUND[card])
+        _sub(sound, "audio", id="1")
+    _sub(devices, "audio", id="1", type="none")
+
+
+def _port(devices: ET.Element, kind: str, spec: str, port: int) -> None:
+    """A serial port after the console, or the parallel port: pty, file:PATH, unix:PATH."""
+    if spec == "none":
+        return
+    if spec == "pty":
+        element = _sub(devices, kind, type="pty")
+    elif spec.startswith("file:") and spec[5:]:
+        element = _sub(devices, kind, type="file")
+        _sub(element, "source", path=spec[5:])
+    elif spec.startswith("unix:") and spec[5:]:
+        element = _sub(devices, kind, type="unix")
+        _sub(element, "source", mode="bind", path=spec[5:].split(",")[0])
+    else:
+        raise PlanError(f"{kind} = {spec!r} is not supported (use pty, file:PATH, unix:PATH)")
+    _sub(element, "target", port=str(port))
+
+
 def _action(key: str, value: str, notes: list[str]) -> str:
     if key == "on_crash" or value in OFF_ACTIONS:
         return value
@@ -199,9 +277,18 @@ def domain_xml(
     _sub(domain, "uuid", plan.uuid)
     _sub(domain, "memory", str(plan.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(plan.memory_mib), unit="MiB")
-    _sub(domain, "vcpu", str(plan.vcpus))
+    if plan.maxvcpus is not None:
+        _sub(domain, "vcpu", str(plan.maxvcpus), current=str(plan.vcpus))
+    else:
+        _sub(domain, "vcpu", str(plan.vcpus))
+    if plan.maxmem_mib is not None:
+        notes.append(f"maxmem={plan.maxmem_mib} not exported: libvirt's memory hotplug needs a "
+                     "NUMA topology (<maxMemory> with <numa> cells); the guest gets memory="
+                     f"{plan.memory_mib}")
     os_ = _sub(domain, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine=machine)
+    if plan.bios == "ovmf":
+        _sub(os_, "loader", OVMF_PATH, readonly="yes", type="rom")
     if plan.direct_kernel_boot:
         assert plan.kernel is not None
         _sub(os_, "kernel", plan.kernel)
@@ -217,7 +304,7 @@ def domain_xml(
         _sub(domain, "cpu", mode="host-passthrough")
     else:
         _sub(domain, "cpu", mode="maximum")
-    _sub(domain, "clock", offset="localtime" if plan.localtime else "utc")
+    _clock(domain, plan)
     for key in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(domain, key, _action(key, getattr(plan, key), notes))
 
@@ -226,17 +313,22 @@ def domain_xml(
     for disk in plan.disks:
         _disk(devices, disk, pv_index, notes)
         pv_index += disk.kind is DeviceKind.XENBUS
-    _sub(devices, "controller", type="usb", model="none")
+    _usb(devices, plan, machine)
     for vif in plan.vifs:
         _interface(devices, vif, notes, vif.devid in user_networking)
     _serial(devices, plan.serial, console_log)
-    if plan.vnc:
-        _sub(devices, "graphics", type="vnc", autoport="yes")
+    for port, spec in enumerate(plan.more_serials, start=1):
+        _port(devices, "serial", spec, port)
+    if plan.parallel is not None:
+        _port(devices, "parallel", plan.parallel, 0)
+    if plan.display is not None:
+        _display(devices, plan.display)
     if plan.sdl:
         _sub(devices, "graphics", type="sdl")
-    if plan.vnc or plan.sdl:
-        video = _sub(devices, "video")
-        _sub(video, "model", type="vga")
+        if plan.display is None:
+            video = _sub(devices, "video")
+            _sub(video, "model", type="vga")
+    _sound(devices, plan)
     _sub(devices, "memballoon", model="none")
     _sub(devices, "panic", model="isa")
     if plan.device_model is not None:

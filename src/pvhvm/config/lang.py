@@ -512,6 +512,13 @@ def _statement(ev: _Evaluator, stmt: ast.stmt, out: ConfigValues) -> None:
         return
     if isinstance(stmt, ast.AnnAssign):
         raise ev.fail(stmt, "annotated assignments are not allowed")
+    if isinstance(stmt, ast.Import | ast.ImportFrom):
+        # xend's xmexample.hvm starts with "import os, re" to pick arch_libdir for
+        # device_model; pvhvm never runs code, so say how to make such a file readable
+        raise ev.fail(stmt, "an import is not allowed in a config file (pvhvm reads it, never "
+                            "runs it); in a copy of xmexample.hvm, delete the import and the "
+                            "arch/arch_libdir lines: they only choose device_model, which "
+                            "pvhvm does not use")
     raise ev.not_allowed(stmt)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime.state import DomainRecord, StateStore
 from pvhvm.xen.domain import xen_store
 from pvhvm.xen.xlcfg import export_xl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -163,3 +168,41 @@ def test_export_keeps_platform_pci_and_notes_shared_disks() -> None:
     assert "xen_platform_pci = 0" in exported.text
     assert any("xen_platform_pci=0 as the config says" in n for n in exported.notes)
     assert any("w! (shared writable)" in n for n in exported.notes)
+
+
+@pytest.mark.parametrize("trouble", ["read-only", "full"])
+def test_state_directory_refused_by_the_host_is_one_line(tmp_path: Path, trouble: str) -> None:
+    """EROFS or ENOSPC at create: one line naming the reason, exit 1, no QEMU left."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (mnt / "state").mkdir()
+        if trouble == "full":
+            (mnt / "fill").write_bytes(b"\0" * (60 << 10))
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        images = tmp_path / "images"
+        images.mkdir()
+        for name in ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4"):
+            (images / name).write_bytes(b"\0" * 4096)
+        done = subprocess.run(
+            [sys.executable, "-m", "pvhvm", "create", str(ROOT / "examples" / "pv-only.cfg"),
+             f"imagedir={images}", "--accel", "tcg", "--no-check"],
+            capture_output=True, text=True, check=False, timeout=120,
+            env={**os.environ, "PVHVM_STATE_DIR": str(mnt / "state")},
+        )
+        errors = [line for line in done.stderr.splitlines() if line.startswith("pvhvm: error")]
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert len(errors) == 1
+        assert ("read-only file system" if trouble == "read-only" else "no space left") in (
+            errors[0].lower())
+        assert not list((mnt / "state").glob("domains/*"))
+        survivors = subprocess.run(["pgrep", "-f", f"path={mnt}"], capture_output=True,
+                                   text=True, check=False)
+        assert survivors.stdout.strip() == ""
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

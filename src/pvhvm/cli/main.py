@@ -6,6 +6,7 @@ Every PvhvmError and every usage error becomes one line on stderr and exit statu
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
 from pvhvm.config.domain import Dialect, DomainConfig, load_config
 from pvhvm.config.lang import parse_cli_variable
-from pvhvm.errors import PvhvmError
+from pvhvm.errors import PvhvmError, printable
 from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
@@ -261,6 +262,19 @@ def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> N
     except PvhvmError as err:
         click.echo(f"pvhvm: error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:
+        # the host refused pvhvm itself (a read-only or full state directory, ...): one line
+        # naming the file; the operation has already undone what it made
+        click.echo(f"pvhvm: error: {os_error_line(err)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+def os_error_line(err: OSError) -> str:
+    """``[Errno 28] No space left on device: '/x'`` as ``/x: no space left on device``."""
+    reason = (err.strerror or str(err)).lower() if err.strerror else str(err)
+    if err.filename is None:
+        return reason
+    return f"{printable(os.fsdecode(err.filename))}: {reason}"

@@ -122,9 +122,11 @@ def test_installed_ide_guest_moves_to_pv_disks(
 
     # 3. A real boot of that plan fails as check said: the initramfs cannot find /dev/sda1.
     domains.append("inst-pv-fail")
+    started = time.monotonic()
     pvhvm.run("create", str(EXAMPLES / plan[0]), plan[1], "name=inst-pv-fail", "--accel",
               "tcg", "--no-check")
     log = wait_console(pvhvm, "inst-pv-fail", r"ALERT!\s+/dev/sda1 does not exist")
+    timings["pv-fail"] = time.monotonic() - started
     assert "Gave up waiting for root file system device" in log
     assert "PVHVM-REPORT-BEGIN" not in log
     pvhvm.run("destroy", "inst-pv-fail")

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,29 @@ def test_prepare_refuses_what_is_not_a_linux_root(tmp_path: Path) -> None:
         prepare_image(blank, dry_run=True, store=StateStore(tmp_path / "state"))
     with pytest.raises(PrepareError, match="no such image"):
         prepare_image(tmp_path / "missing.img", store=StateStore(tmp_path / "state"))
+
+
+def _prepare_cli(config: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pvhvm", "guest", "prepare", str(config), *args],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")},
+    )
+
+
+@pytest.mark.parametrize(("disk", "expected"), [
+    ("file:{d}/blank.img,hda,w", "no ext2/3/4 filesystem with /etc/fstab"),
+    ("tap:qcow2:{d}/blank.img,hda,w", "hda is qcow2; prepare works on raw images"),
+    ("file:{d}/missing.img,hda,w", "g.cfg:2:10: disk 'hda': image"),
+])
+def test_prepare_cli_bad_input_is_one_line(tmp_path: Path, disk: str, expected: str) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as image:
+        image.truncate(8 << 20)
+    config = tmp_path / "g.cfg"
+    config.write_text(f'name = "g"\ndisk = [ "{disk.format(d=tmp_path)}" ]\n')
+    done = _prepare_cli(config, tmp_path, "--dry-run")
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pvhvm: error:"), done.stderr
+    assert expected in lines[0]

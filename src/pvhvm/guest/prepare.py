@@ -613,14 +613,13 @@ def _prepare_filesystem(image: Path, work_fs: Path, root: RootFilesystem,
         extract(device, tree)
         mark = _timed(result, "extract", mark)
         before = _snapshot(tree)
-        for path, (old, new) in plan.edits.items():
+        for path, (_old, new) in plan.edits.items():
             host = tree / path.lstrip("/")
             backup = host.with_name(host.name + BACKUP_SUFFIX)
-            if not backup.exists() and host.exists():
+            if host.exists() and not backup.exists():  # a new file has nothing to keep
                 shutil.copy2(host, backup)
-            elif not backup.exists():
-                backup.write_text(old)
             mode = host.stat().st_mode if host.exists() else 0o100644
+            host.parent.mkdir(parents=True, exist_ok=True)
             host.write_text(new)
             host.chmod(mode & 0o7777)
         for release in plan.kernels:

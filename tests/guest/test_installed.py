@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,33 @@ def test_prepare_cli_bad_input_is_one_line(tmp_path: Path, disk: str, expected: 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pvhvm: error:"), done.stderr
     assert expected in lines[0]
+
+
+def test_an_interrupted_prepare_leaves_the_image_as_it_was(
+    ide: InstalledGuest, tmp_path: Path,
+) -> None:
+    """SIGKILL in the middle (the work copy exists): the image is untouched; the next prepare
+    clears the stale copy and completes."""
+    disk = copy_disk(ide, tmp_path / "disk.img")
+    config = tmp_path / "g.cfg"
+    config.write_text(f'name = "g"\ndisk = [ "file:{disk},hda,w" ]\n')
+    before = (disk.stat().st_mtime_ns, disk.stat().st_ino)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pvhvm", "guest", "prepare", str(config), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")},
+    )
+    work = tmp_path / ".disk.img.pvhvm-prepare.rootfs"
+    deadline = time.monotonic() + 120
+    while not work.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "prepare finished before it was killed"
+    assert (disk.stat().st_mtime_ns, disk.stat().st_ino) == before
+    assert "/dev/sda1\t/" in (_root_fs(disk).read_text("/etc/fstab") or "")
+    assert not _root_fs(disk).exists("/etc/fstab" + BACKUP_SUFFIX)
+    prepare_image(disk, store=StateStore(tmp_path / "state"))
+    assert "UUID=" in (_root_fs(disk).read_text("/etc/fstab") or "")
+    assert not list(tmp_path.glob(".disk.img.pvhvm-prepare*"))

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,59 @@ def test_prepare_refuses_what_is_not_a_linux_root(tmp_path: Path) -> None:
         prepare_image(blank, dry_run=True, store=StateStore(tmp_path / "state"))
     with pytest.raises(PrepareError, match="no such image"):
         prepare_image(tmp_path / "missing.img", store=StateStore(tmp_path / "state"))
+
+
+def _prepare_cli(config: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pvhvm", "guest", "prepare", str(config), *args],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")},
+    )
+
+
+@pytest.mark.parametrize(("disk", "expected"), [
+    ("file:{d}/blank.img,hda,w", "no ext2/3/4 filesystem with /etc/fstab"),
+    ("tap:qcow2:{d}/blank.img,hda,w", "hda is qcow2; prepare works on raw images"),
+    ("file:{d}/missing.img,hda,w", "g.cfg:2:10: disk 'hda': image"),
+])
+def test_prepare_cli_bad_input_is_one_line(tmp_path: Path, disk: str, expected: str) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as image:
+        image.truncate(8 << 20)
+    config = tmp_path / "g.cfg"
+    config.write_text(f'name = "g"\ndisk = [ "{disk.format(d=tmp_path)}" ]\n')
+    done = _prepare_cli(config, tmp_path, "--dry-run")
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pvhvm: error:"), done.stderr
+    assert expected in lines[0]
+
+
+def test_an_interrupted_prepare_leaves_the_image_as_it_was(
+    ide: InstalledGuest, tmp_path: Path,
+) -> None:
+    """SIGKILL in the middle (the work copy exists): the image is untouched; the next prepare
+    clears the stale copy and completes."""
+    disk = copy_disk(ide, tmp_path / "disk.img")
+    config = tmp_path / "g.cfg"
+    config.write_text(f'name = "g"\ndisk = [ "file:{disk},hda,w" ]\n')
+    before = (disk.stat().st_mtime_ns, disk.stat().st_ino)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pvhvm", "guest", "prepare", str(config), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PVHVM_STATE_DIR": str(tmp_path / "state")},
+    )
+    work = tmp_path / ".disk.img.pvhvm-prepare.rootfs"
+    deadline = time.monotonic() + 120
+    while not work.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "prepare finished before it was killed"
+    assert (disk.stat().st_mtime_ns, disk.stat().st_ino) == before
+    assert "/dev/sda1\t/" in (_root_fs(disk).read_text("/etc/fstab") or "")
+    assert not _root_fs(disk).exists("/etc/fstab" + BACKUP_SUFFIX)
+    prepare_image(disk, store=StateStore(tmp_path / "state"))
+    assert "UUID=" in (_root_fs(disk).read_text("/etc/fstab") or "")
+    assert not list(tmp_path.glob(".disk.img.pvhvm-prepare*"))

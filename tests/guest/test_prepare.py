@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,12 +11,14 @@ from pvhvm.guest.prepare import (
     VIRTIO_MODULES,
     RootFilesystem,
     add_initramfs_modules,
+    extract_range,
     resolver_for,
     rewrite_crypttab,
     rewrite_default_grub,
     rewrite_fstab,
     rewrite_kernel_args,
     root_spec_of,
+    splice,
 )
 
 ROOT = RootFilesystem(offset=1 << 20, partition=1, uuids={1: "1111-root", 2: "2222-swap"})
@@ -111,3 +115,29 @@ def test_fstab_rewrite_touches_only_kernel_names(lines: list[str]) -> None:
             assert before.split()[1:] == after.split()[1:]
     again, more = rewrite_fstab(out, RESOLVE)
     assert again == out and more == []
+
+
+def test_extract_and_splice_round_trip_a_partition(tmp_path: Path) -> None:
+    mib = 1 << 20
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as disk:
+        disk.truncate(6 * mib)
+        disk.seek(mib)
+        disk.write(b"A" * mib)  # partition block 0
+        disk.seek(3 * mib)
+        disk.write(b"C" * 100)  # partition block 2, partly
+    part = tmp_path / "part.ext4"
+    extract_range(image, part, mib, 4 * mib)
+    data = part.read_bytes()
+    assert data[:mib] == b"A" * mib and data[mib:2 * mib] == bytes(mib)
+    assert data[2 * mib:2 * mib + 100] == b"C" * 100
+    # the filesystem changes: block 0 zeroed (must reach the image), block 1 written
+    with open(part, "r+b") as fs:
+        fs.write(bytes(mib))
+        fs.write(b"B" * mib)
+    splice(part, image, mib)
+    after = image.read_bytes()
+    assert after[:mib] == bytes(mib)  # before the partition: untouched
+    assert after[mib:2 * mib] == bytes(mib) and after[2 * mib:3 * mib] == b"B" * mib
+    assert after[3 * mib:3 * mib + 100] == b"C" * 100
+    assert len(after) == 6 * mib

@@ -14,7 +14,8 @@ installed Linux guest to PV disks"):
 3. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
 
 Atomicity: the work is done on a sparse (reflinked where possible) copy of the image next to
-it, ``.<name>.pvhvm-prepare``; ``e2fsck -fp`` first replays the journal of a guest that was
+it (``.<name>.pvhvm-prepare*``: the root filesystem alone, its extracted tree, then the image
+copy); ``e2fsck -fp`` first replays the journal of a guest that was
 destroyed rather than shut down (debugfs never does); the copy replaces the image by
 ``rename(2)`` only after every write succeeded and ``e2fsck -fn`` finds the filesystem clean.
 An interruption leaves the original untouched (and a stale copy, removed by the next run).
@@ -503,11 +504,13 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
         raise PrepareError("pvhvm guest prepare needs root (chroot into the guest's files)")
     work_image = image.with_name(f".{image.name}.pvhvm-prepare")
     work_fs = image.with_name(f".{image.name}.pvhvm-prepare.rootfs")
+    work_tree = image.with_name(f".{image.name}.pvhvm-prepare.tree")
     with _exclusive(image):
         try:
             for stale in (work_image, work_fs):
                 stale.unlink(missing_ok=True)
-            _prepare_filesystem(image, work_fs, root, result, say)
+            shutil.rmtree(work_tree, ignore_errors=True)
+            _prepare_filesystem(image, work_fs, work_tree, root, result, say)
             mark = time.monotonic()
             say(f"writing the prepared filesystem into a copy of {image.name}")
             _run(["cp", "--sparse=always", "--reflink=auto", str(image), str(work_image)],
@@ -518,6 +521,7 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
         finally:
             for scratch in (work_image, work_fs):
                 scratch.unlink(missing_ok=True)
+            shutil.rmtree(work_tree, ignore_errors=True)
     result.seconds["total"] = time.monotonic() - started
     return result
 
@@ -589,7 +593,7 @@ def _timed(result: PrepareResult, step: str, started: float) -> float:
     return now
 
 
-def _prepare_filesystem(image: Path, work_fs: Path, root: RootFilesystem,
+def _prepare_filesystem(image: Path, work_fs: Path, tree: Path, root: RootFilesystem,
                         result: PrepareResult, say: Progress) -> None:
     """All the work, on a copy of the root filesystem alone (e2fsck and debugfs then need no
     offset: e2fsck loses ``?offset=`` when it re-opens a device after a journal replay)."""
@@ -606,39 +610,36 @@ def _prepare_filesystem(image: Path, work_fs: Path, root: RootFilesystem,
     if repaired:
         result.notes.append("e2fsck -p replayed the journal or fixed the filesystem first")
     mark = _timed(result, "read", mark)
-    with tempfile.TemporaryDirectory(prefix="pvhvm-prepare-") as scratch:
-        tree = Path(scratch) / "root"
-        tree.mkdir()
-        say("extracting the guest's files (debugfs rdump)")
-        extract(device, tree)
-        mark = _timed(result, "extract", mark)
-        before = _snapshot(tree)
-        for path, (old, new) in plan.edits.items():
-            host = tree / path.lstrip("/")
-            backup = host.with_name(host.name + BACKUP_SUFFIX)
-            if not backup.exists() and host.exists():
-                shutil.copy2(host, backup)
-            elif not backup.exists():
-                backup.write_text(old)
-            mode = host.stat().st_mode if host.exists() else 0o100644
-            host.write_text(new)
-            host.chmod(mode & 0o7777)
-        for release in plan.kernels:
-            initrd = tree / "boot" / f"initrd.img-{release}"
-            backup = initrd.with_name(initrd.name + BACKUP_SUFFIX)
-            if initrd.is_file() and not backup.exists():
-                shutil.copy2(initrd, backup)
-        say("update-initramfs -u -k all in the guest (chroot)")
-        _run(["chroot", str(tree), "update-initramfs", "-u", "-k", "all"],
-             "the guest's update-initramfs", env=_chroot_env())
-        mark = _timed(result, "update-initramfs", mark)
-        after = _snapshot(tree)
-        changed = sorted(p for p, st in after.items() if before.get(p) != st
-                         and not Path(tree / p.lstrip("/")).is_symlink())
-        say(f"writing {len(changed)} files back (debugfs -w)")
-        write_back(device, tree, changed)
-        result.written = changed
-        mark = _timed(result, "write-back", mark)
+    tree.mkdir()
+    say("extracting the guest's files (debugfs rdump)")
+    extract(device, tree)
+    mark = _timed(result, "extract", mark)
+    before = _snapshot(tree)
+    for path, (_old, new) in plan.edits.items():
+        host = tree / path.lstrip("/")
+        backup = host.with_name(host.name + BACKUP_SUFFIX)
+        if host.exists() and not backup.exists():  # a new file has nothing to keep
+            shutil.copy2(host, backup)
+        mode = host.stat().st_mode if host.exists() else 0o100644
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_text(new)
+        host.chmod(mode & 0o7777)
+    for release in plan.kernels:
+        initrd = tree / "boot" / f"initrd.img-{release}"
+        backup = initrd.with_name(initrd.name + BACKUP_SUFFIX)
+        if initrd.is_file() and not backup.exists():
+            shutil.copy2(initrd, backup)
+    say("update-initramfs -u -k all in the guest (chroot)")
+    _run(["chroot", str(tree), "update-initramfs", "-u", "-k", "all"],
+         "the guest's update-initramfs", env=_chroot_env())
+    mark = _timed(result, "update-initramfs", mark)
+    after = _snapshot(tree)
+    changed = sorted(p for p, st in after.items() if before.get(p) != st
+                     and not Path(tree / p.lstrip("/")).is_symlink())
+    say(f"writing {len(changed)} files back (debugfs -w)")
+    write_back(device, tree, changed)
+    result.written = changed
+    mark = _timed(result, "write-back", mark)
     say("e2fsck -fn")
     _run(["e2fsck", "-fn", device], "e2fsck -fn on the prepared filesystem")
     _timed(result, "fsck-after", mark)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,8 +174,7 @@ def test_export_keeps_platform_pci_and_notes_shared_disks() -> None:
 @pytest.mark.parametrize("trouble", ["read-only", "full"])
 def test_state_directory_refused_by_the_host_is_one_line(tmp_path: Path, trouble: str) -> None:
     """EROFS or ENOSPC at create: one line naming the reason, exit 1, no QEMU left."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    mnt = Path(tempfile.mkdtemp(prefix="pvro-"))  # short: socket paths stay under 108 bytes
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
                              capture_output=True, check=False)
     if mounted.returncode != 0:
@@ -206,3 +206,4 @@ def test_state_directory_refused_by_the_host_is_one_line(tmp_path: Path, trouble
         assert survivors.stdout.strip() == ""
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+        mnt.rmdir()

@@ -113,6 +113,35 @@ def dry_run_argv(plan: Plan, options: CreateOptions, store: StateStore | None = 
     )
 
 
+def shared_image_conflict(plan: Plan, others: list[DomainRecord]) -> str | None:
+    """Why ``plan`` may not use an image another domain uses, or None.
+
+    xend's rule for ``w!`` (forced writable): two domains may share an image that one of them
+    writes only when *every* user said ``w!``; QEMU's image lock is off for a ``w!`` disk, so
+    without this a ``w!`` domain would silently share a filesystem another domain opened
+    ``rw`` and never agreed to share."""
+    mine = {
+        os.path.realpath(d.target): d for d in plan.disks
+        if d.target.startswith("/") and d.script is None  # files and block devices
+    }
+    for record in others:
+        for disk in record.plan.get("disks", []):
+            target, mode = disk.get("target"), disk.get("mode")
+            if not target or disk.get("script"):
+                continue
+            own = mine.get(os.path.realpath(target))
+            if own is None:
+                continue
+            writers = {own.access.value, mode} & {"w", "w!"}
+            if writers and not (own.access.value == mode == "w!"):
+                return (
+                    f"disk {own.vdev!r}: image {target} is in use by domain {record.name!r} "
+                    f"(disk {disk.get('vdev')}, mode {mode}); a writable image is shared "
+                    "only when every domain using it says w!"
+                )
+    return None
+
+
 def create(
     plan: Plan, options: CreateOptions = CreateOptions(), store: StateStore | None = None
 ) -> DomainRecord:
@@ -121,6 +150,12 @@ def create(
     argv_opts = argv_options(plan, options, store)
 
     def build(domid: int, paths: DomainPaths) -> DomainRecord:
+        # under the store lock: of two racing creates sharing an image, the second sees
+        # the first's record
+        others = [r for r in map(store.read, store.names()) if r is not None]
+        problem = shared_image_conflict(plan, others)
+        if problem is not None:
+            raise DomainError(problem)
         return DomainRecord(
             name=plan.name, domid=domid, uuid=plan.uuid,
             platform=plan.platform.value, memory_mib=plan.memory_mib, vcpus=plan.vcpus,

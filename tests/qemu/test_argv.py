@@ -6,6 +6,8 @@ Regenerate the golden files with ``pytest tests/qemu --regen-golden`` and review
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from pvhvm.config.domain import config_from_text, load_config
 from pvhvm.errors import PlanError
 from pvhvm.plan.plan import make_plan
+from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,3 +153,20 @@ def test_many_pv_disks_go_behind_pci_bridges() -> None:
                                                    ("destroy", True), ("preserve", True)])
 def test_no_reboot_unless_reboot_means_reset(action: str, no_reboot: bool) -> None:
     assert ("-no-reboot" in argv_for(f'name="g"; builder="hvm"\non_reboot="{action}"')) is no_reboot
+
+
+def test_kvm_probe_says_what_it_does_once_per_host_boot(tmp_path: Path) -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm: auto never probes")
+    qemu = tmp_path / "qemu"  # a QEMU whose KVM never runs the probe sector
+    qemu.write_text("#!/bin/sh\nexit 1\n")
+    qemu.chmod(qemu.stat().st_mode | stat.S_IEXEC)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"")
+    said: list[str] = []
+    first = choose_accel("auto", tmp_path, str(qemu), kernel, notify=said.append)
+    assert first is Accel.TCG and len(said) == 1 and "once per host boot" in said[0]
+    other_kernel = tmp_path / "vmlinuz-2"
+    other_kernel.write_bytes(b"")
+    again = choose_accel("auto", tmp_path, str(qemu), other_kernel, notify=said.append)
+    assert again is Accel.TCG and len(said) == 1  # cached: no second probe for a new kernel

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pvhvm.qemu.argv import Accel
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 _BOOT_CODE = bytes([0xB0, 0x31, 0xE6, 0xF4, 0xFA, 0xF4, 0xEB, 0xFD])
 _PROBE_EXIT = 99
 PROBE_TIMEOUT = 10.0
+#: a kernel that KVM can run panics for want of a root within a second or two; one that
+#: nested KVM hangs never does
+KERNEL_PROBE_TIMEOUT = 8.0
 
 
 def boot_sector() -> bytes:
@@ -55,7 +59,7 @@ def probe(accel: Accel, qemu_binary: str = "qemu-system-x86_64",
 
 
 def probe_kernel(kernel: Path, accel: Accel, qemu_binary: str = "qemu-system-x86_64",
-                 timeout: float = 20.0) -> bool:
+                 timeout: float = KERNEL_PROBE_TIMEOUT) -> bool:
     """True when ``kernel`` boots far enough under ``accel`` to panic for want of a root."""
     with tempfile.TemporaryDirectory(prefix="pvhvm-probe-") as tmp:
         console = Path(tmp) / "console"
@@ -90,10 +94,13 @@ def _boot_id() -> str:
 def choose_accel(
     wanted: str, cache_dir: Path | None = None, qemu_binary: str = "qemu-system-x86_64",
     kernel: Path | None = None, probe_allowed: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Accel:
     """``kvm`` or ``tcg`` as asked; ``auto``: KVM if /dev/kvm is usable and proven, else TCG.
 
-    With ``probe_allowed`` false (a dry run), only a cached answer can give KVM.
+    With ``probe_allowed`` false (a dry run), only a cached answer can give KVM. ``notify``
+    hears, before a probe starts, what it does and how long it may take (a probe runs once
+    per boot of the host, whatever the kernel).
     """
     if wanted != "auto":
         return Accel(wanted)
@@ -108,6 +115,10 @@ def choose_accel(
             pass
     if not probe_allowed:
         return Accel.TCG
+    if notify is not None:
+        notify(f"proving KVM before using it (a boot sector, then this kernel; at most "
+               f"{PROBE_TIMEOUT + KERNEL_PROBE_TIMEOUT:.0f} s, once per host boot; "
+               "--accel tcg or --accel kvm skips it)")
     proven = probe(Accel.KVM, qemu_binary) and probe_kernel(kernel, Accel.KVM, qemu_binary)
     result = Accel.KVM if proven else Accel.TCG
     if cache is not None:

@@ -90,11 +90,18 @@ def argv_options(
     accel = choose_accel(
         options.accel, cache_dir=store.root, qemu_binary=options.qemu_binary,
         kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=not dry_run,
+        notify=_note,
     )
     return ArgvOptions(
         accel=accel, qemu_binary=options.qemu_binary, bridges=host_bridges(),
         no_direct_io=targets_without_direct_io(plan), start_paused=options.paused,
     )
+
+
+def _note(message: str) -> None:
+    """Long work the user would otherwise wait through in silence (the KVM probe)."""
+    sys.stderr.write(f"note: {message}\n")
+    sys.stderr.flush()
 
 
 def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:

@@ -204,14 +204,14 @@ def _prepare_cli(config: Path, tmp_path: Path, *args: str) -> subprocess.Complet
 @pytest.mark.parametrize(("disk", "expected"), [
     ("file:{d}/blank.img,hda,w", "no ext2/3/4 filesystem with /etc/fstab"),
     ("tap:qcow2:{d}/blank.img,hda,w", "hda is qcow2; prepare works on raw images"),
-    ("file:{d}/missing.img,hda,w", "g.cfg:2:10: disk 'hda': image"),
+    ("file:{d}/missing.img,hda,w", "g.cfg:3:10: disk 'hda': image"),
 ])
 def test_prepare_cli_bad_input_is_one_line(tmp_path: Path, disk: str, expected: str) -> None:
     blank = tmp_path / "blank.img"
     with open(blank, "wb") as image:
         image.truncate(8 << 20)
     config = tmp_path / "g.cfg"
-    config.write_text(f'name = "g"\ndisk = [ "{disk.format(d=tmp_path)}" ]\n')
+    config.write_text(f'name = "g"\nbuilder = "hvm"\ndisk = [ "{disk.format(d=tmp_path)}" ]\n')
     done = _prepare_cli(config, tmp_path, "--dry-run")
     assert done.returncode == 1, done.stdout
     lines = done.stderr.strip().splitlines()
@@ -226,7 +226,7 @@ def test_an_interrupted_prepare_leaves_the_image_as_it_was(
     clears the stale copy and completes."""
     disk = copy_disk(ide, tmp_path / "disk.img")
     config = tmp_path / "g.cfg"
-    config.write_text(f'name = "g"\ndisk = [ "file:{disk},hda,w" ]\n')
+    config.write_text(f'name = "g"\nbuilder = "hvm"\ndisk = [ "file:{disk},hda,w" ]\n')
     before = (disk.stat().st_mtime_ns, disk.stat().st_ino)
     process = subprocess.Popen(
         [sys.executable, "-m", "pvhvm", "guest", "prepare", str(config), "--json"],

@@ -192,6 +192,16 @@ def destroy(name: str) -> None:
     current_platforms().locate(name).destroy(name)
 
 
+def _emit(text: str, notes: tuple[str, ...], output: Path | None) -> None:
+    """An export's notes on stderr, its text on stdout or in ``output``."""
+    for note in notes:
+        warn(note)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_output(output, text)
+
+
 @cli.command(name="export-xl")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
@@ -206,12 +216,7 @@ def export_xl_cmd(
     domain = load_config(config, _variables(variables), _dialect(dialect))
     plan = make_plan(domain, Platform.XEN, skip_unsupported=True)
     exported = export_xl(plan)
-    for note in exported.notes:
-        warn(note)
-    if output is None:
-        sys.stdout.write(exported.text)
-    else:
-        write_output(output, exported.text)
+    _emit(exported.text, exported.notes, output)
 
 
 @cli.command(name="export-libvirt")
@@ -231,12 +236,7 @@ def export_libvirt_cmd(
     domain = run_bootloader(load_config(config, _variables(variables), _dialect(dialect)))
     plan = make_plan(domain, Platform.QEMU)
     exported = domain_xml(plan, virt_type)
-    for note in exported.notes:
-        warn(note)
-    if output is None:
-        sys.stdout.write(exported.xml)
-    else:
-        write_output(output, exported.xml)
+    _emit(exported.xml, exported.notes, output)
 
 
 register_domain_verbs(cli)

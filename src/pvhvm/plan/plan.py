@@ -433,22 +433,32 @@ def _display(config: DomainConfig) -> Display | None:
 _PV_GUEST = 'a PV guest has no emulated devices; add type = "hvm" (xl) or builder = "hvm" (xm)'
 
 
+def _explicit_kind(
+    config: DomainConfig, type_: str | None, device_class: DeviceClass, cdrom: bool,
+    registry: TypeRegistry, where: str, pos: Any,
+) -> DeviceKind | None:
+    """The kind a device's own ``type=`` gives (a PV guest: always xenbus, and an emulated
+    device in it is an error), or None when the dialect's default decides."""
+    kind: DeviceKind | None = None
+    if type_ is not None:
+        try:
+            kind = registry.resolve(type_, device_class)
+        except SpecError as err:
+            raise pos.error(f"{where}: {err}") from err
+    if config.guest_type is GuestType.PV:
+        if cdrom or kind is DeviceKind.IOEMU:
+            what = "a cdrom is emulated" if cdrom else f"type={type_} is emulated"
+            raise pos.error(f"{where}: {what}, and {_PV_GUEST} to emulate it")
+        return DeviceKind.XENBUS
+    return kind
+
+
 def _disk_kind(
     config: DomainConfig, spec: DiskSpec, vdev: Vdev, registry: TypeRegistry, where: str,
     pos: Any,
 ) -> DeviceKind:
     """The one place an untyped disk's kind is decided: by guest type, then dialect."""
-    kind: DeviceKind | None = None
-    if spec.type is not None:
-        try:
-            kind = registry.resolve(spec.type, DeviceClass.DISK)
-        except SpecError as err:
-            raise pos.error(f"{where}: {err}") from err
-    if config.guest_type is GuestType.PV:
-        if spec.cdrom or kind is DeviceKind.IOEMU:
-            what = "a cdrom is emulated" if spec.cdrom else f"type={spec.type} is emulated"
-            raise pos.error(f"{where}: {what}, and {_PV_GUEST} to emulate it")
-        return DeviceKind.XENBUS
+    kind = _explicit_kind(config, spec.type, DeviceClass.DISK, spec.cdrom, registry, where, pos)
     if kind is not None:
         return kind
     if spec.cdrom:
@@ -579,17 +589,7 @@ def _nic_kind(
     config: DomainConfig, spec: VifSpec, registry: TypeRegistry, where: str, pos: Any
 ) -> DeviceKind:
     """The one place an untyped NIC's kind is decided: by guest type, then dialect."""
-    kind: DeviceKind | None = None
-    if spec.type is not None:
-        try:
-            kind = registry.resolve(spec.type, DeviceClass.NIC)
-        except SpecError as err:
-            raise pos.error(f"{where}: {err}") from err
-    if config.guest_type is GuestType.PV:
-        if kind is DeviceKind.IOEMU:
-            raise pos.error(f"{where}: type={spec.type} is emulated, and {_PV_GUEST} to "
-                            "emulate it")
-        return DeviceKind.XENBUS
+    kind = _explicit_kind(config, spec.type, DeviceClass.NIC, False, registry, where, pos)
     if kind is not None:
         return kind
     if config.dialect is Dialect.XL:

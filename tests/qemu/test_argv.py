@@ -150,3 +150,27 @@ def test_many_pv_disks_go_behind_pci_bridges() -> None:
                                                    ("destroy", True), ("preserve", True)])
 def test_no_reboot_unless_reboot_means_reset(action: str, no_reboot: bool) -> None:
     assert ("-no-reboot" in argv_for(f'name="g"; builder="hvm"\non_reboot="{action}"')) is no_reboot
+
+
+PV_DISK = 'name="g"; builder="hvm"\ndisk=["/i/a.img,xvda,w,type=xenbus"]\n'
+
+
+def test_hotplug_slots_are_empty_root_ports_on_q35() -> None:
+    ports = _device(argv_for(PV_DISK), "pcie-root-port,")
+    assert ports == ["pcie-root-port,id=hotplug1,chassis=100,slot=0",
+                     "pcie-root-port,id=hotplug2,chassis=101,slot=0"]  # the default: 2
+    ports = _device(argv_for(PV_DISK + "hotplug_slots = 5\n"), "pcie-root-port,")
+    assert [p.split(",")[1] for p in ports] == [f"id=hotplug{n}" for n in range(1, 6)]
+    assert len({p.split(",")[2] for p in ports}) == 5  # one chassis each
+    assert _device(argv_for(PV_DISK + "hotplug_slots = 0\n"), "pcie-root-port,") == []
+
+
+def test_no_root_ports_on_pc_whose_root_bus_hotplugs() -> None:
+    argv = argv_for('name="g"; builder="hvm"\ndisk=["/i/a.img,hda,w"]\nhotplug_slots = 3\n')
+    assert "pc" in argv and _device(argv, "pcie-root-port,") == []
+
+
+@pytest.mark.parametrize("value", ["17", "-1", '"two"'])
+def test_hotplug_slots_out_of_range(value: str) -> None:
+    with pytest.raises(ValueError, match=r"g.cfg:3:\d+: hotplug_slots"):
+        argv_for(PV_DISK + f"hotplug_slots = {value}\n")

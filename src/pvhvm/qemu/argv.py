@@ -147,6 +147,7 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         if plan.cmdline:
             argv += ["-append", plan.cmdline]
     argv += _bridges(plan)
+    argv += hotplug_ports(plan)
     iothreads = 0
     pv_index = 0
     for disk in plan.disks:
@@ -314,6 +315,27 @@ def _bridges(plan: Plan) -> list[str]:
     argv: list[str] = []
     for n in range(1, count + 1):
         argv += ["-device", f"pci-bridge,id=pvbridge{n},chassis_nr={n}"]
+    return argv
+
+
+#: ids of the empty hot-pluggable slots: ``hotplug1``..``hotplugN``
+HOTPLUG_PORT = "hotplug"
+#: chassis numbers of those root ports start here (each port needs a unique chassis/slot)
+HOTPLUG_CHASSIS = 100
+
+
+def hotplug_port_ids(plan: Plan) -> list[str]:
+    """The pcie-root-ports reserved for hotplug on q35; none on pc, whose root bus is
+    hot-pluggable itself (QEMU docs/pcie.txt: pcie.0 is not)."""
+    if plan.ide_controller:
+        return []
+    return [f"{HOTPLUG_PORT}{n}" for n in range(1, plan.hotplug_slots + 1)]
+
+
+def hotplug_ports(plan: Plan) -> list[str]:
+    argv: list[str] = []
+    for n, port in enumerate(hotplug_port_ids(plan)):
+        argv += ["-device", f"pcie-root-port,id={port},chassis={HOTPLUG_CHASSIS + n},slot=0"]
     return argv
 
 

@@ -339,12 +339,10 @@ def hotplug_ports(plan: Plan) -> list[str]:
     return argv
 
 
-def _disk(
-    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int, bus: str | None
-) -> tuple[list[str], int]:
+def drive_value(disk: DiskPlan, options: ArgvOptions = ArgvOptions()) -> str:
+    """The ``-drive`` value of ``disk`` (its block backend is ``disk-<vdev>``)."""
     drive_id = f"disk-{disk.vdev}"
-    emulated = disk.kind is DeviceKind.IOEMU
-    tuning = options.ide_tuning if emulated else options.pv_tuning
+    tuning = options.ide_tuning if disk.kind is DeviceKind.IOEMU else options.pv_tuning
     url = network_url(disk.target, disk.script)
     if disk.script is not None and url is None:
         raise PlanError(
@@ -378,7 +376,16 @@ def _disk(
             drive.append("readonly=on")
         if disk.access.value == "w!":
             drive.append("file.locking=off")
-    argv = ["-drive", ",".join(drive)]
+    return ",".join(drive)
+
+
+def _disk(
+    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int, bus: str | None
+) -> tuple[list[str], int]:
+    drive_id = f"disk-{disk.vdev}"
+    emulated = disk.kind is DeviceKind.IOEMU
+    tuning = options.ide_tuning if emulated else options.pv_tuning
+    argv = ["-drive", drive_value(disk, options)]
     boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
     if emulated:
         assert disk.ide_place is not None

@@ -14,9 +14,9 @@ on QEMU's exit and on QMP events, never polling — and applies the domain's act
 * QEMU quitting on a QMP ``quit``, or SIGTERM to the supervisor from ``pvhvm destroy``:
   destroy — quit QEMU (kill after a timeout), remove the record.
 
-``restart`` relaunches the same argv (without ``-S``); ``preserve`` keeps the domain (QEMU
-stopped, state shutdown or crashed; or a record in state crashed when QEMU is gone) until
-``pvhvm destroy``.
+``restart`` relaunches the record's argv (without ``-S``; it holds hot-plugged devices
+too); ``preserve`` keeps the domain (QEMU stopped, state shutdown or crashed; or a record
+in state crashed when QEMU is gone) until ``pvhvm destroy``.
 
 ``--adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` starts it): it
 waits on QEMU through a pidfd, reads its run state over QMP and applies an action the
@@ -144,12 +144,13 @@ class Supervisor:
         return record
 
     def update(self, state: DomainState | None = None, **changes: object) -> None:
-        record = self.record()
-        if state is not None:
-            record.state = state.value
-        for key, value in changes.items():
-            setattr(record, key, value)
-        self.store.write(record)
+        def change(record: DomainRecord) -> None:
+            if state is not None:
+                record.state = state.value
+            for key, value in changes.items():
+                setattr(record, key, value)
+
+        self.store.modify(self.name, change)
 
     def tell_creator(self, message: str) -> None:
         if self.ready_fd is None:
@@ -395,7 +396,9 @@ class Supervisor:
                 # with the old count.
                 self.update(restarts=restarts)
                 try:
-                    await self.launch([a for a in record.argv if a != "-S"])
+                    # the record's argv, not the first run's: it has the devices hot-plugged
+                    # since (runtime/hotplug.py)
+                    await self.launch([a for a in self.record().argv if a != "-S"])
                 except DomainError as err:
                     log.error("restart failed: %s", err)
                     break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -22,11 +23,14 @@ from typing import Any
 import pytest
 
 from pvhvm.guest.report import END
+from pvhvm.qemu import qmp
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 
 pytestmark = pytest.mark.e2e
 
 PV_ONLY = str(EXAMPLES / "pv-only.cfg")
+#: the 1 MiB spare disk's line in the guest's /proc/partitions
+SPARE = re.compile(r"\s1024\s+vd[a-z]+\s")
 
 
 def guest_shell(pvhvm: Pvhvm, name: str, command: str, timeout: float = 60) -> str:
@@ -86,6 +90,11 @@ def blocks(pvhvm: Pvhvm, name: str) -> list[tuple[str, str, str]]:
 def nics(pvhvm: Pvhvm, name: str) -> list[tuple[int, str]]:
     return [(n["devid"], n["mac"])
             for n in json.loads(pvhvm.run("network-list", name, "--json").stdout)]
+
+
+def node_names(pvhvm: Pvhvm, name: str) -> Any:
+    """QEMU's own block nodes (QMP query-named-block-nodes on the domain's control socket)."""
+    return qmp.execute(pvhvm.state / "domains" / name / "ctl.sock", "query-named-block-nodes")
 
 
 def refused(pvhvm: Pvhvm, *argv: str) -> str:
@@ -170,9 +179,35 @@ def test_pv_disk_and_nic_hotplug_walk(pvhvm: Pvhvm, domain: list[str], imagedir:
     assert "has no disk xvdb" in refused(pvhvm, "block-detach", name, "xvdb")
     assert "given at create" in refused(pvhvm, "block-detach", name, "xvda")
 
+    # a block node QEMU cannot open (not qcow2) is refused and leaves nothing behind
+    assert "QEMU refused blockdev-add" in refused(
+        pvhvm, "block-attach", name, f"{spare},qcow2,xvdc,r")
+    assert "disk-xvdc" not in json.dumps(node_names(pvhvm, name))
+    assert record(pvhvm, name)["argv"] == after["argv"]
+
     # a slot is free again
     pvhvm.run("block-attach", name, f"{spare},raw,xvdc,r")
     assert blocks(pvhvm, name)[-1] == ("xvdc", "xenbus", "virtio-blk-pci")
+    # (the guest names it vdb again: the name is free; 1024 KiB tells it apart)
+    wait_for("the spare disk in the guest", lambda: SPARE.search(
+        guest_shell(pvhvm, name, "cat /proc/partitions")), 60)
+
+    # a guest that does not answer (paused) keeps the disk: detach times out and says so;
+    # --force forgets it, and the supervisor removes its block node once the guest lets go
+    pvhvm.run("pause", name)
+    assert "did not release it within 3s" in refused(
+        pvhvm, "block-detach", name, "xvdc", "--timeout", "3")
+    assert blocks(pvhvm, name)[-1][0] == "xvdc"
+    forced = pvhvm.run("block-detach", name, "xvdc", "--force", "--timeout", "3")
+    assert "has not released it yet" in forced.stderr
+    assert [b[0] for b in blocks(pvhvm, name)] == ["xvda"]
+    assert [r["device"] for r in record(pvhvm, name)["releasing"]] == ["vbd-51744"]
+    assert "disk-xvdc" in json.dumps(node_names(pvhvm, name))
+    pvhvm.run("unpause", name)
+    wait_for("the forced disk released", lambda: record(pvhvm, name)["releasing"] == [], 90)
+    assert "disk-xvdc" not in json.dumps(node_names(pvhvm, name))
+    wait_for("the spare disk gone from the guest", lambda: not SPARE.search(
+        guest_shell(pvhvm, name, "cat /proc/partitions")), 60)
 
 
 def test_cd_insert_and_eject_in_an_empty_drive(

@@ -102,7 +102,8 @@ def _free_slot(record: DomainRecord) -> str | None:
     ports = [value.split(",")[1].removeprefix("id=")
              for option, value in itertools.pairwise(record.argv)
              if option == "-device" and value.startswith("pcie-root-port,id=hotplug")]
-    taken = {str(entry.get("slot")) for entry in record.hotplugged}
+    # a device detached with --force holds its port until the guest lets go of it
+    taken = {str(entry.get("slot")) for entry in [*record.hotplugged, *record.releasing]}
     for port in ports:
         if port not in taken:
             return port
@@ -228,7 +229,12 @@ def _before_tail(argv: list[str], fragment: list[str]) -> list[str]:
 async def _unplug(client: QMPClient, device_id: str, timeout: float) -> bool:
     """device_del and wait for DEVICE_DELETED of ``device_id``; False on timeout."""
     with client.listener("DEVICE_DELETED") as listener:
-        await _execute(client, "device_del", {"id": device_id})
+        try:
+            await _execute(client, "device_del", {"id": device_id})
+        except DomainError as err:
+            # asked before and not answered yet: keep waiting for the guest
+            if "in progress" not in str(err) and "pending" not in str(err):
+                raise
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -281,13 +287,19 @@ def block_detach(name: str, which: str, store: StateStore | None = None, force: 
             raise DomainError(
                 f"disk {vdev} of domain {name!r}: the guest did not release it within "
                 f"{timeout:g}s (it is still attached); --force removes it from the domain")
-        _forget(store, name, entry, vdev, "disks")
+        _forget(store, name, entry, vdev, "disks", None if gone else {
+            "device": f"vbd-{devid}", "slot": entry.get("slot"), "command": "blockdev-del",
+            "arguments": {"node-name": f"disk-{vdev}"}})
     return Detached(what=f"disk {vdev}", forced=not gone)
 
 
 def _forget(store: StateStore, name: str, entry: dict[str, Any], key: str,
-            section: str) -> None:
+            section: str, release: dict[str, Any] | None) -> None:
+    """Drop a detached device from the record; ``release``: what the supervisor removes
+    once the guest lets go of a device detached with --force."""
     def change(rec: DomainRecord) -> None:
+        if release is not None:
+            rec.releasing.append(release)
         rec.argv = _without(rec.argv, list(entry["argv"]))
         rec.hotplugged = [e for e in rec.hotplugged if e != entry]
         field = "vdev" if section == "disks" else "devid"
@@ -400,7 +412,9 @@ def network_detach(name: str, which: str, store: StateStore | None = None,
             raise DomainError(
                 f"vif {devid} of domain {name!r}: the guest did not release it within "
                 f"{timeout:g}s (it is still attached); --force removes it from the domain")
-        _forget(store, name, entry, str(devid), "vifs")
+        _forget(store, name, entry, str(devid), "vifs", None if gone else {
+            "device": f"vif-{devid}", "slot": entry.get("slot"), "command": "netdev_del",
+            "arguments": {"id": f"net{devid}"}})
     return Detached(what=f"vif {devid}", forced=not gone)
 
 

@@ -100,6 +100,9 @@ class DomainRecord:
     #: devices added while the domain ran (runtime/hotplug.py): kind, devid, the slot they
     #: took and the argv that re-creates them, which ``argv`` also holds
     hotplugged: list[dict[str, Any]] = field(default_factory=list)
+    #: what to remove once QEMU reports a force-detached device gone: device (its id),
+    #: command and arguments (blockdev-del / netdev_del), run by the supervisor
+    releasing: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def domain_state(self) -> DomainState:

@@ -50,6 +50,8 @@ MAX_RESTARTS = 10
 
 #: what ends a QEMU run
 DESTROY, RESTART, PRESERVE = "destroy", "restart", "preserve"
+#: the event word of DEVICE_DELETED, followed by the device's id
+DELETED = "deleted:"
 
 
 class QemuProcess(Protocol):
@@ -177,6 +179,9 @@ class Supervisor:
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
             )
         self.proc = proc
+        # A new QEMU has none of what a forced detach left to release.
+        if self.record().releasing:
+            self.update(releasing=[])
         # Known at once, so a cleaner that finds this domain orphaned can kill this QEMU.
         self.update(qemu_pid=proc.pid)
         deadline = time.monotonic() + QMP_WAIT
@@ -236,6 +241,21 @@ class Supervisor:
                 await self.qmp.disconnect()
             self.qmp = None
 
+    async def finish_release(self, device: str) -> None:
+        """A device ``block-detach --force`` gave up waiting for is gone now: remove what
+        backed it (its block node or netdev), as the detach would have."""
+        pending = [r for r in self.record().releasing if r.get("device") == device]
+        if not pending:
+            return
+        for entry in pending:
+            if self.qmp is not None:
+                try:
+                    await asyncio.wait_for(
+                        self.qmp.execute(str(entry["command"]), entry["arguments"]), 10)
+                except (QMPError, OSError, EOFError, TimeoutError) as err:
+                    log.warning("releasing %s: %s failed: %s", device, entry["command"], err)
+        self.update(releasing=[r for r in self.record().releasing if r not in pending])
+
     # --- events -------------------------------------------------------------------------
 
     @staticmethod
@@ -282,7 +302,9 @@ class Supervisor:
                     log.warning("QEMU exited unexpectedly (status %s)", self.proc.returncode)
                     return _normalise(record.on_crash)
                 event = getter.result()
-                if event == "stop":
+                if event.startswith(DELETED):
+                    await self.finish_release(event.removeprefix(DELETED))
+                elif event == "stop":
                     if self.record().domain_state is DomainState.RUNNING:
                         self.update(DomainState.PAUSED)
                 elif event == "resume":
@@ -435,6 +457,8 @@ def _event_word(name: str, data: dict[str, object]) -> str | None:
         if reason == "host-qmp-quit":
             return "quit"
         return None  # host-signal, host-ui...: QEMU exits, which is a crash unless we asked
+    if name == "DEVICE_DELETED" and isinstance(data.get("device"), str):
+        return f"{DELETED}{data['device']}"  # a device the guest let go (runtime/hotplug.py)
     return {"GUEST_PANICKED": "panic", "STOP": "stop", "RESUME": "resume"}.get(name)
 
 

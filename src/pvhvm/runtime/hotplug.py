@@ -293,6 +293,23 @@ def block_detach(name: str, which: str, store: StateStore | None = None, force: 
     return Detached(what=f"disk {vdev}", forced=not gone)
 
 
+def _settle(store: StateStore, name: str, release: dict[str, Any]) -> None:
+    """After a forced detach is recorded: if the guest let go meanwhile (its DEVICE_DELETED
+    came before the supervisor could know to act on it), remove what backed it now."""
+    socket = store.paths(name).control_socket
+    with contextlib.suppress(DomainError):
+        present = qmp.execute(socket, "qom-list", {"path": "/machine/peripheral"})
+        if any(item.get("name") == release["device"] for item in present):
+            return
+        with contextlib.suppress(DomainError):
+            qmp.execute(socket, str(release["command"]), release["arguments"])
+
+        def change(rec: DomainRecord) -> None:
+            rec.releasing = [r for r in rec.releasing if r != release]
+
+        store.modify(name, change)
+
+
 def _forget(store: StateStore, name: str, entry: dict[str, Any], key: str,
             section: str, release: dict[str, Any] | None) -> None:
     """Drop a detached device from the record; ``release``: what the supervisor removes
@@ -307,6 +324,8 @@ def _forget(store: StateStore, name: str, entry: dict[str, Any], key: str,
                              if str(d.get(field)) != key]
 
     store.modify(name, change)
+    if release is not None:
+        _settle(store, name, release)
 
 
 # --- network-attach / network-detach -------------------------------------------------------

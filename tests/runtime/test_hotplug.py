@@ -3,17 +3,21 @@ hot-plugged device (real QMP and guests: tests/e2e/test_hotplug.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pvhvm.config.disk import Access, parse_disk
 from pvhvm.config.domain import config_from_text
 from pvhvm.config.vif import parse_vif
+from pvhvm.errors import DomainError
 from pvhvm.plan.plan import DiskPlan, default_mac, make_plan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu import hotplug as qemu_hotplug
+from pvhvm.qemu import qmp
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime import hotplug
 from pvhvm.runtime.state import DomainRecord
@@ -95,3 +99,70 @@ def test_argv_fragment_goes_before_the_supervisor_options_and_comes_out_again() 
     argv = hotplug._before_tail(record.argv, fragment)
     assert argv[argv.index("-no-shutdown") - 4:argv.index("-no-shutdown")] == fragment
     assert hotplug._without(argv, fragment) == record.argv
+
+
+class FakeQemu:
+    """A QMP peer on a Unix socket (a fake transport): answers each command from ``replies``
+    (default: success) and keeps the commands it was sent."""
+
+    def __init__(self, replies: dict[str, dict[str, Any]]) -> None:
+        self.replies = replies
+        self.commands: list[tuple[str, Any]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        greeting = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0},
+                                        "package": ""}, "capabilities": []}}
+        writer.write(json.dumps(greeting).encode() + b"\n")
+        decoder, buffer = json.JSONDecoder(), ""
+        while chunk := await reader.read(4096):  # qemu.qmp sends JSON with no newline
+            buffer += chunk.decode()
+            while buffer.strip():
+                try:
+                    message, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                await self.answer(message, writer)
+        writer.close()
+
+    async def answer(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        command = message["execute"]
+        self.commands.append((command, message.get("arguments")))
+        reply = self.replies.get(command, {"return": {}})
+        if "id" in message:
+            reply = {**reply, "id": message["id"]}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+
+
+async def attach_through(fake: FakeQemu, socket: Path) -> None:
+    server = await asyncio.start_unix_server(fake.serve, path=str(socket))
+    try:
+        client = await qmp.connect(socket, "test")
+        try:
+            await hotplug.plug_pair(client, ("blockdev-add", {"node-name": "disk-xvdb"}),
+                                    {"driver": "virtio-blk-pci", "id": "vbd-51728"},
+                                    ("blockdev-del", {"node-name": "disk-xvdb"}))
+        finally:
+            await client.disconnect()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_device_qemu_refuses_takes_its_block_node_with_it(tmp_path: Path) -> None:
+    refusal = {"error": {"class": "GenericError",
+                         "desc": "Bus 'hotplug1' does not support hotplugging"}}
+    fake = FakeQemu({"device_add": refusal})
+    with pytest.raises(DomainError, match=r"QEMU refused device_add: .*hotplugging"):
+        asyncio.run(attach_through(fake, tmp_path / "q.sock"))
+    assert [c for c, _ in fake.commands] == [
+        "qmp_capabilities", "blockdev-add", "device_add", "blockdev-del"]
+    assert fake.commands[-1][1] == {"node-name": "disk-xvdb"}
+
+
+def test_a_refused_block_node_adds_no_device(tmp_path: Path) -> None:
+    fake = FakeQemu({"blockdev-add": {"error": {"class": "GenericError", "desc": "no"}}})
+    with pytest.raises(DomainError, match="QEMU refused blockdev-add"):
+        asyncio.run(attach_through(fake, tmp_path / "q.sock"))
+    assert [c for c, _ in fake.commands] == ["qmp_capabilities", "blockdev-add"]

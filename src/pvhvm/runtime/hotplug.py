@@ -93,6 +93,19 @@ async def _execute(client: QMPClient, command: str, arguments: dict[str, Any]) -
         raise DomainError(f"QMP {command} failed: {err}") from err
 
 
+async def plug_pair(client: QMPClient, backend: tuple[str, dict[str, Any]],
+                    device: dict[str, Any], undo: tuple[str, dict[str, Any]]) -> None:
+    """Add a backend (block node, netdev), then the device on it; when the device cannot be
+    added, remove the backend again, so a failed attach leaves nothing in QEMU."""
+    await _execute(client, *backend)
+    try:
+        await _execute(client, "device_add", device)
+    except BaseException:
+        with contextlib.suppress(DomainError):
+            await _execute(client, *undo)
+        raise
+
+
 def _free_slot(record: DomainRecord) -> str | None:
     """The hotplug port a new PV device goes on; None on pc (the root bus hotplugs).
 
@@ -198,13 +211,8 @@ def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> 
         device = qemu_hotplug.disk_device(disk, record.vcpus, slot)
 
         async def plug(client: QMPClient) -> None:
-            await _execute(client, "blockdev-add", node)
-            try:
-                await _execute(client, "device_add", device)
-            except BaseException:
-                with contextlib.suppress(DomainError):
-                    await _execute(client, "blockdev-del", {"node-name": node["node-name"]})
-                raise
+            await plug_pair(client, ("blockdev-add", node), device,
+                            ("blockdev-del", {"node-name": node["node-name"]}))
 
         asyncio.run(_session(store.paths(name).control_socket, plug))
         fragment = qemu_hotplug.blockdev_argv(node) + qemu_hotplug.device_argv(device)
@@ -385,13 +393,8 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
         device = qemu_hotplug.nic_device(vif, slot)
 
         async def plug(client: QMPClient) -> None:
-            await _execute(client, "netdev_add", netdev)
-            try:
-                await _execute(client, "device_add", device)
-            except BaseException:
-                with contextlib.suppress(DomainError):
-                    await _execute(client, "netdev_del", {"id": netdev["id"]})
-                raise
+            await plug_pair(client, ("netdev_add", netdev), device,
+                            ("netdev_del", {"id": netdev["id"]}))
 
         asyncio.run(_session(store.paths(name).control_socket, plug))
         fragment = qemu_hotplug.netdev_argv(netdev) + qemu_hotplug.device_argv(device)

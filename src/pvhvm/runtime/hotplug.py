@@ -191,16 +191,40 @@ def _disk_json(disk: DiskPlan) -> dict[str, Any]:
             "bootindex": None, "hotplugged": True}
 
 
-def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> DiskPlan:
-    """``xl block-attach NAME SPEC``: add a PV disk to the running domain."""
-    store = store or StateStore()
+def disk_to_attach(spec_text: str, record: DomainRecord) -> DiskPlan:
+    """The PV disk a block-attach SPEC asks of ``record``'s domain (any platform)."""
     try:
         spec = parse_disk(spec_text)
     except SpecError as err:
         raise HotplugError(f"disk spec {spec_text!r}: {err}") from err
+    return _disk_plan(spec, record)
+
+
+def vif_to_attach(spec_text: str, record: DomainRecord) -> VifPlan:
+    """The PV NIC a network-attach VIFSPEC asks of ``record``'s domain (any platform)."""
+    try:
+        spec = parse_vif(spec_text)
+    except SpecError as err:
+        raise HotplugError(f"vif spec {spec_text!r}: {err}") from err
+    return _vif_plan(spec, record)
+
+
+def disk_json(disk: DiskPlan) -> dict[str, Any]:
+    """The disk as Plan.to_json writes one (what block-list reads)."""
+    return _disk_json(disk)
+
+
+def vif_json(vif: VifPlan) -> dict[str, Any]:
+    """The NIC as Plan.to_json writes one (what network-list reads)."""
+    return _vif_json(vif)
+
+
+def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> DiskPlan:
+    """``xl block-attach NAME SPEC``: add a PV disk to the running domain."""
+    store = store or StateStore()
     with _one_at_a_time(name, store):
         record = _running(name, store)
-        disk = _disk_plan(spec, record)
+        disk = disk_to_attach(spec_text, record)
         if disk.format not in QEMU_FORMATS:
             raise HotplugError(f"disk {disk.vdev!r}: format {disk.format!r} is not one QEMU "
                                f"opens ({', '.join(QEMU_FORMATS)})")
@@ -265,8 +289,9 @@ def _entry(record: DomainRecord, kind: str, match: Callable[[dict[str, Any]], bo
     listed = record.plan.get("disks" if kind == "disk" else "vifs", [])
     if any(match(item) for item in listed):
         raise HotplugError(
-            f"{what} of domain {record.name!r} was given at create, on a bus with no hotplug "
-            "here; only devices attached while it runs can be detached")
+            f"{what} of domain {record.name!r} was given at create; only devices attached "
+            "while it runs can be detached (create puts PV devices on q35's root bus, which "
+            "has no hotplug)")
     raise HotplugError(f"domain {record.name!r} has no {what}")
 
 
@@ -379,13 +404,9 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
                    ) -> tuple[VifPlan, list[str]]:
     """``xl network-attach NAME [VIFSPEC]``: add a PV NIC; returns it and warnings."""
     store = store or StateStore()
-    try:
-        spec = parse_vif(spec_text)
-    except SpecError as err:
-        raise HotplugError(f"vif spec {spec_text!r}: {err}") from err
     with _one_at_a_time(name, store):
         record = _running(name, store)
-        vif = _vif_plan(spec, record)
+        vif = vif_to_attach(spec_text, record)
         slot = _free_slot(record)
         bridges = lifecycle.host_bridges()
         warnings = lifecycle.vif_warnings([vif], bridges)

@@ -84,6 +84,18 @@ def test_table_output(capsys: pytest.CaptureFixture[str], imagedir: Path) -> Non
                        "--dry-run")
     assert code == 0
     assert "IDE disk primary master" in out and "PV block" in out and "e1000" in out
+    assert "root bus (machine pc hot-plugs there)" in out
+
+
+def test_dry_run_says_the_hotplug_slots(capsys: pytest.CaptureFixture[str],
+                                        imagedir: Path) -> None:
+    code, out, _ = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
+                       "hotplug_slots=4", "--dry-run")
+    assert code == 0 and "4 (empty pcie-root-ports, hotplug_slots)" in out
+    plan = dry_json(capsys, "pv-only.cfg", imagedir)
+    assert plan["hotplug_slots"] == 2
+    ports = [a for a in plan["qemu_argv"] if str(a).startswith("pcie-root-port,")]
+    assert len(ports) == 2
 
 
 @pytest.mark.parametrize(

@@ -334,3 +334,32 @@ def test_libvirt_dry_run_needs_no_daemon(
 def test_local_and_remote_uris() -> None:
     assert is_local("qemu:///system") and is_local("qemu+unix:///system?socket=/x/sock")
     assert not is_local("qemu+ssh://host/system") and not is_local("qemu+tcp://10.0.0.2/system")
+
+
+HOTPLUG_VERBS = [
+    ["block-attach", "g", "/img/d.img,xvdb,w"], ["block-detach", "g", "xvdb"],
+    ["network-attach", "g"], ["network-detach", "g", "1"], ["cd-insert", "g", "hdc", "/i.iso"],
+    ["cd-eject", "g", "hdc"],
+]
+
+
+@pytest.mark.parametrize("argv", HOTPLUG_VERBS, ids=lambda a: a[0])
+def test_hotplug_verbs_a_platform_lacks_are_one_line(
+    capsys: pytest.CaptureFixture[str], platforms: Platforms, config: Path, argv: list[str],
+) -> None:
+    assert run(capsys, platforms, "create", str(config), "--platform", "beta")[0] == 0
+    code, out, err = run(capsys, platforms, *argv)
+    assert (code, out) == (1, "")
+    assert err == (f"pvhvm: error: domain 'g' is on the beta platform, which has no "
+                   f"'pvhvm {argv[0]}'\n")
+
+
+@pytest.mark.parametrize("argv", HOTPLUG_VERBS[4:], ids=lambda a: a[0])
+def test_cd_media_on_xen_say_to_use_xl(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
+) -> None:
+    platforms = default_platforms(StateStore(tmp_path))
+    StateStore(tmp_path / "xen", base=tmp_path).claim("g")
+    code, out, err = run(capsys, platforms, *argv)
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert "xen platform" in err and f"xl {argv[0]} g" in err

@@ -170,3 +170,27 @@ def test_kvm_probe_says_what_it_does_once_per_host_boot(tmp_path: Path) -> None:
     other_kernel.write_bytes(b"")
     again = choose_accel("auto", tmp_path, str(qemu), other_kernel, notify=said.append)
     assert again is Accel.TCG and len(said) == 1  # cached: no second probe for a new kernel
+
+
+PV_DISK = 'name="g"; builder="hvm"\ndisk=["/i/a.img,xvda,w,type=xenbus"]\n'
+
+
+def test_hotplug_slots_are_empty_root_ports_on_q35() -> None:
+    ports = _device(argv_for(PV_DISK), "pcie-root-port,")
+    assert ports == ["pcie-root-port,id=hotplug1,chassis=100,slot=0",
+                     "pcie-root-port,id=hotplug2,chassis=101,slot=0"]  # the default: 2
+    ports = _device(argv_for(PV_DISK + "hotplug_slots = 5\n"), "pcie-root-port,")
+    assert [p.split(",")[1] for p in ports] == [f"id=hotplug{n}" for n in range(1, 6)]
+    assert len({p.split(",")[2] for p in ports}) == 5  # one chassis each
+    assert _device(argv_for(PV_DISK + "hotplug_slots = 0\n"), "pcie-root-port,") == []
+
+
+def test_no_root_ports_on_pc_whose_root_bus_hotplugs() -> None:
+    argv = argv_for('name="g"; builder="hvm"\ndisk=["/i/a.img,hda,w"]\nhotplug_slots = 3\n')
+    assert "pc" in argv and _device(argv, "pcie-root-port,") == []
+
+
+@pytest.mark.parametrize("value", ["17", "-1", '"two"'])
+def test_hotplug_slots_out_of_range(value: str) -> None:
+    with pytest.raises(ValueError, match=r"g.cfg:3:\d+: hotplug_slots"):
+        argv_for(PV_DISK + f"hotplug_slots = {value}\n")

@@ -226,3 +226,53 @@ def test_report_and_xenstore_option_misuse(
                   "--xenstore", str(sock))
     assert wrong.returncode == 1
     assert "--xenstore applies to --platform xen only" in wrong.stderr
+
+
+def test_pv_devices_attached_and_detached_as_xl_writes_them(
+    xenstored: DaemonProcess, images: Path, short_dir: Path
+) -> None:
+    """block-/network-attach write a PV device's xenbus nodes (state 1) as libxl does;
+    detach sets the backend Closing and waits for Closed, which nothing here gives, so it
+    times out in one line; --force removes the nodes; destroy still leaves the store as it was."""
+    sock = xenstored.socket_path
+    xs(sock, "xenstore-write", "/local/domain/0/name", "Domain-0")
+    before = xs(sock, "xenstore-ls", "-p", "/")
+    state = short_dir / "state"
+    created = pvhvm(state, "create", str(ROOT / "examples" / "pv-only.cfg"),
+                    f"imagedir={images}", "--platform", "xen", "--xenstore", str(sock))
+    assert created.returncode == 0, created.stderr
+
+    done = pvhvm(state, "block-attach", "pv-only", f"{images}/data.img,raw,xvdb,w")
+    assert done.returncode == 0, done.stderr
+    front, back = "/local/domain/1/device/vbd/51728", "/local/domain/0/backend/vbd/1/51728"
+    assert xs(sock, "xenstore-read", f"{front}/backend").strip() == back
+    assert xs(sock, "xenstore-read", f"{back}/params").strip() == f"{images}/data.img"
+    assert xs(sock, "xenstore-read", f"{back}/state").strip() == "1"
+    assert perms(sock, "/local/domain/1/device/vbd")["51728"] == "(n1,r0)"
+    listed = pvhvm(state, "block-list", "pv-only")
+    assert f"{back} (state 1)" in listed.stdout
+    refused = pvhvm(state, "block-attach", "pv-only", f"{images}/boot.img,raw,hdb,w,type=ioemu")
+    assert refused.returncode == 1 and "IDE has no hotplug" in refused.stderr
+
+    nic = pvhvm(state, "network-attach", "pv-only", "mac=00:16:3e:7a:00:02")
+    assert nic.returncode == 0, nic.stderr
+    assert xs(sock, "xenstore-read", "/local/domain/1/device/vif/1/mac").strip() == \
+        "00:16:3e:7a:00:02"
+
+    waited = pvhvm(state, "block-detach", "pv-only", "xvdb", "--timeout", "0.5")
+    assert waited.returncode == 1 and waited.stderr.count("\n") == 1
+    assert "did not close within 0.5s" in waited.stderr
+    assert xs(sock, "xenstore-read", f"{back}/state").strip() == "5"  # Closing, as libxl
+    assert xs(sock, "xenstore-read", f"{back}/online").strip() == "0"
+    forced = pvhvm(state, "block-detach", "pv-only", "51728", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert xs(sock, "xenstore-list", "/local/domain/1/device/vbd").split() == ["51712"]
+    assert "xvdb" not in pvhvm(state, "block-list", "pv-only").stdout
+    gone = pvhvm(state, "network-detach", "pv-only", "00:16:3e:7a:00:02", "--force")
+    assert gone.returncode == 0, gone.stderr
+    assert xs(sock, "xenstore-list", "/local/domain/1/device/vif").split() == ["0"]
+
+    again = pvhvm(state, "network-attach", "pv-only")  # left there for destroy to remove
+    assert again.returncode == 0, again.stderr
+    assert pvhvm(state, "destroy", "pv-only").returncode == 0
+    assert xs(sock, "xenstore-ls", "-p", "/") == before

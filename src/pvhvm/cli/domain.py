@@ -1,5 +1,6 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
-reboot, block-list, network-list, migrate. Thin: each asks the platform that holds the domain
+reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
+cd-insert, cd-eject, migrate. Thin: each asks the platform that holds the domain
 (pvhvm.platforms), which says in one line when a verb is not on it."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import click
 
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
-from pvhvm.platforms.base import SHUTDOWN_TIMEOUT, DomainPlatform
+from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 from pvhvm.runtime import listing
 
 
@@ -110,6 +111,72 @@ def network_list(name: str, as_json: bool) -> None:
     click.echo(listing.format_network_list(devices), nl=False)
 
 
+def _said(change: DeviceChange) -> None:
+    for warning in change.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(change.summary, err=True)
+
+
+_detach_timeout = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=DETACH_TIMEOUT,
+    show_default=True, help="Seconds to wait for the guest to release the device.")
+_force = click.option("--force", is_flag=True,
+                      help="Remove it from the domain even if the guest does not release it.")
+
+
+@click.command(name="block-attach")
+@click.argument("name")
+@click.argument("spec")
+def block_attach(name: str, spec: str) -> None:
+    """Add a PV disk to running domain NAME (SPEC as in a disk= entry; PV only, as xl)."""
+    _said(_holder(name).block_attach(name, spec))
+
+
+@click.command(name="block-detach")
+@click.argument("name")
+@click.argument("disk", metavar="VDEV|DEVID")
+@_force
+@_detach_timeout
+def block_detach(name: str, disk: str, force: bool, timeout: float) -> None:
+    """Remove a hot-plugged disk from domain NAME (the guest is asked to release it)."""
+    _said(_holder(name).block_detach(name, disk, force=force, timeout=timeout))
+
+
+@click.command(name="network-attach")
+@click.argument("name")
+@click.argument("spec", default="", metavar="[VIFSPEC]")
+def network_attach(name: str, spec: str) -> None:
+    """Add a PV NIC to running domain NAME (VIFSPEC as in a vif= entry; PV only, as xl)."""
+    _said(_holder(name).network_attach(name, spec))
+
+
+@click.command(name="network-detach")
+@click.argument("name")
+@click.argument("nic", metavar="DEVID|MAC")
+@_force
+@_detach_timeout
+def network_detach(name: str, nic: str, force: bool, timeout: float) -> None:
+    """Remove a hot-plugged NIC from domain NAME."""
+    _said(_holder(name).network_detach(name, nic, force=force, timeout=timeout))
+
+
+@click.command(name="cd-insert")
+@click.argument("name")
+@click.argument("vdev")
+@click.argument("target")
+def cd_insert(name: str, vdev: str, target: str) -> None:
+    """Insert medium TARGET (an ISO image) into emulated CD drive VDEV of domain NAME."""
+    _said(_holder(name).cd_insert(name, vdev, target))
+
+
+@click.command(name="cd-eject")
+@click.argument("name")
+@click.argument("vdev")
+def cd_eject(name: str, vdev: str) -> None:
+    """Eject the medium of emulated CD drive VDEV of domain NAME."""
+    _said(_holder(name).cd_eject(name, vdev))
+
+
 @click.command()
 @click.argument("name")
 @click.option("--to", "destination", required=True, metavar="URI",
@@ -125,6 +192,7 @@ def migrate(name: str, destination: str, migrate_uri: str | None, unsafe: bool) 
 
 
 COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
+            block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             migrate)
 
 

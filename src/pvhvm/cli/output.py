@@ -91,6 +91,7 @@ def plan_tables(plan: Plan) -> list[Table]:
     summary.add_row("memory", f"{plan.memory_mib} MiB")
     summary.add_row("vcpus", str(plan.vcpus))
     summary.add_row("IDE controller", "yes" if plan.ide_controller else "no (PV disks only)")
+    summary.add_row("hotplug slots", hotplug_slots_text(plan))
     if plan.direct_kernel_boot:
         summary.add_row("boot", f"kernel {plan.kernel}")
         if plan.ramdisk:
@@ -127,3 +128,10 @@ def plan_tables(plan: Plan) -> list[Table]:
             notes.add_row(note)
         tables.append(notes)
     return tables
+
+
+def hotplug_slots_text(plan: Plan) -> str:
+    """How many PV devices block-/network-attach can add on QEMU (``hotplug_slots``)."""
+    if plan.ide_controller:
+        return "root bus (machine pc hot-plugs there)"
+    return f"{plan.hotplug_slots} (empty pcie-root-ports, hotplug_slots)"

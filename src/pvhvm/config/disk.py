@@ -175,6 +175,8 @@ class _Builder:
         self.spec = spec
         self.fields: dict[str, object] = {}
         self.sources: dict[str, str] = {}
+        #: where each keyword stands in the spec (libxlutil's reading depends on order)
+        self.offsets: dict[str, int] = {}
 
     def fail(self, message: str) -> SpecError:
         return SpecError(f"disk spec {self.spec!r}: {message}")
@@ -229,6 +231,7 @@ def _keyword(b: _Builder, tok: Token) -> None:
     if key not in KEYS:
         raise b.fail(f"unknown parameter {key!r} (known: {', '.join(KEYS)})")
     source = f"{key}="
+    b.offsets[key] = tok.offset
     if key == "target":
         b.set("target", value, source)
     elif key == "format":
@@ -323,6 +326,13 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
         else (("format", "vdev", "access"), "xl form is target,format,vdev,access")
     )
     rest = positionals[1:]
+    keyword_format = b.fields.get("format")
+    if (legacy and not target and not prefixes and keyword_format not in (None, EMPTY_FORMAT)
+            and b.offsets.get("format", -1) > rest[0].offset):
+        # libxlutil: ",hdc:cdrom" makes the drive's format "empty"; a format= after it is
+        # "format respecified" (before it, the empty drive's format wins)
+        raise b.fail(f"format given twice (format={keyword_format} after the empty drive "
+                     f"{rest[0].value!r}, whose format is empty)")
     if len(rest) > len(names):
         raise b.fail(f"too many positional parameters: {rest[len(names)].value!r} ({grammar})")
     for name, tok in zip(names, rest, strict=False):

@@ -69,6 +69,8 @@ class GuestType(Enum):
 #: xl's emulated sound cards (soundhw=) → QEMU devices
 SOUND_CARDS = {"hda": "intel-hda", "ac97": "AC97", "sb16": "sb16", "es1370": "ES1370"}
 VGA_KINDS = ("std", "cirrus", "none")
+#: hotplug_slots: pcie-root-ports on q35 take root-bus slots (32, some used by the platform)
+MAX_HOTPLUG_SLOTS = 16
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
            "coredump-restart")
 
@@ -142,6 +144,8 @@ class DomainConfig:
     bios: str = "seabios"
     soundhw: tuple[str, ...] = ()
     hpet: bool = True
+    #: pvhvm's own key: empty hot-pluggable PCIe slots reserved at create (q35)
+    hotplug_slots: int | None = None
     parallel: str | None = None
     #: keys kept for export-xl that pvhvm does not realise itself: (key, value) in file order
     xl_passthrough: tuple[tuple[str, Any], ...] = ()
@@ -529,6 +533,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         bios=_bios(r, guest_type),
         soundhw=_soundhw(r),
         hpet=r.bool_("hpet", True),
+        hotplug_slots=r.int_("hotplug_slots", 0, MAX_HOTPLUG_SLOTS),
         parallel=None if parallel in (None, "", "none") else parallel,
         xl_passthrough=_passthrough(raw),
         unsupported=tuple(unsupported),

@@ -31,7 +31,7 @@ name uuid memory maxmem vcpus maxvcpus maxcpus builder type kernel ramdisk extra
 boot disk vif serial vnc vnclisten vncdisplay vncunused vncpasswd vncconsole sdl nographic
 on_poweroff on_reboot on_crash acpi apic pae localtime rtc_timeoffset device_model
 device_model_version xen_platform_pci stdvga vga usb usbdevice bios cdrom soundhw hpet
-parallel bootloader vfb keymap videoram hvmloader firmware
+parallel bootloader vfb keymap videoram hvmloader firmware hotplug_slots
 """
 
 _XEN = """

@@ -30,6 +30,8 @@ from pvhvm.plan.types import (
 from pvhvm.plan.vdev import IDE_PLACES, Vdev, VdevFamily, parse_vdev
 
 DEFAULT_MEMORY_MIB = 512
+#: empty hot-pluggable slots (pcie-root-port on q35) a domain gets unless hotplug_slots= says
+DEFAULT_HOTPLUG_SLOTS = 2
 DEFAULT_BRIDGE = "xenbr0"
 #: the emulated NIC models QEMU 7.2 has on PCI (``-device help``); xl passes model= as is
 EMULATED_NIC_MODELS = (
@@ -155,6 +157,10 @@ class Plan:
     bios: str = "seabios"
     soundhw: tuple[str, ...] = ()
     hpet: bool = True
+    #: PV devices ``block-attach``/``network-attach`` may add while the domain runs: on
+    #: q35 (no IDE) each is an empty pcie-root-port, as q35's root bus has no hotplug
+    #: (QEMU docs/pcie.txt); on pc (i440fx) the root bus's own slots are hot-pluggable
+    hotplug_slots: int = DEFAULT_HOTPLUG_SLOTS
     parallel: str | None = None
     device_model_version: str | None = None
     #: a PV guest's bootloader (pygrub), kept for the xen platform and export-xl
@@ -225,6 +231,7 @@ class Plan:
             "usbdevices": list(self.usbdevices),
             "soundhw": list(self.soundhw),
             "hpet": self.hpet,
+            "hotplug_slots": self.hotplug_slots,
             "rtc_timeoffset": self.rtc_timeoffset,
             "parallel": self.parallel,
             "notes": list(self.notes),
@@ -369,6 +376,8 @@ def make_plan(
         bios=config.bios,
         soundhw=config.soundhw,
         hpet=config.hpet,
+        hotplug_slots=(DEFAULT_HOTPLUG_SLOTS if config.hotplug_slots is None
+                       else config.hotplug_slots),
         parallel=config.parallel,
         device_model_version=config.device_model_version,
         bootloader=config.bootloader,

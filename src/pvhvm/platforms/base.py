@@ -25,6 +25,8 @@ from pvhvm.runtime.state import DomainRecord
 
 #: how long ``shutdown -w`` waits by default (seconds)
 SHUTDOWN_TIMEOUT = 60.0
+#: how long block-/network-detach wait for the guest to release a device (seconds)
+DETACH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class Created:
 
     record: DomainRecord
     summary: str
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    """What a hotplug verb did, in one line, and what the user should know about it."""
+
+    summary: str
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,34 @@ class DomainPlatform(ABC):
     def report_source(self, name: str) -> ReportSource:
         """Where the guest's device report appears (``pvhvm report``)."""
         raise self.not_here("report", name)
+
+    # --- devices of a running domain (xl block-attach ... cd-eject) ------------------------
+
+    def block_attach(self, name: str, spec: str) -> DeviceChange:
+        """Add the PV disk ``spec`` (xl-disk-configuration(5)) to the running domain."""
+        raise self.not_here("block-attach", name)
+
+    def block_detach(self, name: str, disk: str, force: bool = False,
+                     timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        """Remove a disk (by vdev or devid); ``force``: even if the guest does not let go."""
+        raise self.not_here("block-detach", name)
+
+    def network_attach(self, name: str, spec: str = "") -> DeviceChange:
+        """Add the PV NIC ``spec`` (xl-network-configuration(5)) to the running domain."""
+        raise self.not_here("network-attach", name)
+
+    def network_detach(self, name: str, nic: str, force: bool = False,
+                       timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        """Remove a NIC (by devid or MAC)."""
+        raise self.not_here("network-detach", name)
+
+    def cd_insert(self, name: str, vdev: str, target: str) -> DeviceChange:
+        """Put ``target`` in the emulated CD drive ``vdev`` (empty or not)."""
+        raise self.not_here("cd-insert", name)
+
+    def cd_eject(self, name: str, vdev: str) -> DeviceChange:
+        """Take the medium out of the emulated CD drive ``vdev``."""
+        raise self.not_here("cd-eject", name)
 
     def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
                 unsafe: bool = False) -> DomainRecord:

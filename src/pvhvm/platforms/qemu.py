@@ -12,15 +12,17 @@ from pvhvm.guest.report import END
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
+    DETACH_TIMEOUT,
     SHUTDOWN_TIMEOUT,
     Created,
     CreateOptions,
+    DeviceChange,
     DomainPlatform,
     ReportSource,
 )
 from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import lifecycle, listing
+from pvhvm.runtime import hotplug, lifecycle, listing
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
@@ -96,6 +98,32 @@ class QemuPlatform(DomainPlatform):
     def network_devices(self, name: str) -> list[NetworkDevice]:
         return listing.network_devices(self.find(name), None)
 
+    def block_attach(self, name: str, spec: str) -> DeviceChange:
+        disk = hotplug.block_attach(name, spec, self.store)
+        return DeviceChange(f"disk {disk.vdev} (devid {disk.devid}) attached: virtio-blk-pci, "
+                            f"{disk.target}")
+
+    def block_detach(self, name: str, disk: str, force: bool = False,
+                     timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        return _detached(hotplug.block_detach(name, disk, self.store, force, timeout))
+
+    def network_attach(self, name: str, spec: str = "") -> DeviceChange:
+        vif, warnings = hotplug.network_attach(name, spec, self.store)
+        return DeviceChange(f"vif {vif.devid} attached: virtio-net-pci, MAC {vif.mac}",
+                            tuple(warnings))
+
+    def network_detach(self, name: str, nic: str, force: bool = False,
+                       timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        return _detached(hotplug.network_detach(name, nic, self.store, force, timeout))
+
+    def cd_insert(self, name: str, vdev: str, target: str) -> DeviceChange:
+        hotplug.cd_insert(name, vdev, target, self.store)
+        return DeviceChange(f"cdrom {vdev}: {target} inserted")
+
+    def cd_eject(self, name: str, vdev: str) -> DeviceChange:
+        hotplug.cd_eject(name, vdev, self.store)
+        return DeviceChange(f"cdrom {vdev}: ejected")
+
     def report_source(self, name: str) -> ReportSource:
         """The console log, once the domain is known to be running or to have reported."""
         paths = self.store.paths(name)
@@ -109,3 +137,12 @@ class QemuPlatform(DomainPlatform):
                     + (f"; 'pvhvm unpause {name}' lets it boot" if state is DomainState.PAUSED
                        else ""))
         return ReportSource(console_log=log, domain_directory=paths.directory)
+
+
+def _detached(done: hotplug.Detached) -> DeviceChange:
+    if not done.forced:
+        return DeviceChange(f"{done.what} detached")
+    return DeviceChange(
+        f"{done.what} removed from the domain (--force)",
+        (f"{done.what}: the guest has not released it yet; QEMU keeps the device until it "
+         "does, and it is gone once QEMU next starts",))

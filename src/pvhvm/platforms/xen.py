@@ -1,7 +1,8 @@
 """The xen platform: a domain's xenbus device nodes written to XenStore (xen/domain.py).
 
-Nothing runs the guest on this host, so only create, destroy, list and the device listings
-(read back from XenStore) are on this platform; every other verb says to use xl on a Xen host.
+Nothing runs the guest on this host, so only create, destroy, list, the device listings
+(read back from XenStore) and the PV device attach/detach verbs (which write or remove the
+xenbus nodes as xl's do) are on this platform; every other verb says to use xl on a Xen host.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from typing import Any
 from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
-from pvhvm.platforms.base import Created, CreateOptions, DomainPlatform
-from pvhvm.runtime import listing
+from pvhvm.platforms.base import (
+    DETACH_TIMEOUT,
+    Created,
+    CreateOptions,
+    DeviceChange,
+    DomainPlatform,
+)
+from pvhvm.runtime import hotplug, listing
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, StateStore
 from pvhvm.xen import domain as xen_domain
+from pvhvm.xen.xenbus import BACKEND_DOMID, vbd_entry, vif_entry
 
 
 class XenPlatform(DomainPlatform):
@@ -79,3 +87,42 @@ class XenPlatform(DomainPlatform):
     def network_devices(self, name: str) -> list[NetworkDevice]:
         record = self.find(name)
         return listing.network_devices(record, xen_domain.device_drivers(record))
+
+    # --- PV devices: their xenbus nodes, as xl's block-/network-attach write them ---------
+
+    def block_attach(self, name: str, spec: str) -> DeviceChange:
+        disk = hotplug.disk_to_attach(spec, self.find(name))
+        xen_domain.attach(name, vbd_entry(disk), BACKEND_DOMID, "disks",
+                          hotplug.disk_json(disk), self._base)
+        return DeviceChange(f"disk {disk.vdev} (devid {disk.devid}): vbd nodes written to "
+                            "XenStore (state 1, for the backend and the guest to connect)")
+
+    def network_attach(self, name: str, spec: str = "") -> DeviceChange:
+        vif = hotplug.vif_to_attach(spec, self.find(name))
+        xen_domain.attach(name, vif_entry(vif), BACKEND_DOMID, "vifs", hotplug.vif_json(vif),
+                          self._base)
+        return DeviceChange(f"vif {vif.devid} (MAC {vif.mac}): vif nodes written to XenStore")
+
+    def _pv_device(self, name: str, section: str, matches: set[str], what: str) -> int:
+        for device in self.find(name).plan.get(section, []):
+            keys = {str(device.get("vdev")), str(device.get("devid")),
+                    str(device.get("mac")).lower()}
+            if keys & matches:
+                if device.get("type") != "xenbus":
+                    raise hotplug.HotplugError(
+                        f"{what} of domain {name!r} is emulated (ioemu), which has no hotplug; "
+                        "only PV devices are detached, as in xl")
+                return int(device.get("devid") or 0)
+        raise hotplug.HotplugError(f"domain {name!r} has no {what}")
+
+    def block_detach(self, name: str, disk: str, force: bool = False,
+                     timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        devid = self._pv_device(name, "disks", {disk}, f"disk {disk}")
+        xen_domain.detach(name, "vbd", devid, "disks", force, timeout, self._base)
+        return DeviceChange(f"disk {disk}: vbd nodes removed from XenStore")
+
+    def network_detach(self, name: str, nic: str, force: bool = False,
+                       timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        devid = self._pv_device(name, "vifs", {nic.lower()}, f"vif {nic}")
+        xen_domain.detach(name, "vif", devid, "vifs", force, timeout, self._base)
+        return DeviceChange(f"vif {nic}: vif nodes removed from XenStore")

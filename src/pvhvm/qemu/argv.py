@@ -147,6 +147,7 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         if plan.cmdline:
             argv += ["-append", plan.cmdline]
     argv += _bridges(plan)
+    argv += hotplug_ports(plan)
     iothreads = 0
     pv_index = 0
     for disk in plan.disks:
@@ -317,12 +318,31 @@ def _bridges(plan: Plan) -> list[str]:
     return argv
 
 
-def _disk(
-    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int, bus: str | None
-) -> tuple[list[str], int]:
+#: ids of the empty hot-pluggable slots: ``hotplug1``..``hotplugN``
+HOTPLUG_PORT = "hotplug"
+#: chassis numbers of those root ports start here (each port needs a unique chassis/slot)
+HOTPLUG_CHASSIS = 100
+
+
+def hotplug_port_ids(plan: Plan) -> list[str]:
+    """The pcie-root-ports reserved for hotplug on q35; none on pc, whose root bus is
+    hot-pluggable itself (QEMU docs/pcie.txt: pcie.0 is not)."""
+    if plan.ide_controller:
+        return []
+    return [f"{HOTPLUG_PORT}{n}" for n in range(1, plan.hotplug_slots + 1)]
+
+
+def hotplug_ports(plan: Plan) -> list[str]:
+    argv: list[str] = []
+    for n, port in enumerate(hotplug_port_ids(plan)):
+        argv += ["-device", f"pcie-root-port,id={port},chassis={HOTPLUG_CHASSIS + n},slot=0"]
+    return argv
+
+
+def drive_value(disk: DiskPlan, options: ArgvOptions = ArgvOptions()) -> str:
+    """The ``-drive`` value of ``disk`` (its block backend is ``disk-<vdev>``)."""
     drive_id = f"disk-{disk.vdev}"
-    emulated = disk.kind is DeviceKind.IOEMU
-    tuning = options.ide_tuning if emulated else options.pv_tuning
+    tuning = options.ide_tuning if disk.kind is DeviceKind.IOEMU else options.pv_tuning
     url = network_url(disk.target, disk.script)
     if disk.script is not None and url is None:
         raise PlanError(
@@ -356,7 +376,16 @@ def _disk(
             drive.append("readonly=on")
         if disk.access.value == "w!":
             drive.append("file.locking=off")
-    argv = ["-drive", ",".join(drive)]
+    return ",".join(drive)
+
+
+def _disk(
+    disk: DiskPlan, plan: Plan, options: ArgvOptions, iothread_index: int, bus: str | None
+) -> tuple[list[str], int]:
+    drive_id = f"disk-{disk.vdev}"
+    emulated = disk.kind is DeviceKind.IOEMU
+    tuning = options.ide_tuning if emulated else options.pv_tuning
+    argv = ["-drive", drive_value(disk, options)]
     boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
     if emulated:
         assert disk.ide_place is not None

@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pvhvm.errors import DomainError, LaunchError
-from pvhvm.plan.plan import Plan
+from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu import qmp
 from pvhvm.qemu.accel import choose_accel
@@ -68,19 +69,22 @@ def host_bridges() -> frozenset[str]:
         return frozenset()
 
 
+def direct_io_ok(target: str) -> bool:
+    """Whether ``target`` can be opened with O_DIRECT (not on tmpfs, some FUSE mounts)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def targets_without_direct_io(plan: Plan) -> frozenset[str]:
-    """PV disk targets that cannot be opened with O_DIRECT (tmpfs, some FUSE mounts)."""
-    out = set()
-    for disk in plan.disks:
-        if disk.kind is not DeviceKind.XENBUS or not disk.target:
-            continue
-        try:
-            fd = os.open(disk.target, os.O_RDONLY | os.O_DIRECT)
-        except OSError:
-            out.add(disk.target)
-        else:
-            os.close(fd)
-    return frozenset(out)
+    """PV disk targets that cannot be opened with O_DIRECT."""
+    return frozenset(
+        disk.target for disk in plan.disks
+        if disk.kind is DeviceKind.XENBUS and disk.target and not direct_io_ok(disk.target)
+    )
 
 
 def argv_options(
@@ -105,10 +109,15 @@ def _note(message: str) -> None:
 
 
 def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:
+    return vif_warnings(plan.vifs, bridges)
+
+
+def vif_warnings(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
+    """One line per NIC whose bridge is not on this host (it gets user networking)."""
     return [
         f"vif {v.devid}: bridge {v.bridge!r} does not exist on this host; "
         "using QEMU user networking instead"
-        for v in plan.vifs if v.bridge not in bridges
+        for v in vifs if v.bridge not in bridges
     ]
 
 

@@ -97,6 +97,12 @@ class DomainRecord:
     restarts: int = 0
     #: set by the toolstack before it asks the supervisor to destroy the domain
     destroying: bool = False
+    #: devices added while the domain ran (runtime/hotplug.py): kind, devid, the slot they
+    #: took and the argv that re-creates them, which ``argv`` also holds
+    hotplugged: list[dict[str, Any]] = field(default_factory=list)
+    #: what to remove once QEMU reports a force-detached device gone: device (its id),
+    #: command and arguments (blockdev-del / netdev_del), run by the supervisor
+    releasing: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def domain_state(self) -> DomainState:
@@ -126,6 +132,10 @@ class DomainPaths:
     owner_lock: Path
     #: flock held by the one ``pvhvm console`` attached to the domain
     console_lock: Path
+    #: flock held by one block-/network-attach/-detach or cd-insert/-eject at a time
+    hotplug_lock: Path
+    #: flock held around each read-modify-write of the record (supervisor and hotplug)
+    record_lock: Path
 
     @classmethod
     def of(cls, root: Path, name: str) -> DomainPaths:
@@ -135,6 +145,8 @@ class DomainPaths:
             directory=directory,
             owner_lock=directory / OWNER_LOCK,
             console_lock=directory / "console.lock",
+            hotplug_lock=directory / "hotplug.lock",
+            record_lock=directory / "record.lock",
             record=directory / "record.json",
             qmp_socket=directory / "qmp.sock",
             control_socket=directory / "ctl.sock",
@@ -290,6 +302,31 @@ class StateStore:
 
     def write(self, record: DomainRecord) -> None:
         write_atomic(self.paths(record.name).record, json.dumps(record.to_json(), indent=1))
+
+    @contextlib.contextmanager
+    def flocked(self, path: Path) -> Iterator[None]:
+        """An exclusive flock on ``path`` inside a domain's directory (DomainError when the
+        domain has gone: the lock file is never made outside it)."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise DomainError(f"domain {path.parent.name!r} is gone") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def modify(self, name: str, change: Callable[[DomainRecord], None]) -> DomainRecord:
+        """Read ``name``'s record, apply ``change`` and write it back, with no other
+        :meth:`modify` in between (the supervisor and the hotplug verbs both write it)."""
+        with self.flocked(self.paths(name).record_lock):
+            record = self.read(name)
+            if record is None:
+                raise DomainError(f"record of domain {name!r} vanished")
+            change(record)
+            self.write(record)
+            return record
 
     def read(self, name: str) -> DomainRecord | None:
         """The record of ``name``, or None when there is none (yet)."""

@@ -14,9 +14,9 @@ on QEMU's exit and on QMP events, never polling — and applies the domain's act
 * QEMU quitting on a QMP ``quit``, or SIGTERM to the supervisor from ``pvhvm destroy``:
   destroy — quit QEMU (kill after a timeout), remove the record.
 
-``restart`` relaunches the same argv (without ``-S``); ``preserve`` keeps the domain (QEMU
-stopped, state shutdown or crashed; or a record in state crashed when QEMU is gone) until
-``pvhvm destroy``.
+``restart`` relaunches the record's argv (without ``-S``; it holds hot-plugged devices
+too); ``preserve`` keeps the domain (QEMU stopped, state shutdown or crashed; or a record
+in state crashed when QEMU is gone) until ``pvhvm destroy``.
 
 ``--adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` starts it): it
 waits on QEMU through a pidfd, reads its run state over QMP and applies an action the
@@ -50,6 +50,8 @@ MAX_RESTARTS = 10
 
 #: what ends a QEMU run
 DESTROY, RESTART, PRESERVE = "destroy", "restart", "preserve"
+#: the event word of DEVICE_DELETED, followed by the device's id
+DELETED = "deleted:"
 
 
 class QemuProcess(Protocol):
@@ -144,12 +146,13 @@ class Supervisor:
         return record
 
     def update(self, state: DomainState | None = None, **changes: object) -> None:
-        record = self.record()
-        if state is not None:
-            record.state = state.value
-        for key, value in changes.items():
-            setattr(record, key, value)
-        self.store.write(record)
+        def change(record: DomainRecord) -> None:
+            if state is not None:
+                record.state = state.value
+            for key, value in changes.items():
+                setattr(record, key, value)
+
+        self.store.modify(self.name, change)
 
     def tell_creator(self, message: str) -> None:
         if self.ready_fd is None:
@@ -176,6 +179,9 @@ class Supervisor:
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
             )
         self.proc = proc
+        # A new QEMU has none of what a forced detach left to release.
+        if self.record().releasing:
+            self.update(releasing=[])
         # Known at once, so a cleaner that finds this domain orphaned can kill this QEMU.
         self.update(qemu_pid=proc.pid)
         deadline = time.monotonic() + QMP_WAIT
@@ -235,6 +241,21 @@ class Supervisor:
                 await self.qmp.disconnect()
             self.qmp = None
 
+    async def finish_release(self, device: str) -> None:
+        """A device ``block-detach --force`` gave up waiting for is gone now: remove what
+        backed it (its block node or netdev), as the detach would have."""
+        pending = [r for r in self.record().releasing if r.get("device") == device]
+        if not pending:
+            return
+        for entry in pending:
+            if self.qmp is not None:
+                try:
+                    await asyncio.wait_for(
+                        self.qmp.execute(str(entry["command"]), entry["arguments"]), 10)
+                except (QMPError, OSError, EOFError, TimeoutError) as err:
+                    log.warning("releasing %s: %s failed: %s", device, entry["command"], err)
+        self.update(releasing=[r for r in self.record().releasing if r not in pending])
+
     # --- events -------------------------------------------------------------------------
 
     @staticmethod
@@ -281,7 +302,9 @@ class Supervisor:
                     log.warning("QEMU exited unexpectedly (status %s)", self.proc.returncode)
                     return _normalise(record.on_crash)
                 event = getter.result()
-                if event == "stop":
+                if event.startswith(DELETED):
+                    await self.finish_release(event.removeprefix(DELETED))
+                elif event == "stop":
                     if self.record().domain_state is DomainState.RUNNING:
                         self.update(DomainState.PAUSED)
                 elif event == "resume":
@@ -395,7 +418,9 @@ class Supervisor:
                 # with the old count.
                 self.update(restarts=restarts)
                 try:
-                    await self.launch([a for a in record.argv if a != "-S"])
+                    # the record's argv, not the first run's: it has the devices hot-plugged
+                    # since (runtime/hotplug.py)
+                    await self.launch([a for a in self.record().argv if a != "-S"])
                 except DomainError as err:
                     log.error("restart failed: %s", err)
                     break
@@ -432,6 +457,8 @@ def _event_word(name: str, data: dict[str, object]) -> str | None:
         if reason == "host-qmp-quit":
             return "quit"
         return None  # host-signal, host-ui...: QEMU exits, which is a crash unless we asked
+    if name == "DEVICE_DELETED" and isinstance(data.get("device"), str):
+        return f"{DELETED}{data['device']}"  # a device the guest let go (runtime/hotplug.py)
     return {"GUEST_PANICKED": "panic", "STOP": "stop", "RESUME": "resume"}.get(name)
 
 

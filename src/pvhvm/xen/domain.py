@@ -18,11 +18,18 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pvhvm.errors import DomainError, XenStoreError
 from pvhvm.plan.plan import Plan
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
-from pvhvm.xen.xenbus import DomainEntries, domain_entries
+from pvhvm.xen.xenbus import (
+    DeviceEntry,
+    DomainEntries,
+    device_nodes,
+    device_paths,
+    domain_entries,
+)
 from pvhvm.xenstore.client import Transaction, XenStoreClient
 from pvhvm.xenstore.errors import XenStoreConnectionError, XenStoreErrnoError
 
@@ -285,3 +292,93 @@ def _read(xs: XenStoreClient, path: str) -> str | None:
         if err.errno_name == "ENOENT":
             return None
         raise
+
+
+# --- devices added and removed while the domain exists (xl block-attach ... detach) ---------
+
+#: XenbusState Closed: a backend that has let its frontend go (xenbus.h)
+_CLOSED = "6"
+
+
+def _socket_of(record: DomainRecord, records: StateStore) -> Path:
+    return Path(str(record.plan.get("xenstore_socket", embedded_socket(records))))
+
+
+def attach(name: str, entry: DeviceEntry, backend_id: int, section: str,
+           device_json: dict[str, Any], store: StateStore | None = None) -> None:
+    """Write one PV device's frontend and backend nodes (state 1) in one transaction, as
+    libxl's device add does, and add it to the record."""
+    records = xen_store(store)
+    record = records.read(name)
+    if record is None:
+        raise DomainError(f"no domain named {name!r}")
+    socket = _socket_of(record, records)
+    frontend, _ = device_paths(entry.kind, entry.devid, backend_id, record.domid)
+    entries = DomainEntries(domid=record.domid,
+                            nodes=tuple(device_nodes(entry, backend_id, record.domid)))
+
+    def write(t: Transaction) -> list[str]:
+        if t.exists(frontend):
+            raise DomainError(f"{frontend} already exists in XenStore at {socket}")
+        return _write(t, entries)
+
+    try:
+        with XenStoreClient(socket) as xs:
+            created = xs.run_transaction(write)
+    except (XenStoreError, OSError) as err:
+        raise DomainError(f"cannot add {entry.kind} {entry.devid} of domain {name!r} to "
+                          f"XenStore at {socket}: {err}") from err
+    record.plan.setdefault(section, []).append(device_json)
+    record.plan["xenstore_created"] = [*record.plan.get("xenstore_created", []),
+                                       *created]
+    records.write(record)
+
+
+def detach(name: str, kind: str, devid: int, section: str, force: bool,
+           timeout: float, store: StateStore | None = None) -> bool:
+    """Remove a PV device as libxl does: backend ``online`` 0 and state 5 (Closing), wait for
+    the backend to reach 6 (Closed), then remove both directories; ``force`` removes them
+    without waiting. Returns False when it was forced past a backend that did not close."""
+    records = xen_store(store)
+    record = records.read(name)
+    if record is None:
+        raise DomainError(f"no domain named {name!r}")
+    socket = _socket_of(record, records)
+    front = f"/local/domain/{record.domid}/device/{kind}/{devid}"
+    try:
+        with XenStoreClient(socket) as xs:
+            backend = _read(xs, f"{front}/backend")
+            if backend is None:
+                raise DomainError(f"domain {name!r} has no {kind} {devid} in XenStore")
+
+            def closing(t: Transaction) -> None:
+                t.write(f"{backend}/online", "0")
+                t.write(f"{backend}/state", "5")
+
+            closed = False
+            if not force:
+                xs.run_transaction(closing)
+                deadline = time.monotonic() + timeout
+                while not closed and time.monotonic() < deadline:
+                    closed = _read(xs, f"{backend}/state") == _CLOSED
+                    if not closed:
+                        time.sleep(0.1)
+                if not closed:
+                    raise DomainError(
+                        f"{kind} {devid} of domain {name!r}: its backend did not close within "
+                        f"{timeout:g}s (no Xen backend driver runs on this host to close it); "
+                        "--force removes its nodes")
+
+            def remove(t: Transaction) -> None:
+                for path in (front, backend):
+                    if t.exists(path):
+                        t.rm(path)
+
+            xs.run_transaction(remove)
+    except (XenStoreError, OSError) as err:
+        raise DomainError(f"cannot remove {kind} {devid} of domain {name!r} from XenStore at "
+                          f"{socket}: {err}") from err
+    record.plan[section] = [d for d in record.plan.get(section, [])
+                            if int(d.get("devid") or 0) != devid]
+    records.write(record)
+    return closed

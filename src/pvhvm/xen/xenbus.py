@@ -157,7 +157,6 @@ def domain_entries(plan: Plan, domid: int) -> DomainEntries:
     """Every node of the domain: its own, then each PV device's frontend and backend."""
     dom = f"/local/domain/{domid}"
     vm = f"/vm/{plan.uuid}"
-    state = str(int(XenbusState.INITIALISING))
     nodes: list[Node] = [
         Node(vm, "", (f"n{BACKEND_DOMID}", f"r{domid}")),
         Node(f"{vm}/uuid", plan.uuid),
@@ -177,21 +176,33 @@ def domain_entries(plan: Plan, domid: int) -> DomainEntries:
     ]
     owned = [vm, dom]
     for entry, backend_id in device_entries(plan):
-        frontend = f"{dom}/device/{entry.kind}/{entry.devid}"
+        nodes += device_nodes(entry, backend_id, domid)
         backend_dom = f"/local/domain/{backend_id}/backend/{entry.kind}/{domid}"
-        backend = f"{backend_dom}/{entry.devid}"
-        nodes.append(Node(frontend, "", (f"n{domid}", f"r{backend_id}")))
-        for key, value in {
-            "backend": backend, "backend-id": str(backend_id), "state": state,
-            **entry.frontend,
-        }.items():
-            nodes.append(Node(f"{frontend}/{key}", value))
-        nodes.append(Node(backend, "", (f"n{backend_id}", f"r{domid}")))
-        for key, value in {
-            "frontend": frontend, "frontend-id": str(domid), "online": "1", "state": state,
-            **entry.backend,
-        }.items():
-            nodes.append(Node(f"{backend}/{key}", value))
         if backend_dom not in owned:
             owned.append(backend_dom)
     return DomainEntries(domid=domid, nodes=tuple(nodes), owned=tuple(owned))
+
+
+def device_paths(kind: str, devid: int, backend_id: int, domid: int) -> tuple[str, str]:
+    """(frontend, backend) directories of one device, as libxl names them."""
+    return (f"/local/domain/{domid}/device/{kind}/{devid}",
+            f"/local/domain/{backend_id}/backend/{kind}/{domid}/{devid}")
+
+
+def device_nodes(entry: DeviceEntry, backend_id: int, domid: int) -> list[Node]:
+    """One PV device's frontend and backend nodes, state 1 (Initialising), with the
+    permissions libxl gives them (frontend owned by the guest, backend by its domain)."""
+    state = str(int(XenbusState.INITIALISING))
+    frontend, backend = device_paths(entry.kind, entry.devid, backend_id, domid)
+    nodes = [Node(frontend, "", (f"n{domid}", f"r{backend_id}"))]
+    for key, value in {
+        "backend": backend, "backend-id": str(backend_id), "state": state, **entry.frontend,
+    }.items():
+        nodes.append(Node(f"{frontend}/{key}", value))
+    nodes.append(Node(backend, "", (f"n{backend_id}", f"r{domid}")))
+    for key, value in {
+        "frontend": frontend, "frontend-id": str(domid), "online": "1", "state": state,
+        **entry.backend,
+    }.items():
+        nodes.append(Node(f"{backend}/{key}", value))
+    return nodes

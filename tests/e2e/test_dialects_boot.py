@@ -55,6 +55,7 @@ def test_xl_keys_reach_the_running_qemu(
         'extra = "console=ttyS0 root=/dev/vda"\n'
         f'disk = [ "format=raw, vdev=xvda, access=rw, type=xenbus, target={imagedir}/rootfs.ext4" ]\n'
         'vnc = 1\nvnclisten = "127.0.0.1"\nvncdisplay = 40\nvncunused = 1\nstdvga = 1\n'
+        'vncpasswd = "s3cret-pw"\n'
         'usb = 1\nusbdevice = "tablet"\nsoundhw = "hda"\nhpet = 0\nparallel = "pty"\n'
         'rtc_timeoffset = 3600\nviridian = 1\n'
     )
@@ -69,6 +70,10 @@ def test_xl_keys_reach_the_running_qemu(
     assert VGA in classes and USB in classes and AUDIO in classes and IDE not in classes
     vnc = execute(control, "query-vnc")
     assert vnc["enabled"] and vnc["host"] == "127.0.0.1" and int(vnc["service"]) >= 5940
+    assert vnc["auth"] == "vnc"  # vncpasswd: from a 0600 file, never on QEMU's command line
+    directory = pvhvm.state / "domains" / "keys"
+    assert (directory / "vnc.secret").stat().st_mode & 0o777 == 0o600
+    assert "s3cret-pw" not in (directory / "record.json").read_text()
     cpus = execute(control, "query-hotpluggable-cpus")
     assert len(cpus) == 2
     memory = execute(control, "query-memory-size-summary")

@@ -72,6 +72,9 @@ class RunPaths:
     control_socket: Path
     console_socket: Path
     console_log: Path
+    #: a file (mode 0600) holding the vncpasswd, so the password is not on QEMU's command
+    #: line; None: the password goes in the argv (callers that start no QEMU)
+    vnc_secret: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
     argv += _parallel(plan)
     argv += _rtc(plan, options)
     if plan.display is not None:
-        argv += _display(plan.display)
+        argv += _display(plan.display, paths.vnc_secret)
     argv += _usb(plan)
     argv += _sound(plan)
     if plan.on_reboot not in RESET_IN_PLACE:
@@ -195,7 +198,7 @@ def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
 _VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
 
 
-def _display(display: Display) -> list[str]:
+def _display(display: Display, secret: Path | None) -> list[str]:
     """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
     vncpasswd, keymap of xl.cfg(5))."""
     argv = ["-device", _VGA_DEVICES[display.vga]]
@@ -208,7 +211,9 @@ def _display(display: Display) -> list[str]:
     if display.unused:
         vnc += ",to=99"  # xl's vncunused: the first free display from vncdisplay on
     if display.password:
-        argv += ["-object", f"secret,id=vncpass0,data={_escape(display.password)}"]
+        source = (f"data={_escape(display.password)}" if secret is None
+                  else f"file={_escape(str(secret))}")
+        argv += ["-object", f"secret,id=vncpass0,{source}"]
         vnc += ",password-secret=vncpass0"
     argv += ["-vnc", vnc]
     if display.keymap:

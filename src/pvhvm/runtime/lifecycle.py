@@ -56,7 +56,20 @@ def run_paths(paths: DomainPaths) -> RunPaths:
     return RunPaths(
         qmp_socket=paths.qmp_socket, control_socket=paths.control_socket,
         console_socket=paths.console_socket, console_log=paths.console_log,
+        vnc_secret=paths.directory / VNC_SECRET,
     )
+
+
+#: the vncpasswd of a domain, in its directory (gone with it at destroy)
+VNC_SECRET = "vnc.secret"
+
+
+def _write_vnc_secret(plan: Plan, directory: Path) -> None:
+    if plan.display is None or not plan.display.password:
+        return
+    fd = os.open(directory / VNC_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(plan.display.password)
 
 
 def host_bridges() -> frozenset[str]:
@@ -184,6 +197,7 @@ def create(
 
     record, owner = store.introduce(plan.name, build)
     try:
+        _write_vnc_secret(plan, store.paths(plan.name).directory)
         _start_supervisor(store, record, owner)
     except BaseException:
         store.release(plan.name)

@@ -55,6 +55,7 @@ from typing import Any
 from pvhvm.errors import GuestImageError
 from pvhvm.guest import bootdisk
 from pvhvm.guest.debs import require_tool, run
+from pvhvm.guest.kit import read_manifest
 from pvhvm.guest.rootfs import guest_file
 from pvhvm.hostfs import directory_lock
 
@@ -105,13 +106,7 @@ class InstalledGuest:
         return self.directory / MANIFEST
 
     def manifest(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as err:
-            raise GuestImageError(f"cannot read {self.manifest_path}: {err}") from err
-        if not isinstance(data, dict):
-            raise GuestImageError(f"{self.manifest_path}: not a JSON object")
-        return data
+        return read_manifest(self.manifest_path)
 
 
 def cache_root() -> Path:

@@ -97,13 +97,18 @@ class Kit:
         return self.directory / MANIFEST
 
     def manifest(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError) as err:
-            raise GuestImageError(f"cannot read {self.manifest_path}: {err}") from err
-        if not isinstance(data, dict):
-            raise GuestImageError(f"{self.manifest_path}: not a JSON object")
-        return data
+        return read_manifest(self.manifest_path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A built image's JSON manifest (the kit's, an installed guest's)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GuestImageError(f"cannot read {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise GuestImageError(f"{path}: not a JSON object")
+    return data
 
 
 def recipe_digest() -> str:

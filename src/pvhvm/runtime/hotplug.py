@@ -234,21 +234,37 @@ def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> 
             block_device=stat.S_ISBLK(os.stat(disk.target).st_mode))
         device = qemu_hotplug.disk_device(disk, record.vcpus, slot)
 
-        async def plug(client: QMPClient) -> None:
-            await plug_pair(client, ("blockdev-add", node), device,
-                            ("blockdev-del", {"node-name": node["node-name"]}))
-
-        asyncio.run(_session(store.paths(name).control_socket, plug))
-        fragment = qemu_hotplug.blockdev_argv(node) + qemu_hotplug.device_argv(device)
-
-        def change(rec: DomainRecord) -> None:
-            rec.plan.setdefault("disks", []).append(_disk_json(disk))
-            rec.argv = _before_tail(rec.argv, fragment)
-            rec.hotplugged.append({"kind": "disk", "vdev": disk.vdev, "devid": disk.devid,
-                                   "slot": slot, "argv": fragment})
-
-        store.modify(name, change)
+        _plug_and_record(
+            store, name, ("blockdev-add", node), device,
+            ("blockdev-del", {"node-name": node["node-name"]}),
+            qemu_hotplug.blockdev_argv(node) + qemu_hotplug.device_argv(device),
+            ("disks", _disk_json(disk)),
+            {"kind": "disk", "vdev": disk.vdev, "devid": disk.devid, "slot": slot},
+        )
     return disk
+
+
+def _plug_and_record(
+    store: StateStore, name: str, backend: tuple[str, dict[str, Any]], device: dict[str, Any],
+    undo: tuple[str, dict[str, Any]], fragment: list[str], planned: tuple[str, dict[str, Any]],
+    entry: dict[str, Any],
+) -> None:
+    """Plug a backend and its device into the running QEMU (:func:`plug_pair`), then record
+    it: the device in the record's plan, its argv ``fragment`` in the argv a relaunch uses,
+    and ``entry`` (with the fragment) among the hot-plugged devices."""
+
+    async def plug(client: QMPClient) -> None:
+        await plug_pair(client, backend, device, undo)
+
+    asyncio.run(_session(store.paths(name).control_socket, plug))
+    plan_key, plan_json = planned
+
+    def change(rec: DomainRecord) -> None:
+        rec.plan.setdefault(plan_key, []).append(plan_json)
+        rec.argv = _before_tail(rec.argv, fragment)
+        rec.hotplugged.append({**entry, "argv": fragment})
+
+    store.modify(name, change)
 
 
 def _before_tail(argv: list[str], fragment: list[str]) -> list[str]:
@@ -413,20 +429,12 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
         netdev = qemu_hotplug.nic_netdev(vif, bridges)
         device = qemu_hotplug.nic_device(vif, slot)
 
-        async def plug(client: QMPClient) -> None:
-            await plug_pair(client, ("netdev_add", netdev), device,
-                            ("netdev_del", {"id": netdev["id"]}))
-
-        asyncio.run(_session(store.paths(name).control_socket, plug))
-        fragment = qemu_hotplug.netdev_argv(netdev) + qemu_hotplug.device_argv(device)
-
-        def change(rec: DomainRecord) -> None:
-            rec.plan.setdefault("vifs", []).append(_vif_json(vif))
-            rec.argv = _before_tail(rec.argv, fragment)
-            rec.hotplugged.append({"kind": "vif", "devid": vif.devid, "mac": vif.mac,
-                                   "slot": slot, "argv": fragment})
-
-        store.modify(name, change)
+        _plug_and_record(
+            store, name, ("netdev_add", netdev), device, ("netdev_del", {"id": netdev["id"]}),
+            qemu_hotplug.netdev_argv(netdev) + qemu_hotplug.device_argv(device),
+            ("vifs", _vif_json(vif)),
+            {"kind": "vif", "devid": vif.devid, "mac": vif.mac, "slot": slot},
+        )
     return vif, warnings
 
 

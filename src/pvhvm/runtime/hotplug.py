@@ -325,21 +325,37 @@ def block_detach(name: str, which: str, store: StateStore | None = None, force: 
         entry = _entry(record, "disk", match, f"disk {which}")
         vdev, devid = str(entry["vdev"]), int(entry["devid"])
 
-        async def unplug(client: QMPClient) -> bool:
-            gone = await _unplug(client, f"vbd-{devid}", timeout)
-            if gone:
-                await _execute(client, "blockdev-del", {"node-name": f"disk-{vdev}"})
-            return gone
-
-        gone = asyncio.run(_session(store.paths(name).control_socket, unplug))
-        if not gone and not force:
-            raise DomainError(
-                f"disk {vdev} of domain {name!r}: the guest did not release it within "
-                f"{timeout:g}s (it is still attached); --force removes it from the domain")
-        _forget(store, name, entry, vdev, "disks", None if gone else {
-            "device": f"vbd-{devid}", "slot": entry.get("slot"), "command": "blockdev-del",
-            "arguments": {"node-name": f"disk-{vdev}"}})
+        gone = _unplug_and_forget(
+            store, name, entry, f"disk {vdev}", vdev, "disks", f"vbd-{devid}",
+            ("blockdev-del", {"node-name": f"disk-{vdev}"}), force, timeout)
     return Detached(what=f"disk {vdev}", forced=not gone)
+
+
+def _unplug_and_forget(
+    store: StateStore, name: str, entry: dict[str, Any], what: str, key: str, plan_key: str,
+    device: str, backend_del: tuple[str, dict[str, Any]], force: bool, timeout: float,
+) -> bool:
+    """Ask the guest to release ``device`` (device_del, then DEVICE_DELETED within
+    ``timeout``), remove its backend, and take it out of the record; True when the guest let
+    go. Not released: an error unless ``force``, which records it gone and leaves the backend
+    for the supervisor to remove once QEMU reports the device deleted."""
+
+    async def unplug(client: QMPClient) -> bool:
+        gone = await _unplug(client, device, timeout)
+        if gone:
+            await _execute(client, *backend_del)
+        return gone
+
+    gone: bool = asyncio.run(_session(store.paths(name).control_socket, unplug))
+    if not gone and not force:
+        raise DomainError(
+            f"{what} of domain {name!r}: the guest did not release it within "
+            f"{timeout:g}s (it is still attached); --force removes it from the domain")
+    command, arguments = backend_del
+    _forget(store, name, entry, key, plan_key, None if gone else {
+        "device": device, "slot": entry.get("slot"), "command": command,
+        "arguments": arguments})
+    return gone
 
 
 def _settle(store: StateStore, name: str, release: dict[str, Any]) -> None:
@@ -452,20 +468,9 @@ def network_detach(name: str, which: str, store: StateStore | None = None,
         entry = _entry(record, "vif", match, f"vif {which}")
         devid = int(entry["devid"])
 
-        async def unplug(client: QMPClient) -> bool:
-            gone = await _unplug(client, f"vif-{devid}", timeout)
-            if gone:
-                await _execute(client, "netdev_del", {"id": f"net{devid}"})
-            return gone
-
-        gone = asyncio.run(_session(store.paths(name).control_socket, unplug))
-        if not gone and not force:
-            raise DomainError(
-                f"vif {devid} of domain {name!r}: the guest did not release it within "
-                f"{timeout:g}s (it is still attached); --force removes it from the domain")
-        _forget(store, name, entry, str(devid), "vifs", None if gone else {
-            "device": f"vif-{devid}", "slot": entry.get("slot"), "command": "netdev_del",
-            "arguments": {"id": f"net{devid}"}})
+        gone = _unplug_and_forget(
+            store, name, entry, f"vif {devid}", str(devid), "vifs", f"vif-{devid}",
+            ("netdev_del", {"id": f"net{devid}"}), force, timeout)
     return Detached(what=f"vif {devid}", forced=not gone)
 
 

@@ -263,6 +263,10 @@ class StateStore:
             lock = OwnerLock.try_acquire(staging / OWNER_LOCK, create=True)
             assert lock is not None, "a fresh staging directory's lock is free"
             with self.locked():
+                # again under the lock: a racing create of this name that won is whole now,
+                # and its name is the answer, not whatever build() would say of its record
+                if paths.directory.exists():
+                    raise DomainError(f"domain {name!r} already exists")
                 record = build(self.next_domid(), paths)
                 write_atomic(staging / "record.json", json.dumps(record.to_json(), indent=1))
                 try:

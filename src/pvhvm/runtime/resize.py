@@ -17,7 +17,9 @@ populate-on-demand does for an HVM guest; ``mem-set`` moves the target (QMP ``ba
 the guest's virtio_balloon driver follows it (``query-balloon`` reads back how far). A guest
 without that driver keeps what it has. vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS``: raising
 adds the lowest free CPU slots (``query-hotpluggable-cpus``, ``device_add``), lowering asks
-the guest to eject the highest ones (``device_del``, ACPI) and waits for DEVICE_DELETED.
+the guest to eject the highest ones (``device_del``, ACPI) and waits until QEMU has let them
+go. Lowering is refused under TCG: QEMU 7.2's TCG crashed here ("malloc(): unsorted double
+linked list corrupted") when a vCPU it had unplugged was plugged again.
 
 The new values go in the record (``list``'s Mem and VCPUs, ``list -l``'s config) and in the
 argv a supervisor relaunches (``-smp``); each QEMU start sets the balloon to the recorded
@@ -226,22 +228,17 @@ async def _cpu_slots(client: QMPClient) -> list[dict[str, Any]]:
 
 
 async def _eject(client: QMPClient, paths: list[str], timeout: float) -> None:
-    """device_del each CPU (by QOM path) and wait until DEVICE_DELETED came for all of
-    them or ``timeout`` passed."""
-    waiting = set(paths)
-    with client.listener("DEVICE_DELETED") as listener:
-        for path in paths:
-            await hotplug.qmp_execute(client, "device_del", {"id": path})
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while waiting and (remaining := deadline - loop.time()) > 0:
-            try:
-                event = await asyncio.wait_for(listener.get(), remaining)
-            except TimeoutError:
-                return
-            data = event.get("data") or {}
-            if isinstance(data, dict):
-                waiting.discard(str(data.get("path")))
+    """device_del each CPU (by QOM path), then wait until QEMU has none of them or
+    ``timeout`` passed (a CPU's DEVICE_DELETED names its parts too, so its slots are read)."""
+    for path in paths:
+        await hotplug.qmp_execute(client, "device_del", {"id": path})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        present = {str(s.get("qom-path")) for s in await _cpu_slots(client)}
+        if not present & set(paths):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def _set_cpus(client: QMPClient, vcpus: int, timeout: float) -> int:
@@ -278,6 +275,12 @@ def vcpu_set(name: str, vcpus: int, store: StateStore | None = None, ignore_host
     with hotplug.one_at_a_time(name, store):
         record = hotplug.running_domain(name, store)
         check_vcpus(record, vcpus, ignore_host)
+        if vcpus < record.vcpus and record.accel != "kvm":
+            raise ResizeError(
+                f"vcpu-set {name}: lowering vCPUs is refused under {record.accel}: QEMU 7.2's "
+                "TCG crashes when a vCPU it unplugged is plugged again (seen here), so pvhvm "
+                "unplugs vCPUs only under KVM; the guest can take one offline itself "
+                "(echo 0 > /sys/devices/system/cpu/cpuN/online)")
         if record.plan.get("acpi") is False:
             raise ResizeError(f"vcpu-set {name}: the domain has acpi = 0, and QEMU hot-plugs "
                               "x86 CPUs through ACPI")

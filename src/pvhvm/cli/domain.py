@@ -1,6 +1,6 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
 reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
-cd-insert, cd-eject, migrate. Thin: each asks the platform that holds the domain
+cd-insert, cd-eject, mem-set, vcpu-set, migrate. Thin: each asks the platform that holds the domain
 (pvhvm.platforms), which says in one line when a verb is not on it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import click
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
-from pvhvm.runtime import listing
+from pvhvm.runtime import listing, resize
 
 
 def current_platforms() -> Platforms:
@@ -177,6 +177,27 @@ def cd_eject(name: str, vdev: str) -> None:
     _said(_holder(name).cd_eject(name, vdev))
 
 
+@click.command(name="mem-set")
+@click.argument("name")
+@click.argument("memory", metavar="MEM")
+def mem_set(name: str, memory: str) -> None:
+    """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
+    at most the maxmem it was created with)."""
+    kib = resize.parse_memory_kib(memory)
+    _said(_holder(name).mem_set(name, kib))
+
+
+@click.command(name="vcpu-set")
+@click.argument("name")
+@click.argument("vcpus", metavar="VCPUS")
+@click.option("-i", "--ignore-host", is_flag=True,
+              help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
+def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
+    """Give running domain NAME VCPUS vCPUs (1 up to the maxvcpus it was created with)."""
+    count = resize.parse_vcpus(vcpus)
+    _said(_holder(name).vcpu_set(name, count, ignore_host=ignore_host))
+
+
 @click.command()
 @click.argument("name")
 @click.option("--to", "destination", required=True, metavar="URI",
@@ -193,7 +214,7 @@ def migrate(name: str, destination: str, migrate_uri: str | None, unsafe: bool) 
 
 COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
-            migrate)
+            mem_set, vcpu_set, migrate)
 
 
 def register(cli: click.Group) -> None:

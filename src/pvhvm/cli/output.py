@@ -88,8 +88,12 @@ def plan_tables(plan: Plan) -> list[Table]:
     summary.add_row("guest type", f"{plan.guest_type.value} ({plan.guest_type_reason})")
     summary.add_row("dialect", f"{plan.dialect.value} ({plan.dialect_reason})")
     summary.add_row("uuid", plan.uuid)
-    summary.add_row("memory", f"{plan.memory_mib} MiB")
-    summary.add_row("vcpus", str(plan.vcpus))
+    summary.add_row("memory", f"{plan.memory_mib} MiB" + (
+        f" of maxmem {plan.maxmem_mib} MiB (boots with maxmem; the balloon holds the rest)"
+        if plan.maxmem_mib is not None else "") + ", mem-set through a virtio balloon")
+    summary.add_row("vcpus", str(plan.vcpus) + (
+        f" of maxvcpus {plan.maxvcpus} (vcpu-set hot-plugs the rest)"
+        if plan.maxvcpus is not None else ""))
     summary.add_row("IDE controller", "yes" if plan.ide_controller else "no (PV disks only)")
     summary.add_row("hotplug slots", hotplug_slots_text(plan))
     if plan.direct_kernel_boot:

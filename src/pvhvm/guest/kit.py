@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 MANIFEST = "manifest.json"
 OUTPUTS = ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img")
-SCRIPT_FILES = ("init", "rcS", "report.sh", "inittab", "acpi-power")
+SCRIPT_FILES = ("init", "rcS", "report.sh", "inittab", "acpi-power", "uevent")
 
 #: Modules the initramfs loads, in this order after their dependencies: disk controllers,
 #: disks, CD-ROMs, the root filesystem. crc32c_generic satisfies ext4's ``softdep pre:
@@ -63,6 +63,9 @@ STORAGE_MODULES = (
 #: pvpanic device (ACPI QEMU0001), so a kernel panic reaches the host as GUEST_PANICKED.
 NET_MODULES = ("virtio_net", "8139cp", "8139too", "e1000", "ne2k-pci", "af_packet")
 ACPI_MODULES = ("button", "evdev", "pvpanic-mmio")
+#: virtio_balloon follows the balloon target ``pvhvm mem-set`` moves (a module on Debian; CPU
+#: hotplug, ACPI_HOTPLUG_CPU, is built in)
+MEMORY_MODULES = ("virtio_balloon",)
 
 PACKAGES = ("busybox-static", "syslinux", "syslinux-common", "mtools")
 BOOT_APPEND = f"console=ttyS0,115200 root=LABEL={rootfs.ROOT_LABEL}"
@@ -115,7 +118,8 @@ def recipe_digest() -> str:
     """A digest of everything that shapes the outputs besides the packages."""
     digest = hashlib.sha256()
     digest.update(repr((
-        RECIPE_VERSION, STORAGE_MODULES, NET_MODULES, ACPI_MODULES, PACKAGES, BOOT_APPEND,
+        RECIPE_VERSION, STORAGE_MODULES, NET_MODULES, ACPI_MODULES, MEMORY_MODULES, PACKAGES,
+        BOOT_APPEND,
         rootfs.ROOTFS_SIZE_MIB, bootdisk.BOOT_PARTITION_MIB,
     )).encode())
     for name in SCRIPT_FILES:
@@ -229,7 +233,8 @@ def _build(kit: Kit, say: Progress) -> None:
         builtin = _builtin_modules(module_dir)
         storage = resolve(STORAGE_MODULES, source, builtin=builtin)
         everything = resolve(
-            (*STORAGE_MODULES, *NET_MODULES, *ACPI_MODULES), source, builtin=builtin,
+            (*STORAGE_MODULES, *NET_MODULES, *ACPI_MODULES, *MEMORY_MODULES), source,
+            builtin=builtin,
         )
         applets = rootfs.busybox_applets(busybox)
         out = work / "out"

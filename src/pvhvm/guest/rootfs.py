@@ -84,6 +84,7 @@ def stage_rootfs_files(staging: Path) -> None:
     write(staging / "etc" / "pvhvm" / "rcS", guest_file("rcS"), 0o755)
     write(staging / "etc" / "pvhvm" / "report.sh", guest_file("report.sh"), 0o755)
     write(staging / "etc" / "acpi" / "PWRF" / "00000080", guest_file("acpi-power"), 0o755)
+    write(staging / "etc" / "pvhvm" / "uevent", guest_file("uevent"), 0o755)
     write(staging / "etc" / "passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     write(staging / "etc" / "group", b"root:x:0:\n")
     write(staging / "etc" / "hostname", b"pvhvm-guest\n")

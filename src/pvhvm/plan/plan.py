@@ -173,6 +173,12 @@ class Plan:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def boot_memory_mib(self) -> int:
+        """The memory the guest boots with: its static maximum (xl's maxmem), of which the
+        balloon gives back all but ``memory_mib``."""
+        return self.maxmem_mib if self.maxmem_mib is not None else self.memory_mib
+
+    @property
     def direct_kernel_boot(self) -> bool:
         return self.kernel is not None
 
@@ -333,6 +339,14 @@ def make_plan(
     if kernel is None:
         disks, vifs = _assign_bootindex(boot, disks, vifs, warnings, config.boot is not None)
 
+    memory = config.memory or DEFAULT_MEMORY_MIB
+    if config.maxmem is not None and config.maxmem < memory:
+        raise ConfigError(f"maxmem = {config.maxmem} is below memory = {memory} (the "
+                          "default when memory is not set)", file=config.file)
+    if config.maxvcpus is not None and config.maxvcpus < (config.vcpus or 1):
+        raise ConfigError(f"maxvcpus = {config.maxvcpus} is below vcpus = "
+                          f"{config.vcpus or 1}", file=config.file)
+
     xen_platform_pci = config.xen_platform_pci
     if xen_platform_pci is None:
         xen_platform_pci = any(d.kind is DeviceKind.XENBUS for d in disks) or any(
@@ -342,7 +356,7 @@ def make_plan(
         name=config.name,
         uuid=uuid,
         platform=platform,
-        memory_mib=config.memory or DEFAULT_MEMORY_MIB,
+        memory_mib=memory,
         vcpus=config.vcpus or 1,
         ide_controller=any(d.kind is DeviceKind.IOEMU for d in disks),
         disks=tuple(disks),
@@ -367,7 +381,7 @@ def make_plan(
         dialect_reason=config.dialect_reason,
         guest_type=config.guest_type,
         guest_type_reason=config.guest_type_reason,
-        maxmem_mib=config.maxmem if config.maxmem != config.memory else None,
+        maxmem_mib=config.maxmem if config.maxmem not in (None, memory) else None,
         maxvcpus=config.maxvcpus if config.maxvcpus != (config.vcpus or 1) else None,
         display=_display(config),
         usb=config.usb,

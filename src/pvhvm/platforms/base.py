@@ -187,6 +187,16 @@ class DomainPlatform(ABC):
         """Take the medium out of the emulated CD drive ``vdev``."""
         raise self.not_here("cd-eject", name)
 
+    # --- memory and vCPUs of a running domain (xl mem-set, vcpu-set) -----------------------
+
+    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        """Set the domain's memory target (KiB), within the maximum fixed at create."""
+        raise self.not_here("mem-set", name)
+
+    def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
+        """Give the domain ``vcpus`` online vCPUs, within its maxvcpus."""
+        raise self.not_here("vcpu-set", name)
+
     def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
                 unsafe: bool = False) -> DomainRecord:
         """Move the running domain to ``destination`` (live, as ``xl migrate``/``virsh

@@ -34,11 +34,12 @@ from pvhvm.platforms.base import (
     SHUTDOWN_TIMEOUT,
     Created,
     CreateOptions,
+    DeviceChange,
     DomainPlatform,
     ReportSource,
 )
 from pvhvm.qemu.accel import choose_accel
-from pvhvm.runtime import lifecycle, listing
+from pvhvm.runtime import lifecycle, listing, resize
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
 
@@ -440,6 +441,27 @@ class LibvirtPlatform(DomainPlatform):
             record.state = self._state(moved).value
         self.records.write(record)
         return record
+
+    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        """Refused: the domain XML pvhvm gives libvirt has no balloon (memballoon none)."""
+        raise NotOnPlatformError(
+            f"domain {name!r} is on the libvirt platform, whose domain XML from pvhvm has no "
+            "memory balloon (<memballoon model='none'/>), so its memory cannot change while it "
+            "runs", platform=self.name, verb="mem-set")
+
+    def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
+        """``virsh setvcpus --live``: libvirt hot-plugs or unplugs the vCPUs over QMP."""
+        libvirt = _binding()
+        record = self.find(name)
+        resize.check_vcpus(record, vcpus, ignore_host)
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        resize.record_vcpus(record, vcpus)
+        self.records.write(record)
+        return DeviceChange(f"{vcpus} vCPU(s) (libvirt setvcpus --live)")
 
     def report_source(self, name: str) -> ReportSource:
         record = self.find(name)

@@ -22,7 +22,7 @@ from pvhvm.platforms.base import (
 )
 from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import hotplug, lifecycle, listing
+from pvhvm.runtime import hotplug, lifecycle, listing, resize
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
@@ -123,6 +123,17 @@ class QemuPlatform(DomainPlatform):
     def cd_eject(self, name: str, vdev: str) -> DeviceChange:
         hotplug.cd_eject(name, vdev, self.store)
         return DeviceChange(f"cdrom {vdev}: ejected")
+
+    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        done = resize.mem_set(name, memory_kib, self.store)
+        return DeviceChange(
+            f"memory target {resize.show_kib(done.target_kib)} (virtio balloon); the guest "
+            f"had {resize.show_kib(done.actual_kib)} and follows it with its virtio_balloon "
+            "driver")
+
+    def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
+        done = resize.vcpu_set(name, vcpus, self.store, ignore_host=ignore_host)
+        return DeviceChange(f"{done.present} vCPU(s) (CPU hotplug)")
 
     def report_source(self, name: str) -> ReportSource:
         """The console log, once the domain is known to be running or to have reported."""

@@ -1,8 +1,9 @@
 """The xen platform: a domain's xenbus device nodes written to XenStore (xen/domain.py).
 
 Nothing runs the guest on this host, so only create, destroy, list, the device listings
-(read back from XenStore) and the PV device attach/detach verbs (which write or remove the
-xenbus nodes as xl's do) are on this platform; every other verb says to use xl on a Xen host.
+(read back from XenStore), the PV device attach/detach verbs (which write or remove the
+xenbus nodes as xl's do) and mem-set/vcpu-set (the balloon target and vCPU availability
+nodes) are on this platform; every other verb says to use xl on a Xen host.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pvhvm.platforms.base import (
     DeviceChange,
     DomainPlatform,
 )
-from pvhvm.runtime import hotplug, listing
+from pvhvm.runtime import hotplug, listing, resize
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, StateStore
 from pvhvm.xen import domain as xen_domain
@@ -126,3 +127,26 @@ class XenPlatform(DomainPlatform):
         devid = self._pv_device(name, "vifs", {nic.lower()}, f"vif {nic}")
         xen_domain.detach(name, "vif", devid, "vifs", force, timeout, self._base)
         return DeviceChange(f"vif {nic}: vif nodes removed from XenStore")
+
+    # --- memory target and vCPUs: the nodes xl's mem-set and vcpu-set write ------------------
+
+    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        record = self.find(name)
+        resize.check_memory(record, memory_kib)
+        xen_domain.set_nodes(name, xen_domain.memory_nodes(record, memory_kib),
+                             lambda rec: resize.record_memory(rec, memory_kib), self._base)
+        return DeviceChange(f"memory/target = {memory_kib} (KiB) written to XenStore, for the "
+                            "guest's balloon driver")
+
+    def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
+        """No guest runs on this host, so its CPU count is no limit (xl checks the Xen
+        host's)."""
+        record = self.find(name)
+        resize.check_vcpus(record, vcpus, ignore_host=True)
+        limits = resize.Limits.of(record)
+        xen_domain.set_nodes(name, xen_domain.vcpu_nodes(record, vcpus, limits.max_vcpus),
+                             lambda rec: resize.record_vcpus(rec, vcpus), self._base)
+        return DeviceChange(f"cpu/0..{vcpus - 1}/availability = online"
+                            + (f", cpu/{vcpus}..{limits.max_vcpus - 1} offline"
+                               if vcpus < limits.max_vcpus else "")
+                            + " written to XenStore")

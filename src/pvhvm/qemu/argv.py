@@ -9,6 +9,8 @@ Facts it relies on (QEMU 7.2):
   xenbus disks are ``virtio-blk-pci``; NICs are ``rtl8139``/``e1000``/``ne2k_pci`` or
   ``virtio-net-pci``.
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
+* memory is ``-m`` of the static maximum (maxmem) with a ``virtio-balloon-pci`` whose target
+  is ``memory``; vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS`` (hot-pluggable CPU objects).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ RESET_IN_PLACE = ("restart", "rename-restart", "coredump-restart", "soft-reset")
 #: PV disks per pci-bridge (a bridge has 32 slots)
 BRIDGE_SLOTS = 31
 IDE_MACHINE = "pc"
+#: every domain's memory balloon (virtio, on the root bus): mem-set moves its target, as
+#: xl's mem-set moves a Xen guest's balloon (runtime/resize.py)
+BALLOON_DEVICE = "virtio-balloon-pci,id=balloon0"
 
 
 class Accel(Enum):
@@ -104,9 +109,9 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         machine += ",acpi=off"
     if not plan.hpet:
         machine += ",hpet=off"
-    memory = str(plan.memory_mib)
-    if plan.maxmem_mib is not None:
-        memory = f"{plan.memory_mib}M,slots=1,maxmem={plan.maxmem_mib}M"
+    # the guest boots with its static maximum (maxmem) and the balloon gives back all but
+    # ``memory`` once its driver loads, as xl's populate-on-demand does (runtime/resize.py)
+    memory = f"{plan.boot_memory_mib}M"
     smp = str(plan.vcpus)
     if plan.maxvcpus is not None:
         smp += f",maxcpus={plan.maxvcpus}"
@@ -126,6 +131,7 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         "-chardev", f"socket,id=ctl,path={paths.control_socket},server=on,wait=off",
         "-mon", "chardev=ctl,mode=control",
         "-device", "pvpanic",
+        "-device", BALLOON_DEVICE,
     ]
     if plan.bios == "ovmf":
         argv += ["-bios", OVMF_PATH]

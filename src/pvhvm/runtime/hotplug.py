@@ -58,7 +58,7 @@ class Detached:
 # --- the running domain ----------------------------------------------------------------
 
 
-def _running(name: str, store: StateStore) -> DomainRecord:
+def running_domain(name: str, store: StateStore) -> DomainRecord:
     record = lifecycle.lookup(name, store)
     state = record.domain_state
     if state not in (DomainState.RUNNING, DomainState.PAUSED):
@@ -70,12 +70,12 @@ def _running(name: str, store: StateStore) -> DomainRecord:
 
 
 @contextlib.contextmanager
-def _one_at_a_time(name: str, store: StateStore) -> Iterator[None]:
+def one_at_a_time(name: str, store: StateStore) -> Iterator[None]:
     with store.flocked(store.paths(name).hotplug_lock):
         yield
 
 
-async def _session(socket: Path, work: Callable[[QMPClient], Any]) -> Any:
+async def qmp_session(socket: Path, work: Callable[[QMPClient], Any]) -> Any:
     client = await qmp.connect(socket, "pvhvm-hotplug", timeout=QMP_TIMEOUT)
     try:
         return await work(client)
@@ -84,7 +84,7 @@ async def _session(socket: Path, work: Callable[[QMPClient], Any]) -> Any:
             await client.disconnect()
 
 
-async def _execute(client: QMPClient, command: str, arguments: dict[str, Any]) -> Any:
+async def qmp_execute(client: QMPClient, command: str, arguments: dict[str, Any]) -> Any:
     try:
         return await asyncio.wait_for(client.execute(command, arguments), QMP_TIMEOUT)
     except ExecuteError as err:
@@ -97,12 +97,12 @@ async def plug_pair(client: QMPClient, backend: tuple[str, dict[str, Any]],
                     device: dict[str, Any], undo: tuple[str, dict[str, Any]]) -> None:
     """Add a backend (block node, netdev), then the device on it; when the device cannot be
     added, remove the backend again, so a failed attach leaves nothing in QEMU."""
-    await _execute(client, *backend)
+    await qmp_execute(client, *backend)
     try:
-        await _execute(client, "device_add", device)
+        await qmp_execute(client, "device_add", device)
     except BaseException:
         with contextlib.suppress(DomainError):
-            await _execute(client, *undo)
+            await qmp_execute(client, *undo)
         raise
 
 
@@ -222,8 +222,8 @@ def vif_json(vif: VifPlan) -> dict[str, Any]:
 def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> DiskPlan:
     """``xl block-attach NAME SPEC``: add a PV disk to the running domain."""
     store = store or StateStore()
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
         disk = disk_to_attach(spec_text, record)
         if disk.format not in QEMU_FORMATS:
             raise HotplugError(f"disk {disk.vdev!r}: format {disk.format!r} is not one QEMU "
@@ -256,7 +256,7 @@ def _plug_and_record(
     async def plug(client: QMPClient) -> None:
         await plug_pair(client, backend, device, undo)
 
-    asyncio.run(_session(store.paths(name).control_socket, plug))
+    asyncio.run(qmp_session(store.paths(name).control_socket, plug))
     plan_key, plan_json = planned
 
     def change(rec: DomainRecord) -> None:
@@ -278,7 +278,7 @@ async def _unplug(client: QMPClient, device_id: str, timeout: float) -> bool:
     """device_del and wait for DEVICE_DELETED of ``device_id``; False on timeout."""
     with client.listener("DEVICE_DELETED") as listener:
         try:
-            await _execute(client, "device_del", {"id": device_id})
+            await qmp_execute(client, "device_del", {"id": device_id})
         except DomainError as err:
             # asked before and not answered yet: keep waiting for the guest
             if "in progress" not in str(err) and "pending" not in str(err):
@@ -316,8 +316,8 @@ def block_detach(name: str, which: str, store: StateStore | None = None, force: 
     """``xl block-detach NAME VDEV|DEVID [--force]``: ask the guest to release a hot-plugged
     disk (device_del), wait for DEVICE_DELETED, then remove its block node."""
     store = store or StateStore()
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
 
         def match(item: dict[str, Any]) -> bool:
             return str(item.get("vdev")) == which or str(item.get("devid")) == which
@@ -343,10 +343,10 @@ def _unplug_and_forget(
     async def unplug(client: QMPClient) -> bool:
         gone = await _unplug(client, device, timeout)
         if gone:
-            await _execute(client, *backend_del)
+            await qmp_execute(client, *backend_del)
         return gone
 
-    gone: bool = asyncio.run(_session(store.paths(name).control_socket, unplug))
+    gone: bool = asyncio.run(qmp_session(store.paths(name).control_socket, unplug))
     if not gone and not force:
         raise DomainError(
             f"{what} of domain {name!r}: the guest did not release it within "
@@ -436,8 +436,8 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
                    ) -> tuple[VifPlan, list[str]]:
     """``xl network-attach NAME [VIFSPEC]``: add a PV NIC; returns it and warnings."""
     store = store or StateStore()
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
         vif = vif_to_attach(spec_text, record)
         slot = _free_slot(record)
         bridges = lifecycle.host_bridges()
@@ -458,8 +458,8 @@ def network_detach(name: str, which: str, store: StateStore | None = None,
                    force: bool = False, timeout: float = DETACH_TIMEOUT) -> Detached:
     """``xl network-detach NAME DEVID|MAC``: unplug a hot-plugged PV NIC."""
     store = store or StateStore()
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
 
         def match(item: dict[str, Any]) -> bool:
             return str(item.get("devid")) == which or str(item.get("mac")).lower() == \
@@ -519,8 +519,8 @@ def cd_insert(name: str, vdev: str, target: str, store: StateStore | None = None
     if not os.path.isfile(path) and not (os.path.exists(path)
                                          and stat.S_ISBLK(os.stat(path).st_mode)):
         raise HotplugError(f"cd-insert: medium {target!r} does not exist or is not a file")
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
         disk = _cd_disk(_cd_drive(record, vdev), path)
         qmp.execute(store.paths(name).control_socket, "blockdev-change-medium", {
             "device": f"disk-{vdev}", "filename": path, "format": "raw",
@@ -531,8 +531,8 @@ def cd_insert(name: str, vdev: str, target: str, store: StateStore | None = None
 def cd_eject(name: str, vdev: str, store: StateStore | None = None) -> None:
     """``xl cd-eject NAME VDEV``: remove the medium (QMP eject, forced as xl does)."""
     store = store or StateStore()
-    with _one_at_a_time(name, store):
-        record = _running(name, store)
+    with one_at_a_time(name, store):
+        record = running_domain(name, store)
         disk = _cd_disk(_cd_drive(record, vdev), "")
         qmp.execute(store.paths(name).control_socket, "eject",
                     {"device": f"disk-{vdev}", "force": True}, timeout=QMP_TIMEOUT)

@@ -40,6 +40,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from pvhvm.errors import DomainError
 from pvhvm.qemu.qmp import connect
+from pvhvm.runtime.resize import apply_balloon_target
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_alive
 
 log = logging.getLogger("pvhvm.supervisor")
@@ -201,6 +202,7 @@ class Supervisor:
                 raise DomainError(f"QEMU's QMP did not answer within {QMP_WAIT:.0f}s")
         status = await self.qmp.execute("query-status")
         log.info("QEMU %d up, status %s", proc.pid, status)
+        await apply_balloon_target(self.qmp, self.record())  # a mem-set outlives a relaunch
 
     async def _exited(self, wait: float) -> bool:
         assert self.proc is not None

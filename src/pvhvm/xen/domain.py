@@ -382,3 +382,46 @@ def detach(name: str, kind: str, devid: int, section: str, force: bool,
                             if int(d.get("devid") or 0) != devid]
     records.write(record)
     return closed
+
+
+# --- memory target and vCPU availability (xl mem-set, vcpu-set) ------------------------------
+
+
+def memory_nodes(record: DomainRecord, target_kib: int) -> dict[str, str]:
+    """What ``xl mem-set`` writes: the balloon target in KiB (docs/misc/xenstore-paths:
+    ``~/memory/target``), which the guest's balloon driver follows."""
+    return {f"/local/domain/{record.domid}/memory/target": str(target_kib)}
+
+
+def vcpu_nodes(record: DomainRecord, vcpus: int, max_vcpus: int) -> dict[str, str]:
+    """What ``xl vcpu-set`` writes: ``~/cpu/N/availability`` online for the first ``vcpus``,
+    offline for the rest up to maxvcpus (docs/misc/xenstore-paths; libxl_set_vcpuonline)."""
+    return {f"/local/domain/{record.domid}/cpu/{cpu}/availability":
+            "online" if cpu < vcpus else "offline" for cpu in range(max_vcpus)}
+
+
+def set_nodes(name: str, nodes: dict[str, str], change: Callable[[DomainRecord], None],
+              store: StateStore | None = None) -> None:
+    """Write ``nodes`` under the domain's own directory in one transaction, then ``change``
+    its record; nothing is written to either when XenStore refuses."""
+    records = xen_store(store)
+    record = records.read(name)
+    if record is None:
+        raise DomainError(f"no domain named {name!r}")
+    socket = _socket_of(record, records)
+    home = f"/local/domain/{record.domid}"
+
+    def write(t: Transaction) -> None:
+        if not t.exists(home):
+            raise DomainError(f"{home} is not in XenStore at {socket}")
+        for path, value in nodes.items():
+            t.write(path, value)
+
+    try:
+        with XenStoreClient(socket) as xs:
+            xs.run_transaction(write)
+    except (XenStoreError, OSError) as err:
+        raise DomainError(f"cannot write to XenStore at {socket} for domain {name!r}: "
+                          f"{err}") from err
+    change(record)
+    records.write(record)

@@ -49,6 +49,10 @@ from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_aliv
 POLL = 0.2
 QMP_TIMEOUT = 30.0
 OUTGOING_FD_NAME = "pvhvm-outgoing"
+#: bytes/s: as good as no limit (QEMU takes up to 2^64-1)
+UNTHROTTLED = 1 << 40
+#: a migration whose stream does not move for this long is given up (the channel hangs)
+STALL_TIMEOUT = 60.0
 CHUNK = 1 << 20
 
 
@@ -98,6 +102,8 @@ async def migrate_out(client: QMPClient, fd: int, progress: Progress = no_progre
     """Run QEMU's migration into ``fd`` (getfd, ``migrate fd:``) until it completes; the last
     query-migrate. ``failure`` is asked at every reading: a reason stops the migration
     (``migrate_cancel``) and becomes the DomainError, as does a migration QEMU fails."""
+    # QEMU 7.2 caps a migration at 128 MiB/s; xl does not throttle its stream, nor does this
+    await execute(client, "migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
     client.send_fd_scm(fd)
     await execute(client, "getfd", {"fdname": OUTGOING_FD_NAME})
     try:
@@ -107,17 +113,24 @@ async def migrate_out(client: QMPClient, fd: int, progress: Progress = no_progre
             await execute(client, "closefd", {"fdname": OUTGOING_FD_NAME})
         raise
     reason: str | None = None
+    moved, last_move = -1, time.monotonic()
     while True:
         info = await execute(client, "query-migrate")
         reading = _reading(info)
         progress(reading)
+        if reading.transferred != moved:
+            moved, last_move = reading.transferred, time.monotonic()
         if reading.status == "completed" and reason is None:
             return dict(info)
         if reading.status in ("failed", "cancelled", "completed"):
+            # the other end's own words say more than QEMU's broken pipe
+            reason = reason or failure()
             raise DomainError(reason or "QEMU's migration failed: "
                               + str(info.get("error-desc") or reading.status))
         if reason is None:
             reason = failure()
+            if reason is None and time.monotonic() - last_move > STALL_TIMEOUT:
+                reason = f"the stream has not moved for {STALL_TIMEOUT:.0f}s"
             if reason is not None:
                 with contextlib.suppress(DomainError):
                     await execute(client, "migrate_cancel")

@@ -262,9 +262,14 @@ class Supervisor:
 
     async def receive(self, incoming: Incoming) -> bool:
         """Load the migration stream into the QEMU just started with :func:`incoming_argv`,
-        say ``received``, and wait for the creator's word; True: the domain stays paused."""
+        say ``received``, and wait for the creator's word; True: the domain stays paused.
+
+        The creator's end of the commit pipe is watched from the start: a creator that dies
+        while the stream comes in (a killed ``pvhvm migrate-receive``) ends the load at once
+        instead of leaving a domain nobody will commit."""
         assert self.qmp is not None
         client = self.qmp
+        word = asyncio.ensure_future(self._creator_word(incoming.commit_fd))
         try:
             with client.listener("MIGRATION") as listener:
                 try:
@@ -275,13 +280,13 @@ class Supervisor:
                 finally:
                     os.close(incoming.stream_fd)
                 await client.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD_NAME}"})
-                await self._until_loaded(listener)
+                await self._until_loaded(listener, word)
             self.say("received")
-            word = await self._until(self._creator_word(incoming.commit_fd), "its commit")
-            if word not in (RUN, PAUSE):
+            said = await self._until(word, "its commit")
+            if said not in (RUN, PAUSE):
                 raise DomainError("the toolstack restoring it went away before the domain "
                                   "was to run")
-            if word == RUN:
+            if said == RUN:
                 await client.execute("cont")
         except ExecuteError as err:
             raise DomainError(f"QEMU refused the incoming state: {err}") from err
@@ -290,14 +295,16 @@ class Supervisor:
                 raise DomainError(self._launch_failure("the restore")) from err
             raise DomainError(f"QMP failed during the restore: {err}") from err
         finally:
+            word.cancel()
             with contextlib.suppress(OSError):
                 os.close(incoming.commit_fd)
-        return word == PAUSE
+        return said == PAUSE
 
-    async def _until_loaded(self, listener: EventListener) -> None:
-        """Until a MIGRATION event says the stream is in (DomainError when it failed)."""
+    async def _until_loaded(self, listener: EventListener, word: asyncio.Future[str]) -> None:
+        """Until a MIGRATION event says the stream is in (DomainError when it failed, or
+        when the creator went away meanwhile)."""
         while True:
-            event = await self._until(listener.get(), "the restore")
+            event = await self._until(listener.get(), "the restore", creator=word)
             data = event.get("data")
             status = str(data.get("status")) if isinstance(data, dict) else ""
             log.info("incoming migration: %s", status)
@@ -309,14 +316,17 @@ class Supervisor:
                                   if self.proc is not None and self.proc.returncode is not None
                                   else "QEMU could not load the domain's state")
 
-    async def _until(self, work: Awaitable[T], during: str) -> T:
-        """``work``'s result, unless QEMU exits or a destroy comes first (DomainError)."""
+    async def _until(self, work: Awaitable[T], during: str,
+                     creator: asyncio.Future[str] | None = None) -> T:
+        """``work``'s result, unless QEMU exits, a destroy comes, or ``creator`` (the
+        creator's word) ends first (DomainError)."""
         assert self.proc is not None
         task = asyncio.ensure_future(work)
         exited = asyncio.ensure_future(self.proc.wait())
         stop = asyncio.ensure_future(self.stop_requested.wait())
+        watched = {task, exited, stop} | ({creator} if creator is not None else set())
         try:
-            await asyncio.wait({task, exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for other in (exited, stop):
                 other.cancel()
@@ -327,6 +337,8 @@ class Supervisor:
             await task
         if self.stopping:
             raise DomainError("destroyed while starting")
+        if creator is not None and creator.done() and not exited.done():
+            raise DomainError(f"the toolstack restoring it went away during {during}")
         raise DomainError(self._launch_failure(during))
 
     @staticmethod

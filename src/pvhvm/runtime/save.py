@@ -32,6 +32,7 @@ from pvhvm.qemu import qmp
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.incoming import image_of, start_incoming
 from pvhvm.runtime.savefile import (
+    MAGIC,
     PREFIX,
     TRAILER,
     DomainImage,
@@ -287,6 +288,8 @@ def read_image(path: Path) -> tuple[DomainImage, int, int]:
                 data += stream.read(decoded.count - len(data))
                 decoded = decode_prefix(data)
             if isinstance(decoded, NeedMore):
+                if len(data) < len(MAGIC):
+                    raise SaveFileError("not a pvhvm save (no PVHVMSAV magic)")
                 raise SaveFileError("truncated: the file ends inside its header")
     except OSError as err:
         raise SaveFileError(f"cannot read it: {err.strerror}") from err

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, Pvhvm
+from tests.e2e.conftest import EXAMPLES, Pvhvm, console_shell
 from tests.hosts import NetnsHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("netns")]
@@ -48,32 +47,8 @@ class SourceHost(NetnsHost):
         return list(argv)
 
 
-def shell(argv: Sequence[str], env: dict[str, str], name: str, command: str,
-          timeout: float = 60) -> str:
-    """Run ``command`` in the guest's shell over ``pvhvm console`` (``argv``); its output."""
-    number = random.randrange(10_000, 90_000)
-    proc = subprocess.Popen([*argv, "console", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    assert proc.stdin is not None and proc.stdout is not None
-    marker = f"done-{number + 1}"
-    proc.stdin.write(f"\n{command}; echo done-$(({number}+1))\n".encode())
-    proc.stdin.flush()
-    os.set_blocking(proc.stdout.fileno(), False)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker.encode() not in seen and time.monotonic() < deadline:
-        seen += proc.stdout.read() or b""
-        time.sleep(0.05)
-    proc.stdin.write(b"\x1d")
-    proc.stdin.flush()
-    assert proc.wait(timeout=10) == 0
-    text = seen.decode(errors="replace")
-    assert marker in text, text[-800:]
-    return text
-
-
 def uptime(argv: Sequence[str], env: dict[str, str], name: str) -> float:
-    text = shell(argv, env, name, "cat /proc/uptime").split("cat /proc/uptime")[-1]
+    text = console_shell(list(argv), env, name, "cat /proc/uptime").split("cat /proc/uptime")[-1]
     lines = [ln for ln in text.splitlines() if ln.strip() and ln.split()[0][0].isdigit()]
     return float(lines[0].split()[0])
 

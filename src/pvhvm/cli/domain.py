@@ -278,7 +278,8 @@ def migrate_receive() -> None:
 
 @click.command()
 @click.argument("name")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path),
+                callback=output.writable_option)
 @click.option("-c", "leave_running", is_flag=True,
               help="Leave the domain running after saving it (a checkpoint).")
 @click.option("-p", "leave_paused", is_flag=True,

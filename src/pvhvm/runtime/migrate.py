@@ -51,6 +51,7 @@ from pvhvm.runtime.save import (
     Progress,
     execute,
     migrate_out,
+    movable,
     no_progress,
     qemu_version,
     resume_if,
@@ -62,7 +63,7 @@ from pvhvm.runtime.savefile import (
     decode_prefix,
     encode_prefix,
 )
-from pvhvm.runtime.state import DomainState, StateStore, qemu_alive
+from pvhvm.runtime.state import StateStore
 from pvhvm.runtime.supervisor import PAUSE, RUN
 
 #: ssh connecting and the remote pvhvm checking the plan
@@ -228,12 +229,7 @@ def send(name: str, host: str, store: StateStore | None = None,
     paths = store.paths(name)
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the domain moves
-        record = lifecycle.lookup(name, store)
-        if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
-            raise DomainError(f"domain {name!r} is {record.state}: only a running or paused "
-                              "domain can be migrated")
-        if not qemu_alive(record, paths):
-            raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+        record = movable(name, store, "migrated")
 
         async def conversation() -> tuple[dict[str, Any], str]:
             client = await qmp.connect(paths.control_socket, "pvhvm-migrate",

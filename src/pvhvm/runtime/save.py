@@ -217,14 +217,15 @@ async def _save_stream(socket: Path, record: DomainRecord, store: StateStore, ou
     return was_running, image
 
 
-def _check_output(path: Path) -> None:
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: directory {parent} is not writable")
-    if path.is_dir():
-        raise InputError(f"cannot write {path}: it is a directory")
+def movable(name: str, store: StateStore, verb: str) -> DomainRecord:
+    """``name``'s record, when its state can be taken (running or paused, QEMU alive)."""
+    record = lifecycle.lookup(name, store)
+    if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
+        raise DomainError(f"domain {name!r} is {record.state}: only a running or paused "
+                          f"domain can be {verb}")
+    if not qemu_alive(record, store.paths(name)):
+        raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+    return record
 
 
 def save(name: str, path: Path, store: StateStore | None = None, leave: str = "destroyed",
@@ -232,18 +233,15 @@ def save(name: str, path: Path, store: StateStore | None = None, leave: str = "d
     """``xl save NAME FILE``: the domain's state into ``path``; ``leave`` says what becomes
     of the domain: destroyed (xl's default), running (``-c``) or paused (``-p``)."""
     store = store or StateStore()
-    _check_output(path)
     paths = store.paths(name)
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the state is taken
-        record = lifecycle.lookup(name, store)
-        if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
-            raise DomainError(f"domain {name!r} is {record.state}: only a running or paused "
-                              "domain can be saved")
-        if not qemu_alive(record, paths):
-            raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+        record = movable(name, store, "saved")
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise InputError(f"cannot write {path}: {err.strerror}") from err
         try:
             try:
                 was_running, _ = asyncio.run(

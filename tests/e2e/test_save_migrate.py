@@ -118,7 +118,9 @@ def test_save_restore_migrate_there_and_back(
     moved = pvhvm.run("migrate", "-s", second_host.ssh_command, name,
                       f"root@{second_host.address}", "--json", timeout=300)
     outcome = json.loads(moved.stdout)
-    assert outcome["state"] == "running" and outcome["downtime_ms"] > 0
+    # QEMU reports whole milliseconds: an idle guest can switch over in less than one
+    assert outcome["state"] == "running" and outcome["total_ms"] > 0
+    assert isinstance(outcome["downtime_ms"], int) and outcome["downtime_ms"] >= 0
     assert outcome["total_ms"] >= outcome["downtime_ms"]
     assert not pvhvm.leftovers(name)
     remote = second_host.run(["pvhvm", "list", "--json"], capture_output=True, text=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from pvhvm.guest.kit import Kit, build_kit
+from tests.hosts import NetnsHost
 
 # These machines are noisy: no per-example deadline anywhere.
 settings.register_profile(
@@ -32,3 +36,27 @@ def kit_directory() -> Path:
 def kit() -> Kit:
     """The guest image kit, built once (a lock file serialises xdist workers' builds)."""
     return build_kit(kit_directory())
+
+
+def _cannot_make_netns() -> str | None:
+    """Why this machine cannot make a network namespace, or None when it can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip") or not shutil.which("nsenter"):
+        return "ip (iproute2) or nsenter (util-linux) is missing: run dev/setup"
+    probe = f"pvh-probe-{os.getpid()}"
+    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
+                          check=False)
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True, check=False)
+    return None if done.returncode == 0 else f"cannot make a network namespace: {done.stderr}"
+
+
+@pytest.fixture
+def second_host() -> Iterator[NetnsHost]:
+    """A second host: a network namespace with its own address, hostname and pvhvm state
+    directory (tests/hosts.py), removed at the end whatever the test did."""
+    reason = _cannot_make_netns()
+    if reason:
+        pytest.skip(reason)
+    with NetnsHost() as host:
+        yield host

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,31 @@ class Pvhvm:
         found += [f"pid {pid}" for pid in _qemu_processes(self.state)
                   if f"guest={name}," in " ".join(_cmdline(pid))]
         return found
+
+
+def console_shell(argv: list[str], env: dict[str, str], name: str, command: str,
+                  timeout: float = 60) -> str:
+    """Run ``command`` in the guest's shell over ``ARGV console NAME`` (the pvhvm CLI, here or
+    on another host); its output, the echoed command included."""
+    number = random.randrange(10_000, 90_000)
+    proc = subprocess.Popen([*argv, "console", name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    marker = f"done-{number + 1}"
+    proc.stdin.write(f"\n{command}; echo done-$(({number}+1))\n".encode())
+    proc.stdin.flush()
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.read() or b""
+        time.sleep(0.05)
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    assert proc.wait(timeout=10) == 0
+    text = seen.decode(errors="replace")
+    assert marker in text, text[-800:]
+    return text
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 from pvhvm.guest.report import END
 from pvhvm.qemu import qmp
-from tests.e2e.conftest import EXAMPLES, Pvhvm
+from tests.e2e.conftest import EXAMPLES, Pvhvm, console_shell
 
 pytestmark = pytest.mark.e2e
 
@@ -34,28 +32,9 @@ SPARE = re.compile(r"\s1024\s+vd[a-z]+\s")
 
 
 def guest_shell(pvhvm: Pvhvm, name: str, command: str, timeout: float = 60) -> str:
-    """Run ``command`` in the guest's shell over ``pvhvm console``; its output."""
-    number = random.randrange(10_000, 90_000)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pvhvm", "console", name], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pvhvm.env(),
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    marker = f"done-{number + 1}"
-    proc.stdin.write(f"\n{command}; echo done-$(({number}+1))\n".encode())
-    proc.stdin.flush()
-    os.set_blocking(proc.stdout.fileno(), False)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker.encode() not in seen and time.monotonic() < deadline:
-        seen += proc.stdout.read() or b""
-        time.sleep(0.05)
-    proc.stdin.write(b"\x1d")
-    proc.stdin.flush()
-    assert proc.wait(timeout=10) == 0
-    text = seen.decode(errors="replace")
-    assert marker in text, text[-800:]
-    return text  # the echoed command too: callers look for what it cannot contain
+    """Run ``command`` in the guest's shell over ``pvhvm console``; its output (the echoed
+    command too: callers look for what it cannot contain)."""
+    return console_shell([sys.executable, "-m", "pvhvm"], pvhvm.env(), name, command, timeout)
 
 
 def record(pvhvm: Pvhvm, name: str) -> dict[str, Any]:

@@ -1,16 +1,33 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
 reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
-cd-insert, cd-eject, mem-set, vcpu-set, migrate. Thin: each asks the platform that holds the domain
-(pvhvm.platforms), which says in one line when a verb is not on it."""
+cd-insert, cd-eject, mem-set, vcpu-set, migrate, save, restore. Thin: each asks the platform
+that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it."""
 
 from __future__ import annotations
 
-import click
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
+import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+from pvhvm.cli import output
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 from pvhvm.runtime import listing, resize
+from pvhvm.runtime.migrate import ReceiverChannel, serve
+from pvhvm.runtime.save import MigrationProgress, peek
+from pvhvm.runtime.savefile import DomainImage
 
 
 def current_platforms() -> Platforms:
@@ -111,6 +128,31 @@ def network_list(name: str, as_json: bool) -> None:
     click.echo(listing.format_network_list(devices), nl=False)
 
 
+@contextmanager
+def stream_progress(description: str) -> Iterator[Callable[[MigrationProgress], None]]:
+    """A rich progress bar of guest memory moving (QMP query-migrate's ram figures), shown
+    from the first reading on (checks that fail before any memory moves show none)."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeElapsedColumn(),
+                        console=output.console(stderr=True), transient=False)
+    task = progress.add_task(description, total=None, start=False)
+
+    def update(reading: MigrationProgress) -> None:
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        # pre-copy sends pages again as the guest dirties them: the bar's total is what has
+        # gone plus what is left
+        total = reading.transferred + reading.remaining
+        progress.update(task, completed=reading.transferred, total=total or None)
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
 def _said(change: DeviceChange) -> None:
     for warning in change.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -200,21 +242,111 @@ def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--to", "destination", required=True, metavar="URI",
-              help="Where the domain goes (libvirt: the destination daemon's URI).")
+@click.argument("host", required=False)
+@click.option("--to", "destination", metavar="URI", default=None,
+              help="libvirt: the destination daemon's URI (instead of HOST).")
 @click.option("--migrate-uri", metavar="URI", default=None,
-              help="Where the destination takes the migration stream (tcp://ADDR, unix://PATH).")
+              help="With --to: where the destination takes the migration stream "
+                   "(tcp://ADDR, unix://PATH).")
 @click.option("--unsafe", is_flag=True,
-              help="Disks are shared though not on a file system libvirt knows as shared.")
-def migrate(name: str, destination: str, migrate_uri: str | None, unsafe: bool) -> None:
-    """Move running domain NAME to another host, live (as xl migrate; disks are shared)."""
-    record = _holder(name).migrate(name, destination, migrate_uri=migrate_uri, unsafe=unsafe)
-    click.echo(f"domain {name} migrated to {destination} ({record.state})", err=True)
+              help="With --to: disks are shared though not on a file system libvirt knows "
+                   "as shared.")
+@click.option("-s", "ssh_command", metavar="SSHCOMMAND", default=None,
+              help="With HOST: run SSHCOMMAND instead of ssh (through sh, as xl); empty: run "
+                   "HOST itself instead of 'ssh HOST pvhvm migrate-receive'.")
+@click.option("-p", "paused", is_flag=True, help="With HOST: leave the domain paused there.")
+@click.option("--json", "as_json", is_flag=True, help="With HOST: the outcome as JSON.")
+def migrate(name: str, host: str | None, destination: str | None, migrate_uri: str | None,
+            unsafe: bool, ssh_command: str | None, paused: bool, as_json: bool) -> None:
+    """Move running domain NAME to another host, live (as xl migrate; disks are shared).
+
+    HOST: over ssh to 'pvhvm migrate-receive' there (xl migrate [-s SSHCOMMAND] [-p]);
+    --to URI: a libvirt domain to another libvirt daemon."""
+    if (host is None) == (destination is None):
+        raise click.UsageError("give HOST (xl migrate, over ssh) or --to URI (libvirt)")
+    if destination is not None:
+        if ssh_command is not None or paused or as_json:
+            raise click.UsageError("-s, -p and --json go with HOST, not --to")
+        record = _holder(name).migrate(name, destination, migrate_uri=migrate_uri,
+                                       unsafe=unsafe)
+        click.echo(f"domain {name} migrated to {destination} ({record.state})", err=True)
+        return
+    assert host is not None
+    if migrate_uri is not None or unsafe:
+        raise click.UsageError("--migrate-uri and --unsafe go with --to, not HOST")
+    platform = _holder(name)
+    with stream_progress(f"migrating {name} to {host}") as progress:
+        outcome = platform.migrate_to_host(name, host, ssh_command, paused, progress)
+    if as_json:
+        print_json(asdict(outcome))
+        return
+    click.echo(f"domain {name} migrated to {host} ({outcome.state}): total "
+               f"{outcome.total_ms} ms, downtime {outcome.downtime_ms} ms, "
+               f"{outcome.transferred / 2**20:.1f} MiB sent", err=True)
+
+
+@click.command(name="migrate-receive")
+def migrate_receive() -> None:
+    """The receiving end of 'pvhvm migrate NAME HOST', run on HOST over ssh (stdin/stdout
+    are the channel)."""
+    channel = ReceiverChannel()
+
+    def receive(image: DomainImage) -> object:
+        return current_platforms().get(image.platform).migrate_receive(image, channel)
+
+    serve(channel, receive)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path),
+                callback=output.writable_option)
+@click.option("-c", "leave_running", is_flag=True,
+              help="Leave the domain running after saving it (a checkpoint).")
+@click.option("-p", "leave_paused", is_flag=True,
+              help="Leave the domain paused after saving it.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as JSON.")
+def save(name: str, file: Path, leave_running: bool, leave_paused: bool,
+         as_json: bool) -> None:
+    """Save domain NAME's state to FILE (as xl save); then the domain is gone, unless -c or
+    -p."""
+    if leave_running and leave_paused:
+        raise click.UsageError("-c and -p exclude each other")
+    leave = "running" if leave_running else "paused" if leave_paused else "destroyed"
+    platform = _holder(name)
+    with stream_progress(f"saving {name}") as progress:
+        outcome = platform.save(name, file, leave, progress)
+    if as_json:
+        print_json({**asdict(outcome), "path": str(outcome.path)})
+        return
+    click.echo(f"domain {name} saved to {file} ({outcome.size / 2**20:.1f} MiB in "
+               f"{outcome.seconds:.1f}s); domain {outcome.domain}", err=True)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-p", "paused", is_flag=True, help="Do not unpause the domain after restoring it.")
+@click.option("-c", "attach_console", is_flag=True,
+              help="Attach to the console once restored (^] detaches).")
+@click.option("--json", "as_json", is_flag=True, help="The restored domain's record as JSON.")
+def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> None:
+    """Restore the domain saved in FILE (as xl restore): same devices, MACs and disks."""
+    image = peek(file)
+    platform = current_platforms().get(image.platform)
+    with stream_progress(f"restoring {image.name}") as progress:
+        record = platform.restore(file, image, paused, progress)
+    if as_json:
+        print_json(record.to_json())
+    else:
+        click.echo(f"domain {record.name} (id {record.domid}) restored from {file} "
+                   f"({record.state})", err=True)
+    if attach_console:
+        platform.console(record.name)
 
 
 COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
-            mem_set, vcpu_set, migrate)
+            mem_set, vcpu_set, migrate, migrate_receive, save, restore)
 
 
 def register(cli: click.Group) -> None:

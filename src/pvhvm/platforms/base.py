@@ -21,6 +21,9 @@ from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
+from pvhvm.runtime.save import Progress, SaveOutcome
+from pvhvm.runtime.savefile import DomainImage
 from pvhvm.runtime.state import DomainRecord
 
 #: how long ``shutdown -w`` waits by default (seconds)
@@ -202,6 +205,30 @@ class DomainPlatform(ABC):
         """Move the running domain to ``destination`` (live, as ``xl migrate``/``virsh
         migrate --live``); disks are assumed shared. Returns the record there."""
         raise self.not_here("migrate", name)
+
+    # --- save / restore / migrate over ssh (xl save, xl restore, xl migrate) -----------------
+
+    def save(self, name: str, path: Path, leave: str = "destroyed",
+             progress: Progress | None = None) -> SaveOutcome:
+        """Write the domain's state to ``path``; ``leave``: destroyed, running or paused."""
+        raise self.not_here("save", name)
+
+    def restore(self, path: Path, image: DomainImage, paused: bool = False,
+                progress: Progress | None = None) -> DomainRecord:
+        """Start the domain saved in ``path`` (whose preamble holds ``image``)."""
+        raise self.not_here("restore", image.name)
+
+    def migrate_to_host(self, name: str, host: str, ssh_command: str | None = None,
+                        paused: bool = False, progress: Progress | None = None
+                        ) -> MigrationOutcome:
+        """``xl migrate NAME HOST``: run ``pvhvm migrate-receive`` on HOST over ssh and move
+        the running domain there, live; disks are assumed shared."""
+        raise self.not_here("migrate", name)
+
+    def migrate_receive(self, image: DomainImage, channel: ReceiverChannel) -> str:
+        """The receiving end of :meth:`migrate_to_host`: run ``image``'s domain here from the
+        stream on ``channel``; its state (running or paused)."""
+        raise self.not_here("migrate-receive", image.name)
 
 
 class Platforms:

@@ -5,6 +5,7 @@ Records live in the state directory's ``domains/``; the verbs go over QMP (see l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pvhvm.errors import DomainError
@@ -22,8 +23,11 @@ from pvhvm.platforms.base import (
 )
 from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import hotplug, lifecycle, listing, resize
+from pvhvm.runtime import hotplug, lifecycle, listing, migrate, resize, save
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
+from pvhvm.runtime.save import Progress, SaveOutcome
+from pvhvm.runtime.savefile import DomainImage
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
 
@@ -134,6 +138,23 @@ class QemuPlatform(DomainPlatform):
     def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
         done = resize.vcpu_set(name, vcpus, self.store, ignore_host=ignore_host)
         return DeviceChange(f"{done.present} vCPU(s) (CPU hotplug)")
+
+    def save(self, name: str, path: Path, leave: str = "destroyed",
+             progress: Progress | None = None) -> SaveOutcome:
+        return save.save(name, path, self.store, leave, progress or save.no_progress)
+
+    def restore(self, path: Path, image: DomainImage, paused: bool = False,
+                progress: Progress | None = None) -> DomainRecord:
+        return save.restore(path, self.store, paused, progress or save.no_progress)
+
+    def migrate_to_host(self, name: str, host: str, ssh_command: str | None = None,
+                        paused: bool = False, progress: Progress | None = None
+                        ) -> MigrationOutcome:
+        return migrate.send(name, host, self.store, ssh_command, paused,
+                            progress or save.no_progress)
+
+    def migrate_receive(self, image: DomainImage, channel: ReceiverChannel) -> str:
+        return migrate.receive(image, channel, self.store)
 
     def report_source(self, name: str) -> ReportSource:
         """The console log, once the domain is known to be running or to have reported."""

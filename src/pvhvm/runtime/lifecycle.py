@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
@@ -149,9 +150,14 @@ def shared_image_conflict(plan: Plan, others: list[DomainRecord]) -> str | None:
     writes only when *every* user said ``w!``; QEMU's image lock is off for a ``w!`` disk, so
     without this a ``w!`` domain would silently share a filesystem another domain opened
     ``rw`` and never agreed to share."""
+    return disks_conflict(plan.to_json()["disks"], others)
+
+
+def disks_conflict(disks: list[dict[str, Any]], others: list[DomainRecord]) -> str | None:
+    """:func:`shared_image_conflict` for disks as a record's plan holds them."""
     mine = {
-        os.path.realpath(d.target): d for d in plan.disks
-        if d.target.startswith("/") and d.script is None  # files and block devices
+        os.path.realpath(d["target"]): d for d in disks
+        if str(d.get("target") or "").startswith("/") and d.get("script") is None
     }
     for record in others:
         for disk in record.plan.get("disks", []):
@@ -161,10 +167,10 @@ def shared_image_conflict(plan: Plan, others: list[DomainRecord]) -> str | None:
             own = mine.get(os.path.realpath(target))
             if own is None:
                 continue
-            writers = {own.access.value, mode} & {"w", "w!"}
-            if writers and not (own.access.value == mode == "w!"):
+            writers = {own["mode"], mode} & {"w", "w!"}
+            if writers and not (own["mode"] == mode == "w!"):
                 return (
-                    f"disk {own.vdev!r}: image {target} is in use by domain {record.name!r} "
+                    f"disk {own['vdev']!r}: image {target} is in use by domain {record.name!r} "
                     f"(disk {disk.get('vdev')}, mode {mode}); a writable image is shared "
                     "only when every domain using it says w!"
                 )
@@ -212,9 +218,12 @@ def create(
 
 def spawn_supervisor(
     store: StateStore, name: str, owner: OwnerLock, ready_fd: int | None = None,
-    adopt: bool = False,
+    adopt: bool = False, incoming: tuple[int, int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``name``'s supervisor in a session of its own, handing it the owner lock."""
+    """Start ``name``'s supervisor in a session of its own, handing it the owner lock.
+
+    ``incoming``: (stream fd, commit fd) of a domain whose state QEMU loads from a stream
+    (runtime/incoming.py; the supervisor's ``--incoming-fd``)."""
     assert owner.fd is not None
     argv = [
         sys.executable, "-m", "pvhvm.runtime.supervisor", "--state-dir", str(store.root),
@@ -226,6 +235,9 @@ def spawn_supervisor(
         fds.append(ready_fd)
     if adopt:
         argv.append("--adopt")
+    if incoming is not None:
+        argv += ["--incoming-fd", str(incoming[0]), "--commit-fd", str(incoming[1])]
+        fds += incoming
     with open(store.paths(name).supervisor_log, "ab") as sup_log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=sup_log, stderr=sup_log,

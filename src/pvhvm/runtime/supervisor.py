@@ -21,6 +21,13 @@ in state crashed when QEMU is gone) until ``pvhvm destroy``.
 ``--adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` starts it): it
 waits on QEMU through a pidfd, reads its run state over QMP and applies an action the
 guest asked for while nobody was watching.
+
+``--incoming-fd N --commit-fd M`` (restore, migrate-receive: runtime/incoming.py) starts QEMU
+paused with ``-incoming defer``, hands it the migration stream on fd N (QMP ``getfd``, then
+``migrate-incoming fd:``), says ``received`` on the ready fd once QEMU has loaded it, and
+waits for the creator's word on fd M: ``run`` (``cont``) or ``pause``; anything else, its
+end of the pipe closing included, removes the domain as a failed create. From then on it
+supervises the domain exactly as a created one.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from pvhvm.errors import DomainError
 from pvhvm.qemu.qmp import connect
@@ -44,6 +53,7 @@ from pvhvm.runtime.resize import apply_balloon_target
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_alive
 
 log = logging.getLogger("pvhvm.supervisor")
+T = TypeVar("T")
 
 QMP_WAIT = 60.0
 QUIT_TIMEOUT = 10.0
@@ -53,6 +63,26 @@ MAX_RESTARTS = 10
 DESTROY, RESTART, PRESERVE = "destroy", "restart", "preserve"
 #: the event word of DEVICE_DELETED, followed by the device's id
 DELETED = "deleted:"
+#: the name the incoming migration stream's fd has in QEMU (QMP getfd)
+INCOMING_FD_NAME = "pvhvm-incoming"
+#: what the creator of an incoming domain says once QEMU has loaded its state
+RUN, PAUSE = "run", "pause"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A domain whose state comes in a migration stream (restore, migrate-receive)."""
+
+    #: QEMU reads the stream from it (a pipe from ``pvhvm restore``, the ssh channel)
+    stream_fd: int
+    #: the creator writes RUN or PAUSE here once told ``received``
+    commit_fd: int
+
+
+def incoming_argv(argv: list[str]) -> list[str]:
+    """``argv`` started to receive a migration stream: paused (-S) until told otherwise,
+    the stream given later over QMP (``-incoming defer``)."""
+    return [*argv, *([] if "-S" in argv else ["-S"]), "-incoming", "defer"]
 
 
 class QemuProcess(Protocol):
@@ -126,13 +156,15 @@ class Supervisor:
     """Runs one domain's QEMU and acts on what happens to it."""
 
     def __init__(
-        self, store: StateStore, name: str, ready_fd: int | None = None, adopt: bool = False
+        self, store: StateStore, name: str, ready_fd: int | None = None, adopt: bool = False,
+        incoming: Incoming | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.paths = store.paths(name)
         self.ready_fd = ready_fd
         self.adopt = adopt
+        self.incoming = incoming
         self.proc: QemuProcess | None = None
         self.qmp: QMPClient | None = None
         self.stopping = False
@@ -154,6 +186,12 @@ class Supervisor:
                 setattr(record, key, value)
 
         self.store.modify(self.name, change)
+
+    def say(self, line: str) -> None:
+        """One line to the creator that does not end the conversation (``received``)."""
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, f"{line}\n".encode())
 
     def tell_creator(self, message: str) -> None:
         if self.ready_fd is None:
@@ -212,7 +250,7 @@ class Supervisor:
             return False
         return True
 
-    def _launch_failure(self) -> str:
+    def _launch_failure(self, during: str = "start-up") -> str:
         code = self.proc.returncode if self.proc else None
         try:
             text = self.paths.qemu_log.read_text(errors="replace")
@@ -220,7 +258,103 @@ class Supervisor:
             text = ""
         lines = [ln for ln in text.splitlines() if ln and not ln.startswith("--- ")]
         detail = " | ".join(lines[-3:]) or "no output"
-        return f"QEMU exited during start-up (exit status {code}): {detail}"
+        return f"QEMU exited during {during} (exit status {code}): {detail}"
+
+    # --- an incoming domain (restore, migrate-receive) --------------------------------------
+
+    async def receive(self, incoming: Incoming) -> bool:
+        """Load the migration stream into the QEMU just started with :func:`incoming_argv`,
+        say ``received``, and wait for the creator's word; True: the domain stays paused.
+
+        The creator's end of the commit pipe is watched from the start: a creator that dies
+        while the stream comes in (a killed ``pvhvm migrate-receive``) ends the load at once
+        instead of leaving a domain nobody will commit."""
+        assert self.qmp is not None
+        client = self.qmp
+        word = asyncio.ensure_future(self._creator_word(incoming.commit_fd))
+        try:
+            with client.listener("MIGRATION") as listener:
+                try:
+                    await client.execute("migrate-set-capabilities", {"capabilities": [
+                        {"capability": "events", "state": True}]})
+                    client.send_fd_scm(incoming.stream_fd)
+                    await client.execute("getfd", {"fdname": INCOMING_FD_NAME})
+                finally:
+                    os.close(incoming.stream_fd)
+                await client.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD_NAME}"})
+                await self._until_loaded(listener, word)
+            self.say("received")
+            said = await self._until(word, "its commit")
+            if said not in (RUN, PAUSE):
+                raise DomainError("the toolstack restoring it went away before the domain "
+                                  "was to run")
+            if said == RUN:
+                await client.execute("cont")
+        except ExecuteError as err:
+            raise DomainError(f"QEMU refused the incoming state: {err}") from err
+        except (QMPError, OSError, EOFError) as err:
+            if await self._exited(1.0):
+                raise DomainError(self._launch_failure("the restore")) from err
+            raise DomainError(f"QMP failed during the restore: {err}") from err
+        finally:
+            word.cancel()
+            with contextlib.suppress(OSError):
+                os.close(incoming.commit_fd)
+        return said == PAUSE
+
+    async def _until_loaded(self, listener: EventListener, word: asyncio.Future[str]) -> None:
+        """Until a MIGRATION event says the stream is in (DomainError when it failed, or
+        when the creator went away meanwhile)."""
+        while True:
+            event = await self._until(listener.get(), "the restore", creator=word)
+            data = event.get("data")
+            status = str(data.get("status")) if isinstance(data, dict) else ""
+            log.info("incoming migration: %s", status)
+            if status == "completed":
+                return
+            if status == "failed":
+                await self._exited(2.0)  # QEMU 7.2 exits after a failed load
+                raise DomainError(self._launch_failure("the restore")
+                                  if self.proc is not None and self.proc.returncode is not None
+                                  else "QEMU could not load the domain's state")
+
+    async def _until(self, work: Awaitable[T], during: str,
+                     creator: asyncio.Future[str] | None = None) -> T:
+        """``work``'s result, unless QEMU exits, a destroy comes, or ``creator`` (the
+        creator's word) ends first (DomainError)."""
+        assert self.proc is not None
+        task = asyncio.ensure_future(work)
+        exited = asyncio.ensure_future(self.proc.wait())
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        watched = {task, exited, stop} | ({creator} if creator is not None else set())
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for other in (exited, stop):
+                other.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if self.stopping:
+            raise DomainError("destroyed while starting")
+        if creator is not None and creator.done() and not exited.done():
+            raise DomainError(f"the toolstack restoring it went away during {during}")
+        raise DomainError(self._launch_failure(during))
+
+    @staticmethod
+    async def _creator_word(fd: int) -> str:
+        """The line the creator writes on the commit fd ('' when it closes it unsaid)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", 0))
+        try:
+            line = await reader.readline()
+        finally:
+            transport.close()
+        return line.decode(errors="replace").strip()
 
     async def stop_qemu(self) -> None:
         """Ask QEMU to quit over QMP; kill it if it has not gone after QUIT_TIMEOUT."""
@@ -350,8 +484,13 @@ class Supervisor:
         """The create path: launch QEMU, tell the creator, then supervise."""
         self.update(DomainState.STARTING, supervisor_pid=os.getpid())
         record = self.record()
+        paused = "-S" in record.argv
         try:
-            await self.launch(record.argv)
+            if self.incoming is None:
+                await self.launch(record.argv)
+            else:
+                await self.launch(incoming_argv(record.argv))
+                paused = await self.receive(self.incoming)
             if self.stopping:
                 raise DomainError("destroyed while starting")
         except DomainError as err:
@@ -363,7 +502,6 @@ class Supervisor:
             self.store.release(self.name)
             return 1
         assert self.proc is not None
-        paused = "-S" in record.argv
         self.update(DomainState.PAUSED if paused else DomainState.RUNNING)
         self.tell_creator("ok")
         return await self.supervise(record)
@@ -480,13 +618,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--lock-fd", type=int, help="the domain's owner lock, held till exit")
     parser.add_argument("--adopt", action="store_true", help="take over a running QEMU")
+    parser.add_argument("--incoming-fd", type=int,
+                        help="start QEMU to load the migration stream read from this fd")
+    parser.add_argument("--commit-fd", type=int,
+                        help="with --incoming-fd: where the creator says run or pause")
     args = parser.parse_args(argv)
+    if (args.incoming_fd is None) != (args.commit_fd is None):
+        parser.error("--incoming-fd and --commit-fd go together")
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
     )
     store = StateStore(args.state_dir)
-    supervisor = Supervisor(store, args.name, args.ready_fd, adopt=args.adopt)
+    incoming = (None if args.incoming_fd is None
+                else Incoming(stream_fd=args.incoming_fd, commit_fd=args.commit_fd))
+    supervisor = Supervisor(store, args.name, args.ready_fd, adopt=args.adopt,
+                            incoming=incoming)
     try:
         return asyncio.run(supervisor.main())
     except Exception as err:  # the last line of defence of a detached process: log it

@@ -76,8 +76,10 @@ def test_xl_keys_reach_the_running_qemu(
     assert "s3cret-pw" not in (directory / "record.json").read_text()
     cpus = execute(control, "query-hotpluggable-cpus")
     assert len(cpus) == 2
+    # maxmem is what QEMU boots with; the balloon holds all but memory back (as xl's HVM)
     memory = execute(control, "query-memory-size-summary")
-    assert memory["base-memory"] == 256 << 20
+    assert memory["base-memory"] == 512 << 20
+    assert execute(control, "query-balloon")["actual"] == 512 << 20  # paused: not yet taken
 
 
 def test_pygrub_config_boots_the_kernel_in_its_disk(

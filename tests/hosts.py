@@ -319,11 +319,13 @@ class NetnsHost:
                 self.sshd.kill()
                 self.sshd.wait(timeout=10)
             self.sshd = None
+        # the veth first: deleting one end removes both at once, where a deleted namespace's
+        # end (and so the host's) goes only when the kernel's cleanup gets to it
+        subprocess.run(["ip", "link", "delete", self.host_ifname], capture_output=True,
+                       timeout=30, check=False)
         if self._made_namespace:
             leftovers = kill_namespace(self.name)
             self._made_namespace = False
-        subprocess.run(["ip", "link", "delete", self.host_ifname], capture_output=True,
-                       timeout=30, check=False)
         if self.uts.exists():
             subprocess.run(["umount", str(self.uts)], capture_output=True, timeout=30,
                            check=False)

@@ -9,25 +9,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from pvhvm.cli import output
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 from pvhvm.runtime import listing, resize
-from pvhvm.runtime.migrate import ReceiverChannel, serve
-from pvhvm.runtime.save import MigrationProgress, peek
-from pvhvm.runtime.savefile import DomainImage
+
+if TYPE_CHECKING:
+    from pvhvm.runtime.save import MigrationProgress
+    from pvhvm.runtime.savefile import DomainImage
 
 
 def current_platforms() -> Platforms:
@@ -132,6 +126,15 @@ def network_list(name: str, as_json: bool) -> None:
 def stream_progress(description: str) -> Iterator[Callable[[MigrationProgress], None]]:
     """A rich progress bar of guest memory moving (QMP query-migrate's ram figures), shown
     from the first reading on (checks that fail before any memory moves show none)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeElapsedColumn(),
                         console=output.console(stderr=True), transient=False)
@@ -289,6 +292,8 @@ def migrate(name: str, host: str | None, destination: str | None, migrate_uri: s
 def migrate_receive() -> None:
     """The receiving end of 'pvhvm migrate NAME HOST', run on HOST over ssh (stdin/stdout
     are the channel)."""
+    from pvhvm.runtime.migrate import ReceiverChannel, serve
+
     channel = ReceiverChannel()
 
     def receive(image: DomainImage) -> object:
@@ -331,6 +336,8 @@ def save(name: str, file: Path, leave_running: bool, leave_paused: bool,
 @click.option("--json", "as_json", is_flag=True, help="The restored domain's record as JSON.")
 def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> None:
     """Restore the domain saved in FILE (as xl restore): same devices, MACs and disks."""
+    from pvhvm.runtime.save import peek
+
     image = peek(file)
     platform = current_platforms().get(image.platform)
     with stream_progress(f"restoring {image.name}") as progress:

@@ -15,16 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
-from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
-from pvhvm.runtime.save import Progress, SaveOutcome
-from pvhvm.runtime.savefile import DomainImage
 from pvhvm.runtime.state import DomainRecord
+
+if TYPE_CHECKING:  # not imported at run time: a dry run needs none of them
+    from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
+    from pvhvm.runtime.save import Progress, SaveOutcome
+    from pvhvm.runtime.savefile import DomainImage
 
 #: how long ``shutdown -w`` waits by default (seconds)
 SHUTDOWN_TIMEOUT = 60.0

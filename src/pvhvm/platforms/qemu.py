@@ -6,7 +6,7 @@ Records live in the state directory's ``domains/``; the verbs go over QMP (see l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END
@@ -23,12 +23,14 @@ from pvhvm.platforms.base import (
 )
 from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import hotplug, lifecycle, listing, migrate, resize, save
+from pvhvm.runtime import hotplug, lifecycle, listing, resize
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
-from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
-from pvhvm.runtime.save import Progress, SaveOutcome
-from pvhvm.runtime.savefile import DomainImage
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
+
+if TYPE_CHECKING:  # save and migrate are imported by their verbs: a dry run needs neither
+    from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
+    from pvhvm.runtime.save import Progress, SaveOutcome
+    from pvhvm.runtime.savefile import DomainImage
 
 
 class QemuPlatform(DomainPlatform):
@@ -141,19 +143,27 @@ class QemuPlatform(DomainPlatform):
 
     def save(self, name: str, path: Path, leave: str = "destroyed",
              progress: Progress | None = None) -> SaveOutcome:
+        from pvhvm.runtime import save
+
         return save.save(name, path, self.store, leave, progress or save.no_progress)
 
     def restore(self, path: Path, image: DomainImage, paused: bool = False,
                 progress: Progress | None = None) -> DomainRecord:
+        from pvhvm.runtime import save
+
         return save.restore(path, self.store, paused, progress or save.no_progress)
 
     def migrate_to_host(self, name: str, host: str, ssh_command: str | None = None,
                         paused: bool = False, progress: Progress | None = None
                         ) -> MigrationOutcome:
+        from pvhvm.runtime import migrate, save
+
         return migrate.send(name, host, self.store, ssh_command, paused,
                             progress or save.no_progress)
 
     def migrate_receive(self, image: DomainImage, channel: ReceiverChannel) -> str:
+        from pvhvm.runtime import migrate
+
         return migrate.receive(image, channel, self.store)
 
     def report_source(self, name: str) -> ReportSource:

@@ -26,7 +26,6 @@ from typing import Any
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
-from pvhvm.qemu import qmp
 from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime import hostctl
@@ -435,6 +434,8 @@ def _control(name: str, store: StateStore, command: str) -> DomainRecord:
         )
     if not qemu_alive(record, store.paths(name)):
         raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+    from pvhvm.qemu import qmp  # asyncio and qemu.qmp: not on create's path
+
     qmp.execute(store.paths(name).control_socket, command)
     return record
 
@@ -512,6 +513,8 @@ def shutdown(
             # A press before the guest's OS listens (one just created is still booting) is
             # lost, not queued: -w presses again while it waits.
             presses += 1
+            from pvhvm.qemu import qmp
+
             with contextlib.suppress(DomainError, OSError):
                 qmp.execute(store.paths(name).control_socket, "system_powerdown", timeout=5)
         time.sleep(POLL)

@@ -178,7 +178,7 @@ def _spawn(root: Path) -> None:
     try:
         with open(logs / "hostd.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pvhvm.runtime.hostd", "--state-dir", str(root),
+                [sys.executable, "-m", "pvhvm.runtime.hostd", "--state-dir", str(root.absolute()),
                  "--ready-fd", str(write_fd)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[write_fd],
                 start_new_session=True, close_fds=True,

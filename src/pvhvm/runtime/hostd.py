@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--ready-fd", type=int)
     args = parser.parse_args(argv)
-    store = StateStore(args.state_dir)
+    store = StateStore(args.state_dir.absolute())
+    os.chdir("/")  # hold no directory of the command that started it
     logs = DomainLogs(store)
     logging.basicConfig(level=logging.INFO, handlers=[logs])
     try:

@@ -236,7 +236,7 @@ class Supervisor:
         deadline = time.monotonic() + QMP_WAIT
         while True:
             if proc.returncode is not None or (
-                not self.paths.qmp_socket.exists() and await self._exited(0.05)
+                not self.paths.qmp_socket.exists() and await self._exited(0.01)
             ):
                 raise DomainError(self._launch_failure())
             if self.paths.qmp_socket.exists():

@@ -253,6 +253,8 @@ class _Reader:
         if node is None:
             return None, None
         most = _whole(node, node.text, "<vcpu>", 1, 255)
+        if node.attrib.get("placement") == "static":
+            node.use("placement")  # libvirt's default: no pinning
         current = node.get("current")
         if current is None:
             return most, None
@@ -325,14 +327,18 @@ class _Reader:
                              f"gets {chosen}")
 
     def features(self) -> dict[str, Any]:
-        """acpi, apic, pae: on when present (libvirt turns none on by itself); and <cpu>,
-        whose model pvhvm chooses (host on KVM, max on TCG)."""
+        """acpi: on when present (libvirt's QEMU driver gives no ACPI without it); apic and
+        pae likewise in a xen domain, while libvirt's QEMU driver gives an x86 guest both
+        either way; and <cpu>, whose model pvhvm chooses (host on KVM, max on TCG)."""
         features = self.root.find("features")
-        values: dict[str, Any] = {key: features is not None and features.find(key) is not None
-                  for key in ("acpi", "apic", "pae")}
+        xen = self.root.attrib.get("type") == "xen"
+        values: dict[str, Any] = {
+            key: (features is not None and features.find(key) is not None) or (
+                key != "acpi" and not xen)
+            for key in ("acpi", "apic", "pae")}
         cpu = self.root.find("cpu")
         if cpu is not None and cpu.attrib.get("mode") in ("host-passthrough", "maximum"):
-            cpu.use("mode")
+            cpu.use("mode", "check", "migratable")  # libvirt's checks of the host CPU
         clock = self.root.find("clock")
         values.update(localtime=False, rtc_timeoffset=0, hpet=True)
         if clock is None:
@@ -570,6 +576,13 @@ class _Reader:
                             "or on QEMU user networking where that bridge does not exist")
             return None
         network = None if source is None else source.get("network")
+        if source is not None and source.attrib.get("bridge"):
+            # virsh dumpxml of a running domain names the network's bridge too
+            bridge = source.get("bridge")
+            self.warn(node, f"<source network={network!r}>: pvhvm manages no libvirt "
+                            f"networks; the NIC goes on the network's bridge, {bridge}")
+            source.use("portid")
+            return self.path(source, bridge, "<source bridge=>")
         if network == _DEFAULT_NETWORK[0]:
             self.warn(node, "<source network='default'>: pvhvm manages no libvirt networks; "
                             f"the NIC goes on that network's bridge, {_DEFAULT_NETWORK[1]}")
@@ -599,7 +612,9 @@ class _Reader:
             if target is not None and target.attrib.get("type") in ("isa-serial", "serial"):
                 target.use("type")
                 model = target.find("model")
-                if model is not None and model.attrib.get("name") != "isa-serial":
+                if model is not None and model.attrib.get("name") == "isa-serial":
+                    model.use("name")
+                elif model is not None:
                     model.used = False
             spec = self.chardev(node)
             if spec is not None:
@@ -735,14 +750,19 @@ class _Reader:
         found: dict[str, tuple[Node, int]] = {}
 
         def visit(node: Node, path: str) -> None:
+            if node.tag == "alias":
+                return  # libvirt's name for a device: nothing the guest sees
             if not node.used:
                 reason = _REASONS.get(node.tag, "")
                 key = f"{path}{node.describe()} not realised" + (f" ({reason})" if reason else "")
                 first, count = found.get(key, (node, 0))
                 found[key] = (first, count + 1)
                 return
-            for name in sorted(set(node.attrib) - node.used_attrs):
-                key = f"{path}<{node.tag}> attribute {name}={node.attrib[name]!r} not realised"
+            unread = sorted(set(node.attrib) - node.used_attrs)
+            if unread:
+                listed = ", ".join(f"{name}={node.attrib[name]!r}" for name in unread)
+                key = (f"{path}<{node.tag}> attribute{'s' if len(unread) > 1 else ''} {listed} "
+                       "not realised")
                 first, count = found.get(key, (node, 0))
                 found[key] = (first, count + 1)
             for child in node.children:

@@ -509,3 +509,9 @@ def test_structured_xml_raises_only_pvhvm_errors(
             make_plan(config_from_xml(text, "f.xml"), check_files=False, skip_unsupported=skip)
         except PvhvmError as err:
             assert "\n" not in str(err)
+
+
+def test_a_cdrom_is_emulated() -> None:
+    with pytest.raises(ConfigError, match=r"d\.xml:1:\d+: <disk device='cdrom'> 'vdb' on "
+                                          "bus='virtio': pvhvm's CD drives are emulated"):
+        plan_xml(domain("<disk device='cdrom'><target dev='vdb'/></disk>"))

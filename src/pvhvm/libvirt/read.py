@@ -427,6 +427,9 @@ class _Reader:
                               "disks and realises virtio and xen ones as PV)")
             return None
         emulated = bus in _EMULATED_BUSES
+        if cdrom and not emulated:
+            raise node.error(f"<disk device='cdrom'> {dev!r} on bus={bus!r}: pvhvm's CD drives "
+                             "are emulated (bus='ide' or 'sata')")
         source = node.find("source")
         path = None if source is None else source.get("file" if kind == "file" else "dev")
         path = self.path(source or node, path, "<source>") or ""

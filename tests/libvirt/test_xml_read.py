@@ -515,3 +515,19 @@ def test_a_cdrom_is_emulated() -> None:
     with pytest.raises(ConfigError, match=r"d\.xml:1:\d+: <disk device='cdrom'> 'vdb' on "
                                           "bus='virtio': pvhvm's CD drives are emulated"):
         plan_xml(domain("<disk device='cdrom'><target dev='vdb'/></disk>"))
+
+
+def test_messages_stay_short_whatever_the_document_holds() -> None:
+    huge = "x" * (MAX_FILE_BYTES // 2)
+    many = " ".join(f"a{i}='{i}'" for i in range(5000))
+    plan = plan_xml(domain(f"<{huge[:5000]} type='{huge}'/>"
+                           f"<memballoon model='none' {many}/>"
+                           f"<panic model='isa' {huge[:3000]}='1'/>"))
+    assert len(plan.warnings) == 3 and all(len(w) < 300 for w in plan.warnings), plan.warnings
+    assert "<xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... type='xxx" in plan.warnings[0]
+    assert "attributes a0='0', a1='1', a10='10', a100='100', a1000='1000' and 4995 more" \
+        in plan.warnings[1]
+    assert "<panic> attribute xxxxxxxx" in plan.warnings[2] and "...=" in plan.warnings[2]
+    with pytest.raises(ConfigError) as info:
+        plan_xml(domain().replace(">512<", f">{huge}<"))
+    assert len(str(info.value)) < 300

@@ -55,9 +55,10 @@ from pvhvm.config.domain import (
     name_problem,
 )
 from pvhvm.config.lang import Position, check_path_value, read_config_text
+from pvhvm.config.optstr import brief
 from pvhvm.config.vif import MTU_RANGE, VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
-from pvhvm.libvirt.xmltree import Node, parse_xml
+from pvhvm.libvirt.xmltree import Node, parse_xml, short_name
 from pvhvm.plan.plan import OVMF_PATH
 from pvhvm.plan.vdev import IDE_PLACES, letters_to_index, parse_vdev
 
@@ -134,7 +135,7 @@ class _BootOrder:
 def _whole(node: Node, text: str | None, what: str, low: int, high: int) -> int:
     value = (text or "").strip()
     if not value.isascii() or not value.isdigit():
-        raise node.error(f"{what} must be a whole number, not {value!r}")
+        raise node.error(f"{what} must be a whole number, not {brief(value)}")
     number = int(value)
     if not low <= number <= high:
         raise node.error(f"{what} = {number} is out of range ({low}..{high})")
@@ -176,13 +177,13 @@ class _Reader:
     def config(self) -> DomainConfig:
         root = self.root
         if root.tag != "domain":
-            raise root.error(f"the root element is <{root.tag}>, not <domain> (a libvirt "
+            raise root.error(f"the root element is <{root.label}>, not <domain> (a libvirt "
                              "domain XML, as virsh dumpxml writes it)")
         root.use("id")  # a running domain's id: libvirt's, not part of the definition
         root.used_attrs.update(a for a in root.attrib if a == "xmlns" or a.startswith("xmlns:"))
         virt = root.get("type")
         if virt not in ("kvm", "qemu", "xen"):
-            raise root.error(f"<domain type={virt!r}>: pvhvm runs kvm, qemu and xen domains "
+            raise root.error(f"<domain type={brief(virt)}>: pvhvm runs kvm, qemu and xen domains "
                              "(HVM guests on QEMU)")
         name_node, name = self.text("name")
         if name_node is None or not name:
@@ -195,7 +196,7 @@ class _Reader:
             try:
                 uuid = str(uuidlib.UUID(uuid))
             except ValueError as err:
-                raise uuid_node.error(f"<uuid> {uuid!r} is not a UUID") from err
+                raise uuid_node.error(f"<uuid> {brief(uuid)} is not a UUID") from err
         memory, maxmem = self.memory()
         vcpus, maxvcpus = self.vcpus()
         boot_os, os_values = self.os()
@@ -206,7 +207,7 @@ class _Reader:
         settings = {**self.features(), **self.actions()}
         for node in root.children:
             if node.tag.startswith("qemu:"):
-                self.refuse(node, f"<{node.tag}>")
+                self.refuse(node, f"<{node.label}>")
         self.unread(root)
         return DomainConfig(
             file=self.file, name=name, uuid=uuid, memory=memory, maxmem=maxmem, vcpus=vcpus,
@@ -237,15 +238,15 @@ class _Reader:
         unit = (node.get("unit") or "KiB").lower()
         scale = _UNITS.get(unit)
         if scale is None:
-            raise node.error(f"<{node.tag} unit={node.attrib['unit']!r}>: the unit is not one "
-                             "of b, KB, KiB, MB, MiB, GB, GiB, TB, TiB")
-        amount = _whole(node, node.text, f"<{node.tag}>", 1, 1 << 60)
+            raise node.error(f"<{node.label} unit={brief(node.attrib['unit'])}>: the unit is "
+                             "not one of b, KB, KiB, MB, MiB, GB, GiB, TB, TiB")
+        amount = _whole(node, node.text, f"<{node.label}>", 1, 1 << 60)
         mib = math.ceil(amount * scale / 2**20)
         if amount * scale % 2**20:
-            self.warn(node, f"<{node.tag}> is not a whole number of MiB: rounded up to "
+            self.warn(node, f"<{node.label}> is not a whole number of MiB: rounded up to "
                             f"{mib} MiB")
         if not 16 <= mib <= 1 << 20:
-            raise node.error(f"<{node.tag}> = {mib} MiB is out of range (16..{1 << 20})")
+            raise node.error(f"<{node.label}> = {mib} MiB is out of range (16..{1 << 20})")
         return mib
 
     def vcpus(self) -> tuple[int | None, int | None]:
@@ -270,7 +271,7 @@ class _Reader:
             raise where.error("<os><type> must be hvm (or linux/xen: a Xen PV guest)")
         arch = type_.get("arch")
         if arch not in (None, "x86_64", "i686"):
-            raise type_.error(f"<type arch={arch!r}>: pvhvm runs x86 guests "
+            raise type_.error(f"<type arch={brief(arch)}>: pvhvm runs x86 guests "
                               "(qemu-system-x86_64): x86_64 or i686")
         guest = ((GuestType.HVM, "<os><type>hvm</type>") if type_.text == "hvm" else
                  (GuestType.PV, f"<os><type>{type_.text}</type>: a Xen PV guest"))
@@ -288,7 +289,7 @@ class _Reader:
         for node in os_.findall("boot"):
             dev = node.use().get("dev")
             if dev not in _BOOT_DEVICES:
-                raise node.error(f"<boot dev={dev!r}> is not one of "
+                raise node.error(f"<boot dev={brief(dev)}> is not one of "
                                  f"{', '.join(_BOOT_DEVICES)}")
             letters += _BOOT_DEVICES[dev]
         return letters or None, values
@@ -299,7 +300,7 @@ class _Reader:
         loader = os_.find("loader")
         if loader is None:
             if firmware not in (None, "bios", "efi"):
-                raise os_.error(f"<os firmware={firmware!r}> is not bios or efi")
+                raise os_.error(f"<os firmware={brief(firmware)}> is not bios or efi")
             return "ovmf" if firmware == "efi" else "seabios"
         loader.use("readonly", "type")
         path = loader.text
@@ -307,10 +308,10 @@ class _Reader:
             return "seabios"  # Xen's HVM firmware loader: firmware boot
         if loader.attrib.get("type") == "pflash" or "ovmf" in path.lower():
             if path != OVMF_PATH:
-                self.warn(loader, f"<loader> {path!r} not realised: pvhvm boots OVMF from "
+                self.warn(loader, f"<loader> {brief(path)} not realised: pvhvm boots OVMF from "
                                   f"{OVMF_PATH}")
             return "ovmf"
-        self.warn(loader, f"<loader> {path!r} not realised: pvhvm boots SeaBIOS")
+        self.warn(loader, f"<loader> {brief(path)} not realised: pvhvm boots SeaBIOS")
         return "seabios"
 
     def machine(self, found: tuple[Node, str | None], disks: list[tuple[DiskSpec, Node]]) -> None:
@@ -322,7 +323,7 @@ class _Reader:
         kind = ("q35" if "q35" in machine else
                 "pc" if machine.startswith("pc") or machine == "xenfv" else None)
         if kind != chosen:
-            self.warn(type_, f"machine={machine!r} not realised: pvhvm gives a domain machine "
+            self.warn(type_, f"machine={brief(machine)} not realised: pvhvm gives a domain machine "
                              f"pc when a disk is emulated and q35 when none is; this one "
                              f"gets {chosen}")
 
@@ -352,7 +353,7 @@ class _Reader:
             basis = clock.get("basis") or "utc"
             adjustment = (clock.get("adjustment") or "0").strip()
             if not adjustment.lstrip("-").isdigit():
-                raise clock.error(f"<clock adjustment={adjustment!r}> must be seconds")
+                raise clock.error(f"<clock adjustment={brief(adjustment)}> must be seconds")
             values.update(localtime=basis == "localtime", rtc_timeoffset=int(adjustment))
         for timer in clock.findall("timer"):
             if timer.attrib.get("name") == "hpet" and set(timer.attrib) <= {"name", "present"}:
@@ -367,7 +368,7 @@ class _Reader:
             if node is None or text is None:
                 continue
             if text not in ACTIONS:
-                raise node.error(f"<{key}> {text!r} is not one of: {', '.join(ACTIONS)}")
+                raise node.error(f"<{key}> {brief(text)} is not one of: {', '.join(ACTIONS)}")
             values[key] = text
         return values
 
@@ -409,11 +410,11 @@ class _Reader:
         node.use()
         kind, device = node.get("type") or "file", node.get("device") or "disk"
         if kind not in ("file", "block"):
-            self.refuse(node, f"<disk type={kind!r}> (pvhvm's disks are files and block "
+            self.refuse(node, f"<disk type={brief(kind)}> (pvhvm's disks are files and block "
                               "devices)")
             return None
         if device not in ("disk", "cdrom"):
-            self.refuse(node, f"<disk device={device!r}> (pvhvm's disks are disks and cdroms)")
+            self.refuse(node, f"<disk device={brief(device)}> (pvhvm's disks are disks and cdroms)")
             return None
         cdrom = device == "cdrom"
         target = node.find("target")
@@ -423,19 +424,20 @@ class _Reader:
         bus = target.get("bus") or next(
             (bus for prefix, bus in _BUS_BY_PREFIX if dev.startswith(prefix)), None)
         if bus not in (*_EMULATED_BUSES, *_PV_BUSES):
-            self.refuse(node, f"<disk> {dev!r} on bus={bus!r} (pvhvm emulates ide and sata "
-                              "disks and realises virtio and xen ones as PV)")
+            self.refuse(node, f"<disk> {brief(dev)} on bus={brief(bus)} (pvhvm emulates ide "
+                              "and sata disks and realises virtio and xen ones as PV)")
             return None
         emulated = bus in _EMULATED_BUSES
         if cdrom and not emulated:
-            raise node.error(f"<disk device='cdrom'> {dev!r} on bus={bus!r}: pvhvm's CD drives "
-                             "are emulated (bus='ide' or 'sata')")
+            raise node.error(f"<disk device='cdrom'> {brief(dev)} on bus={brief(bus)}: pvhvm's "
+                             "CD drives are emulated (bus='ide' or 'sata')")
         source = node.find("source")
         path = None if source is None else source.get("file" if kind == "file" else "dev")
         path = self.path(source or node, path, "<source>") or ""
         if not path and not cdrom:
-            raise node.error(f"<disk> {dev!r} has no <source {'file' if kind == 'file' else 'dev'}"
-                             "=...> (only a cdrom may be empty)")
+            attribute = "file" if kind == "file" else "dev"
+            raise node.error(f"<disk> {brief(dev)} has no <source {attribute}=...> (only a "
+                             "cdrom may be empty)")
         driver = node.find("driver")
         format_ = "raw"
         if driver is not None:
@@ -443,7 +445,7 @@ class _Reader:
                 driver.use("name")
             type_ = driver.get("type") or "raw"
             if type_ not in _FORMATS:
-                raise driver.error(f"<driver type={type_!r}> is not a format pvhvm's QEMU "
+                raise driver.error(f"<driver type={brief(type_)}> is not a format pvhvm's QEMU "
                                    f"opens ({', '.join(_FORMATS)})")
             format_ = _FORMATS[type_]
         readonly = node.find("readonly") is not None
@@ -453,7 +455,7 @@ class _Reader:
         self.boot_order(node, "d" if cdrom else "c")
         vdev = self.vdev(node, dev, bus, emulated)
         if bus == "sata":
-            self.warn(node, f"<disk> {dev!r} on bus='sata': pvhvm emulates its disks as IDE, "
+            self.warn(node, f"<disk> {brief(dev)} on bus='sata': pvhvm emulates its disks as IDE, "
                             f"so this one is an IDE {'CD drive' if cdrom else 'disk'}")
         return DiskSpec(vdev=vdev, target=path, format=EMPTY_FORMAT if not path else format_,
                         access=access, cdrom=cdrom, type="ioemu" if emulated else "xenbus")
@@ -532,7 +534,7 @@ class _Reader:
         node.use()
         kind = node.get("type")
         if kind not in ("bridge", "network", "user"):
-            self.refuse(node, f"<interface type={kind!r}> (pvhvm's NICs are on a bridge)")
+            self.refuse(node, f"<interface type={brief(kind)}> (pvhvm's NICs are on a bridge)")
             return None
         mac_node = node.find("mac")
         mac = None if mac_node is None else mac_node.get("address")
@@ -582,7 +584,7 @@ class _Reader:
         if source is not None and source.attrib.get("bridge"):
             # virsh dumpxml of a running domain names the network's bridge too
             bridge = source.get("bridge")
-            self.warn(node, f"<source network={network!r}>: pvhvm manages no libvirt "
+            self.warn(node, f"<source network={brief(network)}>: pvhvm manages no libvirt "
                             f"networks; the NIC goes on the network's bridge, {bridge}")
             source.use("portid")
             return self.path(source, bridge, "<source bridge=>")
@@ -590,7 +592,7 @@ class _Reader:
             self.warn(node, "<source network='default'>: pvhvm manages no libvirt networks; "
                             f"the NIC goes on that network's bridge, {_DEFAULT_NETWORK[1]}")
             return _DEFAULT_NETWORK[1]
-        self.warn(node, f"<source network={network!r}> not realised: pvhvm manages no libvirt "
+        self.warn(node, f"<source network={brief(network)}> not realised: pvhvm manages no libvirt "
                         "networks; the NIC goes on pvhvm's default bridge (give <interface "
                         "type='bridge'><source bridge=...>)")
         return None
@@ -649,14 +651,14 @@ class _Reader:
                 source.use("path")  # the pty libvirt allocated last time
             return "pty"
         if source is None:
-            raise node.error(f"<{node.tag} type={kind!r}> has no <source>")
+            raise node.error(f"<{node.label} type={brief(kind)}> has no <source>")
         if kind in ("file", "unix"):
             option, default = ("append", "off") if kind == "file" else ("mode", "bind")
             if source.attrib.get(option, default) == default:
                 source.use(option)
             path = source.get("path")
             if not path:
-                raise source.error(f"<{node.tag} type={kind!r}> has no <source path=...>")
+                raise source.error(f"<{node.label} type={brief(kind)}> has no <source path=...>")
             return f"{kind}:{self.path(source, path, '<source path=>')}"
         if kind == "tcp" and node.tag == "serial":
             if source.attrib.get("mode", "bind") == "bind":
@@ -668,10 +670,10 @@ class _Reader:
                 protocol.used = False
             service = source.get("service") or ""
             if not service.isascii() or not service.isdigit():
-                raise source.error(f"<source service={service!r}> must be a port number")
+                raise source.error(f"<source service={brief(service)}> must be a port number")
             return f"tcp:{source.get('host') or '127.0.0.1'}:{service}"
         if kind == "dev":
-            self.refuse(node, f"<{node.tag} type='dev'> (a host device passed through)")
+            self.refuse(node, f"<{node.label} type='dev'> (a host device passed through)")
             return None
         node.used = False
         return None
@@ -692,7 +694,7 @@ class _Reader:
             if kind in _VIDEO:
                 values["vga"] = _VIDEO[kind]
             else:
-                self.warn(videos[0], f"<video> model {kind!r} not realised: the guest gets a "
+                self.warn(videos[0], f"<video> model {brief(kind)} not realised: the guest gets a "
                                      "standard VGA card")
                 values["vga"] = "std"
         return values
@@ -763,13 +765,16 @@ class _Reader:
                 return
             unread = sorted(set(node.attrib) - node.used_attrs)
             if unread:
-                listed = ", ".join(f"{name}={node.attrib[name]!r}" for name in unread)
-                key = (f"{path}<{node.tag}> attribute{'s' if len(unread) > 1 else ''} {listed} "
+                listed = ", ".join(f"{short_name(name)}={brief(node.attrib[name])}"
+                                   for name in unread[:5])
+                if len(unread) > 5:
+                    listed += f" and {len(unread) - 5} more"
+                key = (f"{path}<{node.label}> attribute{'s' if len(unread) > 1 else ''} {listed} "
                        "not realised")
                 first, count = found.get(key, (node, 0))
                 found[key] = (first, count + 1)
             for child in node.children:
-                visit(child, f"<{node.tag}>/" if node is not root else "")
+                visit(child, f"<{node.label}>/" if node is not root else "")
 
         visit(root, "")
         for key, (first, count) in found.items():

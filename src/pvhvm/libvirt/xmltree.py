@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from xml.parsers import expat
 
 from pvhvm.config.lang import MAX_DEPTH, MAX_FILE_BYTES, MAX_TOKENS, Position
+from pvhvm.config.optstr import brief
 from pvhvm.errors import ConfigError
 
 
@@ -61,11 +62,21 @@ class Node:
         """A ConfigError at this element's start tag."""
         return self.position.error(message)
 
+    @property
+    def label(self) -> str:
+        """The tag as messages show it (a hostile document's tags may be long)."""
+        return short_name(self.tag)
+
     def describe(self) -> str:
         """``<tag type='x'>``: how a message names this element."""
         kind = self.attrib.get("type") or self.attrib.get("model") or self.attrib.get("name")
         key = "type" if "type" in self.attrib else "model" if "model" in self.attrib else "name"
-        return f"<{self.tag}>" if kind is None else f"<{self.tag} {key}={kind!r}>"
+        return f"<{self.label}>" if kind is None else f"<{self.label} {key}={brief(kind)}>"
+
+
+def short_name(name: str) -> str:
+    """An element or attribute name for a message: at most 40 characters."""
+    return name if len(name) <= 40 else name[:37] + "..."
 
 
 def parse_xml(text: str, file: str) -> Node:

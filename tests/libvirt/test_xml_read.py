@@ -531,3 +531,21 @@ def test_messages_stay_short_whatever_the_document_holds() -> None:
     with pytest.raises(ConfigError) as info:
         plan_xml(domain().replace(">512<", f">{huge}<"))
     assert len(str(info.value)) < 300
+
+
+def test_a_xen_domain_xml() -> None:
+    """libvirt's Xen drivers' spelling: type='xen', hvmloader, tap:aio, bus='xen', netfront."""
+    plan = plan_xml(
+        "<domain type='xen'><name>x</name><os><type machine='xenfv'>hvm</type>"
+        "<loader type='rom'>/usr/lib/xen/boot/hvmloader</loader></os>"
+        "<features><acpi/><apic/></features><devices>"
+        "<disk><driver name='tap' type='aio'/><source file='/a'/><target dev='hda'/></disk>"
+        "<disk><source file='/b'/><target dev='xvdb'/></disk>"
+        "<interface type='bridge'><source bridge='xenbr0'/><model type='netfront'/></interface>"
+        "</devices></domain>")
+    assert [(d.vdev, d.kind.value, d.format) for d in plan.disks] == [
+        ("hda", "ioemu", "raw"), ("xvdb", "xenbus", "raw")]
+    assert [v.kind.value for v in plan.vifs] == ["xenbus"]
+    assert (plan.bios, plan.acpi, plan.apic, plan.pae) == ("seabios", True, True, False)
+    assert [w.split(": ", 1)[1] for w in plan.warnings] == [
+        "<disk>/<driver> attribute name='tap' not realised"]

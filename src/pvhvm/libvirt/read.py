@@ -69,7 +69,9 @@ _UNITS = {
     "tib": 2**40,
 }
 #: libvirt disk driver type → xl format= (LIBVIRT_FORMATS reversed)
-_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vpc": "vhd", "qed": "qed"}
+_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vpc": "vhd", "qed": "qed",
+            # libvirt's Xen drivers: <driver name='tap' type='aio'> (xm's tap:aio:, raw), vhd
+            "aio": "raw", "vhd": "vhd"}
 _EMULATED_BUSES = ("ide", "sata")
 _PV_BUSES = ("virtio", "xen")
 #: libvirt's bus for a target name without bus= (hd ide, sd scsi, vd virtio, xvd xen)

@@ -20,6 +20,7 @@ from pvhvm.cli.output import console, plan_tables, print_json, writable_option, 
 from pvhvm.config.domain import Dialect, DomainConfig, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError, printable
+from pvhvm.libvirt.read import load_domain
 from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
@@ -136,7 +137,8 @@ def create(
     accel: str | None, paused: bool, xenstore: Path | None, attach_console: bool,
     dialect: str | None, skip_unsupported: bool, connect: str | None, no_check: bool,
 ) -> None:
-    """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed).
+    """Create a domain from CONFIG (an xm/xl-style file, parsed, never executed), or from a
+    libvirt domain XML (*.xml, or a file that starts with '<').
 
     VAR=VALUE pairs are variables the file may use; those it does not use override its keys.
     """
@@ -146,7 +148,7 @@ def create(
         accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
     )
     platforms.check_options(target, options)
-    domain = load_config(config, _variables(variables), _dialect(dialect))
+    domain = load_domain(config, _variables(variables), _dialect(dialect))
     if target.plan_target is Platform.QEMU:
         domain = run_bootloader(domain)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)

@@ -21,8 +21,8 @@ byte order (libvirt reads a swapped one too)::
     24      4     was_running
     28      4     compressed (0: raw)
     32      4     cookie offset
-    36      60    unused
-    96      D     data
+    36      56    unused (14 words)
+    92      D     data
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pvhvm.runtime.savefile import DomainImage, SaveFileError
 MAGIC = b"LibvirtQemudSave"
 PARTIAL_MAGIC = b"LibvirtQemudPart"
 VERSIONS = (1, 2)
-HEADER_SIZE = 96
+HEADER_SIZE = 92
 #: the domain XML with its metadata; libvirt itself caps a save image's XML far below this
 MAX_DATA = 16 << 20
 #: the namespace of pvhvm's element in a domain's ``<metadata>``

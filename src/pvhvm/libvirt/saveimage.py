@@ -86,13 +86,12 @@ def decode_header(data: bytes) -> tuple[int, int]:
                             "writing it)")
     if magic != MAGIC:
         raise SaveFileError("not a libvirt save image (no LibvirtQemudSave magic)")
-    for order in ("<", ">"):
-        version, length, _running, compressed = struct.unpack_from(f"{order}4I", data, 16)
-        if version in VERSIONS:
-            break
-    else:
-        raise SaveFileError(f"libvirt save image version {version}; pvhvm reads versions "
-                            f"{', '.join(map(str, VERSIONS))}")
+    readings = [struct.unpack_from(f"{order}4I", data, 16) for order in ("<", ">")]
+    known = [reading for reading in readings if reading[0] in VERSIONS]
+    if not known:  # named as an x86 host (little-endian) wrote it
+        raise SaveFileError(f"libvirt save image version {readings[0][0]}; pvhvm reads "
+                            f"versions {', '.join(map(str, VERSIONS))}")
+    _version, length, _running, compressed = known[0]
     if length > MAX_DATA:
         raise SaveFileError(f"libvirt save image: its XML is {length} bytes, more than "
                             f"{MAX_DATA}")

@@ -6,8 +6,8 @@ One guest, booted once (PV root, an empty emulated CD drive, so machine pc; memo
 maxmem 320), walks: the ioemu attach refused; a PV disk attached, seen and written by the
 guest; a PV NIC with pvhvm's MAC seen by the guest; CD media inserted and ejected; mem-set
 moving the guest's MemTotal; save (libvirt's own image, the domain gone) and restore (uptime
-goes on, the hot-plugged devices still there); then both devices detached and gone from the
-guest. A second, boot-less test checks against the same daemon that q35's reserved hotplug
+goes on, the hot-plugged devices still there); a forced detach while the guest is paused;
+then both devices detached and gone from the guest. A second, boot-less test checks against the same daemon that q35's reserved hotplug
 ports stay empty once libvirt has placed the domain's devices.
 """
 
@@ -202,6 +202,24 @@ def test_live_devices_save_restore_and_mem_set_through_libvirt(
         assert "vdb" in shell(pvhvm, "cat /proc/partitions")
         again = pvhvm.run("restore", str(image), check=False)
         assert again.returncode == 1 and "already exists" in again.stderr
+
+        # a guest that cannot let go (paused): the detach times out; --force forgets the
+        # disk, and libvirt removes it once the running guest has released it
+        spare = imagedir / "spare.img"
+        spare.write_bytes(bytes(1 << 20))
+        pvhvm.run("block-attach", NAME, f"{spare},raw,xvdc,w")
+        assert str(spare) in libvirtd.virsh("domblklist", NAME)
+        pvhvm.run("pause", NAME)
+        assert "did not release it within 2s" in refused(
+            pvhvm, "block-detach", NAME, "xvdc", "--timeout", "2")
+        assert blocks(pvhvm)[-1][0] == "xvdc"
+        forced = pvhvm.run("block-detach", NAME, "xvdc", "--force", "--timeout", "2")
+        assert "has not released it yet" in forced.stderr
+        assert "xvdc" not in [b[0] for b in blocks(pvhvm)]
+        assert str(spare) in libvirtd.virsh("domblklist", NAME)
+        pvhvm.run("unpause", NAME)
+        wait_for("libvirt to drop the forced disk", lambda: str(spare) not in libvirtd.virsh(
+            "domblklist", NAME), 60)
 
         # detach both: the guest lets go, and they are gone from it and from the listings
         pvhvm.run("block-detach", NAME, "xvdb", timeout=120)

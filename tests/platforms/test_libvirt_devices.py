@@ -4,7 +4,10 @@ The real daemon is in tests/e2e/test_libvirt_devices.py."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -164,8 +167,10 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def lv(tmp_path: Path) -> LibvirtPlatform:
-    platform = LibvirtPlatform(StateStore(tmp_path / "state"))
+def lv(tmp_path: Path) -> Iterator[LibvirtPlatform]:
+    # a short state directory: the record's socket paths must fit in 108 bytes
+    state = Path(tempfile.mkdtemp(prefix="pvt-", dir="/tmp"))
+    platform = LibvirtPlatform(StateStore(state))
     records = platform.records
     records.claim("g")
     records.write(DomainRecord(
@@ -180,7 +185,8 @@ def lv(tmp_path: Path) -> LibvirtPlatform:
         state="running"))
     (tmp_path / "root.img").write_bytes(bytes(4096))
     (tmp_path / "data.img").write_bytes(bytes(4096))
-    return platform
+    yield platform
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def record(lv: LibvirtPlatform) -> dict[str, Any]:

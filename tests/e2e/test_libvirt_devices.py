@@ -187,14 +187,18 @@ def test_live_devices_save_restore_and_mem_set_through_libvirt(
         before = uptime(pvhvm)
         image = tmp_path / "lvdev.save"
         assert "save -c and -p are not on it" in refused(pvhvm, "save", "-c", NAME, str(image))
-        pvhvm.run("save", NAME, str(image), timeout=180)
+        started = time.monotonic()
+        saved = pvhvm.run("save", NAME, str(image), timeout=180)
+        print(f"\n{saved.stderr.strip()} [CLI wall {time.monotonic() - started:.2f}s]")
         assert image.read_bytes()[:16] == b"LibvirtQemudSave"
         assert NAME not in listed(pvhvm)
         assert libvirtd.virsh("list", "--all", "--name").split() == []
         assert not list(tmp_path.glob(".lvdev.save.*"))
 
         # restore: the same guest goes on, with its hot-plugged devices
-        pvhvm.run("restore", str(image), timeout=180)
+        started = time.monotonic()
+        restored = pvhvm.run("restore", str(image), timeout=180)
+        print(f"{restored.stderr.strip()} [CLI wall {time.monotonic() - started:.2f}s]")
         assert listed(pvhvm)[NAME] == "running"
         assert uptime(pvhvm) > before
         assert rows(pvhvm, "block-list") == disks

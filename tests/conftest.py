@@ -21,6 +21,10 @@ settings.register_profile(
 )
 settings.load_profile("pvhvm")
 
+# A host supervisor stays 1 s after its last domain in the tests (10 s by default), so that
+# each test's own state directory is left with no process soon after it ends.
+os.environ.setdefault("PVHVM_HOSTD_LINGER", "1")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true", help="rewrite golden files")

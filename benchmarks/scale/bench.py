@@ -2,7 +2,8 @@
 
 For N in --counts (default 1 10 50): start N `pvhvm create --paused` at the same moment (one
 process each, as N users would), wait for all, and report the wall time, how many failed,
-the time of one `pvhvm list`, and the resident memory of the toolstack (pvhvm's supervisors)
+the time of one `pvhvm list`, and the resident and private memory of the toolstack (the host
+supervisor, one process for all domains)
 beside that of the QEMUs, so growth per domain is visible. Every domain is then destroyed
 and the state directory must be empty of domains and QEMUs.
 
@@ -51,6 +52,25 @@ def rss_kib(program: bytes, marker: bytes) -> tuple[int, int]:
     return count, total
 
 
+def private_kib(program: bytes, marker: bytes) -> int:
+    """Total private memory (Private_Clean + Private_Dirty, /proc/PID/smaps_rollup) in KiB."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if program not in cmdline or marker not in cmdline:
+                continue
+            rollup = (entry / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def one_round(count: int, kit_dir: Path, work: Path) -> dict[str, object]:
     state = work / f"s{count}"
     config = work / "scale.cfg"
@@ -74,7 +94,8 @@ def one_round(count: int, kit_dir: Path, work: Path) -> dict[str, object]:
     list_s = time.perf_counter() - listed
     running = len(json.loads(out)) if listing.returncode == 0 else -1
     marker = str(state).encode()
-    supervisors = rss_kib(b"pvhvm.runtime.supervisor", marker)
+    supervisors = rss_kib(b"pvhvm.runtime.hostd", marker)
+    toolstack_private = private_kib(b"pvhvm.runtime.hostd", marker)
     qemus = rss_kib(b"qemu-system", marker)
     for proc in [pvhvm(state, "destroy", n) for n in names]:
         proc.communicate()
@@ -87,6 +108,7 @@ def one_round(count: int, kit_dir: Path, work: Path) -> dict[str, object]:
         "supervisors": supervisors[0], "supervisor_rss_mib": round(supervisors[1] / 1024, 1),
         "qemus": qemus[0], "qemu_rss_mib": round(qemus[1] / 1024, 1),
         "toolstack_mib_per_domain": round(supervisors[1] / 1024 / max(count, 1), 1),
+        "toolstack_private_mib": round(toolstack_private / 1024, 1),
         "left_after_destroy": left + left_qemu,
     }
 

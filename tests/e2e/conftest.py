@@ -45,6 +45,9 @@ def state_root() -> Iterator[Path]:
     """A short private state directory (Unix socket paths must stay under 108 bytes)."""
     root = Path(tempfile.mkdtemp(prefix="pvs-", dir="/tmp"))
     yield root
+    deadline = time.monotonic() + 15  # the host supervisor lingers a moment after its last domain
+    while _supervisors(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
     leftovers = _qemu_processes(root) + _supervisors(root)
     for pid in leftovers:
         subprocess.run(["kill", "-9", str(pid)], check=False)
@@ -55,7 +58,7 @@ def state_root() -> Iterator[Path]:
 
 
 def _supervisors(root: Path) -> list[int]:
-    return _processes(root, b"pvhvm.runtime.supervisor")
+    return _processes(root, b"pvhvm.runtime.hostd")
 
 
 def _qemu_processes(root: Path) -> list[int]:

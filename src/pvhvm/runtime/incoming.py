@@ -18,7 +18,6 @@ import os
 import select
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import fields
@@ -140,11 +139,9 @@ def _record(image: DomainImage, domid: int, paths: DomainPaths) -> DomainRecord:
 class IncomingDomain:
     """A domain being started from a migration stream; see the module docstring."""
 
-    def __init__(self, store: StateStore, name: str, proc: subprocess.Popen[bytes],
-                 ready_fd: int, commit_fd: int) -> None:
+    def __init__(self, store: StateStore, name: str, ready_fd: int, commit_fd: int) -> None:
         self.store = store
         self.name = name
-        self.proc = proc
         self._ready_fd: int | None = ready_fd
         self._commit_fd: int | None = commit_fd
         self._said = b""
@@ -210,8 +207,6 @@ class IncomingDomain:
         with contextlib.suppress(DomainError):
             lifecycle.destroy(self.name, self.store)
         self._close_ready()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=lifecycle.DESTROY_TIMEOUT)
 
     def _close_ready(self) -> None:
         if self._ready_fd is not None:
@@ -249,8 +244,8 @@ def start_incoming(store: StateStore, image: DomainImage, stream_fd: int,
         ready_r, ready_w = os.pipe()
         commit_r, commit_w = os.pipe()
         try:
-            proc = lifecycle.spawn_supervisor(store, image.name, owner, ready_fd=ready_w,
-                                              incoming=(stream_fd, commit_r))
+            lifecycle.spawn_supervisor(store, image.name, owner, ready_fd=ready_w,
+                                       incoming=(stream_fd, commit_r))
         except BaseException:
             for fd in (ready_r, commit_w):
                 os.close(fd)
@@ -263,7 +258,7 @@ def start_incoming(store: StateStore, image: DomainImage, stream_fd: int,
         raise
     finally:
         owner.close()
-    domain = IncomingDomain(store, image.name, proc, ready_r, commit_w)
+    domain = IncomingDomain(store, image.name, ready_r, commit_w)
     try:
         yield domain
     except BaseException:

@@ -16,7 +16,6 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -27,9 +26,9 @@ from typing import Any
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
-from pvhvm.qemu import qmp
 from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
+from pvhvm.runtime import hostctl
 from pvhvm.runtime.state import (
     DomainPaths,
     DomainRecord,
@@ -219,51 +218,39 @@ def create(
 def spawn_supervisor(
     store: StateStore, name: str, owner: OwnerLock, ready_fd: int | None = None,
     adopt: bool = False, incoming: tuple[int, int] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``name``'s supervisor in a session of its own, handing it the owner lock.
+) -> int:
+    """Hand ``name`` to the host supervisor of ``store`` (started if none runs) with its owner
+    lock; the host supervisor's pid.
 
     ``incoming``: (stream fd, commit fd) of a domain whose state QEMU loads from a stream
-    (runtime/incoming.py; the supervisor's ``--incoming-fd``)."""
+    (runtime/incoming.py)."""
     assert owner.fd is not None
-    argv = [
-        sys.executable, "-m", "pvhvm.runtime.supervisor", "--state-dir", str(store.root),
-        "--name", name, "--lock-fd", str(owner.fd),
-    ]
-    fds = [owner.fd]
-    if ready_fd is not None:
-        argv += ["--ready-fd", str(ready_fd)]
-        fds.append(ready_fd)
-    if adopt:
-        argv.append("--adopt")
-    if incoming is not None:
-        argv += ["--incoming-fd", str(incoming[0]), "--commit-fd", str(incoming[1])]
-        fds += incoming
-    with open(store.paths(name).supervisor_log, "ab") as sup_log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=sup_log, stderr=sup_log,
-            pass_fds=fds, start_new_session=True, close_fds=True,
-        )
+    return hostctl.supervise(store.root, name, owner.fd, ready_fd=ready_fd, adopt=adopt,
+                             incoming=incoming)
 
 
 def _start_supervisor(store: StateStore, record: DomainRecord, owner: OwnerLock) -> None:
     paths = store.paths(record.name)
     read_fd, write_fd = os.pipe()
     try:
-        proc = spawn_supervisor(store, record.name, owner, ready_fd=write_fd)
-    finally:
-        os.close(write_fd)
-    try:
         try:
-            message = _read_until_eof(read_fd, CREATE_TIMEOUT)
+            spawn_supervisor(store, record.name, owner, ready_fd=write_fd)
         finally:
-            os.close(read_fd)
+            os.close(write_fd)
+        message = _read_until_eof(read_fd, CREATE_TIMEOUT)
     except BaseException:  # Ctrl-C while waiting: take the half-made domain down with us
-        _kill_group(proc)
+        os.close(read_fd)
+        with contextlib.suppress(DomainError):
+            destroy(record.name, store)
         raise
+    os.close(read_fd)
     if message == "ok":
         return
-    # The supervisor has cleaned up after itself on "error:"; make sure of it in any case.
-    _kill_group(proc)
+    if message.startswith("error: "):
+        # The supervisor removes the domain before it says why; wait for it to finish.
+        wait_released(store, record.name, DESTROY_TIMEOUT)
+    with contextlib.suppress(DomainError):  # and make sure of it in any case
+        destroy(record.name, store)
     if not message:
         message = f"the supervisor exited without a word (see {paths.supervisor_log})"
     raise LaunchError(
@@ -272,12 +259,15 @@ def _start_supervisor(store: StateStore, record: DomainRecord, owner: OwnerLock)
     )
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the supervisor's session (its QEMU is in the same process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+def wait_released(store: StateStore, name: str, timeout: float) -> bool:
+    """Until nobody holds ``name``'s owner lock (or its directory is gone); False on timeout."""
+    lock = store.paths(name).owner_lock
+    deadline = time.monotonic() + timeout
+    while OwnerLock.held(lock):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _read_until_eof(fd: int, timeout: float) -> str:
@@ -339,10 +329,17 @@ def refresh(store: StateStore, name: str, adopt: bool = True) -> DomainRecord | 
             _kill_qemu(record, paths)
             store.release(name)
             return None
-        if qemu_alive(record, paths):
+        alive = qemu_alive(record, paths)
+        if alive or record.domain_state in (DomainState.RUNNING, DomainState.PAUSED):
+            # A QEMU that died while nobody watched is a crash: the adopter acts on on_crash.
             if adopt:
                 log.info("adopting %s: its supervisor is gone", name)
-                spawn_supervisor(store, name, owner, adopt=True)
+                try:
+                    spawn_supervisor(store, name, owner, adopt=True)
+                except DomainError as err:
+                    log.warning("cannot adopt %s: %s", name, err)
+            if not alive:
+                record.state = DomainState.CRASHED.value
             return record
         if record.domain_state is not DomainState.CRASHED:
             record.state = DomainState.CRASHED.value
@@ -386,15 +383,9 @@ def destroy(name: str, store: StateStore | None = None, timeout: float = DESTROY
         raise DomainError(f"no domain named {name!r}")
     deadline = time.monotonic() + timeout
     record = _await_supervisor(store, name, record, deadline)
-    if record is not None and pid_alive(record.supervisor_pid):
-        assert record.supervisor_pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.supervisor_pid, signal.SIGTERM)
-        while pid_alive(record.supervisor_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(record.supervisor_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.supervisor_pid, signal.SIGKILL)
+    if record is not None and OwnerLock.held(paths.owner_lock) and hostctl.stop(store.root, name):
+        # its supervisor quits QEMU and removes the domain; past the deadline, we do
+        wait_released(store, name, max(0.0, deadline - time.monotonic()))
     if record is not None:
         _kill_qemu(record, paths)
     store.release(name)
@@ -443,6 +434,8 @@ def _control(name: str, store: StateStore, command: str) -> DomainRecord:
         )
     if not qemu_alive(record, store.paths(name)):
         raise DomainError(f"domain {name!r} has crashed (its QEMU is gone); destroy it")
+    from pvhvm.qemu import qmp  # asyncio and qemu.qmp: not on create's path
+
     qmp.execute(store.paths(name).control_socket, command)
     return record
 
@@ -520,6 +513,8 @@ def shutdown(
             # A press before the guest's OS listens (one just created is still booting) is
             # lost, not queued: -w presses again while it waits.
             presses += 1
+            from pvhvm.qemu import qmp
+
             with contextlib.suppress(DomainError, OSError):
                 qmp.execute(store.paths(name).control_socket, "system_powerdown", timeout=5)
         time.sleep(POLL)

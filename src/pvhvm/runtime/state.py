@@ -64,13 +64,14 @@ class DomainState(Enum):
 
 
 def state_dir() -> Path:
-    """The state directory, from PVHVM_STATE_DIR or the XDG state directory."""
+    """The state directory, from PVHVM_STATE_DIR or the XDG state directory; absolute, as
+    QEMU and the host supervisor (which runs in /) are given paths under it."""
     explicit = os.environ.get("PVHVM_STATE_DIR")
     if explicit:
-        return Path(explicit)
+        return Path(explicit).absolute()
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "pvhvm"
+    return (base / "pvhvm").absolute()
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""The per-domain supervisor: QEMU's parent, in a session of its own.
+"""One domain's supervisor: a task in the host supervisor (runtime/hostd.py), QEMU's parent.
 
-``pvhvm create`` starts it detached (``start_new_session``: it outlives the terminal and the
-toolstack, and a hangup is ignored), handing it the domain's owner lock. It starts QEMU,
-proves QMP answers, marks the record running and tells ``create`` over a pipe. Then it waits —
-on QEMU's exit and on QMP events, never polling — and applies the domain's actions
+``pvhvm create`` hands the domain to the host supervisor of its state directory with the
+domain's owner lock. The supervisor starts QEMU (in a session of its own), proves QMP answers,
+marks the record running and tells ``create`` over a pipe. Then it waits — on QEMU's exit
+(a pidfd) and on QMP events, never polling — and applies the domain's actions
 (xl.cfg(5) on_poweroff / on_reboot / on_crash):
 
 * SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``
@@ -11,38 +11,37 @@ on QEMU's exit and on QMP events, never polling — and applies the domain's act
   i.e. on_reboot=destroy; otherwise QEMU resets in place and sends RESET): ``on_reboot``
 * GUEST_PANICKED (pvpanic, ``-action panic=pause``): ``on_crash``
 * QEMU exiting without being asked (killed, crashed, SIGTERM from someone else): ``on_crash``
-* QEMU quitting on a QMP ``quit``, or SIGTERM to the supervisor from ``pvhvm destroy``:
-  destroy — quit QEMU (kill after a timeout), remove the record.
+* QEMU quitting on a QMP ``quit``, or ``pvhvm destroy`` (a ``stop`` request to the host
+  supervisor): destroy — quit QEMU (kill after a timeout), remove the record.
 
 ``restart`` relaunches the record's argv (without ``-S``; it holds hot-plugged devices
 too); ``preserve`` keeps the domain (QEMU stopped, state shutdown or crashed; or a record
 in state crashed when QEMU is gone) until ``pvhvm destroy``.
 
-``--adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` starts it): it
+``adopt`` takes over a QEMU whose supervisor died (``lifecycle.refresh`` asks for it): it
 waits on QEMU through a pidfd, reads its run state over QMP and applies an action the
-guest asked for while nobody was watching.
+guest asked for while nobody was watching; a QEMU that died meanwhile is a crash
+(``on_crash``), acted on now.
 
-``--incoming-fd N --commit-fd M`` (restore, migrate-receive: runtime/incoming.py) starts QEMU
-paused with ``-incoming defer``, hands it the migration stream on fd N (QMP ``getfd``, then
+``incoming`` (restore, migrate-receive: runtime/incoming.py) starts QEMU
+paused with ``-incoming defer``, hands it the migration stream's fd (QMP ``getfd``, then
 ``migrate-incoming fd:``), says ``received`` on the ready fd once QEMU has loaded it, and
-waits for the creator's word on fd M: ``run`` (``cont``) or ``pause``; anything else, its
+waits for the creator's word on the commit fd: ``run`` (``cont``) or ``pause``; anything else, its
 end of the pipe closing included, removes the domain as a failed create. From then on it
 supervises the domain exactly as a created one.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
-import sys
+import subprocess
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
@@ -99,14 +98,17 @@ class QemuProcess(Protocol):
     def kill(self) -> None: ...
 
 
-class AdoptedProcess:
-    """A QEMU this supervisor did not start, waited on through a pidfd (no polling).
+class WatchedProcess:
+    """A QEMU waited on through a pidfd: no polling, and no watcher thread per child.
 
-    Its exit status belongs to its dead parent's parent (init), so ``returncode`` is -1.
+    ``popen``: a child this supervisor started, whose exit status is read. Without it, a QEMU
+    adopted from a supervisor that died: its exit status belongs to init, so ``returncode``
+    is -1 once it has gone.
     """
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, popen: subprocess.Popen[bytes] | None = None) -> None:
         self._pid = pid or 0
+        self._popen = popen
         self._returncode: int | None = None
         self._exit: asyncio.Future[None] | None = None
         self._pidfd: int | None = None
@@ -116,7 +118,7 @@ class AdoptedProcess:
         except OSError:  # gone already
             self._pidfd = None
         if self._pidfd is None:
-            self._returncode = -1
+            self._returncode = popen.wait() if popen is not None else -1
 
     @property
     def pid(self) -> int:
@@ -124,7 +126,12 @@ class AdoptedProcess:
 
     @property
     def returncode(self) -> int | None:
+        if self._returncode is None and self._popen is not None:
+            self._returncode = self._popen.poll()
         return self._returncode
+
+    def _reap(self) -> None:
+        self._returncode = self._popen.wait() if self._popen is not None else -1
 
     async def wait(self) -> int:
         if self._pidfd is not None and self._exit is None:
@@ -136,7 +143,7 @@ class AdoptedProcess:
                 loop.remove_reader(pidfd)
                 os.close(pidfd)
                 self._pidfd = None
-                self._returncode = -1
+                self._reap()
                 if not exit_future.done():
                     exit_future.set_result(None)
 
@@ -147,7 +154,7 @@ class AdoptedProcess:
         return -1 if self._returncode is None else self._returncode
 
     def kill(self) -> None:
-        if self._pid and self._returncode is None:
+        if self._pid and self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
 
@@ -214,9 +221,12 @@ class Supervisor:
         with open(self.paths.qemu_log, "ab") as qemu_log:
             qemu_log.write(f"--- {time.ctime()} {' '.join(argv)}\n".encode())
             qemu_log.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+            # in a session of its own: nothing sent to the host supervisor's group reaches it
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                start_new_session=True, close_fds=True,
             )
+        proc = WatchedProcess(popen.pid, popen)
         self.proc = proc
         # A new QEMU has none of what a forced detach left to release.
         if self.record().releasing:
@@ -226,7 +236,7 @@ class Supervisor:
         deadline = time.monotonic() + QMP_WAIT
         while True:
             if proc.returncode is not None or (
-                not self.paths.qmp_socket.exists() and await self._exited(0.05)
+                not self.paths.qmp_socket.exists() and await self._exited(0.01)
             ):
                 raise DomainError(self._launch_failure())
             if self.paths.qmp_socket.exists():
@@ -471,11 +481,8 @@ class Supervisor:
 
     # --- main ---------------------------------------------------------------------------
 
-    async def main(self) -> int:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    async def run(self) -> int:
+        """Start (or adopt) the domain and supervise it until it is destroyed."""
         if self.adopt:
             return await self.take_over()
         return await self.start()
@@ -512,9 +519,9 @@ class Supervisor:
         events: asyncio.Queue[str] = asyncio.Queue()
         if record.qemu_pid is None or not qemu_alive(record, self.paths):
             log.warning("adopting %s: its QEMU is gone", self.name)
-            self.proc = AdoptedProcess(None)
+            self.proc = WatchedProcess(None)
         else:
-            self.proc = AdoptedProcess(record.qemu_pid)
+            self.proc = WatchedProcess(record.qemu_pid)
             try:
                 self.qmp = await connect(self.paths.qmp_socket, "supervisor", timeout=10)
                 status = await self.qmp.execute("query-status")
@@ -609,41 +616,3 @@ def _normalise(action: str) -> str:
     if action == "preserve":
         return PRESERVE
     return DESTROY
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pvhvm-supervisor")
-    parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--ready-fd", type=int)
-    parser.add_argument("--lock-fd", type=int, help="the domain's owner lock, held till exit")
-    parser.add_argument("--adopt", action="store_true", help="take over a running QEMU")
-    parser.add_argument("--incoming-fd", type=int,
-                        help="start QEMU to load the migration stream read from this fd")
-    parser.add_argument("--commit-fd", type=int,
-                        help="with --incoming-fd: where the creator says run or pause")
-    args = parser.parse_args(argv)
-    if (args.incoming_fd is None) != (args.commit_fd is None):
-        parser.error("--incoming-fd and --commit-fd go together")
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s",
-    )
-    store = StateStore(args.state_dir)
-    incoming = (None if args.incoming_fd is None
-                else Incoming(stream_fd=args.incoming_fd, commit_fd=args.commit_fd))
-    supervisor = Supervisor(store, args.name, args.ready_fd, adopt=args.adopt,
-                            incoming=incoming)
-    try:
-        return asyncio.run(supervisor.main())
-    except Exception as err:  # the last line of defence of a detached process: log it
-        log.exception("supervisor failed")
-        supervisor.tell_creator(f"error: supervisor failed: {err}")
-        if supervisor.proc is not None and supervisor.proc.returncode is None:
-            supervisor.proc.kill()
-        store.release(args.name)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

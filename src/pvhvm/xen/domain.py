@@ -22,7 +22,7 @@ from typing import Any
 
 from pvhvm.errors import DomainError, XenStoreError
 from pvhvm.plan.plan import Plan
-from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, pid_alive
 from pvhvm.xen.xenbus import (
     DeviceEntry,
     DomainEntries,
@@ -202,8 +202,9 @@ def _stop_idle_embedded_daemon(records: StateStore) -> None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+        # gone once its socket is and it has exited (a loaded host takes a while for both)
         deadline = time.monotonic() + 5
-        while socket.exists() and time.monotonic() < deadline:
+        while (socket.exists() or pid_alive(pid)) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 

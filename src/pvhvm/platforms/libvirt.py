@@ -531,7 +531,8 @@ class LibvirtPlatform(DomainPlatform):
     @staticmethod
     def _live_element(dom: Any, alias: str) -> ET.Element | None:
         """The live domain XML's device whose alias is ``alias``; None once it is gone."""
-        for device in ET.fromstring(dom.XMLDesc(0)).find("devices") or []:
+        devices = ET.fromstring(dom.XMLDesc(0)).find("devices")
+        for device in devices if devices is not None else []:
             element = device.find("alias")
             if element is not None and element.get("name") == alias:
                 return device

@@ -144,15 +144,35 @@ def test_machine_buses_and_places(tmp_path: Path) -> None:
         "ua-disk-hdb", "ua-disk-hdc", "ua-disk-hdd", "ua-disk-xvda", "ua-disk-xvdb"]
 
 
-def test_pv_only_is_q35_without_usb_or_balloon_and_says_so(tmp_path: Path) -> None:
-    exported = domain_xml(plan_of('name="g"\nbuilder="hvm"\ndisk=["/a,raw,xvda,rw"]\nvif=[""]'), "qemu")
+def test_pv_only_is_q35_with_free_hotplug_ports_and_a_balloon_and_says_so(
+        tmp_path: Path) -> None:
+    """q35 keeps ``hotplug_slots`` empty pcie-root-ports: every PCI device given at create
+    sits on the root bus at an explicit slot (libvirt would fill the empty ports otherwise),
+    and the virtio balloon mem-set moves is there."""
+    exported = domain_xml(plan_of(
+        'name="g"\nbuilder="hvm"\ndisk=["/a,raw,xvda,rw"]\nvif=["", "type=ioemu"]\n'
+        'hotplug_slots=3'), "qemu")
     validate(exported.xml, tmp_path)
     assert exported.machine == "q35"
     assert [n for n in exported.notes if SATA_NOTE in n]
     assert "<!-- NOTE: no disk is emulated" in exported.xml
-    assert [c.attrib for c in devices(exported.xml, "controller")] == [
+    controllers = devices(exported.xml, "controller")
+    assert [c.attrib for c in controllers] == [
+        {"type": "pci", "index": "0", "model": "pcie-root"},
+        *({"type": "pci", "index": str(n), "model": "pcie-root-port"} for n in (1, 2, 3)),
         {"type": "usb", "model": "none"}]
-    assert [m.attrib for m in devices(exported.xml, "memballoon")] == [{"model": "none"}]
+    assert [c.find("alias").get("name") for c in controllers[1:4]] == [  # type: ignore[union-attr]
+        "ua-hotplug1", "ua-hotplug2", "ua-hotplug3"]
+    pci = [d for d in ET.fromstring(exported.xml).find("devices")  # type: ignore[union-attr]
+           if (a := d.find("address")) is not None and a.get("type") == "pci"]
+    assert [(d.tag, d.find("address").get("bus"), d.find("address").get("slot"))  # type: ignore[union-attr]
+            for d in pci] == [("disk", "0x00", "0x02"), ("interface", "0x00", "0x03"),
+                              ("interface", "0x00", "0x04"), ("memballoon", "0x00", "0x05")]
+    assert [m.get("model") for m in devices(exported.xml, "memballoon")] == ["virtio"]
+    # machine pc's root bus hotplugs: no ports, no addresses
+    pc = domain_xml(plan_of('name="g"\nbuilder="hvm"\ndisk=["/a,raw,hda,rw"]\nvif=[""]'))
+    assert [c.get("model") for c in devices(pc.xml, "controller")] == ["none"]
+    assert "type=\"pci\"" not in pc.xml
     assert ET.fromstring(exported.xml).find("cpu").get("mode") == "maximum"  # type: ignore[union-attr]
     assert not domain_xml(plan_of('name="g"\nbuilder="hvm"\ndisk=["/a,raw,hda,rw"]')).notes
 
@@ -308,4 +328,6 @@ def test_xl_keys_are_exported_and_validate(tmp_path: Path) -> None:
     # xl emulates the untyped xvdc at the secondary master: libvirt's name for it is hdc
     assert devices(exported.xml, "disk")[0].find("target").attrib == {"dev": "hdc", "bus": "ide"}
     assert devices(exported.xml, "interface")[0].find("mtu").get("size") == "9000"
-    assert any("maxmem=1024 not exported" in n for n in exported.notes)
+    # it boots with maxmem; the balloon holds it at memory (mem-set moves it, as on qemu)
+    assert (root.findtext("memory"), root.findtext("currentMemory")) == ("1024", "512")
+    assert not any("maxmem" in n for n in exported.notes)

@@ -155,6 +155,12 @@ ROUND_TRIPS = {
     "ovmf": 'bios="ovmf"\ndisk=["/a,raw,xvda,rw"]\nboot="c"',
     "cdrom first": 'disk=["/a,raw,hda,rw", "/iso,raw,hdc:cdrom,r"]\nboot="d"',
     "pv guest": 'kernel="/k"\ndisk=["/a,raw,xvda,rw"]\nvif=[""]',
+    # the export boots with maxmem and reserves hotplug_slots empty pcie-root-ports (q35)
+    "maxmem and hotplug slots": (
+        'memory=256\nmaxmem=768\nhotplug_slots=5\ndisk=["/a,raw,xvda,rw", "/b,raw,xvdb,rw"]'
+        '\nvif=["", "type=ioemu,model=e1000"]\nusb=1\nsoundhw="hda,sb16,ac97"'),
+    "no hotplug slots": 'hotplug_slots=0\ndisk=["/a,raw,xvda,rw"]',
+    "most hotplug slots": 'hotplug_slots=16\nvif=[""]',
 }
 
 
@@ -332,7 +338,7 @@ def test_features_clock_and_consoles() -> None:
 def test_what_is_not_read_is_one_warning_per_element() -> None:
     plan = plan_xml(domain(
         "<emulator>/usr/bin/qemu-system-x86_64</emulator>"
-        "<controller type='pci' model='pcie-root-port'/><controller type='pci'/>"
+        "<controller type='pci' model='pci-bridge'/><controller type='pci'/>"
         "<disk><driver name='qemu' type='raw' cache='none' io='native'/><source file='/a'/>"
         "<target dev='vda' bus='virtio'/><address type='pci' slot='0x04'/></disk>"
         "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
@@ -350,6 +356,75 @@ def test_what_is_not_read_is_one_warning_per_element() -> None:
         "<devices>/<channel type='unix'> not realised",
     ]
     assert all(w.startswith("d.xml:1:") for w in plan.warnings)
+
+
+def test_pci_addresses_are_silent_only_where_pvhvm_puts_the_device() -> None:
+    """q35: an address equal to the slot export-libvirt gives (PV disks, USB, NICs, PCI
+    sound, balloon from slot 2) is realised; any other is one warning, as on pc."""
+    def address(slot: str, **more: str) -> str:
+        extra = "".join(f" {k}='{v}'" for k, v in more.items())
+        return f"<address type='pci' domain='0x0000' bus='0x00' slot='{slot}'{extra}/>"
+
+    def devices(disk_slot: str, nic: str = address("0x03"), **more: str) -> str:
+        return (f"<disk><source file='/a'/><target dev='vda' bus='virtio'/>"
+                f"{address(disk_slot, **more)}</disk>"
+                "<controller type='usb' model='none'/>"
+                f"<interface type='bridge'><source bridge='br0'/><model type='virtio'/>{nic}"
+                f"</interface><memballoon model='virtio'>{address('0x04')}</memballoon>")
+
+    def warned(text: str) -> list[str]:
+        return [w.split(": ", 1)[1] for w in plan_xml(text).warnings]
+
+    assert warned(domain(devices("0x02"))) == []
+    assert warned(domain(devices("2", function="0"))) == []  # decimal, libvirt's defaults
+    moved = "<disk>/<address type='pci'> not realised (pvhvm places the devices itself)"
+    assert warned(domain(devices("0x05"))) == [moved]
+    assert warned(domain(devices("0x02", bus="0x01").replace("bus='0x00' ", "", 1))) == [moved]
+    assert warned(domain(devices("0x02", multifunction="on"))) == [moved]
+    # the NIC's slot depends on the disks before it: a NIC in the disk's slot is moved
+    assert warned(domain(devices("0x02", nic=address("0x02")))) == [
+        "<interface>/<address type='pci'> not realised (pvhvm places the devices itself)"]
+    # no USB controller given: libvirt adds one, and so does the export, in slot 3
+    assert warned(domain(devices("0x02").replace("<controller type='usb' model='none'/>", "")
+                         .replace("'0x04'", "'0x05'").replace("'0x03'", "'0x04'"))) == []
+    # machine pc (an emulated disk): the export writes no PCI address, so each is moved
+    pc = domain(devices("0x02").replace("dev='vda' bus='virtio'", "dev='hda' bus='ide'"))
+    assert warned(pc) == [moved, moved.replace("<disk>", "<interface>"),
+                          moved.replace("<disk>", "<memballoon>")]
+
+
+def test_hotplug_slots_are_the_empty_pcie_root_ports() -> None:
+    def ports(*indexes: int) -> str:
+        return "<controller type='pci' index='0' model='pcie-root'/>" + "".join(
+            f"<controller type='pci' index='{n}' model='pcie-root-port'/>" for n in indexes)
+
+    behind = ("<disk><source file='/a'/><target dev='vda' bus='virtio'/><address type='pci' "
+              "domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></disk>")
+    assert plan_xml(domain()).hotplug_slots == 2  # no PCI controller given: pvhvm's default
+    assert plan_xml(domain(ports())).hotplug_slots == 0  # as libvirt: no port, no hotplug
+    plan = plan_xml(domain(ports(1, 2, 3) + behind))
+    assert plan.hotplug_slots == 2 and plan.disks[0].vdev == "xvda"
+    assert [w.split(": ", 1)[1] for w in plan.warnings] == [
+        "<devices>/<controller type='pci'> not realised (pvhvm adds the controllers its "
+        "devices need)",
+        "<disk>/<address type='pci'> not realised (pvhvm places the devices itself)"]
+    # export-libvirt's own port keeps counting when a device was hot-plugged behind it
+    hotplugged = domain(ports(1, 2).replace("index='2' model='pcie-root-port'/>",
+                                            "index='2' model='pcie-root-port'>"
+                                            "<alias name='ua-hotplug2'/></controller>") + behind)
+    assert plan_xml(hotplugged).hotplug_slots == 2
+    many = plan_xml(domain(ports(*range(1, 21))))
+    assert many.hotplug_slots == 16
+    assert [w.split(": ", 1)[1] for w in many.warnings] == [
+        "20 empty pcie-root-ports: pvhvm reserves at most 16 hotplug slots (hotplug_slots); "
+        "this domain gets 16"]
+    # machine pc hot-plugs on its root bus: pci-root is its own, a pcie-root-port is not
+    ide = "<disk><source file='/a'/><target dev='hda' bus='ide'/></disk>"
+    pc = plan_xml(domain(ide + "<controller type='pci' index='0' model='pci-root'/>"
+                         "<controller type='pci' index='1' model='pcie-root-port'/>"))
+    assert pc.hotplug_slots == 2 and [w.split(": ", 1)[1] for w in pc.warnings] == [
+        "<devices>/<controller type='pci'> not realised (pvhvm adds the controllers its "
+        "devices need)"]
 
 
 def test_detection_by_suffix_or_content(tmp_path: Path) -> None:

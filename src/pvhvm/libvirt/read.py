@@ -6,7 +6,9 @@ DomainConfig → Plan path as an xm/xl file, so every platform realises it uncha
 subset read, and what each element becomes:
 
 * ``<name> <uuid> <memory> <currentMemory>`` (libvirt's units; memory is the maximum, so
-  a smaller currentMemory makes it maxmem) ``<vcpu current=>`` (maxvcpus);
+  a smaller currentMemory makes it maxmem, as export-libvirt writes them: the guest boots
+  with maxmem and a ``<memballoon model='virtio'>`` holds it at memory, which is pvhvm's
+  own balloon) ``<vcpu current=>`` (maxvcpus);
 * ``<os>``: ``<type>`` hvm (or linux/xen: a PV guest), ``<kernel> <initrd> <cmdline>``
   (direct boot), ``<boot dev=>`` (boot=), ``<loader>`` or ``firmware='efi'`` (OVMF);
   ``machine=`` is pvhvm's own choice (pc with an emulated disk, else q35): a warning when it
@@ -24,7 +26,25 @@ subset read, and what each element becomes:
 * ``<serial>`` / ``<console>`` pty (pvhvm's own console, which ``pvhvm console`` attaches
   to, as ``virsh console`` attaches to the pty), file, unix, tcp; ports 1-3; ``<parallel>``;
 * ``<graphics type='vnc'|'sdl'> <video> <input bus='usb'>``, the USB controller,
-  ``<sound>``.
+  ``<sound>``;
+* ``<controller type='pci'>``: the machine's own root (``pcie-root`` on q35, ``pci-root``
+  on pc) and, on q35, ``hotplug_slots``: the number of pcie-root-ports that are empty (no
+  device's address names their bus) or are export-libvirt's own (alias ``ua-hotplugN``,
+  which count even with a device plugged behind them since), at most 16. With no PCI
+  controller at all the domain gets pvhvm's default; with only pcie-root it gets none (as in
+  libvirt, which adds no spare port). A port a device sits behind is one libvirt added for
+  that device: pvhvm puts the device on the root bus and adds no such port (a warning). On
+  pc the root bus hot-plugs itself, so a pcie-root-port is not realised.
+
+PCI addresses: pvhvm places the devices itself. On q35 it puts the devices given at create
+on the root bus in export-libvirt's order (PV disks, the USB controller, the NICs, the PCI
+sound cards, the balloon), each in the next free slot from 2 (slots 0, 1 and 0x1f are the
+host bridge's, the VGA's and ICH9's). An ``<address type='pci'>`` that is exactly that
+(domain 0, bus 0, the device's slot, function 0; decimal or hex, libvirt's defaults for
+what is left out; no other attribute) is where pvhvm's QEMU puts the device too, and is
+read silently; any other address, and every PCI address on machine pc (where the export
+writes none), is a warning that the device is placed elsewhere. So export-libvirt → create
+reads back with no warning, and a hand-written placement never differs silently.
 
 Per-device ``<boot order=>`` becomes boot= letters (c, d, n): pvhvm's firmware boots the
 first hard disk, the first cdrom with media and the first NIC, so an order on another
@@ -47,6 +67,7 @@ from typing import Any
 from pvhvm.config.disk import EMPTY_FORMAT, Access, DiskSpec
 from pvhvm.config.domain import (
     ACTIONS,
+    MAX_HOTPLUG_SLOTS,
     Dialect,
     DomainConfig,
     GuestType,
@@ -58,6 +79,7 @@ from pvhvm.config.lang import Position, check_path_value, read_config_text
 from pvhvm.config.optstr import brief
 from pvhvm.config.vif import MTU_RANGE, VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
+from pvhvm.libvirt.xml import HOTPLUG_PORT_ALIAS, Q35_RESERVED_SLOTS
 from pvhvm.libvirt.xmltree import Node, parse_xml, short_name
 from pvhvm.plan.plan import OVMF_PATH
 from pvhvm.plan.vdev import IDE_PLACES, letters_to_index, parse_vdev
@@ -206,6 +228,7 @@ class _Reader:
         disks, vifs, device_values = self.devices()
         boot = self.boot(boot_os, disks, vifs)
         self.machine(os_values.pop("machine"), disks)
+        hotplug_slots = self.pci(disks, vifs, device_values)
         settings = {**self.features(), **self.actions()}
         for node in root.children:
             if node.tag.startswith("qemu:"):
@@ -218,7 +241,7 @@ class _Reader:
             guest_type_reason=guest_type_reason, boot=boot,
             disks=tuple(Located(spec, node.position) for spec, node in disks),
             vifs=tuple(Located(spec, node.position) for spec, node in vifs),
-            **os_values, **settings, **device_values,
+            **os_values, **settings, **device_values, hotplug_slots=hotplug_slots,
             unsupported=tuple(self.unsupported), warnings=tuple(self.warnings),
         )
 
@@ -321,13 +344,70 @@ class _Reader:
         type_, machine = found
         if machine is None:
             return
-        chosen = "pc" if any(spec.type == "ioemu" for spec, _ in disks) else "q35"
+        chosen = _chosen_machine(disks)
         kind = ("q35" if "q35" in machine else
                 "pc" if machine.startswith("pc") or machine == "xenfv" else None)
         if kind != chosen:
             self.warn(type_, f"machine={brief(machine)} not realised: pvhvm gives a domain machine "
                              f"pc when a disk is emulated and q35 when none is; this one "
                              f"gets {chosen}")
+
+    def pci(self, disks: list[tuple[DiskSpec, Node]], vifs: list[tuple[VifSpec, Node]],
+            values: Mapping[str, Any]) -> int | None:
+        """hotplug_slots from the PCI controllers, and the PCI addresses pvhvm would give
+        marked realised (the module's docstring says the rule); None: pvhvm's default."""
+        devices = self.root.find("devices")
+        if devices is None:
+            return None
+        q35 = _chosen_machine(disks) == "q35"
+        controllers = [n for n in devices.findall("controller")
+                       if n.attrib.get("type") == "pci"]
+        for node in controllers:
+            if node.attrib.get("index", "0") == "0" and node.attrib.get("model") == (
+                    "pcie-root" if q35 else "pci-root"):
+                node.use("type", "index", "model")  # the machine's own root bus
+        if q35:
+            self.root_bus_addresses(devices, disks, vifs, values)
+        ports = [n for n in controllers if n.attrib.get("model") == "pcie-root-port"]
+        if not q35 or not controllers:
+            return None  # pc: its root bus hot-plugs; no controller given: pvhvm's default
+        buses = {_number(address.attrib.get("bus", "0"))
+                 for device in devices.children for address in device.findall("address")
+                 if address.attrib.get("type") == "pci"}
+        # a port a device sits behind is one libvirt added for it: pvhvm puts that device
+        # on the root bus (its address says so in a warning) and adds no port for it
+        hotplug = [n for n in ports if _is_hotplug_alias(n) or "index" not in n.attrib
+                   or _number(n.attrib["index"]) not in buses]
+        for node in hotplug:
+            node.use("type", "index", "model")
+        if len(hotplug) > MAX_HOTPLUG_SLOTS:
+            self.warn(hotplug[MAX_HOTPLUG_SLOTS],
+                      f"{len(hotplug)} empty pcie-root-ports: pvhvm reserves at most "
+                      f"{MAX_HOTPLUG_SLOTS} hotplug slots (hotplug_slots); this domain gets "
+                      f"{MAX_HOTPLUG_SLOTS}")
+        return min(len(hotplug), MAX_HOTPLUG_SLOTS)
+
+    def root_bus_addresses(self, devices: Node, disks: list[tuple[DiskSpec, Node]],
+                           vifs: list[tuple[VifSpec, Node]], values: Mapping[str, Any]) -> None:
+        """q35: the devices given at create on the root bus in export-libvirt's order (PV
+        disks, the USB controller, NICs, PCI sound cards, the balloon), each in the next
+        free slot from 2; an address equal to its slot there is realised (it is where
+        pvhvm's QEMU puts the device too)."""
+        placed: list[Node | None] = [node for spec, node in disks if spec.type != "ioemu"]
+        if values.get("usb") or values.get("usbdevices"):
+            placed.append(next((n for n in devices.findall("controller")
+                                if n.attrib.get("type") == "usb"), None))
+        placed += [node for _, node in vifs]
+        cards: dict[str, Node] = {}
+        for node in devices.findall("sound"):
+            cards.setdefault(_SOUND.get(node.attrib.get("model", ""), ""), node)
+        placed += [cards.get(card) for card in values.get("soundhw", ()) if card != "sb16"]
+        placed.append(next(iter(devices.findall("memballoon")), None))
+        slots = [slot for slot in range(2, 0x1F) if slot not in Q35_RESERVED_SLOTS]
+        for device, slot in zip(placed, slots, strict=False):
+            addresses = [] if device is None else device.findall("address")
+            if len(addresses) == 1 and _pci_address(addresses[0]) == (0, 0, slot, 0):
+                addresses[0].use(*addresses[0].attrib)
 
     def features(self) -> dict[str, Any]:
         """acpi: on when present (libvirt's QEMU driver gives no ACPI without it); apic and
@@ -781,6 +861,39 @@ class _Reader:
         visit(root, "")
         for key, (first, count) in found.items():
             self.warn(first, key + (f" ({count} of them)" if count > 1 else ""))
+
+
+def _chosen_machine(disks: list[tuple[DiskSpec, Node]]) -> str:
+    """pvhvm's machine for these disks: pc (PIIX3 IDE) when one is emulated, else q35."""
+    return "pc" if any(spec.type == "ioemu" for spec, _ in disks) else "q35"
+
+
+def _number(text: str | None) -> int | None:
+    """A libvirt address number (decimal or 0x hex), or None when it is not one."""
+    try:
+        return None if text is None else int(text.strip(), 0)
+    except ValueError:
+        return None
+
+
+def _pci_address(node: Node) -> tuple[int | None, ...] | None:
+    """(domain, bus, slot, function) of ``<address type='pci'>`` (libvirt's defaults: 0),
+    None for any other address or one with more attributes (multifunction...)."""
+    keys = ("domain", "bus", "slot", "function")
+    if node.attrib.get("type") != "pci" or not set(node.attrib) <= {"type", *keys} or \
+            "slot" not in node.attrib:
+        return None
+    return tuple(_number(node.attrib.get(key, "0")) for key in keys)
+
+
+def _is_hotplug_alias(node: Node) -> bool:
+    """The ``ua-hotplugN`` alias export-libvirt gives the empty pcie-root-ports it
+    reserves for hotplug."""
+    alias = next(iter(node.findall("alias")), None)
+    name = "" if alias is None else alias.attrib.get("name", "")
+    prefix = HOTPLUG_PORT_ALIAS.format("")
+    return name.startswith(prefix) and name[len(prefix):].isascii() and \
+        name[len(prefix):].isdigit()
 
 
 def _ide_place(name: str) -> tuple[int, int] | None:

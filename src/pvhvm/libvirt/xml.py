@@ -10,7 +10,16 @@ The mapping keeps each device's type, as the qemu platform does (SPEC.md "Platfo
   the plan's bridge; no option ROM unless firmware boots from the NIC (as pvhvm's QEMU);
 * boot: per-device ``<boot order='N'/>`` (N = the plan's bootindex + 1), or direct kernel
   boot (``<kernel> <initrd> <cmdline>``);
-* no USB controller and no balloon (``model='none'``): pvhvm's QEMU has neither (-nodefaults).
+* no USB controller (``model='none'``): pvhvm's QEMU has none (-nodefaults);
+* memory as on pvhvm's QEMU: the guest boots with its static maximum (``<memory>``: maxmem,
+  else memory) and a virtio balloon holds it at ``<currentMemory>`` (memory), which mem-set
+  moves (``virDomainSetMemoryFlags``, as the qemu platform's QMP ``balloon``);
+* q35's hotplug slots: ``hotplug_slots`` empty pcie-root-ports (aliases ``ua-hotplugN``), and
+  every PCI device given at create on the root bus (pcie.0, explicit slots), as pvhvm's QEMU
+  puts them; else libvirt would fill the empty ports with them and leave none for hotplug.
+
+The ``<disk>`` and ``<interface>`` elements are written by one function each, which the
+libvirt platform's block-attach, network-attach and cd-insert/-eject also use.
 
 A plan with no emulated disk gets q35. libvirt then still adds q35's integrated SATA (class
 0x0106) and SMBus functions: libvirt 9.0 has no supported way to drop them (only
@@ -21,7 +30,9 @@ export says so in a note rather than differing silently. Every other difference 
 from __future__ import annotations
 
 import copy
+import itertools
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pvhvm.errors import PlanError
@@ -36,6 +47,10 @@ NO_IDE_MACHINE = "q35"
 #: on_poweroff / on_reboot values libvirt accepts (domaincommon.rng offOptions)
 OFF_ACTIONS = ("destroy", "restart", "preserve", "rename-restart")
 VIRT_TYPES = ("kvm", "qemu")
+#: q35 root-bus slots libvirt keeps for itself: host bridge 0, primary video 1, ICH9 0x1f
+Q35_RESERVED_SLOTS = frozenset({0, 1, 0x1F})
+#: user alias of the n-th (1-based) empty hotplug pcie-root-port
+HOTPLUG_PORT_ALIAS = "ua-hotplug{}"
 
 
 @dataclass(frozen=True)
@@ -64,26 +79,24 @@ def _disk_letters(index: int) -> str:
     return letters
 
 
-def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str]) -> None:
+def disk_element(disk: DiskPlan, target_dev: str, notes: list[str] | None = None
+                 ) -> ET.Element:
+    """The ``<disk>`` of ``disk``, named ``target_dev`` in libvirt (hda-hdd, vda...): for
+    create, block-attach and a CD drive's media change (an empty drive has no source)."""
     if disk.script is not None:
         raise PlanError(
             f"disk {disk.vdev!r}: script-backed targets ({disk.script}) need Xen's hotplug "
             "scripts; libvirt's QEMU can use files and block devices only"
         )
     block = disk.target.startswith("/dev/")
-    element = _sub(devices, "disk", type="block" if block else "file",
-                   device="cdrom" if disk.cdrom else "disk")
+    element = ET.Element("disk", type="block" if block else "file",
+                         device="cdrom" if disk.cdrom else "disk")
     _sub(element, "driver", name="qemu",
          type="raw" if disk.is_empty else LIBVIRT_FORMATS[disk.format])
     if not disk.is_empty:
         _sub(element, "source", **({"dev": disk.target} if block else {"file": disk.target}))
-    if disk.kind is DeviceKind.IOEMU:
-        assert disk.ide_place is not None
-        # libvirt names IDE targets hda..hdd; an xl file's emulated xvdc is the drive at hdc
-        place = list(IDE_PLACES)[list(IDE_PLACES.values()).index(disk.ide_place)]
-        _sub(element, "target", dev=place, bus="ide")
-    else:
-        _sub(element, "target", dev=f"vd{_disk_letters(pv_index)}", bus="virtio")
+    _sub(element, "target", dev=target_dev,
+         bus="ide" if disk.kind is DeviceKind.IOEMU else "virtio")
     if disk.cdrom or not disk.access.writable:
         _sub(element, "readonly")
     if disk.access.value == "w!":
@@ -95,13 +108,53 @@ def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str]) 
         channel, unit = disk.ide_place
         _sub(element, "address", type="drive", controller="0", bus=str(channel),
              target="0", unit=str(unit))
-    if disk.backend_domain:
+    if disk.backend_domain and notes is not None:
         notes.append(f"disk {disk.vdev!r}: backend={disk.backend_domain} (a driver domain) "
                      "has no libvirt form; the host's QEMU serves the disk")
+    return element
 
 
-def _interface(devices: ET.Element, vif: VifPlan, notes: list[str], user: bool) -> None:
-    element = _sub(devices, "interface", type="user" if user else "bridge")
+def ide_target(disk: DiskPlan) -> str:
+    """libvirt's name of an emulated disk's IDE place (an xl file's emulated xvdc is the
+    drive at hdc)."""
+    assert disk.ide_place is not None
+    return list(IDE_PLACES)[list(IDE_PLACES.values()).index(disk.ide_place)]
+
+
+def free_virtio_target(taken: set[str]) -> str:
+    """The first of vda, vdb, ... not in ``taken`` (the targets a live domain has)."""
+    return next(f"vd{_disk_letters(n)}" for n in itertools.count()
+                if f"vd{_disk_letters(n)}" not in taken)
+
+
+def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str],
+          slots: Iterator[str] | None) -> None:
+    target = (ide_target(disk) if disk.kind is DeviceKind.IOEMU
+              else f"vd{_disk_letters(pv_index)}")
+    element = disk_element(disk, target, notes)
+    if disk.kind is not DeviceKind.IOEMU and slots is not None:
+        _root_bus_address(element, next(slots))
+    devices.append(element)
+
+
+def _root_bus_address(element: ET.Element, slot: str) -> None:
+    _sub(element, "address", type="pci", domain="0x0000", bus="0x00", slot=slot,
+         function="0x0")
+
+
+def _root_bus_slots() -> Iterator[str]:
+    """Free q35 root-bus slots for the devices given at create, in order."""
+    for slot in range(2, 0x1F):
+        if slot not in Q35_RESERVED_SLOTS:
+            yield f"0x{slot:02x}"
+    raise PlanError("the domain has more PCI devices than q35's root bus has slots (28)")
+
+
+def interface_element(vif: VifPlan, user: bool, notes: list[str] | None = None
+                      ) -> ET.Element:
+    """The ``<interface>`` of ``vif`` (user networking when ``user``): for create and for
+    network-attach, with the MAC the plan derived."""
+    element = ET.Element("interface", type="user" if user else "bridge")
     _sub(element, "mac", address=vif.mac)
     if not user:
         _sub(element, "source", bridge=vif.bridge)
@@ -119,9 +172,15 @@ def _interface(devices: ET.Element, vif: VifPlan, notes: list[str], user: bool) 
                    if getattr(vif, key) is not None]
     if vif.backend_domain:
         unexpressed.append(f"backend={vif.backend_domain}")
-    if unexpressed:
+    if unexpressed and notes is not None:
         notes.append(f"vif {vif.devid}: {', '.join(unexpressed)} not exported (xl settings "
                      "with no counterpart here; libvirt's own bridge setup applies)")
+    return element
+
+
+def device_text(element: ET.Element) -> str:
+    """One device element as the XML text libvirt's device calls take."""
+    return ET.tostring(element, encoding="unicode")
 
 
 def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
@@ -172,14 +231,16 @@ def _clock(domain: ET.Element, plan: Plan) -> None:
         _sub(clock, "timer", name="hpet", present="no")
 
 
-def _usb(devices: ET.Element, plan: Plan, machine: str) -> None:
+def _usb(devices: ET.Element, plan: Plan, machine: str, slots: Iterator[str] | None) -> None:
     """usb=1 / usbdevice=: a USB controller (pvhvm's QEMU: -usb) and the input devices; none
     otherwise (libvirt would add one)."""
     if not plan.usb and not plan.usbdevices:
         _sub(devices, "controller", type="usb", model="none")
         return
     model = "piix3-uhci" if machine == IDE_MACHINE else "qemu-xhci"
-    _sub(devices, "controller", type="usb", index="0", model=model)
+    controller = _sub(devices, "controller", type="usb", index="0", model=model)
+    if slots is not None:
+        _root_bus_address(controller, next(slots))
     for device in plan.usbdevices:
         _sub(devices, "input", type=device, bus="usb")
 
@@ -206,13 +267,15 @@ def _display(devices: ET.Element, display: Display) -> None:
 _SOUND = {"hda": "ich6", "ac97": "ac97", "sb16": "sb16", "es1370": "es1370"}
 
 
-def _sound(devices: ET.Element, plan: Plan) -> None:
+def _sound(devices: ET.Element, plan: Plan, slots: Iterator[str] | None) -> None:
     """soundhw=: the cards, with no host audio behind them (as pvhvm's -audiodev none)."""
     if not plan.soundhw:
         return
     for card in plan.soundhw:
         sound = _sub(devices, "sound", model=_SOUND[card])
         _sub(sound, "audio", id="1")
+        if slots is not None and card != "sb16":  # sb16 is an ISA card
+            _root_bus_address(sound, next(slots))
     _sub(devices, "audio", id="1", type="none")
 
 
@@ -239,6 +302,17 @@ def _action(key: str, value: str, notes: list[str]) -> str:
     kept = value.removeprefix("coredump-")
     notes.append(f"{key}={value}: libvirt dumps core on a crash only; exported as {kept}")
     return kept
+
+
+def _hotplug_ports(devices: ET.Element, plan: Plan) -> Iterator[str]:
+    """q35: the root complex and ``hotplug_slots`` empty pcie-root-ports (the slots
+    block-/network-attach plug into); the root-bus slots left for the devices given at
+    create."""
+    _sub(devices, "controller", type="pci", index="0", model="pcie-root")
+    for n in range(1, plan.hotplug_slots + 1):
+        port = _sub(devices, "controller", type="pci", index=str(n), model="pcie-root-port")
+        _sub(port, "alias", name=HOTPLUG_PORT_ALIAS.format(n))
+    return _root_bus_slots()
 
 
 def _comment_text(note: str) -> str:
@@ -275,16 +349,13 @@ def domain_xml(
     domain = ET.Element("domain", type=virt_type)
     _sub(domain, "name", plan.name)
     _sub(domain, "uuid", plan.uuid)
-    _sub(domain, "memory", str(plan.memory_mib), unit="MiB")
+    # boots with its static maximum; the balloon holds it at memory (as pvhvm's QEMU)
+    _sub(domain, "memory", str(plan.boot_memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(plan.memory_mib), unit="MiB")
     if plan.maxvcpus is not None:
         _sub(domain, "vcpu", str(plan.maxvcpus), current=str(plan.vcpus))
     else:
         _sub(domain, "vcpu", str(plan.vcpus))
-    if plan.maxmem_mib is not None:
-        notes.append(f"maxmem={plan.maxmem_mib} not exported: libvirt's memory hotplug needs a "
-                     "NUMA topology (<maxMemory> with <numa> cells); the guest gets memory="
-                     f"{plan.memory_mib}")
     os_ = _sub(domain, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine=machine)
     if plan.bios == "ovmf":
@@ -309,13 +380,17 @@ def domain_xml(
         _sub(domain, key, _action(key, getattr(plan, key), notes))
 
     devices = _sub(domain, "devices")
+    slots = _hotplug_ports(devices, plan) if machine == NO_IDE_MACHINE else None
     pv_index = 0
     for disk in plan.disks:
-        _disk(devices, disk, pv_index, notes)
+        _disk(devices, disk, pv_index, notes, slots)
         pv_index += disk.kind is DeviceKind.XENBUS
-    _usb(devices, plan, machine)
+    _usb(devices, plan, machine, slots)
     for vif in plan.vifs:
-        _interface(devices, vif, notes, vif.devid in user_networking)
+        element = interface_element(vif, vif.devid in user_networking, notes)
+        if slots is not None:
+            _root_bus_address(element, next(slots))
+        devices.append(element)
     _serial(devices, plan.serial, console_log)
     for port, spec in enumerate(plan.more_serials, start=1):
         _port(devices, "serial", spec, port)
@@ -328,8 +403,11 @@ def domain_xml(
         if plan.display is None:
             video = _sub(devices, "video")
             _sub(video, "model", type="vga")
-    _sound(devices, plan)
-    _sub(devices, "memballoon", model="none")
+    _sound(devices, plan, slots)
+    balloon = _sub(devices, "memballoon", model="virtio")
+    _sub(balloon, "alias", name="ua-balloon0")
+    if slots is not None:
+        _root_bus_address(balloon, next(slots))
     _sub(devices, "panic", model="isa")
     if plan.device_model is not None:
         notes.append(f"device_model={plan.device_model!r} not exported: libvirt runs its own "

@@ -9,6 +9,15 @@ record of a domain libvirt no longer has is removed when next seen. The verbs ma
 (virsh's): destroy, shutdown (ACPI power button), suspend/resume, reset, ``virsh console``,
 and live migration to another daemon's URI (the record then names that URI).
 
+The live-device verbs keep pvhvm's rules on libvirt: block-/network-attach plan the device as
+the qemu platform does (runtime/hotplug.py: PV only, pvhvm's MACs) and hand libvirt the
+``<disk>``/``<interface>`` that export-libvirt writes (``virDomainAttachDeviceFlags``,
+AFFECT_LIVE); detach asks libvirt to unplug (``virDomainDetachDeviceAlias``) and polls the
+live XML until the device is gone, for DETACH_TIMEOUT; cd-insert/-eject are a media change
+(``virDomainUpdateDeviceFlags``); mem-set moves the virtio balloon (``virDomainSetMemory
+Flags``). save writes libvirt's own save image, with pvhvm's domain image in the domain XML's
+metadata, and restore recognises it (pvhvm.libvirt.saveimage says why).
+
 Only on a local URI (no host part) does pvhvm log the serial console to its own log directory
 (so ``pvhvm report`` can read it) and put a NIC whose bridge this host lacks on user networking.
 """
@@ -16,21 +25,34 @@ Only on a local URI (no host part) does pvhvm log the serial console to its own 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pvhvm.errors import DomainError, NotOnPlatformError
+from pvhvm.errors import DomainError, InputError, NotOnPlatformError
 from pvhvm.guest.report import END
-from pvhvm.libvirt.xml import LibvirtExport, domain_xml
+from pvhvm.libvirt import saveimage
+from pvhvm.libvirt.xml import (
+    LIBVIRT_FORMATS,
+    LibvirtExport,
+    device_text,
+    disk_element,
+    domain_xml,
+    free_virtio_target,
+    ide_target,
+    interface_element,
+)
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
+    DETACH_TIMEOUT,
     SHUTDOWN_TIMEOUT,
     Created,
     CreateOptions,
@@ -39,14 +61,21 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.accel import choose_accel
-from pvhvm.runtime import lifecycle, listing, resize
+from pvhvm.runtime import hotplug, lifecycle, listing, resize
+from pvhvm.runtime.hotplug import HotplugError
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+
+if TYPE_CHECKING:  # save is imported by its verbs: a dry run needs none of it
+    from pvhvm.runtime.save import Progress, SaveOutcome
+    from pvhvm.runtime.savefile import DomainImage
 
 DEFAULT_URI = "qemu:///system"
 #: how often ``shutdown -w`` presses the power button again while the guest runs
 REPRESS_INTERVAL = 5.0
 POLL = 0.1
+#: plan keys of a record that say where it ran this time, not what it is (kept out of a save)
+RUN_KEYS = ("libvirt_xml", "libvirt_id", "libvirt_cpu_seconds")
 
 
 def is_local(uri: str) -> bool:
@@ -442,13 +471,6 @@ class LibvirtPlatform(DomainPlatform):
         self.records.write(record)
         return record
 
-    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
-        """Refused: the domain XML pvhvm gives libvirt has no balloon (memballoon none)."""
-        raise NotOnPlatformError(
-            f"domain {name!r} is on the libvirt platform, whose domain XML from pvhvm has no "
-            "memory balloon (<memballoon model='none'/>), so its memory cannot change while it "
-            "runs", platform=self.name, verb="mem-set")
-
     def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
         """``virsh setvcpus --live``: libvirt hot-plugs or unplugs the vCPUs over QMP."""
         libvirt = _binding()
@@ -478,3 +500,325 @@ class LibvirtPlatform(DomainPlatform):
         if not reported and record.domain_state is not DomainState.RUNNING:
             raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")
         return ReportSource(console_log=log, domain_directory=paths.directory)
+
+
+    # --- devices of a running domain -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _running(self, name: str, verb: str) -> Iterator[tuple[DomainRecord, Any, int]]:
+        """``name``'s record, its libvirt domain and the flags a device change takes (live,
+        and config too when the domain is persistent), one device verb at a time."""
+        libvirt = _binding()
+        records = self.records
+        with records.flocked(records.paths(name).hotplug_lock):
+            record = self.find(name)
+            if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
+                raise DomainError(f"domain {name!r} is {record.state}: its devices can change "
+                                  "only while it runs or is paused")
+            with self._connection(self._uri(record)) as conn:
+                dom = self._lookup(conn, record)
+                if dom is None:
+                    raise DomainError(f"no domain named {name!r}")
+                flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+                if dom.isPersistent():
+                    flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+                try:
+                    yield record, dom, flags
+                except libvirt.libvirtError as err:
+                    raise DomainError(f"{verb} {name}: libvirt refused it: {_message(err)}"
+                                      + _slot_hint(err)) from err
+
+    @staticmethod
+    def _live_element(dom: Any, alias: str) -> ET.Element | None:
+        """The live domain XML's device whose alias is ``alias``; None once it is gone."""
+        devices = ET.fromstring(dom.XMLDesc(0)).find("devices")
+        for device in devices if devices is not None else []:
+            element = device.find("alias")
+            if element is not None and element.get("name") == alias:
+                return device
+        return None
+
+    def _unplug(self, dom: Any, alias: str, flags: int, timeout: float) -> bool:
+        """Ask libvirt to unplug ``alias`` (the guest is asked: ACPI/PCIe hot-unplug) and
+        poll the live XML until libvirt has removed it (on QEMU's DEVICE_DELETED); False
+        when it is still there after ``timeout`` seconds."""
+        if self._live_element(dom, alias) is None:
+            return True
+        dom.detachDeviceAlias(alias, flags)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._live_element(dom, alias) is None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL)
+
+    def _record_change(self, name: str, change: Callable[[DomainRecord], None],
+                       undo: Callable[[], None]) -> None:
+        """Keep a device change in the record; when that fails, ``undo`` it in libvirt."""
+        try:
+            self.records.modify(name, change)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                undo()
+            raise
+
+    def block_attach(self, name: str, spec: str) -> DeviceChange:
+        """``virsh attach-device --live`` of the PV disk ``spec`` (pvhvm's disk grammar and
+        rules: a cdrom or an emulated disk is refused, as by ``xl block-attach``)."""
+        with self._running(name, "block-attach") as (record, dom, flags):
+            disk = hotplug.disk_to_attach(spec, record)
+            if disk.format not in LIBVIRT_FORMATS:
+                raise HotplugError(f"disk {disk.vdev!r}: format {disk.format!r} is not one "
+                                   f"libvirt's QEMU opens ({', '.join(LIBVIRT_FORMATS)})")
+            live = ET.fromstring(dom.XMLDesc(0))
+            taken = {str(t.get("dev")) for t in live.findall("devices/disk/target")}
+            target = free_virtio_target(taken)
+            xml = device_text(disk_element(disk, target))
+            dom.attachDeviceFlags(xml, flags)
+
+            def change(rec: DomainRecord) -> None:
+                rec.plan.setdefault("disks", []).append(hotplug.disk_json(disk))
+                rec.hotplugged.append({"kind": "disk", "vdev": disk.vdev, "devid": disk.devid,
+                                       "libvirt_target": target})
+
+            self._record_change(name, change, lambda: dom.detachDeviceFlags(xml, flags))
+        return DeviceChange(f"disk {disk.vdev} (devid {disk.devid}) attached: libvirt virtio "
+                            f"{target}, {disk.target}")
+
+    def block_detach(self, name: str, disk: str, force: bool = False,
+                     timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        """Unplug a hot-plugged disk (by vdev or devid), waiting for the guest to let go."""
+        with self._running(name, "block-detach") as (record, dom, flags):
+            entry = hotplug.hotplugged_entry(
+                record, "disk", lambda item: disk in (str(item.get("vdev")),
+                                                      str(item.get("devid"))),
+                f"disk {disk}")
+            vdev = str(entry["vdev"])
+            gone = self._unplug(dom, f"ua-disk-{vdev}", flags, timeout)
+            self._forget(name, record, entry, f"disk {vdev}", gone, force, timeout,
+                         lambda rec: [d for d in rec.plan.get("disks", [])
+                                      if str(d.get("vdev")) != vdev], "disks")
+        return _detached(f"disk {vdev}", gone)
+
+    def _forget(self, name: str, record: DomainRecord, entry: dict[str, Any], what: str,
+                gone: bool, force: bool, timeout: float,
+                kept: Callable[[DomainRecord], list[dict[str, Any]]], section: str) -> None:
+        """Take a detached device out of the record; not released by the guest: an error
+        unless ``force`` (libvirt then removes it once QEMU reports it deleted)."""
+        if not gone and not force:
+            raise DomainError(
+                f"{what} of domain {name!r}: the guest did not release it within "
+                f"{timeout:g}s (it is still attached); --force removes it from the domain")
+
+        def change(rec: DomainRecord) -> None:
+            rec.plan[section] = kept(rec)
+            rec.hotplugged = [e for e in rec.hotplugged if e != entry]
+
+        self.records.modify(name, change)
+
+    def network_attach(self, name: str, spec: str = "") -> DeviceChange:
+        """``virsh attach-device --live`` of a PV NIC (virtio) with pvhvm's derived MAC; on a
+        local daemon a bridge this host lacks gets user networking, as at create."""
+        with self._running(name, "network-attach") as (record, dom, flags):
+            vif = hotplug.vif_to_attach(spec, record)
+            warnings: list[str] = []
+            user = False
+            if is_local(self._uri(record)):
+                bridges = lifecycle.host_bridges()
+                warnings = lifecycle.vif_warnings([vif], bridges)
+                user = vif.bridge not in bridges
+            xml = device_text(interface_element(vif, user))
+            dom.attachDeviceFlags(xml, flags)
+
+            def change(rec: DomainRecord) -> None:
+                rec.plan.setdefault("vifs", []).append(hotplug.vif_json(vif))
+                rec.hotplugged.append({"kind": "vif", "devid": vif.devid, "mac": vif.mac})
+
+            self._record_change(name, change, lambda: dom.detachDeviceFlags(xml, flags))
+        how = " (user networking)" if user else ""
+        return DeviceChange(f"vif {vif.devid} attached: libvirt virtio{how}, MAC {vif.mac}",
+                            tuple(warnings))
+
+    def network_detach(self, name: str, nic: str, force: bool = False,
+                       timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        """Unplug a hot-plugged NIC (by devid or MAC), waiting for the guest to let go."""
+        with self._running(name, "network-detach") as (record, dom, flags):
+            entry = hotplug.hotplugged_entry(
+                record, "vif", lambda item: nic == str(item.get("devid"))
+                or nic.lower() == str(item.get("mac")).lower(), f"vif {nic}")
+            devid = int(entry["devid"])
+            gone = self._unplug(dom, f"ua-vif-{devid}", flags, timeout)
+            self._forget(name, record, entry, f"vif {devid}", gone, force, timeout,
+                         lambda rec: [v for v in rec.plan.get("vifs", [])
+                                      if int(v.get("devid") or 0) != devid], "vifs")
+        return _detached(f"vif {devid}", gone)
+
+    def _change_medium(self, name: str, vdev: str, path: str, verb: str) -> None:
+        """The CD drive ``vdev`` with medium ``path`` ("" empty), as libvirt's media change
+        (``virsh change-media --live --force``: the tray is forced, as xl does)."""
+        libvirt = _binding()
+        with self._running(name, verb) as (record, dom, flags):
+            disk = hotplug.cd_medium(record, vdev, path)
+            if disk.ide_place is None:
+                raise HotplugError(f"cdrom {vdev!r} of domain {name!r} is not an emulated "
+                                   "(IDE) drive")
+            xml = device_text(disk_element(disk, ide_target(disk)))
+            dom.updateDeviceFlags(xml, flags | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
+
+            def change(rec: DomainRecord) -> None:
+                for item in rec.plan.get("disks", []):
+                    if item.get("vdev") == vdev:
+                        item["target"], item["format"] = disk.target, disk.format
+
+            self.records.modify(name, change)
+
+    def cd_insert(self, name: str, vdev: str, target: str) -> DeviceChange:
+        path = hotplug.medium_path(target)
+        self._change_medium(name, vdev, path, "cd-insert")
+        return DeviceChange(f"cdrom {vdev}: {target} inserted")
+
+    def cd_eject(self, name: str, vdev: str) -> DeviceChange:
+        self._change_medium(name, vdev, "", "cd-eject")
+        return DeviceChange(f"cdrom {vdev}: ejected")
+
+    def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        """``virsh setmem --live``: the virtio balloon's target, within the maximum the
+        domain booted with (its ``<memory>``: maxmem, as xl's static-max)."""
+        libvirt = _binding()
+        with self._running(name, "mem-set") as (record, dom, flags):
+            resize.check_memory(record, memory_kib)
+            balloon = ET.fromstring(dom.XMLDesc(0)).find("devices/memballoon")
+            if balloon is None or balloon.get("model") != "virtio":
+                raise NotOnPlatformError(
+                    f"domain {name!r} has no memory balloon (it was created by a pvhvm whose "
+                    "libvirt XML had <memballoon model='none'/>); re-create it to use mem-set",
+                    platform=self.name, verb="mem-set")
+            dom.setMemoryFlags(memory_kib, flags)
+            self.records.modify(name, lambda rec: resize.record_memory(rec, memory_kib))
+            actual = 0
+            with contextlib.suppress(libvirt.libvirtError):
+                actual = int(dom.memoryStats().get("actual", 0))
+        return DeviceChange(
+            f"memory target {resize.show_kib(memory_kib)} (libvirt setmem, virtio balloon); "
+            f"the guest had {resize.show_kib(actual)} and follows it with its virtio_balloon "
+            "driver")
+
+    # --- save / restore -------------------------------------------------------------------
+
+    def _local(self, record: DomainRecord, verb: str) -> str:
+        uri = self._uri(record)
+        if not is_local(uri):
+            raise NotOnPlatformError(
+                f"domain {record.name!r} runs on the libvirt host at {uri}, whose daemon would "
+                f"{verb} the file on that host: pvhvm {verb}s libvirt domains of a daemon on "
+                "this host only (use 'virsh -c URI " + verb + "')",
+                platform=self.name, verb=verb)
+        return uri
+
+    def save(self, name: str, path: Path, leave: str = "destroyed",
+             progress: Progress | None = None) -> SaveOutcome:
+        """``virsh save``: libvirt writes its own save image (pvhvm's domain image in the
+        domain XML's metadata) and the domain is gone. Written under a temporary name and
+        renamed once whole; a failed save leaves no file and the domain running."""
+        from pvhvm.runtime import incoming
+        from pvhvm.runtime.save import SaveOutcome
+
+        if leave != "destroyed":
+            raise NotOnPlatformError(
+                f"domain {name!r} is on the libvirt platform, whose save (virsh save) always "
+                f"stops the domain: save -c and -p are not on it ('pvhvm restore -p FILE' "
+                "brings it back paused)", platform=self.name, verb="save")
+        libvirt = _binding()
+        started = time.monotonic()
+        with self._running(name, "save") as (record, dom, _flags):
+            self._local(record, "save")
+            image = incoming.image_of(record, self.records.paths(name))
+            image = dataclasses.replace(
+                image, plan={k: v for k, v in image.plan.items() if k not in RUN_KEYS},
+                argv=[])
+            live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE
+                               | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+            xml = saveimage.with_image(live, image)
+            path = path.absolute()
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            try:
+                dom.saveFlags(str(partial), xml, 0)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise
+            try:
+                os.replace(partial, path)
+            except OSError as err:  # the domain is in the partial file: bring it back
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.connect().restore(str(partial))
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                raise InputError(f"cannot write {path}: {err.strerror}") from err
+        self.records.release(name)
+        return SaveOutcome(path=path, size=path.stat().st_size,
+                           seconds=time.monotonic() - started, domain="destroyed")
+
+    def restore(self, path: Path, image: DomainImage, paused: bool = False,
+                progress: Progress | None = None) -> DomainRecord:
+        """``virsh restore`` of a libvirt save image that ``pvhvm save`` wrote, at the URI
+        the domain was saved from; the files it opens are checked first, so a stale image
+        starts nothing."""
+        from pvhvm.runtime import incoming
+
+        libvirt = _binding()
+        problems = incoming.file_problems(image)
+        if problems:
+            raise incoming.ImageMismatchError(f"{path}: {problems[0]}")
+        uri = str(image.plan.get("libvirt_uri", DEFAULT_URI))
+        if not is_local(uri):
+            raise NotOnPlatformError(
+                f"{path} was saved from the libvirt host at {uri}: pvhvm restores libvirt "
+                "domains on a daemon on this host only", platform=self.name, verb="restore")
+        records = self.records
+        paths = records.claim(image.name)
+        paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        dom: Any = None
+        try:
+            with records.locked():
+                record = DomainRecord(
+                    name=image.name, domid=records.next_domid(), uuid=image.uuid,
+                    platform=self.name, memory_mib=image.memory_mib, vcpus=image.vcpus,
+                    plan=dict(image.plan), argv=[], on_poweroff=image.on_poweroff,
+                    on_reboot=image.on_reboot, on_crash=image.on_crash,
+                    state=DomainState.STARTING.value, accel=image.accel,
+                    console=image.console, hotplugged=list(image.hotplugged))
+                records.write(record)
+            flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
+                     else libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            with self._connection(uri) as conn:
+                conn.restoreFlags(str(path.absolute()), None, flags)
+                dom = conn.lookupByUUIDString(image.uuid)
+                record.plan["libvirt_id"] = dom.ID()
+                record.state = self._state(dom).value
+            records.write(record)
+        except BaseException:
+            if dom is not None:
+                with contextlib.suppress(Exception):
+                    dom.destroy()
+            records.release(image.name)
+            raise
+        return record
+
+
+def _slot_hint(err: Exception) -> str:
+    """What to do when libvirt found no free PCI slot for a hot-plugged device."""
+    if "No more available PCI slots" not in _message(err):
+        return ""
+    return (" (every hotplug slot is in use: detach a hot-plugged device, or create the "
+            "domain with a larger hotplug_slots)")
+
+
+def _detached(what: str, gone: bool) -> DeviceChange:
+    if gone:
+        return DeviceChange(f"{what} detached")
+    return DeviceChange(
+        f"{what} removed from the domain (--force)",
+        (f"{what}: the guest has not released it yet; libvirt removes the device once the "
+         "guest lets go of it",))

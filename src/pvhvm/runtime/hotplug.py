@@ -508,10 +508,9 @@ def _set_medium(store: StateStore, name: str, vdev: str, disk: DiskPlan) -> None
     store.modify(name, change)
 
 
-def cd_insert(name: str, vdev: str, target: str, store: StateStore | None = None) -> None:
-    """``xl cd-insert NAME VDEV TARGET``: put a (raw ISO) medium in an emulated CD drive,
-    empty or not (QMP blockdev-change-medium; the tray is opened, forced, and closed)."""
-    store = store or StateStore()
+def medium_path(target: str) -> str:
+    """The absolute path of a cd-insert TARGET, checked (a file or block device; any
+    platform)."""
     problem = path_problem(target)
     if problem is not None:
         raise HotplugError(f"cd-insert: target: {problem}")
@@ -519,6 +518,27 @@ def cd_insert(name: str, vdev: str, target: str, store: StateStore | None = None
     if not os.path.isfile(path) and not (os.path.exists(path)
                                          and stat.S_ISBLK(os.stat(path).st_mode)):
         raise HotplugError(f"cd-insert: medium {target!r} does not exist or is not a file")
+    return path
+
+
+def cd_medium(record: DomainRecord, vdev: str, path: str) -> DiskPlan:
+    """``record``'s CD drive ``vdev`` holding ``path`` ("" when ejected); HotplugError when
+    the domain has no such cdrom (any platform)."""
+    return _cd_disk(_cd_drive(record, vdev), path)
+
+
+def hotplugged_entry(record: DomainRecord, kind: str, match: Callable[[dict[str, Any]], bool],
+                     what: str) -> dict[str, Any]:
+    """The hot-plugged device (``kind`` disk or vif) ``match`` picks; HotplugError naming
+    ``what`` when it was given at create or is not there (any platform)."""
+    return _entry(record, kind, match, what)
+
+
+def cd_insert(name: str, vdev: str, target: str, store: StateStore | None = None) -> None:
+    """``xl cd-insert NAME VDEV TARGET``: put a (raw ISO) medium in an emulated CD drive,
+    empty or not (QMP blockdev-change-medium; the tray is opened, forced, and closed)."""
+    store = store or StateStore()
+    path = medium_path(target)
     with one_at_a_time(name, store):
         record = running_domain(name, store)
         disk = _cd_disk(_cd_drive(record, vdev), path)

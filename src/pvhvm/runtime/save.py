@@ -28,6 +28,7 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from pvhvm.errors import DomainError, InputError
+from pvhvm.libvirt import saveimage
 from pvhvm.qemu import qmp
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.incoming import image_of, start_incoming
@@ -296,7 +297,12 @@ def read_image(path: Path) -> tuple[DomainImage, int, int]:
 
 
 def peek(path: Path) -> DomainImage:
-    """The image in a save file's preamble (the rest is checked by :func:`read_save_file`)."""
+    """The image in a save file's preamble (the rest is checked by :func:`read_save_file`);
+    or, in libvirt's own save image (what ``pvhvm save`` writes for a libvirt domain), the
+    image pvhvm keeps in its domain XML (pvhvm.libvirt.saveimage)."""
+    libvirt_image = saveimage.peek(path)
+    if libvirt_image is not None:
+        return libvirt_image
     try:
         return read_image(path)[0]
     except SaveFileError as err:

@@ -3,8 +3,9 @@
 Starts ``python -m pvhvm.xenstore`` once per ``--src`` tree (e.g. the code before a change
 in a `git archive` copy, and the working tree), and for each scenario alternates the
 daemons ``--rounds`` times (a shared host's slow spells then fall on both alike), printing
-medians of: requests per second, p50/p99 latency, and the daemon's own CPU time per
-request (user + system from /proc: less disturbed by other load than rates are).
+medians of: requests per second, p50/p99 latency, the daemon's own CPU time per request
+(user + system from /proc: less disturbed by other load than rates are) and the clients'
+CPU time per request (``client``, all client processes together, from getrusage).
 
 The load comes from a client chosen with ``--client``:
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -87,6 +89,12 @@ def daemon(src: Path, socket_path: Path) -> Iterator[int]:
         process.wait(10)
 
 
+def _children_cpu() -> float:
+    """User + system seconds of this process's waited-for children (the clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_c(binary: Path, path: Path, mix: str, clients: int, depth: int,
           seconds: float) -> tuple[float, float, float, int]:
     out = subprocess.run([str(binary), str(path), str(clients), str(seconds), mix,
@@ -117,12 +125,13 @@ def main() -> None:
         print(f"client {args.client}; {args.rounds} rounds of {args.seconds:g} s, "
               f"medians; load average {os.getloadavg()[0]:.1f} at start")
         print(f"{'daemon':>22} {'mix':>10} {'clients':>7} {'depth':>5} {'req/s':>8} "
-              f"{'p50 µs':>7} {'p99 µs':>7} {'cpu µs':>7}")
+              f"{'p50 µs':>7} {'p99 µs':>7} {'cpu µs':>7} {'client':>7}")
         for mix, clients, depth in scenarios:
             rows: dict[Path, list[tuple[float, ...]]] = {src: [] for src, _, _ in daemons}
             for _ in range(args.rounds):
                 for src, path, pid in daemons:
                     cpu_before = hostile._cpu_seconds(pid)
+                    client_before = _children_cpu()
                     if binary is not None:
                         rate, p50, p99, requests = run_c(binary, path, mix, clients, depth,
                                                          args.seconds)
@@ -130,13 +139,14 @@ def main() -> None:
                         rate, p50, p99, requests = hostile.run_good(str(path), clients,
                                                                     args.seconds)
                     cpu = (hostile._cpu_seconds(pid) - cpu_before) / requests
-                    rows[src].append((rate, p50, p99, cpu))
+                    client = (_children_cpu() - client_before) / requests
+                    rows[src].append((rate, p50, p99, cpu, client))
             for src, _, _ in daemons:
-                rate, p50, p99, cpu = (statistics.median(c)
-                                       for c in zip(*rows[src], strict=True))
+                rate, p50, p99, cpu, client = (statistics.median(c)
+                                               for c in zip(*rows[src], strict=True))
                 print(f"{str(src)[-22:]:>22} {mix:>10} {clients:>7} {depth:>5} "
-                      f"{rate:>8.0f} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f}",
-                      flush=True)
+                      f"{rate:>8.0f} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} "
+                      f"{client * 1e6:>7.1f}", flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

@@ -50,7 +50,7 @@ from pvhvm.xenstore.server import (
     XenStore,
     reply,
 )
-from pvhvm.xenstore.wire import Op, Packet, Parser
+from pvhvm.xenstore.wire import HEADER, Op, Packet, Parser
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ READ_SIZE = 64 * 1024
 BATCH_MAX = 64 * 1024
 #: How often a stalled client's output is looked at when no transport callback will come.
 _DRAIN_POLL = 0.05
+#: Op.WATCH_EVENT as a plain int (the hot path compares it once per effect)
+_WATCH_EVENT = int(Op.WATCH_EVENT)
 
 
 class LogLimiter:
@@ -151,13 +153,10 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         return self.daemon.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.daemon.read_buffer[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
         connection = self.connection
         if connection is None or connection.closed:
             return
-        packets, error = self.parser.feed_until_error(data)
+        packets, error = self.parser.feed_until_error(self.daemon.read_buffer[:nbytes])
         self.pending.extend(packets)
         if error is not None:
             self.parse_error = error
@@ -200,22 +199,40 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def _answer_pending(self) -> bool:
         """Reply to the pending requests in order; True if the client's output blocked
-        them (reading is then paused)."""
+        them (reading is then paused).
+
+        The hot path of the daemon: a reply to this very client (nearly every effect)
+        is encoded and batched here; anything else goes through `carry_out`.
+        """
         daemon = self.daemon
         store = daemon.store
         connection = self.connection
         pending = self.pending
+        out = self.out
+        pack = HEADER.pack
         while pending and connection is not None and not connection.closed:
             if self.out_size > BATCH_MAX:
                 self.flush()
             if self.blocked():
-                if not self.out:
+                if not out:
                     self.pause_reading()
                     return True
                 self.flush()  # the batch may have gone out at once: look again
                 continue
             dropped = store.dropped_events
-            daemon.carry_out(reply(store, connection, pending.popleft()))
+            effects = reply(store, connection, pending.popleft())
+            for effect in effects:
+                if type(effect) is Send and effect.connection is connection:
+                    packet = effect.packet
+                    if packet.op != _WATCH_EVENT:
+                        # reply() keeps payloads within XENSTORE_PAYLOAD_MAX (E2BIG)
+                        data = pack(packet.op, packet.req_id, packet.tx_id,
+                                    len(packet.payload)) + packet.payload
+                        out.append(data)
+                        self.out_size += len(data)
+                        self.queued_replies += 1
+                        continue
+                daemon.carry_out((effect,))
             if store.dropped_events != dropped:
                 daemon.log_limiter.note(
                     "dropped-events", store.dropped_events - dropped,
@@ -399,7 +416,7 @@ class XenStoreDaemon:
                 protocol = self.clients.get(effect.connection)
                 if protocol is not None:
                     protocol.send(effect.packet.encode(),
-                                  droppable=effect.packet.op == Op.WATCH_EVENT)
+                                  droppable=effect.packet.op == _WATCH_EVENT)
             elif isinstance(effect, Close):
                 protocol = self.clients.pop(effect.connection, None)
                 if protocol is not None and protocol.transport is not None:

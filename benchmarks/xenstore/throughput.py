@@ -12,14 +12,16 @@ The load comes from a client chosen with ``--client``:
 * ``c`` (default): `xsload.c`, compiled here with gcc: one process per client, blocking
   Unix socket, one request in flight (or DEPTH pipelined). It costs little more than
   the kernel's socket work, so the daemon, not the client, is what is measured;
-* ``python``: hostile.py's good clients, one Python process per client (raw socket,
-  WRITE then READ), to show what Python clients themselves cost on this machine.
+* ``epoll``: all clients' connections in one Python process, one epoll loop, one
+  request in flight each: a lean Python client, one process;
+* ``python``: hostile.py's good clients, one Python process per client (raw blocking
+  socket, WRITE then READ), to show what such clients themselves cost on this machine.
 
 Usage::
 
     git archive <base> src | tar -x -C /tmp/base
     PYTHONPATH=src .venv/bin/python benchmarks/xenstore/throughput.py \\
-        --src /tmp/base/src --src src [--client c|python] [--seconds 2] [--rounds 3]
+        --src /tmp/base/src --src src [--client c|epoll|python] [--seconds 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import contextlib
 import os
 import resource
+import select
 import shutil
 import socket
 import statistics
@@ -39,6 +42,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import hostile
+
+from pvhvm.xenstore.wire import HEADER, HEADER_SIZE, Op, encode, join_strings
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,10 +100,70 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_c(binary: Path, path: Path, mix: str, clients: int, depth: int,
-          seconds: float) -> tuple[float, float, float, int]:
-    out = subprocess.run([str(binary), str(path), str(clients), str(seconds), mix,
-                          str(depth)], check=True, capture_output=True, text=True).stdout
+def epoll_clients(path: str, clients: int, seconds: float, mix: str) -> None:
+    """``clients`` connections driven from one Python process by one epoll loop, one
+    request in flight each; prints xsload's line. (Run as a subprocess of its own.)"""
+    socks = [hostile._connect(path) for _ in range(clients)]
+    scripts: list[list[bytes]] = []
+    for index, sock in enumerate(socks):
+        keys = [f"/bench/w{index}/k{k}" for k in range(10)]
+        writes = [encode(Op.WRITE, join_strings(key) + f"value{k}".encode())
+                  for k, key in enumerate(keys)]
+        reads = [encode(Op.READ, join_strings(key)) for key in keys]
+        buffer = bytearray()
+        for request in writes:
+            sock.sendall(request)
+            hostile._recv_reply(sock, buffer)
+        order = {"read": reads, "write": writes,
+                 "writeread": [writes[i] if i % 2 == 0 else reads[i] for i in range(10)]}
+        scripts.append(order[mix])
+        sock.setblocking(False)
+    by_fd = {sock.fileno(): i for i, sock in enumerate(socks)}
+    buffers = [bytearray() for _ in socks]
+    counts = [0] * clients
+    sent_at = [0.0] * clients
+    latencies: list[float] = []
+    poller = select.epoll()
+    for sock in socks:
+        poller.register(sock.fileno(), select.EPOLLIN)
+    clock = time.perf_counter
+    began = clock()
+    stop = began + seconds
+    for i, sock in enumerate(socks):
+        sent_at[i] = clock()
+        sock.send(scripts[i][0])
+    while True:
+        now = clock()
+        if now >= stop:
+            break
+        for fd, _ in poller.poll(stop - now):
+            i = by_fd[fd]
+            buffer = buffers[i]
+            buffer += socks[i].recv(65536)
+            if len(buffer) < HEADER_SIZE:
+                continue
+            op, _, _, length = HEADER.unpack_from(buffer)
+            if len(buffer) < HEADER_SIZE + length:
+                continue
+            if op == Op.ERROR:
+                sys.exit(f"error reply {bytes(buffer[HEADER_SIZE:])!r}")
+            del buffer[:HEADER_SIZE + length]
+            done = clock()
+            latencies.append(done - sent_at[i])
+            counts[i] += 1
+            sent_at[i] = done
+            socks[i].send(scripts[i][counts[i] % 10])
+    elapsed = clock() - began
+    latencies.sort()
+    total = len(latencies)
+    print(f"requests {total} seconds {elapsed:.3f} rate {total / elapsed:.0f} "
+          f"p50_us {latencies[total // 2] * 1e6:.0f} "
+          f"p99_us {latencies[total * 99 // 100] * 1e6:.0f}")
+
+
+def run_client(argv: list[str]) -> tuple[float, float, float, int]:
+    """Run a client that prints xsload's line; return rate, p50, p99, requests."""
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     fields = out.split()
     values = dict(zip(fields[::2], fields[1::2], strict=True))
     return (float(values["rate"]), float(values["p50_us"]) / 1e6,
@@ -106,15 +171,19 @@ def run_c(binary: Path, path: Path, mix: str, clients: int, depth: int,
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "epoll":
+        epoll_clients(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--src", type=Path, action="append", required=True,
                         help="a source tree holding pvhvm/ (give it once per daemon)")
-    parser.add_argument("--client", choices=("c", "python"), default="c")
+    parser.add_argument("--client", choices=("c", "epoll", "python"), default="c")
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternations")
     args = parser.parse_args()
     scenarios = SCENARIOS if args.client == "c" else \
-        [(m, c, d) for m, c, d in SCENARIOS if m == "writeread" and d == 1]
+        [(m, c, d) for m, c, d in SCENARIOS if d == 1 and
+         (m == "writeread" or args.client == "epoll")]
     with tempfile.TemporaryDirectory(prefix="xst", dir="/tmp") as tmp, \
             contextlib.ExitStack() as stack:
         binary = compile_xsload(Path(tmp)) if args.client == "c" else None
@@ -133,8 +202,13 @@ def main() -> None:
                     cpu_before = hostile._cpu_seconds(pid)
                     client_before = _children_cpu()
                     if binary is not None:
-                        rate, p50, p99, requests = run_c(binary, path, mix, clients, depth,
-                                                         args.seconds)
+                        rate, p50, p99, requests = run_client(
+                            [str(binary), str(path), str(clients), str(args.seconds), mix,
+                             str(depth)])
+                    elif args.client == "epoll":
+                        rate, p50, p99, requests = run_client(
+                            [sys.executable, __file__, "epoll", str(path), str(clients),
+                             str(args.seconds), mix])
                     else:
                         rate, p50, p99, requests = hostile.run_good(str(path), clients,
                                                                     args.seconds)

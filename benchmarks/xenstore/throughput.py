@@ -3,9 +3,10 @@
 Starts ``python -m pvhvm.xenstore`` once per ``--src`` tree (e.g. the code before a change
 in a `git archive` copy, and the working tree), and for each scenario alternates the
 daemons ``--rounds`` times (a shared host's slow spells then fall on both alike), printing
-medians of: requests per second, p50/p99 latency, the daemon's own CPU time per request
-(user + system from /proc: less disturbed by other load than rates are) and the clients'
-CPU time per request (``client``, all client processes together, from getrusage).
+medians of: requests per second, p50/p99 latency, the daemon's own CPU time per request,
+user (Python) and system (the kernel's socket work) apart, from /proc (less disturbed by
+other load than rates are), and the clients' CPU time per request (``client``, user +
+system of all client processes together, from getrusage).
 
 The load comes from a client chosen with ``--client``:
 
@@ -92,6 +93,13 @@ def daemon(src: Path, socket_path: Path) -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def _daemon_cpu(pid: int) -> tuple[float, float]:
+    """The daemon's user and system CPU seconds so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _children_cpu() -> float:
@@ -194,12 +202,12 @@ def main() -> None:
         print(f"client {args.client}; {args.rounds} rounds of {args.seconds:g} s, "
               f"medians; load average {os.getloadavg()[0]:.1f} at start")
         print(f"{'daemon':>22} {'mix':>10} {'clients':>7} {'depth':>5} {'req/s':>8} "
-              f"{'p50 µs':>7} {'p99 µs':>7} {'cpu µs':>7} {'client':>7}")
+              f"{'p50 µs':>7} {'p99 µs':>7} {'usr µs':>6} {'sys µs':>6} {'client':>7}")
         for mix, clients, depth in scenarios:
             rows: dict[Path, list[tuple[float, ...]]] = {src: [] for src, _, _ in daemons}
             for _ in range(args.rounds):
                 for src, path, pid in daemons:
-                    cpu_before = hostile._cpu_seconds(pid)
+                    cpu_before = _daemon_cpu(pid)
                     client_before = _children_cpu()
                     if binary is not None:
                         rate, p50, p99, requests = run_client(
@@ -212,15 +220,17 @@ def main() -> None:
                     else:
                         rate, p50, p99, requests = hostile.run_good(str(path), clients,
                                                                     args.seconds)
-                    cpu = (hostile._cpu_seconds(pid) - cpu_before) / requests
+                    user, system = (
+                        (after - before) / requests
+                        for after, before in zip(_daemon_cpu(pid), cpu_before, strict=True))
                     client = (_children_cpu() - client_before) / requests
-                    rows[src].append((rate, p50, p99, cpu, client))
+                    rows[src].append((rate, p50, p99, user, system, client))
             for src, _, _ in daemons:
-                rate, p50, p99, cpu, client = (statistics.median(c)
-                                               for c in zip(*rows[src], strict=True))
+                rate, p50, p99, user, system, client = (
+                    statistics.median(c) for c in zip(*rows[src], strict=True))
                 print(f"{str(src)[-22:]:>22} {mix:>10} {clients:>7} {depth:>5} "
-                      f"{rate:>8.0f} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} "
-                      f"{client * 1e6:>7.1f}", flush=True)
+                      f"{rate:>8.0f} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {user * 1e6:>6.1f} "
+                      f"{system * 1e6:>6.1f} {client * 1e6:>7.1f}", flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from pvhvm.xenstore.client import XenStoreClient
-from pvhvm.xenstore.daemon import OUTPUT_HIGH_WATER, ThreadedDaemon, XenStoreDaemon, \
-    _ClientProtocol
+from pvhvm.xenstore.daemon import (
+    BATCH_MAX,
+    OUTPUT_HIGH_WATER,
+    ThreadedDaemon,
+    XenStoreDaemon,
+    _ClientProtocol,
+)
 from pvhvm.xenstore.wire import Op, Parser, encode, join_strings
 
 
@@ -77,6 +82,19 @@ def test_pipelined_replies_go_out_in_one_write_in_order(tmp_path: Path) -> None:
     replies = Parser().feed(transport.writes[0])
     assert [p.req_id for p in replies] == list(range(100))
     assert all(p.op == Op.WRITE and p.payload == b"OK\0" for p in replies)
+
+
+def test_a_large_batch_is_handed_over_in_pieces_of_about_batch_max(tmp_path: Path) -> None:
+    daemon = XenStoreDaemon(tmp_path / "s")
+    protocol, transport = connected(daemon)
+    feed(protocol, encode(Op.WRITE, join_strings("/big") + b"v" * 4000, req_id=0))
+    transport.writes.clear()
+    feed(protocol, b"".join(encode(Op.READ, b"/big\0", req_id=i) for i in range(1, 101)))
+    assert 5 <= len(transport.writes) <= 8  # 100 x 4 KiB in pieces of just over 64 KiB
+    assert all(len(w) <= BATCH_MAX + 4016 for w in transport.writes)
+    replies = Parser().feed(b"".join(transport.writes))
+    assert [p.req_id for p in replies] == list(range(1, 101))
+    assert all(p.payload == b"v" * 4000 for p in replies)
 
 
 def test_a_watch_event_for_the_writer_keeps_its_place_in_the_batch(tmp_path: Path) -> None:

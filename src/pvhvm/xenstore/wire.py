@@ -127,7 +127,8 @@ class Parser:
             raise error
         return packets
 
-    def feed_until_error(self, data: bytes) -> tuple[list[Packet], XenStoreProtocolError | None]:
+    def feed_until_error(self, data: bytes | memoryview
+                         ) -> tuple[list[Packet], XenStoreProtocolError | None]:
         """Add bytes; return the packets complete before any bad header, and the error of
         that header (None if there is none), so that a daemon can answer the complete
         requests before it drops the connection."""

@@ -363,3 +363,15 @@ def test_cd_media_on_xen_say_to_use_xl(
     code, out, err = run(capsys, platforms, *argv)
     assert (code, out) == (1, "") and err.count("\n") == 1
     assert "xen platform" in err and f"xl {argv[0]} g" in err
+
+
+def test_restore_is_refused_a_name_another_platform_holds(
+    capsys: pytest.CaptureFixture[str], platforms: Platforms, alpha: FakePlatform,
+    beta: FakePlatform, config: Path,
+) -> None:
+    """restore checks the name across platforms as create does (Platforms.check_free)."""
+    assert run(capsys, platforms, "create", str(config))[0] == 0
+    with pytest.raises(DomainError, match=r"domain 'g' already exists \(on the alpha platform\)"):
+        platforms.check_free("g", beta)
+    platforms.check_free("g", alpha)  # its own store refuses it, atomically
+    platforms.check_free("other", beta)

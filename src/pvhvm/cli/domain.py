@@ -339,7 +339,9 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
     from pvhvm.runtime.save import peek
 
     image = peek(file)
-    platform = current_platforms().get(image.platform)
+    platforms = current_platforms()
+    platform = platforms.get(image.platform)
+    platforms.check_free(image.name, platform)
     with stream_progress(f"restoring {image.name}") as progress:
         record = platform.restore(file, image, paused, progress)
     if as_json:

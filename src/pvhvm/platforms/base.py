@@ -290,12 +290,15 @@ class Platforms:
         (Each platform's own store refuses a name it holds, atomically; this check covers
         names held elsewhere.)
         """
-        other = self.holder(plan.name)
-        if other is not None and other is not platform:
-            raise DomainError(
-                f"domain {plan.name!r} already exists (on the {other.name} platform)"
-            )
+        self.check_free(plan.name, platform)
         return platform.create(plan, options)
+
+    def check_free(self, name: str, platform: DomainPlatform) -> None:
+        """DomainError when a platform other than ``platform`` holds ``name`` (create,
+        restore: each platform's own store refuses the names it holds)."""
+        other = self.holder(name)
+        if other is not None and other is not platform:
+            raise DomainError(f"domain {name!r} already exists (on the {other.name} platform)")
 
     def cpu_seconds(self, record: DomainRecord) -> float:
         """CPU time of ``record``'s domain, asked of the platform its record names."""

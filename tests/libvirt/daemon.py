@@ -61,10 +61,14 @@ class PrivateLibvirtd:
     """One libvirtd in its own mount namespace, rooted at a fresh directory under /tmp; in
     ``host``'s network namespace, listening on TCP there too, when one is given."""
 
-    def __init__(self, host: NetnsHost | None = None) -> None:
+    def __init__(self, host: NetnsHost | None = None,
+                 migration_address: str | None = None) -> None:
+        """``migration_address``: where its QEMU takes migrations (by default the host's
+        address; another of the host's addresses for a migration network of its own)."""
         self.root = Path(tempfile.mkdtemp(prefix="pvl-", dir="/tmp"))
         self.pid: int | None = None
         self.host = host
+        self.migration_address = migration_address or (host.address if host else None)
 
     @property
     def unix_uri(self) -> str:
@@ -89,7 +93,7 @@ class PrivateLibvirtd:
         qemu_conf = QEMU_CONF
         if self.host is not None:
             libvirtd_conf += LIBVIRTD_TCP_CONF.format(address=self.host.address, port=TCP_PORT)
-            qemu_conf += QEMU_MIGRATION_CONF.format(address=self.host.address)
+            qemu_conf += QEMU_MIGRATION_CONF.format(address=self.migration_address)
         (self.root / "etc" / "libvirtd.conf").write_text(libvirtd_conf)
         (self.root / "etc" / "qemu.conf").write_text(qemu_conf)
         script = START.format(pairs=" ".join(f"{k}={v}" for k, v in LIBVIRT_DIRS.items()),

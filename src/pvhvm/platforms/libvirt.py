@@ -464,17 +464,45 @@ class LibvirtPlatform(DomainPlatform):
         return DeviceChange(f"{vcpus} vCPU(s) (libvirt setvcpus --live)")
 
     def report_source(self, name: str) -> ReportSource:
+        """The file the domain's serial console goes to, as its live domain XML names it (the
+        ``<log>`` pvhvm gave libvirt, or a ``file:`` serial's own file), while the domain runs
+        on this host. A remote host's files are not readable from here in general, and that
+        the same path exists here proves nothing (it may be another guest's log), so a
+        domain on another host, or one whose console is logged to no file (created on another
+        host, then migrated here), is refused and pointed at its console instead."""
         record = self.find(name)
         uri = self._uri(record)
+        how = (f"its guest prints the report on its console ('pvhvm console {name}'; the "
+               "pvhvm guest image prints it again with 'sh /etc/pvhvm/report.sh')")
         if not is_local(uri):
             raise NotOnPlatformError(
-                f"domain {name!r} runs on the libvirt host at {uri}: pvhvm reads a guest's "
-                "device report only from a daemon on this host (use 'virsh -c URI console')",
-                platform=self.name, verb="report",
-            )
-        paths = self.records.paths(name)
-        log = paths.console_log
+                f"domain {name!r} runs on the libvirt host at {uri}, whose console log pvhvm "
+                f"cannot read from this host: {how}", platform=self.name, verb="report")
+        with self._connection(uri) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            live = ET.fromstring(dom.XMLDesc(0))
+        log = _console_file(live)
+        if log is None:
+            raise NotOnPlatformError(
+                f"domain {name!r} logs its console to no file (it was created by libvirt on "
+                f"another host): {how}", platform=self.name, verb="report")
         reported = log.exists() and END in log.read_text(errors="replace")
         if not reported and record.domain_state is not DomainState.RUNNING:
             raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")
-        return ReportSource(console_log=log, domain_directory=paths.directory)
+        return ReportSource(console_log=log, domain_directory=self.records.paths(name).directory)
+
+
+def _console_file(domain: ET.Element) -> Path | None:
+    """The file the first serial port (the console's) writes to in a domain XML, if any."""
+    serial = domain.find("devices/serial")
+    if serial is None:
+        return None
+    if serial.get("type") == "file":
+        source = serial.find("source")
+        path = source.get("path") if source is not None else None
+    else:
+        log = serial.find("log")
+        path = log.get("file") if log is not None else None
+    return Path(path) if path else None

@@ -100,6 +100,25 @@ def libvirt_hosts() -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
         assert f" {ifname}@" not in links and f" {ifname}:" not in links, f"{ifname} left"
 
 
+@pytest.fixture
+def host_and_tcp_host() -> Iterator[tuple[PrivateLibvirtd, LibvirtHost]]:
+    """This host's own libvirtd (its unix socket, as test_libvirt.py's) and a second host
+    with a libvirtd on TCP at its end of the link from here; both removed at the end."""
+    for tool in ("libvirtd", "virsh", "unshare", "ip", "nsenter"):
+        assert shutil.which(tool), f"{tool} is missing: run dev/setup"
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces and libvirtd as root need root")
+    with contextlib.ExitStack() as stack:
+        host = stack.enter_context(NetnsHost())
+        stack.callback(_nothing_runs_in, host)
+        local, remote = PrivateLibvirtd(), PrivateLibvirtd(host)
+        for daemon in (local, remote):
+            stack.callback(_stop, daemon)
+            daemon.start()
+        yield local, LibvirtHost(host, remote)
+    assert host.name not in namespaces(), f"namespace {host.name} left behind"
+
+
 def _stop(daemon: PrivateLibvirtd) -> None:
     """Stop ``daemon``; fails if it still ran a domain (the test's own clean-up missed it)."""
     leftovers = daemon.stop()
@@ -245,3 +264,58 @@ def test_created_on_a_tcp_host_and_live_migrated_between_two(
     finally:
         pvhvm.run("destroy", "pv-only", check=False)
     assert not first.daemon.qemu_pids() and not second.daemon.qemu_pids()
+
+
+def live_xml(daemon: PrivateLibvirtd) -> str:
+    return daemon.virsh("dumpxml", "pv-only")
+
+
+def test_between_this_hosts_libvirt_and_a_tcp_host(
+    pvhvm: Pvhvm, host_and_tcp_host: tuple[PrivateLibvirtd, LibvirtHost], imagedir: Path
+) -> None:
+    """Created by this host's libvirtd (a local URI: console logged in pvhvm's state, NIC on
+    user networking), migrated to the TCP host by its URI alone and back: away, the console
+    log stays here (that host's files are not pvhvm's) and report points at the console;
+    home again, the log is back, and still holds the report the guest printed at boot."""
+    local, remote = host_and_tcp_host
+    pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
+              "--platform", "libvirt", "--connect", local.uri, "--accel", "tcg")
+    try:
+        log = str(pvhvm.state / "libvirt" / "logs" / "pv-only.console.log")
+        assert f"<log file='{log}' append='on'/>" in live_xml(local)
+        done = pvhvm.run("report", "pv-only", "--json", "--timeout", str(BOOT_TIMEOUT),
+                         timeout=BOOT_TIMEOUT + 60)
+        booted = json.loads(done.stdout)
+        assert booted["ide_controller"] is False and booted["root"] == "/dev/vda"
+        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
+        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
+        uuid = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)[0]["uuid"]
+
+        # --to the URI alone: the TCP host's libvirt names its own address for the stream
+        pvhvm.run("migrate", "pv-only", "--to", remote.uri, "--unsafe", timeout=300)
+        assert remote.names() == ["pv-only"] and local.virsh("list", "--all", "--name").split() == []
+        assert remote.daemon.virsh("domuuid", "pv-only").strip() == uuid
+        assert "<log " not in live_xml(remote.daemon)
+        refused = pvhvm.run("report", "pv-only", check=False)
+        assert refused.returncode == 1 and f"libvirt host at {remote.uri}" in refused.stderr
+        assert json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
+        assert json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
+        away = console_report(pvhvm, "pv-only", timeout=60)
+        assert (away.root, [(b.name, b.driver) for b in away.blocks]) == (
+            "/dev/vda", [("vda", "virtio_blk")])
+
+        # back: this host's libvirt would name its hostname (here: localhost) for the
+        # stream, so the address the TCP host reaches it at is given (virsh's --migrateuri)
+        pvhvm.run("migrate", "pv-only", "--to", local.uri, "--unsafe", "--migrate-uri",
+                  f"tcp://{remote.host.host_address}", timeout=300)
+        assert remote.names() == [] and local.virsh("list", "--name").split() == ["pv-only"]
+        assert local.virsh("domuuid", "pv-only").strip() == uuid
+        assert f"<log file='{log}' append='on'/>" in live_xml(local)
+        again = json.loads(pvhvm.run("report", "pv-only", "--json").stdout)
+        assert again == booted
+        assert devices(console_report(pvhvm, "pv-only", timeout=60)) == devices(away)
+        pvhvm.run("shutdown", "-w", "pv-only", "--timeout", "120", timeout=180)
+        assert local.virsh("list", "--all", "--name").split() == [] and remote.names() == []
+    finally:
+        pvhvm.run("destroy", "pv-only", check=False)
+    assert not local.qemu_pids() and not remote.daemon.qemu_pids()

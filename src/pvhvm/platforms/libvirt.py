@@ -409,14 +409,19 @@ class LibvirtPlatform(DomainPlatform):
 
     def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
                 unsafe: bool = False) -> DomainRecord:
-        """Live migration through libvirt, managed by this client (virDomainMigrate: both
-        daemons are connected to from here, so neither needs to reach the other's libvirtd).
+        """Live migration through libvirt, managed by this client (virDomainMigrate3: both
+        daemons are connected to from here, so neither needs to reach the other's libvirtd;
+        only the source's QEMU must reach the destination's, at ``migrate_uri`` or where the
+        destination's libvirt says: its qemu.conf ``migration_host``, else its hostname).
 
         ``migrate_uri``: where the destination's QEMU takes the migration stream (virsh's
-        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``); by default libvirt names the
-        destination host. ``unsafe``: skip libvirt's shared-storage check (virsh's
-        ``--unsafe``) for disks that are shared in fact but not on a file system libvirt
-        knows as shared. A failed migration leaves the domain running where it was.
+        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``). ``unsafe``: skip libvirt's
+        shared-storage check (virsh's ``--unsafe``) for disks that are shared in fact but not
+        on a file system libvirt knows as shared. The console log pvhvm gave libvirt (a file
+        in this host's pvhvm state) does not follow the domain to another host, whose file
+        system pvhvm knows nothing of; it comes back, appended to, when the domain returns to
+        this host (:func:`_destination_xml`). A failed migration leaves the domain running
+        where it was.
         """
         libvirt = _binding()
         record = self.find(name)
@@ -424,12 +429,20 @@ class LibvirtPlatform(DomainPlatform):
         if destination == source:
             raise DomainError(f"domain {name!r} already runs at {source}")
         flags = libvirt.VIR_MIGRATE_LIVE | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
+        params: dict[str, str] = {}
+        if migrate_uri is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
         with self._connection(source) as conn, self._connection(destination) as dconn:
             dom = self._lookup(conn, record)
             if dom is None:
                 raise DomainError(f"no domain named {name!r}")
+            given = _console_log(ET.fromstring(str(record.plan.get("libvirt_xml") or "<x/>")))
+            changed = _destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE),
+                                       given, local=is_local(destination))
+            if changed is not None:
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = changed
             try:
-                moved = dom.migrate(dconn, flags, None, migrate_uri, 0)
+                moved = dom.migrate3(dconn, params, flags)
             except libvirt.libvirtError as err:
                 raise DomainError(
                     f"domain {name!r} was not migrated from {source} to {destination} (it "
@@ -494,6 +507,39 @@ class LibvirtPlatform(DomainPlatform):
         return ReportSource(console_log=log, domain_directory=self.records.paths(name).directory)
 
 
+def _console_log(domain: ET.Element) -> str | None:
+    """The ``<log file>`` of a domain XML's first serial port (the console's), if any."""
+    log = domain.find("devices/serial/log")
+    return log.get("file") if log is not None else None
+
+
+def _destination_xml(migratable: str, given: str | None, *, local: bool) -> str | None:
+    """The domain XML for a migration's destination when it must differ from the source's
+    (None when not): to another host, without the console log ``given`` to libvirt at
+    create (a file in this host's pvhvm state: that host may have no such directory, and
+    QEMU there would fail to open it); back to this host, with it again, appending (so the
+    log still holds what the guest printed here before). libvirt lets a destination XML
+    change such host-side parts of a domain, not what the guest sees."""
+    if given is None:
+        return None
+    domain = ET.fromstring(migratable)
+    serial = domain.find("devices/serial")
+    if serial is None:
+        return None
+    changed = False
+    for port in [serial, *domain.findall("devices/console")]:
+        for log in port.findall("log"):
+            if not local and log.get("file") == given:
+                port.remove(log)
+                changed = True
+    if local and serial.find("log") is None:
+        log = ET.Element("log", file=given, append="on")
+        target = serial.find("target")
+        serial.insert(list(serial).index(target) if target is not None else len(serial), log)
+        changed = True
+    return ET.tostring(domain, encoding="unicode") if changed else None
+
+
 def _console_file(domain: ET.Element) -> Path | None:
     """The file the first serial port (the console's) writes to in a domain XML, if any."""
     serial = domain.find("devices/serial")
@@ -503,6 +549,5 @@ def _console_file(domain: ET.Element) -> Path | None:
         source = serial.find("source")
         path = source.get("path") if source is not None else None
     else:
-        log = serial.find("log")
-        path = log.get("file") if log is not None else None
+        path = _console_log(domain)
     return Path(path) if path else None

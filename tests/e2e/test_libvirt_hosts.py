@@ -21,6 +21,7 @@ networking ("virtio-net: saved image requires vnet_hdr=on").
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -45,6 +46,7 @@ from tests.libvirt.daemon import PrivateLibvirtd
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("libvirt")]
 
 DETACH = b"\x1d"  # ^], virsh console's escape
+BANNER = b"Escape character is ^]"  # virsh console, once attached
 
 
 @dataclass
@@ -89,8 +91,7 @@ def libvirt_hosts() -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
             daemon = PrivateLibvirtd(host, migration_address=address)
             stack.callback(_stop, daemon)
             daemons.append(daemon)
-        for daemon in daemons:
-            daemon.start()
+        _start(daemons)
         made = [(h.name, h.host_ifname) for h in (first, second)]
         yield LibvirtHost(first, daemons[0]), LibvirtHost(second, daemons[1])
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
@@ -114,9 +115,17 @@ def host_and_tcp_host() -> Iterator[tuple[PrivateLibvirtd, LibvirtHost]]:
         local, remote = PrivateLibvirtd(), PrivateLibvirtd(host)
         for daemon in (local, remote):
             stack.callback(_stop, daemon)
-            daemon.start()
+        _start([local, remote])
         yield local, LibvirtHost(host, remote)
     assert host.name not in namespaces(), f"namespace {host.name} left behind"
+
+
+def _start(daemons: list[PrivateLibvirtd]) -> None:
+    """Start the daemons side by side (each waits seconds for its sockets); the first
+    failure is raised once all have tried."""
+    with concurrent.futures.ThreadPoolExecutor(len(daemons)) as pool:
+        for started in [pool.submit(daemon.start) for daemon in daemons]:
+            started.result()
 
 
 def _stop(daemon: PrivateLibvirtd) -> None:
@@ -143,6 +152,12 @@ class GuestConsole:
             [sys.executable, "-m", "pvhvm", "console", name], stdin=terminal, stdout=terminal,
             stderr=terminal, env=pvhvm.env(), start_new_session=True)
         os.close(terminal)
+        # virsh reads what is typed only once it is attached: what comes before is lost
+        seen = b""
+        deadline = time.monotonic() + 60
+        while BANNER not in seen:
+            assert time.monotonic() < deadline, f"pvhvm console did not attach: {seen!r}"
+            seen += self._read(0.2)
 
     def __enter__(self) -> GuestConsole:
         return self
@@ -190,7 +205,7 @@ def console_report(pvhvm: Pvhvm, name: str, timeout: float = BOOT_TIMEOUT) -> De
     deadline = time.monotonic() + timeout
     with GuestConsole(pvhvm, name) as console:
         while time.monotonic() < deadline:
-            text = console.run("sh /etc/pvhvm/report.sh", timeout=20)
+            text = console.run("sh /etc/pvhvm/report.sh", timeout=10)
             if text is not None and END in text:
                 return parse_report(text)
     raise AssertionError(f"no device report from {name} over its console")

@@ -78,11 +78,11 @@ def main() -> None:
         "bare_qemu_create", "qemu_create", "qemu_destroy", "libvirt_create", "libvirt_destroy",
         "virsh_create", "virsh_destroy", "libvirt_tcp_create", "libvirt_tcp_destroy",
         "migrate_to_tcp_host", "migrate_back")}
-    back = ["--unsafe", "--migrate-uri", f"tcp://{host.host_address}"]
     try:
         host.start()
         host.add_bridge("xenbr0")  # the config's vif bridge, there
         remote.start()
+        back = ["--unsafe", "--migrate-uri", f"tcp://{host.host_address}"]
         _, dry = cli.run("create", *common, "--dry-run", "--json")
         argv = json.loads(dry.stdout)["qemu_argv"]
         xml = state / "pv-only.xml"

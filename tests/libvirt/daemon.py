@@ -68,7 +68,7 @@ class PrivateLibvirtd:
         self.root = Path(tempfile.mkdtemp(prefix="pvl-", dir="/tmp"))
         self.pid: int | None = None
         self.host = host
-        self.migration_address = migration_address or (host.address if host else None)
+        self.migration_address = migration_address
 
     @property
     def unix_uri(self) -> str:
@@ -93,7 +93,9 @@ class PrivateLibvirtd:
         qemu_conf = QEMU_CONF
         if self.host is not None:
             libvirtd_conf += LIBVIRTD_TCP_CONF.format(address=self.host.address, port=TCP_PORT)
-            qemu_conf += QEMU_MIGRATION_CONF.format(address=self.migration_address)
+            assert self.host.address, "start the NetnsHost before its libvirtd"
+            qemu_conf += QEMU_MIGRATION_CONF.format(
+                address=self.migration_address or self.host.address)
         (self.root / "etc" / "libvirtd.conf").write_text(libvirtd_conf)
         (self.root / "etc" / "qemu.conf").write_text(qemu_conf)
         script = START.format(pairs=" ".join(f"{k}={v}" for k, v in LIBVIRT_DIRS.items()),

@@ -481,8 +481,8 @@ class LibvirtPlatform(DomainPlatform):
         ``<log>`` pvhvm gave libvirt, or a ``file:`` serial's own file), while the domain runs
         on this host. A remote host's files are not readable from here in general, and that
         the same path exists here proves nothing (it may be another guest's log), so a
-        domain on another host, or one whose console is logged to no file (created on another
-        host, then migrated here), is refused and pointed at its console instead."""
+        domain on another host, or one whose console is logged to no file (no serial port, or
+        created on another host, then migrated here), is refused and pointed at its console."""
         record = self.find(name)
         uri = self._uri(record)
         how = (f"its guest prints the report on its console ('pvhvm console {name}'; the "
@@ -499,8 +499,9 @@ class LibvirtPlatform(DomainPlatform):
         log = _console_file(live)
         if log is None:
             raise NotOnPlatformError(
-                f"domain {name!r} logs its console to no file (it was created by libvirt on "
-                f"another host): {how}", platform=self.name, verb="report")
+                f"domain {name!r} logs its console to no file (it has no serial console, or "
+                f"was created by libvirt on another host and migrated here): {how}",
+                platform=self.name, verb="report")
         reported = log.exists() and END in log.read_text(errors="replace")
         if not reported and record.domain_state is not DomainState.RUNNING:
             raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")

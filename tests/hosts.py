@@ -7,6 +7,10 @@ state directory, and runs commands in it. ``start_sshd`` starts a real OpenSSH s
 it, with its own host key and a freshly made client key, reached at the namespace's address
 with ``ssh_argv()`` (or ``ssh_command``, one shell string as xl's ``migrate -s`` takes it).
 
+``add_bridge`` gives it a Linux bridge (``xenbr0``, say: a host a Xen config's
+``vif = ["bridge=xenbr0"]`` expects), and ``link`` joins two such hosts directly by a veth
+pair of their own (a network between the two second hosts that this host is not on).
+
 Leaving the ``with`` block (or ``close()``) stops everything it started, kills whatever still
 runs in the namespace (``ip netns pids``), deletes the namespace and the veth pair and removes
 its directory, whatever the test did. Namespaces left by a test run that was killed outright
@@ -169,6 +173,7 @@ class NetnsHost:
         self.ssh_key: Path | None = None
         self.known_hosts: Path | None = None
         self._made_namespace = False
+        self._links: list[str] = []  #: veths to other hosts, by their name here
 
     # -- setting up -------------------------------------------------------------------------
     def __enter__(self) -> NetnsHost:
@@ -222,6 +227,37 @@ class NetnsHost:
             if time.monotonic() > deadline:
                 raise HostError(f"the link to {self.name} has no carrier: {ends}")
             time.sleep(0.05)
+
+    def add_bridge(self, name: str) -> None:
+        """A Linux bridge ``name`` in the namespace, up (with no port: guests' taps join it)."""
+        _ip("-n", self.name, "link", "add", name, "type", "bridge")
+        _ip("-n", self.name, "link", "set", name, "up")
+
+    def link(self, other: NetnsHost) -> tuple[str, str]:
+        """Join this host and ``other`` by a veth pair between their namespaces, each end with
+        an address in a /30 of its own; (this end's address, ``other``'s). Either host's close
+        removes the pair."""
+        ifname = f"vl{os.getpid()}n{self.serial}x{other.serial}"
+        peer = f"vl{os.getpid()}n{other.serial}x{self.serial}"
+        with open(LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # the /30 is on no link of this host's: the scan keeps it from the hosts' own
+            subnet = _free_subnet(os.getpid() * 4 + 2 * self.serial + other.serial + 1)
+            _ip("link", "add", ifname, "type", "veth", "peer", "name", peer)
+            try:
+                _ip("link", "set", ifname, "netns", self.name)
+                _ip("link", "set", peer, "netns", other.name)
+            except HostError:
+                subprocess.run(["ip", "link", "delete", ifname], capture_output=True,
+                               timeout=30, check=False)
+                raise
+        self._links.append(ifname)
+        other._links.append(peer)
+        mine, theirs = (str(address) for address in subnet.hosts())
+        for host, dev, address in ((self, ifname, mine), (other, peer, theirs)):
+            _ip("-n", host.name, "addr", "add", f"{address}/30", "dev", dev)
+            _ip("-n", host.name, "link", "set", dev, "up")
+        return mine, theirs
 
     # -- running things in it -----------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -323,6 +359,10 @@ class NetnsHost:
         # end (and so the host's) goes only when the kernel's cleanup gets to it
         subprocess.run(["ip", "link", "delete", self.host_ifname], capture_output=True,
                        timeout=30, check=False)
+        for link in self._links:  # a pair to another host: gone once either end is deleted
+            subprocess.run(["ip", "-n", self.name, "link", "delete", link],
+                           capture_output=True, timeout=30, check=False)
+        self._links = []
         if self._made_namespace:
             leftovers = kill_namespace(self.name)
             self._made_namespace = False

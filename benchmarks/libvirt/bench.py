@@ -10,7 +10,13 @@ The guest is examples/pv-only.cfg on the image kit (TCG). Each repeat, in turn:
 * libvirt platform: ``pvhvm create --platform libvirt --connect URI`` (returns once libvirt
   reports the domain running), then ``pvhvm destroy``;
 * virsh: ``virsh create`` of the XML that pvhvm's libvirt platform starts (its dry run),
-  then ``virsh destroy``.
+  then ``virsh destroy``;
+* a second host over TCP: ``pvhvm create --platform libvirt --connect qemu+tcp://ADDR/system``
+  on a libvirtd in a network namespace (tests/hosts.py, with its own xenbr0 for the NIC),
+  then ``pvhvm destroy``;
+* live migration: the libvirt platform's domain (the third step's, before its destroy) to
+  that host by ``pvhvm migrate NAME --to qemu+tcp://ADDR/system --unsafe`` and back
+  (``--migrate-uri tcp://`` this host's end of the link), while the guest boots.
 
 The libvirtd is a private one started for the run (tests/libvirt/daemon.py). Prints and
 writes (``--save``) medians and the ratios to the bare QEMU command. Usage::
@@ -37,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from pvhvm.bench.toolstack import Cli, qemu_by_hand  # noqa: E402
 from pvhvm.guest.kit import build_kit  # noqa: E402
+from tests.hosts import NetnsHost  # noqa: E402
 from tests.libvirt.daemon import PrivateLibvirtd  # noqa: E402
 
 CONFIG = ROOT / "examples" / "pv-only.cfg"
@@ -64,11 +71,18 @@ def main() -> None:
     cli = Cli(state)
     daemon = PrivateLibvirtd()
     daemon.start()
+    host = NetnsHost()
+    remote = PrivateLibvirtd(host)
     common = [str(CONFIG), f"imagedir={imagedir}", "--accel", "tcg"]
     samples: dict[str, list[float]] = {k: [] for k in (
         "bare_qemu_create", "qemu_create", "qemu_destroy", "libvirt_create", "libvirt_destroy",
-        "virsh_create", "virsh_destroy")}
+        "virsh_create", "virsh_destroy", "libvirt_tcp_create", "libvirt_tcp_destroy",
+        "migrate_to_tcp_host", "migrate_back")}
     try:
+        host.start()
+        host.add_bridge("xenbr0")  # the config's vif bridge, there
+        remote.start()
+        back = ["--unsafe", "--migrate-uri", f"tcp://{host.host_address}"]
         _, dry = cli.run("create", *common, "--dry-run", "--json")
         argv = json.loads(dry.stdout)["qemu_argv"]
         xml = state / "pv-only.xml"
@@ -82,12 +96,21 @@ def main() -> None:
             samples["qemu_destroy"].append(cli.run("destroy", "pv-only")[0])
             samples["libvirt_create"].append(cli.run(
                 "create", *common, "--platform", "libvirt", "--connect", daemon.uri)[0])
+            samples["migrate_to_tcp_host"].append(cli.run(
+                "migrate", "pv-only", "--to", remote.tcp_uri, "--unsafe")[0])
+            samples["migrate_back"].append(cli.run(
+                "migrate", "pv-only", "--to", daemon.uri, *back)[0])
             samples["libvirt_destroy"].append(cli.run("destroy", "pv-only")[0])
             samples["virsh_create"].append(timed(["virsh", "-c", daemon.uri, "create",
                                                   str(xml)]))
             samples["virsh_destroy"].append(timed(["virsh", "-c", daemon.uri, "destroy",
                                                    "pv-only"]))
+            samples["libvirt_tcp_create"].append(cli.run(
+                "create", *common, "--platform", "libvirt", "--connect", remote.tcp_uri)[0])
+            samples["libvirt_tcp_destroy"].append(cli.run("destroy", "pv-only")[0])
     finally:
+        remote.stop()
+        host.close()
         daemon.stop()
         shutil.rmtree(state, ignore_errors=True)
     medians = {k: round(statistics.median(v), 4) for k, v in samples.items()}
@@ -97,7 +120,7 @@ def main() -> None:
         "guest": "examples/pv-only.cfg, TCG", "median_s": medians,
         "create_ratio_to_bare_qemu": {
             k: round(medians[k] / bare, 2) for k in ("qemu_create", "libvirt_create",
-                                                     "virsh_create")},
+                                                     "virsh_create", "libvirt_tcp_create")},
         "samples_s": {k: [round(x, 4) for x in v] for k, v in samples.items()},
     }
     text = json.dumps(result, indent=2) + "\n"

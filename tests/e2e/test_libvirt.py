@@ -1,7 +1,8 @@
 """``--platform libvirt`` through a real libvirtd (started privately by the test, TCG guests):
 the PV-only example boots with no IDE controller and its root on virtio_blk, the default
 example has IDE; list, pause, unpause, shutdown -w, destroy, block-/network-list go through
-libvirt, and virsh sees the same domains.
+libvirt, and virsh sees the same domains. A second host reached over TCP, and live migration
+between hosts, are in test_libvirt_hosts.py.
 """
 
 from __future__ import annotations
@@ -145,53 +146,3 @@ def test_failed_libvirt_create_leaves_nothing(
     wrong = pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                       "--connect", libvirtd.uri, check=False)
     assert wrong.returncode == 1 and "--connect applies to --platform libvirt only" in wrong.stderr
-
-
-@pytest.fixture(scope="module")
-def second_libvirtd() -> Iterator[PrivateLibvirtd]:
-    """A second libvirt host: its own daemon, sockets, state and host_uuid."""
-    daemon = PrivateLibvirtd()
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        leftovers = daemon.stop()
-        assert not leftovers, f"domains left running in the second libvirt: {leftovers}"
-
-
-def test_second_host_by_uri_and_live_migration(
-    pvhvm: Pvhvm, libvirtd: PrivateLibvirtd, second_libvirtd: PrivateLibvirtd, imagedir: Path
-) -> None:
-    """Created on a second host by its URI, then live-migrated to the first: the same guest
-    (still answering the power button) with the same devices."""
-    lv_create(pvhvm, second_libvirtd, "pv-only.cfg", imagedir)
-    try:
-        assert second_libvirtd.virsh("list", "--name").split() == ["pv-only"]
-        assert libvirtd.virsh("list", "--all", "--name").split() == []
-        seen = report(pvhvm, "pv-only")
-        assert seen["ide_controller"] is False and seen["root"] == "/dev/vda"
-        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
-        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
-        uuid = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)[0]["uuid"]
-
-        pvhvm.run("migrate", "pv-only", "--to", libvirtd.uri, "--migrate-uri",
-                  "tcp://127.0.0.1", "--unsafe", timeout=300)
-        assert second_libvirtd.virsh("list", "--all", "--name").split() == []
-        assert libvirtd.virsh("list", "--name").split() == ["pv-only"]
-        assert libvirtd.virsh("domuuid", "pv-only").strip() == uuid
-        (record,) = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)
-        assert record["config"]["libvirt_uri"] == libvirtd.uri
-        assert record["state"] == "running"
-        # the same devices, read now from the destination's live domain
-        assert json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
-        assert json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
-        # the console log survived the move, report and all
-        assert report(pvhvm, "pv-only")["root"] == "/dev/vda"
-        again = pvhvm.run("migrate", "pv-only", "--to", libvirtd.uri, check=False)
-        assert again.returncode == 1 and "already runs at" in again.stderr
-        # the guest itself came along: it still acts on the ACPI power button
-        pvhvm.run("shutdown", "-w", "pv-only", "--timeout", "120", timeout=180)
-        assert "pv-only" not in listed(pvhvm)
-    finally:
-        pvhvm.run("destroy", "pv-only", check=False)
-    assert not libvirtd.qemu_pids() and not second_libvirtd.qemu_pids()

@@ -438,14 +438,19 @@ class LibvirtPlatform(DomainPlatform):
 
     def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
                 unsafe: bool = False) -> DomainRecord:
-        """Live migration through libvirt, managed by this client (virDomainMigrate: both
-        daemons are connected to from here, so neither needs to reach the other's libvirtd).
+        """Live migration through libvirt, managed by this client (virDomainMigrate3: both
+        daemons are connected to from here, so neither needs to reach the other's libvirtd;
+        only the source's QEMU must reach the destination's, at ``migrate_uri`` or where the
+        destination's libvirt says: its qemu.conf ``migration_host``, else its hostname).
 
         ``migrate_uri``: where the destination's QEMU takes the migration stream (virsh's
-        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``); by default libvirt names the
-        destination host. ``unsafe``: skip libvirt's shared-storage check (virsh's
-        ``--unsafe``) for disks that are shared in fact but not on a file system libvirt
-        knows as shared. A failed migration leaves the domain running where it was.
+        ``--migrateuri``: ``tcp://ADDRESS``, ``unix://PATH``). ``unsafe``: skip libvirt's
+        shared-storage check (virsh's ``--unsafe``) for disks that are shared in fact but not
+        on a file system libvirt knows as shared. The console log pvhvm gave libvirt (a file
+        in this host's pvhvm state) does not follow the domain to another host, whose file
+        system pvhvm knows nothing of; it comes back, appended to, when the domain returns to
+        this host (:func:`_destination_xml`). A failed migration leaves the domain running
+        where it was.
         """
         libvirt = _binding()
         record = self.find(name)
@@ -453,12 +458,20 @@ class LibvirtPlatform(DomainPlatform):
         if destination == source:
             raise DomainError(f"domain {name!r} already runs at {source}")
         flags = libvirt.VIR_MIGRATE_LIVE | (libvirt.VIR_MIGRATE_UNSAFE if unsafe else 0)
+        params: dict[str, str] = {}
+        if migrate_uri is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
         with self._connection(source) as conn, self._connection(destination) as dconn:
             dom = self._lookup(conn, record)
             if dom is None:
                 raise DomainError(f"no domain named {name!r}")
+            given = _console_log(ET.fromstring(str(record.plan.get("libvirt_xml") or "<x/>")))
+            changed = _destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE),
+                                       given, local=is_local(destination))
+            if changed is not None:
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = changed
             try:
-                moved = dom.migrate(dconn, flags, None, migrate_uri, 0)
+                moved = dom.migrate3(dconn, params, flags)
             except libvirt.libvirtError as err:
                 raise DomainError(
                     f"domain {name!r} was not migrated from {source} to {destination} (it "
@@ -486,21 +499,35 @@ class LibvirtPlatform(DomainPlatform):
         return DeviceChange(f"{vcpus} vCPU(s) (libvirt setvcpus --live)")
 
     def report_source(self, name: str) -> ReportSource:
+        """The file the domain's serial console goes to, as its live domain XML names it (the
+        ``<log>`` pvhvm gave libvirt, or a ``file:`` serial's own file), while the domain runs
+        on this host. A remote host's files are not readable from here in general, and that
+        the same path exists here proves nothing (it may be another guest's log), so a
+        domain on another host, or one whose console is logged to no file (no serial port, or
+        created on another host, then migrated here), is refused and pointed at its console."""
         record = self.find(name)
         uri = self._uri(record)
+        how = (f"its guest prints the report on its console ('pvhvm console {name}'; the "
+               "pvhvm guest image prints it again with 'sh /etc/pvhvm/report.sh')")
         if not is_local(uri):
             raise NotOnPlatformError(
-                f"domain {name!r} runs on the libvirt host at {uri}: pvhvm reads a guest's "
-                "device report only from a daemon on this host (use 'virsh -c URI console')",
-                platform=self.name, verb="report",
-            )
-        paths = self.records.paths(name)
-        log = paths.console_log
+                f"domain {name!r} runs on the libvirt host at {uri}, whose console log pvhvm "
+                f"cannot read from this host: {how}", platform=self.name, verb="report")
+        with self._connection(uri) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            live = ET.fromstring(dom.XMLDesc(0))
+        log = _console_file(live)
+        if log is None:
+            raise NotOnPlatformError(
+                f"domain {name!r} logs its console to no file (it has no serial console, or "
+                f"was created by libvirt on another host and migrated here): {how}",
+                platform=self.name, verb="report")
         reported = log.exists() and END in log.read_text(errors="replace")
         if not reported and record.domain_state is not DomainState.RUNNING:
             raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")
-        return ReportSource(console_log=log, domain_directory=paths.directory)
-
+        return ReportSource(console_log=log, domain_directory=self.records.paths(name).directory)
 
     # --- devices of a running domain -----------------------------------------------------
 
@@ -822,3 +849,50 @@ def _detached(what: str, gone: bool) -> DeviceChange:
         f"{what} removed from the domain (--force)",
         (f"{what}: the guest has not released it yet; libvirt removes the device once the "
          "guest lets go of it",))
+
+
+
+def _console_log(domain: ET.Element) -> str | None:
+    """The ``<log file>`` of a domain XML's first serial port (the console's), if any."""
+    log = domain.find("devices/serial/log")
+    return log.get("file") if log is not None else None
+
+
+def _destination_xml(migratable: str, given: str | None, *, local: bool) -> str | None:
+    """The domain XML for a migration's destination when it must differ from the source's
+    (None when not): to another host, without the console log ``given`` to libvirt at
+    create (a file in this host's pvhvm state: that host may have no such directory, and
+    QEMU there would fail to open it); back to this host, with it again, appending (so the
+    log still holds what the guest printed here before). libvirt lets a destination XML
+    change such host-side parts of a domain, not what the guest sees."""
+    if given is None:
+        return None
+    domain = ET.fromstring(migratable)
+    serial = domain.find("devices/serial")
+    if serial is None:
+        return None
+    changed = False
+    for port in [serial, *domain.findall("devices/console")]:
+        for log in port.findall("log"):
+            if not local and log.get("file") == given:
+                port.remove(log)
+                changed = True
+    if local and serial.find("log") is None:
+        log = ET.Element("log", file=given, append="on")
+        target = serial.find("target")
+        serial.insert(list(serial).index(target) if target is not None else len(serial), log)
+        changed = True
+    return ET.tostring(domain, encoding="unicode") if changed else None
+
+
+def _console_file(domain: ET.Element) -> Path | None:
+    """The file the first serial port (the console's) writes to in a domain XML, if any."""
+    serial = domain.find("devices/serial")
+    if serial is None:
+        return None
+    if serial.get("type") == "file":
+        source = serial.find("source")
+        path = source.get("path") if source is not None else None
+    else:
+        path = _console_log(domain)
+    return Path(path) if path else None

@@ -17,7 +17,7 @@ from pvhvm.cli import output
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
-from pvhvm.runtime import listing, resize
+from pvhvm.runtime import listing
 
 if TYPE_CHECKING:
     from pvhvm.runtime.save import MigrationProgress
@@ -228,6 +228,8 @@ def cd_eject(name: str, vdev: str) -> None:
 def mem_set(name: str, memory: str) -> None:
     """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
     at most the maxmem it was created with)."""
+    from pvhvm.runtime import resize  # with its verbs: it brings asyncio and qemu.qmp
+
     kib = resize.parse_memory_kib(memory)
     _said(_holder(name).mem_set(name, kib))
 
@@ -239,6 +241,8 @@ def mem_set(name: str, memory: str) -> None:
               help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
 def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
     """Give running domain NAME VCPUS vCPUs (1 up to the maxvcpus it was created with)."""
+    from pvhvm.runtime import resize
+
     count = resize.parse_vcpus(vcpus)
     _said(_holder(name).vcpu_set(name, count, ignore_host=ignore_host))
 

@@ -17,7 +17,6 @@ from pvhvm.cli import output
 from pvhvm.cli.output import print_json
 from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
-from pvhvm.runtime import listing
 
 if TYPE_CHECKING:
     from pvhvm.runtime.save import MigrationProgress
@@ -43,6 +42,8 @@ def _holder(name: str) -> DomainPlatform:
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
 def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     """List domains as xl list prints them (Name ID Mem VCPUs State Time(s))."""
+    from pvhvm.runtime import listing  # with the listings: create does not need it
+
     # no names: platform by platform, qemu-platform domains then xen-platform ones
     records = ([_holder(name).find(name) for name in names] if names
                else current_platforms().domains())
@@ -102,6 +103,8 @@ def reboot(name: str) -> None:
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
     target."""
+    from pvhvm.runtime import listing
+
     devices = _holder(name).block_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])
@@ -115,6 +118,8 @@ def block_list(name: str, as_json: bool) -> None:
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
     bridge."""
+    from pvhvm.runtime import listing
+
     devices = _holder(name).network_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvhvm.errors import DomainError
-from pvhvm.guest.report import END
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
@@ -22,14 +21,14 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.argv import ignored_settings
-from pvhvm.runtime import lifecycle, listing
-from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime import lifecycle
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
 if TYPE_CHECKING:
     # imported by their verbs: a dry run needs none of them (hotplug and resize bring asyncio
     # and qemu.qmp; save and migrate more)
     from pvhvm.runtime import hotplug
+    from pvhvm.runtime.listing import BlockDevice, NetworkDevice
     from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
     from pvhvm.runtime.save import Progress, SaveOutcome
     from pvhvm.runtime.savefile import DomainImage
@@ -103,9 +102,13 @@ class QemuPlatform(DomainPlatform):
         lifecycle.reboot(name, self.store)
 
     def block_devices(self, name: str) -> list[BlockDevice]:
+        from pvhvm.runtime import listing
+
         return listing.block_devices(self.find(name), None)
 
     def network_devices(self, name: str) -> list[NetworkDevice]:
+        from pvhvm.runtime import listing
+
         return listing.network_devices(self.find(name), None)
 
     def block_attach(self, name: str, spec: str) -> DeviceChange:
@@ -188,6 +191,8 @@ class QemuPlatform(DomainPlatform):
 
     def report_source(self, name: str) -> ReportSource:
         """The console log, once the domain is known to be running or to have reported."""
+        from pvhvm.guest.report import END
+
         paths = self.store.paths(name)
         log = paths.console_log
         if not (log.exists() and END in log.read_text(errors="replace")):

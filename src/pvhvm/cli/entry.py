@@ -8,7 +8,8 @@ until the process exits. The cyclic garbage collector would walk them again and 
 are made and once more at exit, freeing nothing: about a tenth of ``create --dry-run``'s time.
 So it is off during the import, and what the import made is then moved out of its sight
 (``gc.freeze``, as the gc documentation suggests for long-lived objects); everything made after
-that, by the command itself, is collected as usual.
+that, by the command itself, is collected as usual. (The import leaves about 500 objects of
+cyclic garbage, tens of KB, which freezing keeps for the life of the process.)
 """
 
 from __future__ import annotations

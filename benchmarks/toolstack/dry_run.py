@@ -1,18 +1,20 @@
-"""``pvhvm create --dry-run``, wall time with Python's start, this tree against a base commit.
+"""``pvhvm create --dry-run``, wall time with Python's start, one commit against another.
 
-Both trees run through the same console script (``.venv/bin/pvhvm``, as a user runs it) with
-``PYTHONPATH=<tree>/src``, alternating base and new run by run (the order flips every round,
-so neither side always runs just after the other), on the same config, image directory and
-empty state directory. The base tree is ``git archive REF src`` unpacked in a temporary
-directory. Before timing, each tree runs once with bytecode writing on, so both start from
-compiled ``.pyc`` files as an installed pvhvm does. Per variant it prints the median and min
-wall time, the median CPU time (user + sys of the child, from wait4: what load on the other
-core changes least), and whether stdout, stderr and the exit status were byte-identical.
+Both trees (``git archive REF src`` of ``--base`` and of ``--new``, default HEAD, each unpacked
+in a temporary directory) run through the same console script (``.venv/bin/pvhvm``, as a user
+runs it) with ``PYTHONPATH=<tree>/src``, alternating base and new run by run (the order flips
+every round, so neither side always runs just after the other), on the same config, image
+directory and empty state directory. Before timing, each tree runs once with bytecode writing
+on, so both start from compiled ``.pyc`` files as an installed pvhvm does; ``--cold`` instead
+runs with ``PYTHONDONTWRITEBYTECODE=1`` and no ``.pyc`` of pvhvm, so every run compiles it (a
+source checkout in an environment that sets that variable). Per variant it prints the median
+and min wall time, the median CPU time (user + sys of the child, from wait4: what load on the
+other core changes least), and whether stdout, stderr and the exit status were byte-identical.
 
 Usage::
 
-    .venv/bin/python benchmarks/toolstack/dry_run.py --base d06c43a [--rounds 31]
-        [--config examples/pv-only.cfg] [--save results-dry-run.json]
+    .venv/bin/python benchmarks/toolstack/dry_run.py --base eba78f2 [--new HEAD] [--rounds 41]
+        [--cold] [--config examples/pv-only.cfg] [--save results-dry-run.json]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ IMAGES = ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img", "data.img",
 Run = tuple[float, float]  # wall seconds, CPU seconds
 
 
-def unpack_base(ref: str, into: Path) -> Path:
+def unpack(ref: str, into: Path) -> Path:
     """``src/`` of commit ``ref`` under ``into``."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"],
                              capture_output=True, check=True).stdout
@@ -57,6 +59,9 @@ def run_once(argv: list[str], env: dict[str, str]) -> Run:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--new", default="HEAD", help="the commit measured (default HEAD)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no .pyc files of pvhvm: every run compiles it")
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--config", default=str(REPO / "examples" / "pv-only.cfg"))
     parser.add_argument("--save", type=Path, help="also write the figures here as JSON")
@@ -68,9 +73,11 @@ def main() -> None:
         images.mkdir()
         for name in IMAGES:  # a dry run checks that images exist, never reads them
             (images / name).write_bytes(b"\0" * 4096)
-        trees = {"base": unpack_base(args.base, tmp / "base"), "new": REPO}
+        trees = {"base": unpack(args.base, tmp / "base"), "new": unpack(args.new, tmp / "new")}
         env = {key: value for key, value in os.environ.items()
                if key not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+        if args.cold:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PVHVM_STATE_DIR"] = str(tmp / "state")
         variants = {
             "python -c pass": [sys.executable, "-c", "pass"],
@@ -99,7 +106,8 @@ def main() -> None:
                         run_once(argv, dict(env, PYTHONPATH=f"{trees[side]}/src")))
 
     load = os.getloadavg()
-    print(f"median of {args.rounds} alternated runs per side; base {args.base}; load average "
+    print(f"median of {args.rounds} alternated runs per side; base {args.base}, new {args.new}"
+          f"{' (cold: no .pyc)' if args.cold else ''}; load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"{'command':<26} {'base wall':>10} {'new wall':>10} {'base min':>9} {'new min':>8}"
           f" {'base cpu':>9} {'new cpu':>8} {'new/base':>9}  identical output")
@@ -118,7 +126,8 @@ def main() -> None:
               f"{'yes' if same[label] else 'NO'}")
     if args.save:
         args.save.write_text(json.dumps({
-            "schema": "pvhvm-bench-dry-run/1", "base": args.base, "rounds": args.rounds,
+            "schema": "pvhvm-bench-dry-run/1", "base": args.base, "new": args.new,
+            "cold": args.cold, "rounds": args.rounds,
             "config": args.config, "load_average": load, "python": sys.version.split()[0],
             "results": figures,
         }, indent=2) + "\n")

@@ -116,3 +116,30 @@ def test_names_stay_unique_across_unloaded_platforms(tmp_path: Path, platform: s
     assert platforms.locate("g") is platforms.get(platform)
     assert platforms.holder("h") is None
     assert platforms.names() == list(PLATFORM_NAMES)
+
+
+NAMES = ["g.cfg", "g.xml", "G.XML", "g", "dir.xml/g.cfg"]
+TEXTS = ['name = "g"\n', "<domain type='kvm'/>", "\ufeff \n<?xml version='1.0'?><domain/>",
+         "# a <b> comment\nname = 'g'\n", "", "  <", "name = '<x>'\n"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_create_hands_every_domain_xml_to_the_xml_reader(name: str) -> None:
+    """create imports libvirt's XML reader only for a file that may be XML; every file the
+    reader itself takes as XML is among those (so it still decides them)."""
+    from pvhvm.cli.configs import may_be_domain_xml
+    from pvhvm.libvirt.read import is_domain_xml
+
+    for text in TEXTS:
+        if is_domain_xml(name, text):
+            assert may_be_domain_xml(Path(name), text), (name, text)
+
+
+def test_dry_run_of_a_domain_xml_loads_the_reader(tmp_path: Path, imagedir: Path) -> None:
+    xml = tmp_path / "g.domain"  # no .xml suffix: told apart by its first character
+    xml.write_text(f"<domain type='kvm'><name>g</name><memory unit='MiB'>256</memory>"
+                   f"<os><type>hvm</type><kernel>{imagedir}/vmlinuz</kernel></os></domain>\n")
+    done, modules = loaded(tmp_path, "create", str(xml), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "g"
+    assert "pvhvm.libvirt.read" in modules

@@ -19,7 +19,6 @@ from pvhvm.cli.domain import current_platforms
 from pvhvm.cli.domain import register as register_domain_verbs
 from pvhvm.cli.output import console, plan_tables, print_json, warn
 from pvhvm.errors import PvhvmError, printable
-from pvhvm.libvirt.read import load_domain
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
 
@@ -115,7 +114,7 @@ def create(
         accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
     )
     platforms.check_options(target, options)
-    domain = load_domain(config, configs.variables(variables), configs.dialect(dialect))
+    domain = configs.load_domain(config, configs.variables(variables), configs.dialect(dialect))
     if target.plan_target is Platform.QEMU:
         domain = configs.run_bootloader(domain)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)

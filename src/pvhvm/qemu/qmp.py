@@ -1,29 +1,20 @@
-"""QMP through qemu.qmp (asyncio), with a synchronous helper for one-shot CLI commands.
-
-asyncio and qemu.qmp are imported by the functions that speak QMP, not with this module:
-lifecycle imports it for its verbs, and ``create --dry-run`` (which sends no QMP) should not
-pay for them (about 13 ms, most of asyncio's own import, on a 2-core host).
-"""
+"""QMP through qemu.qmp (asyncio), with a synchronous helper for one-shot CLI commands."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
 from pvhvm.errors import DomainError
-
-if TYPE_CHECKING:
-    from qemu.qmp import QMPClient
 
 
 async def connect(socket: Path, name: str = "pvhvm", timeout: float = 10.0) -> QMPClient:
     """A connected QMPClient on ``socket``; DomainError when QEMU does not answer in time."""
-    import asyncio
-
-    from qemu.qmp import ConnectError, QMPClient
-
     client = QMPClient(name)
     try:
         await asyncio.wait_for(client.connect(str(socket)), timeout)
@@ -34,8 +25,6 @@ async def connect(socket: Path, name: str = "pvhvm", timeout: float = 10.0) -> Q
 
 
 async def _quietly_disconnect(client: QMPClient) -> None:
-    from qemu.qmp import QMPError
-
     with contextlib.suppress(QMPError, OSError, EOFError):
         await client.disconnect()
 
@@ -44,10 +33,6 @@ async def execute_async(
     socket: Path, command: str, arguments: Mapping[str, object] | None = None,
     timeout: float = 10.0,
 ) -> Any:
-    import asyncio
-
-    from qemu.qmp import ExecuteError, QMPError
-
     client = await connect(socket, timeout=timeout)
     try:
         return await asyncio.wait_for(client.execute(command, arguments), timeout)
@@ -64,6 +49,4 @@ def execute(
     timeout: float = 10.0,
 ) -> Any:
     """Run one QMP command on ``socket`` and return its result."""
-    import asyncio
-
     return asyncio.run(execute_async(socket, command, arguments, timeout))

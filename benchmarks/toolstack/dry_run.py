@@ -38,6 +38,11 @@ IMAGES = ("vmlinuz", "initramfs.cpio.gz", "rootfs.ext4", "boot.img", "data.img",
 Run = tuple[float, float]  # wall seconds, CPU seconds
 
 
+def commit_of(ref: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def unpack(ref: str, into: Path) -> Path:
     """``src/`` of commit ``ref`` under ``into``."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"],
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "examples" / "pv-only.cfg"))
     parser.add_argument("--save", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
+    args.base, args.new = commit_of(args.base), commit_of(args.new)
 
     with tempfile.TemporaryDirectory(prefix="pvhvm-dry-bench-") as tmp_name:
         tmp = Path(tmp_name)

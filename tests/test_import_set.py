@@ -23,7 +23,8 @@ NOT_FOR_A_DRY_RUN = (
     "asyncio", "qemu.qmp", "libvirt", "rich.progress", "pvhvm.platforms.xen",
     "pvhvm.platforms.libvirt", "pvhvm.xenstore", "pvhvm.runtime.hotplug", "pvhvm.runtime.resize",
     "pvhvm.runtime.save", "pvhvm.runtime.migrate", "pvhvm.runtime.supervisor",
-    "pvhvm.libvirt", "pvhvm.xen", "pvhvm.inspect", "pvhvm.bench", "hypothesis", "pytest",
+    "pvhvm.libvirt", "pvhvm.xen", "pvhvm.inspect", "pvhvm.bench", "pvhvm.cli.domain",
+    "pvhvm.cli.export", "hypothesis", "pytest",
 )
 
 PROBE = """\
@@ -143,3 +144,12 @@ def test_dry_run_of_a_domain_xml_loads_the_reader(tmp_path: Path, imagedir: Path
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["name"] == "g"
     assert "pvhvm.libvirt.read" in modules
+
+
+def test_every_lifecycle_verb_is_registered_by_name() -> None:
+    """main.DOMAIN_VERBS (what the CLI loads when named) is exactly cli/domain.py's verbs."""
+    from pvhvm.cli import domain
+    from pvhvm.cli.main import DOMAIN_VERBS, cli
+
+    assert {name: cli.get_command(None, name) for name in DOMAIN_VERBS} == {
+        command.name: command for command in domain.COMMANDS}

@@ -1,7 +1,9 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
 reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
 cd-insert, cd-eject, mem-set, vcpu-set, migrate, save, restore. Thin: each asks the platform
-that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it."""
+that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it.
+
+Each verb is loaded when named (main.LazyGroup, main.DOMAIN_VERBS): ``create`` needs none."""
 
 from __future__ import annotations
 
@@ -14,21 +16,13 @@ from typing import TYPE_CHECKING
 import click
 
 from pvhvm.cli import output
+from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import print_json
-from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 
 if TYPE_CHECKING:
     from pvhvm.runtime.save import MigrationProgress
     from pvhvm.runtime.savefile import DomainImage
-
-
-def current_platforms() -> Platforms:
-    """The platforms of this invocation: those given to ``main``, else the built-in ones."""
-    root = click.get_current_context().find_root()
-    if not isinstance(root.obj, Platforms):
-        root.obj = default_platforms()
-    return root.obj
 
 
 def _holder(name: str) -> DomainPlatform:
@@ -365,9 +359,3 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
 COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             mem_set, vcpu_set, migrate, migrate_receive, save, restore)
-
-
-def register(cli: click.Group) -> None:
-    """Add the lifecycle verbs to the ``pvhvm`` group."""
-    for command in COMMANDS:
-        cli.add_command(command)

@@ -15,8 +15,7 @@ import click
 
 from pvhvm import __version__
 from pvhvm.cli import configs
-from pvhvm.cli.domain import current_platforms
-from pvhvm.cli.domain import register as register_domain_verbs
+from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import console, plan_tables, print_json, warn
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.plan.plan import Platform, make_plan
@@ -45,9 +44,23 @@ class LazyGroup(click.Group):
         return command
 
 
+#: the lifecycle verbs of cli/domain.py by command name: loaded when named, like the commands
+#: below (a dry run needs none of them)
+DOMAIN_VERBS = {
+    "list": "list_cmd", "console": "console", "shutdown": "shutdown", "pause": "pause",
+    "unpause": "unpause", "reboot": "reboot", "block-list": "block_list",
+    "network-list": "network_list", "block-attach": "block_attach",
+    "block-detach": "block_detach", "network-attach": "network_attach",
+    "network-detach": "network_detach", "cd-insert": "cd_insert", "cd-eject": "cd_eject",
+    "mem-set": "mem_set", "vcpu-set": "vcpu_set", "migrate": "migrate",
+    "migrate-receive": "migrate_receive", "save": "save", "restore": "restore",
+}
+
+
 @click.group(
     cls=LazyGroup,
     lazy={
+        **{name: f"pvhvm.cli.domain:{attribute}" for name, attribute in DOMAIN_VERBS.items()},
         "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
         "guest": "pvhvm.cli.guest:guest",
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
@@ -161,7 +174,6 @@ def destroy(name: str) -> None:
     current_platforms().locate(name).destroy(name)
 
 
-register_domain_verbs(cli)
 
 
 def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> None:

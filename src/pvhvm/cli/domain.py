@@ -1,7 +1,9 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
 reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
 cd-insert, cd-eject, mem-set, vcpu-set, migrate, save, restore. Thin: each asks the platform
-that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it."""
+that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it.
+
+Each verb is loaded when named (main.LazyGroup, main.DOMAIN_VERBS): ``create`` needs none."""
 
 from __future__ import annotations
 
@@ -14,22 +16,13 @@ from typing import TYPE_CHECKING
 import click
 
 from pvhvm.cli import output
+from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import print_json
-from pvhvm.platforms import Platforms, default_platforms
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
-from pvhvm.runtime import listing, resize
 
 if TYPE_CHECKING:
     from pvhvm.runtime.save import MigrationProgress
     from pvhvm.runtime.savefile import DomainImage
-
-
-def current_platforms() -> Platforms:
-    """The platforms of this invocation: those given to ``main``, else the built-in ones."""
-    root = click.get_current_context().find_root()
-    if not isinstance(root.obj, Platforms):
-        root.obj = default_platforms()
-    return root.obj
 
 
 def _holder(name: str) -> DomainPlatform:
@@ -43,6 +36,8 @@ def _holder(name: str) -> DomainPlatform:
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
 def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
     """List domains as xl list prints them (Name ID Mem VCPUs State Time(s))."""
+    from pvhvm.runtime import listing  # with the listings: create does not need it
+
     # no names: platform by platform, qemu-platform domains then xen-platform ones
     records = ([_holder(name).find(name) for name in names] if names
                else current_platforms().domains())
@@ -102,6 +97,8 @@ def reboot(name: str) -> None:
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
     target."""
+    from pvhvm.runtime import listing
+
     devices = _holder(name).block_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])
@@ -115,6 +112,8 @@ def block_list(name: str, as_json: bool) -> None:
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
     bridge."""
+    from pvhvm.runtime import listing
+
     devices = _holder(name).network_devices(name)
     if as_json:
         print_json([d.to_json() for d in devices])
@@ -228,6 +227,8 @@ def cd_eject(name: str, vdev: str) -> None:
 def mem_set(name: str, memory: str) -> None:
     """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
     at most the maxmem it was created with)."""
+    from pvhvm.runtime import resize  # with its verbs: it brings asyncio and qemu.qmp
+
     kib = resize.parse_memory_kib(memory)
     _said(_holder(name).mem_set(name, kib))
 
@@ -239,6 +240,8 @@ def mem_set(name: str, memory: str) -> None:
               help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
 def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
     """Give running domain NAME VCPUS vCPUs (1 up to the maxvcpus it was created with)."""
+    from pvhvm.runtime import resize
+
     count = resize.parse_vcpus(vcpus)
     _said(_holder(name).vcpu_set(name, count, ignore_host=ignore_host))
 
@@ -356,9 +359,3 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
 COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             mem_set, vcpu_set, migrate, migrate_receive, save, restore)
-
-
-def register(cli: click.Group) -> None:
-    """Add the lifecycle verbs to the ``pvhvm`` group."""
-    for command in COMMANDS:
-        cli.add_command(command)

@@ -14,17 +14,12 @@ from typing import Any
 import click
 
 from pvhvm import __version__
-from pvhvm.cli.domain import current_platforms
-from pvhvm.cli.domain import register as register_domain_verbs
-from pvhvm.cli.output import console, plan_tables, print_json, writable_option, write_output
-from pvhvm.config.domain import Dialect, DomainConfig, load_config
-from pvhvm.config.lang import parse_cli_variable
+from pvhvm.cli import configs
+from pvhvm.cli.context import current_platforms
+from pvhvm.cli.output import console, plan_tables, print_json, warn
 from pvhvm.errors import PvhvmError, printable
-from pvhvm.libvirt.read import load_domain
-from pvhvm.libvirt.xml import VIRT_TYPES, domain_xml
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
-from pvhvm.xen.xlcfg import export_xl
 
 
 class LazyGroup(click.Group):
@@ -49,50 +44,34 @@ class LazyGroup(click.Group):
         return command
 
 
+#: the lifecycle verbs of cli/domain.py by command name: loaded when named, like the commands
+#: below (a dry run needs none of them)
+DOMAIN_VERBS = {
+    "list": "list_cmd", "console": "console", "shutdown": "shutdown", "pause": "pause",
+    "unpause": "unpause", "reboot": "reboot", "block-list": "block_list",
+    "network-list": "network_list", "block-attach": "block_attach",
+    "block-detach": "block_detach", "network-attach": "network_attach",
+    "network-detach": "network_detach", "cd-insert": "cd_insert", "cd-eject": "cd_eject",
+    "mem-set": "mem_set", "vcpu-set": "vcpu_set", "migrate": "migrate",
+    "migrate-receive": "migrate_receive", "save": "save", "restore": "restore",
+}
+
+
 @click.group(
     cls=LazyGroup,
     lazy={
+        **{name: f"pvhvm.cli.domain:{attribute}" for name, attribute in DOMAIN_VERBS.items()},
         "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
         "guest": "pvhvm.cli.guest:guest",
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
+        "export-xl": "pvhvm.cli.export:export_xl_cmd",
+        "export-libvirt": "pvhvm.cli.export:export_libvirt_cmd",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, prog_name="pvhvm")
 def cli() -> None:
     """HVM guests whose disks and NICs are each deterministically emulated or PV."""
-
-
-def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
-    return dict(parse_cli_variable(a) for a in assignments)
-
-
-def warn(message: str, label: str = "warning") -> None:
-    """One message on stderr, one line whatever the width (scripts grep these)."""
-    console(stderr=True).print(f"[yellow]{label}:[/yellow] {message}", markup=True,
-                               soft_wrap=True)
-
-
-def dialect_option(function: Any) -> Any:
-    return click.option(
-        "--dialect", type=click.Choice([d.value for d in Dialect]), default=None,
-        help="Read CONFIG as xm or xl reads it (default: xl when it sets type=, "
-             "xm when it sets builder=).",
-    )(function)
-
-
-def _dialect(value: str | None) -> Dialect | None:
-    return None if value is None else Dialect(value)
-
-
-def run_bootloader(domain: DomainConfig) -> DomainConfig:
-    """bootloader = "pygrub" with no kernel=: the kernel is found in the guest's disk (the
-    inspection modules are imported only then, as LazyGroup imports commands)."""
-    if domain.bootloader is None or domain.kernel is not None:
-        return domain
-    pygrub = importlib.import_module("pvhvm.inspect.pygrub")
-    found: DomainConfig = pygrub.run_bootloader(domain)
-    return found
 
 
 def _known_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -124,7 +103,7 @@ def _known_platform(ctx: click.Context, param: click.Parameter, value: str | Non
     "--xenstore", type=click.Path(path_type=Path), default=None,
     help="xen platform: the xenstored socket to use (default: pvhvm's own daemon).",
 )
-@dialect_option
+@configs.dialect_option
 @click.option("--skip-unsupported", is_flag=True,
               help="Create the guest without the keys this platform cannot realise "
                    "(PCI passthrough, vTPM...) instead of refusing.")
@@ -148,9 +127,9 @@ def create(
         accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
     )
     platforms.check_options(target, options)
-    domain = load_domain(config, _variables(variables), _dialect(dialect))
+    domain = configs.load_domain(config, configs.variables(variables), configs.dialect(dialect))
     if target.plan_target is Platform.QEMU:
-        domain = run_bootloader(domain)
+        domain = configs.run_bootloader(domain)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)
     warnings = list(plan.warnings) + target.realise_warnings(plan, options)
     if not as_json:
@@ -182,7 +161,8 @@ def create(
     if as_json:
         print_json(record.to_json())
     else:
-        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {created.summary}")
+        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {created.summary}",
+                                   markup=False)
     if attach_console:
         target.console(record.name)
 
@@ -194,54 +174,6 @@ def destroy(name: str) -> None:
     current_platforms().locate(name).destroy(name)
 
 
-def _emit(text: str, notes: tuple[str, ...], output: Path | None) -> None:
-    """An export's notes on stderr, its text on stdout or in ``output``."""
-    for note in notes:
-        warn(note)
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        write_output(output, text)
-
-
-@cli.command(name="export-xl")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
-              help="Write the xl.cfg here instead of stdout.")
-@dialect_option
-def export_xl_cmd(
-    config: Path, variables: tuple[str, ...], output: Path | None, dialect: str | None
-) -> None:
-    """Export CONFIG as an xl.cfg(5) for a Xen host, noting what xl cannot express."""
-    domain = load_config(config, _variables(variables), _dialect(dialect))
-    plan = make_plan(domain, Platform.XEN, skip_unsupported=True)
-    exported = export_xl(plan)
-    _emit(exported.text, exported.notes, output)
-
-
-@cli.command(name="export-libvirt")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              callback=writable_option,
-              help="Write the domain XML here instead of stdout.")
-@click.option("--virt-type", type=click.Choice(VIRT_TYPES), default="kvm", show_default=True,
-              help="<domain type=...>: kvm, or qemu for TCG where KVM is not available.")
-@dialect_option
-def export_libvirt_cmd(
-    config: Path, variables: tuple[str, ...], output: Path | None, virt_type: str,
-    dialect: str | None,
-) -> None:
-    """Export CONFIG as libvirt domain XML (virsh define), noting what libvirt cannot express."""
-    domain = run_bootloader(load_config(config, _variables(variables), _dialect(dialect)))
-    plan = make_plan(domain, Platform.QEMU)
-    exported = domain_xml(plan, virt_type)
-    _emit(exported.xml, exported.notes, output)
-
-
-register_domain_verbs(cli)
 
 
 def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pvhvm.cli.domain import current_platforms
+from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import console, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report

@@ -7,7 +7,6 @@ planner's job.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -252,6 +251,8 @@ def _key_warnings(raw: ConfigValues) -> tuple[list[str], list[tuple[str, Positio
             continue
         use = KEY_USE.get(key)
         if use is None:
+            import difflib  # only for an unknown key: a clean file's load does not pay for it
+
             near = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             warnings.append(f"{raw.position(key)}: unknown key {key!r} ignored{hint}")

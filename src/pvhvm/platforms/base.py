@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
-from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord
 
 if TYPE_CHECKING:  # not imported at run time: a dry run needs none of them
+    from pvhvm.runtime.listing import BlockDevice, NetworkDevice
     from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
     from pvhvm.runtime.save import Progress, SaveOutcome
     from pvhvm.runtime.savefile import DomainImage

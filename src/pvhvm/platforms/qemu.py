@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvhvm.errors import DomainError
-from pvhvm.guest.report import END
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
@@ -22,12 +21,14 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.argv import ignored_settings
-from pvhvm.runtime import console as domain_console
-from pvhvm.runtime import hotplug, lifecycle, listing, resize
-from pvhvm.runtime.listing import BlockDevice, NetworkDevice
+from pvhvm.runtime import lifecycle
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
-if TYPE_CHECKING:  # save and migrate are imported by their verbs: a dry run needs neither
+if TYPE_CHECKING:
+    # imported by their verbs: a dry run needs none of them (hotplug and resize bring asyncio
+    # and qemu.qmp; save and migrate more)
+    from pvhvm.runtime import hotplug
+    from pvhvm.runtime.listing import BlockDevice, NetworkDevice
     from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
     from pvhvm.runtime.save import Progress, SaveOutcome
     from pvhvm.runtime.savefile import DomainImage
@@ -82,6 +83,8 @@ class QemuPlatform(DomainPlatform):
         lifecycle.destroy(name, self.store)
 
     def console(self, name: str) -> None:
+        from pvhvm.runtime import console as domain_console
+
         record = lifecycle.lookup(name, self.store)
         domain_console.attach(record, lock=self.store.paths(name).console_lock)
 
@@ -99,38 +102,56 @@ class QemuPlatform(DomainPlatform):
         lifecycle.reboot(name, self.store)
 
     def block_devices(self, name: str) -> list[BlockDevice]:
+        from pvhvm.runtime import listing
+
         return listing.block_devices(self.find(name), None)
 
     def network_devices(self, name: str) -> list[NetworkDevice]:
+        from pvhvm.runtime import listing
+
         return listing.network_devices(self.find(name), None)
 
     def block_attach(self, name: str, spec: str) -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         disk = hotplug.block_attach(name, spec, self.store)
         return DeviceChange(f"disk {disk.vdev} (devid {disk.devid}) attached: virtio-blk-pci, "
                             f"{disk.target}")
 
     def block_detach(self, name: str, disk: str, force: bool = False,
                      timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         return _detached(hotplug.block_detach(name, disk, self.store, force, timeout))
 
     def network_attach(self, name: str, spec: str = "") -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         vif, warnings = hotplug.network_attach(name, spec, self.store)
         return DeviceChange(f"vif {vif.devid} attached: virtio-net-pci, MAC {vif.mac}",
                             tuple(warnings))
 
     def network_detach(self, name: str, nic: str, force: bool = False,
                        timeout: float = DETACH_TIMEOUT) -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         return _detached(hotplug.network_detach(name, nic, self.store, force, timeout))
 
     def cd_insert(self, name: str, vdev: str, target: str) -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         hotplug.cd_insert(name, vdev, target, self.store)
         return DeviceChange(f"cdrom {vdev}: {target} inserted")
 
     def cd_eject(self, name: str, vdev: str) -> DeviceChange:
+        from pvhvm.runtime import hotplug
+
         hotplug.cd_eject(name, vdev, self.store)
         return DeviceChange(f"cdrom {vdev}: ejected")
 
     def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
+        from pvhvm.runtime import resize
+
         done = resize.mem_set(name, memory_kib, self.store)
         return DeviceChange(
             f"memory target {resize.show_kib(done.target_kib)} (virtio balloon); the guest "
@@ -138,6 +159,8 @@ class QemuPlatform(DomainPlatform):
             "driver")
 
     def vcpu_set(self, name: str, vcpus: int, ignore_host: bool = False) -> DeviceChange:
+        from pvhvm.runtime import resize
+
         done = resize.vcpu_set(name, vcpus, self.store, ignore_host=ignore_host)
         return DeviceChange(f"{done.present} vCPU(s) (CPU hotplug)")
 
@@ -168,6 +191,8 @@ class QemuPlatform(DomainPlatform):
 
     def report_source(self, name: str) -> ReportSource:
         """The console log, once the domain is known to be running or to have reported."""
+        from pvhvm.guest.report import END
+
         paths = self.store.paths(name)
         log = paths.console_log
         if not (log.exists() and END in log.read_text(errors="replace")):

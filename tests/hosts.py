@@ -302,7 +302,7 @@ class NetnsHost:
         self.known_hosts.write_text(f"{self.address} {host_public[0]} {host_public[1]}\n")
         self.ssh_key = client_key
         setenv = " ".join(f'"{key}={value}"' for key, value in self.env().items()
-                          if key in ("PATH", "PVHVM_STATE_DIR", "XDG_CACHE_HOME")
+                          if key in ("PATH", "PVHVM_STATE_DIR", "XDG_CACHE_HOME", "PVHVM_HOSTD_LINGER")
                           or key in self.extra_env)
         config = self.root / "sshd_config"
         config.write_text(SSHD_CONFIG.format(port=port, address=self.address, root=self.root,

@@ -167,7 +167,7 @@ def test_save_restore_migrate_there_and_back(
     listed = json.loads(pvhvm.run("list", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listed] == [(name, "running")]
     # nothing left there: no domain, and no process once its host supervisor, which has no
-    # domain left, has lingered its while (10 s there: ssh does not pass the tests' 1 s)
+    # domain left, has lingered its while (the tests' 1 s: the netns sshd sets it too)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (list((second_host.state_dir / "domains").glob("*"))
                                            or processes_of(second_host.state_dir)):

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from pvhvm.cli.output import console, print_json
+from pvhvm.cli.output import console, print_findings, print_json
 from pvhvm.config.domain import Dialect, load_config
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.errors import PvhvmError
@@ -187,12 +187,7 @@ def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _print_problems(problems: list[Problem]) -> None:
-    err = console(stderr=True)
-    for problem in problems:
-        style = "red" if problem.severity is Severity.FATAL else "yellow"
-        err.print(f"[{style}]{problem.severity.value}:[/{style}] "
-                  f"{problem.line().split(': ', 1)[1]}", markup=True, highlight=False,
-                  soft_wrap=True)
+    print_findings([p.to_json() for p in problems])
 
 
 @guest.command("check")
@@ -243,3 +238,8 @@ def guest_check_for_create(plan: Plan, quiet: bool = False) -> CheckResult:
 def print_check_notes(result: CheckResult) -> None:
     """The check's notes, after a create that went ahead."""
     _print_problems(result.problems)
+
+
+def findings(result: CheckResult) -> list[dict[str, str]]:
+    """A check's findings as :mod:`pvhvm.inspect.checkcache` keeps them."""
+    return [p.to_json() for p in result.problems]

@@ -16,7 +16,7 @@ import click
 from pvhvm import __version__
 from pvhvm.cli import configs
 from pvhvm.cli.context import current_platforms
-from pvhvm.cli.output import console, plan_tables, print_json, warn
+from pvhvm.cli.output import console, plan_tables, print_findings, print_json, warn
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
@@ -148,16 +148,22 @@ def create(
         for table in plan_tables(plan):
             out.print(table)
         return
-    checked = None
+    found: list[dict[str, str]] | None = None
     if not no_check:
-        # imported here, as LazyGroup imports commands: only a real create reads the guest's
-        # image, so --dry-run and the other verbs do not pay for the inspection modules
-        guest_cli = importlib.import_module("pvhvm.cli.guest")
-        checked = guest_cli.guest_check_for_create(plan)
+        from pvhvm.inspect import checkcache
+
+        plan_json = plan.to_json()
+        found = checkcache.lookup(plan_json)
+        if found is None:
+            # imported here, as LazyGroup imports commands: only a real create reads the
+            # guest's image, so --dry-run and the other verbs do not pay for the inspection
+            guest_cli = importlib.import_module("pvhvm.cli.guest")
+            found = guest_cli.findings(guest_cli.guest_check_for_create(plan))
+            checkcache.remember(plan_json, found)
     created = platforms.create(target, plan, options)
     record = created.record
-    if checked is not None and not as_json:
-        guest_cli.print_check_notes(checked)
+    if found and not as_json:
+        print_findings(found)
     if as_json:
         print_json(record.to_json())
     else:

@@ -169,3 +169,15 @@ def hotplug_slots_text(plan: Plan) -> str:
     if plan.ide_controller:
         return "root bus (machine pc hot-plugs there)"
     return f"{plan.hotplug_slots} (empty pcie-root-ports, hotplug_slots)"
+
+
+def print_findings(findings: list[dict[str, str]]) -> None:
+    """A guest check's findings (``Problem.to_json`` form), one line each on stderr."""
+    err = console(stderr=True)
+    for found in findings:
+        severity = str(found.get("severity"))
+        style = "red" if severity == "fatal" else "yellow"
+        fix = f"; fix: {found['fix']}" if found.get("fix") else ""
+        err.print(f"[{style}]{severity}:[/{style}] ", end="", markup=True, highlight=False)
+        err.print(f"{found.get('subject')}: {found.get('message')}{fix}", markup=False,
+                  highlight=False, soft_wrap=True)

@@ -39,7 +39,7 @@ REQUEST_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
 #: seconds the host supervisor stays after its last domain has gone, so a create right after
 #: a destroy does not pay its start; PVHVM_HOSTD_LINGER overrides it
-LINGER = 10.0
+LINGER = 60.0
 MAX_MESSAGE = 65536
 
 

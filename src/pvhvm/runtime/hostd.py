@@ -2,7 +2,7 @@
 
 ``python -m pvhvm.runtime.hostd --state-dir DIR`` is started by the first pvhvm command that
 needs it (``runtime/hostctl.py``), in a session of its own, and goes away
-``PVHVM_HOSTD_LINGER`` seconds (default 10) after its last domain has. Each domain is one
+``PVHVM_HOSTD_LINGER`` seconds (default 60) after its last domain has. Each domain is one
 :class:`~pvhvm.runtime.supervisor.Supervisor` task in its event loop, with what a per-domain
 supervisor process had: the domain's owner lock (handed over by its creator), its QEMU as a
 child in a session of its own (so that nothing done to this process reaches the guests), its

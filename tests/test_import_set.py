@@ -153,3 +153,32 @@ def test_every_lifecycle_verb_is_registered_by_name() -> None:
 
     assert {name: cli.get_command(None, name) for name in DOMAIN_VERBS} == {
         command.name: command for command in domain.COMMANDS}
+
+
+@pytest.mark.parametrize("line", [
+    "domain g (id 1) started: tcg, console /tmp/x/domains/g/console.sock",
+    "a path with [b]markup[/b] and :cd: and a\ttab",
+    "x" * 300,  # one line whatever its length, as scripts grep them
+])
+def test_plain_lines_on_a_pipe_are_what_rich_prints(
+    line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """warn()/say() skip rich on a pipe (create's path): the bytes must be rich's own."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from pvhvm.cli import output
+
+    for label in ("warning", "note"):
+        rich_out = io.StringIO()
+        Console(file=rich_out, width=output.PIPE_WIDTH, highlight=False, emoji=False).print(
+            Text.assemble((f"{label}:", "yellow"), " ", line), soft_wrap=True)
+        output.warn(line, label=label)
+        assert capsys.readouterr().err == rich_out.getvalue()
+    rich_out = io.StringIO()
+    Console(file=rich_out, width=output.PIPE_WIDTH, highlight=False, emoji=False).print(
+        Text(line), soft_wrap=True)
+    output.say(line)
+    assert capsys.readouterr().err == rich_out.getvalue()

@@ -16,7 +16,7 @@ import click
 from pvhvm import __version__
 from pvhvm.cli import configs
 from pvhvm.cli.context import current_platforms
-from pvhvm.cli.output import console, plan_tables, print_findings, print_json, warn
+from pvhvm.cli.output import console, plan_tables, print_findings, print_json, say, warn
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
@@ -167,8 +167,7 @@ def create(
     if as_json:
         print_json(record.to_json())
     else:
-        console(stderr=True).print(f"domain {record.name} (id {record.domid}) {created.summary}",
-                                   markup=False)
+        say(f"domain {record.name} (id {record.domid}) {created.summary}")
     if attach_console:
         target.console(record.name)
 

@@ -41,12 +41,32 @@ def console(stderr: bool = False) -> Console:
     return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
-def warn(message: str, label: str = "warning") -> None:
+def warn(message: str, label: str = "warning", style: str = "yellow") -> None:
     """One message on stderr, one line whatever the width (scripts grep these)."""
+    if not sys.stderr.isatty():  # no colour to give: rich would print these very bytes
+        _plain(f"{label}: {message}")
+        return
     from rich.text import Text
 
-    console(stderr=True).print(Text.assemble((f"{label}:", "yellow"), " ", message),
+    console(stderr=True).print(Text.assemble((f"{label}:", style), " ", message),
                                soft_wrap=True)
+
+
+def say(line: str) -> None:
+    """One line of text on stderr (a verb's outcome), never read as markup, never wrapped."""
+    if not sys.stderr.isatty():
+        _plain(line)
+        return
+    from rich.text import Text
+
+    console(stderr=True).print(Text(line), soft_wrap=True)
+
+
+def _plain(line: str) -> None:
+    """A line as rich prints plain text to a pipe (tabs expanded), without importing rich:
+    on ``create``'s path rich would cost more than the rest of its imports together."""
+    sys.stderr.write(line.expandtabs(8) + "\n")
+    sys.stderr.flush()
 
 
 def _json_text(document: Any) -> str:
@@ -173,11 +193,8 @@ def hotplug_slots_text(plan: Plan) -> str:
 
 def print_findings(findings: list[dict[str, str]]) -> None:
     """A guest check's findings (``Problem.to_json`` form), one line each on stderr."""
-    err = console(stderr=True)
     for found in findings:
         severity = str(found.get("severity"))
-        style = "red" if severity == "fatal" else "yellow"
         fix = f"; fix: {found['fix']}" if found.get("fix") else ""
-        err.print(f"[{style}]{severity}:[/{style}] ", end="", markup=True, highlight=False)
-        err.print(f"{found.get('subject')}: {found.get('message')}{fix}", markup=False,
-                  highlight=False, soft_wrap=True)
+        warn(f"{found.get('subject')}: {found.get('message')}{fix}", label=severity,
+             style="red" if severity == "fatal" else "yellow")

@@ -60,7 +60,7 @@ from pvhvm.platforms.base import (
     DomainPlatform,
     ReportSource,
 )
-from pvhvm.qemu.accel import choose_accel
+from pvhvm.qemu.accel import choose_accel, probe_cache_dir
 from pvhvm.runtime import hotplug, lifecycle, listing, resize
 from pvhvm.runtime.hotplug import HotplugError
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
@@ -199,7 +199,7 @@ class LibvirtPlatform(DomainPlatform):
         if (options.accel or "auto") == "auto" and not is_local(uri):
             return "kvm"
         accel = choose_accel(
-            options.accel or "auto", cache_dir=self.records.base,
+            options.accel or "auto", cache_dir=probe_cache_dir(),
             kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=probe,
         )
         return "kvm" if accel.value == "kvm" else "qemu"

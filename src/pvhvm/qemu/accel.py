@@ -5,7 +5,8 @@ code but hangs when a Linux kernel starts. So "auto" proves KVM in two steps: a 
 sector that writes to QEMU's isa-debug-exit port must make QEMU exit at once, and then the
 guest's own kernel, booted with no root and ``panic=-1 -no-reboot``, must reach its panic
 within seconds. Without a kernel to try, KVM is unproven and TCG is used. The answer is cached
-per boot of the host (keyed by /proc/sys/kernel/random/boot_id).
+per boot of the host (keyed by /proc/sys/kernel/random/boot_id), in the user's cache directory
+(:func:`probe_cache_dir`), so every state directory of the host shares it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return "unknown"
+
+
+def probe_cache_dir() -> Path:
+    """Where the probe's answer is kept: ``$XDG_CACHE_HOME/pvhvm`` (``~/.cache/pvhvm``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pvhvm"
 
 
 def choose_accel(

@@ -26,7 +26,7 @@ from typing import Any
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
-from pvhvm.qemu.accel import choose_accel
+from pvhvm.qemu.accel import choose_accel, probe_cache_dir
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime import hostctl
 from pvhvm.runtime.state import (
@@ -105,7 +105,7 @@ def argv_options(
 ) -> ArgvOptions:
     """The realise-time choices for ``plan`` on this host (a dry run probes nothing)."""
     accel = choose_accel(
-        options.accel, cache_dir=store.root, qemu_binary=options.qemu_binary,
+        options.accel, cache_dir=probe_cache_dir(), qemu_binary=options.qemu_binary,
         kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=not dry_run,
         notify=_note,
     )

@@ -156,3 +156,42 @@ def test_receiver_command_as_xl() -> None:
     assert receiver_command("h x", "ssh -p 22") == [
         "/bin/sh", "-c", "ssh -p 22 'h x' pvhvm migrate-receive"]
     assert receiver_command("my-receiver --x", "") == ["/bin/sh", "-c", "my-receiver --x"]
+
+
+class _ScriptedQmp:
+    """QEMU's answers to a migration, as a QEMU that was itself restored gives them (seen
+    with QEMU 7.2: its query-migrate says ``{"status": "completed"}`` from the incoming
+    migration until the outgoing one has started)."""
+
+    def __init__(self, readings: list[dict[str, object]]) -> None:
+        self.readings = readings
+        self.commands: list[str] = []
+
+    def send_fd_scm(self, fd: int) -> None:
+        self.commands.append("send_fd_scm")
+
+    async def execute(self, command: str, arguments: object = None) -> object:
+        self.commands.append(command)
+        if command == "query-migrate":
+            return self.readings.pop(0)
+        return {}
+
+
+def test_an_earlier_incoming_migration_is_not_taken_for_this_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from pvhvm.runtime import save
+
+    monkeypatch.setattr(save, "POLL", 0)
+    done = {"status": "completed", "total-time": 812, "downtime": 40,
+            "ram": {"transferred": 1 << 27, "total": 1 << 28, "remaining": 0}}
+    client = _ScriptedQmp([
+        {"status": "completed"},  # the restore's own incoming migration
+        {"status": "active", "ram": {"transferred": 1 << 20, "total": 1 << 28,
+                                     "remaining": 1 << 27}},
+        done,
+    ])
+    info = asyncio.run(save.migrate_out(client, 0))  # type: ignore[arg-type]
+    assert info == done and not client.readings

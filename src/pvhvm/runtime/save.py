@@ -118,6 +118,10 @@ async def migrate_out(client: QMPClient, fd: int, progress: Progress = no_progre
     moved, last_move = -1, time.monotonic()
     while True:
         info = await execute(client, "query-migrate")
+        if info.get("status") == "completed" and "total-time" not in info:
+            # A QEMU that was itself restored or migrated in reports that incoming migration
+            # (``{"status": "completed"}`` alone) until this outgoing one has started.
+            info = {**info, "status": "setup"}
         reading = _reading(info)
         progress(reading)
         if reading.transferred != moved:

@@ -80,6 +80,8 @@ class MigrationOutcome:
     #: state of the domain on HOST: running or paused
     state: str
     total_ms: int
+    #: total-time as QEMU's query-migrate gave it (0: none given)
+    qemu_total_ms: int
     downtime_ms: int
     transferred: int
     seconds: float
@@ -251,8 +253,12 @@ def send(name: str, host: str, store: StateStore | None = None,
             raise DomainError(f"migration of {name!r} to {host} failed: {err}") from err
     lifecycle.destroy(name, store)
     ram = info.get("ram") or {}
+    qemu_total = int(info.get("total-time", 0))
     return MigrationOutcome(
-        host=host, state=state, total_ms=int(info.get("total-time", 0)),
+        host=host, state=state,
+        # QEMU's figure; a completed migration once reported none (total-time 0) in the full
+        # test suite only, cause not found: then the time pvhvm measured from its migrate
+        total_ms=qemu_total or int(info.get("pvhvm-total-ms", 0)), qemu_total_ms=qemu_total,
         downtime_ms=int(info.get("downtime", 0)), transferred=int(ram.get("transferred", 0)),
         seconds=time.monotonic() - started)
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,9 @@ def test_save_restore_migrate_there_and_back(
     assert outcome["state"] == "running" and outcome["total_ms"] > 0, json.dumps(outcome)
     # the whole RAM went (a reading taken for an earlier migration's would say nothing moved)
     assert outcome["transferred"] > 16 << 20, json.dumps(outcome)
+    if outcome["qemu_total_ms"] == 0:  # seen in full-suite runs only: say so, to find out why
+        warnings.warn(f"QEMU gave no total-time for a completed migration: {outcome}",
+                      stacklevel=1)
     assert isinstance(outcome["downtime_ms"], int) and outcome["downtime_ms"] >= 0
     assert outcome["total_ms"] >= outcome["downtime_ms"]
     assert not pvhvm.leftovers(name)

@@ -4,6 +4,7 @@
   bench extras, the tests' downloaded peers): an exclusive flock on ``DIR/.lock``.
 * :func:`socket_path_state` — what sits at a path where a Unix socket is to listen: nothing,
   a stale socket (safe to replace), a live one, or something that is not a socket at all.
+* :func:`cache_home` — pvhvm's per-user cache directory, ``$XDG_CACHE_HOME/pvhvm``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ import stat
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+
+
+def cache_home() -> Path:
+    """pvhvm's per-user cache: ``$XDG_CACHE_HOME/pvhvm``, by default ``~/.cache/pvhvm``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pvhvm"
 
 
 @contextlib.contextmanager

@@ -19,13 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pvhvm.hostfs import cache_home
+
 #: entries kept; the oldest go first
 MAX_ENTRIES = 256
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pvhvm" / "check"
+    return cache_home() / "check"
 
 
 def _identity(path: str) -> list[Any] | None:

@@ -10,13 +10,13 @@ replaced at each create.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from pvhvm.config.domain import DomainConfig
 from pvhvm.errors import ConfigError
+from pvhvm.hostfs import cache_home
 from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.image import find_boot_entry
 
@@ -24,8 +24,7 @@ BOOTLOADERS = ("pygrub",)
 
 
 def pygrub_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pvhvm" / "pygrub"
+    return cache_home() / "pygrub"
 
 
 def run_bootloader(config: DomainConfig, cache: Path | None = None) -> DomainConfig:

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pvhvm.hostfs import cache_home
 from pvhvm.qemu.argv import Accel
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,8 @@ def _boot_id() -> str:
 
 
 def probe_cache_dir() -> Path:
-    """Where the probe's answer is kept: ``$XDG_CACHE_HOME/pvhvm`` (``~/.cache/pvhvm``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pvhvm"
+    """Where the probe's answer is kept: pvhvm's per-user cache (``~/.cache/pvhvm``)."""
+    return cache_home()
 
 
 def choose_accel(

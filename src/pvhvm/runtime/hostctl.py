@@ -189,7 +189,7 @@ def _spawn(root: Path) -> None:
     finally:
         os.close(write_fd)
     try:
-        said = _read_all(read_fd, START_TIMEOUT)
+        said = read_until_eof(read_fd, START_TIMEOUT)
     finally:
         os.close(read_fd)
     if said in ("ready", "running"):
@@ -200,13 +200,15 @@ def _spawn(root: Path) -> None:
                      + (said.removeprefix("error: ") or f"see {logs / 'hostd.log'}"))
 
 
-def _read_all(fd: int, timeout: float) -> str:
+def read_until_eof(fd: int, timeout: float) -> str:
+    """What is written on pipe ``fd`` until its writer closes it, stripped (the creator's
+    pipe of a domain, a starting host supervisor's word); a timeout is said as such."""
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return f"error: no word within {timeout:.0f}s"
+            return f"timed out after {timeout:.0f}s"
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
             continue

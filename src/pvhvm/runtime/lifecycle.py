@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import sys
 import time
@@ -237,7 +236,7 @@ def _start_supervisor(store: StateStore, record: DomainRecord, owner: OwnerLock)
             spawn_supervisor(store, record.name, owner, ready_fd=write_fd)
         finally:
             os.close(write_fd)
-        message = _read_until_eof(read_fd, CREATE_TIMEOUT)
+        message = hostctl.read_until_eof(read_fd, CREATE_TIMEOUT)
     except BaseException:  # Ctrl-C while waiting: take the half-made domain down with us
         os.close(read_fd)
         with contextlib.suppress(DomainError):
@@ -268,22 +267,6 @@ def wait_released(store: StateStore, name: str, timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def _read_until_eof(fd: int, timeout: float) -> str:
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return f"timed out after {timeout:.0f}s"
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b"".join(chunks).decode(errors="replace").strip()
-        chunks.append(chunk)
 
 
 def lookup(name: str, store: StateStore | None = None) -> DomainRecord:

@@ -32,8 +32,10 @@ def pvhvm(state: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def rss_kib(program: bytes, marker: bytes) -> tuple[int, int]:
-    """(processes, total VmRSS in KiB) of ``program`` whose command line holds ``marker``."""
+def _summed_kib(program: bytes, marker: bytes, source: str,
+                fields: tuple[str, ...]) -> tuple[int, int]:
+    """(processes, total KiB) of ``fields`` in /proc/PID/``source`` over the processes of
+    ``program`` whose command line holds ``marker``."""
     count = total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -42,33 +44,24 @@ def rss_kib(program: bytes, marker: bytes) -> tuple[int, int]:
             cmdline = (entry / "cmdline").read_bytes()
             if program not in cmdline or marker not in cmdline:
                 continue
-            status = (entry / "status").read_text()
+            text = (entry / source).read_text()
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                count += 1
-                total += int(line.split()[1])
+        values = [int(line.split()[1]) for line in text.splitlines() if line.startswith(fields)]
+        if values:
+            count += 1
+            total += sum(values)
     return count, total
+
+
+def rss_kib(program: bytes, marker: bytes) -> tuple[int, int]:
+    """(processes, total VmRSS in KiB) of ``program`` whose command line holds ``marker``."""
+    return _summed_kib(program, marker, "status", ("VmRSS:",))
 
 
 def private_kib(program: bytes, marker: bytes) -> int:
     """Total private memory (Private_Clean + Private_Dirty, /proc/PID/smaps_rollup) in KiB."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if program not in cmdline or marker not in cmdline:
-                continue
-            rollup = (entry / "smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in rollup.splitlines():
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total += int(line.split()[1])
-    return total
+    return _summed_kib(program, marker, "smaps_rollup", ("Private_Clean:", "Private_Dirty:"))[1]
 
 
 def one_round(count: int, kit_dir: Path, work: Path) -> dict[str, object]:

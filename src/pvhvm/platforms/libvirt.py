@@ -219,29 +219,46 @@ class LibvirtPlatform(DomainPlatform):
         libvirt = _binding()
         virt_type = self._virt_type(plan, options, probe=True)
         exported = self._export(plan, options, virt_type)
-        records = self.records
-        paths = records.claim(plan.name)
-        paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if options.paused else 0
+
+        def build(domid: int) -> DomainRecord:
+            return DomainRecord(
+                name=plan.name, domid=domid, uuid=plan.uuid,
+                platform=self.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
+                plan={**plan.to_json(), "libvirt_uri": uri, "libvirt_xml": exported.xml},
+                argv=[], on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+                on_crash=plan.on_crash, state=DomainState.STARTING.value,
+                accel="kvm" if virt_type == "kvm" else "tcg",
+                console=f"virsh -c {uri} console {plan.name}",
+            )
+
         # The XML appends to the log (a migration's destination QEMU opens it again); a new
         # domain starts it empty, so an old report is never read as this guest's.
-        with contextlib.suppress(FileNotFoundError):
-            paths.console_log.unlink()
+        record = self._start(plan.name, uri, build, lambda conn: conn.createXML(
+            exported.xml, flags), fresh_log=True)
+        how = "created paused" if options.paused else "started"
+        return Created(record, f"{how} by libvirt at {uri} ({record.accel}); "
+                               f"console: {record.console}")
+
+    def _start(self, name: str, uri: str, build: Callable[[int], DomainRecord],
+               start: Callable[[Any], Any], fresh_log: bool = False) -> DomainRecord:
+        """Claim ``name``, record ``build(domid)`` as starting, have libvirt start it
+        (``start(conn)`` returns the libvirt domain) and record what libvirt says; a failure
+        anywhere destroys what libvirt started and leaves no record (create, restore).
+        ``fresh_log``: the console log starts empty (once the name is this domain's)."""
+        records = self.records
+        paths = records.claim(name)
+        paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+        if fresh_log:
+            with contextlib.suppress(FileNotFoundError):
+                paths.console_log.unlink()
         dom: Any = None
         try:
             with records.locked():
-                record = DomainRecord(
-                    name=plan.name, domid=records.next_domid(), uuid=plan.uuid,
-                    platform=self.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
-                    plan={**plan.to_json(), "libvirt_uri": uri, "libvirt_xml": exported.xml},
-                    argv=[], on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
-                    on_crash=plan.on_crash, state=DomainState.STARTING.value,
-                    accel="kvm" if virt_type == "kvm" else "tcg",
-                    console=f"virsh -c {uri} console {plan.name}",
-                )
+                record = build(records.next_domid())
                 records.write(record)
-            flags = libvirt.VIR_DOMAIN_START_PAUSED if options.paused else 0
             with self._connection(uri) as conn:
-                dom = conn.createXML(exported.xml, flags)
+                dom = start(conn)
                 record.plan["libvirt_id"] = dom.ID()
                 record.state = self._state(dom).value
             records.write(record)
@@ -249,11 +266,9 @@ class LibvirtPlatform(DomainPlatform):
             if dom is not None:
                 with contextlib.suppress(Exception):
                     dom.destroy()
-            records.release(plan.name)
+            records.release(name)
             raise
-        how = "created paused" if options.paused else "started"
-        return Created(record, f"{how} by libvirt at {uri} ({record.accel}); "
-                               f"console: {record.console}")
+        return record
 
     # --- finding -------------------------------------------------------------------------
 
@@ -803,35 +818,23 @@ class LibvirtPlatform(DomainPlatform):
             raise NotOnPlatformError(
                 f"{path} was saved from the libvirt host at {uri}: pvhvm restores libvirt "
                 "domains on a daemon on this host only", platform=self.name, verb="restore")
-        records = self.records
-        paths = records.claim(image.name)
-        paths.console_log.parent.mkdir(parents=True, exist_ok=True)
-        dom: Any = None
-        try:
-            with records.locked():
-                record = DomainRecord(
-                    name=image.name, domid=records.next_domid(), uuid=image.uuid,
-                    platform=self.name, memory_mib=image.memory_mib, vcpus=image.vcpus,
-                    plan=dict(image.plan), argv=[], on_poweroff=image.on_poweroff,
-                    on_reboot=image.on_reboot, on_crash=image.on_crash,
-                    state=DomainState.STARTING.value, accel=image.accel,
-                    console=image.console, hotplugged=list(image.hotplugged))
-                records.write(record)
-            flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
-                     else libvirt.VIR_DOMAIN_SAVE_RUNNING)
-            with self._connection(uri) as conn:
-                conn.restoreFlags(str(path.absolute()), None, flags)
-                dom = conn.lookupByUUIDString(image.uuid)
-                record.plan["libvirt_id"] = dom.ID()
-                record.state = self._state(dom).value
-            records.write(record)
-        except BaseException:
-            if dom is not None:
-                with contextlib.suppress(Exception):
-                    dom.destroy()
-            records.release(image.name)
-            raise
-        return record
+        flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
+                 else libvirt.VIR_DOMAIN_SAVE_RUNNING)
+
+        def build(domid: int) -> DomainRecord:
+            return DomainRecord(
+                name=image.name, domid=domid, uuid=image.uuid,
+                platform=self.name, memory_mib=image.memory_mib, vcpus=image.vcpus,
+                plan=dict(image.plan), argv=[], on_poweroff=image.on_poweroff,
+                on_reboot=image.on_reboot, on_crash=image.on_crash,
+                state=DomainState.STARTING.value, accel=image.accel,
+                console=image.console, hotplugged=list(image.hotplugged))
+
+        def start(conn: Any) -> Any:
+            conn.restoreFlags(str(path.absolute()), None, flags)
+            return conn.lookupByUUIDString(image.uuid)
+
+        return self._start(image.name, uri, build, start)
 
 
 def _slot_hint(err: Exception) -> str:

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,13 @@ class DomainLogs(logging.Handler):
             out.close()
 
 
+def _peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
 class HostDaemon:
     """The request socket and the supervisor tasks of one state directory."""
 
@@ -111,7 +119,7 @@ class HostDaemon:
         except OSError as err:  # EMFILE and the like: refuse this one, keep serving
             log.warning("cannot accept a request: %s", err)
             return
-        if hostctl.peer_uid(conn) not in (0, os.getuid()):
+        if _peer_uid(conn) not in (0, os.getuid()):
             conn.close()
             return
         conn.setblocking(False)

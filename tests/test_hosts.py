@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,10 @@ def test_close_leaves_nothing() -> None:
         host.start_sshd()
         sshd_pid = host.sshd.pid if host.sshd else 0
         stray = host.popen(["sleep", "600"])  # something a test forgot in the namespace
+        # `ip netns exec` enters the namespace a moment after it starts: wait for it there
+        deadline = time.monotonic() + 10
+        while stray.pid not in namespace_pids(host.name) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert stray.pid in namespace_pids(host.name)
         links = _host_links()
         assert host.host_ifname in links

@@ -163,13 +163,17 @@ def test_every_lifecycle_verb_is_registered_by_name() -> None:
 def test_plain_lines_on_a_pipe_are_what_rich_prints(
     line: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """warn()/say() skip rich on a pipe (create's path): the bytes must be rich's own."""
+    """warn()/say() skip rich on a pipe (create's path): the bytes must be rich's own, for
+    the line as every path prints it (control characters, the tab too, escaped)."""
     import io
 
     from rich.console import Console
     from rich.text import Text
 
     from pvhvm.cli import output
+    from pvhvm.errors import printable
+
+    line = printable(line)
 
     for label in ("warning", "note"):
         rich_out = io.StringIO()

@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> N
         click.echo("pvhvm: aborted", err=True)
         sys.exit(1)
     except click.ClickException as err:
-        click.echo(f"pvhvm: error: {err.format_message()}", err=True)
+        click.echo(f"pvhvm: error: {printable(err.format_message())}", err=True)
         if isinstance(err, click.UsageError) and err.ctx is not None:
             click.echo(f"Try '{err.ctx.command_path} --help' for help.", err=True)
         sys.exit(1)
     except PvhvmError as err:
-        click.echo(f"pvhvm: error: {err}", err=True)
+        click.echo(f"pvhvm: error: {printable(str(err))}", err=True)
         sys.exit(1)
     except OSError as err:
         # the host refused pvhvm itself (a read-only or full state directory, ...): one line

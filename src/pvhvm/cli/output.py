@@ -4,9 +4,12 @@ rich is imported by the functions that print with it, not with this module: it i
 import of ``pvhvm create --dry-run`` (about a fifth of its time), which its ``--json`` form and
 most verbs never need.
 
-Text that comes from the user (paths, names, bridges) goes to rich as :class:`rich.text.Text`,
-never as a str: rich reads a str as console markup and emoji codes, so ``[b]`` in a path would
-vanish, ``:cd:`` become an emoji and ``[/x]`` raise MarkupError.
+Strings are data (SECURITY.md): every console made here has markup and emoji off, so a str
+printed through it is never read as console markup (``[b]`` in a path would vanish, ``[/x]``
+raise MarkupError, ``[link=...]`` make a hyperlink); text from users, configs and guests goes
+to rich as :class:`rich.text.Text` made by :func:`data`, with control characters (terminal
+escape sequences, carriage returns) shown as escapes by :func:`pvhvm.errors.printable`. Style
+is given as rich styles on Text, never as markup inside a string.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pvhvm.errors import PvhvmError
+from pvhvm.errors import PvhvmError, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from pvhvm.plan.plan import Plan
 
@@ -38,7 +42,16 @@ def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else PIPE_WIDTH
     # emoji codes off: a path such as /srv/a:cd:b is text, not a picture
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False,
+                   markup=False)
+
+
+def data(text: str, style: str = "") -> Text:
+    """``text`` (a user's, a config's or a guest's) as rich Text: no markup, control
+    characters escaped."""
+    from rich.text import Text
+
+    return Text(printable(text), style=style)
 
 
 def warn(message: str, label: str = "warning", style: str = "yellow") -> None:
@@ -48,7 +61,7 @@ def warn(message: str, label: str = "warning", style: str = "yellow") -> None:
         return
     from rich.text import Text
 
-    console(stderr=True).print(Text.assemble((f"{label}:", style), " ", message),
+    console(stderr=True).print(Text.assemble((f"{label}:", style), " ", printable(message)),
                                soft_wrap=True)
 
 
@@ -57,15 +70,13 @@ def say(line: str) -> None:
     if not sys.stderr.isatty():
         _plain(line)
         return
-    from rich.text import Text
-
-    console(stderr=True).print(Text(line), soft_wrap=True)
+    console(stderr=True).print(data(line), soft_wrap=True)
 
 
 def _plain(line: str) -> None:
-    """A line as rich prints plain text to a pipe (tabs expanded), without importing rich:
-    on ``create``'s path rich would cost more than the rest of its imports together."""
-    sys.stderr.write(line.expandtabs(8) + "\n")
+    """A line as rich prints plain text to a pipe, without importing rich: on ``create``'s
+    path rich would cost more than the rest of its imports together."""
+    sys.stderr.write(printable(line) + "\n")
     sys.stderr.flush()
 
 
@@ -179,9 +190,7 @@ def plan_tables(plan: Plan) -> list[Table]:
 
 def _row(table: Table, *cells: str) -> None:
     """A row of plain text (paths, bridges and reasons are the user's, never markup)."""
-    from rich.text import Text
-
-    table.add_row(*(Text(cell) for cell in cells))
+    table.add_row(*(data(cell) for cell in cells))
 
 
 def hotplug_slots_text(plan: Plan) -> str:

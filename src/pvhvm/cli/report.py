@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from pvhvm.cli.context import current_platforms
-from pvhvm.cli.output import console, print_json
+from pvhvm.cli.output import console, data, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report
 
@@ -40,18 +41,19 @@ def report_tables(name: str, report: DeviceReport) -> list[Table]:
     for column in ("slot", "class", "what", "vendor:device", "driver"):
         pci.add_column(column)
     for fn in report.pci:
-        pci.add_row(fn.slot, f"0x{fn.pci_class:04x}", PCI_CLASSES.get(fn.pci_class, ""),
-                    f"{fn.vendor:04x}:{fn.device:04x}", fn.driver or "-")
+        pci.add_row(data(fn.slot), f"0x{fn.pci_class:04x}", PCI_CLASSES.get(fn.pci_class, ""),
+                    f"{fn.vendor:04x}:{fn.device:04x}", data(fn.driver or "-"))
     disks = Table(title="Block devices", title_justify="left")
     for column in ("name", "driver", "size"):
         disks.add_column(column)
     for blk in report.blocks:
-        disks.add_row(blk.name, blk.driver or "-", f"{blk.sectors * 512 / 2**20:.0f} MiB")
+        disks.add_row(data(blk.name), data(blk.driver or "-"),
+                      f"{blk.sectors * 512 / 2**20:.0f} MiB")
     nics = Table(title="NICs", title_justify="left")
     for column in ("ifname", "driver", "mac"):
         nics.add_column(column)
     for net in report.nets:
-        nics.add_row(net.ifname, net.driver or "-", net.mac)
+        nics.add_row(data(net.ifname), data(net.driver or "-"), data(net.mac))
     return [pci, disks, nics]
 
 
@@ -64,26 +66,35 @@ def report(name: str, timeout: float, as_json: bool) -> None:
     """Show the devices guest NAME reports on its console (the pvhvm guest image prints them)."""
     source = current_platforms().locate(name).report_source(name)
     found = wait_for_report(source.console_log, source.domain_directory, timeout)
-    summary = {
+    if as_json:
+        print_json(report_document(name, found))
+        return
+    print_report(name, found)
+
+
+def report_document(name: str, found: DeviceReport) -> dict[str, object]:
+    """``report --json``: the guest's fields as strings (JSON escapes what it must)."""
+    return {
+        "name": name,
         "ide_controller": found.has_class(IDE_CLASS),
         "sata_controller": found.has_class(SATA_CLASS),
         "root": found.root,
+        "pci": [{"slot": f.slot, "class": f"0x{f.pci_class:04x}", "vendor": f.vendor,
+                 "device": f.device, "driver": f.driver} for f in found.pci],
+        "blocks": [{"name": b.name, "driver": b.driver, "sectors": b.sectors}
+                   for b in found.blocks],
+        "nets": [{"ifname": n.ifname, "driver": n.driver, "mac": n.mac} for n in found.nets],
     }
-    if as_json:
-        print_json({
-            "name": name, **summary,
-            "pci": [{"slot": f.slot, "class": f"0x{f.pci_class:04x}", "vendor": f.vendor,
-                     "device": f.device, "driver": f.driver} for f in found.pci],
-            "blocks": [{"name": b.name, "driver": b.driver, "sectors": b.sectors}
-                       for b in found.blocks],
-            "nets": [{"ifname": n.ifname, "driver": n.driver, "mac": n.mac} for n in found.nets],
-        })
-        return
+
+
+def print_report(name: str, found: DeviceReport) -> None:
+    """The report as tables. Every field is the guest's own text: shown as data (control
+    characters escaped, never markup), whatever a guest prints on its console."""
     out = console()
     for table in report_tables(name, found):
         out.print(table)
-    ide = "yes" if summary["ide_controller"] else "no"
+    ide = "yes" if found.has_class(IDE_CLASS) else "no"
     root_disk = found.root_disk()
-    root_driver = root_disk.driver if root_disk else "?"
-    out.print(f"IDE controller: [bold]{ide}[/bold]   root: [bold]{found.root}[/bold] "
-              f"({root_driver})")
+    root_driver = (root_disk.driver if root_disk else None) or "?"
+    out.print(Text.assemble("IDE controller: ", (ide, "bold"), "   root: ",
+                            data(found.root or "?", "bold"), " (", data(root_driver), ")"))

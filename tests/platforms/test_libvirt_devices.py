@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, InputError, NotOnPlatformError
 from pvhvm.libvirt import saveimage
 from pvhvm.platforms import libvirt as platform_module
 from pvhvm.platforms.libvirt import LibvirtPlatform
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.hotplug import HotplugError
+from pvhvm.runtime.replan import plan_source
 from pvhvm.runtime.resize import ResizeError
 from pvhvm.runtime.save import peek
 from pvhvm.runtime.state import DomainRecord, StateStore
@@ -173,18 +175,20 @@ def lv(tmp_path: Path) -> Iterator[LibvirtPlatform]:
     platform = LibvirtPlatform(StateStore(state))
     records = platform.records
     records.claim("g")
-    records.write(DomainRecord(
-        name="g", domid=1, uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
-        plan={"libvirt_uri": URI, "memory": 192, "maxmem": 320, "ide_controller": True,
-              "disks": [{"vdev": "xvda", "devid": 51712, "type": "xenbus",
-                         "target": str(tmp_path / "root.img"), "mode": "w", "cdrom": False},
-                        {"vdev": "hdc", "devid": 5632, "type": "ioemu", "target": "",
-                         "cdrom": True, "ide_place": [1, 0]}],
-              "vifs": [{"devid": 0, "mac": "00:16:3e:00:00:01", "type": "xenbus"}]},
-        argv=[], on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
-        state="running"))
     (tmp_path / "root.img").write_bytes(bytes(4096))
     (tmp_path / "data.img").write_bytes(bytes(4096))
+    # the record as create makes it: a plan of a real config, and that config's source,
+    # which save carries and restore plans again (runtime/replan.py)
+    source = ConfigSource(file="g.cfg", directory=str(tmp_path), text=(
+        f'name = "g"\nuuid = "{UUID}"\nbuilder = "hvm"\nmemory = 192\nmaxmem = 320\n'
+        'disk = ["root.img,raw,xvda,w", ",raw,hdc:cdrom,r"]\n'
+        'vif = ["mac=00:16:3e:00:00:01"]\n'))
+    plan = plan_source(source)
+    records.write(DomainRecord(
+        name="g", domid=1, uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
+        plan={**plan.to_json(), "libvirt_uri": URI},
+        argv=[], on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
+        state="running", source=source.to_json()))
     yield platform
     shutil.rmtree(state, ignore_errors=True)
 
@@ -287,7 +291,8 @@ def test_save_and_restore_leave_nothing_half_made(
     done = lv.save("g", target)
     assert done.domain == "destroyed" and target.exists() and not lv.holds("g")
     image = peek(target)
-    assert image.platform == "libvirt" and "libvirt_xml" not in image.plan
+    assert image.platform == "libvirt" and "argv" not in image.to_json()
+    assert image.extra == {"libvirt_uri": URI} and image.hotplugged[0].vdev == "xvdb"
 
     fake.restore_fails = True
     with pytest.raises(DomainError, match="could not load the state"):

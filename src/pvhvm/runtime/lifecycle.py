@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
@@ -49,6 +50,8 @@ class CreateOptions:
     accel: str = "auto"
     paused: bool = False
     qemu_binary: str = "qemu-system-x86_64"
+    #: the config as create read it, kept in the record for save and migrate (issue 18)
+    source: ConfigSource | None = None
 
 
 def run_paths(paths: DomainPaths) -> RunPaths:
@@ -63,7 +66,8 @@ def run_paths(paths: DomainPaths) -> RunPaths:
 VNC_SECRET = "vnc.secret"
 
 
-def _write_vnc_secret(plan: Plan, directory: Path) -> None:
+def write_vnc_secret(plan: Plan, directory: Path) -> None:
+    """The plan's vncpasswd into the domain's directory, 0600 (not on QEMU's command line)."""
     if plan.display is None or not plan.display.password:
         return
     fd = os.open(directory / VNC_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -141,6 +145,13 @@ def dry_run_argv(plan: Plan, options: CreateOptions, store: StateStore | None = 
     )
 
 
+def console_of(plan: Plan, paths: DomainPaths) -> str:
+    """Where the domain's console is, as ``pvhvm console`` reads it from the record."""
+    if plan.serial == "none":
+        return ""
+    return str(paths.console_socket) if plan.serial in (None, "") else plan.serial
+
+
 def shared_image_conflict(plan: Plan, others: list[DomainRecord]) -> str | None:
     """Why ``plan`` may not use an image another domain uses, or None.
 
@@ -195,13 +206,13 @@ def create(
             plan=plan.to_json(), argv=qemu_argv(plan, run_paths(paths), argv_opts),
             on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
             on_crash=plan.on_crash, accel=argv_opts.accel.value,
-            console="" if plan.serial == "none" else str(paths.console_socket)
-            if plan.serial in (None, "") else plan.serial,
+            console=console_of(plan, paths),
+            source=None if options.source is None else options.source.to_json(),
         )
 
     record, owner = store.introduce(plan.name, build)
     try:
-        _write_vnc_secret(plan, store.paths(plan.name).directory)
+        write_vnc_secret(plan, store.paths(plan.name).directory)
         _start_supervisor(store, record, owner)
     except BaseException:
         store.release(plan.name)

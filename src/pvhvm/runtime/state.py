@@ -99,11 +99,18 @@ class DomainRecord:
     #: set by the toolstack before it asks the supervisor to destroy the domain
     destroying: bool = False
     #: devices added while the domain ran (runtime/hotplug.py): kind, devid, the slot they
-    #: took and the argv that re-creates them, which ``argv`` also holds
+    #: took, the spec they were attached with and the directory it was given in (what a
+    #: save or migration carries), and the argv that re-creates them, which ``argv`` also
+    #: holds (kept on this host only)
     hotplugged: list[dict[str, Any]] = field(default_factory=list)
     #: what to remove once QEMU reports a force-detached device gone: device (its id),
     #: command and arguments (blockdev-del / netdev_del), run by the supervisor
     releasing: list[dict[str, Any]] = field(default_factory=list)
+    #: the config as ``create`` read it (pvhvm.config.source.ConfigSource as JSON), which a
+    #: save or migration carries to be planned again; None in a record of an older pvhvm
+    source: dict[str, Any] | None = None
+    #: CD drives whose medium cd-insert / cd-eject changed: vdev → path ("" empty)
+    media: dict[str, str] = field(default_factory=dict)
 
     @property
     def domain_state(self) -> DomainState:

@@ -330,10 +330,11 @@ def test_a_receiver_refuses_a_forged_preamble_in_one_line(
 # --- the round trip: what create made, a restore makes again ------------------------------
 
 
-def test_replan_makes_the_argv_create_made(tmp_path: Path, state: Path,
+def test_replan_makes_the_argv_create_and_the_verbs_made(tmp_path: Path, state: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A record as create and the hotplug verbs leave it, saved and planned again: the
-    same argv (hot-plugged devices included, in attach order), plan and memory target."""
+    """A record as create and the hotplug and resize verbs leave it, saved and planned
+    again: the same argv (hot-plugged devices included, in attach order; -smp as vcpu-set
+    left it), plan and memory target."""
     monkeypatch.setattr(lifecycle, "host_bridges", lambda: frozenset())
     image = good_image(tmp_path)
     store = StateStore(state)
@@ -363,6 +364,8 @@ def test_replan_makes_the_argv_create_made(tmp_path: Path, state: Path,
                                "slot": "hotplug2", "argv": vif_argv, "directory": "/",
                                "spec": hotplug.recorded_vif_spec("", vif)})
     resize.record_memory(created, 100 * 1024)
+    resize.record_vcpus(created, 2)  # vcpu-set 2: the record and -smp, as resize.vcpu_set
+    created.argv = resize.smp_argv(created.argv, 2)
     saved = image_of(created, paths)
     assert '"argv"' not in json.dumps(saved.to_json())
     again = decode_header(header_bytes(saved))
@@ -371,8 +374,10 @@ def test_replan_makes_the_argv_create_made(tmp_path: Path, state: Path,
     restored = realise(again, replanned, 2, paths, store)
     assert restored.argv == created.argv
     assert restored.memory_mib == 100 and resize.target_kib(restored) == 100 * 1024
-    assert restored.plan["disks"] == created.plan["disks"]
-    assert restored.plan["vifs"] == created.plan["vifs"]
+    assert restored.vcpus == 2 and "-smp" in restored.argv
+    assert restored.argv[restored.argv.index("-smp") + 1] == "2,maxcpus=2"
+    assert "num-queues=1" in " ".join(restored.argv)  # the queues the disks were made with
+    assert restored.plan == created.plan
     assert [e["spec"] for e in restored.hotplugged] == [e["spec"] for e in created.hotplugged]
     assert not state.exists()
 

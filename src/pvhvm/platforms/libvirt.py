@@ -826,7 +826,8 @@ class LibvirtPlatform(DomainPlatform):
         def build(domid: int) -> DomainRecord:
             return DomainRecord(
                 name=plan.name, domid=domid, uuid=plan.uuid,
-                platform=self.name, memory_mib=image.memory_kib // 1024, vcpus=plan.vcpus,
+                platform=self.name, memory_mib=image.memory_kib // 1024,
+                vcpus=replanned.vcpus,
                 plan={**replanned.plan_json, "libvirt_uri": uri}, argv=[],
                 on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
                 on_crash=plan.on_crash, state=DomainState.STARTING.value, accel=image.accel,

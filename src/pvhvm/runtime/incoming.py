@@ -95,6 +95,8 @@ def realise(image: DomainImage, replanned: Replanned, domid: int, paths: DomainP
     plan = replanned.plan
     options = lifecycle.argv_options(plan, lifecycle.CreateOptions(accel=image.accel), store)
     argv = qemu_argv(plan, lifecycle.run_paths(paths), options)
+    if replanned.vcpus != plan.vcpus:  # as vcpu-set left the argv
+        argv = resize.smp_argv(argv, replanned.vcpus)
     max_vcpus = plan.maxvcpus if plan.maxvcpus is not None else plan.vcpus
     entries = []
     for spec, device in replanned.hotplugged:
@@ -109,7 +111,7 @@ def realise(image: DomainImage, replanned: Replanned, domid: int, paths: DomainP
         entries.append({**spec.to_json(), "argv": fragment})
     return DomainRecord(
         name=plan.name, domid=domid, uuid=plan.uuid, platform=plan.platform.value,
-        memory_mib=image.memory_kib // 1024, vcpus=plan.vcpus, plan=replanned.plan_json,
+        memory_mib=image.memory_kib // 1024, vcpus=replanned.vcpus, plan=replanned.plan_json,
         argv=argv, on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
         on_crash=plan.on_crash, accel=options.accel.value,
         console=lifecycle.console_of(plan, paths), hotplugged=entries,

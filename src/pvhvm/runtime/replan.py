@@ -105,10 +105,14 @@ class Replanned:
     plan: Plan
     plan_json: dict[str, Any]
     hotplugged: tuple[tuple[HotplugSpec, DiskPlan | VifPlan], ...]
+    #: the vCPUs vcpu-set left (the plan keeps the config's: the queues of the disks given
+    #: at create follow those, and vcpu-set changes only ``-smp``, resize.smp_argv)
+    vcpus: int
 
 
 def _limits(plan: Plan, image: DomainImage, where: str) -> Plan:
-    """``plan`` with the image's memory target and vCPUs, within xl's limits."""
+    """``plan`` with the image's memory target, which must be within xl's limits, as its
+    vCPUs must (they are applied by the caller)."""
     max_mib = plan.maxmem_mib if plan.maxmem_mib is not None else plan.memory_mib
     max_vcpus = plan.maxvcpus if plan.maxvcpus is not None else plan.vcpus
     kib = image.memory_kib
@@ -120,8 +124,6 @@ def _limits(plan: Plan, image: DomainImage, where: str) -> Plan:
                           f"(1 to maxvcpus = {max_vcpus})")
     if kib // 1024 != plan.memory_mib:
         plan = replace(plan, memory_mib=kib // 1024, maxmem_mib=max_mib)
-    if image.vcpus != plan.vcpus:
-        plan = replace(plan, vcpus=image.vcpus, maxvcpus=max_vcpus)
     return plan
 
 
@@ -270,6 +272,9 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
     plan = _media(_limits(plan, image, where), image.media, where)
     plan_json = plan.to_json()
     plan_json[TARGET_KEY] = image.memory_kib
+    if image.vcpus != plan.vcpus:  # as resize.record_vcpus keeps it
+        plan_json["maxvcpus"] = plan.maxvcpus if plan.maxvcpus is not None else plan.vcpus
+        plan_json["vcpus"] = image.vcpus
     hotplugged = _hotplugged(plan, plan_json, image.hotplugged, where, check_slots)
     if device_set(plan_json) != tuple(sorted(image.devices)):
         raise ReplanError(
@@ -284,7 +289,8 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
     if problems:
         raise ReplanError(f"{where}: the saved domain does not match this host: "
                           + "; ".join(problems))
-    return Replanned(plan=plan, plan_json=plan_json, hotplugged=tuple(hotplugged))
+    return Replanned(plan=plan, plan_json=plan_json, hotplugged=tuple(hotplugged),
+                     vcpus=image.vcpus)
 
 
 def check_savable(record: DomainRecord, verb: str) -> ConfigSource:

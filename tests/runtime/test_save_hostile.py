@@ -394,6 +394,12 @@ def test_a_domain_of_an_older_pvhvm_cannot_be_saved(tmp_path: Path) -> None:
     record.hotplugged = [{"kind": "vif", "devid": 1, "slot": "hotplug1", "argv": ["-netdev"]}]
     with pytest.raises(ReplanError, match="hot-plugged by an older pvhvm"):
         check_savable(record, "migrated")
+    record.hotplugged = []
+    record.releasing = [{"device": "vif-1", "slot": "hotplug1", "command": "netdev_del",
+                         "arguments": {"id": "net1"}}]
+    with pytest.raises(ReplanError, match="detached with --force that the guest has not "
+                                          "released yet: it cannot be saved"):
+        check_savable(record, "saved")
 
 
 # --- the header decoder never fails in another way ----------------------------------------

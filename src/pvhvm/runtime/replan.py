@@ -294,9 +294,9 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
 
 
 def check_savable(record: DomainRecord, verb: str) -> ConfigSource:
-    """The config source of ``record`` (DomainError-free: ReplanError) when it can be saved
-    or migrated: made by a ``create`` that kept its source, every hot-plugged device with
-    its spec."""
+    """The config source of ``record`` when it can be saved or migrated (ReplanError, one
+    line, when not): made by a ``create`` that kept its source, every hot-plugged device
+    with its spec, no device still being released after a forced detach."""
     if record.source is None:
         raise ReplanError(
             f"domain {record.name!r} was created by an older pvhvm, whose record keeps no "
@@ -305,6 +305,11 @@ def check_savable(record: DomainRecord, verb: str) -> ConfigSource:
         raise ReplanError(
             f"domain {record.name!r} has a device hot-plugged by an older pvhvm, whose record "
             f"keeps no spec to plan it from: detach it first, or it cannot be {verb}")
+    if record.releasing:
+        # its QEMU still has the device (the stream would carry it), the plan no longer does
+        raise ReplanError(
+            f"domain {record.name!r} has a device detached with --force that the guest has "
+            f"not released yet: it cannot be {verb} until the guest lets go of it")
     try:
         return ConfigSource.from_json(record.source)
     except ValueError as err:

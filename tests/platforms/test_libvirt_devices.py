@@ -287,6 +287,9 @@ def test_save_and_restore_leave_nothing_half_made(
     assert lv.holds("g")
     del fake.conn.domain.fail["save"]
     lv.block_attach("g", f"{tmp_path / 'data.img'},raw,xvdb,w")
+    iso = tmp_path / "m.iso"
+    iso.write_bytes(bytes(2048))
+    lv.cd_insert("g", "hdc", str(iso))
 
     done = lv.save("g", target)
     assert done.domain == "destroyed" and target.exists() and not lv.holds("g")
@@ -303,6 +306,10 @@ def test_save_and_restore_leave_nothing_half_made(
     assert restored.state == "running"
     assert restored.hotplugged[0]["vdev"] == "xvdb"
     assert [d["vdev"] for d in restored.plan["disks"]] == ["xvda", "hdc", "xvdb"]
+    # planned again from the config: the medium cd-insert put in, the attach's spec
+    assert restored.plan["disks"][1]["target"] == str(iso) and restored.media == {
+        "hdc": str(iso)}
+    assert restored.hotplugged[0]["spec"] == f"{tmp_path / 'data.img'},raw,xvdb,w"
     with pytest.raises(DomainError, match="already exists"):
         lv.restore(target, image)
 

@@ -716,6 +716,7 @@ class LibvirtPlatform(DomainPlatform):
                 for item in rec.plan.get("disks", []):
                     if item.get("vdev") == vdev:
                         item["target"], item["format"] = disk.target, disk.format
+                rec.media[vdev] = disk.target  # what a save carries (runtime/replan.py)
 
             self.records.modify(name, change)
 

@@ -463,3 +463,18 @@ def test_an_image_round_trips_and_refuses_what_it_does_not_know() -> None:
     ]:
         with pytest.raises(InputError, match=words):
             decode_header(json.dumps({**document, key: value}).encode())
+
+
+def test_relative_paths_resolve_where_create_ran(tmp_path: Path) -> None:
+    """A config's relative paths mean what they meant to create: resolved against the
+    directory it ran in, or against nothing where that directory is not on this host."""
+    cwd = os.getcwd()
+    image = good_image(tmp_path)
+    relative = dataclasses.replace(image, source=dataclasses.replace(
+        image.source, text=image.source.text.replace(str(tmp_path / "root.img"), "root.img")))
+    assert replan(relative, "g.save").plan.disks[0].target == str(tmp_path / "root.img")
+    elsewhere = dataclasses.replace(relative, source=dataclasses.replace(
+        relative.source, directory=str(tmp_path / "not-here")))
+    with pytest.raises(ReplanError, match=r"does not plan here: .*root\.img"):
+        replan(elsewhere, "g.save")
+    assert os.getcwd() == cwd

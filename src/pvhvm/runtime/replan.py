@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pvhvm.config.domain import Dialect, DomainConfig, config_from_text
+from pvhvm.config.domain import Dialect, DomainConfig
 from pvhvm.config.lang import parse_cli_variable
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import InputError, PvhvmError
@@ -57,9 +57,7 @@ def domain_config(source: ConfigSource) -> DomainConfig:
     xm/xl file, or a libvirt domain XML; VAR=VALUE and --dialect as given."""
     variables = dict(parse_cli_variable(a) for a in source.variables)
     dialect = None if source.dialect is None else Dialect(source.dialect)
-    if libvirt_read.is_domain_xml(source.file, source.text):
-        return libvirt_read.domain_from_text(source.file, source.text, variables, dialect)
-    return config_from_text(source.text, source.file, variables, dialect)
+    return libvirt_read.domain_from_text(source.file, source.text, variables, dialect)
 
 
 @contextlib.contextmanager
@@ -72,11 +70,11 @@ def resolving_in(directory: str) -> Iterator[None]:
         before: str | None = os.getcwd()
     except OSError:
         before = None
-    with tempfile.TemporaryDirectory(prefix="pvhvm-replan-") as empty:
+    with contextlib.ExitStack() as stack:
         try:
             os.chdir(directory)
         except OSError:
-            os.chdir(empty)
+            os.chdir(stack.enter_context(tempfile.TemporaryDirectory(prefix="pvhvm-replan-")))
         try:
             yield
         finally:

@@ -94,7 +94,7 @@ def with_trailer(prefix: bytes, header: bytes, stream: bytes = STREAM) -> bytes:
 def raw_file(path: Path, version: int, document: object) -> Path:
     """A save file holding ``document`` as its header, with a trailer that checks out
     (anyone can compute it: it is a checksum, not a signature)."""
-    header = json.dumps(document).encode()
+    header = json.dumps(document, sort_keys=True).encode()
     path.write_bytes(with_trailer(PREFIX.pack(MAGIC, version, len(header)), header))
     path.chmod(0o600)
     return path
@@ -139,7 +139,8 @@ def forged_argv(trap: dict[str, Path]) -> list[list[str]]:
 
 
 def format1_document(argv: list[str]) -> dict[str, Any]:
-    """A header as pvhvm's format 1 wrote it: a plan and an argv to start."""
+    """A header exactly as pvhvm's format 1 wrote it (every field, keys sorted, so its
+    trailer checks out there too): a plan and an argv, which format 1 started."""
     return {
         "name": "g", "uuid": UUID, "platform": "qemu", "memory_mib": 128, "vcpus": 1,
         "plan": {"disks": [{"vdev": "xvda", "target": "/etc/shadow"}], "boot": {}},
@@ -147,6 +148,8 @@ def format1_document(argv: list[str]) -> dict[str, Any]:
         "on_crash": "destroy", "accel": "tcg", "console": None, "hotplugged": [],
         "run_paths": {}, "files": [{"what": "disk xvda", "path": "/etc/shadow",
                                     "size": os.stat("/etc/shadow").st_size}],
+        "qemu_version": "7.2.0", "saved_from": "elsewhere", "vncpasswd": None,
+        "saved_at": 0.0, "extra": {},
     }
 
 
@@ -436,7 +439,7 @@ def near_image() -> dict[str, Any]:
 ))
 def test_the_header_decoder_gives_an_image_or_one_error(document: object) -> None:
     try:
-        header = json.dumps(document).encode()
+        header = json.dumps(document, sort_keys=True).encode()
     except (ValueError, OverflowError):
         return
     try:

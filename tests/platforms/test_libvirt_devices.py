@@ -4,6 +4,7 @@ The real daemon is in tests/e2e/test_libvirt_devices.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -21,9 +22,10 @@ from pvhvm.platforms import libvirt as platform_module
 from pvhvm.platforms.libvirt import LibvirtPlatform
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.hotplug import HotplugError
-from pvhvm.runtime.replan import plan_source
+from pvhvm.runtime.replan import ReplanError, plan_source
 from pvhvm.runtime.resize import ResizeError
 from pvhvm.runtime.save import peek
+from pvhvm.runtime.savefile import HotplugSpec
 from pvhvm.runtime.state import DomainRecord, StateStore
 
 URI = "qemu+unix:///system?socket=/nowhere"
@@ -326,3 +328,25 @@ def test_save_through_a_remote_daemon_is_refused(fake: Any, lv: LibvirtPlatform,
     with pytest.raises(NotOnPlatformError, match="daemon on this host only"):
         lv.save("g", tmp_path / "g.save")
     assert lv.holds("g") and fake.conn.domain.calls == []
+
+
+def test_a_forged_libvirt_image_starts_nothing(fake: Any, lv: LibvirtPlatform,
+                                               tmp_path: Path) -> None:
+    """libvirt re-parses its own XML; pvhvm's record is planned again from the config its
+    image carries, so an image whose config does not plan, or asks for more than the plan
+    allows, gets one line and libvirt is never asked to restore it."""
+    target = tmp_path / "g.save"
+    lv.save("g", target)
+    image = peek(target)
+    for forged, words in [
+        (dataclasses.replace(image, source=dataclasses.replace(
+            image.source, text='name = __import__("os").system("id")\n')), "call"),
+        (dataclasses.replace(image, vcpus=99), "99 vCPUs is outside"),
+        (dataclasses.replace(image, hotplugged=(HotplugSpec(
+            "disk", "/etc/shadow,raw,xvdb,w", None, 51728, vdev="xvdb"),)),
+         "devices its config and hot-plugged specs plan"),
+    ]:
+        with pytest.raises(ReplanError, match=words) as caught:
+            lv.restore(target, forged)
+        assert "\n" not in str(caught.value)
+        assert not lv.holds("g") and fake.conn.restored == []

@@ -190,7 +190,8 @@ def lv(tmp_path: Path) -> Iterator[LibvirtPlatform]:
         name="g", domid=1, uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
         plan={**plan.to_json(), "libvirt_uri": URI},
         argv=[], on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
-        state="running", source=source.to_json()))
+        state="running"))
+    lifecycle.write_source(records.paths("g").directory, source)
     yield platform
     shutil.rmtree(state, ignore_errors=True)
 

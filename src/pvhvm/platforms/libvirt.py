@@ -222,6 +222,9 @@ class LibvirtPlatform(DomainPlatform):
         flags = libvirt.VIR_DOMAIN_START_PAUSED if options.paused else 0
 
         def build(domid: int) -> DomainRecord:
+            if options.source is not None:
+                lifecycle.write_source(self.records.paths(plan.name).directory,
+                                       options.source)
             return DomainRecord(
                 name=plan.name, domid=domid, uuid=plan.uuid,
                 platform=self.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
@@ -230,7 +233,6 @@ class LibvirtPlatform(DomainPlatform):
                 on_crash=plan.on_crash, state=DomainState.STARTING.value,
                 accel="kvm" if virt_type == "kvm" else "tcg",
                 console=f"virsh -c {uri} console {plan.name}",
-                source=None if options.source is None else options.source.to_json(),
             )
 
         # The XML appends to the log (a migration's destination QEMU opens it again); a new
@@ -825,6 +827,7 @@ class LibvirtPlatform(DomainPlatform):
                  else libvirt.VIR_DOMAIN_SAVE_RUNNING)
 
         def build(domid: int) -> DomainRecord:
+            lifecycle.write_source(self.records.paths(plan.name).directory, image.source)
             return DomainRecord(
                 name=plan.name, domid=domid, uuid=plan.uuid,
                 platform=self.name, memory_mib=image.memory_kib // 1024,
@@ -834,7 +837,7 @@ class LibvirtPlatform(DomainPlatform):
                 on_crash=plan.on_crash, state=DomainState.STARTING.value, accel=image.accel,
                 console=f"virsh -c {uri} console {plan.name}",
                 hotplugged=[spec.to_json() for spec, _ in replanned.hotplugged],
-                source=image.source.to_json(), media=dict(image.media))
+                media=dict(image.media))
 
         def start(conn: Any) -> Any:
             conn.restoreFlags(str(path.absolute()), None, flags)

@@ -68,7 +68,7 @@ def image_of(record: DomainRecord, paths: DomainPaths, qemu_version: str = "",
              verb: str = "saved or migrated") -> DomainImage:
     """What a save or a migration carries of ``record``'s domain beside QEMU's stream;
     ReplanError when its record keeps no config to carry (a domain of an older pvhvm)."""
-    source = check_savable(record, verb)
+    source = check_savable(record, paths.directory, verb)
     files = []
     for what, path in opened_files(record.plan):
         try:
@@ -115,7 +115,7 @@ def realise(image: DomainImage, replanned: Replanned, domid: int, paths: DomainP
         argv=argv, on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
         on_crash=plan.on_crash, accel=options.accel.value,
         console=lifecycle.console_of(plan, paths), hotplugged=entries,
-        source=image.source.to_json(), media=dict(image.media),
+        media=dict(image.media),
     )
 
 
@@ -220,6 +220,7 @@ def start_incoming(store: StateStore, image: DomainImage, stream_fd: int,
     paths = store.paths(image.name)
     try:
         lifecycle.write_vnc_secret(replanned.plan, paths.directory)
+        lifecycle.write_source(paths.directory, image.source)
         ready_r, ready_w = os.pipe()
         commit_r, commit_w = os.pipe()
         try:

@@ -12,6 +12,7 @@ is free is garbage, removed (with its QEMU) when next seen — see :func:`refres
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -64,6 +65,33 @@ def run_paths(paths: DomainPaths) -> RunPaths:
 
 #: the vncpasswd of a domain, in its directory (gone with it at destroy)
 VNC_SECRET = "vnc.secret"
+#: the config as create read it (ConfigSource as JSON), in the domain's directory, 0600: it
+#: may hold the vncpasswd, which record.json never does; save and migrate carry it
+SOURCE_FILE = "source.json"
+
+
+def write_source(directory: Path, source: ConfigSource) -> None:
+    """Keep ``source`` beside the domain's record (see SOURCE_FILE)."""
+    fd = os.open(directory / SOURCE_FILE,
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(source.to_json(), out)
+
+
+def read_source(directory: Path) -> ConfigSource | None:
+    """The config source kept beside a domain's record; None when there is none (a domain
+    of an older pvhvm); DomainError when it is unreadable."""
+    try:
+        fd = os.open(directory / SOURCE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise DomainError(f"{directory / SOURCE_FILE}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            return ConfigSource.from_json(json.load(handle))
+    except (OSError, ValueError) as err:
+        raise DomainError(f"{directory / SOURCE_FILE} is unreadable: {err}") from err
 
 
 def write_vnc_secret(plan: Plan, directory: Path) -> None:
@@ -207,12 +235,13 @@ def create(
             on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
             on_crash=plan.on_crash, accel=argv_opts.accel.value,
             console=console_of(plan, paths),
-            source=None if options.source is None else options.source.to_json(),
         )
 
     record, owner = store.introduce(plan.name, build)
     try:
         write_vnc_secret(plan, store.paths(plan.name).directory)
+        if options.source is not None:
+            write_source(store.paths(plan.name).directory, options.source)
         _start_supervisor(store, record, owner)
     except BaseException:
         store.release(plan.name)

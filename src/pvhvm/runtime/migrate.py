@@ -233,7 +233,7 @@ def send(name: str, host: str, store: StateStore | None = None,
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the domain moves
         record = movable(name, store, "migrated")
-        check_savable(record, "migrated")
+        check_savable(record, paths.directory, "migrated")
 
         async def conversation() -> tuple[dict[str, Any], str]:
             client = await qmp.connect(paths.control_socket, "pvhvm-migrate",

@@ -29,6 +29,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pvhvm.config.domain import Dialect, DomainConfig
@@ -39,7 +40,7 @@ from pvhvm.inspect import pygrub
 from pvhvm.libvirt import read as libvirt_read
 from pvhvm.plan.plan import DiskPlan, Plan, Platform, VifPlan, make_plan
 from pvhvm.qemu.argv import hotplug_port_ids
-from pvhvm.runtime import hotplug
+from pvhvm.runtime import hotplug, lifecycle
 from pvhvm.runtime.resize import MIN_MEMORY_MIB, TARGET_KEY
 from pvhvm.runtime.savefile import DomainImage, HotplugSpec, SavedFile
 from pvhvm.runtime.state import DomainRecord
@@ -291,11 +292,13 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
                      vcpus=image.vcpus)
 
 
-def check_savable(record: DomainRecord, verb: str) -> ConfigSource:
-    """The config source of ``record`` when it can be saved or migrated (ReplanError, one
-    line, when not): made by a ``create`` that kept its source, every hot-plugged device
-    with its spec, no device still being released after a forced detach."""
-    if record.source is None:
+def check_savable(record: DomainRecord, directory: Path, verb: str) -> ConfigSource:
+    """The config source kept in ``record``'s ``directory`` when the domain can be saved or
+    migrated (ReplanError, one line, when not): made by a ``create`` that kept its source,
+    every hot-plugged device with its spec, no device still being released after a forced
+    detach."""
+    source = lifecycle.read_source(directory)
+    if source is None:
         raise ReplanError(
             f"domain {record.name!r} was created by an older pvhvm, whose record keeps no "
             f"config to plan it from: it cannot be {verb}; destroy it and create it again")
@@ -308,9 +311,5 @@ def check_savable(record: DomainRecord, verb: str) -> ConfigSource:
         raise ReplanError(
             f"domain {record.name!r} has a device detached with --force that the guest has "
             f"not released yet: it cannot be {verb} until the guest lets go of it")
-    try:
-        return ConfigSource.from_json(record.source)
-    except ValueError as err:
-        raise ReplanError(f"domain {record.name!r}: its record's config source {err}"
-                          ) from err
+    return source
 

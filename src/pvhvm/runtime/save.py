@@ -247,7 +247,7 @@ def save(name: str, path: Path, store: StateStore | None = None, leave: str = "d
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the state is taken
         record = movable(name, store, "saved")
-        check_savable(record, "saved")
+        check_savable(record, paths.directory, "saved")
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

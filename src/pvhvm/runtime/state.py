@@ -8,6 +8,7 @@ Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/sta
                              (a rename onto an existing domain fails: one of two racing
                              creates of a name wins)
         record.json          the DomainRecord (replaced atomically: tmp file, fsync, rename)
+        source.json          the config as create read it, 0600 (runtime/lifecycle.py)
         owner.lock           flock held by whoever is responsible for the domain: the creating
                              ``pvhvm create``, then its supervisor (the lock is inherited); free
                              means nobody is (see lifecycle.refresh)
@@ -106,9 +107,6 @@ class DomainRecord:
     #: what to remove once QEMU reports a force-detached device gone: device (its id),
     #: command and arguments (blockdev-del / netdev_del), run by the supervisor
     releasing: list[dict[str, Any]] = field(default_factory=list)
-    #: the config as ``create`` read it (pvhvm.config.source.ConfigSource as JSON), which a
-    #: save or migration carries to be planned again; None in a record of an older pvhvm
-    source: dict[str, Any] | None = None
     #: CD drives whose medium cd-insert / cd-eject changed: vdev → path ("" empty)
     media: dict[str, str] = field(default_factory=dict)
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from pvhvm.cli.main import main
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import InputError, PvhvmError
+from pvhvm.guest.kit import Kit
 from pvhvm.plan.plan import Plan
 from pvhvm.qemu.argv import qemu_argv
 from pvhvm.runtime import hotplug, lifecycle, migrate, resize
@@ -485,3 +486,35 @@ def test_relative_paths_resolve_where_create_ran(tmp_path: Path) -> None:
     with pytest.raises(ReplanError, match=r"does not plan here: .*root\.img"):
         replan(elsewhere, "g.save")
     assert os.getcwd() == cwd
+
+
+def test_a_pygrub_guest_is_planned_with_the_kernel_pygrub_finds_again(
+        kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pygrub runs again, as at create: the kernel and initrd come from the guest's disk
+    into a new folder of pvhvm's own cache, never from a path in the file, and are checked
+    by size against what the image says it had."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = ConfigSource(file="pg.cfg", directory="/", text=(
+        f'name = "pg"\nbootloader = "pygrub"\nmemory = 256\n'
+        f'disk = [ "file:{kit.directory / "boot.img"},xvda,w" ]\n'))
+    plan = plan_source(source)
+    assert plan.kernel is not None and plan.ramdisk is not None
+    files = tuple(SavedFile(what, path, os.path.getsize(path)) for what, path in [
+        ("disk xvda", str(kit.directory / "boot.img")), ("kernel", plan.kernel),
+        ("ramdisk", plan.ramdisk)])
+    image = DomainImage(
+        name="pg", uuid=plan.uuid, platform="qemu", source=source, memory_kib=256 * 1024,
+        vcpus=1, on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
+        accel="tcg", hotplugged=(), media={}, devices=("disk xvda 51712",), files=files)
+    again = replan(image, "pg.save").plan
+    assert again.kernel != plan.kernel and not Path(plan.kernel).exists()  # a new copy
+    assert again.kernel is not None and again.kernel.startswith(str(tmp_path / "cache"))
+    assert again.cmdline == plan.cmdline
+    # what the file says of the kernel is a size to check, not a path to open
+    forged = dataclasses.replace(image, files=(files[0], SavedFile("kernel", "/etc/shadow",
+                                                                   files[1].size), files[2]))
+    assert replan(forged, "pg.save").plan.kernel != "/etc/shadow"
+    bigger = dataclasses.replace(image, files=(files[0], dataclasses.replace(
+        files[1], size=files[1].size + 1), files[2]))
+    with pytest.raises(ReplanError, match=r"kernel: .* has changed size"):
+        replan(bigger, "pg.save")

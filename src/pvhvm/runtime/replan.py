@@ -15,10 +15,11 @@ files QEMU opens (with their sizes, checked against this host by :func:`file_pro
 Any disagreement is one :class:`ReplanError` line, raised before anything is started.
 
 The pygrub step runs again (the kernel and initrd are extracted once more from the guest's
-disk into pvhvm's own pygrub cache, as create does), rather than trusting kernel paths from
-the file: then no path QEMU opens comes from anywhere but the config's own rules, and a
-guest whose disk now holds another kernel fails the size check instead of booting a file
-the image named.
+disk into a new folder of pvhvm's own pygrub cache, as create does), rather than trusting
+kernel paths from the file: then no path QEMU opens comes from anywhere but the config's own
+rules, a migration's receiver finds the kernel in the guest's (shared) disk as the sender
+did, and a guest whose disk now holds another kernel fails the size check instead of
+booting a file the image named. (Its files are matched by what they are, not by path.)
 """
 
 from __future__ import annotations
@@ -84,12 +85,19 @@ def resolving_in(directory: str) -> Iterator[None]:
 
 def plan_source(source: ConfigSource, target: Platform = Platform.QEMU) -> Plan:
     """``source``'s plan, as ``create`` makes it (pygrub run on the qemu target)."""
+    return _plan_source(source, target)[0]
+
+
+def _plan_source(source: ConfigSource, target: Platform) -> tuple[Plan, bool]:
+    """:func:`plan_source`, and whether the kernel came from the bootloader (pygrub)."""
     with resolving_in(source.directory):
         config = domain_config(source)
+        loaded = config.bootloader is not None and config.kernel is None
         if target is Platform.QEMU:
             config = pygrub.run_bootloader(config)
-        return make_plan(config, target, check_files=True,
+        plan = make_plan(config, target, check_files=True,
                          skip_unsupported=source.skip_unsupported)
+    return plan, loaded and target is Platform.QEMU
 
 
 # --- what the image may add to the plan ----------------------------------------------------
@@ -257,7 +265,7 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
     ``check_slots``: hot-plugged devices name pvhvm's hotplug ports (not on libvirt, which
     places them itself)."""
     try:
-        plan = plan_source(image.source, target)
+        plan, loaded = _plan_source(image.source, target)
     except PvhvmError as err:
         raise ReplanError(f"{where}: the saved domain's config does not plan here: {err}"
                           ) from err
@@ -280,16 +288,34 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
             f"{where}: the devices its config and hot-plugged specs plan "
             f"({', '.join(device_set(plan_json)) or 'none'}) are not the devices the saved "
             f"state belongs to ({', '.join(sorted(image.devices)) or 'none'})")
-    planned_files = sorted(opened_files(plan_json))
-    if planned_files != sorted((f.what, f.path) for f in image.files):
-        raise ReplanError(f"{where}: the files its plan opens are not the files the image "
-                          "lists with their sizes")
-    problems = file_problems(image.files)
+    problems = file_problems(_expected_files(opened_files(plan_json), image.files, loaded,
+                                             where))
     if problems:
         raise ReplanError(f"{where}: the saved domain does not match this host: "
                           + "; ".join(problems))
     return Replanned(plan=plan, plan_json=plan_json, hotplugged=tuple(hotplugged),
                      vcpus=image.vcpus)
+
+
+def _expected_files(planned: list[tuple[str, str]], saved: tuple[SavedFile, ...],
+                    loaded: bool, where: str) -> list[SavedFile]:
+    """The files the plan opens, each with the size the image says it had: the same files
+    (by what they are and their path) as the image lists, or ReplanError. A kernel and
+    initrd pygrub found are matched by what they are only: pygrub extracts them afresh, to
+    a new folder of its cache, at each create (and this re-plan)."""
+    boot = ("kernel", "ramdisk") if loaded else ()
+    sizes = {f.what: f for f in saved}
+    if len(sizes) != len(saved) or set(sizes) != {what for what, _ in planned}:
+        raise ReplanError(f"{where}: the files its plan opens are not the files the image "
+                          "lists with their sizes")
+    expected = []
+    for what, path in planned:
+        if what not in boot and sizes[what].path != path:
+            raise ReplanError(f"{where}: the files its plan opens are not the files the "
+                              f"image lists with their sizes ({what}: {path!r}, not "
+                              f"{sizes[what].path!r})")
+        expected.append(SavedFile(what, path, sizes[what].size))
+    return expected
 
 
 def check_savable(record: DomainRecord, directory: Path, verb: str) -> ConfigSource:

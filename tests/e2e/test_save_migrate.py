@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pvhvm.runtime.save import peek
 from tests.e2e.conftest import EXAMPLES, Pvhvm, console_shell
 from tests.hosts import NetnsHost
 
@@ -99,6 +100,7 @@ def test_save_restore_migrate_there_and_back(
     before = devices(pvhvm.run, name)
     assert before[1][1][1] == "00:16:3e:7a:00:02"
     up = uptime(here, pvhvm.env(), name)
+    argv_before = json.loads(pvhvm.run("list", "-l", name).stdout)[0]["argv"]
 
     # --- save: the domain is gone, the file is whole -------------------------------------
     saved = tmp_path / "mover.save"
@@ -106,9 +108,16 @@ def test_save_restore_migrate_there_and_back(
     assert "saved to" in done.stderr and not pvhvm.leftovers(name)
     assert json.loads(pvhvm.run("list", "--json").stdout) == []
     assert saved.read_bytes()[:8] == b"PVHVMSAV" and saved.stat().st_mode & 0o077 == 0
+    # the file carries the config as create read it and the attach's spec, no command line
+    image = peek(saved)
+    assert '"argv"' not in json.dumps(image.to_json())
+    assert image.source.variables == (f"imagedir={imagedir}", f"name={name}", "memory=192")
+    assert [h.spec for h in image.hotplugged] == ["mac=00:16:3e:7a:00:02,devid=1"]
 
-    # --- restore: same devices, the guest's clock goes on ----------------------------------
+    # --- restore: planned again, the very argv create and network-attach made; same
+    # devices, the guest's clock goes on ------------------------------------------------------
     pvhvm.run("restore", str(saved))
+    assert json.loads(pvhvm.run("list", "-l", name).stdout)[0]["argv"] == argv_before
     assert devices(pvhvm.run, name) == before
     assert json.loads(pvhvm.run("list", "--json").stdout)[0]["state"] == "running"
     up_restored = uptime(here, pvhvm.env(), name)

@@ -5,16 +5,19 @@ one clear line for each way a file is not one pvhvm can restore. The e2e test
 
 from __future__ import annotations
 
+import json
 import struct
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.libvirt import saveimage
 from pvhvm.runtime import save
-from pvhvm.runtime.savefile import DomainImage, SaveFileError
+from pvhvm.runtime.savefile import DomainImage, HotplugSpec, SaveFileError
 
 UUID = "0c1f8f3a-5d6e-4f70-8a9b-0123456789ab"
 DOMAIN = (f"<domain type='qemu'><name>g</name><uuid>{UUID}</uuid>"
@@ -23,11 +26,13 @@ DOMAIN = (f"<domain type='qemu'><name>g</name><uuid>{UUID}</uuid>"
 
 def image(**changes: object) -> DomainImage:
     fields: dict[str, object] = dict(
-        name="g", uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
-        plan={"libvirt_uri": "qemu:///system", "disks": []}, argv=[], on_poweroff="destroy",
-        on_reboot="restart", on_crash="destroy", accel="tcg", console="virsh console g",
-        hotplugged=[{"kind": "disk", "vdev": "xvdb", "devid": 51728}], run_paths={},
-        files=[])
+        name="g", uuid=UUID, platform="libvirt",
+        source=ConfigSource(file="g.cfg", text='name = "g"\n', directory="/"),
+        memory_kib=192 * 1024, vcpus=1, on_poweroff="destroy", on_reboot="restart",
+        on_crash="destroy", accel="tcg",
+        hotplugged=(HotplugSpec("disk", "/d.img,raw,xvdb,w", None, 51728, vdev="xvdb"),),
+        media={}, devices=("disk xvdb 51728",), files=(),
+        extra={"libvirt_uri": "qemu:///system"})
     fields.update(changes)
     return DomainImage(**fields)  # type: ignore[arg-type]
 
@@ -53,14 +58,15 @@ def test_image_round_trips_through_the_domain_xml(tmp_path: Path) -> None:
     # the metadata goes after name/uuid, as libvirt's schema orders it
     assert xml.index("<metadata>") > xml.index("</uuid>") and xml.index("<metadata>") < xml.index(
         "<memory")
-    again = saveimage.with_image(xml, image(memory_mib=160))  # replaces, does not add
+    again = saveimage.with_image(xml, image(memory_kib=160 * 1024))  # replaces, does not add
     assert again.count("pvhvm:image") == 2  # one element: its start and end tags
     path = tmp_path / "g.save"
     path.write_bytes(libvirt_file(again))
     read = save.peek(path)  # pvhvm restore's first look recognises libvirt's image
-    assert (read.name, read.uuid, read.platform, read.memory_mib) == ("g", UUID, "libvirt", 160)
+    assert (read.name, read.uuid, read.platform, read.memory_kib) == (
+        "g", UUID, "libvirt", 160 * 1024)
     assert read.hotplugged == image().hotplugged
-    assert read.plan["libvirt_uri"] == "qemu:///system"
+    assert read.extra["libvirt_uri"] == "qemu:///system"
 
 
 def test_a_byte_swapped_header_is_read_as_libvirt_reads_it() -> None:
@@ -93,6 +99,20 @@ def test_a_record_that_disagrees_with_its_xml_is_refused() -> None:
         saveimage.decode(libvirt_file(xml))
     xml = saveimage.with_image(DOMAIN, image(platform="qemu"))
     with pytest.raises(SaveFileError, match="record of the qemu platform"):
+        saveimage.decode(libvirt_file(xml))
+
+
+def test_an_image_of_an_older_pvhvm_is_refused() -> None:
+    """pvhvm's record in an older image held a plan and an argv: one line, nothing read."""
+    old = image().to_json()
+    del old["source"]
+    domain = ET.fromstring(saveimage.with_image(DOMAIN, image()))
+    element = domain.find(f"metadata/{{{saveimage.NAMESPACE}}}{saveimage.ELEMENT}")
+    assert element is not None
+    element.text = json.dumps({**old, "plan": {}, "argv": ["/bin/sh", "-c", "touch /tmp/x"]})
+    xml = ET.tostring(domain, encoding="unicode")
+    with pytest.raises(SaveFileError, match="made by an older pvhvm: it carries a QEMU "
+                                            "command line"):
         saveimage.decode(libvirt_file(xml))
 
 

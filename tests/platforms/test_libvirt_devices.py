@@ -4,6 +4,7 @@ The real daemon is in tests/e2e/test_libvirt_devices.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -14,14 +15,17 @@ from typing import Any
 
 import pytest
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, InputError, NotOnPlatformError
 from pvhvm.libvirt import saveimage
 from pvhvm.platforms import libvirt as platform_module
 from pvhvm.platforms.libvirt import LibvirtPlatform
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.hotplug import HotplugError
+from pvhvm.runtime.replan import ReplanError, plan_source
 from pvhvm.runtime.resize import ResizeError
 from pvhvm.runtime.save import peek
+from pvhvm.runtime.savefile import HotplugSpec
 from pvhvm.runtime.state import DomainRecord, StateStore
 
 URI = "qemu+unix:///system?socket=/nowhere"
@@ -173,18 +177,21 @@ def lv(tmp_path: Path) -> Iterator[LibvirtPlatform]:
     platform = LibvirtPlatform(StateStore(state))
     records = platform.records
     records.claim("g")
-    records.write(DomainRecord(
-        name="g", domid=1, uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
-        plan={"libvirt_uri": URI, "memory": 192, "maxmem": 320, "ide_controller": True,
-              "disks": [{"vdev": "xvda", "devid": 51712, "type": "xenbus",
-                         "target": str(tmp_path / "root.img"), "mode": "w", "cdrom": False},
-                        {"vdev": "hdc", "devid": 5632, "type": "ioemu", "target": "",
-                         "cdrom": True, "ide_place": [1, 0]}],
-              "vifs": [{"devid": 0, "mac": "00:16:3e:00:00:01", "type": "xenbus"}]},
-        argv=[], on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
-        state="running"))
     (tmp_path / "root.img").write_bytes(bytes(4096))
     (tmp_path / "data.img").write_bytes(bytes(4096))
+    # the record as create makes it: a plan of a real config, and that config's source,
+    # which save carries and restore plans again (runtime/replan.py)
+    source = ConfigSource(file="g.cfg", directory=str(tmp_path), text=(
+        f'name = "g"\nuuid = "{UUID}"\nbuilder = "hvm"\nmemory = 192\nmaxmem = 320\n'
+        'disk = ["root.img,raw,xvda,w", ",raw,hdc:cdrom,r"]\n'
+        'vif = ["mac=00:16:3e:00:00:01"]\n'))
+    plan = plan_source(source)
+    records.write(DomainRecord(
+        name="g", domid=1, uuid=UUID, platform="libvirt", memory_mib=192, vcpus=1,
+        plan={**plan.to_json(), "libvirt_uri": URI},
+        argv=[], on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
+        state="running"))
+    lifecycle.write_source(records.paths("g").directory, source)
     yield platform
     shutil.rmtree(state, ignore_errors=True)
 
@@ -283,11 +290,15 @@ def test_save_and_restore_leave_nothing_half_made(
     assert lv.holds("g")
     del fake.conn.domain.fail["save"]
     lv.block_attach("g", f"{tmp_path / 'data.img'},raw,xvdb,w")
+    iso = tmp_path / "m.iso"
+    iso.write_bytes(bytes(2048))
+    lv.cd_insert("g", "hdc", str(iso))
 
     done = lv.save("g", target)
     assert done.domain == "destroyed" and target.exists() and not lv.holds("g")
     image = peek(target)
-    assert image.platform == "libvirt" and "libvirt_xml" not in image.plan
+    assert image.platform == "libvirt" and "argv" not in image.to_json()
+    assert image.extra == {"libvirt_uri": URI} and image.hotplugged[0].vdev == "xvdb"
 
     fake.restore_fails = True
     with pytest.raises(DomainError, match="could not load the state"):
@@ -298,6 +309,10 @@ def test_save_and_restore_leave_nothing_half_made(
     assert restored.state == "running"
     assert restored.hotplugged[0]["vdev"] == "xvdb"
     assert [d["vdev"] for d in restored.plan["disks"]] == ["xvda", "hdc", "xvdb"]
+    # planned again from the config: the medium cd-insert put in, the attach's spec
+    assert restored.plan["disks"][1]["target"] == str(iso) and restored.media == {
+        "hdc": str(iso)}
+    assert restored.hotplugged[0]["spec"] == f"{tmp_path / 'data.img'},raw,xvdb,w"
     with pytest.raises(DomainError, match="already exists"):
         lv.restore(target, image)
 
@@ -314,3 +329,25 @@ def test_save_through_a_remote_daemon_is_refused(fake: Any, lv: LibvirtPlatform,
     with pytest.raises(NotOnPlatformError, match="daemon on this host only"):
         lv.save("g", tmp_path / "g.save")
     assert lv.holds("g") and fake.conn.domain.calls == []
+
+
+def test_a_forged_libvirt_image_starts_nothing(fake: Any, lv: LibvirtPlatform,
+                                               tmp_path: Path) -> None:
+    """libvirt re-parses its own XML; pvhvm's record is planned again from the config its
+    image carries, so an image whose config does not plan, or asks for more than the plan
+    allows, gets one line and libvirt is never asked to restore it."""
+    target = tmp_path / "g.save"
+    lv.save("g", target)
+    image = peek(target)
+    for forged, words in [
+        (dataclasses.replace(image, source=dataclasses.replace(
+            image.source, text='name = __import__("os").system("id")\n')), "call"),
+        (dataclasses.replace(image, vcpus=99), "99 vCPUs is outside"),
+        (dataclasses.replace(image, hotplugged=(HotplugSpec(
+            "disk", "/etc/shadow,raw,xvdb,w", None, 51728, vdev="xvdb"),)),
+         "devices its config and hot-plugged specs plan"),
+    ]:
+        with pytest.raises(ReplanError, match=words) as caught:
+            lv.restore(target, forged)
+        assert "\n" not in str(caught.value)
+        assert not lv.holds("g") and fake.conn.restored == []

@@ -96,7 +96,7 @@ def test_argv_fragment_goes_before_the_supervisor_options_and_comes_out_again() 
     assert json.loads(fragment[1]) == node
     assert fragment[3] == ("virtio-blk-pci,id=vbd-51728,drive=disk-xvdb,num-queues=2,"
                            "queue-size=256,bus=hotplug1")
-    argv = hotplug._before_tail(record.argv, fragment)
+    argv = hotplug.before_tail(record.argv, fragment)
     assert argv[argv.index("-no-shutdown") - 4:argv.index("-no-shutdown")] == fragment
     assert hotplug._without(argv, fragment) == record.argv
 

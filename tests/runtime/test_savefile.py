@@ -3,6 +3,7 @@ before it starts anything (runtime/save.py, runtime/incoming.py): built without 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -10,15 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import InputError
-from pvhvm.qemu.argv import RunPaths
-from pvhvm.runtime.incoming import ImageMismatchError, file_problems, relocate, start_incoming
+from pvhvm.runtime.incoming import ImageMismatchError, file_problems, start_incoming
 from pvhvm.runtime.migrate import receiver_command
 from pvhvm.runtime.save import read_save_file, restore
 from pvhvm.runtime.savefile import (
     MAGIC,
     PREFIX,
     DomainImage,
+    HotplugSpec,
     NeedMore,
     SavedFile,
     SaveFileError,
@@ -30,13 +32,20 @@ from pvhvm.runtime.savefile import (
 )
 from pvhvm.runtime.state import StateStore
 
+UUID = "6f0e7c2a-0000-4000-8000-000000000001"
 
-def image(files: list[SavedFile] | None = None, name: str = "g") -> DomainImage:
+
+def image(files: list[SavedFile] | None = None, name: str = "g", text: str = "",
+          directory: str = "/") -> DomainImage:
     return DomainImage(
-        name=name, uuid="6f0e7c2a-0000-4000-8000-000000000001", platform="qemu",
-        memory_mib=128, vcpus=1, plan={"disks": [], "boot": {}}, argv=["qemu-system-x86_64"],
-        on_poweroff="destroy", on_reboot="restart", on_crash="destroy", accel="tcg",
-        console=None, hotplugged=[], run_paths={}, files=files or [])
+        name=name, uuid=UUID, platform="qemu",
+        source=ConfigSource(file="g.cfg", directory=directory, text=text or (
+            f'name = "{name}"\nuuid = "{UUID}"\nbuilder = "hvm"\nmemory = 128\n')),
+        memory_kib=128 * 1024, vcpus=1, on_poweroff="destroy", on_reboot="restart",
+        on_crash="destroy", accel="tcg",
+        hotplugged=(HotplugSpec("vif", "devid=1", "hotplug1", 1, mac="00:16:3e:00:00:02",
+                                directory="/srv"),),
+        media={}, devices=(), files=tuple(files or ()))
 
 
 def save_file(path: Path, stream: bytes, img: DomainImage | None = None) -> Path:
@@ -74,10 +83,12 @@ def test_prefix_never_crashes_on_junk(data: bytes) -> None:
 
 @pytest.mark.parametrize(("data", "words"), [
     (b"hello world, not a save", "no PVHVMSAV magic"),
-    (PREFIX.pack(MAGIC, 2, 2) + b"{}", "version 2"),
-    (PREFIX.pack(MAGIC, 1, 2) + b"[]", "not a JSON object"),
-    (PREFIX.pack(MAGIC, 1, 3) + b"{\"a", "not JSON"),
-    (PREFIX.pack(MAGIC, 1, 2) + b"{}", "no 'name'"),
+    (PREFIX.pack(MAGIC, 3, 2) + b"{}", "version 3"),
+    (PREFIX.pack(MAGIC, 1, 2) + b"{}", "made by an older pvhvm .format 1.: it carries a QEMU "
+                                       "command line, which pvhvm no longer starts"),
+    (PREFIX.pack(MAGIC, 2, 2) + b"[]", "not a JSON object"),
+    (PREFIX.pack(MAGIC, 2, 3) + b"{\"a", "not JSON"),
+    (PREFIX.pack(MAGIC, 2, 2) + b"{}", "no 'name'"),
 ])
 def test_bad_prefixes_say_what_is_wrong(data: bytes, words: str) -> None:
     with pytest.raises(SaveFileError, match=words):
@@ -121,34 +132,30 @@ def test_restore_of_a_bad_file_starts_nothing(tmp_path: Path) -> None:
     assert store.names() == []
 
 
-def test_a_stale_plan_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_a_stale_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * 4096)
     gone = tmp_path / "gone.img"
-    img = image([SavedFile("disk xvda", str(disk), 8192), SavedFile("disk xvdb", str(gone), 1)])
-    assert file_problems(img) == [
+    files = [SavedFile("disk xvda", str(disk), 8192), SavedFile("disk xvdb", str(gone), 1)]
+    assert file_problems(files) == [
         f"disk xvda: {disk} has changed size (8192 bytes when saved, 4096 now)",
         f"disk xvdb: {gone} does not exist on this host"]
+    gone.write_bytes(b"\0")
+    text = (f'name = "g"\nuuid = "{UUID}"\nbuilder = "hvm"\nmemory = 128\n'
+            'disk = ["disk.img,raw,xvda,w", "gone.img,raw,xvdb,w"]\n')
+    img = dataclasses.replace(image(files, text=text, directory=str(tmp_path)),
+                              hotplugged=(), devices=("disk xvda 51712", "disk xvdb 51728"))
+    gone.unlink()
     store = StateStore(tmp_path / "state")
-    with (pytest.raises(ImageMismatchError, match=r"xvda.*changed size.*xvdb.*does not exist"),
+    # the plan itself finds gone.img missing (the planner checks files, as at create)
+    with (pytest.raises(ImageMismatchError, match=r"x.save: .*does not plan here: .*gone.img"),
           start_incoming(store, img, 0, "x.save")):
         pytest.fail("started")
-    assert store.names() == []
-
-
-def test_relocate_moves_run_paths_only() -> None:
-    old = {"qmp_socket": "/a/domains/g/qmp.sock", "control_socket": "/a/domains/g/ctl.sock",
-           "console_socket": "/a/domains/g/console.sock", "console_log": "/a/logs/g.log",
-           "vnc_secret": None}
-    new = RunPaths(Path("/b/domains/g/qmp.sock"), Path("/b/domains/g/ctl.sock"),
-                   Path("/b/domains/g/console.sock"), Path("/b/logs/g.log"))
-    argv = ["-chardev", "socket,id=qmp,path=/a/domains/g/qmp.sock,server=on",
-            "-chardev", "socket,id=serial0,path=/a/domains/g/console.sock,logfile=/a/logs/g.log",
-            "-drive", "file=/a/disk.img"]
-    assert relocate(argv, old, new) == [
-        "-chardev", "socket,id=qmp,path=/b/domains/g/qmp.sock,server=on",
-        "-chardev", "socket,id=serial0,path=/b/domains/g/console.sock,logfile=/b/logs/g.log",
-        "-drive", "file=/a/disk.img"]
+    gone.write_bytes(b"\0")
+    with (pytest.raises(ImageMismatchError, match=r"xvda.*changed size"),
+          start_incoming(store, img, 0, "x.save")):
+        pytest.fail("started")
+    assert store.names() == [] and not (tmp_path / "state").exists()
 
 
 def test_receiver_command_as_xl() -> None:

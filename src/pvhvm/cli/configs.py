@@ -13,6 +13,7 @@ import click
 
 from pvhvm.config.domain import Dialect, DomainConfig, config_from_text
 from pvhvm.config.lang import parse_cli_variable, read_config_text
+from pvhvm.config.source import ConfigSource
 
 
 def variables(assignments: tuple[str, ...]) -> dict[str, Any]:
@@ -45,6 +46,18 @@ def load_domain(path: Path, variables: Mapping[str, Any] | None = None,
 
         return read.load_domain(path, variables, dialect)
     return config_from_text(text, str(path), variables, dialect)
+
+
+def domain_of_source(source: ConfigSource) -> DomainConfig:
+    """A config source (the text ``create`` read once, and how to read it) as
+    :func:`load_domain` reads a file; its record keeps the source for save and migrate."""
+    given = variables(source.variables)
+    forced = dialect(source.dialect)
+    if may_be_domain_xml(Path(source.file), source.text):
+        from pvhvm.libvirt import read
+
+        return read.domain_from_text(source.file, source.text, given, forced)
+    return config_from_text(source.text, source.file, given, forced)
 
 
 def may_be_domain_xml(path: Path, text: str) -> bool:

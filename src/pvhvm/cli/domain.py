@@ -338,7 +338,8 @@ def save(name: str, file: Path, leave_running: bool, leave_paused: bool,
               help="Attach to the console once restored (^] detaches).")
 @click.option("--json", "as_json", is_flag=True, help="The restored domain's record as JSON.")
 def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> None:
-    """Restore the domain saved in FILE (as xl restore): same devices, MACs and disks."""
+    """Restore the domain saved in FILE (as xl restore): same devices, MACs and disks,
+    planned again from the config FILE carries (a file of yours or root's only)."""
     from pvhvm.runtime.save import peek
 
     image = peek(file)

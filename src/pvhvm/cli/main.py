@@ -17,6 +17,7 @@ from pvhvm import __version__
 from pvhvm.cli import configs
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import console, plan_tables, print_findings, print_json, say, warn
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
@@ -123,11 +124,14 @@ def create(
     """
     platforms = current_platforms()
     target = platforms.default if platform is None else platforms.get(platform)
+    # read once: the record keeps this text, which save and migrate carry to be planned again
+    source = ConfigSource.read(config, variables, dialect, skip_unsupported)
     options = CreateOptions(
-        accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect
+        accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect,
+        source=source,
     )
     platforms.check_options(target, options)
-    domain = configs.load_domain(config, configs.variables(variables), configs.dialect(dialect))
+    domain = configs.domain_of_source(source)
     if target.plan_target is Platform.QEMU:
         domain = configs.run_bootloader(domain)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)

@@ -131,7 +131,15 @@ def load_domain(
 ) -> DomainConfig:
     """The DomainConfig of ``path``: an xm/xl config file or a libvirt domain XML, told apart
     by :func:`is_domain_xml`. VAR=VALUE and --dialect apply to config files only."""
-    text = read_config_text(path)
+    return domain_from_text(path, read_config_text(path), variables, dialect)
+
+
+def domain_from_text(
+    path: str | os.PathLike[str], text: str, variables: Mapping[str, Any] | None = None,
+    dialect: Dialect | None = None,
+) -> DomainConfig:
+    """:func:`load_domain` of ``text`` already read from ``path`` (restore re-reads a config
+    from its save file, runtime/replan.py)."""
     if not is_domain_xml(path, text):
         return config_from_text(text, str(path), variables, dialect)
     if variables:

@@ -7,9 +7,11 @@ the whole stream once more on save and again on restore (``virDomainRestore`` re
 and the wrapped file would no longer be one ``virsh restore`` takes. libvirt's image already
 marks itself incomplete until it is whole (magic ``LibvirtQemudPart``, rewritten to
 ``LibvirtQemudSave`` at the end). So the image stays libvirt's, and pvhvm's part of it, the
-domain image (:class:`~pvhvm.runtime.savefile.DomainImage`: plan, hot-plugged devices, the
-files it opens), rides in the domain XML's ``<metadata>`` as one JSON element, which libvirt
-keeps and ignores.
+domain image (:class:`~pvhvm.runtime.savefile.DomainImage`, format 2: the domain's config as
+create read it, hot-plugged devices as specs, the files it opens; never a plan or an argv),
+rides in the domain XML's ``<metadata>`` as one JSON element, which libvirt keeps and
+ignores. Restore plans the domain again from that config (runtime/replan.py), as the qemu
+platform does; libvirt re-parses and validates the XML itself.
 
 The header (libvirt src/qemu/qemu_saveimage.h, version 2), integers in the saving host's
 byte order (libvirt reads a swapped one too)::
@@ -115,9 +117,6 @@ def image_of_xml(domain_xml: str) -> DomainImage:
     except ValueError as err:
         raise SaveFileError(f"libvirt save image: pvhvm's record in it is not JSON: {err}"
                             ) from err
-    if isinstance(document, dict) and not document.get("argv"):
-        # a libvirt domain has no QEMU argv of pvhvm's; the image type wants one
-        document = {**document, "argv": ["libvirt"]}
     image = DomainImage.from_json(document)
     for key, value in (("name", domain.findtext("name")), ("uuid", domain.findtext("uuid"))):
         if getattr(image, key) != value:

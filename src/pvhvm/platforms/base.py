@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, NotOnPlatformError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
@@ -46,6 +47,8 @@ class CreateOptions:
     xenstore: Path | None = None
     #: libvirt: the daemon's URI
     connect: str | None = None
+    #: the config as create read it, kept in the record for save and migrate (issue 18)
+    source: ConfigSource | None = None
 
     def given(self) -> list[str]:
         """The options set, by their CLI names."""

@@ -222,6 +222,9 @@ class LibvirtPlatform(DomainPlatform):
         flags = libvirt.VIR_DOMAIN_START_PAUSED if options.paused else 0
 
         def build(domid: int) -> DomainRecord:
+            if options.source is not None:
+                lifecycle.write_source(self.records.paths(plan.name).directory,
+                                       options.source)
             return DomainRecord(
                 name=plan.name, domid=domid, uuid=plan.uuid,
                 platform=self.name, memory_mib=plan.memory_mib, vcpus=plan.vcpus,
@@ -622,7 +625,8 @@ class LibvirtPlatform(DomainPlatform):
             def change(rec: DomainRecord) -> None:
                 rec.plan.setdefault("disks", []).append(hotplug.disk_json(disk))
                 rec.hotplugged.append({"kind": "disk", "vdev": disk.vdev, "devid": disk.devid,
-                                       "libvirt_target": target})
+                                       "libvirt_target": target, "spec": spec,
+                                       "directory": os.getcwd()})
 
             self._record_change(name, change, lambda: dom.detachDeviceFlags(xml, flags))
         return DeviceChange(f"disk {disk.vdev} (devid {disk.devid}) attached: libvirt virtio "
@@ -675,7 +679,9 @@ class LibvirtPlatform(DomainPlatform):
 
             def change(rec: DomainRecord) -> None:
                 rec.plan.setdefault("vifs", []).append(hotplug.vif_json(vif))
-                rec.hotplugged.append({"kind": "vif", "devid": vif.devid, "mac": vif.mac})
+                rec.hotplugged.append({"kind": "vif", "devid": vif.devid, "mac": vif.mac,
+                                       "spec": hotplug.recorded_vif_spec(spec, vif),
+                                       "directory": os.getcwd()})
 
             self._record_change(name, change, lambda: dom.detachDeviceFlags(xml, flags))
         how = " (user networking)" if user else ""
@@ -712,6 +718,7 @@ class LibvirtPlatform(DomainPlatform):
                 for item in rec.plan.get("disks", []):
                     if item.get("vdev") == vdev:
                         item["target"], item["format"] = disk.target, disk.format
+                rec.media[vdev] = disk.target  # what a save carries (runtime/replan.py)
 
             self.records.modify(name, change)
 
@@ -775,10 +782,8 @@ class LibvirtPlatform(DomainPlatform):
         started = time.monotonic()
         with self._running(name, "save") as (record, dom, _flags):
             self._local(record, "save")
-            image = incoming.image_of(record, self.records.paths(name))
-            image = dataclasses.replace(
-                image, plan={k: v for k, v in image.plan.items() if k not in RUN_KEYS},
-                argv=[])
+            image = incoming.image_of(record, self.records.paths(name), verb="saved")
+            image = dataclasses.replace(image, extra={"libvirt_uri": self._uri(record)})
             live = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE
                                | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
             xml = saveimage.with_image(live, image)
@@ -805,36 +810,40 @@ class LibvirtPlatform(DomainPlatform):
     def restore(self, path: Path, image: DomainImage, paused: bool = False,
                 progress: Progress | None = None) -> DomainRecord:
         """``virsh restore`` of a libvirt save image that ``pvhvm save`` wrote, at the URI
-        the domain was saved from; the files it opens are checked first, so a stale image
-        starts nothing."""
-        from pvhvm.runtime import incoming
+        the domain was saved from. libvirt re-parses the image's domain XML itself; pvhvm's
+        record is planned again from the config its image carries (runtime/replan.py) and
+        the files it opens are checked first, so a stale or forged image starts nothing."""
+        from pvhvm.runtime import replan
 
         libvirt = _binding()
-        problems = incoming.file_problems(image)
-        if problems:
-            raise incoming.ImageMismatchError(f"{path}: {problems[0]}")
-        uri = str(image.plan.get("libvirt_uri", DEFAULT_URI))
+        uri = image.extra.get("libvirt_uri", DEFAULT_URI)
         if not is_local(uri):
             raise NotOnPlatformError(
                 f"{path} was saved from the libvirt host at {uri}: pvhvm restores libvirt "
                 "domains on a daemon on this host only", platform=self.name, verb="restore")
+        replanned = replan.replan(image, str(path), check_slots=False)
+        plan = replanned.plan
         flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
                  else libvirt.VIR_DOMAIN_SAVE_RUNNING)
 
         def build(domid: int) -> DomainRecord:
+            lifecycle.write_source(self.records.paths(plan.name).directory, image.source)
             return DomainRecord(
-                name=image.name, domid=domid, uuid=image.uuid,
-                platform=self.name, memory_mib=image.memory_mib, vcpus=image.vcpus,
-                plan=dict(image.plan), argv=[], on_poweroff=image.on_poweroff,
-                on_reboot=image.on_reboot, on_crash=image.on_crash,
-                state=DomainState.STARTING.value, accel=image.accel,
-                console=image.console, hotplugged=list(image.hotplugged))
+                name=plan.name, domid=domid, uuid=plan.uuid,
+                platform=self.name, memory_mib=image.memory_kib // 1024,
+                vcpus=replanned.vcpus,
+                plan={**replanned.plan_json, "libvirt_uri": uri}, argv=[],
+                on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+                on_crash=plan.on_crash, state=DomainState.STARTING.value, accel=image.accel,
+                console=f"virsh -c {uri} console {plan.name}",
+                hotplugged=[spec.to_json() for spec, _ in replanned.hotplugged],
+                media=dict(image.media))
 
         def start(conn: Any) -> Any:
             conn.restoreFlags(str(path.absolute()), None, flags)
-            return conn.lookupByUUIDString(image.uuid)
+            return conn.lookupByUUIDString(plan.uuid)
 
-        return self._start(image.name, uri, build, start)
+        return self._start(plan.name, uri, build, start)
 
 
 def _slot_hint(err: Exception) -> str:

@@ -53,7 +53,8 @@ class QemuPlatform(DomainPlatform):
 
     @staticmethod
     def _lifecycle_options(options: CreateOptions) -> lifecycle.CreateOptions:
-        return lifecycle.CreateOptions(accel=options.accel or "auto", paused=options.paused)
+        return lifecycle.CreateOptions(accel=options.accel or "auto", paused=options.paused,
+                                       source=options.source)
 
     def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
         return lifecycle.network_warnings(plan, lifecycle.host_bridges()) + ignored_settings(plan)

@@ -229,19 +229,54 @@ def block_attach(name: str, spec_text: str, store: StateStore | None = None) -> 
             raise HotplugError(f"disk {disk.vdev!r}: format {disk.format!r} is not one QEMU "
                                f"opens ({', '.join(QEMU_FORMATS)})")
         slot = _free_slot(record)
-        node = qemu_hotplug.blockdev_node(
-            disk, direct_io=lifecycle.direct_io_ok(disk.target),
-            block_device=stat.S_ISBLK(os.stat(disk.target).st_mode))
-        device = qemu_hotplug.disk_device(disk, record.vcpus, slot)
+        node, device = disk_node_and_device(disk, record.vcpus, slot)
 
         _plug_and_record(
             store, name, ("blockdev-add", node), device,
             ("blockdev-del", {"node-name": node["node-name"]}),
             qemu_hotplug.blockdev_argv(node) + qemu_hotplug.device_argv(device),
             ("disks", _disk_json(disk)),
-            {"kind": "disk", "vdev": disk.vdev, "devid": disk.devid, "slot": slot},
+            {"kind": "disk", "vdev": disk.vdev, "devid": disk.devid, "slot": slot,
+             "spec": spec_text, "directory": os.getcwd(), "queues": record.vcpus},
         )
     return disk
+
+
+def disk_node_and_device(disk: DiskPlan, queues: int, slot: str | None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """blockdev-add's and device_add's arguments for a hot-plugged PV disk with ``queues``
+    virtio queues on ``slot``: what block-attach plugs, and what a restore starts QEMU with
+    for it (runtime/incoming.py)."""
+    node = qemu_hotplug.blockdev_node(
+        disk, direct_io=lifecycle.direct_io_ok(disk.target),
+        block_device=stat.S_ISBLK(os.stat(disk.target).st_mode))
+    return node, qemu_hotplug.disk_device(disk, queues, slot)
+
+
+def disk_argv(disk: DiskPlan, queues: int, slot: str | None) -> list[str]:
+    """The argv that starts QEMU with hot-plugged ``disk`` (see :func:`disk_node_and_device`)."""
+    node, device = disk_node_and_device(disk, queues, slot)
+    return qemu_hotplug.blockdev_argv(node) + qemu_hotplug.device_argv(device)
+
+
+def vif_argv(vif: VifPlan, slot: str | None, bridges: frozenset[str]) -> list[str]:
+    """The argv that starts QEMU with hot-plugged ``vif`` (what network-attach plugs)."""
+    return (qemu_hotplug.netdev_argv(qemu_hotplug.nic_netdev(vif, bridges))
+            + qemu_hotplug.device_argv(qemu_hotplug.nic_device(vif, slot)))
+
+
+def recorded_vif_spec(spec_text: str, vif: VifPlan) -> str:
+    """The VIFSPEC a network-attach keeps: as given, with the devid it got when it named
+    none (the next free devid depends on what was attached and detached before, so a
+    re-plan of the bare spec could give another; the MAC follows from the devid)."""
+    try:
+        given = parse_vif(spec_text).devid
+    except SpecError:
+        given = None
+    if given is not None:
+        return spec_text
+    return ",".join(part for part in (spec_text.strip().strip(","), f"devid={vif.devid}")
+                    if part)
 
 
 def _plug_and_record(
@@ -251,7 +286,9 @@ def _plug_and_record(
 ) -> None:
     """Plug a backend and its device into the running QEMU (:func:`plug_pair`), then record
     it: the device in the record's plan, its argv ``fragment`` in the argv a relaunch uses,
-    and ``entry`` (with the fragment) among the hot-plugged devices."""
+    and ``entry`` (with the fragment) among the hot-plugged devices. The entry keeps the
+    spec the device was attached with, its directory and the slot and devid it got: a
+    save or migration carries those, never the fragment (runtime/replan.py re-plans them)."""
 
     async def plug(client: QMPClient) -> None:
         await plug_pair(client, backend, device, undo)
@@ -261,13 +298,13 @@ def _plug_and_record(
 
     def change(rec: DomainRecord) -> None:
         rec.plan.setdefault(plan_key, []).append(plan_json)
-        rec.argv = _before_tail(rec.argv, fragment)
+        rec.argv = before_tail(rec.argv, fragment)
         rec.hotplugged.append({**entry, "argv": fragment})
 
     store.modify(name, change)
 
 
-def _before_tail(argv: list[str], fragment: list[str]) -> list[str]:
+def before_tail(argv: list[str], fragment: list[str]) -> list[str]:
     """``argv`` with ``fragment`` added before the supervisor's trailing options (``-S``)."""
     tail = [i for i, a in enumerate(argv) if a in ("-no-shutdown", "-S")]
     at = tail[0] if tail else len(argv)
@@ -449,7 +486,8 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
             store, name, ("netdev_add", netdev), device, ("netdev_del", {"id": netdev["id"]}),
             qemu_hotplug.netdev_argv(netdev) + qemu_hotplug.device_argv(device),
             ("vifs", _vif_json(vif)),
-            {"kind": "vif", "devid": vif.devid, "mac": vif.mac, "slot": slot},
+            {"kind": "vif", "devid": vif.devid, "mac": vif.mac, "slot": slot,
+             "spec": recorded_vif_spec(spec_text, vif), "directory": os.getcwd()},
         )
     return vif, warnings
 
@@ -504,6 +542,7 @@ def _set_medium(store: StateStore, name: str, vdev: str, disk: DiskPlan) -> None
         for index in range(1, len(rec.argv)):
             if rec.argv[index - 1] == "-drive" and rec.argv[index].startswith(old):
                 rec.argv[index] = drive_value(disk, ArgvOptions())
+        rec.media[vdev] = disk.target  # what a save or migration carries (runtime/replan.py)
 
     store.modify(name, change)
 

@@ -1,14 +1,20 @@
 """A domain as a migration stream carries it: the image written before the stream (save,
-migrate), checked against this host, and a domain started from it (restore,
+migrate), planned again on this host, and a domain started from it (restore,
 migrate-receive).
 
-The image is the record's plan and argv (hot-plugged devices included, so QEMU starts with
-the very devices, MACs and PCI slots the stream's device state belongs to) and the size of
-every file QEMU opens. Starting one introduces the domain as ``create`` does and hands its
-supervisor the stream (supervisor ``--incoming-fd``); it loads it paused and says
-``received``; :meth:`IncomingDomain.commit` then tells it to run or stay paused. Until then
-the domain is not the creator's to keep: an error, an abort, or a creator that dies removes
-it whole, as a failed create.
+The image (runtime/savefile.py, format 2) is the domain's config as ``create`` read it, the
+devices hot-plugged since as their specs (with the slots, vdevs, devids and MACs they got),
+the memory, vCPUs and CD media as they were left, and the size of every file QEMU opens. It
+holds no command line: runtime/replan.py plans it as create would, and this module builds
+QEMU's argv from that plan (``qemu_argv`` for this host's run paths, then each hot-plugged
+device's argv from runtime/hotplug.py, in the order they were attached), so QEMU starts with
+the very devices, MACs and PCI slots the stream's device state belongs to and with nothing a
+file chose. Starting one introduces the domain as ``create`` does and hands its supervisor
+the stream (supervisor ``--incoming-fd``); it loads it paused and says ``received``;
+:meth:`IncomingDomain.commit` then tells it to run or stay paused. Until then the domain is
+not the creator's to keep: an error, an abort, or a creator that dies removes it whole, as a
+failed create. An image that does not plan starts nothing: no QEMU, no state directory, no
+record.
 """
 
 from __future__ import annotations
@@ -17,122 +23,99 @@ import contextlib
 import os
 import select
 import socket
-import stat
 import time
 from collections.abc import Iterator
-from dataclasses import fields
-from typing import Any
 
-from pvhvm.errors import DomainError, InputError, LaunchError
-from pvhvm.qemu.argv import RunPaths
-from pvhvm.runtime import lifecycle
-from pvhvm.runtime.savefile import DomainImage, SavedFile
+from pvhvm.errors import DomainError, LaunchError
+from pvhvm.plan.plan import DiskPlan
+from pvhvm.qemu.argv import qemu_argv
+from pvhvm.runtime import hotplug, lifecycle, resize
+from pvhvm.runtime.replan import (
+    ReplanError,
+    Replanned,
+    check_savable,
+    device_set,
+    file_problems,
+    file_size,
+    opened_files,
+    replan,
+)
+from pvhvm.runtime.savefile import DomainImage, HotplugSpec, SavedFile
 from pvhvm.runtime.state import DomainPaths, DomainRecord, StateStore
 from pvhvm.runtime.supervisor import PAUSE, RUN
 
+#: a saved domain that no longer matches this host (kept name: ReplanError says it all)
+ImageMismatchError = ReplanError
 
-class ImageMismatchError(InputError):
-    """The saved domain no longer matches this host: a disk image missing or resized."""
+__all__ = ["ImageMismatchError", "IncomingDomain", "file_problems", "image_of", "realise",
+           "start_incoming"]
 
 
 # --- the image of a running domain -----------------------------------------------------------
 
 
-def _file_size(path: str) -> int:
-    """Bytes in a file or a block device (whose st_size is 0)."""
-    info = os.stat(path)
-    if stat.S_ISBLK(info.st_mode):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
-    return info.st_size
+def _hotplug_spec(entry: dict[str, object]) -> HotplugSpec:
+    slot, vdev, mac, queues = (entry.get(k) for k in ("slot", "vdev", "mac", "queues"))
+    return HotplugSpec(
+        kind=str(entry["kind"]), spec=str(entry["spec"]),
+        slot=None if slot is None else str(slot), devid=int(str(entry["devid"])),
+        vdev=None if vdev is None else str(vdev), mac=None if mac is None else str(mac),
+        directory=str(entry.get("directory") or "/"),
+        queues=None if queues is None else int(str(queues)))
 
 
-def opened_files(plan: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, path) of each local file QEMU opens for ``plan``: disks, media, kernel."""
-    out = []
-    for disk in plan.get("disks", []):
-        target = str(disk.get("target") or "")
-        if target.startswith("/") and not disk.get("script"):
-            what = "cdrom" if disk.get("cdrom") else "disk"
-            out.append((f"{what} {disk.get('vdev')}", target))
-    boot = plan.get("boot") or {}
-    for key in ("kernel", "ramdisk"):
-        if boot.get(key):
-            out.append((key, str(boot[key])))
-    return out
-
-
-def image_of(record: DomainRecord, paths: DomainPaths, qemu_version: str = "") -> DomainImage:
-    """What a save or a migration carries of ``record``'s domain beside QEMU's stream."""
+def image_of(record: DomainRecord, paths: DomainPaths, qemu_version: str = "",
+             verb: str = "saved or migrated") -> DomainImage:
+    """What a save or a migration carries of ``record``'s domain beside QEMU's stream;
+    ReplanError when its record keeps no config to carry (a domain of an older pvhvm)."""
+    source = check_savable(record, paths.directory, verb)
     files = []
     for what, path in opened_files(record.plan):
         try:
-            files.append(SavedFile(what, path, _file_size(path)))
+            files.append(SavedFile(what, path, file_size(path)))
         except OSError as err:
             raise DomainError(f"{what}: cannot read {path}: {err.strerror}") from err
-    secret = paths.directory / lifecycle.VNC_SECRET
-    run = lifecycle.run_paths(paths)
     return DomainImage(
-        name=record.name, uuid=record.uuid, platform=record.platform,
-        memory_mib=record.memory_mib, vcpus=record.vcpus, plan=record.plan,
-        argv=[a for a in record.argv if a != "-S"],
+        name=record.name, uuid=record.uuid, platform=record.platform, source=source,
+        memory_kib=resize.target_kib(record), vcpus=record.vcpus,
         on_poweroff=record.on_poweroff, on_reboot=record.on_reboot, on_crash=record.on_crash,
-        accel=record.accel, console=record.console, hotplugged=record.hotplugged,
-        run_paths={f.name: None if getattr(run, f.name) is None else str(getattr(run, f.name))
-                   for f in fields(run)},
-        files=files, qemu_version=qemu_version, saved_from=socket.gethostname(),
-        vncpasswd=secret.read_text(encoding="utf-8") if secret.exists() else None,
-        saved_at=time.time(),
+        accel=record.accel, hotplugged=tuple(_hotplug_spec(e) for e in record.hotplugged),
+        media=dict(record.media), devices=device_set(record.plan), files=tuple(files),
+        qemu_version=qemu_version, saved_from=socket.gethostname(), saved_at=time.time(),
     )
-
-
-def file_problems(image: DomainImage) -> list[str]:
-    """One line per file the domain opens that is missing here or not the size it was."""
-    problems = []
-    for saved in image.files:
-        try:
-            size = _file_size(saved.path)
-        except FileNotFoundError:
-            problems.append(f"{saved.what}: {saved.path} does not exist on this host")
-            continue
-        except OSError as err:
-            problems.append(f"{saved.what}: cannot read {saved.path}: {err.strerror}")
-            continue
-        if size != saved.size:
-            problems.append(f"{saved.what}: {saved.path} has changed size "
-                            f"({saved.size} bytes when saved, {size} now)")
-    return problems
-
-
-def relocate(argv: list[str], old: dict[str, str | None], new: RunPaths) -> list[str]:
-    """``argv`` with the run paths it was made with (sockets, console log) replaced by
-    ``new``, which belong to the domain's directory in this state directory."""
-    pairs = [(old_path, str(getattr(new, key))) for key, old_path in old.items()
-             if old_path and getattr(new, key, None) is not None]
-    out = []
-    for arg in argv:
-        for old_path, new_path in pairs:
-            arg = arg.replace(old_path, new_path)
-        out.append(arg)
-    return out
 
 
 # --- a domain started from an image ------------------------------------------------------
 
 
-def _record(image: DomainImage, domid: int, paths: DomainPaths) -> DomainRecord:
-    console = image.console
-    if console and image.run_paths.get("console_socket") == console:
-        console = str(paths.console_socket)
+def realise(image: DomainImage, replanned: Replanned, domid: int, paths: DomainPaths,
+            store: StateStore) -> DomainRecord:
+    """The record (argv included) of ``replanned`` on this host's run paths: the argv from
+    the plan, as create makes it, then each hot-plugged device's, as its attach made it."""
+    plan = replanned.plan
+    options = lifecycle.argv_options(plan, lifecycle.CreateOptions(accel=image.accel), store)
+    argv = qemu_argv(plan, lifecycle.run_paths(paths), options)
+    if replanned.vcpus != plan.vcpus:  # as vcpu-set left the argv
+        argv = resize.smp_argv(argv, replanned.vcpus)
+    max_vcpus = plan.maxvcpus if plan.maxvcpus is not None else plan.vcpus
+    entries = []
+    for spec, device in replanned.hotplugged:
+        if isinstance(device, DiskPlan):
+            if spec.queues is None or not 1 <= spec.queues <= max_vcpus:
+                raise ReplanError(f"hot-plugged disk {device.vdev}: its queue count is not "
+                                  f"1 to maxvcpus ({max_vcpus})")
+            fragment = hotplug.disk_argv(device, spec.queues, spec.slot)
+        else:
+            fragment = hotplug.vif_argv(device, spec.slot, options.bridges)
+        argv = hotplug.before_tail(argv, fragment)
+        entries.append({**spec.to_json(), "argv": fragment})
     return DomainRecord(
-        name=image.name, domid=domid, uuid=image.uuid, platform=image.platform,
-        memory_mib=image.memory_mib, vcpus=image.vcpus, plan=image.plan,
-        argv=relocate(image.argv, image.run_paths, lifecycle.run_paths(paths)),
-        on_poweroff=image.on_poweroff, on_reboot=image.on_reboot, on_crash=image.on_crash,
-        accel=image.accel, console=console, hotplugged=list(image.hotplugged),
+        name=plan.name, domid=domid, uuid=plan.uuid, platform=plan.platform.value,
+        memory_mib=image.memory_kib // 1024, vcpus=replanned.vcpus, plan=replanned.plan_json,
+        argv=argv, on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
+        on_crash=plan.on_crash, accel=options.accel.value,
+        console=lifecycle.console_of(plan, paths), hotplugged=entries,
+        media=dict(image.media),
     )
 
 
@@ -217,30 +200,27 @@ class IncomingDomain:
 @contextlib.contextmanager
 def start_incoming(store: StateStore, image: DomainImage, stream_fd: int,
                    where: str) -> Iterator[IncomingDomain]:
-    """Introduce ``image``'s domain and start its supervisor reading QEMU's stream from
-    ``stream_fd``; the ``with`` body feeds the stream, waits for it to be received and
-    commits. Leaving the body without a commit removes the domain. ``where`` names the
-    image in error messages (the save file, the migration's source)."""
-    problems = file_problems(image)
-    if problems:
-        raise ImageMismatchError(f"{where}: the saved domain does not match this host: "
-                                 + "; ".join(problems))
+    """Plan ``image``'s domain here (ReplanError, nothing started, when it does not plan),
+    introduce it and start its supervisor reading QEMU's stream from ``stream_fd``; the
+    ``with`` body feeds the stream, waits for it to be received and commits. Leaving the
+    body without a commit removes the domain. ``where`` names the image in error messages
+    (the save file, the migration's source)."""
+    if image.platform != "qemu":
+        raise ReplanError(f"{where}: a domain of the {image.platform} platform, not qemu")
+    replanned = replan(image, where)
 
     def build(domid: int, paths: DomainPaths) -> DomainRecord:
         others = [r for r in map(store.read, store.names()) if r is not None]
-        problem = lifecycle.disks_conflict(image.plan.get("disks", []), others)
+        problem = lifecycle.disks_conflict(replanned.plan_json.get("disks", []), others)
         if problem is not None:
             raise DomainError(problem)
-        return _record(image, domid, paths)
+        return realise(image, replanned, domid, paths, store)
 
     _, owner = store.introduce(image.name, build)
     paths = store.paths(image.name)
     try:
-        if image.vncpasswd:
-            fd = os.open(paths.directory / lifecycle.VNC_SECRET,
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(image.vncpasswd)
+        lifecycle.write_vnc_secret(replanned.plan, paths.directory)
+        lifecycle.write_source(paths.directory, image.source)
         ready_r, ready_w = os.pipe()
         commit_r, commit_w = os.pipe()
         try:

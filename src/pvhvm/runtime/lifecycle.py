@@ -12,6 +12,7 @@ is free is garbage, removed (with its QEMU) when next seen — see :func:`refres
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
@@ -49,6 +51,8 @@ class CreateOptions:
     accel: str = "auto"
     paused: bool = False
     qemu_binary: str = "qemu-system-x86_64"
+    #: the config as create read it, kept in the record for save and migrate (issue 18)
+    source: ConfigSource | None = None
 
 
 def run_paths(paths: DomainPaths) -> RunPaths:
@@ -61,9 +65,37 @@ def run_paths(paths: DomainPaths) -> RunPaths:
 
 #: the vncpasswd of a domain, in its directory (gone with it at destroy)
 VNC_SECRET = "vnc.secret"
+#: the config as create read it (ConfigSource as JSON), in the domain's directory, 0600: it
+#: may hold the vncpasswd, which record.json never does; save and migrate carry it
+SOURCE_FILE = "source.json"
 
 
-def _write_vnc_secret(plan: Plan, directory: Path) -> None:
+def write_source(directory: Path, source: ConfigSource) -> None:
+    """Keep ``source`` beside the domain's record (see SOURCE_FILE)."""
+    fd = os.open(directory / SOURCE_FILE,
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(source.to_json(), out)
+
+
+def read_source(directory: Path) -> ConfigSource | None:
+    """The config source kept beside a domain's record; None when there is none (a domain
+    of an older pvhvm); DomainError when it is unreadable."""
+    try:
+        fd = os.open(directory / SOURCE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise DomainError(f"{directory / SOURCE_FILE}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            return ConfigSource.from_json(json.load(handle))
+    except (OSError, ValueError) as err:
+        raise DomainError(f"{directory / SOURCE_FILE} is unreadable: {err}") from err
+
+
+def write_vnc_secret(plan: Plan, directory: Path) -> None:
+    """The plan's vncpasswd into the domain's directory, 0600 (not on QEMU's command line)."""
     if plan.display is None or not plan.display.password:
         return
     fd = os.open(directory / VNC_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -141,6 +173,13 @@ def dry_run_argv(plan: Plan, options: CreateOptions, store: StateStore | None = 
     )
 
 
+def console_of(plan: Plan, paths: DomainPaths) -> str:
+    """Where the domain's console is, as ``pvhvm console`` reads it from the record."""
+    if plan.serial == "none":
+        return ""
+    return str(paths.console_socket) if plan.serial in (None, "") else plan.serial
+
+
 def shared_image_conflict(plan: Plan, others: list[DomainRecord]) -> str | None:
     """Why ``plan`` may not use an image another domain uses, or None.
 
@@ -195,13 +234,14 @@ def create(
             plan=plan.to_json(), argv=qemu_argv(plan, run_paths(paths), argv_opts),
             on_poweroff=plan.on_poweroff, on_reboot=plan.on_reboot,
             on_crash=plan.on_crash, accel=argv_opts.accel.value,
-            console="" if plan.serial == "none" else str(paths.console_socket)
-            if plan.serial in (None, "") else plan.serial,
+            console=console_of(plan, paths),
         )
 
     record, owner = store.introduce(plan.name, build)
     try:
-        _write_vnc_secret(plan, store.paths(plan.name).directory)
+        write_vnc_secret(plan, store.paths(plan.name).directory)
+        if options.source is not None:
+            write_source(store.paths(plan.name).directory, options.source)
         _start_supervisor(store, record, owner)
     except BaseException:
         store.release(plan.name)

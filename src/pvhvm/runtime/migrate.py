@@ -9,8 +9,8 @@ the stream is as encrypted and authenticated as the ssh session. The conversatio
 
     sender → receiver                         receiver → sender (lines)
     preamble (savefile: magic, version,
-      the domain image)
-                                              accepted        plan checked, domain introduced
+      the domain image: its config)
+                                              accepted        planned here, domain introduced
     QEMU's migration stream (pre-copy)
                                               received        QEMU on HOST has loaded it
     run | pause                               (the switch-over: only now may HOST run it)
@@ -46,6 +46,7 @@ from pvhvm.errors import DomainError, PvhvmError, printable
 from pvhvm.qemu import qmp
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.incoming import image_of, start_incoming
+from pvhvm.runtime.replan import check_savable
 from pvhvm.runtime.save import (
     QMP_TIMEOUT,
     Progress,
@@ -232,6 +233,7 @@ def send(name: str, host: str, store: StateStore | None = None,
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the domain moves
         record = movable(name, store, "migrated")
+        check_savable(record, paths.directory, "migrated")
 
         async def conversation() -> tuple[dict[str, Any], str]:
             client = await qmp.connect(paths.control_socket, "pvhvm-migrate",

@@ -7,9 +7,11 @@ fd:``) and is hashed on its way to the file — then the domain is destroyed (``
 running, ``-p``: left paused, as xl). The file is written under a temporary name and renamed
 into place once whole, so a failed save leaves no file and a running guest.
 
-restore reads the whole file first (magic, version, trailer, length, SHA-256) and checks the
-files the domain opens, so a bad or stale file starts nothing; then it starts the domain
-from the image and feeds its supervisor the stream through a pipe.
+restore takes only a file the invoking user or root owns and no one else may write; it reads
+the whole file first (magic, version, trailer, length, SHA-256), plans the domain again
+from the config the image carries and checks the files it opens (runtime/replan.py), so a
+bad, stale or forged file starts nothing; then it starts the domain from its own plan and
+feeds its supervisor the stream, from the file it checked, through a pipe.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from qemu.qmp import QMPClient
 
@@ -32,6 +34,7 @@ from pvhvm.libvirt import saveimage
 from pvhvm.qemu import qmp
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.incoming import image_of, start_incoming
+from pvhvm.runtime.replan import check_savable
 from pvhvm.runtime.savefile import (
     MAGIC,
     PREFIX,
@@ -244,6 +247,7 @@ def save(name: str, path: Path, store: StateStore | None = None, leave: str = "d
     started = time.monotonic()
     with store.flocked(paths.hotplug_lock):  # no device changes while the state is taken
         record = movable(name, store, "saved")
+        check_savable(record, paths.directory, "saved")
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -274,38 +278,68 @@ def save(name: str, path: Path, store: StateStore | None = None, leave: str = "d
 
 @dataclass(frozen=True)
 class SaveFile:
-    """A save file read whole and found sound."""
+    """A save file read whole and found sound; ``fd`` is the file it was read from (the
+    stream is fed from that open file, never from the path again)."""
 
     path: Path
     image: DomainImage
     stream_offset: int
     stream_length: int
+    fd: int = -1
+
+
+def check_owner(path: Path, info: os.stat_result) -> None:
+    """SaveFileError unless the file is the invoking user's or root's and no one else may
+    write it: a file another local user could have written is not restored (as OpenSSH's
+    StrictModes treats keys), whatever its config says."""
+    uid = os.geteuid()
+    if info.st_uid not in (uid, 0):
+        raise SaveFileError(
+            f"{path}: owned by uid {info.st_uid}, not by you (uid {uid}) or root: a save file "
+            "another user could have written is not restored (check it, then chown it)")
+    if info.st_mode & 0o022:
+        raise SaveFileError(
+            f"{path}: writable by other users (mode {info.st_mode & 0o7777:04o}): a save file "
+            "someone else could have changed is not restored (chmod go-w it)")
+
+
+def _read_image(stream: BinaryIO) -> tuple[DomainImage, int, int]:
+    """The image, the stream's offset and the file's size from a save file's preamble."""
+    info = os.fstat(stream.fileno())
+    size = info.st_size
+    data = stream.read(PREFIX.size)
+    decoded = decode_prefix(data)
+    if isinstance(decoded, NeedMore):
+        data += stream.read(decoded.count - len(data))
+        decoded = decode_prefix(data)
+    if isinstance(decoded, NeedMore):
+        if len(data) < len(MAGIC):
+            raise SaveFileError("not a pvhvm save (no PVHVMSAV magic)")
+        raise SaveFileError("truncated: the file ends inside its header")
+    image, offset = decoded
+    return image, offset, size
 
 
 def read_image(path: Path) -> tuple[DomainImage, int, int]:
     """The image, the stream's offset and the file's size from a save file's preamble."""
     try:
         with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            data = stream.read(PREFIX.size)
-            decoded = decode_prefix(data)
-            if isinstance(decoded, NeedMore):
-                data += stream.read(decoded.count - len(data))
-                decoded = decode_prefix(data)
-            if isinstance(decoded, NeedMore):
-                if len(data) < len(MAGIC):
-                    raise SaveFileError("not a pvhvm save (no PVHVMSAV magic)")
-                raise SaveFileError("truncated: the file ends inside its header")
+            check_owner(path, os.fstat(stream.fileno()))
+            return _read_image(stream)
     except OSError as err:
         raise SaveFileError(f"cannot read it: {err.strerror}") from err
-    image, offset = decoded
-    return image, offset, size
 
 
 def peek(path: Path) -> DomainImage:
     """The image in a save file's preamble (the rest is checked by :func:`read_save_file`);
     or, in libvirt's own save image (what ``pvhvm save`` writes for a libvirt domain), the
-    image pvhvm keeps in its domain XML (pvhvm.libvirt.saveimage)."""
+    image pvhvm keeps in its domain XML (pvhvm.libvirt.saveimage). Either way only a file
+    the invoking user or root owns, writable by no one else (:func:`check_owner`)."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise SaveFileError(f"{path}: cannot read it: {err.strerror}") from err
+    check_owner(path, info)
     libvirt_image = saveimage.peek(path)
     if libvirt_image is not None:
         return libvirt_image
@@ -316,12 +350,19 @@ def peek(path: Path) -> DomainImage:
 
 
 def read_save_file(path: Path) -> SaveFile:
-    """Check a whole save file (SaveFileError naming it and what is wrong)."""
+    """Check a whole save file (SaveFileError naming it and what is wrong); the SaveFile
+    keeps the file open (its ``fd``: the caller closes it)."""
     try:
-        image, offset, size = read_image(path)
-        if size < offset + TRAILER.size:
-            raise SaveFileError("truncated: the file ends before its trailer")
-        with open(path, "rb") as stream:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SaveFileError(f"{path}: cannot read it: {err.strerror}") from err
+    try:
+        stream = os.fdopen(os.dup(fd), "rb")
+        with stream:
+            check_owner(path, os.fstat(fd))
+            image, offset, size = _read_image(stream)
+            if size < offset + TRAILER.size:
+                raise SaveFileError("truncated: the file ends before its trailer")
             stream.seek(size - TRAILER.size)
             length, digest = decode_trailer(stream.read(TRAILER.size))
             if offset + length + TRAILER.size != size:
@@ -340,10 +381,17 @@ def read_save_file(path: Path) -> SaveFile:
         if check.digest() != digest:
             raise SaveFileError("corrupt: its SHA-256 does not match its trailer")
     except SaveFileError as err:
+        os.close(fd)
+        if str(err).startswith(str(path)):
+            raise
         raise SaveFileError(f"{path}: {err}") from err
     except OSError as err:
+        os.close(fd)
         raise SaveFileError(f"{path}: cannot read it: {err.strerror}") from err
-    return SaveFile(path, image, offset, length)
+    except BaseException:
+        os.close(fd)
+        raise
+    return SaveFile(path, image, offset, length, fd)
 
 
 class _Feeder(threading.Thread):
@@ -357,14 +405,13 @@ class _Feeder(threading.Thread):
         total = self.saved.stream_length
         done = 0
         try:
-            with open(self.saved.path, "rb") as stream:
-                while done < total:
-                    sent = os.sendfile(self.sink, stream.fileno(),
-                                       self.saved.stream_offset + done, min(CHUNK, total - done))
-                    if not sent:
-                        break
-                    done += sent
-                    self.progress(MigrationProgress("active", done, total, total - done))
+            while done < total:
+                sent = os.sendfile(self.sink, self.saved.fd, self.saved.stream_offset + done,
+                                   min(CHUNK, total - done))
+                if not sent:
+                    break
+                done += sent
+                self.progress(MigrationProgress("active", done, total, total - done))
         except OSError:
             pass  # QEMU stopped reading: its supervisor says why
         finally:
@@ -376,6 +423,15 @@ def restore(path: Path, store: StateStore | None = None, paused: bool = False,
     """``xl restore FILE``: the saved domain running again (paused with ``paused``)."""
     store = store or StateStore()
     saved = read_save_file(path)
+    try:
+        return _restore(saved, store, paused, progress)
+    finally:
+        os.close(saved.fd)
+
+
+def _restore(saved: SaveFile, store: StateStore, paused: bool, progress: Progress
+             ) -> DomainRecord:
+    path = saved.path
     source, sink = os.pipe()
     try:
         with start_incoming(store, saved.image, source, str(path)) as domain:

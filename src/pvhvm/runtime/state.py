@@ -8,6 +8,7 @@ Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/sta
                              (a rename onto an existing domain fails: one of two racing
                              creates of a name wins)
         record.json          the DomainRecord (replaced atomically: tmp file, fsync, rename)
+        source.json          the config as create read it, 0600 (runtime/lifecycle.py)
         owner.lock           flock held by whoever is responsible for the domain: the creating
                              ``pvhvm create``, then its supervisor (the lock is inherited); free
                              means nobody is (see lifecycle.refresh)
@@ -99,11 +100,15 @@ class DomainRecord:
     #: set by the toolstack before it asks the supervisor to destroy the domain
     destroying: bool = False
     #: devices added while the domain ran (runtime/hotplug.py): kind, devid, the slot they
-    #: took and the argv that re-creates them, which ``argv`` also holds
+    #: took, the spec they were attached with and the directory it was given in (what a
+    #: save or migration carries), and the argv that re-creates them, which ``argv`` also
+    #: holds (kept on this host only)
     hotplugged: list[dict[str, Any]] = field(default_factory=list)
     #: what to remove once QEMU reports a force-detached device gone: device (its id),
     #: command and arguments (blockdev-del / netdev_del), run by the supervisor
     releasing: list[dict[str, Any]] = field(default_factory=list)
+    #: CD drives whose medium cd-insert / cd-eject changed: vdev → path ("" empty)
+    media: dict[str, str] = field(default_factory=dict)
 
     @property
     def domain_state(self) -> DomainState:

@@ -188,9 +188,7 @@ def test_a_squatter_of_the_supervisors_socket_gets_nothing_and_create_says_who(
     _need_root_and_setpriv()
     state.chmod(0o777)
     root = state
-    address = hostctl.address(root)
-    assert isinstance(address, str)
-    squatter = Squatter(address, "seqpacket", bait="hostd")
+    squatter = Squatter(hostctl.address(root), "seqpacket", bait="hostd")
     started = time.monotonic()
     try:
         done = _pvhvm(root, "create", str(EXAMPLES / "pv-only.cfg"),

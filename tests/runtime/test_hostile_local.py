@@ -15,10 +15,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,6 +240,38 @@ def test_every_way_to_the_supervisor_refuses_a_squatter(state: Path) -> None:
             os.close(fd)
     assert seen == {"uid": NOBODY, "connections": 4, "bytes": 0, "fds": 0}
     assert not _processes(root, b"pvhvm.runtime.hostd")  # and no supervisor was started
+
+
+def test_an_older_supervisors_abstract_name_is_reached_only_when_it_is_ours(
+        state: Path) -> None:
+    """A host supervisor of an older pvhvm keeps its domains on the abstract name; it is
+    still asked while nothing listens on hostd.sock, but a squatter of that name is not
+    the supervisor of record: ignored, and told nothing."""
+    _need_root_and_setpriv()
+    legacy = hostctl._abstract_name(state)
+    squatter = Squatter(legacy, "seqpacket", bait="hostd")
+    try:
+        assert hostctl.running(state) is None
+        seen = squatter.report()
+    finally:
+        squatter.stop()
+    assert seen == {"uid": NOBODY, "connections": 1, "bytes": 0, "fds": 0}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as ours:
+        ours.bind(legacy)
+        ours.listen(1)
+
+        def answer() -> None:
+            conn, _ = ours.accept()
+            with conn:
+                conn.recv(65536)
+                conn.send(b'{"pid": 4242, "domains": []}')
+
+        worker = threading.Thread(target=answer)
+        worker.start()
+        try:
+            assert hostctl.running(state) == 4242
+        finally:
+            worker.join(timeout=10)
 
 
 # --- a domain's sockets --------------------------------------------------------------------

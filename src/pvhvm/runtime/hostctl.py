@@ -63,6 +63,12 @@ def address(root: Path) -> str | bytes:
     path = root.resolve() / SOCKET_NAME
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
         return str(path)
+    return _abstract_name(root)
+
+
+def _abstract_name(root: Path) -> bytes:
+    """The abstract name from ``root``'s hash: where the host supervisor of a too-deep state
+    directory listens, and where pvhvm before ``hostd.sock`` listened for every one."""
     digest = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:32]
     return b"\0pvhvm-hostd-" + digest.encode()
 
@@ -94,13 +100,30 @@ def linger() -> float:
 
 def _connect(root: Path) -> socket.socket | None:
     """A connection to ``root``'s host supervisor, None when nobody listens; another uid
-    that answers is refused (ForeignPeerError) before a byte is sent."""
+    that answers is refused (ForeignPeerError) before a byte is sent.
+
+    When nobody listens on ``hostd.sock``, the abstract name is tried too: a host supervisor
+    started by an older pvhvm keeps its domains there until they are gone (it holds the
+    state directory's lock meanwhile, so no new one can start). Only this uid's is used; a
+    squatter of that name is not the supervisor of record, and is ignored, told nothing."""
+    where = address(root)
+    sock, stranger = _reach(where)
+    if stranger is not None:
+        raise ForeignPeerError(_refusal(root, stranger))
+    if sock is None and isinstance(where, str):
+        sock, _ = _reach(_abstract_name(root))
+    return sock
+
+
+def _reach(where: str | bytes) -> tuple[socket.socket | None, int | None]:
+    """(a connection to ``where``, None) when this uid listens there; (None, its uid) when
+    another does (the connection closed, nothing sent); (None, None) when nobody does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(address(root))
+        sock.connect(where)
     except OSError:  # ECONNREFUSED, ENOENT: nobody listens there
         sock.close()
-        return None
+        return None, None
     try:
         stranger = foreign_peer(sock)
     except BaseException:
@@ -108,8 +131,8 @@ def _connect(root: Path) -> socket.socket | None:
         raise
     if stranger is not None:
         sock.close()
-        raise ForeignPeerError(_refusal(root, stranger))
-    return sock
+        return None, stranger
+    return sock, None
 
 
 def _exchange(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:

@@ -51,13 +51,14 @@ def who(uid: int) -> str:
         return f"uid {uid}"
 
 
-def private_dir(path: Path) -> None:
-    """Make directory ``path`` (and its missing parents) 0700, or tighten it to 0700 when it
-    exists with group or other bits and this uid owns it (an older pvhvm made it 0755).
+def private_dir(path: Path, tighten: bool = True) -> None:
+    """Make directory ``path`` (and its missing parents) 0700, or, when it exists and
+    ``tighten``, take group and other bits off it (an older pvhvm made it 0755).
 
     The directory is opened with O_NOFOLLOW and changed through that descriptor, so a
-    symlink at ``path`` is never followed to chmod its target: it is left as it is. A
-    directory another uid owns is left as it is too (it is not pvhvm's to change)."""
+    symlink at ``path`` is never followed to chmod its target: it is left as it is. One that
+    another user owns (not root) is refused with PermissionError: whatever pvhvm put in it
+    would be theirs to read or replace."""
     missing = [path]
     while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
         missing.append(missing[-1].parent)
@@ -77,7 +78,9 @@ def private_dir(path: Path) -> None:
             return  # a symlink (or not a directory: its user will say so): not changed
         raise
     try:
-        _tighten(fd, DIR_MODE)
+        _check_owner(fd, path)
+        if tighten:
+            _tighten(fd, DIR_MODE)
     finally:
         os.close(fd)
 
@@ -85,14 +88,22 @@ def private_dir(path: Path) -> None:
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
     """A descriptor on file ``path``, created 0600 when missing (``flags`` plus O_CREAT),
     tightened to 0600 when an older pvhvm left it readable by others; O_NOFOLLOW: a symlink
-    at ``path`` is an error (ELOOP), not followed."""
+    at ``path`` is an error (ELOOP), not followed; another user's file is refused
+    (PermissionError)."""
     fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
+        _check_owner(fd, path)
         _tighten(fd, FILE_MODE)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _check_owner(fd: int, path: Path) -> None:
+    owner = os.fstat(fd).st_uid
+    if owner not in (os.getuid(), 0):
+        raise PermissionError(errno.EPERM, f"owned by another user ({who(owner)})", str(path))
 
 
 def _tighten(fd: int, mode: int) -> None:

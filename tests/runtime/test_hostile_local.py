@@ -32,7 +32,7 @@ from pvhvm.guest.kit import Kit
 from pvhvm.private import open_private, private_dir
 from pvhvm.qemu import qmp
 from pvhvm.runtime import console, hostctl
-from pvhvm.runtime.state import DomainRecord, OwnerLock, pid_alive
+from pvhvm.runtime.state import DomainRecord, OwnerLock, StateStore, pid_alive
 from pvhvm.xenstore.client import XenStoreClient
 from pvhvm.xenstore.errors import XenStoreConnectionError
 
@@ -372,14 +372,43 @@ def test_private_files_and_directories_never_follow_a_symlink(tmp_path: Path) ->
     assert stat.S_IMODE(old.stat().st_mode) == 0o700
 
 
-def test_another_users_directory_is_not_changed(tmp_path: Path) -> None:
+def test_another_users_directory_or_file_is_refused_not_changed(tmp_path: Path) -> None:
+    """A logs/ (or a log) that another user made first, where pvhvm would keep the user's
+    console transcripts: refused, and left as it is."""
     _need_root_and_setpriv()
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     theirs.chmod(0o755)
+    (theirs / "g.console.log").touch()
+    os.chown(theirs / "g.console.log", NOBODY, NOBODY)
     os.chown(theirs, NOBODY, NOBODY)
-    private_dir(theirs)
+    with pytest.raises(PermissionError, match=f"owned by another user \\(uid {NOBODY}"):
+        private_dir(theirs)
+    with pytest.raises(PermissionError, match=f"uid {NOBODY}"):
+        open_private(theirs / "g.console.log")
     assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
+
+
+def test_a_state_directory_that_is_not_only_pvhvms_is_not_chmodded(tmp_path: Path) -> None:
+    """PVHVM_STATE_DIR naming a directory that holds other things ($HOME, /tmp): pvhvm's own
+    directories in it are 0700, the directory itself is not pvhvm's to change."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    (shared / "notes.txt").write_text("someone else's")
+    StateStore(shared).make_private()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    for sub in ("domains", "logs"):
+        assert stat.S_IMODE((shared / sub).stat().st_mode) == 0o700
+    own = tmp_path / "own"
+    own.mkdir()
+    own.chmod(0o755)
+    (own / "logs").mkdir()
+    (own / "logs").chmod(0o755)
+    (own / "lock").touch()
+    StateStore(own).make_private()  # an older pvhvm's: tightened
+    for directory in (own, own / "logs", own / "domains"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 @pytest.mark.e2e

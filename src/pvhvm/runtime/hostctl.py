@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from pvhvm.errors import DomainError, ForeignPeerError
-from pvhvm.private import foreign_peer, open_private, private_dir, who
+from pvhvm.private import foreign_peer, open_private, who
+from pvhvm.runtime.state import StateStore
 
 #: how long a request may take to be answered (the daemon answers at once; it never waits
 #: on a guest before replying)
@@ -226,10 +227,9 @@ def stop(root: Path, name: str) -> bool:
 def _spawn(root: Path) -> None:
     """Start a host supervisor for ``root`` and wait until it listens (or another does)."""
     logs = root / "logs"
+    StateStore(root).make_private()
     read_fd, write_fd = os.pipe()
     try:
-        private_dir(root)
-        private_dir(logs)
         log = open_private(logs / "hostd.log")
         try:
             # umask 077: what it and its QEMUs make (logs, sockets) is the user's alone

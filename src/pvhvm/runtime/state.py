@@ -290,12 +290,16 @@ class StateStore:
     def make_private(self) -> None:
         """Make the state directory, ``domains/`` and ``logs/`` (0700), or tighten an older
         pvhvm's to 0700 (the state directory's base too, when this store is a platform's
-        store under it)."""
+        store under it). A state directory that holds anything but pvhvm's own entries
+        (``PVHVM_STATE_DIR=$HOME``) is not pvhvm's to chmod: what pvhvm keeps in it is
+        private all the same, in 0700 directories and 0600 files."""
         for directory in (self.base, self.root, self.root / "domains", self.root / "logs"):
             try:
-                private_dir(directory)
+                private_dir(directory, tighten=directory.name in ("domains", "logs")
+                            or _only_pvhvm_entries(directory))
             except OSError as err:
-                raise DomainError(f"state directory {directory}: {err.strerror or err}") from err
+                raise DomainError(f"state directory {directory}: {err.strerror or err}; "
+                                  "pvhvm keeps state only in directories of its user") from err
 
     def sweep_staging(self) -> None:
         """Remove staging directories whose creating process is gone."""
@@ -383,6 +387,20 @@ class StateStore:
         while domid in used:
             domid += 1
         return domid
+
+
+#: what pvhvm keeps in a state directory (and a platform's store under it)
+STATE_ENTRIES = frozenset({"lock", "hostd.lock", "hostd.sock", "domains", "logs",
+                           "xenstored", *PLATFORM_SUBSTORES})
+
+
+def _only_pvhvm_entries(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing but what pvhvm keeps in a state directory (an
+    empty or missing one included): then it is pvhvm's, and made 0700."""
+    try:
+        return all(entry.name in STATE_ENTRIES for entry in directory.iterdir())
+    except OSError:
+        return True  # missing (made 0700) or unreadable (private_dir says why)
 
 
 def pid_alive(pid: int | None) -> bool:

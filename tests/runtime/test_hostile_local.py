@@ -397,7 +397,10 @@ def test_a_state_directory_that_is_not_only_pvhvms_is_not_chmodded(tmp_path: Pat
     shared.chmod(0o755)
     (shared / "notes.txt").write_text("someone else's")
     StateStore(shared).make_private()
+    with StateStore(shared).locked():
+        pass
     assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "lock").stat().st_mode) == 0o600
     for sub in ("domains", "logs"):
         assert stat.S_IMODE((shared / sub).stat().st_mode) == 0o700
     own = tmp_path / "own"

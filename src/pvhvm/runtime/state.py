@@ -224,7 +224,7 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise domid allocation between toolstack processes (both platforms)."""
-        private_dir(self.base)
+        _state_dir(self.base)
         fd = open_private(self.base / "lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -293,13 +293,10 @@ class StateStore:
         store under it). A state directory that holds anything but pvhvm's own entries
         (``PVHVM_STATE_DIR=$HOME``) is not pvhvm's to chmod: what pvhvm keeps in it is
         private all the same, in 0700 directories and 0600 files."""
-        for directory in (self.base, self.root, self.root / "domains", self.root / "logs"):
-            try:
-                private_dir(directory, tighten=directory.name in ("domains", "logs")
-                            or _only_pvhvm_entries(directory))
-            except OSError as err:
-                raise DomainError(f"state directory {directory}: {err.strerror or err}; "
-                                  "pvhvm keeps state only in directories of its user") from err
+        _state_dir(self.base)
+        _state_dir(self.root)
+        _state_dir(self.root / "domains", pvhvms=True)
+        _state_dir(self.root / "logs", pvhvms=True)
 
     def sweep_staging(self) -> None:
         """Remove staging directories whose creating process is gone."""
@@ -394,9 +391,17 @@ STATE_ENTRIES = frozenset({"lock", "hostd.lock", "hostd.sock", "domains", "logs"
                            "xenstored", *PLATFORM_SUBSTORES})
 
 
+def _state_dir(directory: Path, pvhvms: bool = False) -> None:
+    """Make ``directory`` 0700, or tighten it when it is pvhvm's: ``pvhvms`` (a directory
+    pvhvm names, domains/ and logs/), or one that holds nothing but pvhvm's own entries (an
+    empty one included). DomainError when it cannot be made or another user owns it."""
+    try:
+        private_dir(directory, tighten=pvhvms or _only_pvhvm_entries(directory))
+    except OSError as err:
+        raise DomainError(f"state directory {directory}: {err.strerror or err}") from err
+
+
 def _only_pvhvm_entries(directory: Path) -> bool:
-    """Whether ``directory`` holds nothing but what pvhvm keeps in a state directory (an
-    empty or missing one included): then it is pvhvm's, and made 0700."""
     try:
         return all(entry.name in STATE_ENTRIES for entry in directory.iterdir())
     except OSError:

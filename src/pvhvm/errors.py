@@ -7,7 +7,8 @@
     ├── PlanError (also ValueError)        a config that parses but cannot be realised as asked
     ├── LaunchError                       the device model failed to start (exit code, argv, log)
     ├── DomainError                        lifecycle: unknown domain, name in use, ...
-    │   └── NotOnPlatformError             a verb or option the domain's platform lacks
+    │   ├── NotOnPlatformError             a verb or option the domain's platform lacks
+    │   └── ForeignPeerError               another uid answers on a socket pvhvm reached
     ├── GuestImageError                    building the guest image kit failed
     └── XenStoreError                      XenStore protocol or transport errors (see xenstore/)
 
@@ -96,6 +97,11 @@ class NotOnPlatformError(DomainError):
         self.platform = platform
         self.verb = verb
         super().__init__(message)
+
+
+class ForeignPeerError(DomainError):
+    """Another user answers on a socket pvhvm connected to for its user (the host
+    supervisor's, a domain's QMP or console): nothing was sent to it (pvhvm/private.py)."""
 
 
 class GuestImageError(PvhvmError):

@@ -5,6 +5,8 @@ The default serial is a QEMU socket chardev (server, one client at a time) at th
 ``^]`` on stdin detaches, as with ``xl console``. On a terminal, stdin is put in raw mode (and
 restored); with a pipe, end of input detaches once the guest has been quiet for
 :data:`LINGER` seconds, so ``echo cmd | pvhvm console NAME`` shows the command's output.
+A Unix socket is attached only when its peer is this uid (SO_PEERCRED, pvhvm/private.py):
+what is typed at a console (passwords) never goes to another user's socket (issue 18).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, ForeignPeerError
+from pvhvm.private import foreign_peer, open_private, who
 from pvhvm.runtime.state import DomainRecord
 
 ESCAPE = b"\x1d"  # ^]
@@ -56,6 +59,18 @@ def connect(record: DomainRecord) -> socket.socket:
         where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
         raise DomainError(f"console of domain {record.name!r} at {where}: {err}") from err
     sock.settimeout(None)
+    if family == socket.AF_UNIX:
+        try:
+            stranger = foreign_peer(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if stranger is not None:
+            sock.close()
+            raise ForeignPeerError(
+                f"another user ({who(stranger)}) listens on the console socket {address} of "
+                f"domain {record.name!r}; nothing was sent to it. Stop that user's process, "
+                "remove the socket and keep its directory yours and 0700")
     return sock
 
 
@@ -68,7 +83,7 @@ def _only_console(record: DomainRecord, lock: Path | None) -> Iterator[None]:
         yield
         return
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(lock, os.O_RDWR)
     except FileNotFoundError:
         raise DomainError(f"no domain named {record.name!r}") from None
     try:

@@ -2,9 +2,13 @@
 
 One host supervisor per state directory supervises every qemu-platform domain in it, as
 libvirtd does for its host (xl leaves a small monitor per domain instead; a Python process per
-domain costs 20+ MiB, one for all costs that once). It listens on an abstract Unix socket whose
-name comes from the state directory, so it leaves no file behind and needs no path under the
-AF_UNIX limit. Requests are SOCK_SEQPACKET messages, one JSON object each, with the file
+domain costs 20+ MiB, one for all costs that once). It listens on ``hostd.sock`` in the state
+directory, which is 0700 (pvhvm/private.py), so no other user can take its place there; a
+state directory whose path is too long for AF_UNIX (108 bytes) gets an abstract socket named
+from its hash instead, a name any local user could bind while no supervisor runs. Either way
+the client checks who answers (SO_PEERCRED: its own uid) before it sends anything, and
+another uid's socket gets nothing, no descriptor least of all, and a :class:`ForeignPeerError`
+(issue 18). Requests are SOCK_SEQPACKET messages, one JSON object each, with the file
 descriptors they hand over (the domain's owner lock, the creator's pipes) as SCM_RIGHTS.
 
 This module imports no asyncio: it is on the CLI's path.
@@ -29,7 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, ForeignPeerError
+from pvhvm.private import foreign_peer, open_private, who
+from pvhvm.runtime.state import StateStore
 
 #: how long a request may take to be answered (the daemon answers at once; it never waits
 #: on a guest before replying)
@@ -46,10 +52,38 @@ class HostdError(DomainError):
     """The host supervisor could not be reached or refused a request."""
 
 
-def address(root: Path) -> bytes:
-    """The abstract socket name of the host supervisor of state directory ``root``."""
+#: the host supervisor's socket in the state directory
+SOCKET_NAME = "hostd.sock"
+#: sun_path is 108 bytes on Linux, NUL included
+MAX_SOCKET_PATH = 107
+
+
+def address(root: Path) -> str | bytes:
+    """Where the host supervisor of state directory ``root`` listens: ``root/hostd.sock``,
+    or an abstract name from ``root``'s hash when that path is too long for AF_UNIX."""
+    path = root.resolve() / SOCKET_NAME
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return str(path)
+    return _abstract_name(root)
+
+
+def _abstract_name(root: Path) -> bytes:
+    """The abstract name from ``root``'s hash: where the host supervisor of a too-deep state
+    directory listens, and where pvhvm before ``hostd.sock`` listened for every one."""
     digest = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:32]
     return b"\0pvhvm-hostd-" + digest.encode()
+
+
+def _refusal(root: Path, uid: int) -> str:
+    where = address(root)
+    if isinstance(where, str):
+        return (f"another user ({who(uid)}) holds the host supervisor's socket {where} for "
+                f"state directory {root}; pvhvm sent it nothing. Stop that user's process and "
+                f"remove the socket, and keep {root} yours and 0700")
+    return (f"another user ({who(uid)}) holds the host supervisor's socket name for state "
+            f"directory {root} (an abstract socket: its path is too long for a socket file); "
+            "pvhvm sent it nothing. Stop that user's process (ss -xlp names it) or set "
+            "PVHVM_STATE_DIR to a shorter path")
 
 
 def linger() -> float:
@@ -66,13 +100,40 @@ def linger() -> float:
 
 
 def _connect(root: Path) -> socket.socket | None:
+    """A connection to ``root``'s host supervisor, None when nobody listens; another uid
+    that answers is refused (ForeignPeerError) before a byte is sent.
+
+    When nobody listens on ``hostd.sock``, the abstract name is tried too: a host supervisor
+    started by an older pvhvm keeps its domains there until they are gone (it holds the
+    state directory's lock meanwhile, so no new one can start). Only this uid's is used; a
+    squatter of that name is not the supervisor of record, and is ignored, told nothing."""
+    where = address(root)
+    sock, stranger = _reach(where)
+    if stranger is not None:
+        raise ForeignPeerError(_refusal(root, stranger))
+    if sock is None and isinstance(where, str):
+        sock, _ = _reach(_abstract_name(root))
+    return sock
+
+
+def _reach(where: str | bytes) -> tuple[socket.socket | None, int | None]:
+    """(a connection to ``where``, None) when this uid listens there; (None, its uid) when
+    another does (the connection closed, nothing sent); (None, None) when nobody does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(address(root))
-    except OSError:  # ECONNREFUSED: nobody listens under that name
+        sock.connect(where)
+    except OSError:  # ECONNREFUSED, ENOENT: nobody listens there
         sock.close()
-        return None
-    return sock
+        return None, None
+    try:
+        stranger = foreign_peer(sock)
+    except BaseException:
+        sock.close()
+        raise
+    if stranger is not None:
+        sock.close()
+        return None, stranger
+    return sock, None
 
 
 def _exchange(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
@@ -100,7 +161,8 @@ def _exchange(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> d
 def request(root: Path, message: dict[str, Any], fds: list[int] | None = None,
             start: bool = True) -> dict[str, Any]:
     """Send ``message`` (and ``fds``) to ``root``'s host supervisor, starting one if none
-    runs and ``start``; its answer. HostdError when it refuses or cannot be reached."""
+    runs and ``start``; its answer. HostdError when it refuses or cannot be reached,
+    ForeignPeerError (nothing sent) when another user holds its socket."""
     for _ in range(3):
         sock = _connect(root)
         if sock is None:
@@ -165,16 +227,20 @@ def stop(root: Path, name: str) -> bool:
 def _spawn(root: Path) -> None:
     """Start a host supervisor for ``root`` and wait until it listens (or another does)."""
     logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    StateStore(root).make_private()
     read_fd, write_fd = os.pipe()
     try:
-        with open(logs / "hostd.log", "ab") as log:
+        log = open_private(logs / "hostd.log")
+        try:
+            # umask 077: what it and its QEMUs make (logs, sockets) is the user's alone
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pvhvm.runtime.hostd", "--state-dir", str(root.absolute()),
                  "--ready-fd", str(write_fd)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[write_fd],
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, umask=0o077,
             )
+        finally:
+            os.close(log)
     except OSError as err:
         os.close(read_fd)
         raise HostdError(f"cannot start the host supervisor: {err.strerror or err}") from None

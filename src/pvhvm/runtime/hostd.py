@@ -9,7 +9,9 @@ child in a session of its own (so that nothing done to this process reaches the 
 QMP connection and its log file (``logs/supervisor-NAME.log``).
 
 Requests (``hostctl``): ``start`` and ``adopt`` a domain, ``stop`` (destroy) one, ``ping``.
-Only the uid this daemon runs as (or root) may ask. SIGTERM or SIGINT make it exit at once
+Only the uid this daemon runs as (or root) may ask (SO_PEERCRED, pvhvm/private.py; the
+client checks this daemon the same way). It runs under umask 077, so its logs and its
+QEMUs' sockets and logs are the user's alone (issue 18). SIGTERM or SIGINT make it exit at once
 without touching a guest, as if killed: the domains' owner locks come free and the next pvhvm
 command adopts them into a new host supervisor, which acts on what happened meanwhile.
 """
@@ -27,13 +29,14 @@ import logging
 import os
 import signal
 import socket
-import struct
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, ForeignPeerError
+from pvhvm.private import foreign_peer, open_private, private_dir
 from pvhvm.runtime import hostctl
 from pvhvm.runtime.state import StateStore
 from pvhvm.runtime.supervisor import Incoming, Supervisor
@@ -67,8 +70,8 @@ class DomainLogs(logging.Handler):
             out = self.files.get(name)
             if out is None:
                 path = self.store.paths(name).supervisor_log
-                path.parent.mkdir(parents=True, exist_ok=True)
-                out = self.files[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                private_dir(path.parent)
+                out = self.files[name] = os.fdopen(open_private(path), "a", encoding="utf-8")
             out.write(line)
             out.flush()
         except Exception:  # a log that cannot be written must not take a domain down
@@ -78,13 +81,6 @@ class DomainLogs(logging.Handler):
         out = self.files.pop(name, None)
         if out is not None:
             out.close()
-
-
-def _peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 class HostDaemon:
@@ -97,16 +93,30 @@ class HostDaemon:
         self.domains: dict[str, tuple[Supervisor, asyncio.Task[None]]] = {}
         self.clients: set[socket.socket] = set()
         self.listener: socket.socket | None = None
+        #: (device, inode) of the socket file it listens on, removed when it leaves
+        self.socket_file: tuple[int, int] | None = None
         self.finished: asyncio.Future[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
 
     # --- the socket -----------------------------------------------------------------------
 
     def listen(self) -> None:
+        """Listen on the state directory's address (its host supervisor lock is held, so a
+        socket file already there is one a killed supervisor left behind)."""
+        where = hostctl.address(self.store.root)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
                              | socket.SOCK_NONBLOCK)
-        sock.bind(hostctl.address(self.store.root))
-        sock.listen(128)
+        try:
+            if isinstance(where, str):
+                _remove_stale_socket(where)
+            sock.bind(where)
+            sock.listen(128)
+            if isinstance(where, str):
+                info = os.lstat(where)
+                self.socket_file = (info.st_dev, info.st_ino)
+        except BaseException:
+            sock.close()
+            raise
         self.listener = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
@@ -119,7 +129,7 @@ class HostDaemon:
         except OSError as err:  # EMFILE and the like: refuse this one, keep serving
             log.warning("cannot accept a request: %s", err)
             return
-        if _peer_uid(conn) not in (0, os.getuid()):
+        if foreign_peer(conn, also=(0,)) is not None:
             conn.close()
             return
         conn.setblocking(False)
@@ -249,6 +259,13 @@ class HostDaemon:
             asyncio.get_running_loop().remove_reader(self.listener.fileno())
             self.listener.close()
             self.listener = None
+        where = hostctl.address(self.store.root)
+        if self.socket_file is not None and isinstance(where, str):
+            with contextlib.suppress(OSError):
+                info = os.lstat(where)
+                if (info.st_dev, info.st_ino) == self.socket_file:
+                    os.unlink(where)
+            self.socket_file = None
 
     def killed(self, signum: int) -> None:
         """SIGTERM/SIGINT: leave at once, guests untouched (the next command adopts them)."""
@@ -269,6 +286,16 @@ class HostDaemon:
         self._idle_check()
         await self.finished
         return 0
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove the socket file a supervisor that was killed left at ``path``; anything that
+    is not a socket stays, and binding over it fails."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _tell(fd: int | None, word: str) -> None:
@@ -292,7 +319,13 @@ def _claim(root: Path, ready_fd: int | None, timeout: float = 15.0) -> int | Non
             return fd
         except BlockingIOError:
             pass
-        if hostctl.running(root) is not None:
+        try:
+            serving = hostctl.running(root) is not None
+        except ForeignPeerError as err:
+            os.close(fd)
+            _tell(ready_fd, f"error: {err}")
+            return None
+        if serving:
             os.close(fd)
             _tell(ready_fd, "running")
             return None
@@ -310,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = StateStore(args.state_dir.absolute())
     os.chdir("/")  # hold no directory of the command that started it
+    os.umask(0o077)  # its logs, and its QEMUs' sockets and logs: the user's alone
+    try:
+        store.make_private()  # an older pvhvm's 0755 directories are tightened here too
+    except DomainError as err:
+        _tell(args.ready_fd, f"error: {err}")
+        return 1
     logs = DomainLogs(store)
     logging.basicConfig(level=logging.INFO, handlers=[logs])
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pvhvm.config.source import ConfigSource
-from pvhvm.errors import DomainError, LaunchError
+from pvhvm.errors import DomainError, ForeignPeerError, LaunchError
 from pvhvm.plan.plan import Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
@@ -277,6 +277,11 @@ def _start_supervisor(store: StateStore, record: DomainRecord, owner: OwnerLock)
         finally:
             os.close(write_fd)
         message = hostctl.read_until_eof(read_fd, CREATE_TIMEOUT)
+    except ForeignPeerError:
+        # another user's socket, told nothing: no supervisor has the domain to be stopped
+        # (a destroy would wait for one), and create's own clean-up removes it
+        os.close(read_fd)
+        raise
     except BaseException:  # Ctrl-C while waiting: take the half-made domain down with us
         os.close(read_fd)
         with contextlib.suppress(DomainError):

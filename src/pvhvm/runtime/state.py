@@ -17,6 +17,11 @@ Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/sta
         console.sock         the serial console (when serial= does not say otherwise)
     logs/                    like /var/log/xen: qemu-dm-<name>.log, <name>.console.log,
                              supervisor-<name>.log (kept after the domain is gone)
+    hostd.sock, hostd.lock   the host supervisor's socket and lock (runtime/hostd.py)
+
+Private by default (issue 18): the state directory, ``domains/``, each domain's directory and
+``logs/`` are 0700, every file in them 0600 (pvhvm/private.py makes them so from the start and
+tightens an older pvhvm's 0755/0644 ones at first use, never through a symlink).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 from pvhvm.config.domain import name_problem
 from pvhvm.errors import DomainError
+from pvhvm.private import open_private, private_dir
 
 #: sun_path is 108 bytes on Linux, NUL included
 MAX_SOCKET_PATH = 107
@@ -223,20 +229,19 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise domid allocation between toolstack processes (both platforms)."""
-        self.base.mkdir(parents=True, exist_ok=True)
-        with open(self.base / "lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        _state_dir(self.base)
+        fd = open_private(self.base / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
     def claim(self, name: str) -> DomainPaths:
         """Make the domain's directory; exactly one of two racing claims of a name wins."""
         paths = self.paths(name)
         paths.check_socket_lengths()
-        (self.root / "domains").mkdir(parents=True, exist_ok=True)
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self.make_private()
         self._check_free(name)
         try:
             paths.directory.mkdir(mode=0o700)
@@ -256,8 +261,7 @@ class StateStore:
         paths = self.paths(name)
         paths.check_socket_lengths()
         domains = self.root / "domains"
-        domains.mkdir(parents=True, exist_ok=True)
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self.make_private()
         if paths.directory.exists():
             raise DomainError(f"domain {name!r} already exists")
         self._check_free(name)
@@ -287,6 +291,17 @@ class StateStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return record, lock
+
+    def make_private(self) -> None:
+        """Make the state directory, ``domains/`` and ``logs/`` (0700), or tighten an older
+        pvhvm's to 0700 (the state directory's base too, when this store is a platform's
+        store under it). A state directory that holds anything but pvhvm's own entries
+        (``PVHVM_STATE_DIR=$HOME``) is not pvhvm's to chmod: what pvhvm keeps in it is
+        private all the same, in 0700 directories and 0600 files."""
+        _state_dir(self.base)
+        _state_dir(self.root)
+        _state_dir(self.root / "domains", pvhvms=True)
+        _state_dir(self.root / "logs", pvhvms=True)
 
     def sweep_staging(self) -> None:
         """Remove staging directories whose creating process is gone."""
@@ -374,6 +389,28 @@ class StateStore:
         while domid in used:
             domid += 1
         return domid
+
+
+#: what pvhvm keeps in a state directory (and a platform's store under it)
+STATE_ENTRIES = frozenset({"lock", "hostd.lock", "hostd.sock", "domains", "logs",
+                           "xenstored", *PLATFORM_SUBSTORES})
+
+
+def _state_dir(directory: Path, pvhvms: bool = False) -> None:
+    """Make ``directory`` 0700, or tighten it when it is pvhvm's: ``pvhvms`` (a directory
+    pvhvm names, domains/ and logs/), or one that holds nothing but pvhvm's own entries (an
+    empty one included). DomainError when it cannot be made or another user owns it."""
+    try:
+        private_dir(directory, tighten=pvhvms or _only_pvhvm_entries(directory))
+    except OSError as err:
+        raise DomainError(f"state directory {directory}: {err.strerror or err}") from err
+
+
+def _only_pvhvm_entries(directory: Path) -> bool:
+    try:
+        return all(entry.name in STATE_ENTRIES for entry in directory.iterdir())
+    except OSError:
+        return True  # missing (made 0700) or unreadable (private_dir says why)
 
 
 def pid_alive(pid: int | None) -> bool:

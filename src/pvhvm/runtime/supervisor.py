@@ -46,7 +46,8 @@ from typing import Protocol, TypeVar
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, ForeignPeerError
+from pvhvm.private import open_private, private_dir
 from pvhvm.qemu.qmp import connect
 from pvhvm.runtime.resize import apply_balloon_target
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_alive
@@ -218,13 +219,23 @@ class Supervisor:
         for sock in (self.paths.qmp_socket, self.paths.control_socket):
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
-        with open(self.paths.qemu_log, "ab") as qemu_log:
+        try:
+            private_dir(self.paths.qemu_log.parent)
+            if any(str(self.paths.console_log) in arg for arg in argv):
+                # QEMU opens its console log itself: an older pvhvm's 0644 one is made 0600
+                os.close(open_private(self.paths.console_log))
+            log_fd = open_private(self.paths.qemu_log)
+        except OSError as err:
+            raise DomainError(f"cannot open the domain's logs in {self.paths.qemu_log.parent}: "
+                              f"{err.strerror or err}") from err
+        with os.fdopen(log_fd, "ab") as qemu_log:
             qemu_log.write(f"--- {time.ctime()} {' '.join(argv)}\n".encode())
             qemu_log.flush()
-            # in a session of its own: nothing sent to the host supervisor's group reaches it
+            # in a session of its own: nothing sent to the host supervisor's group reaches it;
+            # umask 077: the sockets, logs and files QEMU makes are the user's alone
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, umask=0o077,
             )
         proc = WatchedProcess(popen.pid, popen)
         self.proc = proc
@@ -243,6 +254,8 @@ class Supervisor:
                 try:
                     self.qmp = await connect(self.paths.qmp_socket, "supervisor", timeout=5)
                     break
+                except ForeignPeerError:
+                    raise  # another user's socket: not QEMU starting up, and told nothing
                 except DomainError:
                     if await self._exited(0.1):
                         raise DomainError(self._launch_failure()) from None

@@ -1,7 +1,9 @@
 """XenStore clients, synchronous and asyncio, sharing the `pvhvm.xenstore.wire` codec.
 
 Both find the daemon as libxenstore does (`default_socket_path`): ``$XENSTORED_PATH``,
-else ``$XENSTORED_RUNDIR/socket``, else ``/var/run/xenstored/socket``.
+else ``$XENSTORED_RUNDIR/socket``, else ``/var/run/xenstored/socket``, and talk to it only
+when it runs as root or as this uid (SO_PEERCRED, pvhvm/private.py): a socket another user
+bound there gets no request (issue 18).
 
 Paths are ``str``; values are ``bytes`` (``str`` is accepted for writing and encoded as
 UTF-8). Every failed request raises `XenStoreErrnoError` with the errno name of the
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
+from pvhvm.private import foreign_peer, who
 from pvhvm.xenstore.errors import (
     XenStoreConflictError,
     XenStoreConnectionError,
@@ -65,6 +68,17 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
     if explicit:
         return explicit
     return os.path.join(env.get("XENSTORED_RUNDIR") or DEFAULT_RUNDIR, "socket")
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """XenStoreConnectionError unless the daemon at ``path`` runs as root or as this uid
+    (checked before the first request is sent)."""
+    stranger = foreign_peer(sock, also=(0,))
+    if stranger is not None:
+        raise XenStoreConnectionError(
+            f"another user ({who(stranger)}) listens on the XenStore socket {path}, where "
+            "xenstored (root) or your own daemon should; nothing was sent to it. Stop that "
+            "process or point XENSTORED_PATH at your daemon's socket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +203,17 @@ class XenStoreClient(_SyncOps):
         self.socket_path = os.fspath(socket_path) if socket_path is not None \
             else default_socket_path()
         self.timeout = timeout
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.connect(self.socket_path)
+            _check_peer(self._sock, self.socket_path)
         except OSError as err:
             self._sock.close()
             raise XenStoreConnectionError(
                 f"cannot connect to xenstored at {self.socket_path}: {err}") from err
+        except BaseException:
+            self._sock.close()
+            raise
         self._parser = Parser()
         self._pending: deque[Packet] = deque()
         self._events: deque[WatchEvent] = deque()
@@ -427,6 +445,11 @@ class AsyncXenStoreClient(_AsyncOps):
         except OSError as err:
             raise XenStoreConnectionError(f"cannot connect to xenstored at {path}: {err}") \
                 from err
+        try:
+            _check_peer(writer.get_extra_info("socket"), path)
+        except BaseException:
+            writer.close()
+            raise
         return cls(reader, writer, path)
 
     async def close(self) -> None:

@@ -229,7 +229,7 @@ def test_names_xl_accepts() -> None:
 
 
 def test_parallel_and_vga_errors_are_one_line() -> None:
-    with pytest.raises(PlanError, match="parallel = 'lpt9'"):
+    with pytest.raises(ConfigError, match="g.cfg:3:1: parallel = 'lpt9'"):
         argv_of('name="g"\nbuilder="hvm"\nparallel="lpt9"')
     with pytest.raises(ConfigError, match="stdvga and vga disagree"):
         plan_of('name="g"\nbuilder="hvm"\nvga="cirrus"\nstdvga=1')
@@ -286,7 +286,7 @@ def test_xl_serial_list_gives_more_ports() -> None:
     argv = argv_of('name="g"\ntype="hvm"\nserial=["pty", "file:/tmp/s1.log", "none"]')
     serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
     assert serials == ["chardev:serial0", "chardev:serial1"]
-    assert "file,id=serial1,path=/tmp/s1.log" in argv
+    assert "file,id=serial1,path=/tmp/s1.log,append=on" in argv
 
 
 def test_vif_devid_and_mtu_are_planned_and_realised() -> None:

@@ -714,14 +714,16 @@ class _Reader:
         serial = ports.get(0, "none")
         more = [ports.get(port, "none") for port in range(1, max(ports, default=0) + 1)]
         parallel = None
+        parallel_position = None
         for node in devices.findall("parallel")[:1]:
             target = node.find("target")
             if target is not None:
                 target.use("port")
-            parallel = self.chardev(node)
+            parallel, parallel_position = self.chardev(node), node.position
         return {"serial": None if serial == "pty" else serial, "serial_position": where.get(0),
                 "more_serials": tuple(more),
-                "parallel": None if parallel in (None, "none") else parallel}
+                "parallel": None if parallel in (None, "none") else parallel,
+                "parallel_position": parallel_position}
 
     def chardev(self, node: Node) -> str | None:
         """A character device as xl's serial= spells it: pty, file:, unix:, tcp:."""

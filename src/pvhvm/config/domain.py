@@ -73,6 +73,8 @@ class GuestType(Enum):
 #: xl's emulated sound cards (soundhw=) → QEMU devices
 SOUND_CARDS = {"hda": "intel-hda", "ac97": "AC97", "sb16": "sb16", "es1370": "ES1370"}
 VGA_KINDS = ("std", "cirrus", "none")
+#: rtc_timeoffset's bound: libxl keeps it in 32 bits (and QEMU's -rtc base must be a date)
+MAX_RTC_OFFSET = 2**31 - 1
 #: hotplug_slots: pcie-root-ports on q35 take root-bus slots (32, some used by the platform)
 MAX_HOTPLUG_SLOTS = 16
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
@@ -512,10 +514,14 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         except SpecError as err:
             raise r.fail("parallel", str(err)) from err
     rtc_offset = r.values.get("rtc_timeoffset", 0)
-    if isinstance(rtc_offset, str) and rtc_offset.strip().lstrip("-").isdigit():
-        rtc_offset = int(rtc_offset)
-    if isinstance(rtc_offset, bool) or not isinstance(rtc_offset, int):
-        raise r.fail("rtc_timeoffset", f"rtc_timeoffset must be seconds, not {brief(rtc_offset)}")
+    if isinstance(rtc_offset, str):
+        digits = rtc_offset.strip().removeprefix("-")
+        if digits.isascii() and digits.isdigit():
+            rtc_offset = int(rtc_offset)
+    if isinstance(rtc_offset, bool) or not isinstance(rtc_offset, int) or \
+            abs(rtc_offset) > MAX_RTC_OFFSET:
+        raise r.fail("rtc_timeoffset", f"rtc_timeoffset must be seconds (-{MAX_RTC_OFFSET}.."
+                                       f"{MAX_RTC_OFFSET}), not {brief(rtc_offset)}")
 
     return DomainConfig(
         file=raw.file,

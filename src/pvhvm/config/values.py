@@ -133,7 +133,7 @@ def parse_chardev(text: str, key: str = "serial", *, tcp: bool = True) -> Charde
         _socket_options(what, options)
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-            if not _is_ipv6(host):
+            if not is_ipv6(host):
                 raise SpecError(f"{what}: [{host}] is not an IPv6 address")
         elif host and host_problem(host) is not None:
             raise SpecError(f"{what}: {host_problem(host)}")
@@ -145,7 +145,7 @@ def parse_chardev(text: str, key: str = "serial", *, tcp: bool = True) -> Charde
     raise SpecError(f"{what} is not supported (use {forms})")
 
 
-def _is_ipv6(text: str) -> bool:
+def is_ipv6(text: str) -> bool:
     """An IPv6 address with no scope (``%zone``, which could hold anything)."""
     if "%" in text:
         return False
@@ -180,13 +180,13 @@ def parse_vnc_listen(text: str, key: str = "vnclisten") -> tuple[str, int | None
     display: str | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not _is_ipv6(host):
+        if not sep or not is_ipv6(host):
             raise SpecError(f"{what} is not {allowed}")
         if rest:
             if not rest.startswith(":"):
                 raise SpecError(f"{what} is not {allowed}")
             display = rest[1:]
-    elif _is_ipv6(text):
+    elif is_ipv6(text):
         host = text
     else:
         host, sep, display_text = text.rpartition(":")

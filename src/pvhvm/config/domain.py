@@ -46,7 +46,7 @@ def name_problem(name: str) -> str | None:
     ``..``. That covers the names real xl files use (``XenGuest2&test``); ``/``, ``,``,
     spaces and control characters are refused.
     """
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         return (
             f"{name!r} is not a domain name: use 1-64 letters, digits and _ . + @ & % # ~ -, "
             "starting with a letter, digit or _"

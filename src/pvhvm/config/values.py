@@ -165,7 +165,7 @@ def host_problem(host: str) -> str | None:
         pass
     labels = host.split(".")
     numeric = all(label.isascii() and label.isdigit() for label in labels)
-    if len(host) > 253 or numeric or not all(_LABEL.match(label) for label in labels):
+    if len(host) > 253 or numeric or not all(_LABEL.fullmatch(label) for label in labels):
         return (f"{host!r} is not an IPv4 address, an IPv6 address in [brackets] or a host "
                 "name")
     return None

@@ -133,7 +133,7 @@ def parse_rate(text: str, where: str = "rate") -> Rate:
 
 def normalise_mac(text: str, where: str) -> str:
     """Lower-case ``aa:bb:cc:dd:ee:ff``; refuse malformed, all-zero and multicast addresses."""
-    if not _MAC.match(text):
+    if not _MAC.fullmatch(text):
         raise SpecError(f"{where}: MAC address {text!r} is not six hex octets (aa:bb:cc:dd:ee:ff)")
     mac = text.lower()
     if mac == "00:00:00:00:00:00":

@@ -48,7 +48,7 @@ def option_string(pairs: Iterable[OptionPair], *, head: str | None = None) -> st
     """
     items: list[str] = [] if head is None else [escape(head)]
     for key, value in pairs:
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise PlanError(f"QEMU option key {key!r} is not an option name")
         items.append(f"{key}={escape(_text(value))}")
     if not items:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.config.domain import Dialect, GuestType, config_from_text
-from pvhvm.errors import ConfigError, PlanError
+from pvhvm.errors import ConfigError
 from pvhvm.plan.plan import Plan, Platform, make_plan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
@@ -229,7 +229,7 @@ def test_names_xl_accepts() -> None:
 
 
 def test_parallel_and_vga_errors_are_one_line() -> None:
-    with pytest.raises(ConfigError, match="g.cfg:3:1: parallel = 'lpt9'"):
+    with pytest.raises(ConfigError, match=r"g\.cfg:3:1: parallel = 'lpt9'"):
         argv_of('name="g"\nbuilder="hvm"\nparallel="lpt9"')
     with pytest.raises(ConfigError, match="stdvga and vga disagree"):
         plan_of('name="g"\nbuilder="hvm"\nvga="cirrus"\nstdvga=1')

@@ -557,7 +557,7 @@ def test_real_qemu_opens_the_nasty_but_valid_paths(tmp_path: Path) -> None:
     log, sock = nasty / "serial,1.log", nasty / "p,s"
     text = (HVM + f'disk = ["format=raw, vdev=xvda, access=rw, target={disk}"]\n'
             f'serial = ["pty", "file:{log}"]\nparallel = "unix:{str(sock).replace(",", ",,")}"\n'
-            'vnc = 1\nvnclisten = "127.0.0.1"\nvncpasswd = "p,w=1"\nvncdisplay = 77\n')
+            'vnc = 1\nvnclisten = "127.0.0.1"\nvncpasswd = "p,w=1"\nvncdisplay = 177\n')
     plan = make_plan(config_from_text(text, "g.cfg"))
     secret = nasty / "vnc,secret"
     secret.write_text("p,w=1")
@@ -576,7 +576,7 @@ def test_real_qemu_opens_the_nasty_but_valid_paths(tmp_path: Path) -> None:
         blocks, vnc = asyncio.run(_qmp(paths.qmp_socket, "query-block", "query-vnc"))
         files = {b["device"]: b["inserted"]["file"] for b in blocks if "inserted" in b}
         assert files == {"disk-xvda": str(disk)}
-        assert vnc["enabled"] and vnc["service"] == str(5900 + 77) and vnc["auth"] == "vnc"
+        assert vnc["enabled"] and vnc["service"] == str(5900 + 177) and vnc["auth"] == "vnc"
         assert log.is_file() and sock.is_socket() and paths.console_log.is_file()
         with contextlib.suppress(EOFError):  # QEMU may close before its reply is read
             asyncio.run(_qmp(paths.qmp_socket, "quit"))

@@ -21,7 +21,13 @@ from enum import Enum
 from pathlib import Path
 
 from pvhvm.config.disk import network_url
-from pvhvm.config.values import Chardev, ChardevKind, parse_chardev, parse_vnc_listen
+from pvhvm.config.values import (
+    MAX_VNC_DISPLAY,
+    Chardev,
+    ChardevKind,
+    parse_chardev,
+    parse_vnc_listen,
+)
 from pvhvm.errors import PlanError, SpecError
 from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
@@ -207,6 +213,8 @@ def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
 
 
 _VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+#: vncunused tries this many displays after vncdisplay
+VNC_UNUSED_RANGE = 99
 
 
 def _display(display: Display, secret: Path | None) -> list[str]:
@@ -224,7 +232,9 @@ def _display(display: Display, secret: Path | None) -> list[str]:
         listen = f"[{listen}]"  # an IPv6 address
     vnc_options: list[OptionPair] = []
     if display.unused:
-        vnc_options.append(("to", 99))  # xl's vncunused: the first free display from on
+        # xl's vncunused: the first free display of the hundred from vncdisplay on (QEMU
+        # fails outright when to= is below the display)
+        vnc_options.append(("to", min(display.display + VNC_UNUSED_RANGE, MAX_VNC_DISPLAY)))
     if display.password:
         source: OptionPair = (("data", display.password) if secret is None
                               else ("file", str(secret)))

@@ -199,7 +199,7 @@ def test_honoured_keys_reach_qemu() -> None:
     assert argv[argv.index("-m") + 1] == "1024M"
     assert "virtio-balloon-pci,id=balloon0" in argv
     assert argv[argv.index("-smp") + 1] == "2,maxcpus=4"
-    assert "-device VGA" in joined and "-vnc 0.0.0.0:3,to=99,password-secret=vncpass0" in joined
+    assert "-device VGA" in joined and "-vnc 0.0.0.0:3,to=102,password-secret=vncpass0" in joined
     assert "-usb" in argv and "-device usb-tablet" in joined
     assert "-device intel-hda -device hda-duplex,audiodev=audio0" in joined
     assert "-device AC97,audiodev=audio0" in joined

@@ -335,13 +335,17 @@ def test_vif(value: str, key: str) -> None:
 
 
 @PROPERTY
-@given(NASTY, st.sampled_from(["uuid", "soundhw", "usbdevice", "vga", "boot", "memory",
-                               "vcpus", "maxvcpus", "rtc_timeoffset", "localtime", "acpi",
-                               "hpet", "on_reboot", "bios", "hotplug_slots", "root"]))
+@given(NASTY, st.sampled_from([
+    "uuid", "soundhw", "usbdevice", "vga", "stdvga", "boot", "memory", "maxmem", "vcpus",
+    "maxvcpus", "rtc_timeoffset", "localtime", "acpi", "hpet", "on_poweroff", "on_reboot",
+    "on_crash", "bios", "firmware", "hotplug_slots", "root", "cmdline", "usb", "vncunused",
+    "vfb", "disk", "vif", "builder", "type",
+]))
 def test_every_other_key(value: str, key: str) -> None:
-    """Keys that choose from a list or take a number: refused, or the argv keeps its shape
-    (read_argv checks every option string's keys)."""
-    options = argv_of(HVM + 'kernel = "/k"\n' if key == "root" else HVM, {key: value})
+    """Keys that choose from a list, take a number, or are whole disk/vif/vfb specs:
+    refused, or the argv keeps its shape (read_argv checks every option string's keys)."""
+    text = HVM + 'vnc = 1\n' if key in ("vncunused", "vfb") else HVM
+    options = argv_of(text + 'kernel = "/k"\n' if key == "root" else text, {key: value})
     if options is not None and key == "uuid":
         assert whole(options, "-uuid") == str(uuidlib.UUID(value))
     if options is not None and key == "root":
@@ -356,15 +360,17 @@ XML = """<domain type='qemu'>
   <os><type arch='x86_64'>hvm</type>{os}</os>
   <clock offset='variable' adjustment={adjustment}/>
   <devices>
-    <disk type='file' device='disk'><source file={disk}/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type={driver}/>
+      <source file={disk}/><target dev={vdev} bus={bus}/></disk>
     <interface type='bridge'><mac address={mac}/><source bridge={bridge}/><model type={model}/>
-      <target dev={tap}/></interface>
+      <target dev={tap}/><mtu size={mtu}/></interface>
     {serial}
-    <graphics type='vnc' port='5901' autoport='no' listen={listen} keymap={keymap}
+    <graphics type='vnc' port={port} autoport='no' listen={listen} keymap={keymap}
       passwd={passwd}/>
   </devices>
 </domain>"""
-DEFAULTS = {"name": "g", "os": "", "adjustment": "'0'", "disk": "'/d.img'",
+DEFAULTS = {"name": "g", "os": "", "adjustment": "'0'", "disk": "'/d.img'", "vdev": "'vda'",
+            "bus": "'virtio'", "driver": "'raw'", "mtu": "'1500'", "port": "'5901'",
             "mac": "'00:16:3e:00:00:01'", "bridge": "'br0'", "model": "'virtio'",
             "tap": "'vnet0'", "serial": "", "listen": "'127.0.0.1'", "keymap": "'en-us'",
             "passwd": "'secret'"}
@@ -382,7 +388,8 @@ def xml_argv(**fields: str) -> list[Option] | None:
 
 @PROPERTY
 @given(NASTY, st.sampled_from(["disk", "bridge", "mac", "model", "tap", "listen", "keymap",
-                               "passwd", "adjustment"]))
+                               "passwd", "adjustment", "vdev", "driver", "mtu", "port",
+                               "bus"]))
 def test_xml_attributes(value: str, field: str) -> None:
     options = xml_argv(**{field: quoteattr(value)})
     if options is None:
@@ -391,6 +398,8 @@ def test_xml_attributes(value: str, field: str) -> None:
         assert find(options, "-drive", id="disk-xvda")[2]["file"] == os.path.abspath(value)
     elif field == "mac":
         assert find(options, "-device", id="vif-0")[2]["mac"] == value.lower()
+    elif field == "port" and value != "-1":
+        assert _vnc_head(options)[1] == str(int(value) - 5900)
     elif field == "listen":
         address, display = _vnc_head(options)
         assert display == "1" and address in (value, f"[{value}]")

@@ -11,6 +11,11 @@ Facts it relies on (QEMU 7.2):
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
 * memory is ``-m`` of the static maximum (maxmem) with a ``virtio-balloon-pci`` whose target
   is ``memory``; vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS`` (hot-pluggable CPU objects).
+* every option string is made by qemu.opts.option_string (QemuOpts: ``,,`` in a value), and
+  every value in it comes from the typed plan (issue 18);
+* a ``file`` chardev truncates what is there unless ``append=on`` (seen with QEMU 7.2), so
+  file ports append; a listening socket's path is unlinked first, so the planner refuses a
+  ``unix:`` port at anything but a dead socket (plan._check_port_path).
 """
 
 from __future__ import annotations

@@ -261,6 +261,31 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
 
+#: QEMU 7.2's x86 loader (hw/i386/x86.c): a kernel with "HdrS" at 0x202 is loaded as Linux;
+#: any other is tried as multiboot, whose header is within its first 8 KiB, 4-byte aligned
+_LINUX_MAGIC = b"HdrS"
+_MULTIBOOT_MAGIC = 0x1BADB002
+_MULTIBOOT_SEARCH = 8192
+
+
+def is_multiboot(kernel: str) -> bool:
+    """Whether QEMU boots ``kernel`` as a multiboot kernel (then ``-initrd`` is a list of
+    modules, each ``FILE[ ARGS]``); False when it cannot be read (QEMU will say so)."""
+    try:
+        with open(kernel, "rb") as stream:
+            head = stream.read(_MULTIBOOT_SEARCH)
+    except OSError:
+        return False
+    if head[0x202:0x206] == _LINUX_MAGIC:
+        return False
+    for offset in range(0, len(head) - 11, 4):
+        magic, flags, checksum = (int.from_bytes(head[offset + i:offset + i + 4], "little")
+                                  for i in (0, 4, 8))
+        if magic == _MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return True
+    return False
+
+
 def _port_error(config: DomainConfig, key: str, message: str) -> ConfigError:
     position = config.serial_position if key == "serial" else config.parallel_position
     if position is not None:
@@ -379,9 +404,16 @@ def make_plan(
             raise ConfigError(f"bios = 'ovmf' needs the OVMF firmware at {OVMF_PATH} "
                               "(Debian's ovmf package)", file=config.file)
     if ramdisk is not None and "," in ramdisk:
-        # QEMU splits -initrd at commas (multiboot modules) and cannot escape one
+        # QEMU splits -initrd at commas (multiboot modules); a Linux kernel's loader takes
+        # the path whole, so no escape means the same to both
         raise ConfigError(f"ramdisk {ramdisk!r}: QEMU's -initrd splits a path at commas; move "
                           "or link the file to a path without a comma", file=config.file)
+    if check_files and platform is Platform.QEMU and ramdisk is not None and " " in ramdisk \
+            and kernel is not None and is_multiboot(kernel):
+        raise ConfigError(f"ramdisk {ramdisk!r}: kernel {kernel!r} is a multiboot kernel, and "
+                          "QEMU ends a multiboot module's file name at its first space (the "
+                          "rest is the module's command line); move or link the file to a "
+                          "path without a space", file=config.file)
     serial, more_serials, parallel = _plan_ports(config, platform, check_files)
     cmdline = config.cmdline
     if config.root is not None:

@@ -526,6 +526,12 @@ def test_a_multiboot_kernel_takes_no_space_in_its_ramdisk(tmp_path: Path) -> Non
     linux.write_bytes(bytes(0x202) + b"HdrS" + bytes(64))
     plan = make_plan(config_from_text(text.replace(str(kernel), str(linux)), "g.cfg"))
     assert plan.ramdisk == str(ramdisk)
+    if shutil.which("qemu-system-x86_64"):  # what QEMU itself does with that -initrd
+        done = subprocess.run(
+            ["qemu-system-x86_64", "-M", "pc", "-display", "none", "-monitor", "none",
+             "-serial", "none", "-nodefaults", "-S", "-kernel", str(kernel),
+             "-initrd", str(ramdisk)], capture_output=True, text=True, timeout=30, check=False)
+        assert f"Failed to open file '{tmp_path / 'dom0'}'" in done.stderr
 
 
 @pytest.mark.parametrize("line", [

@@ -16,6 +16,7 @@ from pvhvm.config.disk import (
     parse_disk,
 )
 from pvhvm.config.vif import (
+    IFNAME_KEYS,
     INT_KEYS,
     STRING_KEYS,
     Rate,
@@ -356,9 +357,15 @@ _value = (
 )
 
 
+#: interface names (bridge=, vifname=, ...): no white space or '/' (IFNAMSIZ rules)
+_ifname = st.text(alphabet="abcdefghij0123456789._-", min_size=1, max_size=10).filter(
+    lambda name: name not in (".", ".."))
+
+
 @given(
     st.fixed_dictionaries(
-        {}, optional={k: _value for k in STRING_KEYS if k not in ("mac", "rate")}
+        {}, optional={k: _ifname if k in IFNAME_KEYS else _value
+                      for k in STRING_KEYS if k not in ("mac", "rate")}
     ),
     st.fixed_dictionaries({}, optional={k: st.integers(68, 9000) for k in INT_KEYS}),
     st.sampled_from([None, "00:16:3e:aa:bb:cc"]),

@@ -9,9 +9,11 @@ import pytest
 from pvhvm.config.domain import config_from_text
 from pvhvm.errors import ConfigError
 from pvhvm.guest.kit import Kit
-from pvhvm.inspect.pygrub import run_bootloader
+from pvhvm.inspect.pygrub import INITRD_NAME, KERNEL_NAME, run_bootloader
 from pvhvm.plan.plan import Platform, make_plan
+from pvhvm.qemu.argv import RunPaths, qemu_argv
 from pvhvm.xen.xlcfg import export_xl
+from tests.inspect.conftest import make_ext4, write_tree
 
 
 def pygrub_config(disk: str, extra: str = "") -> str:
@@ -62,3 +64,32 @@ def test_the_xen_platform_and_export_keep_the_bootloader() -> None:
                      check_files=False)
     text = export_xl(plan).text
     assert 'type = "pv"' in text and 'bootloader = "pygrub"' in text
+
+
+def test_a_guest_chosen_initrd_name_never_reaches_argv(tmp_path: Path) -> None:
+    """Issue 18: a guest's boot entry names an initrd with a comma; QEMU's -initrd splits at
+    commas, so that name on argv would load a second (host) file as a multiboot module.
+    The copies get pvhvm's own names, and the guest's names are nowhere on argv."""
+    kernel, initrd = b"KERNEL-BYTES" * 100, b"INITRD-BYTES" * 100
+    tree = write_tree(tmp_path / "t", {
+        "etc/fstab": "/dev/xvda / ext4 defaults 0 1\n",
+        "boot/grub/grub.cfg": ("menuentry 'evil' {\n linux /boot/vm,linuz root=/dev/xvda\n"
+                               " initrd /boot/initrd.img,vmlinuz\n}\n"),
+        "boot/vm,linuz": kernel,
+        "boot/initrd.img,vmlinuz": initrd,
+    })
+    image = make_ext4(tmp_path / "guest.img", tree, 8)
+    config = config_from_text(pygrub_config(str(image)), "g.cfg")
+    booted = run_bootloader(config, tmp_path / "cache")
+    assert booted.kernel is not None and booted.ramdisk is not None
+    assert Path(booted.kernel).name == KERNEL_NAME and Path(booted.ramdisk).name == INITRD_NAME
+    assert Path(booted.kernel).read_bytes() == kernel
+    assert Path(booted.ramdisk).read_bytes() == initrd
+    argv = qemu_argv(make_plan(booted), RunPaths(
+        qmp_socket=tmp_path / "q", control_socket=tmp_path / "c",
+        console_socket=tmp_path / "s", console_log=tmp_path / "l"))
+    assert argv[argv.index("-initrd") + 1] == booted.ramdisk
+    assert not any("initrd.img," in item or "vm,linuz" in item for item in argv)
+    # one folder of pvhvm's own for the domain, nothing else left in it
+    (extracted,) = (tmp_path / "cache" / "pg").iterdir()
+    assert sorted(p.name for p in extracted.iterdir()) == [INITRD_NAME, KERNEL_NAME]

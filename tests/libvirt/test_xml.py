@@ -219,7 +219,7 @@ def test_direct_boot_actions_clock_and_features(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("serial", "kind", "source"), [
     (None, "pty", None),
     ("pty", "pty", None),
-    ("file:/var/log/g.log", "file", {"path": "/var/log/g.log", "append": "off"}),
+    ("file:/var/log/g.log", "file", {"path": "/var/log/g.log", "append": "on"}),
     ("unix:/run/g.sock", "unix", {"mode": "bind", "path": "/run/g.sock"}),
     ("tcp::4555", "tcp", {"mode": "bind", "host": "127.0.0.1", "service": "4555"}),
 ])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.config.domain import Dialect, GuestType, config_from_text
-from pvhvm.errors import ConfigError, PlanError
+from pvhvm.errors import ConfigError
 from pvhvm.plan.plan import Plan, Platform, make_plan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
@@ -199,7 +199,7 @@ def test_honoured_keys_reach_qemu() -> None:
     assert argv[argv.index("-m") + 1] == "1024M"
     assert "virtio-balloon-pci,id=balloon0" in argv
     assert argv[argv.index("-smp") + 1] == "2,maxcpus=4"
-    assert "-device VGA" in joined and "-vnc 0.0.0.0:3,to=99,password-secret=vncpass0" in joined
+    assert "-device VGA" in joined and "-vnc 0.0.0.0:3,to=102,password-secret=vncpass0" in joined
     assert "-usb" in argv and "-device usb-tablet" in joined
     assert "-device intel-hda -device hda-duplex,audiodev=audio0" in joined
     assert "-device AC97,audiodev=audio0" in joined
@@ -229,7 +229,7 @@ def test_names_xl_accepts() -> None:
 
 
 def test_parallel_and_vga_errors_are_one_line() -> None:
-    with pytest.raises(PlanError, match="parallel = 'lpt9'"):
+    with pytest.raises(ConfigError, match=r"g\.cfg:3:1: parallel = 'lpt9'"):
         argv_of('name="g"\nbuilder="hvm"\nparallel="lpt9"')
     with pytest.raises(ConfigError, match="stdvga and vga disagree"):
         plan_of('name="g"\nbuilder="hvm"\nvga="cirrus"\nstdvga=1')
@@ -286,7 +286,7 @@ def test_xl_serial_list_gives_more_ports() -> None:
     argv = argv_of('name="g"\ntype="hvm"\nserial=["pty", "file:/tmp/s1.log", "none"]')
     serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
     assert serials == ["chardev:serial0", "chardev:serial1"]
-    assert "file,id=serial1,path=/tmp/s1.log" in argv
+    assert "file,id=serial1,path=/tmp/s1.log,append=on" in argv
 
 
 def test_vif_devid_and_mtu_are_planned_and_realised() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.config.domain import config_from_text, load_config
-from pvhvm.errors import PlanError
+from pvhvm.errors import ConfigError, PlanError
 from pvhvm.plan.plan import make_plan
 from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
@@ -122,12 +122,13 @@ def test_serial(serial: str | None, chardev: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "words"),
-    [('serial="vc"', "not supported"), ('serial="tcp:host:port"', "HOST:PORT"),
-     ('disk=["iscsi:iqn.x:y,xvda,w"]', "script-backed")],
+    ("text", "words", "error"),
+    [('serial="vc"', "not supported", ConfigError),
+     ('serial="tcp:host:port"', "HOST:PORT", ConfigError),
+     ('disk=["iscsi:iqn.x:y,xvda,w"]', "script-backed", PlanError)],
 )
-def test_unrealisable(text: str, words: str) -> None:
-    with pytest.raises(PlanError, match=words):
+def test_unrealisable(text: str, words: str, error: type[Exception]) -> None:
+    with pytest.raises(error, match=words):
         argv_for('name="g"; builder="hvm"\n' + text)
 
 

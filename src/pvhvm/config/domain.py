@@ -21,10 +21,15 @@ from pvhvm.config.lang import (
     Position,
     check_path_value,
     parse_config,
-    path_problem,
     read_config_text,
 )
 from pvhvm.config.optstr import brief
+from pvhvm.config.values import (
+    keymap_problem,
+    parse_chardev,
+    parse_vnc_listen,
+    vnc_display,
+)
 from pvhvm.config.vif import VifSpec, parse_vif
 from pvhvm.errors import ConfigError, SpecError
 
@@ -41,7 +46,7 @@ def name_problem(name: str) -> str | None:
     ``..``. That covers the names real xl files use (``XenGuest2&test``); ``/``, ``,``,
     spaces and control characters are refused.
     """
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         return (
             f"{name!r} is not a domain name: use 1-64 letters, digits and _ . + @ & % # ~ -, "
             "starting with a letter, digit or _"
@@ -68,6 +73,8 @@ class GuestType(Enum):
 #: xl's emulated sound cards (soundhw=) → QEMU devices
 SOUND_CARDS = {"hda": "intel-hda", "ac97": "AC97", "sb16": "sb16", "es1370": "ES1370"}
 VGA_KINDS = ("std", "cirrus", "none")
+#: rtc_timeoffset's bound: libxl keeps it in 32 bits (and QEMU's -rtc base must be a date)
+MAX_RTC_OFFSET = 2**31 - 1
 #: hotplug_slots: pcie-root-ports on q35 take root-bus slots (32, some used by the platform)
 MAX_HOTPLUG_SLOTS = 16
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
@@ -146,6 +153,8 @@ class DomainConfig:
     #: pvhvm's own key: empty hot-pluggable PCIe slots reserved at create (q35)
     hotplug_slots: int | None = None
     parallel: str | None = None
+    #: where parallel= was set
+    parallel_position: Position | None = None
     #: keys kept for export-xl that pvhvm does not realise itself: (key, value) in file order
     xl_passthrough: tuple[tuple[str, Any], ...] = ()
     #: GUEST keys (see config.keys): they change the guest and the qemu platform cannot do them
@@ -311,12 +320,16 @@ def _serials(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
             where = index if isinstance(serial, list | tuple) else None
             raise r.fail("serial", f"serial must be a string, not {_kind(port)}", where)
     for index, port in enumerate(ports):
-        problem = path_problem(port) if isinstance(port, str) else None
-        if problem is not None:
+        if port is None or (index == 0 and port == ""):
+            continue  # no serial= line, or "": the console on pvhvm's own socket
+        try:
+            # xl.cfg(5)'s port forms, typed (config.values); tcp: on the console only
+            parse_chardev(str(port), "serial", tcp=index == 0)
+        except SpecError as err:
             where = index if isinstance(serial, list | tuple) else None
-            raise r.fail("serial", f"serial: {problem}", where)
+            raise r.fail("serial", str(err), where) from err
     first = ports[0] if ports else None
-    return first, tuple(str(p) for p in ports[1:])
+    return first, tuple("none" if p is None else str(p) for p in ports[1:])
 
 
 def _vnc(r: _Reader) -> dict[str, Any]:
@@ -336,22 +349,34 @@ def _vnc(r: _Reader) -> dict[str, Any]:
             elif key == "sdl" and value == "1":
                 settings.setdefault("sdl", True)
     vnc = r.bool_("vnc", bool(settings.get("vnc", False)))
-    listen = r.str_("vnclisten") or settings.get("vnclisten") or "127.0.0.1"
+    # a key of its own, else the vfb= line's: errors point at whichever gave the value
+    own = r.str_("vnclisten")
+    listen = own or settings.get("vnclisten") or "127.0.0.1"
+    listen_key = "vnclisten" if own else "vfb"
     display_text = r.values.get("vncdisplay", settings.get("vncdisplay"))
+    display_key = "vncdisplay" if "vncdisplay" in r.values else "vfb"
     display: int | None = None
-    if display_text is not None:
-        if isinstance(display_text, bool) or not str(display_text).strip().isdigit():
-            raise r.fail("vncdisplay", f"vncdisplay must be a display number, not "
-                                       f"{brief(display_text)}")
-        display = int(str(display_text).strip())
-    host, sep, port = listen.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:  # vnclisten = "0.0.0.0:1" (xm)
-        listen, display = host, int(port) if display is None else display
+    try:
+        if display_text is not None:
+            display = vnc_display(display_text)
+    except SpecError as err:
+        raise r.fail(display_key, str(err)) from err
+    try:
+        # vnclisten = "0.0.0.0:1" (xm) gives the display too; vncdisplay= wins
+        listen, listen_display = parse_vnc_listen(listen)
+    except SpecError as err:
+        raise r.fail(listen_key, str(err)) from err
+    display = listen_display if display is None else display
     unused = r.bool_("vncunused", str(settings.get("vncunused", "1")) != "0")
     password = r.str_("vncpasswd") or settings.get("vncpasswd") or None
+    own_keymap = r.str_("keymap")
+    keymap = own_keymap or settings.get("keymap")
+    problem = None if keymap is None else keymap_problem(keymap)
+    if problem is not None:
+        raise r.fail("keymap" if own_keymap else "vfb", problem)
     return {
         "vnc": vnc, "vnc_listen": listen, "vnc_display": display, "vnc_unused": unused,
-        "vnc_password": password, "keymap": r.str_("keymap") or settings.get("keymap"),
+        "vnc_password": password, "keymap": keymap,
     }
 
 
@@ -483,11 +508,20 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         raise r.fail(maxvcpus_key, f"{maxvcpus_key} = {maxvcpus} is below vcpus = {vcpus}")
     platform_pci = r.values.get("xen_platform_pci")
     parallel = r.path_("parallel")
+    if parallel not in (None, "", "none"):
+        try:
+            parse_chardev(str(parallel), "parallel", tcp=False)
+        except SpecError as err:
+            raise r.fail("parallel", str(err)) from err
     rtc_offset = r.values.get("rtc_timeoffset", 0)
-    if isinstance(rtc_offset, str) and rtc_offset.strip().lstrip("-").isdigit():
-        rtc_offset = int(rtc_offset)
-    if isinstance(rtc_offset, bool) or not isinstance(rtc_offset, int):
-        raise r.fail("rtc_timeoffset", f"rtc_timeoffset must be seconds, not {brief(rtc_offset)}")
+    if isinstance(rtc_offset, str):
+        digits = rtc_offset.strip().removeprefix("-")
+        if digits.isascii() and digits.isdigit():
+            rtc_offset = int(rtc_offset)
+    if isinstance(rtc_offset, bool) or not isinstance(rtc_offset, int) or \
+            abs(rtc_offset) > MAX_RTC_OFFSET:
+        raise r.fail("rtc_timeoffset", f"rtc_timeoffset must be seconds (-{MAX_RTC_OFFSET}.."
+                                       f"{MAX_RTC_OFFSET}), not {brief(rtc_offset)}")
 
     return DomainConfig(
         file=raw.file,
@@ -536,6 +570,7 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         hpet=r.bool_("hpet", True),
         hotplug_slots=r.int_("hotplug_slots", 0, MAX_HOTPLUG_SLOTS),
         parallel=None if parallel in (None, "", "none") else parallel,
+        parallel_position=r.raw.position("parallel") if "parallel" in raw.values else None,
         xl_passthrough=_passthrough(raw),
         unsupported=tuple(unsupported),
         warnings=tuple(warnings),

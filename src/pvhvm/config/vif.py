@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, fields
 
 from pvhvm.config.optstr import brief, tokenize
+from pvhvm.config.values import ifname_problem
 from pvhvm.errors import SpecError
 
 #: string-valued keys, in canonical order
@@ -25,6 +26,8 @@ STRING_KEYS = (
     "gatewaydev", "forwarddev", "accel",
 )
 INT_KEYS = ("mtu", "devid")
+#: keys that name a host network interface (Linux's rules: config.values.ifname_problem)
+IFNAME_KEYS = ("bridge", "vifname", "gatewaydev", "forwarddev")
 KEYS = (*STRING_KEYS, *INT_KEYS)
 FLAGS = ("trusted", "untrusted")
 #: deprecated spellings xl still reads
@@ -130,7 +133,7 @@ def parse_rate(text: str, where: str = "rate") -> Rate:
 
 def normalise_mac(text: str, where: str) -> str:
     """Lower-case ``aa:bb:cc:dd:ee:ff``; refuse malformed, all-zero and multicast addresses."""
-    if not _MAC.match(text):
+    if not _MAC.fullmatch(text):
         raise SpecError(f"{where}: MAC address {text!r} is not six hex octets (aa:bb:cc:dd:ee:ff)")
     mac = text.lower()
     if mac == "00:00:00:00:00:00":
@@ -184,6 +187,11 @@ def parse_vif(spec: str) -> VifSpec:
             values[key] = _integer(where, key, tok.value)
         elif key == "mac":
             values[key] = normalise_mac(tok.value, where)
+        elif key in IFNAME_KEYS:
+            problem = ifname_problem(tok.value)
+            if problem is not None:
+                raise SpecError(f"{where}: {key}: {problem}")
+            values[key] = tok.value
         else:
             if key == "rate":
                 parse_rate(tok.value, where)

@@ -10,17 +10,21 @@ replaced at each create.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from pvhvm.config.domain import DomainConfig
-from pvhvm.errors import ConfigError
+from pvhvm.errors import ConfigError, printable
 from pvhvm.hostfs import cache_home
-from pvhvm.inspect.errors import InspectError
+from pvhvm.inspect.errors import ImageFormatError, InspectError
 from pvhvm.inspect.image import find_boot_entry
 
 BOOTLOADERS = ("pygrub",)
+#: the names the extracted kernel and initrd get in the domain's cache folder
+KERNEL_NAME = "kernel"
+INITRD_NAME = "initrd"
 
 
 def pygrub_cache() -> Path:
@@ -55,13 +59,35 @@ def run_bootloader(config: DomainConfig, cache: Path | None = None) -> DomainCon
     folder.mkdir(parents=True, exist_ok=True)
     try:
         boot = find_boot_entry(target, folder)
+        # find_boot_entry made one temporary directory (a name of its own) in the new folder
+        kernel, initrd = _own_names(boot.kernel, boot.initrd, next(folder.iterdir()))
     except InspectError as err:
         shutil.rmtree(folder, ignore_errors=True)
         raise disk.position.error(f"bootloader = 'pygrub': {err}") from err
     cmdline = " ".join(part for part in (boot.cmdline, config.cmdline or "") if part)
-    said = (f"bootloader = 'pygrub': booting entry {boot.entry.title!r} ({boot.entry.kernel}) "
-            f"of disk {disk.value.vdev}, as pygrub would")
+    said = (f"bootloader = 'pygrub': booting entry {printable(boot.entry.title)!r} "
+            f"({printable(boot.entry.kernel)}) of disk {disk.value.vdev}, as pygrub would")
     return replace(
-        config, kernel=str(boot.kernel), ramdisk=None if boot.initrd is None else str(boot.initrd),
+        config, kernel=str(kernel), ramdisk=None if initrd is None else str(initrd),
         cmdline=cmdline or None, warnings=(*config.warnings, said),
     )
+
+
+def _own_names(kernel: Path, initrd: Path | None, folder: Path) -> tuple[Path, Path | None]:
+    """The extracted kernel and initrd renamed to names pvhvm chooses (``kernel``,
+    ``initrd``) in ``folder``, so no file name the guest chose reaches QEMU's command line
+    (issue 18: a comma in an initrd name split ``-initrd`` and loaded a host file)."""
+    own_kernel = folder / KERNEL_NAME
+    own_initrd = None if initrd is None else folder / INITRD_NAME
+    try:
+        for found, own in ((kernel, own_kernel), (initrd, own_initrd)):
+            if found is not None and own is not None:
+                if found.is_symlink() or not found.is_file():
+                    raise ImageFormatError(f"{printable(found.name)!r} is not a regular file")
+                os.replace(found, own)
+    except OSError as err:
+        raise ImageFormatError(f"cannot keep the extracted kernel: {err}") from err
+    for leftover in folder.iterdir():
+        if leftover not in (own_kernel, own_initrd):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return own_kernel, own_initrd

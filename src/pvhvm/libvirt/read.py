@@ -68,6 +68,7 @@ from pvhvm.config.disk import EMPTY_FORMAT, Access, DiskSpec
 from pvhvm.config.domain import (
     ACTIONS,
     MAX_HOTPLUG_SLOTS,
+    MAX_RTC_OFFSET,
     Dialect,
     DomainConfig,
     GuestType,
@@ -77,6 +78,15 @@ from pvhvm.config.domain import (
 )
 from pvhvm.config.lang import Position, check_path_value, read_config_text
 from pvhvm.config.optstr import brief
+from pvhvm.config.values import (
+    Chardev,
+    ChardevKind,
+    host_problem,
+    ifname_problem,
+    is_ipv6,
+    keymap_problem,
+    parse_vnc_listen,
+)
 from pvhvm.config.vif import MTU_RANGE, VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.libvirt.xml import HOTPLUG_PORT_ALIAS, Q35_RESERVED_SLOTS
@@ -200,6 +210,13 @@ class _Reader:
     def path(self, node: Node, value: str | None, what: str) -> str | None:
         return None if value is None else check_path_value(value, what, node.position)
 
+    def ifname(self, node: Node, value: str | None, what: str) -> str | None:
+        """A host network interface name (config.values.ifname_problem)."""
+        problem = None if value is None else ifname_problem(value)
+        if problem is not None:
+            raise node.error(f"{what}: {problem}")
+        return value
+
     def text(self, tag: str) -> tuple[Node | None, str | None]:
         node = self.root.find(tag)
         return node, None if node is None else node.text
@@ -313,6 +330,9 @@ class _Reader:
         for key, tag in (("kernel", "kernel"), ("ramdisk", "initrd")):
             node = os_.find(tag)
             values[key] = None if node is None else self.path(node, node.text, f"<{tag}>")
+            if key == "ramdisk" and node is not None and "," in (values[key] or ""):
+                raise node.error("<initrd>: QEMU's -initrd splits a path at commas (multiboot "
+                                 "modules); move or link the file to a path without a comma")
         cmdline = os_.find("cmdline")
         values["cmdline"] = None if cmdline is None else cmdline.text
         bootloader = self.root.find("bootloader")
@@ -442,8 +462,11 @@ class _Reader:
             clock.use("offset")
             basis = clock.get("basis") or "utc"
             adjustment = (clock.get("adjustment") or "0").strip()
-            if not adjustment.lstrip("-").isdigit():
-                raise clock.error(f"<clock adjustment={brief(adjustment)}> must be seconds")
+            digits = adjustment.removeprefix("-")
+            if not (digits.isascii() and digits.isdigit()) or \
+                    abs(int(adjustment)) > MAX_RTC_OFFSET:
+                raise clock.error(f"<clock adjustment={brief(adjustment)}> must be seconds "
+                                  f"(-{MAX_RTC_OFFSET}..{MAX_RTC_OFFSET})")
             values.update(localtime=basis == "localtime", rtc_timeoffset=int(adjustment))
         for timer in clock.findall("timer"):
             if timer.attrib.get("name") == "hpet" and set(timer.attrib) <= {"name", "present"}:
@@ -650,7 +673,7 @@ class _Reader:
         target = node.find("target")
         dev = None if target is None else target.get("dev")
         if dev is not None and not dev.startswith(_GENERATED_TAP_PREFIXES):
-            vifname = self.path(target or node, dev, "<target dev=>")
+            vifname = self.ifname(target or node, dev, "<target dev=>")
         devid = None
         alias = node.find("alias")
         if alias is not None:
@@ -665,7 +688,7 @@ class _Reader:
         if kind == "bridge":
             if source is None or not source.get("bridge"):
                 raise node.error("<interface type='bridge'> has no <source bridge=...>")
-            return self.path(source, source.get("bridge"), "<source bridge=>")
+            return self.ifname(source, source.get("bridge"), "<source bridge=>")
         if kind == "user":
             self.warn(node, "<interface type='user'>: pvhvm puts the NIC on its default bridge, "
                             "or on QEMU user networking where that bridge does not exist")
@@ -677,7 +700,7 @@ class _Reader:
             self.warn(node, f"<source network={brief(network)}>: pvhvm manages no libvirt "
                             f"networks; the NIC goes on the network's bridge, {bridge}")
             source.use("portid")
-            return self.path(source, bridge, "<source bridge=>")
+            return self.ifname(source, bridge, "<source bridge=>")
         if network == _DEFAULT_NETWORK[0]:
             self.warn(node, "<source network='default'>: pvhvm manages no libvirt networks; "
                             f"the NIC goes on that network's bridge, {_DEFAULT_NETWORK[1]}")
@@ -722,14 +745,16 @@ class _Reader:
         serial = ports.get(0, "none")
         more = [ports.get(port, "none") for port in range(1, max(ports, default=0) + 1)]
         parallel = None
+        parallel_position = None
         for node in devices.findall("parallel")[:1]:
             target = node.find("target")
             if target is not None:
                 target.use("port")
-            parallel = self.chardev(node)
+            parallel, parallel_position = self.chardev(node), node.position
         return {"serial": None if serial == "pty" else serial, "serial_position": where.get(0),
                 "more_serials": tuple(more),
-                "parallel": None if parallel in (None, "none") else parallel}
+                "parallel": None if parallel in (None, "none") else parallel,
+                "parallel_position": parallel_position}
 
     def chardev(self, node: Node) -> str | None:
         """A character device as xl's serial= spells it: pty, file:, unix:, tcp:."""
@@ -743,13 +768,15 @@ class _Reader:
         if source is None:
             raise node.error(f"<{node.label} type={brief(kind)}> has no <source>")
         if kind in ("file", "unix"):
-            option, default = ("append", "off") if kind == "file" else ("mode", "bind")
-            if source.attrib.get(option, default) == default:
-                source.use(option)
+            if kind == "file":
+                source.use("append")  # pvhvm's file ports always append (qemu.argv)
+            elif source.attrib.get("mode", "bind") == "bind":
+                source.use("mode")
             path = source.get("path")
             if not path:
                 raise source.error(f"<{node.label} type={brief(kind)}> has no <source path=...>")
-            return f"{kind}:{self.path(source, path, '<source path=>')}"
+            self.path(source, path, "<source path=>")
+            return Chardev(ChardevKind(kind), path=path).spec
         if kind == "tcp" and node.tag == "serial":
             if source.attrib.get("mode", "bind") == "bind":
                 source.use("mode")
@@ -759,9 +786,14 @@ class _Reader:
             elif protocol is not None:
                 protocol.used = False
             service = source.get("service") or ""
-            if not service.isascii() or not service.isdigit():
-                raise source.error(f"<source service={brief(service)}> must be a port number")
-            return f"tcp:{source.get('host') or '127.0.0.1'}:{service}"
+            if not service.isascii() or not service.isdigit() or not 1 <= int(service) <= 65535:
+                raise source.error(f"<source service={brief(service)}> must be a port number "
+                                   "(1-65535)")
+            host = source.get("host") or "127.0.0.1"
+            problem = None if is_ipv6(host) else host_problem(host)
+            if problem is not None:
+                raise source.error(f"<source host=>: {problem}")
+            return Chardev(ChardevKind.TCP, host=host, port=int(service)).spec
         if kind == "dev":
             self.refuse(node, f"<{node.label} type='dev'> (a host device passed through)")
             return None
@@ -796,14 +828,29 @@ class _Reader:
         if not autoport:
             display = _whole(node, port, "<graphics port=>", 5900, 65535) - 5900
         listen = node.get("listen")
+        where, what = node, "<graphics listen=>"
         for child in node.findall("listen"):
             if child.attrib.get("type") == "address" and listen in (None, child.attrib.get(
                     "address")):
                 child.use("type", "address")
                 listen = child.attrib.get("address")
+                where, what = child, "<listen address=>"
+        if listen is not None:
+            try:
+                host, given_display = parse_vnc_listen(listen, what)
+            except SpecError as err:
+                raise where.error(str(err)) from err
+            if given_display is not None:
+                raise where.error(f"{what} {brief(listen)} is an address, without a display "
+                                  "(the display is <graphics port=>)")
+            listen = host
+        keymap = node.get("keymap")
+        problem = None if keymap is None else keymap_problem(keymap)
+        if problem is not None:
+            raise node.error(f"<graphics keymap=>: {problem}")
         return {"vnc": True, "vnc_listen": listen or "127.0.0.1", "vnc_display": display,
                 "vnc_unused": autoport, "vnc_password": node.get("passwd"),
-                "keymap": node.get("keymap")}
+                "keymap": keymap}
 
     def usb(self, devices: Node) -> dict[str, Any]:
         """A USB controller unless one says model='none' (libvirt adds one by default)."""

@@ -35,6 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pvhvm.config.values import parse_chardev
 from pvhvm.errors import PlanError
 from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
@@ -193,10 +194,11 @@ def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
         serial = _sub(devices, "serial", type="pty")
     elif spec.startswith("file:") and spec[5:]:
         serial = _sub(devices, "serial", type="file")
-        _sub(serial, "source", path=spec[5:], append="off")
+        # append: pvhvm never truncates a file a port writes to (qemu.argv, issue 18)
+        _sub(serial, "source", path=spec[5:], append="on")
     elif spec.startswith("unix:") and spec[5:]:
         serial = _sub(devices, "serial", type="unix")
-        _sub(serial, "source", mode="bind", path=spec[5:].split(",")[0])
+        _sub(serial, "source", mode="bind", path=parse_chardev(spec).path or "")
     elif spec.startswith("tcp:"):
         host, _, port = spec[4:].split(",")[0].rpartition(":")
         if not port.isdigit():
@@ -287,10 +289,10 @@ def _port(devices: ET.Element, kind: str, spec: str, port: int) -> None:
         element = _sub(devices, kind, type="pty")
     elif spec.startswith("file:") and spec[5:]:
         element = _sub(devices, kind, type="file")
-        _sub(element, "source", path=spec[5:])
+        _sub(element, "source", path=spec[5:], append="on")
     elif spec.startswith("unix:") and spec[5:]:
         element = _sub(devices, kind, type="unix")
-        _sub(element, "source", mode="bind", path=spec[5:].split(",")[0])
+        _sub(element, "source", mode="bind", path=parse_chardev(spec).path or "")
     else:
         raise PlanError(f"{kind} = {spec!r} is not supported (use pty, file:PATH, unix:PATH)")
     _sub(element, "target", port=str(port))

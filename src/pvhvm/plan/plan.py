@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -16,7 +17,16 @@ from typing import Any
 from pvhvm.config.disk import Access, DiskSpec
 from pvhvm.config.domain import Dialect, DomainConfig, GuestType, Located
 from pvhvm.config.lang import path_problem
-from pvhvm.config.vif import VifSpec
+from pvhvm.config.values import (
+    MAX_VNC_DISPLAY,
+    Chardev,
+    ChardevKind,
+    ifname_problem,
+    keymap_problem,
+    parse_chardev,
+    parse_vnc_listen,
+)
+from pvhvm.config.vif import VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.hostfs import SocketPath, socket_path_state
 from pvhvm.plan.types import (
@@ -251,32 +261,97 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
 
-def _absolute_serial(serial: str | None) -> str | None:
-    for kind in ("file:", "unix:"):
-        if serial is not None and serial.startswith(kind) and serial[len(kind):]:
-            return kind + os.path.abspath(serial[len(kind):])
-    return serial
+#: QEMU 7.2's x86 loader (hw/i386/x86.c): a kernel with "HdrS" at 0x202 is loaded as Linux;
+#: any other is tried as multiboot, whose header is within its first 8 KiB, 4-byte aligned
+_LINUX_MAGIC = b"HdrS"
+_MULTIBOOT_MAGIC = 0x1BADB002
+_MULTIBOOT_SEARCH = 8192
 
 
-def _check_serial_socket(config: DomainConfig, serial: str | None) -> None:
-    """QEMU unlinks whatever is at a listening socket's path before it binds (checked with
-    QEMU 7.2): refuse a path that holds anything but a dead socket."""
-    if serial is None or not serial.startswith("unix:"):
-        return
-    where = serial[5:].split(",")[0]
+def is_multiboot(kernel: str) -> bool:
+    """Whether QEMU boots ``kernel`` as a multiboot kernel (then ``-initrd`` is a list of
+    modules, each ``FILE[ ARGS]``); False when it cannot be read (QEMU will say so)."""
     try:
-        state = socket_path_state(where)
+        with open(kernel, "rb") as stream:
+            head = stream.read(_MULTIBOOT_SEARCH)
     except OSError:
-        return  # unreachable: QEMU will say so
-    problem = {
-        SocketPath.OTHER: "exists and is not a socket",
-        SocketPath.LIVE: "is a socket something is listening on",
-    }.get(state)  # nothing there, or a stale socket QEMU may replace: fine
+        return False
+    if head[0x202:0x206] == _LINUX_MAGIC:
+        return False
+    for offset in range(0, len(head) - 11, 4):
+        magic, flags, checksum = (int.from_bytes(head[offset + i:offset + i + 4], "little")
+                                  for i in (0, 4, 8))
+        if magic == _MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return True
+    return False
+
+
+def _port_error(config: DomainConfig, key: str, message: str) -> ConfigError:
+    position = config.serial_position if key == "serial" else config.parallel_position
+    if position is not None:
+        return position.error(message)
+    return ConfigError(message, file=config.file)
+
+
+def _plan_port(config: DomainConfig, key: str, spec: str | None, *, tcp: bool,
+               check_files: bool) -> str | None:
+    """One serial or parallel port: its spec typed (config.values.parse_chardev), its path
+    made absolute, and what QEMU would create there checked: the xl spelling back."""
+    if spec is None or (key == "serial" and spec == ""):
+        return spec
+    try:
+        chardev = parse_chardev(spec, key, tcp=tcp)
+    except SpecError as err:
+        raise _port_error(config, key, str(err)) from err
+    if chardev.path is not None:
+        chardev = replace(chardev, path=os.path.abspath(chardev.path))
+        if check_files:
+            _check_port_path(config, key, spec, chardev)
+    return chardev.spec
+
+
+def _check_port_path(config: DomainConfig, key: str, spec: str, chardev: Chardev) -> None:
+    """Nothing a port makes replaces what is already there (issue 18). QEMU 7.2 unlinks
+    whatever is at a listening socket's path before it binds, so ``unix:`` refuses a path
+    holding anything but a dead socket; ``file:`` is opened for appending (qemu.argv: QEMU
+    would truncate it otherwise), so it refuses only a path that is not a regular file."""
+    assert chardev.path is not None
+    path = chardev.path
+    if chardev.kind is ChardevKind.UNIX:
+        try:
+            state = socket_path_state(path)
+        except OSError:
+            return  # unreachable: QEMU will say so
+        problem = {
+            SocketPath.OTHER: "exists and is not a socket",
+            SocketPath.LIVE: "is a socket something is listening on",
+        }.get(state)  # nothing there, or a stale socket QEMU may replace: fine
+    else:
+        try:
+            mode: int | None = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError:
+            return  # unreachable: QEMU will say so
+        problem = None if mode is None or stat.S_ISREG(mode) else "exists and is not a file"
     if problem is not None:
-        message = f"serial = {config.serial!r}: {where} {problem}, and QEMU would replace it"
-        if config.serial_position is not None:
-            raise config.serial_position.error(message)
-        raise ConfigError(message, file=config.file)
+        raise _port_error(config, key,
+                          f"{key} = {spec!r}: {path} {problem}, and QEMU would replace it")
+
+
+def _plan_ports(
+    config: DomainConfig, platform: Platform, check_files: bool
+) -> tuple[str | None, tuple[str, ...], str | None]:
+    """serial (the console), the serial ports after it and the parallel port."""
+    check = check_files and platform is Platform.QEMU
+    serial = _plan_port(config, "serial", config.serial, tcp=True, check_files=check)
+    more: list[str] = []
+    for spec in config.more_serials:
+        planned = _plan_port(config, "serial", spec, tcp=False, check_files=check)
+        if planned:
+            more.append(planned)
+    parallel = _plan_port(config, "parallel", config.parallel, tcp=False, check_files=check)
+    return serial, tuple(more), parallel
 
 
 def domain_uuid(config: DomainConfig) -> str:
@@ -328,9 +403,18 @@ def make_plan(
         if config.bios == "ovmf" and platform is Platform.QEMU and not os.path.isfile(OVMF_PATH):
             raise ConfigError(f"bios = 'ovmf' needs the OVMF firmware at {OVMF_PATH} "
                               "(Debian's ovmf package)", file=config.file)
-    serial = _absolute_serial(config.serial)
-    if check_files and platform is Platform.QEMU:
-        _check_serial_socket(config, serial)
+    if ramdisk is not None and "," in ramdisk:
+        # QEMU splits -initrd at commas (multiboot modules); a Linux kernel's loader takes
+        # the path whole, so no escape means the same to both
+        raise ConfigError(f"ramdisk {ramdisk!r}: QEMU's -initrd splits a path at commas; move "
+                          "or link the file to a path without a comma", file=config.file)
+    if check_files and platform is Platform.QEMU and ramdisk is not None and " " in ramdisk \
+            and kernel is not None and is_multiboot(kernel):
+        raise ConfigError(f"ramdisk {ramdisk!r}: kernel {kernel!r} is a multiboot kernel, and "
+                          "QEMU ends a multiboot module's file name at its first space (the "
+                          "rest is the module's command line); move or link the file to a "
+                          "path without a space", file=config.file)
+    serial, more_serials, parallel = _plan_ports(config, platform, check_files)
     cmdline = config.cmdline
     if config.root is not None:
         cmdline = f"root={config.root}" + (f" {cmdline}" if cmdline else "")
@@ -392,10 +476,10 @@ def make_plan(
         hpet=config.hpet,
         hotplug_slots=(DEFAULT_HOTPLUG_SLOTS if config.hotplug_slots is None
                        else config.hotplug_slots),
-        parallel=config.parallel,
+        parallel=parallel,
         device_model_version=config.device_model_version,
         bootloader=config.bootloader,
-        more_serials=tuple(s for s in map(_absolute_serial, config.more_serials) if s),
+        more_serials=more_serials,
         xl_passthrough=config.xl_passthrough,
         notes=tuple(notes),
         warnings=tuple(warnings),
@@ -444,12 +528,27 @@ def _check_pv_guest(config: DomainConfig, platform: Platform, warnings: list[str
 
 
 def _display(config: DomainConfig) -> Display | None:
+    """The graphics card and VNC server; listen address, display and keymap checked as such
+    (config.values) whatever reader made ``config``."""
     if config.vga == "none" or not (config.vnc or config.vga):
         return None
+    try:
+        listen, display = parse_vnc_listen(config.vnc_listen)
+    except SpecError as err:
+        raise ConfigError(str(err), file=config.file) from err
+    if display is not None:
+        raise ConfigError(f"vnclisten = {config.vnc_listen!r}: give the display as vncdisplay",
+                          file=config.file)
+    display = config.vnc_display or 0
+    if not 0 <= display <= MAX_VNC_DISPLAY:
+        raise ConfigError(f"vncdisplay = {display} is out of range (0..{MAX_VNC_DISPLAY})",
+                          file=config.file)
+    problem = None if config.keymap is None else keymap_problem(config.keymap)
+    if problem is not None:
+        raise ConfigError(problem, file=config.file)
     return Display(
-        vga=config.vga or "cirrus", vnc=config.vnc, listen=config.vnc_listen,
-        display=config.vnc_display or 0, unused=config.vnc_unused,
-        password=config.vnc_password, keymap=config.keymap,
+        vga=config.vga or "cirrus", vnc=config.vnc, listen=listen, display=display,
+        unused=config.vnc_unused, password=config.vnc_password, keymap=config.keymap,
     )
 
 
@@ -636,6 +735,16 @@ def _plan_vifs(
             problem = None if value is None else path_problem(value)
             if problem is not None:
                 raise pos.error(f"{where}: {key}: {problem}")
+        for key, value in (("bridge", spec.bridge), ("vifname", spec.vifname),
+                           ("gatewaydev", spec.gatewaydev), ("forwarddev", spec.forwarddev)):
+            problem = None if value is None else ifname_problem(value)
+            if problem is not None:
+                raise pos.error(f"{where}: {key}: {problem}")
+        if spec.mac is not None:
+            try:
+                normalise_mac(spec.mac, where)
+            except SpecError as err:
+                raise pos.error(str(err)) from err
         model = spec.model
         if kind is DeviceKind.IOEMU and spec.type is None and (model or "").startswith("virtio"):
             # xl hands model= to QEMU as is: virtio-net is QEMU's PV NIC, so this vif is PV

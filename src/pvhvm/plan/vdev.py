@@ -88,7 +88,7 @@ def parse_vdev(name: str) -> Vdev:
     As libxl does, ``d<disk>p<partition>`` is the xvd disk and partition by number
     (``d0p0`` is ``xvda``), and a bare number (decimal or 0x hex) is the device number itself.
     """
-    numbered = _XL_NUMBERED.match(name)
+    numbered = _XL_NUMBERED.fullmatch(name)
     if numbered:
         disk, partition = int(numbered.group(1)), int(numbered.group(2))
         if disk >= 1 << 20 or partition >= 256:
@@ -97,12 +97,12 @@ def parse_vdev(name: str) -> Vdev:
                 "partitions below 256"
             )
         return Vdev(name=name, family=VdevFamily.XVD, disk=disk, partition=partition)
-    if _BARE_NUMBER.match(name):
+    if _BARE_NUMBER.fullmatch(name):
         number = int(name, 0)
         if not 0 < number <= _INT_MAX:
             raise SpecError(f"virtual device {name!r}: a device number is from 1 to {_INT_MAX}")
         return Vdev(name=name, family=VdevFamily.NUMBER, disk=0, partition=0, number=number)
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     if not match:
         raise SpecError(
             f"virtual device {name!r} is not a disk name: use hdX, sdX or xvdX "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pvhvm.hostfs import cache_home
 from pvhvm.qemu.argv import Accel
+from pvhvm.qemu.opts import option_string
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def probe(accel: Accel, qemu_binary: str = "qemu-system-x86_64",
         argv = [
             qemu_binary, "-accel", accel.value, "-M", "pc", "-nodefaults", "-no-user-config",
             "-display", "none", "-m", "16",
-            "-drive", f"file={image},format=raw,if=ide",
+            # $TMPDIR may hold a comma: the path goes through QemuOpts escaping
+            "-drive", option_string([("file", str(image)), ("format", "raw"), ("if", "ide")]),
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
         ]
         try:

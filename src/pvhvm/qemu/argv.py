@@ -11,6 +11,11 @@ Facts it relies on (QEMU 7.2):
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
 * memory is ``-m`` of the static maximum (maxmem) with a ``virtio-balloon-pci`` whose target
   is ``memory``; vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS`` (hot-pluggable CPU objects).
+* every option string is made by qemu.opts.option_string (QemuOpts: ``,,`` in a value), and
+  every value in it comes from the typed plan (issue 18);
+* a ``file`` chardev truncates what is there unless ``append=on`` (seen with QEMU 7.2), so
+  file ports append; a listening socket's path is unlinked first, so the planner refuses a
+  ``unix:`` port at anything but a dead socket (plan._check_port_path).
 """
 
 from __future__ import annotations
@@ -21,10 +26,18 @@ from enum import Enum
 from pathlib import Path
 
 from pvhvm.config.disk import network_url
-from pvhvm.errors import PlanError
+from pvhvm.config.values import (
+    MAX_VNC_DISPLAY,
+    Chardev,
+    ChardevKind,
+    parse_chardev,
+    parse_vnc_listen,
+)
+from pvhvm.errors import PlanError, SpecError
 from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.netdisk import available_drivers, drive_options, driver_of
+from pvhvm.qemu.opts import OptionPair, initrd_value, option_string
 
 #: ``format=`` names of xl → QEMU block drivers
 QEMU_FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vhd": "vpc", "qed": "qed"}
@@ -39,7 +52,7 @@ BRIDGE_SLOTS = 31
 IDE_MACHINE = "pc"
 #: every domain's memory balloon (virtio, on the root bus): mem-set moves its target, as
 #: xl's mem-set moves a Xen guest's balloon (runtime/resize.py)
-BALLOON_DEVICE = "virtio-balloon-pci,id=balloon0"
+BALLOON_DEVICE = option_string([("id", "balloon0")], head="virtio-balloon-pci")
 
 
 class Accel(Enum):
@@ -104,40 +117,43 @@ class ArgvOptions:
 
 def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions()) -> list[str]:
     """The full argv (a list, never a shell string) that realises ``plan`` on QEMU."""
-    machine = IDE_MACHINE if plan.ide_controller else NO_IDE_MACHINE
+    machine_options: list[OptionPair] = []
     if not plan.acpi:
-        machine += ",acpi=off"
+        machine_options.append(("acpi", False))
     if not plan.hpet:
-        machine += ",hpet=off"
+        machine_options.append(("hpet", False))
+    machine = IDE_MACHINE if plan.ide_controller else NO_IDE_MACHINE
+    if machine_options:
+        machine += "," + option_string(machine_options)
     # the guest boots with its static maximum (maxmem) and the balloon gives back all but
     # ``memory`` once its driver loads, as xl's populate-on-demand does (runtime/resize.py)
     memory = f"{plan.boot_memory_mib}M"
-    smp = str(plan.vcpus)
+    smp_options: list[OptionPair] = []
     if plan.maxvcpus is not None:
-        smp += f",maxcpus={plan.maxvcpus}"
+        smp_options.append(("maxcpus", plan.maxvcpus))
     argv = [
         options.qemu_binary,
-        "-name", f"guest={plan.name},debug-threads=on",
+        "-name", option_string([("guest", plan.name), ("debug-threads", True)]),
         "-uuid", plan.uuid,
         "-nodefaults", "-no-user-config",
         "-machine", machine,
         "-accel", options.accel.value,
         "-cpu", "host" if options.accel is Accel.KVM else "max",
         "-m", memory,
-        "-smp", smp,
+        "-smp", option_string(smp_options, head=str(plan.vcpus)),
         "-display", "none",
-        "-chardev", f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
-        "-mon", "chardev=qmp,mode=control",
-        "-chardev", f"socket,id=ctl,path={paths.control_socket},server=on,wait=off",
-        "-mon", "chardev=ctl,mode=control",
-        "-device", "pvpanic",
+        "-chardev", _listening_socket("qmp", str(paths.qmp_socket)),
+        "-mon", option_string([("chardev", "qmp"), ("mode", "control")]),
+        "-chardev", _listening_socket("ctl", str(paths.control_socket)),
+        "-mon", option_string([("chardev", "ctl"), ("mode", "control")]),
+        "-device", option_string([], head="pvpanic"),
         "-device", BALLOON_DEVICE,
     ]
     if plan.bios == "ovmf":
         argv += ["-bios", OVMF_PATH]
     argv += _serial(plan, paths)
     for index, spec in enumerate(plan.more_serials, start=1):
-        argv += _chardev_port(spec, f"serial{index}", "serial", "-serial")
+        argv += _chardev_port(_chardev(spec, "serial"), f"serial{index}", "-serial")
     argv += _parallel(plan)
     argv += _rtc(plan, options)
     if plan.display is not None:
@@ -152,7 +168,7 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
         assert plan.kernel is not None
         argv += ["-kernel", plan.kernel]
         if plan.ramdisk:
-            argv += ["-initrd", plan.ramdisk]
+            argv += ["-initrd", initrd_value(plan.ramdisk)]
         if plan.cmdline:
             argv += ["-append", plan.cmdline]
     argv += _bridges(plan)
@@ -195,36 +211,51 @@ def ignored_settings(plan: Plan) -> list[str]:
 def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
     """localtime and rtc_timeoffset (seconds): QEMU takes the clock's start, not an offset."""
     if not plan.rtc_timeoffset:
-        return ["-rtc", "base=localtime"] if plan.localtime else []
+        return ["-rtc", option_string([("base", "localtime")])] if plan.localtime else []
     start = (time.time() if options.now is None else options.now) + plan.rtc_timeoffset
     clock = time.localtime(start) if plan.localtime else time.gmtime(start)
-    return ["-rtc", "base=" + time.strftime("%Y-%m-%dT%H:%M:%S", clock)]
+    return ["-rtc", option_string([("base", time.strftime("%Y-%m-%dT%H:%M:%S", clock))])]
 
 
 _VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+#: vncunused tries this many displays after vncdisplay
+VNC_UNUSED_RANGE = 99
 
 
 def _display(display: Display, secret: Path | None) -> list[str]:
     """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
     vncpasswd, keymap of xl.cfg(5))."""
-    argv = ["-device", _VGA_DEVICES[display.vga]]
+    argv = ["-device", option_string([], head=_VGA_DEVICES[display.vga])]
     if not display.vnc:
         return argv
-    listen = display.listen
-    if ":" in listen and not listen.startswith("["):
+    # the plan's listen is a checked host (config.values.parse_vnc_listen); checked again
+    # here, as it is the head of -vnc
+    listen, given_display = _vnc_listen(display.listen)
+    if given_display is not None:
+        raise PlanError(f"vnc listen address {display.listen!r} holds a display number")
+    if ":" in listen:
         listen = f"[{listen}]"  # an IPv6 address
-    vnc = f"{listen}:{display.display}"
+    vnc_options: list[OptionPair] = []
     if display.unused:
-        vnc += ",to=99"  # xl's vncunused: the first free display from vncdisplay on
+        # xl's vncunused: the first free display of the hundred from vncdisplay on (QEMU
+        # fails outright when to= is below the display)
+        vnc_options.append(("to", min(display.display + VNC_UNUSED_RANGE, MAX_VNC_DISPLAY)))
     if display.password:
-        source = (f"data={_escape(display.password)}" if secret is None
-                  else f"file={_escape(str(secret))}")
-        argv += ["-object", f"secret,id=vncpass0,{source}"]
-        vnc += ",password-secret=vncpass0"
-    argv += ["-vnc", vnc]
+        source: OptionPair = (("data", display.password) if secret is None
+                              else ("file", str(secret)))
+        argv += ["-object", option_string([("id", "vncpass0"), source], head="secret")]
+        vnc_options.append(("password-secret", "vncpass0"))
+    argv += ["-vnc", option_string(vnc_options, head=f"{listen}:{display.display}")]
     if display.keymap:
         argv += ["-k", display.keymap]
     return argv
+
+
+def _vnc_listen(listen: str) -> tuple[str, int | None]:
+    try:
+        return parse_vnc_listen(listen)
+    except SpecError as err:
+        raise PlanError(str(err)) from err
 
 
 def _usb(plan: Plan) -> list[str]:
@@ -233,8 +264,11 @@ def _usb(plan: Plan) -> list[str]:
         return []
     argv = ["-usb"]
     for device in plan.usbdevices:
-        argv += ["-device", f"usb-{'kbd' if device == 'keyboard' else device}"]
+        argv += ["-device", option_string([], head=_USB_DEVICES[device])]
     return argv
+
+
+_USB_DEVICES = {"keyboard": "usb-kbd", "mouse": "usb-mouse", "tablet": "usb-tablet"}
 
 
 _SOUND_DEVICES = {"hda": ["intel-hda", "hda-duplex"], "ac97": ["AC97"], "sb16": ["sb16"],
@@ -245,68 +279,78 @@ def _sound(plan: Plan) -> list[str]:
     """soundhw=: the cards, with no host audio behind them (the guest sees the card)."""
     if not plan.soundhw:
         return []
-    argv = ["-audiodev", "none,id=audio0"]
+    argv = ["-audiodev", option_string([("id", "audio0")], head="none")]
     for card in plan.soundhw:
         *controllers, codec = _SOUND_DEVICES[card]
         for controller in controllers:
-            argv += ["-device", controller]
-        argv += ["-device", f"{codec},audiodev=audio0"]
+            argv += ["-device", option_string([], head=controller)]
+        argv += ["-device", option_string([("audiodev", "audio0")], head=codec)]
     return argv
 
 
 def _parallel(plan: Plan) -> list[str]:
-    """parallel= as xl.cfg(5) (xl passes it to QEMU): pty, file:PATH, unix:PATH."""
+    """parallel= as xl.cfg(5) (xl passes it to QEMU): pty, null, file:PATH, unix:PATH."""
     if plan.parallel is None:
         return []
-    return _chardev_port(plan.parallel, "parallel0", "parallel", "-parallel")
+    return _chardev_port(_chardev(plan.parallel, "parallel"), "parallel0", "-parallel")
 
 
-def _chardev_port(spec: str, chardev_id: str, key: str, option: str) -> list[str]:
-    """A port other than the console: ``pty``, ``file:PATH``, ``unix:PATH`` or ``none``."""
-    if spec == "none":
+def _chardev(spec: str, key: str) -> Chardev:
+    """The plan's port ``spec`` in its typed form (config.values.parse_chardev)."""
+    try:
+        return parse_chardev(spec, key)
+    except SpecError as err:
+        raise PlanError(str(err)) from err
+
+
+def _listening_socket(chardev_id: str, path: str, *more: OptionPair) -> str:
+    """A ``-chardev socket`` QEMU listens on at ``path`` without waiting for a client."""
+    return option_string([("id", chardev_id), ("path", path), ("server", True),
+                          ("wait", False), *more], head="socket")
+
+
+def _chardev_value(chardev: Chardev, chardev_id: str, *log: OptionPair) -> str | None:
+    """The ``-chardev`` value of ``chardev`` (None for ``none``). A ``file:`` is opened
+    with ``append=on``: QEMU would otherwise truncate a file that is already there."""
+    if chardev.kind is ChardevKind.NONE:
+        return None
+    if chardev.kind in (ChardevKind.PTY, ChardevKind.NULL):
+        return option_string([("id", chardev_id), *log], head=chardev.kind.value)
+    if chardev.kind is ChardevKind.FILE:
+        assert chardev.path is not None
+        return option_string([("id", chardev_id), ("path", chardev.path), ("append", True)],
+                             head="file")
+    if chardev.kind is ChardevKind.UNIX:
+        assert chardev.path is not None
+        return _listening_socket(chardev_id, chardev.path, *log)
+    assert chardev.host is not None and chardev.port is not None
+    return option_string([("id", chardev_id), ("host", chardev.host), ("port", chardev.port),
+                          ("server", True), ("wait", False), *log], head="socket")
+
+
+def _chardev_port(chardev: Chardev, chardev_id: str, option: str,
+                  *log: OptionPair) -> list[str]:
+    """A serial or parallel port on ``chardev``: ``-chardev`` and ``-serial``/``-parallel``."""
+    value = _chardev_value(chardev, chardev_id, *log)
+    if value is None:
         return []
-    if spec == "pty":
-        chardev = f"pty,id={chardev_id}"
-    elif spec.startswith("file:") and spec[5:]:
-        chardev = f"file,id={chardev_id},path={_escape(spec[5:])}"
-    elif spec.startswith("unix:") and spec[5:]:
-        chardev = f"socket,id={chardev_id},path={_escape(spec[5:])},server=on,wait=off"
-    else:
-        raise PlanError(f"{key} = {spec!r} is not supported (use pty, file:PATH, "
-                        "unix:PATH or none)")
-    return ["-chardev", chardev, option, f"chardev:{chardev_id}"]
+    return ["-chardev", value, option, f"chardev:{chardev_id}"]
 
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:
-    """``serial=`` as xl knows it: ``pty``, ``file:PATH``, ``unix:PATH``, ``tcp:HOST:PORT``.
+    """``serial=`` as xl knows it: ``pty``, ``null``, ``file:PATH``, ``unix:PATH``,
+    ``tcp:HOST:PORT``.
 
     Without a serial= line the console is a Unix socket (for ``pvhvm console``); every form
-    also logs to the domain's console.log.
+    but ``file:`` also logs to the domain's console.log.
     """
-    log = f"logfile={paths.console_log},logappend=off"
-    spec = plan.serial
-    if spec == "none":
-        return []  # xl: no serial port at all
-    if spec is None or spec == "":
-        chardev = f"socket,id=serial0,path={paths.console_socket},server=on,wait=off,{log}"
-    elif spec == "pty":
-        chardev = f"pty,id=serial0,{log}"
-    elif spec.startswith("file:") and spec[5:]:
-        chardev = f"file,id=serial0,path={_escape(spec[5:])}"
-    elif spec.startswith("unix:") and spec[5:]:
-        path = _escape(spec[5:].split(",")[0])
-        chardev = f"socket,id=serial0,path={path},server=on,wait=off,{log}"
-    elif spec.startswith("tcp:"):
-        host, _, port = spec[4:].split(",")[0].rpartition(":")
-        if not port.isdigit():
-            raise PlanError(f"serial = {spec!r}: tcp needs HOST:PORT")
-        host = host or "127.0.0.1"
-        chardev = f"socket,id=serial0,host={host},port={port},server=on,wait=off,{log}"
-    else:
-        raise PlanError(
-            f"serial = {spec!r} is not supported (use pty, file:PATH, unix:PATH or tcp:HOST:PORT)"
-        )
-    return ["-chardev", chardev, "-serial", "chardev:serial0"]
+    log: tuple[OptionPair, ...] = (("logfile", str(paths.console_log)), ("logappend", False))
+    if plan.serial is None or plan.serial == "":
+        return _chardev_port(Chardev(ChardevKind.UNIX, path=str(paths.console_socket)),
+                             "serial0", "-serial", *log)
+    chardev = _chardev(plan.serial, "serial")
+    return _chardev_port(chardev, "serial0", "-serial",
+                         *(() if chardev.kind is ChardevKind.FILE else log))
 
 
 def _pv_disk_count(plan: Plan) -> int:
@@ -325,7 +369,8 @@ def _bridges(plan: Plan) -> list[str]:
     count = -(-_pv_disk_count(plan) // BRIDGE_SLOTS)
     argv: list[str] = []
     for n in range(1, count + 1):
-        argv += ["-device", f"pci-bridge,id=pvbridge{n},chassis_nr={n}"]
+        argv += ["-device", option_string([("id", f"pvbridge{n}"), ("chassis_nr", n)],
+                                          head="pci-bridge")]
     return argv
 
 
@@ -346,7 +391,8 @@ def hotplug_port_ids(plan: Plan) -> list[str]:
 def hotplug_ports(plan: Plan) -> list[str]:
     argv: list[str] = []
     for n, port in enumerate(hotplug_port_ids(plan)):
-        argv += ["-device", f"pcie-root-port,id={port},chassis={HOTPLUG_CHASSIS + n},slot=0"]
+        argv += ["-device", option_string([("id", port), ("chassis", HOTPLUG_CHASSIS + n),
+                                           ("slot", 0)], head="pcie-root-port")]
     return argv
 
 
@@ -361,14 +407,14 @@ def drive_value(disk: DiskPlan, options: ArgvOptions = ArgvOptions()) -> str:
             "scripts; the qemu platform can use files, block devices and the network targets "
             "QEMU has drivers for (nbd://, rbd:, iscsi://, http(s)://, ...)"
         )
-    drive = [f"id={drive_id}", "if=none"]
+    drive: list[OptionPair] = [("id", drive_id), ("if", "none")]
     if disk.is_empty:
-        drive.append("media=cdrom")
+        drive.append(("media", "cdrom"))
     elif url is not None:  # served over the network by QEMU's own block driver
         drive += drive_options(url, format=disk.format, drivers=available_drivers(
             [driver_of(url)]), read_only=disk.cdrom or not disk.access.writable)
         if disk.cdrom:
-            drive.append("media=cdrom")
+            drive.append(("media", "cdrom"))
     else:
         cache, aio = tuning.cache, tuning.aio
         if disk.target in options.no_direct_io and cache in ("none", "directsync"):
@@ -376,18 +422,18 @@ def drive_value(disk: DiskPlan, options: ArgvOptions = ArgvOptions()) -> str:
         if aio == "native" and cache not in ("none", "directsync"):
             aio = "threads"  # QEMU refuses aio=native without O_DIRECT
         drive += [
-            f"file={_escape(disk.target)}",
-            f"format={QEMU_FORMATS[disk.format]}",
-            f"cache={cache}",
-            f"aio={aio}",
+            ("file", disk.target),
+            ("format", QEMU_FORMATS[disk.format]),
+            ("cache", cache),
+            ("aio", aio),
         ]
         if disk.cdrom:
-            drive.append("media=cdrom")
+            drive.append(("media", "cdrom"))
         if not disk.access.writable or disk.cdrom:
-            drive.append("readonly=on")
+            drive.append(("readonly", True))
         if disk.access.value == "w!":
-            drive.append("file.locking=off")
-    return ",".join(drive)
+            drive.append(("file.locking", False))
+    return option_string(drive)
 
 
 def _disk(
@@ -397,43 +443,43 @@ def _disk(
     emulated = disk.kind is DeviceKind.IOEMU
     tuning = options.ide_tuning if emulated else options.pv_tuning
     argv = ["-drive", drive_value(disk, options)]
-    boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
+    boot: list[OptionPair] = [] if disk.bootindex is None else [("bootindex", disk.bootindex)]
     if emulated:
         assert disk.ide_place is not None
         channel, unit = disk.ide_place
         kind = "ide-cd" if disk.cdrom else "ide-hd"
-        argv += ["-device", f"{kind},drive={drive_id},bus=ide.{channel},unit={unit}{boot}"]
+        argv += ["-device", option_string([("drive", drive_id), ("bus", f"ide.{channel}"),
+                                           ("unit", unit), *boot], head=kind)]
         return argv, 0
     queues = tuning.num_queues or plan.vcpus
-    device = (
-        f"virtio-blk-pci,drive={drive_id},id=vbd-{disk.devid},num-queues={queues},"
-        f"queue-size={tuning.queue_size}"
-    )
+    device: list[OptionPair] = [
+        ("drive", drive_id), ("id", f"vbd-{disk.devid}"), ("num-queues", queues),
+        ("queue-size", tuning.queue_size),
+    ]
     if bus is not None:
-        device += f",bus={bus}"
+        device.append(("bus", bus))
     if tuning.iothread:
-        argv = ["-object", f"iothread,id=iothread{iothread_index}", *argv]
-        device += f",iothread=iothread{iothread_index}"
-    argv += ["-device", device + boot]
+        iothread = f"iothread{iothread_index}"
+        argv = ["-object", option_string([("id", iothread)], head="iothread"), *argv]
+        device.append(("iothread", iothread))
+    argv += ["-device", option_string([*device, *boot], head="virtio-blk-pci")]
     return argv, 1 if tuning.iothread else 0
 
 
 def _nic(vif: VifPlan, options: ArgvOptions) -> list[str]:
     netdev_id = f"net{vif.devid}"
     if vif.bridge in options.bridges:
-        netdev = f"bridge,id={netdev_id},br={vif.bridge}"
+        netdev = option_string([("id", netdev_id), ("br", vif.bridge)], head="bridge")
     else:
-        netdev = f"user,id={netdev_id}"
+        netdev = option_string([("id", netdev_id)], head="user")
     model = "virtio-net-pci" if vif.kind is DeviceKind.XENBUS else vif.model
-    boot = "" if vif.bootindex is None else f",bootindex={vif.bootindex}"
-    device = f"{model},netdev={netdev_id},mac={vif.mac},id=vif-{vif.devid}{boot}"
+    assert model is not None
+    device: list[OptionPair] = [("netdev", netdev_id), ("mac", vif.mac),
+                                ("id", f"vif-{vif.devid}")]
+    if vif.bootindex is not None:
+        device.append(("bootindex", vif.bootindex))
     if vif.mtu is not None and vif.kind is DeviceKind.XENBUS:
-        device += f",host_mtu={vif.mtu}"  # virtio-net tells the guest the MTU
+        device.append(("host_mtu", vif.mtu))  # virtio-net tells the guest the MTU
     if vif.bootindex is None:
-        device += ",romfile="  # no iPXE option ROM unless the firmware boots from this NIC
-    return ["-netdev", netdev, "-device", device]
-
-
-def _escape(value: str) -> str:
-    """QEMU option values double a comma to mean a literal comma."""
-    return value.replace(",", ",,")
+        device.append(("romfile", ""))  # no iPXE option ROM unless the firmware boots it
+    return ["-netdev", netdev, "-device", option_string(device, head=model)]

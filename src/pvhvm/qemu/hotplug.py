@@ -19,6 +19,7 @@ from typing import Any
 
 from pvhvm.plan.plan import DiskPlan, VifPlan
 from pvhvm.qemu.argv import PV_DISK_TUNING, QEMU_FORMATS, DiskTuning
+from pvhvm.qemu.opts import OptionPair, option_string
 
 
 def blockdev_node(disk: DiskPlan, *, direct_io: bool, block_device: bool,
@@ -73,14 +74,10 @@ def nic_device(vif: VifPlan, bus: str | None) -> dict[str, Any]:
 
 
 def _options(values: dict[str, Any], first: str) -> str:
-    """``KEY=VALUE,...`` with ``first``'s value leading bare (QEMU's -device/-netdev form)."""
-    parts = [str(values[first])]
-    for key, value in values.items():
-        if key == first:
-            continue
-        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
-        parts.append(f"{key}={text.replace(',', ',,')}")
-    return ",".join(parts)
+    """``VALUE,KEY=VALUE,...`` with ``first``'s value leading bare (QEMU's -device/-netdev
+    form), made by qemu.opts.option_string."""
+    pairs: list[OptionPair] = [(key, value) for key, value in values.items() if key != first]
+    return option_string(pairs, head=str(values[first]))
 
 
 def device_argv(device: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from pvhvm.errors import PlanError
+from pvhvm.qemu.opts import OptionPair
 
 #: QEMU block driver per URL scheme (``nbd:``/``rbd:`` colon forms are handled apart)
 SCHEME_DRIVERS = {
@@ -278,14 +279,14 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
 
 def drive_options(
     url: str, *, format: str = "raw", read_only: bool = False, drivers: Collection[str],
-) -> list[str]:
-    """The node of :func:`blockdev_options` as ``-drive`` items (``format=qcow2``,
-    ``file.driver=nbd``, ``file.server.host=...``), commas in values doubled."""
+) -> list[OptionPair]:
+    """The node of :func:`blockdev_options` as ``-drive`` pairs (``format=qcow2``,
+    ``file.driver=nbd``, ``file.server.host=...``), for qemu.opts.option_string."""
     options = blockdev_options(url, node_name="unused", format=format, read_only=read_only,
                                drivers=drivers)
     protocol = {k: v for k, v in options["file"].items() if k not in ("node-name", "read-only")}
-    items = [f"format={options['driver']}"]
-    items += [f"{key}={value.replace(',', ',,')}" for key, value in _flatten("file", protocol)]
+    items: list[OptionPair] = [("format", options["driver"])]
+    items += _flatten("file", protocol)
     if read_only:
-        items.append("readonly=on")
+        items.append(("readonly", True))
     return items

@@ -21,7 +21,8 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
-from pvhvm.errors import DomainError, ForeignPeerError
+from pvhvm.config.values import ChardevKind, is_ipv6, parse_chardev
+from pvhvm.errors import DomainError, ForeignPeerError, SpecError
 from pvhvm.private import foreign_peer, open_private, who
 from pvhvm.runtime.state import DomainRecord
 
@@ -35,11 +36,16 @@ def console_address(record: DomainRecord) -> tuple[int, str | tuple[str, int]]:
     spec = record.console
     if not spec:
         raise DomainError(f"domain {record.name!r} has no serial console")
-    if spec.startswith("unix:"):
-        return socket.AF_UNIX, spec[5:].split(",")[0]
-    if spec.startswith("tcp:"):
-        host, _, port = spec[4:].split(",")[0].rpartition(":")
-        return socket.AF_INET, (host or "127.0.0.1", int(port))
+    if spec.startswith(("unix:", "tcp:")):
+        try:
+            chardev = parse_chardev(spec)  # the plan's own spelling, typed (config.values)
+        except SpecError as err:
+            raise DomainError(f"domain {record.name!r}: {err}") from err
+        if chardev.kind is ChardevKind.UNIX and chardev.path is not None:
+            return socket.AF_UNIX, chardev.path
+        if chardev.host is not None and chardev.port is not None:
+            family = socket.AF_INET6 if is_ipv6(chardev.host) else socket.AF_INET
+            return family, (chardev.host, chardev.port)
     if spec.startswith("/"):
         return socket.AF_UNIX, spec
     raise DomainError(

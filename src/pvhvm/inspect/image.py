@@ -34,6 +34,7 @@ from pvhvm.inspect.partitions import (
     probe_signature,
     read_table,
 )
+from pvhvm.inspect.sandbox import ImageHandle
 
 #: storage and network drivers the report looks for, with the Kconfig symbol of each
 DRIVERS: dict[str, str] = {
@@ -298,12 +299,17 @@ def _find_guest(path: Path, report: ImageReport) -> _Guest | None:
                 report.notes.append(
                     f"partition {other.partition}: {kind} is not read (ext2/3/4 only)"
                 )
+    if not candidates:
+        return None
     root: tuple[int, GuestFilesystem] | None = None
     readers: dict[int, GuestFilesystem] = {}
+    handle = ImageHandle(path)  # one descriptor for every confined reader of this image
+    if handle.privileged:
+        report.notes.append(f"debugfs and mtools ran {handle.confinement}")
     for index, fs in enumerate(report.filesystems):
         if fs not in candidates:
             continue
-        reader: GuestFilesystem = ExtFilesystem(path, fs.offset)
+        reader: GuestFilesystem = ExtFilesystem(path, fs.offset, handle=handle)
         readers[index] = reader
         try:
             if root is None and reader.listdir("/etc") is not None and (
@@ -320,7 +326,7 @@ def _find_guest(path: Path, report: ImageReport) -> _Guest | None:
     for index, fs in enumerate(report.filesystems):
         if fs.signature is not None and fs.signature.type == "vfat":
             try:
-                readers[index] = FatFilesystem(path, fs.offset)
+                readers[index] = FatFilesystem(path, fs.offset, handle=handle)
             except InspectError as err:
                 report.notes.append(f"partition {fs.partition}: {err}")
     boot: GuestFilesystem | None = None

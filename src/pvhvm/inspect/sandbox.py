@@ -105,7 +105,8 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 def run_tool(
     argv: Sequence[str], *, what: str, timeout: float = TOOL_TIMEOUT,
-    image: ImageHandle | None = None, stdout: IO[bytes] | None = None,
+    image: ImageHandle | None = None, stdout: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[bytes, bytes, int]:
     """Run ``argv``: (stdout, stderr, exit status). With ``image`` it reads that image's
     descriptor, confined (module docstring). ``stdout`` sends the output to a file instead.
@@ -119,7 +120,7 @@ def run_tool(
         process = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, pass_fds=pass_fds, preexec_fn=preexec,
+            start_new_session=True, pass_fds=pass_fds, preexec_fn=preexec, env=env,
         )
     except (OSError, subprocess.SubprocessError) as err:
         raise ImageUnreadableError(f"{what}: cannot run {argv[0]}: {err}") from err

@@ -93,3 +93,22 @@ def test_dump_is_written_by_pvhvm_never_through_a_planted_link(private_image: Pa
     assert fs.dump("/etc/hostname", tmp_path / "copy")
     assert (tmp_path / "copy").read_text() == "guest\n"
     assert not fs.dump("/etc/missing", tmp_path / "none") and not (tmp_path / "none").exists()
+
+
+@needs_root
+def test_where_no_unprivileged_handover_works_root_keeps_no_capability() -> None:
+    """A character device (devtmpfs has no idmapped mounts): the fallback runs as uid 0 with
+    every capability gone, no new privileges, and says so."""
+    handle = ImageHandle(Path("/dev/zero"))
+    assert handle.privileged
+    assert "as root without capabilities" in handle.confinement
+    assert "mount_setattr" in handle.confinement
+    out, err, status = run_tool(
+        ["sh", "-c", "id -u; grep -E 'Cap(Eff|Prm|Bnd)|NoNewPrivs' /proc/self/status; "
+         f"head -c 3 {handle.child_path} | od -An -tx1"], what="probe", image=handle)
+    assert status == 0, err
+    lines = [" ".join(line.split()) for line in out.decode().splitlines()]
+    assert lines[0] == "0"
+    assert {"CapPrm: 0000000000000000", "CapEff: 0000000000000000",
+            "CapBnd: 0000000000000000", "NoNewPrivs: 1", "00 00 00"} <= set(lines), lines
+    handle.close()

@@ -18,13 +18,15 @@ to any directory, so nothing changes on the host and it goes away with its descr
 
 Where that is not possible (an old kernel, a filesystem without idmapped mounts, a block
 device) and ``nobody`` cannot read the image by its mode, the tool runs as the invoking user
-in the same namespaces and :attr:`ImageHandle.confinement` says so (inspect prints it).
+in the same namespaces, with every capability dropped (bounding set and capset(2)), and
+:attr:`ImageHandle.confinement` says so (inspect prints it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import resource
 import select
@@ -56,6 +58,8 @@ _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # x86-64 and aarch64 share these numbers (the new "common" syscall table)
 _SYS_OPEN_TREE = 428
 _SYS_MOUNT_SETATTR = 442
@@ -71,6 +75,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _unshare = _libc.unshare
 _prctl = _libc.prctl
 _syscall = _libc.syscall
+_capset = _libc.capset
 
 
 def _confine_child(privileged: bool) -> Callable[[], None]:
@@ -82,7 +87,9 @@ def _confine_child(privileged: bool) -> Callable[[], None]:
         if os.geteuid() == 0:
             if _unshare(_CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS) != 0:
                 raise OSError(ctypes.get_errno(), "unshare")
-            if not privileged:
+            if privileged:
+                _drop_capabilities()
+            else:
                 os.setgroups([])
                 os.setresgid(NOBODY, NOBODY, NOBODY)
                 os.setresuid(NOBODY, NOBODY, NOBODY)
@@ -92,6 +99,19 @@ def _confine_child(privileged: bool) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_AS, (TOOL_ADDRESS_SPACE, TOOL_ADDRESS_SPACE))
 
     return confine
+
+
+def _drop_capabilities() -> None:
+    """Root without any capability (bounding set emptied, then capset(2) all zero): it can
+    still open what root owns by its mode bits, but not override permissions, mount, trace,
+    or regain them by exec."""
+    for cap in range(64):
+        if _prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
+    header = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two {effective, permitted, inheritable} sets, all empty
+    if _capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -218,8 +238,9 @@ class ImageHandle:
                 if not (stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IROTH):
                     self.privileged = True
                     self.confinement = (
-                        f"as root in own network/IPC/UTS namespaces: the image could not be "
-                        f"handed to an unprivileged user ({err.strerror or err})")
+                        f"as root without capabilities in own network/IPC/UTS namespaces: the "
+                        f"image could not be handed to an unprivileged user "
+                        f"({err.strerror or err})")
         self._finalizer = weakref.finalize(self, _close_all, tuple(fds))
 
     @property

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvhvm.guest.initramfs import CpioEntry, cpio_newc
-from pvhvm.inspect.cpio import MAX_UNPACKED, read_initramfs
+from pvhvm.inspect.cpio import CHUNK, MAX_DECODER_MEMORY, MAX_UNPACKED, read_initramfs
 from pvhvm.inspect.errors import ImageFormatError, InspectError
 from pvhvm.inspect.partitions import GPT_MAX_ARRAY, read_table
 from tests.inspect.conftest import tool
@@ -239,11 +240,18 @@ def test_gpt_of_any_bytes(header: bytes, array: bytes, fields: tuple[int, int, i
     b"", b"070701", b"070702", b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd",
     b"\x02\x21\x4c\x18", b"BZh", b"\x5d\x00\x00"]))
 def test_cpio_reader_of_any_bytes(data: bytes, prefix: bytes) -> None:
-    """Any bytes after any magic: a result or InspectError, never another exception."""
+    """Any bytes after any magic: a result or InspectError, never another exception, and
+    at most a few chunks of memory and an xz decoder's capped dictionary (tracemalloc's
+    peak)."""
+    tracemalloc.start()
     try:
         read_initramfs(prefix + data)
     except InspectError:
         pass
+    finally:
+        _current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 4 * CHUNK + MAX_DECODER_MEMORY, peak
 
 
 def test_bombs_leave_no_tool_running(tmp_path: Path) -> None:
@@ -267,3 +275,10 @@ def _children() -> set[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == me:
                 out.add(int(entry.name))
     return out
+
+
+def test_an_xz_header_asking_for_a_4_gib_dictionary(tmp_path: Path) -> None:
+    """lzma-alone's header names its dictionary size: 4 GiB is refused, not allocated."""
+    header = b"\x5d" + struct.pack("<I", 0xFFFF0000) + struct.pack("<q", -1)
+    with pytest.raises(ImageFormatError, match="lzma"):
+        read_initramfs(header + b"\0" * 64)

@@ -57,6 +57,9 @@ MAX_KEPT_FILE = 4 << 20
 MAX_KEPT = 16 << 20
 #: bytes handed on at a time by a decompressor
 CHUNK = 1 << 20
+#: what an xz/lzma decoder may allocate for its dictionary (the header says how much it
+#: wants, up to 4 GiB): xz -9 needs 65 MiB, mkinitramfs' and dracut's settings 9 MiB or less
+MAX_DECODER_MEMORY = 80 << 20
 #: the generators that recognisably built an initramfs, by a file only they put there
 GENERATORS = (
     ("initramfs-tools", ("conf/initramfs.conf", "scripts/functions")),
@@ -389,7 +392,8 @@ class _Decoder:
             decoder = bz2.BZ2Decompressor()
         else:
             decoder = lzma.LZMADecompressor(
-                format=lzma.FORMAT_XZ if self.kind == "xz" else lzma.FORMAT_ALONE)
+                format=lzma.FORMAT_XZ if self.kind == "xz" else lzma.FORMAT_ALONE,
+                memlimit=MAX_DECODER_MEMORY)
         pos = 0
         try:
             while not decoder.eof:

@@ -219,7 +219,14 @@ def check_guest(
     drivers = kernel.drivers if kernel is not None else {}
     if initrd is None and kernel is not None:
         initrd = kernel.initrd
-    if not (plan.direct_kernel_boot and not plan.ramdisk and kernel is None):
+    if plan.direct_kernel_boot:
+        named = bool(plan.ramdisk)
+    else:
+        entry = report.default_entry if report is not None else None
+        named = entry is not None and bool(entry.initrd)
+    if named and initrd is None:
+        pass  # named but not read: _boot_chain said so (cannot tell)
+    elif not (plan.direct_kernel_boot and not plan.ramdisk and kernel is None):
         _check_disk_drivers(plan, disk, kernel, drivers, initrd, problems)
     else:
         problems.append(Problem(
@@ -251,7 +258,8 @@ def _boot_chain(
             kernel = next((k for k in report.kernels if k.release == release), None)
         if kernel is not None and initramfs is not None:
             kernel = KernelReport(kernel.release, kernel.vmlinuz, initramfs, kernel.modules_dir,
-                                  _with_initramfs(kernel.drivers, initramfs))
+                                  _with_initramfs(kernel.drivers, initramfs),
+                                  kernel.builtin_known)
         if initramfs is not None and initramfs.error:
             problems.append(Problem(Severity.CANNOT_TELL, f"ramdisk {plan.ramdisk}",
                                     f"not readable ({initramfs.error}); drivers not checked"))
@@ -590,8 +598,9 @@ def _first_boot_device(plan: Plan) -> str | None:
 def check_plan(plan: Plan) -> CheckResult:
     """Read the plan's root disk image (and a direct boot's ``ramdisk=``) and check them.
 
-    An image that cannot be read (not raw, a block device debugfs cannot open, no Linux on
-    it) is a note, never a refusal: only what was read can be found wrong.
+    An image that cannot be read (not raw, a block device debugfs cannot open, a root on
+    LVM, XFS, btrfs or LUKS) is *cannot tell*, never a refusal: only what was read can be
+    found wrong.
     """
     disk = root_disk(plan)
     problems: list[Problem] = []

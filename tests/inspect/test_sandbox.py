@@ -112,3 +112,18 @@ def test_where_no_unprivileged_handover_works_root_keeps_no_capability() -> None
     assert {"CapPrm: 0000000000000000", "CapEff: 0000000000000000",
             "CapBnd: 0000000000000000", "NoNewPrivs: 1", "00 00 00"} <= set(lines), lines
     handle.close()
+
+
+def test_output_is_capped_on_a_pipe_and_in_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageUnreadableError, match="printed over 1 MiB; killed"):
+        run_tool(["head", "-c", "8M", "/dev/zero"], what="flood", max_output=1 << 20)
+    image = tmp_path / "img"
+    image.write_bytes(b"\0" * 4096)
+    handle = ImageHandle(image)
+    out = tmp_path / "out"
+    with open(out, "wb") as stream, pytest.raises(ImageUnreadableError,
+                                                  match="wrote over 1 MiB; killed"):
+        run_tool(["head", "-c", "8M", "/dev/zero"], what="flood", image=handle,
+                 stdout=stream.fileno(), max_output=1 << 20)
+    assert out.stat().st_size <= 1 << 20
+    handle.close()

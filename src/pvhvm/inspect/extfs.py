@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
-from pvhvm.inspect.sandbox import TOOL_TIMEOUT, ImageHandle, run_tool
+from pvhvm.inspect.sandbox import MAX_OUTPUT, TOOL_TIMEOUT, ImageHandle, run_tool
 
 MAX_SYMLINKS = 16
 #: files up to this size are kept once read
 SMALL_FILE = 1 << 20
+#: the largest file copied out (a kernel or an initramfs)
+MAX_DUMP = 512 << 20
 _BANNER = re.compile(r"^debugfs \d")
 _FAST_LINK = re.compile(r'Fast link dest: "(.*)"\s*$', re.M)
 
@@ -97,13 +99,14 @@ class ExtFilesystem:
         path = self.handle.child_path
         return f"{path}?offset={self.offset}" if self.offset else path
 
-    def _run(self, request: str, stdout: int | None = None) -> tuple[bytes, list[str]]:
+    def _run(self, request: str, stdout: int | None = None,
+             max_output: int = MAX_OUTPUT) -> tuple[bytes, list[str]]:
         """Run one debugfs request; its stdout, and stderr lines other than the banner."""
         self.calls += 1
         device = self._device
         out, err, _status = run_tool(
             [self._debugfs, "-c", "-R", request, device], what=f"{self.image}: debugfs",
-            timeout=TOOL_TIMEOUT, image=self.handle, stdout=stdout,
+            timeout=TOOL_TIMEOUT, image=self.handle, stdout=stdout, max_output=max_output,
         )
         errors = [
             line.replace(device, str(self.image))
@@ -160,7 +163,7 @@ class ExtFilesystem:
         match = _FAST_LINK.search(text)
         if match:
             return match.group(1)
-        data, errors = self._run(f"cat {_quote(real)}")
+        data, errors = self._run(f"cat {_quote(real)}", max_output=1 << 20)  # a link target
         return None if errors else data.decode(errors="surrogateescape")
 
     def resolve(self, path: str) -> str | None:
@@ -207,7 +210,8 @@ class ExtFilesystem:
             raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
         if real in self._small:
             return self._small[real]
-        data, errors = self._run(f"cat {_quote(real)}")
+        data, errors = self._run(f"cat {_quote(real)}", max_output=(
+            MAX_OUTPUT if limit is None else limit + (64 << 10)))
         if errors:
             raise ImageFormatError(f"{self.image}: cannot read {path}: {errors[0].strip()}")
         if len(data) <= SMALL_FILE:
@@ -218,15 +222,18 @@ class ExtFilesystem:
         data = self.read(path, limit=4 << 20)
         return None if data is None else data.decode("utf-8", errors="replace")
 
-    def dump(self, path: str, destination: Path) -> bool:
+    def dump(self, path: str, destination: Path, limit: int = MAX_DUMP) -> bool:
         """Copy regular file ``path`` out to ``destination``, a new file (debugfs ``cat``
-        into a descriptor this process opened with O_EXCL; a partial copy is removed)."""
+        into a descriptor this process opened with O_EXCL, at most ``limit`` bytes: a file
+        over it is refused; a partial copy is removed)."""
         real = self.resolve(path)
         if real is None or real == "/":
             return False
         entry = self._entry(posixpath.dirname(real), posixpath.basename(real))
         if entry is None or not entry.is_file:
             return False
+        if entry.size > limit:
+            raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
         try:
             fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o644)
@@ -235,7 +242,7 @@ class ExtFilesystem:
                 f"cannot write {destination}: {err.strerror or err}") from err
         done = False
         try:
-            _out, errors = self._run(f"cat {_quote(real)}", stdout=fd)
+            _out, errors = self._run(f"cat {_quote(real)}", stdout=fd, max_output=limit)
             done = not errors and os.fstat(fd).st_size == entry.size
         finally:
             os.close(fd)

@@ -51,6 +51,8 @@ NOBODY = 65534
 #: address space of a confined tool: far above what debugfs or mtools need
 TOOL_ADDRESS_SPACE = 2 << 30
 CHUNK = 1 << 20
+#: what one tool run may print (a directory listing, a file up to an initramfs)
+MAX_OUTPUT = 576 << 20
 
 _CLONE_NEWUTS = 0x04000000
 _CLONE_NEWIPC = 0x08000000
@@ -78,8 +80,9 @@ _syscall = _libc.syscall
 _capset = _libc.capset
 
 
-def _confine_child(privileged: bool) -> Callable[[], None]:
-    """The preexec step of a confined tool: namespaces, then (as root) uid/gid nobody."""
+def _confine_child(privileged: bool, file_size: int | None = None) -> Callable[[], None]:
+    """The preexec step of a confined tool: namespaces, then (as root) uid/gid nobody;
+    ``file_size`` caps what it may write to a file (RLIMIT_FSIZE: SIGXFSZ beyond)."""
 
     def confine() -> None:
         # only syscalls here: this runs between fork and exec
@@ -97,6 +100,8 @@ def _confine_child(privileged: bool) -> Callable[[], None]:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_AS, (TOOL_ADDRESS_SPACE, TOOL_ADDRESS_SPACE))
+        if file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
     return confine
 
@@ -126,16 +131,19 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 def run_tool(
     argv: Sequence[str], *, what: str, timeout: float = TOOL_TIMEOUT,
     image: ImageHandle | None = None, stdout: int | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, max_output: int = MAX_OUTPUT,
 ) -> tuple[bytes, bytes, int]:
     """Run ``argv``: (stdout, stderr, exit status). With ``image`` it reads that image's
     descriptor, confined (module docstring). ``stdout`` sends the output to a file instead.
-    A timeout kills its process group and raises ImageUnreadableError."""
+    At most ``max_output`` bytes of output are taken (to the pipe, or written to the file);
+    beyond that, or past the timeout, its process group is killed and the run is an
+    ImageUnreadableError."""
     pass_fds: tuple[int, ...] = ()
     preexec: Callable[[], None] | None = None
     if image is not None:
         pass_fds = (image.child_fd,)
-        preexec = _confine_child(image.privileged)
+        preexec = _confine_child(image.privileged,
+                                 file_size=max_output if stdout is not None else None)
     try:
         process = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL,
@@ -145,15 +153,46 @@ def run_tool(
     except (OSError, subprocess.SubprocessError) as err:
         raise ImageUnreadableError(f"{what}: cannot run {argv[0]}: {err}") from err
     try:
-        out, errs = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as expired:
-        _kill_group(process)
-        raise ImageUnreadableError(f"{what}: {argv[0]} took over {timeout:g} s; killed") \
-            from expired
+        out, errs = _collect(process, what=what, timeout=timeout, max_output=max_output)
     finally:
-        if process.poll() is None:
-            _kill_group(process)
-    return out or b"", errs or b"", process.returncode
+        _kill_group(process)
+    if process.returncode == -signal.SIGXFSZ:
+        raise ImageUnreadableError(f"{what}: {argv[0]} wrote over {max_output >> 20} MiB; "
+                                   "killed")
+    return out, errs, process.returncode
+
+
+def _collect(process: subprocess.Popen[bytes], *, what: str, timeout: float,
+             max_output: int) -> tuple[bytes, bytes]:
+    """The tool's stdout and stderr until it closes them, within the time and size bounds."""
+    deadline = time.monotonic() + timeout
+    out = process.stdout.fileno() if process.stdout is not None else -1
+    err = process.stderr.fileno() if process.stderr is not None else -1
+    streams = {s.fileno(): s for s in (process.stdout, process.stderr) if s is not None}
+    chunks: dict[int, list[bytes]] = {fd: [] for fd in streams}
+    taken = 0
+    name = str(process.args[0]) if isinstance(process.args, list) else "tool"
+    while streams:
+        left = deadline - time.monotonic()
+        ready = select.select(list(streams), [], [], max(left, 0))[0] if left > 0 else []
+        if not ready:
+            raise ImageUnreadableError(f"{what}: {name} took over {timeout:g} s; killed")
+        for fd in ready:
+            chunk = os.read(fd, CHUNK)
+            if not chunk:
+                streams.pop(fd).close()
+                continue
+            taken += len(chunk)
+            if taken > max_output:
+                raise ImageUnreadableError(
+                    f"{what}: {name} printed over {max_output >> 20} MiB; killed")
+            chunks[fd].append(chunk)
+    try:
+        process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired as expired:
+        raise ImageUnreadableError(f"{what}: {name} took over {timeout:g} s; killed") \
+            from expired
+    return b"".join(chunks.get(out, [])), b"".join(chunks.get(err, []))
 
 
 def stream_tool(argv: Sequence[str], data: memoryview, *, what: str,

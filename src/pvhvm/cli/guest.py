@@ -11,9 +11,11 @@ file names) is printed through :func:`pvhvm.errors.printable` and handed to rich
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,16 @@ def guest() -> None:
 
 def _yes(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """An inspection error may quote the guest (a file name, a tool's complaint about it):
+    it leaves as one escaped line."""
+    try:
+        yield
+    except InspectError as err:
+        raise type(err)(printable(str(err))) from err
 
 
 def _cell(value: str) -> Text:
@@ -157,7 +169,8 @@ def report_tables(report: ImageReport) -> list[Table]:
 def inspect_cmd(image: Path, as_json: bool) -> None:
     """What disk IMAGE holds, read offline: partitions, OS, kernels and their initramfs
     drivers, boot loader, fstab. Nothing is booted or mounted."""
-    report = inspect_image(image)
+    with _one_line_errors():
+        report = inspect_image(image)
     if as_json:
         print_json(report.to_json())
         return
@@ -176,19 +189,20 @@ def inspect_cmd(image: Path, as_json: bool) -> None:
 def boot_entry_cmd(image: Path, extract: Path | None, as_json: bool) -> None:
     """The default boot entry of IMAGE's boot loader: kernel, initrd, command line (what
     pygrub boots for a bootloader = "pygrub" guest)."""
-    if extract is None:
-        report = inspect_image(image)
-        entry = report.default_entry
-        if entry is None:
-            raise InspectError(f"{image}: no default boot entry "
-                               f"({'; '.join(report.notes) or 'the boot loader has none'})")
-        document: dict[str, Any] = entry.to_json()
-    else:
-        if not extract.is_dir():
-            raise InspectError(f"--extract {extract}: no such directory")
-        boot = find_boot_entry(image, extract)
-        document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
-                    "initrd_file": str(boot.initrd) if boot.initrd else None}
+    with _one_line_errors():
+        if extract is None:
+            report = inspect_image(image)
+            entry = report.default_entry
+            if entry is None:
+                raise InspectError(f"{image}: no default boot entry "
+                                   f"({'; '.join(report.notes) or 'the boot loader has none'})")
+            document: dict[str, Any] = entry.to_json()
+        else:
+            if not extract.is_dir():
+                raise InspectError(f"--extract {extract}: no such directory")
+            boot = find_boot_entry(image, extract)
+            document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
+                        "initrd_file": str(boot.initrd) if boot.initrd else None}
     if as_json:
         print_json(document)
         return

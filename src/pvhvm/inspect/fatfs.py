@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
 from pvhvm.inspect.extfs import DirEntry
-from pvhvm.inspect.sandbox import ImageHandle, run_tool
+from pvhvm.inspect.sandbox import MAX_OUTPUT, ImageHandle, run_tool
 
 
 class FatFilesystem:
@@ -30,7 +30,8 @@ class FatFilesystem:
         self._listings: dict[str, dict[str, DirEntry] | None] = {}
         self.calls = 0
 
-    def _run(self, tool: str, *args: str, stdout: int | None = None) -> tuple[bytes, int]:
+    def _run(self, tool: str, *args: str, stdout: int | None = None,
+             max_output: int = MAX_OUTPUT) -> tuple[bytes, int]:
         """One mtools command on the confined image: (stdout, exit status)."""
         self.calls += 1
         if self._handle is None:
@@ -38,7 +39,7 @@ class FatFilesystem:
         out, _err, status = run_tool(
             [tool, "-i", f"{self._handle.child_path}@@{self.offset}", *args],
             what=f"{self.image}: {tool}", image=self._handle, stdout=stdout,
-            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, max_output=max_output,
         )
         return out, status
 
@@ -90,7 +91,8 @@ class FatFilesystem:
         entry = listing.get(real.rpartition("/")[2])
         if entry is None or not entry.is_file:
             return None
-        out, status = self._run("mtype", self._path(real))
+        out, status = self._run("mtype", self._path(real), max_output=(
+            MAX_OUTPUT if limit is None else limit + (64 << 10)))
         if status != 0:
             return None
         if limit is not None and len(out) > limit:

@@ -282,3 +282,32 @@ def test_an_xz_header_asking_for_a_4_gib_dictionary(tmp_path: Path) -> None:
     header = b"\x5d" + struct.pack("<I", 0xFFFF0000) + struct.pack("<q", -1)
     with pytest.raises(ImageFormatError, match="lzma"):
         read_initramfs(header + b"\0" * 64)
+
+
+@settings(deadline=None, max_examples=300)
+@given(image=st.binary(min_size=0, max_size=8192), mbr=st.booleans(), gpt=st.booleans(),
+       claimed=st.integers(0, 1 << 44))
+def test_partition_table_of_any_image(image: bytes, mbr: bool, gpt: bool, claimed: int) -> None:
+    """Any bytes as a whole image (with a 55AA signature, a protective entry and "EFI PART"
+    forced in or not), any size claimed for it: a table or ImageFormatError, no read bigger
+    than the array bound, no partition outside the size."""
+    data = bytearray(image.ljust(1024, b"\0"))
+    if mbr:
+        data[510:512] = b"\x55\xaa"
+    if gpt:
+        data[446 + 4] = 0xEE
+        data[512:520] = b"EFI PART"
+
+    class Bounded(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            assert size is None or size <= GPT_MAX_ARRAY, size
+            return super().read(size)
+
+    size = max(claimed, 1024)
+    try:
+        table = read_table(Bounded(bytes(data)), size)
+    except ImageFormatError:
+        return
+    if table.scheme == "gpt":
+        for part in table.partitions:
+            assert part.start > 0 and part.start + part.size <= size

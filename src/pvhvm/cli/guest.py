@@ -238,7 +238,8 @@ def check_cmd(config: Path, variables: tuple[str, ...], platform: str,
     """Will the guest of CONFIG boot as planned? One line per finding with its fix, then
     the verdict: boots (exit status 0: every link of the boot chain read and fine), will not
     boot (1: a driver or device name read missing), cannot tell (2: a link could not be read,
-    e.g. root on LVM, XFS or btrfs; create goes ahead with a note)."""
+    e.g. root on LVM, XFS or btrfs; create goes ahead with a note). A bad CONFIG is exit
+    status 1 too, with one "pvhvm: error:" line and no verdict."""
     domain = load_config(config, _variables(variables),
                          None if dialect is None else Dialect(dialect))
     if Platform(platform) is Platform.QEMU:

@@ -267,7 +267,9 @@ class ImageHandle:
         self.privileged = False
         self.confinement = "uid nobody, own network/IPC/UTS namespaces"
         fds = [self.fd]
-        if os.geteuid() == 0:
+        if os.geteuid() != 0:
+            self.confinement = "as the invoking (unprivileged) user, no new privileges"
+        else:
             st = os.fstat(self.fd)
             try:
                 self.child_fd = _idmapped_clone(self.fd, st.st_uid, st.st_gid)

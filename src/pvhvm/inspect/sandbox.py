@@ -1,7 +1,8 @@
 """Run the host tools that parse untrusted guest bytes (debugfs, mtools, zstd, lz4) confined.
 
 Every tool runs with a timeout, in a session (process group) of its own that is killed with
-SIGKILL when the time is up or the reader stops early, never left running.
+SIGKILL when the time is up or the reader stops early, never left running; what it prints is
+read incrementally and capped, and what it writes to a file is capped by RLIMIT_FSIZE.
 
 A tool that reads a guest *image* (debugfs, mtools) gets it as a descriptor the parent opened,
 named ``/proc/self/fd/N``, and runs as the unprivileged user ``nobody`` (uid/gid 65534, no

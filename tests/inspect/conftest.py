@@ -114,10 +114,18 @@ def cpio_of(tree: Path) -> bytes:
 
 
 def make_initramfs(work: Path, modules: tuple[str, ...], compression: str,
-                   microcode: bool = False, release: str = RELEASE) -> bytes:
-    main = work / f"main-{compression}-{len(modules)}"
-    files: dict[str, bytes | str] = {"init": "#!/bin/sh\n", "bin/sh": b"\x7fELF",
-                                     "conf/initramfs.conf": "MODULES=dep\n"}
+                   microcode: bool = False, release: str = RELEASE,
+                   generator: str = "initramfs-tools") -> bytes:
+    """An initramfs as ``generator`` (initramfs-tools, dracut, or "busybox": an init of its
+    own) lays it out, carrying ``modules`` under lib/modules."""
+    main = work / f"main-{compression}-{len(modules)}-{generator}"
+    files: dict[str, bytes | str] = {"init": "#!/bin/sh\n", "bin/sh": b"\x7fELF"}
+    if generator == "initramfs-tools":
+        files.update({"conf/initramfs.conf": "MODULES=dep\n", "scripts/functions": "# \n",
+                      "scripts/local": "# \n"})
+    elif generator == "dracut":
+        files.update({"usr/lib/dracut/build-parameter.txt": "--kver 6.1\n",
+                      "usr/lib/dracut/modules.txt": "base\n"})
     for module in modules:
         files[f"usr/lib/modules/{release}/kernel/{module}.ko"] = b"\x7fELF module"
     files["lib"] = "-> usr/lib"
@@ -182,26 +190,32 @@ class InstalledImage:
 def installed_image(work: Path, *, modules: tuple[str, ...] = IDE_MODULES,
                     root: str = "/dev/sda2", fstab_boot: str = "/dev/sda1",
                     compression: str = "zstd", cmdline: str = "console=ttyS0,115200",
-                    default: str = "0", extra_fstab: str = "") -> InstalledImage:
-    """Build the image (partitions, filesystems, initramfs) in ``work``."""
+                    default: str = "0", extra_fstab: str = "", generator: str = "initramfs-tools",
+                    builtin: tuple[str, ...] = (), pretty_name: str = "Debian GNU/Linux 12 (bookworm)",
+                    title: str = "Debian GNU/Linux") -> InstalledImage:
+    """Build the image (partitions, filesystems, initramfs) in ``work``; ``builtin``: Kconfig
+    symbols the kernel config says are built in (=y)."""
     work.mkdir(parents=True, exist_ok=True)
     kernel = b"MZ fake bzImage " + os.urandom(64)
-    initrd = make_initramfs(work, modules, compression, microcode=True)
-    config = "\n".join([
-        "CONFIG_VIRTIO=m", "CONFIG_VIRTIO_PCI=m", "CONFIG_VIRTIO_BLK=m", "CONFIG_ATA=m",
-        "CONFIG_ATA_PIIX=m", "CONFIG_XEN_BLKDEV_FRONTEND=m", "CONFIG_BLK_DEV_SD=m",
-        "CONFIG_EXT4_FS=y", "CONFIG_E1000=m", "CONFIG_VIRTIO_NET=m",
-    ]) + "\n"
+    initrd = make_initramfs(work, modules, compression, microcode=True, generator=generator)
+    symbols = {name: "m" for name in (
+        "VIRTIO", "VIRTIO_PCI", "VIRTIO_BLK", "ATA", "ATA_PIIX", "XEN_BLKDEV_FRONTEND",
+        "BLK_DEV_SD", "E1000", "VIRTIO_NET")}
+    symbols["EXT4_FS"] = "y"
+    symbols.update({name: "y" for name in builtin})
+    config = "".join(f"CONFIG_{name}={value}\n" for name, value in symbols.items())
     boot = write_tree(work / "boot-tree", {
         f"vmlinuz-{RELEASE}": kernel, f"initrd.img-{RELEASE}": initrd,
         f"config-{RELEASE}": config, f"System.map-{RELEASE}": "",
         "grub/grub.cfg": GRUB_CFG.format(release=RELEASE, uuid=ROOT_UUID, root=root,
-                                         cmdline=cmdline, default=default),
+                                         cmdline=cmdline, default=default).replace(
+                                             "menuentry 'Debian GNU/Linux' ",
+                                             f"menuentry '{title}' "),
         "grub/grubenv": "# GRUB Environment Block\nsaved_entry=1>1\n" + "#" * 900,
     })
     deps = "".join(f"kernel/{m}.ko: \n" for m in ALL_MODULES)
     rootfs = write_tree(work / "root-tree", {
-        "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+        "etc/os-release": f'PRETTY_NAME="{pretty_name}"\nNAME="Debian GNU/Linux"\n'
                           'VERSION_ID="12"\nID=debian\n',
         "etc/fstab": f"# /etc/fstab: static file system information.\n"
                      f"{root}\t/\text4\terrors=remount-ro 0 1\n"

@@ -45,7 +45,7 @@ def test_ide_install_on_pv_disk_names_driver_and_devices(ide_install: InstalledI
     driver = [line for line in fatal if "lacks" in line]
     assert len(driver) == 1  # one problem: the PV disk's drivers
     assert "lacks virtio_pci and virtio_blk" in driver[0]
-    assert "(built with MODULES=dep)" in driver[0]
+    assert "(built by initramfs-tools with MODULES=dep)" in driver[0]
     assert "initrd.img-6.1.0-99-amd64" in driver[0]
     assert "pvhvm guest prepare" in driver[0]
     root = [line for line in fatal if line.startswith("fatal: root=/dev/sda2")]

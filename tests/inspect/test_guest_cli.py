@@ -65,7 +65,7 @@ def test_check_pv_plan_fails_and_names_the_driver(capsys: pytest.CaptureFixture[
     ide = _cfg(tmp_path, f"file:{ide_install.path},hda,w")
     code, out, err = run(capsys, "guest", "check", str(ide))
     assert code == 0, err
-    assert "inst: should boot" in out
+    assert "inst: boots" in out
     pv = _cfg(tmp_path, f"{ide_install.path},raw,hda,w,type=xenbus", "pv")
     code, out, err = run(capsys, "guest", "check", str(pv))
     assert code == 1
@@ -77,6 +77,8 @@ def test_check_pv_plan_fails_and_names_the_driver(capsys: pytest.CaptureFixture[
     assert code == 1
     document = json.loads(out)
     assert document["boots"] is False and document["disk"] == "hda"
+    assert document["verdict"] == "will-not-boot"
+    assert any("lacks virtio_pci and virtio_blk" in r for r in document["reasons"])
     assert {p["severity"] for p in document["problems"]} == {"fatal", "note"}
 
 

@@ -1,25 +1,33 @@
 """``pvhvm guest``: installed guests, read offline (inspect) and checked against a plan (check).
 
 ``create`` calls :func:`guest_check_for_create` so a guest that will not boot is refused
-with the reasons (``--no-check`` goes ahead anyway).
+with the reasons (``--no-check`` goes ahead anyway); a guest the check cannot tell about is
+created, with what could not be read as a note.
+
+Every string read from a guest image (os-release, boot entries, kernel releases, fstab,
+file names) is printed through :func:`pvhvm.errors.printable` and handed to rich as
+:class:`~rich.text.Text`, never as markup: a guest cannot drive the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from pvhvm.cli.output import console, print_findings, print_json
 from pvhvm.config.domain import Dialect, load_config
 from pvhvm.config.lang import parse_cli_variable
-from pvhvm.errors import PvhvmError
-from pvhvm.inspect.check import CheckResult, Problem, Severity, check_plan
+from pvhvm.errors import PvhvmError, printable
+from pvhvm.inspect.check import CheckResult, Problem, Severity, Verdict, check_plan
 from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.image import ImageReport, find_boot_entry, inspect_image
 from pvhvm.inspect.pygrub import run_bootloader
@@ -62,28 +70,47 @@ def _yes(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
 
 
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """An inspection error may quote the guest (a file name, a tool's complaint about it):
+    it leaves as one escaped line."""
+    try:
+        yield
+    except InspectError as err:
+        raise type(err)(printable(str(err))) from err
+
+
+def _cell(value: str) -> Text:
+    """A table cell of guest text: control characters escaped, never markup."""
+    return Text(printable(value))
+
+
+def _row(table: Table, *cells: str) -> None:
+    table.add_row(*(_cell(c) for c in cells))
+
+
 def report_tables(report: ImageReport) -> list[Table]:
-    """The readable form of an ImageReport."""
+    """The readable form of an ImageReport (every cell escaped: it is the guest's text)."""
     tables: list[Table] = []
     summary = Table(title="Image", show_header=False, title_justify="left")
     summary.add_column("key", style="bold")
     summary.add_column("value")
-    summary.add_row("path", report.path)
-    summary.add_row("size", f"{report.size >> 20} MiB")
-    summary.add_row("partition table", f"{report.table.scheme} {report.table.disk_id}".strip())
-    summary.add_row("os", report.os_release.get("PRETTY_NAME", "?"))
+    _row(summary, "path", report.path)
+    _row(summary, "size", f"{report.size >> 20} MiB")
+    _row(summary, "partition table", f"{report.table.scheme} {report.table.disk_id}".strip())
+    _row(summary, "os", report.os_release.get("PRETTY_NAME", "?"))
     if report.bootloader is not None:
         entry = report.default_entry
-        summary.add_row("boot loader", f"{report.bootloader.loader} ({report.bootloader.path})")
+        _row(summary, "boot loader", f"{report.bootloader.loader} ({report.bootloader.path})")
         if entry is not None:
-            summary.add_row("default entry", entry.title)
-            summary.add_row("  kernel", entry.kernel)
-            summary.add_row("  initrd", " ".join(entry.initrd) or "(none)")
-            summary.add_row("  cmdline", entry.cmdline)
+            _row(summary, "default entry", entry.title)
+            _row(summary, "  kernel", entry.kernel)
+            _row(summary, "  initrd", " ".join(entry.initrd) or "(none)")
+            _row(summary, "  cmdline", entry.cmdline)
     for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
         if key in report.default_grub:
-            summary.add_row(key, report.default_grub[key])
-    summary.add_row("gettys", " ".join(report.gettys) or "(none found)")
+            _row(summary, key, report.default_grub[key])
+    _row(summary, "gettys", " ".join(report.gettys) or "(none found)")
     tables.append(summary)
 
     filesystems = Table(title="Filesystems", title_justify="left")
@@ -91,11 +118,10 @@ def report_tables(report: ImageReport) -> list[Table]:
         filesystems.add_column(column)
     for fs in report.filesystems:
         sig = fs.signature
-        filesystems.add_row(
-            "-" if fs.partition is None else str(fs.partition), str(fs.offset),
-            f"{fs.size >> 20} MiB", sig.type if sig else "?", sig.uuid if sig else "",
-            sig.label if sig else "", fs.partuuid, fs.role,
-        )
+        _row(filesystems,
+             "-" if fs.partition is None else str(fs.partition), str(fs.offset),
+             f"{fs.size >> 20} MiB", sig.type if sig else "?", sig.uuid if sig else "",
+             sig.label if sig else "", fs.partuuid, fs.role)
     tables.append(filesystems)
 
     kernels = Table(title="Kernels and their storage/network drivers", title_justify="left")
@@ -112,25 +138,27 @@ def report_tables(report: ImageReport) -> list[Table]:
                 modules.append(driver)
             elif state.installed is False:
                 absent.append(driver)
-        where = "(none)"
+        where = Text("(none)")
         if initrd is not None:
-            where = f"{initrd.path}\n{initrd.compression}" + (
-                " + microcode" if initrd.microcode else "")
+            detail = initrd.compression + (" + microcode" if initrd.microcode else "")
+            if initrd.generator:
+                detail += f", {initrd.generator}"
             if initrd.error:
-                where = f"{initrd.path}\nunreadable: {initrd.error}"
-        kernels.add_row(kernel.release, where, " ".join(at_boot), " ".join(modules),
-                        " ".join(absent))
+                detail = f"unreadable: {initrd.error}"
+            where = Text.assemble(printable(initrd.path), "\n", printable(detail))
+        kernels.add_row(_cell(kernel.release), where, _cell(" ".join(at_boot)),
+                        _cell(" ".join(modules)), _cell(" ".join(absent)))
     tables.append(kernels)
 
     mounts = Table(title="fstab / crypttab", title_justify="left")
     for column in ("file:line", "device", "named by", "mountpoint", "type", "options"):
         mounts.add_column(column)
     for mount in report.fstab:
-        mounts.add_row(f"fstab:{mount.line}", mount.device.spec, mount.device.naming.value,
-                       mount.mountpoint, mount.fstype, ",".join(mount.options))
+        _row(mounts, f"fstab:{mount.line}", mount.device.spec, mount.device.naming.value,
+             mount.mountpoint, mount.fstype, ",".join(mount.options))
     for crypt in report.crypttab:
-        mounts.add_row(f"crypttab:{crypt.line}", crypt.device.spec, crypt.device.naming.value,
-                       f"/dev/mapper/{crypt.name}", "luks", ",".join(crypt.options))
+        _row(mounts, f"crypttab:{crypt.line}", crypt.device.spec, crypt.device.naming.value,
+             f"/dev/mapper/{crypt.name}", "luks", ",".join(crypt.options))
     tables.append(mounts)
     return tables
 
@@ -141,7 +169,8 @@ def report_tables(report: ImageReport) -> list[Table]:
 def inspect_cmd(image: Path, as_json: bool) -> None:
     """What disk IMAGE holds, read offline: partitions, OS, kernels and their initramfs
     drivers, boot loader, fstab. Nothing is booted or mounted."""
-    report = inspect_image(image)
+    with _one_line_errors():
+        report = inspect_image(image)
     if as_json:
         print_json(report.to_json())
         return
@@ -149,7 +178,7 @@ def inspect_cmd(image: Path, as_json: bool) -> None:
     for table in report_tables(report):
         out.print(table)
     for note in report.notes:
-        out.print(f"note: {note}")
+        out.print(Text(f"note: {printable(note)}"), soft_wrap=True)
 
 
 @guest.command("boot-entry")
@@ -160,34 +189,40 @@ def inspect_cmd(image: Path, as_json: bool) -> None:
 def boot_entry_cmd(image: Path, extract: Path | None, as_json: bool) -> None:
     """The default boot entry of IMAGE's boot loader: kernel, initrd, command line (what
     pygrub boots for a bootloader = "pygrub" guest)."""
-    if extract is None:
-        report = inspect_image(image)
-        entry = report.default_entry
-        if entry is None:
-            raise InspectError(f"{image}: no default boot entry "
-                               f"({'; '.join(report.notes) or 'the boot loader has none'})")
-        document: dict[str, Any] = entry.to_json()
-    else:
-        if not extract.is_dir():
-            raise InspectError(f"--extract {extract}: no such directory")
-        boot = find_boot_entry(image, extract)
-        document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
-                    "initrd_file": str(boot.initrd) if boot.initrd else None}
+    with _one_line_errors():
+        if extract is None:
+            report = inspect_image(image)
+            entry = report.default_entry
+            if entry is None:
+                raise InspectError(f"{image}: no default boot entry "
+                                   f"({'; '.join(report.notes) or 'the boot loader has none'})")
+            document: dict[str, Any] = entry.to_json()
+        else:
+            if not extract.is_dir():
+                raise InspectError(f"--extract {extract}: no such directory")
+            boot = find_boot_entry(image, extract)
+            document = {**boot.entry.to_json(), "kernel_file": str(boot.kernel),
+                        "initrd_file": str(boot.initrd) if boot.initrd else None}
     if as_json:
         print_json(document)
         return
     out = console()
     for key, value in document.items():
-        out.print(f"{key}: {' '.join(value) if isinstance(value, list) else value}",
-                  soft_wrap=True)
+        text = " ".join(value) if isinstance(value, list) else str(value)
+        out.print(Text(f"{key}: {printable(text)}"), soft_wrap=True)
 
 
 def _variables(assignments: tuple[str, ...]) -> dict[str, Any]:
     return dict(parse_cli_variable(a) for a in assignments)
 
 
+def _escaped(problem: Problem) -> dict[str, str]:
+    """A finding as print_findings takes it, its guest text escaped."""
+    return {key: printable(value) for key, value in problem.to_json().items()}
+
+
 def _print_problems(problems: list[Problem]) -> None:
-    print_findings([p.to_json() for p in problems])
+    print_findings([_escaped(p) for p in problems])
 
 
 @guest.command("check")
@@ -200,23 +235,29 @@ def _print_problems(problems: list[Problem]) -> None:
               help="Read CONFIG as xm or xl reads it (as create does).")
 def check_cmd(config: Path, variables: tuple[str, ...], platform: str,
               as_json: bool, dialect: str | None) -> None:
-    """Will the guest of CONFIG boot as planned? One line per problem with its fix;
-    exit status 1 when it will not boot."""
+    """Will the guest of CONFIG boot as planned? One line per finding with its fix, then
+    the verdict: boots (exit status 0: every link of the boot chain read and fine), will not
+    boot (1: a driver or device name read missing), cannot tell (2: a link could not be read,
+    e.g. root on LVM, XFS or btrfs; create goes ahead with a note). A bad CONFIG is exit
+    status 1 too, with one "pvhvm: error:" line and no verdict."""
     domain = load_config(config, _variables(variables),
                          None if dialect is None else Dialect(dialect))
     if Platform(platform) is Platform.QEMU:
         domain = run_bootloader(domain)
     plan = make_plan(domain, Platform(platform))
     result = check_plan(plan)
+    verdict = result.verdict
     if as_json:
         print_json(result.to_json())
     else:
         _print_problems(result.problems)
         where = result.report.path if result.report else "nothing readable"
-        verdict = "will not boot" if result.fatal else "should boot"
-        console().print(f"{plan.name}: {verdict} ({where}, {len(result.problems)} findings)")
-    if result.fatal:
-        sys.exit(1)  # the findings are the message; click's ctx.exit would be swallowed
+        console().print(Text(printable(
+            f"{plan.name}: {verdict.words} ({where}, {len(result.problems)} findings)")),
+            soft_wrap=True)
+    if verdict is not Verdict.BOOTS:
+        # the findings are the message; click's ctx.exit would be swallowed
+        sys.exit(verdict.exit_status)
 
 
 def guest_check_for_create(plan: Plan, quiet: bool = False) -> CheckResult:
@@ -241,5 +282,6 @@ def print_check_notes(result: CheckResult) -> None:
 
 
 def findings(result: CheckResult) -> list[dict[str, str]]:
-    """A check's findings as :mod:`pvhvm.inspect.checkcache` keeps them."""
-    return [p.to_json() for p in result.problems]
+    """A check's findings as :mod:`pvhvm.inspect.checkcache` keeps them and create prints
+    them (guest text escaped)."""
+    return [_escaped(p) for p in result.problems]

@@ -6,5 +6,7 @@
     bootloader   GRUB 2 grub.cfg, GRUB legacy menu.lst, extlinux/syslinux configs
     etcfiles     fstab, crypttab, os-release, /etc/default/grub, gettys
     image        inspect_image(): all of the above as one ImageReport; find_boot_entry()
-    check        check_guest(plan, report): will this guest boot with this plan?
+    check        check_guest(plan, report): boots, will not boot, or cannot tell
+    sandbox      the host tools that parse guest bytes (debugfs, mtools, zstd, lz4), run as
+                 nobody in own namespaces with a timeout, the image handed over as a descriptor
 """

@@ -16,8 +16,19 @@ disks", virt-v2v's convert_linux):
 * console: the guest's serial port is ttyS0 on both platforms; the kernel and a getty
   should use it (``console=ttyS0``), not Xen's PV console (hvc0/xvc0).
 
-Severity: ``fatal`` when the guest will not reach multi-user (root not found; a mount that
-systemd waits for and then fails into emergency mode), ``note`` otherwise.
+Three answers (:class:`Verdict`), as each finding's :class:`Severity` decides:
+
+* *will not boot* (``fatal``) only on positive evidence: the initramfs was built by a generator
+  recognised by its own files (initramfs-tools, dracut) and carries the root disk's driver
+  nowhere, while the kernel is known not to have it built in (config-* or modules.builtin
+  read); no initramfs at all for a driver that is a module; a root=, fstab or crypttab device
+  name that will not exist under this plan (a mount that systemd waits for and then fails
+  into emergency mode);
+* *cannot tell* (``cannot-tell``): a link of the boot chain that could not be read, said
+  plainly (an image that is not raw, a root filesystem on LVM, XFS, btrfs or LUKS, no boot
+  entry, an initramfs that does not parse or whose init is of unknown ways and carries no
+  such driver);
+* *boots*: every link read and fine (``note`` findings are advice, not doubts).
 """
 
 from __future__ import annotations
@@ -54,10 +65,36 @@ XEN_PV_CONSOLES = ("hvc0", "xvc0")
 
 
 class Severity(Enum):
-    """Whether a problem stops the guest from booting."""
+    """Whether a finding stops the guest from booting, leaves it unknown, or is advice."""
 
     FATAL = "fatal"
+    CANNOT_TELL = "cannot-tell"
     NOTE = "note"
+
+
+class Verdict(Enum):
+    """The check's one answer; the ``guest check`` exit status is :attr:`exit_status`."""
+
+    BOOTS = "boots"
+    WILL_NOT_BOOT = "will-not-boot"
+    CANNOT_TELL = "cannot-tell"
+
+    @property
+    def exit_status(self) -> int:
+        return {"boots": 0, "will-not-boot": 1, "cannot-tell": 2}[self.value]
+
+    @property
+    def words(self) -> str:
+        return self.value.replace("-", " ")
+
+
+def verdict(problems: list[Problem]) -> Verdict:
+    """Any fatal finding: will not boot; else any unreadable link: cannot tell; else boots."""
+    if any(p.severity is Severity.FATAL for p in problems):
+        return Verdict.WILL_NOT_BOOT
+    if any(p.severity is Severity.CANNOT_TELL for p in problems):
+        return Verdict.CANNOT_TELL
+    return Verdict.BOOTS
 
 
 @dataclass(frozen=True)
@@ -144,19 +181,24 @@ def _realised(disk: DiskPlan, plan: Plan) -> str:
     return "virtio-blk" if plan.platform is Platform.QEMU else "xen-blkfront"
 
 
-def _driver_present(name: str, drivers: dict[str, DriverState], initrd: InitramfsReport | None,
-                    at_boot: bool) -> bool | None:
-    """True/False when known; None when it cannot be told (nothing readable)."""
+def _at_boot(name: str, drivers: dict[str, DriverState],
+             initrd: InitramfsReport | None) -> bool:
+    """Whether the kernel has ``name`` before the root filesystem is mounted, as far as was
+    read: built in (config-*, modules.builtin on the image or in the initramfs) or a module
+    anywhere in a readable initramfs."""
     state = drivers.get(name)
-    if state is not None:
-        if state.builtin:
-            return True
-        if at_boot:
-            return state.initramfs
-        return state.installed
-    if at_boot and initrd is not None and initrd.error is None:
+    if state is not None and (state.builtin or state.initramfs):
+        return True
+    if initrd is not None and initrd.error is None:
         return name in initrd.modules or name in initrd.builtin
-    return None
+    return False
+
+
+def _installed(name: str, drivers: dict[str, DriverState]) -> bool | None:
+    state = drivers.get(name)
+    if state is None:
+        return None
+    return True if state.builtin else state.installed
 
 
 def check_guest(
@@ -171,13 +213,26 @@ def check_guest(
     problems: list[Problem] = []
     disk = disk or root_disk(plan)
     if disk is None:
-        return [Problem(Severity.NOTE, "disks", "no hard disk: nothing installed to check")]
+        return [Problem(Severity.CANNOT_TELL, "disks", "no hard disk: nothing installed to check")]
     names = guest_disk_names(plan)
     cmdline, kernel, initrd = _boot_chain(plan, report, initramfs, problems)
     drivers = kernel.drivers if kernel is not None else {}
     if initrd is None and kernel is not None:
         initrd = kernel.initrd
-    _check_disk_drivers(plan, disk, drivers, initrd, problems)
+    if plan.direct_kernel_boot:
+        named = bool(plan.ramdisk)
+    else:
+        entry = report.default_entry if report is not None else None
+        named = entry is not None and bool(entry.initrd)
+    if named and initrd is None:
+        pass  # named but not read: _boot_chain said so (cannot tell)
+    elif not (plan.direct_kernel_boot and not plan.ramdisk and kernel is None):
+        _check_disk_drivers(plan, disk, kernel, drivers, initrd, problems)
+    else:
+        problems.append(Problem(
+            Severity.CANNOT_TELL, f"disk {disk.vdev}",
+            f"kernel {plan.kernel} boots without a ramdisk and is not one of the image's "
+            "kernels: whether it has the root disk's driver built in cannot be told"))
     for vif in plan.vifs:
         _check_nic_drivers(plan, vif, drivers, initrd, kernel, problems)
     if report is not None:
@@ -203,9 +258,10 @@ def _boot_chain(
             kernel = next((k for k in report.kernels if k.release == release), None)
         if kernel is not None and initramfs is not None:
             kernel = KernelReport(kernel.release, kernel.vmlinuz, initramfs, kernel.modules_dir,
-                                  _with_initramfs(kernel.drivers, initramfs))
+                                  _with_initramfs(kernel.drivers, initramfs),
+                                  kernel.builtin_known)
         if initramfs is not None and initramfs.error:
-            problems.append(Problem(Severity.NOTE, f"ramdisk {plan.ramdisk}",
+            problems.append(Problem(Severity.CANNOT_TELL, f"ramdisk {plan.ramdisk}",
                                     f"not readable ({initramfs.error}); drivers not checked"))
         return plan.cmdline or "", kernel, initramfs
     if report is None:
@@ -214,7 +270,7 @@ def _boot_chain(
     if entry is None:
         where = report.bootloader.path if report.bootloader else "the image"
         problems.append(Problem(
-            Severity.NOTE, "boot loader",
+            Severity.CANNOT_TELL, "boot loader",
             f"no default boot entry readable in {where}; kernel, initramfs and root= not "
             "checked",
         ))
@@ -222,11 +278,15 @@ def _boot_chain(
     kernel = report.kernel_for(entry)
     initrd = kernel.initrd if kernel is not None else None
     if kernel is not None and initrd is not None and initrd.error:
-        problems.append(Problem(Severity.NOTE, f"initrd {initrd.path}",
+        problems.append(Problem(Severity.CANNOT_TELL, f"initrd {initrd.path}",
                                 f"not readable ({initrd.error}); drivers not checked"))
     if entry.initrd and kernel is not None and kernel.initrd is None:
-        problems.append(Problem(Severity.NOTE, f"initrd {entry.initrd[-1]}",
+        problems.append(Problem(Severity.CANNOT_TELL, f"initrd {entry.initrd[-1]}",
                                 "named by the boot entry but not found on the image"))
+    if kernel is None:
+        problems.append(Problem(Severity.CANNOT_TELL, "kernel",
+                                f"the boot entry's kernel {entry.kernel} was not found on the "
+                                "image; its drivers not checked"))
     return entry.cmdline, kernel, initrd
 
 
@@ -241,51 +301,69 @@ def _with_initramfs(drivers: dict[str, DriverState],
 
 
 def _check_disk_drivers(
-    plan: Plan, disk: DiskPlan, drivers: dict[str, DriverState],
+    plan: Plan, disk: DiskPlan, kernel: KernelReport | None, drivers: dict[str, DriverState],
     initrd: InitramfsReport | None, problems: list[Problem],
 ) -> None:
+    """The root disk's driver at boot: fatal only when its absence is read, not guessed."""
     needs: tuple[tuple[str, ...], ...] = (
         PV_DISK_DRIVERS[plan.platform] if disk.kind is DeviceKind.XENBUS else IDE_DISK_DRIVERS
     )
-    where = initrd.path if initrd is not None else "the initramfs"
-    if initrd is not None and initrd.modules_policy:
-        where += f" (built with MODULES={initrd.modules_policy})"
-    missing: list[str] = []
-    not_installed: list[str] = []
-    unknown: list[str] = []
-    for alternatives in needs:
-        known = [_driver_present(d, drivers, initrd, at_boot=True) for d in alternatives]
-        if any(known):
-            continue
-        if any(k is None for k in known):
-            if initrd is None or initrd.error is not None:
-                unknown.append(" or ".join(alternatives))
-            continue
-        missing.append(" or ".join(alternatives))
-        if drivers and not any(drivers.get(d, DriverState(False, None, None)).installed
-                               for d in alternatives):
-            not_installed.append(" or ".join(alternatives))
-    if unknown:
-        problems.append(Problem(
-            Severity.NOTE, f"disk {disk.vdev}",
-            f"cannot tell whether {' and '.join(unknown)} is available at boot "
-            "(no readable initramfs or kernel config)",
-        ))
+    missing = [" or ".join(alts) for alts in needs
+               if not any(_at_boot(d, drivers, initrd) for d in alts)]
     if not missing:
         return
-    if not_installed:
-        fix = f"install a kernel that has {' and '.join(not_installed)}"
-    elif disk.kind is DeviceKind.XENBUS:
-        fix = ("pvhvm guest prepare CONFIG (adds the PV drivers to the initramfs and "
-               "rebuilds it), or give the root disk type=ioemu")
-    else:
-        fix = "add ata_piix and sd_mod to the initramfs, or give the root disk type=xenbus"
+    lacking = " and ".join(missing)
+    subject = f"disk {disk.vdev}"
+    readable = initrd is not None and initrd.error is None
+    builtin_known = (kernel is not None and kernel.builtin_known) or (
+        readable and initrd is not None and initrd.builtin_listed)
+    if initrd is None:
+        if kernel is None or not builtin_known:
+            problems.append(Problem(
+                Severity.CANNOT_TELL, subject,
+                f"cannot tell whether the kernel has {lacking}: no initramfs and no kernel "
+                "config or modules.builtin read"))
+            return
+        where = f"the kernel {kernel.release} boots without an initramfs and has no"
+        problems.append(Problem(
+            Severity.FATAL, subject,
+            f"the root disk is {_realised(disk, plan)}; {where} {lacking} built in: it will "
+            "not find the root filesystem", _driver_fix(plan, disk, drivers, needs)))
+        return
+    if not readable:
+        return  # the unreadable initramfs is its own cannot-tell finding (_boot_chain)
+    assert initrd is not None
+    if initrd.generator is None or not builtin_known:
+        why = ("its init is of unknown ways (not initramfs-tools or dracut)"
+               if initrd.generator is None else "what the kernel has built in was not read")
+        problems.append(Problem(
+            Severity.CANNOT_TELL, subject,
+            f"the root disk is {_realised(disk, plan)} and {initrd.path} carries no "
+            f"{lacking} module anywhere; whether the kernel can reach its root filesystem "
+            f"cannot be told: {why}"))
+        return
+    where = f"{initrd.path} (built by {initrd.generator}"
+    if initrd.modules_policy:
+        where += f" with MODULES={initrd.modules_policy}"
+    where += ")"
     problems.append(Problem(
-        Severity.FATAL, f"disk {disk.vdev}",
-        f"the root disk is {_realised(disk, plan)} and {where} lacks {' and '.join(missing)} "
+        Severity.FATAL, subject,
+        f"the root disk is {_realised(disk, plan)} and {where} lacks {lacking} "
         "(not built into the kernel either): the initramfs will not find the root filesystem",
-        fix,
+        _driver_fix(plan, disk, drivers, needs),
     ))
+
+
+def _driver_fix(plan: Plan, disk: DiskPlan, drivers: dict[str, DriverState],
+                needs: tuple[tuple[str, ...], ...]) -> str:
+    not_installed = [" or ".join(alts) for alts in needs
+                     if all(_installed(d, drivers) is False for d in alts)]
+    if not_installed:
+        return f"install a kernel that has {' and '.join(not_installed)}"
+    if disk.kind is DeviceKind.XENBUS:
+        return ("pvhvm guest prepare CONFIG (adds the PV drivers to the initramfs and "
+                "rebuilds it), or give the root disk type=ioemu")
+    return "add ata_piix and sd_mod to the initramfs, or give the root disk type=xenbus"
 
 
 def _check_nic_drivers(
@@ -298,7 +376,7 @@ def _check_nic_drivers(
     else:
         needs = NIC_MODEL_DRIVERS.get(vif.model or "", ())
     for alternatives in needs:
-        known = [_driver_present(d, drivers, initrd, at_boot=False) for d in alternatives]
+        known = [_installed(d, drivers) for d in alternatives]
         if any(known) or kernel is None:
             continue
         if all(k is False for k in known):
@@ -481,12 +559,25 @@ class CheckResult:
     def fatal(self) -> bool:
         return is_fatal(self.problems)
 
+    @property
+    def verdict(self) -> Verdict:
+        return verdict(self.problems)
+
+    @property
+    def reasons(self) -> list[Problem]:
+        """The findings that decide the verdict (none when it boots)."""
+        deciding = {Verdict.WILL_NOT_BOOT: Severity.FATAL,
+                    Verdict.CANNOT_TELL: Severity.CANNOT_TELL}.get(self.verdict)
+        return [p for p in self.problems if p.severity is deciding]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "disk": self.disk.vdev if self.disk else None,
             "image": self.report.path if self.report else None,
             "ramdisk": self.initramfs.path if self.initramfs else None,
-            "boots": not self.fatal,
+            "verdict": self.verdict.value,
+            "reasons": [p.line() for p in self.reasons],
+            "boots": self.verdict is Verdict.BOOTS,
             "problems": [p.to_json() for p in self.problems],
         }
 
@@ -507,8 +598,9 @@ def _first_boot_device(plan: Plan) -> str | None:
 def check_plan(plan: Plan) -> CheckResult:
     """Read the plan's root disk image (and a direct boot's ``ramdisk=``) and check them.
 
-    An image that cannot be read (not raw, a block device debugfs cannot open, no Linux on
-    it) is a note, never a refusal: only what was read can be found wrong.
+    An image that cannot be read (not raw, a block device debugfs cannot open, a root on
+    LVM, XFS, btrfs or LUKS) is *cannot tell*, never a refusal: only what was read can be
+    found wrong.
     """
     disk = root_disk(plan)
     problems: list[Problem] = []
@@ -517,31 +609,34 @@ def check_plan(plan: Plan) -> CheckResult:
     first = _first_boot_device(plan)
     if first is not None:
         return CheckResult(disk, None, None, [Problem(
-            Severity.NOTE, "boot", f"the firmware boots from {first} first; the installed "
-            "system is not checked")])
+            Severity.CANNOT_TELL, "boot", f"the firmware boots from {first} first; the "
+            "installed system is not checked")])
     if disk is None:
-        problems.append(Problem(Severity.NOTE, "disks", "no hard disk: nothing to check"))
+        problems.append(Problem(Severity.CANNOT_TELL, "disks", "no hard disk: nothing to check"))
     elif disk.script is not None:
-        problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
+        problems.append(Problem(Severity.CANNOT_TELL, f"disk {disk.vdev}",
                                 f"a script-backed target ({disk.script}) is not inspected"))
     elif disk.format != "raw":
-        problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
+        problems.append(Problem(Severity.CANNOT_TELL, f"disk {disk.vdev}",
                                 f"a {disk.format} image is not inspected (raw only); not checked"))
     else:
         try:
             report = inspect_image(Path(disk.target))
         except InspectError as err:
-            problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
+            problems.append(Problem(Severity.CANNOT_TELL, f"disk {disk.vdev}",
                                     f"image not inspected: {err}"))
         if report is not None and report.root is None:
-            problems.append(Problem(Severity.NOTE, f"disk {disk.vdev}",
-                                    "no Linux root filesystem found on the image; not checked"))
+            found = "; ".join(report.notes)
+            problems.append(Problem(
+                Severity.CANNOT_TELL, f"disk {disk.vdev}",
+                f"no readable Linux root filesystem on the image ({found}); only ext2/3/4 "
+                "is read here, so the guest is not checked"))
             report = None
     if plan.direct_kernel_boot and plan.ramdisk:
         try:
             initramfs = inspect_initramfs_file(Path(plan.ramdisk))
         except InspectError as err:
-            problems.append(Problem(Severity.NOTE, "ramdisk", f"not inspected: {err}"))
+            problems.append(Problem(Severity.CANNOT_TELL, "ramdisk", f"not inspected: {err}"))
     if report is None and not (plan.direct_kernel_boot and initramfs is not None):
         return CheckResult(disk, None, initramfs, problems)
     problems += check_guest(plan, report, disk=disk, initramfs=initramfs)

@@ -4,7 +4,8 @@ The check reads the root disk's filesystem and unpacks the initramfs (tens of mi
 most of a warm create's own time). Its findings depend only on the plan and on those files, so
 a create of the same plan on the same unchanged files (same device, inode, size, mtime and
 ctime) prints what the last check found without reading them again. Only findings that let the
-guest boot are kept: a refusal is checked afresh every time. The checker's own code is part of
+guest be created are kept (notes and cannot-tell findings): a refusal is checked afresh every
+time. The checker's own code is part of
 the key, so a pvhvm with a different check never reuses an old verdict.
 
 This module imports nothing heavy: a hit costs a few stat calls and one small file read.
@@ -23,6 +24,8 @@ from pvhvm.hostfs import cache_home
 
 #: entries kept; the oldest go first
 MAX_ENTRIES = 256
+#: the severities a kept check may hold: none of them refuses a create
+KEPT = ("note", "cannot-tell")
 
 
 def cache_dir() -> Path:
@@ -62,14 +65,14 @@ def lookup(plan: dict[str, Any]) -> list[dict[str, str]] | None:
         return None
     if not isinstance(found, list) or not all(isinstance(p, dict) for p in found):
         return None
-    if any(p.get("severity") != "note" for p in found):
+    if any(p.get("severity") not in KEPT for p in found):
         return None
     return found
 
 
 def remember(plan: dict[str, Any], problems: list[dict[str, str]]) -> None:
     """Keep a check's findings (only when none refuses the guest); best effort."""
-    if any(p.get("severity") != "note" for p in problems):
+    if any(p.get("severity") not in KEPT for p in problems):
         return
     name = key(plan)
     if name is None:

@@ -4,12 +4,19 @@ Fedora build them.
 An initramfs is a sequence of segments: uncompressed "newc"/"crc" cpio archives (magic
 ``070701``/``070702``, 110-byte ASCII header, name and data padded to 4 bytes, ending with
 ``TRAILER!!!``; kernel ``Documentation/driver-api/early-userspace/buffer-format.rst``), zero
-padding between them, and compressed members whose decompressed bytes are again such a
-sequence. Early microcode (``kernel/x86/microcode/*.bin``) is an uncompressed archive first;
-the main archive follows compressed (update-initramfs, dracut). Compression is recognised by
-magic: gzip ``1f 8b``, xz ``fd 37 7a 58 5a 00``, zstd ``28 b5 2f fd``, lz4 legacy
-``02 21 4c 18``, bzip2 ``BZh``, lzma ``5d 00 00``. gzip, xz, lzma and bzip2 are Python's own;
-zstd and lz4 run Debian's ``zstd``/``lz4`` tools.
+padding between them, and compressed members whose decompressed bytes are again cpio archives
+and padding (the kernel does not unpack a compressed member inside another one). Early
+microcode (``kernel/x86/microcode/*.bin``) is an uncompressed archive first; the main archive
+follows compressed (update-initramfs, dracut). Compression is recognised by magic: gzip
+``1f 8b``, xz ``fd 37 7a 58 5a 00``, zstd ``28 b5 2f fd``, lz4 legacy ``02 21 4c 18``, bzip2
+``BZh``, lzma ``5d 00 00``. gzip, xz, lzma and bzip2 are Python's own; zstd and lz4 run
+Debian's ``zstd``/``lz4`` tools through a pipe (:mod:`.sandbox`).
+
+The image is untrusted, so reading it is bounded: every decompressor is read incrementally,
+one chunk at a time, and one budget counts the output of all of them together
+(:data:`MAX_UNPACKED`, over the whole image, not per member); file data is skipped as it
+streams past, so memory stays at a few chunks whatever the image claims. Member count, name
+length and the small files kept are capped too.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import lzma
 import re
 import shutil
 import stat
-import subprocess
 import zlib
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
+from pvhvm.inspect.sandbox import stream_tool
 
 CPIO_MAGICS = (b"070701", b"070702")
 HEADER_SIZE = 110
@@ -37,9 +45,32 @@ COMPRESSIONS = {
     b"BZh": "bzip2",
     b"\x5d\x00\x00": "lzma",
 }
-#: a cap on what one initramfs may unpack to: far above any real one (~300 MiB)
-MAX_UNPACKED = 2 << 30
+#: what all the compressed members of one initramfs may unpack to, together: far above any
+#: real one (Debian's MODULES=most with firmware, ~300 MiB)
+MAX_UNPACKED = 1 << 30
+#: members of one initramfs (Ubuntu's biggest: ~10,000)
+MAX_MEMBERS = 200_000
+#: a member name (PATH_MAX, as the kernel's own reader)
+MAX_NAME = 4096
+#: one small file kept whole, and all of them together
+MAX_KEPT_FILE = 4 << 20
+MAX_KEPT = 16 << 20
+#: bytes handed on at a time by a decompressor
+CHUNK = 1 << 20
+#: what an xz/lzma decoder may allocate for its dictionary (the header says how much it
+#: wants, up to 4 GiB): xz -9 needs 65 MiB, mkinitramfs' and dracut's settings 9 MiB or less
+MAX_DECODER_MEMORY = 80 << 20
+#: the generators that recognisably built an initramfs, by a file only they put there
+GENERATORS = (
+    ("initramfs-tools", ("conf/initramfs.conf", "scripts/functions")),
+    ("dracut", ("usr/lib/dracut/build-parameter.txt",)),
+    ("dracut", ("usr/lib/dracut/modules.txt",)),
+    ("dracut", ("dracut-state.sh",)),
+)
 _MODULE = re.compile(r"(?:^|/)lib/modules/([^/]+)/.*/([^/]+)\.ko(?:\.(?:xz|zst|gz))?$")
+_ANY_MODULE = re.compile(r"(?:^|/)([^/]+)\.ko(?:\.(?:xz|zst|gz))?$")
+_HEX = re.compile(rb"[0-9A-Fa-f]{104}")
+_NONZERO = re.compile(rb"[^\0]")
 
 
 @dataclass(frozen=True)
@@ -79,13 +110,23 @@ class Initramfs:
     files: dict[str, bytes] = field(default_factory=dict)
 
     def modules(self) -> dict[str, set[str]]:
-        """Kernel release → module names (``xen-blkfront.ko`` → ``xen_blkfront``)."""
+        """Kernel release → module names under lib/modules (``xen-blkfront.ko`` →
+        ``xen_blkfront``)."""
         out: dict[str, set[str]] = {}
         for name in self.members:
             match = _MODULE.search(name)
             if match:
                 out.setdefault(match.group(1), set()).add(match.group(2).replace("-", "_"))
         return out
+
+    def module_files(self) -> set[str]:
+        """Every kernel module the image carries, wherever it is (``.ko``, ``.ko.xz``,
+        ``.ko.zst``, ``.ko.gz``): an init of its own may insmod them from any path."""
+        return {
+            match.group(1).replace("-", "_")
+            for name, member in self.members.items()
+            if member.is_file and (match := _ANY_MODULE.search(name))
+        }
 
     def builtin(self) -> dict[str, set[str]]:
         """Kernel release → modules built into the kernel (the copied modules.builtin)."""
@@ -98,6 +139,15 @@ class Initramfs:
                     for line in data.decode(errors="replace").split()
                 }
         return out
+
+    @property
+    def generator(self) -> str | None:
+        """``initramfs-tools`` or ``dracut`` when one of them built it (known by its own
+        files), else None: an init of unknown ways."""
+        for name, marks in GENERATORS:
+            if all(mark in self.members for mark in marks):
+                return name
+        return None
 
     @property
     def compression(self) -> str:
@@ -115,145 +165,258 @@ def _keep(name: str) -> bool:
     )
 
 
-def read_initramfs(data: bytes) -> Initramfs:
-    """Parse every segment of an initramfs image (see the module docstring)."""
+class _Budget:
+    """The one output allowance of every decompressor of an image."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, size: int) -> None:
+        self.used += size
+        if self.used > self.limit:
+            raise ImageFormatError(
+                f"the initramfs unpacks to more than {self.limit >> 20} MiB; not read further "
+                "(a real one is far smaller)"
+            )
+
+
+class _Reader:
+    """Bytes pulled from a chunk iterator as they are needed; skipped bytes are dropped as
+    they pass, so memory stays at about one chunk."""
+
+    def __init__(self, chunks: Iterator[bytes], budget: _Budget | None) -> None:
+        self._chunks = chunks
+        self._budget = budget
+        self._buffer = b""
+        self._at = 0
+        #: bytes consumed so far
+        self.offset = 0
+
+    def _pull(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        if self._budget is not None:
+            self._budget.charge(len(chunk))
+        self._buffer = self._buffer[self._at:] + bytes(chunk)
+        self._at = 0
+        return True
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end)."""
+        while len(self._buffer) - self._at < size and self._pull():
+            pass
+        out = self._buffer[self._at:self._at + size]
+        self._at += len(out)
+        self.offset += len(out)
+        return out
+
+    def skip(self, size: int) -> int:
+        """Drop ``size`` bytes; how many there were."""
+        left = size
+        while left:
+            if self._at == len(self._buffer) and not self._pull():
+                break
+            step = min(left, len(self._buffer) - self._at)
+            self._at += step
+            left -= step
+        self.offset += size - left
+        return size - left
+
+    def skip_zeros(self) -> bool:
+        """Drop zero padding; False at the end of the data."""
+        while True:
+            match = _NONZERO.search(self._buffer, self._at)
+            if match is not None:
+                self.offset += match.start() - self._at
+                self._at = match.start()
+                return True
+            self.offset += len(self._buffer) - self._at
+            self._at = len(self._buffer)
+            if not self._pull():
+                return False
+
+    def peek(self, size: int) -> bytes:
+        while len(self._buffer) - self._at < size and self._pull():
+            pass
+        return self._buffer[self._at:self._at + size]
+
+
+def read_initramfs(data: bytes, limit: int = MAX_UNPACKED) -> Initramfs:
+    """Parse every segment of an initramfs image (see the module docstring); ``limit`` is
+    what all its compressed members together may unpack to."""
     result = Initramfs()
-    _read_sequence(data, result, compression="none", depth=0)
+    budget = _Budget(limit)
+    view = memoryview(data)
+    pos = 0
+    while True:
+        found = _NONZERO.search(data, pos)
+        if found is None:
+            break
+        pos = found.start()
+        if bytes(view[pos:pos + 6]) in CPIO_MAGICS:
+            reader = _Reader(_slices(view, pos), None)
+            count, microcode = _read_archive(reader, result, pos)
+            result.segments.append(Segment("none", pos, count, microcode))
+            pos += reader.offset
+            continue
+        kind = next((k for magic, k in COMPRESSIONS.items() if data.startswith(magic, pos)), None)
+        if kind is None:
+            if result.segments:
+                break  # trailing bytes after the archives (a signature, padding): ignored
+            raise ImageFormatError(f"not an initramfs: unknown data at byte {pos}")
+        decoder = _Decoder(kind, view[pos:])
+        chunks = decoder.chunks()
+        try:
+            _read_stream(_Reader(chunks, budget), result, kind)
+        finally:
+            chunks.close()
+        if decoder.consumed is None:
+            break  # a tool's member runs to the end of the image
+        pos += decoder.consumed
     if not result.segments:
         raise ImageFormatError("not an initramfs: no cpio archive found")
     return result
 
 
-def _read_sequence(data: bytes, result: Initramfs, compression: str, depth: int) -> None:
-    pos = 0
-    size = len(data)
-    while pos < size:
-        while pos < size and data[pos] == 0:
-            pos += 1
-        if pos >= size:
-            return
-        head = data[pos:pos + 6]
-        if head in CPIO_MAGICS:
-            start = pos
-            pos, count, microcode = _read_archive(data, pos, result)
-            result.segments.append(Segment(compression, start, count, microcode))
-            continue
-        kind = next((k for magic, k in COMPRESSIONS.items() if data.startswith(magic, pos)), None)
-        if kind is None or depth > 2:
-            if result.segments:
-                return  # trailing bytes after the archives (a signature, padding): ignored
-            raise ImageFormatError(f"not an initramfs: unknown data at byte {pos}")
-        unpacked = _decompress(kind, data[pos:])
-        _read_sequence(unpacked, result, compression=kind, depth=depth + 1)
-        return  # a compressed member runs to the end of the image
+def _slices(view: memoryview, start: int) -> Iterator[bytes]:
+    for at in range(start, len(view), CHUNK):
+        yield bytes(view[at:at + CHUNK])
 
 
-def _read_archive(data: bytes, pos: int, result: Initramfs) -> tuple[int, int, bool]:
-    """One cpio archive from ``pos`` to its trailer: (end, members, holds microcode)."""
+def _read_stream(reader: _Reader, result: Initramfs, compression: str) -> None:
+    """The decompressed bytes of one member: cpio archives and zero padding (the kernel
+    calls anything else junk; after an archive it is ignored here, as trailing data)."""
+    archives = 0
+    while reader.skip_zeros():
+        start = reader.offset
+        if reader.peek(6) not in CPIO_MAGICS:
+            if archives:
+                return  # left unread: the image is not read past this member either
+            raise ImageFormatError(
+                f"not an initramfs: {compression} data holds no cpio archive "
+                f"(unknown data at byte {start} of it)")
+        count, microcode = _read_archive(reader, result, 0)
+        result.segments.append(Segment(compression, start, count, microcode))
+        archives += 1
+
+
+def _read_archive(reader: _Reader, result: Initramfs, base: int) -> tuple[int, bool]:
+    """One cpio archive up to its trailer: (members, holds microcode). Offsets in messages
+    and the 4-byte alignment count from ``base`` + the reader's offset."""
     count = 0
     microcode = False
+    kept = sum(len(v) for v in result.files.values())
     while True:
-        if pos + HEADER_SIZE > len(data):
-            raise ImageFormatError(f"cpio archive truncated at byte {pos}")
-        header = data[pos:pos + HEADER_SIZE]
+        where = base + reader.offset
+        header = reader.read(HEADER_SIZE)
+        if len(header) < HEADER_SIZE:
+            raise ImageFormatError(f"cpio archive truncated at byte {where}")
         if header[:6] not in CPIO_MAGICS:
-            raise ImageFormatError(f"bad cpio header magic {header[:6]!r} at byte {pos}")
-        try:
-            fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
-        except ValueError as err:
-            raise ImageFormatError(f"bad cpio header at byte {pos}") from err
+            raise ImageFormatError(f"bad cpio header magic {header[:6]!r} at byte {where}")
+        if not _HEX.fullmatch(header, 6):
+            raise ImageFormatError(f"bad cpio header at byte {where}")
+        fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         mode, filesize, namesize = fields[1], fields[6], fields[11]
-        name_start = pos + HEADER_SIZE
-        name = data[name_start:name_start + namesize].rstrip(b"\0").decode(
-            errors="surrogateescape")
-        data_start = name_start + namesize
-        data_start += -data_start % 4
-        end = data_start + filesize
-        if end > len(data):
-            raise ImageFormatError(f"cpio member {name!r} runs past the end of the archive")
-        pos = end + (-end % 4)
+        if not 0 < namesize <= MAX_NAME:
+            raise ImageFormatError(f"cpio header at byte {where}: name of {namesize} bytes")
+        raw = reader.read(namesize)
+        if len(raw) < namesize:
+            raise ImageFormatError(f"cpio archive truncated at byte {where}")
+        name = raw.rstrip(b"\0").decode(errors="surrogateescape")
+        reader.skip(-(base + reader.offset) % 4)
         if name == TRAILER:
-            return pos, count, microcode
+            return count, microcode
         name = name.removeprefix("./").lstrip("/")
+        keep = _keep(name) and filesize <= MAX_KEPT_FILE and kept + filesize <= MAX_KEPT
+        if keep:
+            content = reader.read(filesize)
+            got = len(content)
+        else:
+            got = reader.skip(filesize)
+        if got < filesize:
+            raise ImageFormatError(f"cpio member {name!r} runs past the end of the archive")
+        reader.skip(-(base + reader.offset) % 4)
         count += 1
+        if name not in result.members and len(result.members) >= MAX_MEMBERS:
+            raise ImageFormatError(f"the initramfs has more than {MAX_MEMBERS} members")
         result.members[name] = Member(name, mode, filesize)
         if name.startswith("kernel/x86/microcode/") and filesize:
             microcode = True
-        if _keep(name) and filesize < (4 << 20):
-            result.files[name] = data[data_start:end]
+        if keep:
+            kept += filesize - len(result.files.get(name, b""))
+            result.files[name] = content
 
 
-def _decompress(kind: str, data: bytes) -> bytes:
-    if kind == "gzip":
-        return _zlib_members(data)
-    if kind in ("xz", "lzma"):
-        return _lzma_members(data, lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-    if kind == "bzip2":
-        decoder = bz2.BZ2Decompressor()
-        try:
-            out = decoder.decompress(data, MAX_UNPACKED)
-        except (OSError, ValueError) as err:
-            raise ImageFormatError(f"bad bzip2 data: {err}") from err
-        if not decoder.eof:
-            raise ImageFormatError("bzip2 data is truncated or unpacks to more than 2 GiB")
-        return out
-    return _tool(kind, data)
+class _Decoder:
+    """One compressed member, decompressed a chunk at a time; ``consumed`` is how much of the
+    input it took once done (None when a tool read to the end of the image)."""
 
+    def __init__(self, kind: str, data: memoryview) -> None:
+        self.kind = kind
+        self.data = data
+        self.consumed: int | None = None
 
-def _zlib_members(data: bytes) -> bytes:
-    """gzip members one after another (zero padding after the last one is allowed)."""
-    out: list[bytes] = []
-    total = 0
-    while data and data.strip(b"\0"):
+    def chunks(self) -> Generator[bytes, None, None]:
+        if self.kind == "gzip":
+            return self._zlib()
+        if self.kind in ("xz", "lzma", "bzip2"):
+            return self._lzma_like()
+        return self._tool()
+
+    def _zlib(self) -> Generator[bytes, None, None]:
         decoder = zlib.decompressobj(wbits=31)
+        pos = 0
         try:
-            out.append(decoder.decompress(data, MAX_UNPACKED - total))
+            while not decoder.eof:
+                if decoder.unconsumed_tail:
+                    given = decoder.unconsumed_tail
+                elif pos < len(self.data):
+                    given = bytes(self.data[pos:pos + CHUNK])
+                    pos += len(given)
+                else:
+                    given = b""
+                out = decoder.decompress(given, CHUNK)
+                if out:
+                    yield out
+                elif not given:
+                    raise ImageFormatError("gzip data is truncated")
         except zlib.error as err:
-            if out:
-                break  # trailing bytes after a member: the kernel stops there too
             raise ImageFormatError(f"bad gzip data: {err}") from err
-        total += len(out[-1])
-        if decoder.unconsumed_tail:
-            raise ImageFormatError("initramfs unpacks to more than 2 GiB")
-        if not decoder.eof:
-            raise ImageFormatError("gzip data is truncated")
-        data = decoder.unused_data
-    return b"".join(out)
+        self.consumed = pos - len(decoder.unused_data)
 
-
-def _lzma_members(data: bytes, form: int) -> bytes:
-    out: list[bytes] = []
-    while data and data.strip(b"\0"):
-        decoder = lzma.LZMADecompressor(format=form)
+    def _lzma_like(self) -> Generator[bytes, None, None]:
+        decoder: Any
+        if self.kind == "bzip2":
+            decoder = bz2.BZ2Decompressor()
+        else:
+            decoder = lzma.LZMADecompressor(
+                format=lzma.FORMAT_XZ if self.kind == "xz" else lzma.FORMAT_ALONE,
+                memlimit=MAX_DECODER_MEMORY)
+        pos = 0
         try:
-            out.append(decoder.decompress(data, MAX_UNPACKED))
-        except lzma.LZMAError as err:
-            if out:
-                break
-            raise ImageFormatError(f"bad xz/lzma data: {err}") from err
-        if not decoder.eof:
-            if decoder.needs_input:
-                raise ImageFormatError("xz/lzma data is truncated")
-            raise ImageFormatError("initramfs unpacks to more than 2 GiB")
-        data = decoder.unused_data
-    return b"".join(out)
+            while not decoder.eof:
+                given = b""
+                if decoder.needs_input:
+                    if pos >= len(self.data):
+                        raise ImageFormatError(f"{self.kind} data is truncated")
+                    given = bytes(self.data[pos:pos + CHUNK])
+                    pos += len(given)
+                out = decoder.decompress(given, CHUNK)
+                if out:
+                    yield out
+        except (lzma.LZMAError, OSError, EOFError, ValueError) as err:
+            raise ImageFormatError(f"bad {self.kind} data: {err}") from err
+        self.consumed = pos - len(decoder.unused_data)
 
+    def _tool(self) -> Generator[bytes, None, None]:
+        """zstd and lz4 through Debian's own tools (``-dc``: to stdout, concatenated frames)."""
+        tool = shutil.which(self.kind)
+        if tool is None:
+            raise ImageUnreadableError(
+                f"the initramfs is {self.kind}-compressed and the {self.kind} tool is not "
+                f"installed (apt-get install {self.kind})"
+            )
+        yield from stream_tool([tool, "-dc"], self.data, what=f"{self.kind} -dc")
 
-def _tool(kind: str, data: bytes) -> bytes:
-    """zstd and lz4 through Debian's own tools (``-dc``: to stdout, concatenated frames)."""
-    tool = shutil.which(kind)
-    if tool is None:
-        raise ImageUnreadableError(
-            f"the initramfs is {kind}-compressed and the {kind} tool is not installed "
-            f"(apt-get install {kind})"
-        )
-    try:
-        done = subprocess.run(
-            [tool, "-dc"], input=data, capture_output=True, check=False, timeout=300,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ImageUnreadableError(f"{kind} -dc failed: {err}") from err
-    if done.returncode != 0 and not done.stdout:
-        message = done.stderr.decode(errors="replace").strip().splitlines()
-        raise ImageFormatError(f"bad {kind} data: {message[-1] if message else 'no output'}")
-    return done.stdout

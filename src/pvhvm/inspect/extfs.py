@@ -7,23 +7,32 @@ device name, and ``offset=N`` is one of them (e2fsprogs 1.47: ``debugfs -R 'cat 
 always opens read-only. debugfs follows symlinks in the middle of a path but not the last
 component, so this module resolves paths itself from directory listings (``ls -p``:
 ``/inode/mode/uid/gid/name/size/``) and ``stat``'s "Fast link dest".
+
+The filesystem is untrusted input to debugfs, so debugfs never runs as root on it: it gets the
+image as a descriptor this process opened, as the unprivileged user ``nobody`` in namespaces
+of its own, with a timeout (:mod:`.sandbox`); a file copied out (``dump``) is written by this
+process from debugfs' ``cat`` on stdout, never by debugfs to a host path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 import re
 import shutil
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
+from pvhvm.inspect.sandbox import MAX_OUTPUT, TOOL_TIMEOUT, ImageHandle, run_tool
 
 MAX_SYMLINKS = 16
 #: files up to this size are kept once read
 SMALL_FILE = 1 << 20
+#: the largest file copied out (a kernel or an initramfs)
+MAX_DUMP = 512 << 20
 _BANNER = re.compile(r"^debugfs \d")
 _FAST_LINK = re.compile(r'Fast link dest: "(.*)"\s*$', re.M)
 
@@ -61,9 +70,12 @@ class DirEntry:
 class ExtFilesystem:
     """An ext2/3/4 filesystem at ``offset`` bytes into ``image``, read through debugfs."""
 
-    def __init__(self, image: Path, offset: int = 0, debugfs: str | None = None) -> None:
+    def __init__(self, image: Path, offset: int = 0, debugfs: str | None = None,
+                 handle: ImageHandle | None = None) -> None:
         self.image = image
         self.offset = offset
+        #: the image as the confined debugfs reads it (shared by the filesystems of an image)
+        self._handle = handle
         tool = debugfs or shutil.which("debugfs") or shutil.which("/sbin/debugfs")
         if tool is None:
             raise ImageUnreadableError("debugfs (e2fsprogs) is not installed; cannot read ext4")
@@ -76,21 +88,29 @@ class ExtFilesystem:
         self.calls = 0
 
     @property
-    def _device(self) -> str:
-        return f"{self.image}?offset={self.offset}" if self.offset else str(self.image)
+    def handle(self) -> ImageHandle:
+        """The image opened for debugfs (opened at the first read)."""
+        if self._handle is None:
+            self._handle = ImageHandle(self.image)
+        return self._handle
 
-    def _run(self, request: str) -> tuple[bytes, list[str]]:
+    @property
+    def _device(self) -> str:
+        path = self.handle.child_path
+        return f"{path}?offset={self.offset}" if self.offset else path
+
+    def _run(self, request: str, stdout: int | None = None,
+             max_output: int = MAX_OUTPUT) -> tuple[bytes, list[str]]:
         """Run one debugfs request; its stdout, and stderr lines other than the banner."""
         self.calls += 1
-        try:
-            done = subprocess.run(
-                [self._debugfs, "-c", "-R", request, self._device],
-                capture_output=True, check=False, timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ImageUnreadableError(f"{self.image}: debugfs failed: {err}") from err
+        device = self._device
+        out, err, _status = run_tool(
+            [self._debugfs, "-c", "-R", request, device], what=f"{self.image}: debugfs",
+            timeout=TOOL_TIMEOUT, image=self.handle, stdout=stdout, max_output=max_output,
+        )
         errors = [
-            line for line in done.stderr.decode(errors="replace").splitlines()
+            line.replace(device, str(self.image))
+            for line in err.decode(errors="replace").splitlines()
             if line.strip() and not _BANNER.match(line) and "catastrophic mode" not in line
         ]
         if any("while opening filesystem" in line or "while trying to open" in line
@@ -99,7 +119,7 @@ class ExtFilesystem:
                 f"{self.image} at offset {self.offset}: not a readable ext2/3/4 filesystem "
                 f"({errors[0].strip()})"
             )
-        return done.stdout, errors
+        return out, errors
 
     def listdir(self, path: str) -> dict[str, DirEntry] | None:
         """The entries of directory ``path`` (symlinks resolved), None when it is not one."""
@@ -143,7 +163,7 @@ class ExtFilesystem:
         match = _FAST_LINK.search(text)
         if match:
             return match.group(1)
-        data, errors = self._run(f"cat {_quote(real)}")
+        data, errors = self._run(f"cat {_quote(real)}", max_output=1 << 20)  # a link target
         return None if errors else data.decode(errors="surrogateescape")
 
     def resolve(self, path: str) -> str | None:
@@ -190,7 +210,8 @@ class ExtFilesystem:
             raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
         if real in self._small:
             return self._small[real]
-        data, errors = self._run(f"cat {_quote(real)}")
+        data, errors = self._run(f"cat {_quote(real)}", max_output=(
+            MAX_OUTPUT if limit is None else limit + (64 << 10)))
         if errors:
             raise ImageFormatError(f"{self.image}: cannot read {path}: {errors[0].strip()}")
         if len(data) <= SMALL_FILE:
@@ -201,10 +222,31 @@ class ExtFilesystem:
         data = self.read(path, limit=4 << 20)
         return None if data is None else data.decode("utf-8", errors="replace")
 
-    def dump(self, path: str, destination: Path) -> bool:
-        """Copy regular file ``path`` out to ``destination`` (debugfs ``dump``)."""
+    def dump(self, path: str, destination: Path, limit: int = MAX_DUMP) -> bool:
+        """Copy regular file ``path`` out to ``destination``, a new file (debugfs ``cat``
+        into a descriptor this process opened with O_EXCL, at most ``limit`` bytes: a file
+        over it is refused; a partial copy is removed)."""
         real = self.resolve(path)
-        if real is None:
+        if real is None or real == "/":
             return False
-        _out, errors = self._run(f"dump {_quote(real)} {_quote(str(destination))}")
-        return not errors and destination.is_file()
+        entry = self._entry(posixpath.dirname(real), posixpath.basename(real))
+        if entry is None or not entry.is_file:
+            return False
+        if entry.size > limit:
+            raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
+        try:
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise ImageUnreadableError(
+                f"cannot write {destination}: {err.strerror or err}") from err
+        done = False
+        try:
+            _out, errors = self._run(f"cat {_quote(real)}", stdout=fd, max_output=limit)
+            done = not errors and os.fstat(fd).st_size == entry.size
+        finally:
+            os.close(fd)
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.unlink(destination)
+        return done

@@ -1,42 +1,47 @@
 """Read a FAT filesystem inside an image with mtools, read-only (a SYSLINUX or EFI boot
 partition). mtools(1) takes ``-i IMAGE@@OFFSET``; ``mdir -a -b`` lists bare names (a
 directory ends in ``/``), ``mtype`` prints a file, ``mcopy -n`` copies one out. FAT names are
-case-insensitive, as mtools matches them.
+case-insensitive, as mtools matches them. mtools parses the untrusted partition confined, as
+debugfs does (:mod:`.sandbox`): the image as a descriptor, as ``nobody``, with a timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
 from pvhvm.inspect.extfs import DirEntry
+from pvhvm.inspect.sandbox import MAX_OUTPUT, ImageHandle, run_tool
 
 
 class FatFilesystem:
     """A FAT filesystem at ``offset`` bytes into ``image``, read through mtools."""
 
-    def __init__(self, image: Path, offset: int = 0) -> None:
+    def __init__(self, image: Path, offset: int = 0, handle: ImageHandle | None = None) -> None:
         self.image = image
         self.offset = offset
+        self._handle = handle
         if shutil.which("mtype") is None:
             raise ImageUnreadableError("mtools is not installed; cannot read a FAT partition")
         self._listings: dict[str, dict[str, DirEntry] | None] = {}
         self.calls = 0
 
-    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    def _run(self, tool: str, *args: str, stdout: int | None = None,
+             max_output: int = MAX_OUTPUT) -> tuple[bytes, int]:
+        """One mtools command on the confined image: (stdout, exit status)."""
         self.calls += 1
-        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-        try:
-            return subprocess.run(
-                [tool, "-i", f"{self.image}@@{self.offset}", *args],
-                capture_output=True, check=False, timeout=120, env=env,
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ImageUnreadableError(f"{self.image}: {tool} failed: {err}") from err
+        if self._handle is None:
+            self._handle = ImageHandle(self.image)
+        out, _err, status = run_tool(
+            [tool, "-i", f"{self._handle.child_path}@@{self.offset}", *args],
+            what=f"{self.image}: {tool}", image=self._handle, stdout=stdout,
+            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, max_output=max_output,
+        )
+        return out, status
 
     @staticmethod
     def _path(path: str) -> str:
@@ -48,12 +53,12 @@ class FatFilesystem:
         key = "/" + path.strip("/")
         if key in self._listings:
             return self._listings[key]
-        done = self._run("mdir", "-a", "-b", self._path(path))
+        out, status = self._run("mdir", "-a", "-b", self._path(path))
         entries: dict[str, DirEntry] | None = None
-        if done.returncode == 0:
+        if status == 0:
             entries = {}
             prefix = self._path(path).rstrip("/") + "/"
-            for line in done.stdout.decode(errors="replace").splitlines():
+            for line in out.decode(errors="replace").splitlines():
                 if not line.lower().startswith(prefix.lower()):
                     continue
                 name = line[len(prefix):]
@@ -86,12 +91,13 @@ class FatFilesystem:
         entry = listing.get(real.rpartition("/")[2])
         if entry is None or not entry.is_file:
             return None
-        done = self._run("mtype", self._path(real))
-        if done.returncode != 0:
+        out, status = self._run("mtype", self._path(real), max_output=(
+            MAX_OUTPUT if limit is None else limit + (64 << 10)))
+        if status != 0:
             return None
-        if limit is not None and len(done.stdout) > limit:
+        if limit is not None and len(out) > limit:
             raise ImageFormatError(f"{self.image}: {path} is over {limit} bytes")
-        return done.stdout
+        return out
 
     def read_text(self, path: str) -> str | None:
         data = self.read(path, limit=4 << 20)
@@ -101,5 +107,19 @@ class FatFilesystem:
         real = self.resolve(path)
         if real is None:
             return False
-        done = self._run("mcopy", "-n", self._path(real), str(destination))
-        return done.returncode == 0 and destination.is_file()
+        try:
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise ImageUnreadableError(
+                f"cannot write {destination}: {err.strerror or err}") from err
+        done = False
+        try:
+            _out, status = self._run("mtype", self._path(real), stdout=fd)
+            done = status == 0
+        finally:
+            os.close(fd)
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.unlink(destination)
+        return done

@@ -34,6 +34,7 @@ from pvhvm.inspect.partitions import (
     probe_signature,
     read_table,
 )
+from pvhvm.inspect.sandbox import ImageHandle
 
 #: storage and network drivers the report looks for, with the Kconfig symbol of each
 DRIVERS: dict[str, str] = {
@@ -86,13 +87,18 @@ class InitramfsReport:
     error: str | None = None
     #: initramfs-tools' MODULES= (most, dep, list, netboot) from the copied conf/initramfs.conf
     modules_policy: str | None = None
+    #: ``initramfs-tools`` or ``dracut`` when recognised by their own files, else None
+    generator: str | None = None
+    #: whether it carries the kernel's modules.builtin (so "not built in" is known)
+    builtin_listed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         carried = sorted(d for d in DRIVERS if d in self.modules)
         return {"path": self.path, "size": self.size, "compression": self.compression,
                 "microcode": self.microcode, "segments": self.segments,
                 "releases": self.releases, "drivers": carried, "modules": len(self.modules),
-                "modules_policy": self.modules_policy, "error": self.error}
+                "modules_policy": self.modules_policy, "generator": self.generator,
+                "error": self.error}
 
 
 @dataclass
@@ -104,6 +110,8 @@ class KernelReport:
     initrd: InitramfsReport | None
     modules_dir: bool
     drivers: dict[str, DriverState] = field(default_factory=dict)
+    #: whether what is built into this kernel is known (config-* or modules.builtin read)
+    builtin_known: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "vmlinuz": self.vmlinuz, "modules_dir": self.modules_dir,
@@ -298,12 +306,17 @@ def _find_guest(path: Path, report: ImageReport) -> _Guest | None:
                 report.notes.append(
                     f"partition {other.partition}: {kind} is not read (ext2/3/4 only)"
                 )
+    if not candidates:
+        return None
     root: tuple[int, GuestFilesystem] | None = None
     readers: dict[int, GuestFilesystem] = {}
+    handle = ImageHandle(path)  # one descriptor for every confined reader of this image
+    if handle.privileged:
+        report.notes.append(f"debugfs and mtools ran {handle.confinement}")
     for index, fs in enumerate(report.filesystems):
         if fs not in candidates:
             continue
-        reader: GuestFilesystem = ExtFilesystem(path, fs.offset)
+        reader: GuestFilesystem = ExtFilesystem(path, fs.offset, handle=handle)
         readers[index] = reader
         try:
             if root is None and reader.listdir("/etc") is not None and (
@@ -320,7 +333,7 @@ def _find_guest(path: Path, report: ImageReport) -> _Guest | None:
     for index, fs in enumerate(report.filesystems):
         if fs.signature is not None and fs.signature.type == "vfat":
             try:
-                readers[index] = FatFilesystem(path, fs.offset)
+                readers[index] = FatFilesystem(path, fs.offset, handle=handle)
             except InspectError as err:
                 report.notes.append(f"partition {fs.partition}: {err}")
     boot: GuestFilesystem | None = None
@@ -470,7 +483,7 @@ def _read_kernels(guest: _Guest, report: ImageReport) -> None:
                 initrd_path = boot_entry.initrd[-1]
         if initrd_path is not None:
             kernel.initrd = _guest_initramfs(guest, initrd_path)
-        kernel.drivers = _drivers(guest, release, kernel.initrd)
+        kernel.drivers, kernel.builtin_known = _drivers(guest, release, kernel.initrd)
         report.kernels.append(kernel)
     if not report.kernels:
         report.notes.append("no kernel found in /boot or /lib/modules")
@@ -481,7 +494,7 @@ def _read_kernels(guest: _Guest, report: ImageReport) -> None:
             booted.initrd is None or booted.initrd.path != default.initrd[-1]):
         # a loader's own names (SYSLINUX's /vmlinuz): the default entry's initrd is read
         booted.initrd = _guest_initramfs(guest, default.initrd[-1])
-        booted.drivers = _drivers(guest, booted.release, booted.initrd)
+        booted.drivers, booted.builtin_known = _drivers(guest, booted.release, booted.initrd)
 
 
 def _release_key(release: str) -> list[Any]:
@@ -516,9 +529,9 @@ def initramfs_report(path: str, data: bytes) -> InitramfsReport:
     return InitramfsReport(
         path, len(data), parsed.compression, parsed.microcode,
         [s.to_json() for s in parsed.segments], sorted(modules),
-        set().union(*modules.values()) if modules else set(),
+        parsed.module_files(),  # wherever they are: an init of its own may insmod any path
         set().union(*builtin.values()) if builtin else set(),
-        modules_policy=policy,
+        modules_policy=policy, generator=parsed.generator, builtin_listed=bool(builtin),
     )
 
 
@@ -533,7 +546,9 @@ def inspect_initramfs_file(path: Path) -> InitramfsReport:
     return initramfs_report(str(path), data)
 
 
-def _drivers(guest: _Guest, release: str, initrd: InitramfsReport | None) -> dict[str, DriverState]:
+def _drivers(guest: _Guest, release: str,
+             initrd: InitramfsReport | None) -> tuple[dict[str, DriverState], bool]:
+    """Each driver's state for one kernel, and whether what is built in is known at all."""
     base = f"/lib/modules/{release}"
     dep = guest.read_text(f"{base}/modules.dep")
     builtin_text = guest.read_text(f"{base}/modules.builtin") or ""
@@ -557,7 +572,8 @@ def _drivers(guest: _Guest, release: str, initrd: InitramfsReport | None) -> dic
         out[driver] = DriverState(
             is_builtin, None if installed is None else driver in installed, in_initrd,
         )
-    return out
+    known = bool(symbols or builtin_text.strip() or (initrd is not None and initrd.builtin_listed))
+    return out, known
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ MBR: the classic table at byte 446 of sector 0 (four 16-byte entries, signature 
 whose logical partitions are numbered from 5. PARTUUID of an MBR partition is the disk
 signature and the number, ``"%08x-%02x"`` (util-linux blkid).
 GPT: UEFI 2.x chapter 5: header "EFI PART" at LBA 1, entry array at the header's LBA, GUIDs
-in mixed-endian order (``uuid.UUID(bytes_le=...)``). Sectors are 512 bytes.
+in mixed-endian order (``uuid.UUID(bytes_le=...)``). Sectors are 512 bytes. The image is
+untrusted: every size a table gives is checked against the spec and the image before it is
+used, so a table cannot make the reader allocate more than :data:`GPT_MAX_ARRAY` bytes.
 
 Filesystem signatures (the superblock fields blkid reads): ext2/3/4 magic 0xEF53 at 1024+56,
 swap ``SWAPSPACE2``, FAT's boot sector, XFS ``XFSB``, btrfs ``_BHRfS_M``, LUKS, LVM2.
@@ -23,6 +25,10 @@ from pvhvm.inspect.errors import ImageFormatError
 SECTOR = 512
 EXTENDED_TYPES = (0x05, 0x0F, 0x85)
 GPT_PROTECTIVE = 0xEE
+#: bounds on a GPT entry array (UEFI asks for at least 16 KiB; 128 entries of 128 bytes is
+#: what every tool writes): an entry of at most one 4 KiB sector, an array of at most 1 MiB
+GPT_MAX_ENTRY_SIZE = 4096
+GPT_MAX_ARRAY = 1 << 20
 #: a few GPT partition type GUIDs worth a name
 GPT_TYPES = {
     "0fc63daf-8483-4772-8e79-3d69d8477de4": "linux",
@@ -153,6 +159,9 @@ def _logical(stream: BinaryIO, ext_start: int, image_size: int, disk_id: str) ->
             raise ImageFormatError(f"extended partition: no EBR signature at sector {ebr}")
         _s, ptype, start, count = _mbr_entry(sector, 0)
         if ptype and count:
+            if (ebr + start) * SECTOR >= image_size:
+                raise ImageFormatError(f"logical partition {number}: starts at sector "
+                                       f"{ebr + start}, past the end of the image")
             out.append(Partition(
                 number=number, start=(ebr + start) * SECTOR, size=count * SECTOR,
                 type=MBR_TYPES.get(ptype, f"0x{ptype:02x}"), partuuid=f"{disk_id}-{number:02x}",
@@ -164,18 +173,32 @@ def _logical(stream: BinaryIO, ext_start: int, image_size: int, disk_id: str) ->
 
 
 def _read_gpt(stream: BinaryIO, image_size: int) -> PartitionTable | None:
+    """The GPT at LBA 1, its sizes checked against UEFI 2.x 5.3 and the image before anything
+    is read: header size 92..512, entries a multiple of 128 bytes (at most
+    :data:`GPT_MAX_ENTRY_SIZE`), the array at most :data:`GPT_MAX_ARRAY` bytes and inside the
+    image, each partition's first..last LBA inside the image."""
     header = _read(stream, SECTOR, SECTOR)
-    if header[:8] != b"EFI PART":
+    if header[:8] != b"EFI PART" or len(header) < 92:
         return None
+    header_size = struct.unpack_from("<I", header, 12)[0]
     disk_guid = str(uuidlib.UUID(bytes_le=header[56:72]))
     entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
-    if entry_size < 128 or count > 1024 or entries_lba * SECTOR >= image_size:
-        raise ImageFormatError(
-            f"GPT header: entry array at LBA {entries_lba}, {count} entries of {entry_size} "
-            "bytes is not a valid layout"
-        )
-    array = _read(stream, entries_lba * SECTOR, count * entry_size)
+    layout = (f"GPT header: entry array at LBA {entries_lba}, {count} entries of {entry_size} "
+              "bytes")
+    if not 92 <= header_size <= SECTOR:
+        raise ImageFormatError(f"GPT header: header size {header_size} (92 to {SECTOR} allowed)")
+    if entry_size < 128 or entry_size % 128 or entry_size > GPT_MAX_ENTRY_SIZE:
+        raise ImageFormatError(f"{layout}: an entry size must be a multiple of 128 up to "
+                               f"{GPT_MAX_ENTRY_SIZE}")
+    array_size = count * entry_size
+    if array_size > GPT_MAX_ARRAY:
+        raise ImageFormatError(f"{layout}: the array would be {array_size} bytes, over "
+                               f"{GPT_MAX_ARRAY}")
+    if entries_lba < 2 or (entries_lba * SECTOR + array_size) > image_size:
+        raise ImageFormatError(f"{layout} does not lie inside the {image_size}-byte image")
+    array = _read(stream, entries_lba * SECTOR, array_size)
     partitions: list[Partition] = []
+    sectors = image_size // SECTOR
     for index in range(count):
         raw = array[index * entry_size:(index + 1) * entry_size]
         if len(raw) < 128 or raw[:16] == b"\0" * 16:
@@ -183,6 +206,10 @@ def _read_gpt(stream: BinaryIO, image_size: int) -> PartitionTable | None:
         type_guid = str(uuidlib.UUID(bytes_le=raw[:16]))
         part_guid = str(uuidlib.UUID(bytes_le=raw[16:32]))
         first, last = struct.unpack_from("<QQ", raw, 32)
+        if not 0 < first <= last < sectors:
+            raise ImageFormatError(
+                f"GPT entry {index + 1}: LBA {first}..{last} is not inside the image "
+                f"({sectors} sectors)")
         name = raw[56:128].decode("utf-16-le", errors="replace").split("\0")[0]
         partitions.append(Partition(
             number=index + 1, start=first * SECTOR, size=(last - first + 1) * SECTOR,

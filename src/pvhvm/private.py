@@ -43,6 +43,20 @@ def foreign_peer(sock: socket.socket, also: Iterable[int] = ()) -> int | None:
     return None if uid == os.getuid() or uid in also else uid
 
 
+def stranger_on(sock: socket.socket, also: Iterable[int] = ()) -> int | None:
+    """:func:`foreign_peer` for a socket just connected: a stranger's uid, with ``sock``
+    closed (nothing was sent on it); None, with ``sock`` still open, for a peer that may be
+    talked to. ``sock`` is closed too when the check itself fails."""
+    try:
+        stranger = foreign_peer(sock, also)
+    except BaseException:
+        sock.close()
+        raise
+    if stranger is not None:
+        sock.close()
+    return stranger
+
+
 def who(uid: int) -> str:
     """``uid 65534 (nobody)``: a uid as a refusal names it."""
     try:

@@ -16,7 +16,6 @@ process from debugfs' ``cat`` on stdout, never by debugfs to a host path.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import re
@@ -26,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
-from pvhvm.inspect.sandbox import MAX_OUTPUT, TOOL_TIMEOUT, ImageHandle, run_tool
+from pvhvm.inspect.sandbox import (
+    MAX_OUTPUT,
+    TOOL_TIMEOUT,
+    ImageHandle,
+    new_output_file,
+    run_tool,
+)
 
 MAX_SYMLINKS = 16
 #: files up to this size are kept once read
@@ -234,19 +239,7 @@ class ExtFilesystem:
             return False
         if entry.size > limit:
             raise ImageFormatError(f"{self.image}: {path} is {entry.size} bytes, over {limit}")
-        try:
-            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise ImageUnreadableError(
-                f"cannot write {destination}: {err.strerror or err}") from err
-        done = False
-        try:
+        with new_output_file(destination) as (fd, done):
             _out, errors = self._run(f"cat {_quote(real)}", stdout=fd, max_output=limit)
-            done = not errors and os.fstat(fd).st_size == entry.size
-        finally:
-            os.close(fd)
-            if not done:
-                with contextlib.suppress(OSError):
-                    os.unlink(destination)
-        return done
+            done[0] = not errors and os.fstat(fd).st_size == entry.size
+        return done[0]

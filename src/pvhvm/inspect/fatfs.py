@@ -7,7 +7,6 @@ debugfs does (:mod:`.sandbox`): the image as a descriptor, as ``nobody``, with a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from pvhvm.inspect.errors import ImageFormatError, ImageUnreadableError
 from pvhvm.inspect.extfs import DirEntry
-from pvhvm.inspect.sandbox import MAX_OUTPUT, ImageHandle, run_tool
+from pvhvm.inspect.sandbox import MAX_OUTPUT, ImageHandle, new_output_file, run_tool
 
 
 class FatFilesystem:
@@ -107,19 +106,7 @@ class FatFilesystem:
         real = self.resolve(path)
         if real is None:
             return False
-        try:
-            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise ImageUnreadableError(
-                f"cannot write {destination}: {err.strerror or err}") from err
-        done = False
-        try:
+        with new_output_file(destination) as (fd, done):
             _out, status = self._run("mtype", self._path(real), stdout=fd)
-            done = status == 0
-        finally:
-            os.close(fd)
-            if not done:
-                with contextlib.suppress(OSError):
-                    os.unlink(destination)
-        return done
+            done[0] = status == 0
+        return done[0]

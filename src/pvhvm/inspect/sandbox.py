@@ -120,6 +120,26 @@ def _drop_capabilities() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
+@contextlib.contextmanager
+def new_output_file(destination: Path) -> Iterator[tuple[int, list[bool]]]:
+    """A new file at ``destination`` for a tool to write a guest file into: made by pvhvm
+    itself (O_EXCL, no symlink followed), removed again unless the body sets ``done[0]``.
+    Yields (descriptor, done)."""
+    try:
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise ImageUnreadableError(f"cannot write {destination}: {err.strerror or err}") from err
+    done = [False]
+    try:
+        yield fd, done
+    finally:
+        os.close(fd)
+        if not done[0]:
+            with contextlib.suppress(OSError):
+                os.unlink(destination)
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the tool's whole process group (while the tool, its leader, is unreaped, so
     the group id cannot have been reused) and reap the tool."""

@@ -18,7 +18,7 @@ from typing import Any
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
 from pvhvm.errors import DomainError, ForeignPeerError
-from pvhvm.private import foreign_peer, who
+from pvhvm.private import stranger_on, who
 
 
 async def connect(socket: Path, name: str = "pvhvm", timeout: float = 10.0) -> QMPClient:
@@ -48,12 +48,11 @@ async def _checked_socket(path: Path) -> sockets.socket:
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, str(path))
-        stranger = foreign_peer(sock)
     except BaseException:
         sock.close()
         raise
+    stranger = stranger_on(sock)
     if stranger is not None:
-        sock.close()
         raise ForeignPeerError(
             f"another user ({who(stranger)}) listens on QMP socket {path}, where the domain's "
             "QEMU should; pvhvm sent it nothing. Stop that user's process, remove the socket "

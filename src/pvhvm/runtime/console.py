@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pvhvm.config.values import ChardevKind, is_ipv6, parse_chardev
 from pvhvm.errors import DomainError, ForeignPeerError, SpecError
-from pvhvm.private import foreign_peer, open_private, who
+from pvhvm.private import open_private, stranger_on, who
 from pvhvm.runtime.state import DomainRecord
 
 ESCAPE = b"\x1d"  # ^]
@@ -66,13 +66,8 @@ def connect(record: DomainRecord) -> socket.socket:
         raise DomainError(f"console of domain {record.name!r} at {where}: {err}") from err
     sock.settimeout(None)
     if family == socket.AF_UNIX:
-        try:
-            stranger = foreign_peer(sock)
-        except BaseException:
-            sock.close()
-            raise
+        stranger = stranger_on(sock)
         if stranger is not None:
-            sock.close()
             raise ForeignPeerError(
                 f"another user ({who(stranger)}) listens on the console socket {address} of "
                 f"domain {record.name!r}; nothing was sent to it. Stop that user's process, "

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pvhvm.errors import DomainError, ForeignPeerError
-from pvhvm.private import foreign_peer, open_private, who
+from pvhvm.private import open_private, stranger_on, who
 from pvhvm.runtime.state import StateStore
 
 #: how long a request may take to be answered (the daemon answers at once; it never waits
@@ -125,13 +125,8 @@ def _reach(where: str | bytes) -> tuple[socket.socket | None, int | None]:
     except OSError:  # ECONNREFUSED, ENOENT: nobody listens there
         sock.close()
         return None, None
-    try:
-        stranger = foreign_peer(sock)
-    except BaseException:
-        sock.close()
-        raise
+    stranger = stranger_on(sock)
     if stranger is not None:
-        sock.close()
         return None, stranger
     return sock, None
 

@@ -4,7 +4,8 @@ Each run copies the cached ide guest (``pvhvm image build-installed --variant id
 sparse file twice and prepares one copy with each implementation, alternating which goes first:
 ``--old-src`` names the ``src`` directory of a pvhvm checkout to compare with (e.g. the
 host-chroot prepare from before issue 17), the other is this checkout. Both are the real CLI
-(``python -m pvhvm guest prepare CFG --json``); the table gives the wall clock of the process
+(``python -m pvhvm guest prepare CFG --json``; ``--new-src`` runs another checkout's ``src``
+in place of this one); the table gives the wall clock of the process
 and the steps each reports. Usage::
 
     .venv/bin/python benchmarks/installed-guest/bench_prepare.py --old-src ../old/src --runs 2
@@ -47,12 +48,14 @@ def prepare_once(src: Path | None, disk: Path, workdir: Path) -> tuple[float, di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old-src", type=Path, required=True)
+    parser.add_argument("--new-src", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--disk", type=Path, default=CACHE / "ide" / "disk.img")
     args = parser.parse_args()
     rows: list[str] = []
     for run in range(args.runs):
-        order = [("old", args.old_src.resolve()), ("new", None)]
+        order = [("old", args.old_src.resolve()),
+                 ("new", args.new_src.resolve() if args.new_src else None)]
         if run % 2:
             order.reverse()
         for name, src in order:

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pvhvm.guest.prepare import (
+    DRACUT_CONF,
+    DRACUT_CONF_TEXT,
     INITRAMFS_MODULES_FILE,
     VIRTIO_MODULES,
     PrepareError,
@@ -146,7 +148,8 @@ DEBIAN = {
 
 def test_plan_with_a_separate_boot_rewrites_both_names() -> None:
     plan = plan_changes(FakeGuest(dict(DEBIAN)), ROOT, "disk.img")
-    assert plan.tool == "/usr/sbin/update-initramfs"
+    assert plan.commands == [(["/usr/sbin/update-initramfs", "-u", "-k", "all"],
+                              "update-initramfs")]
     assert plan.kernels == ["6.1.0-9-amd64"]
     assert plan.edits["/etc/fstab"][1].splitlines() == [
         "UUID=1111-root / ext4 defaults 0 1", "UUID=2222-swap /boot ext4 defaults 0 2"]
@@ -160,7 +163,25 @@ def test_plan_leaves_a_modules_file_that_is_no_regular_file_alone() -> None:
     assert any("not a regular file" in note for note in plan.notes)
 
 
-def test_plan_refuses_a_dracut_guest() -> None:
+def test_plan_for_a_dracut_guest_adds_a_conf_file_and_rebuilds_each_kernel() -> None:
     files = {k: v for k, v in DEBIAN.items() if "update-initramfs" not in k}
-    with pytest.raises(PrepareError, match="uses dracut"):
-        plan_changes(FakeGuest({**files, "/usr/bin/dracut": ""}), ROOT, "disk.img")
+    files.update({"/usr/bin/dracut": "", "/boot/vmlinuz-5.14.0-1.el9": "",
+                  "/boot/initramfs-5.14.0-1.el9.img": ""})
+    plan = plan_changes(FakeGuest(files), ROOT, "disk.img")
+    assert plan.edits[DRACUT_CONF] == ("", DRACUT_CONF_TEXT)
+    assert 'add_drivers+=" virtio virtio_ring virtio_pci virtio_blk virtio_net "' in \
+        DRACUT_CONF_TEXT
+    assert plan.commands == [
+        (["/usr/bin/dracut", "-f", "/boot/initramfs-5.14.0-1.el9.img", "5.14.0-1.el9"],
+         "dracut"),
+        (["/usr/bin/dracut", "-f", "/boot/initrd.img-6.1.0-9-amd64", "6.1.0-9-amd64"],
+         "dracut"),
+    ]
+    again = plan_changes(FakeGuest({**files, DRACUT_CONF: DRACUT_CONF_TEXT}), ROOT, "d")
+    assert DRACUT_CONF not in again.edits
+
+
+def test_plan_refuses_a_guest_without_initramfs_tools_or_dracut() -> None:
+    files = {k: v for k, v in DEBIAN.items() if "update-initramfs" not in k}
+    with pytest.raises(PrepareError, match="neither initramfs-tools nor dracut"):
+        plan_changes(FakeGuest(files), ROOT, "disk.img")

@@ -66,6 +66,13 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (strcmp(mode, "record") == 0) {  /* a well-behaved tool that says how it was run */
+        FILE *log = fopen("/root/tool-args", "a");
+        if (log == NULL) return 5;
+        for (int i = 2; i < argc; i++) fprintf(log, "%s%s", argv[i], i + 1 < argc ? " " : "\n");
+        fclose(log);
+        return 0;
+    }
     if (strcmp(mode, "hang") == 0) {
         sleep(10000);
         return 0;
@@ -86,7 +93,8 @@ def hostile_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def guest_tree(root: Path, helper: Path, mode: str) -> Path:
+def guest_tree(root: Path, helper: Path, mode: str,
+               tool: str = "/usr/sbin/update-initramfs") -> Path:
     """A minimal Debian-shaped root: libguestfs recognises it as Linux, prepare finds an
     initramfs-tools guest with one kernel, GRUB naming root=/dev/sda."""
     for directory in ("bin", "usr/bin", "usr/sbin", "boot/grub", "etc/initramfs-tools",
@@ -97,9 +105,9 @@ def guest_tree(root: Path, helper: Path, mode: str) -> Path:
                                          'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n')
     (root / "etc/debian_version").write_text("12.0\n")
     shutil.copy(helper, root / "usr/bin/hostile")
-    tool = root / "usr/sbin/update-initramfs"
-    tool.write_text(f"#!/usr/bin/hostile {mode}\n")
-    tool.chmod(0o755)
+    script = root / tool.lstrip("/")
+    script.write_text(f"#!/usr/bin/hostile {mode}\n")
+    script.chmod(0o755)
     (root / f"boot/vmlinuz-{KERNEL}").write_bytes(b"not a kernel\n")
     return root
 
@@ -296,3 +304,29 @@ def test_the_image_keeps_its_mode_and_owner(workspace: Path, hostile_binary: Pat
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 2345)
     assert "/etc/fstab" in json.loads(done.stdout)["written"]
     nothing_left(image.parent, before)
+
+
+def guest_file(image: Path, path: str) -> str:
+    """A file of the test image, read with debugfs (the image is the test's own)."""
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
+                          text=True, check=True)
+    return done.stdout
+
+
+def test_a_dracut_guest_gets_a_conf_file_and_dracut_per_kernel(workspace: Path,
+                                                               hostile_binary: Path) -> None:
+    """Not hostile: a dracut guest (here a tool that records its arguments) is prepared with
+    a dracut.conf.d file and ``dracut -f IMAGE KVER`` for each kernel, in the appliance."""
+    tree = guest_tree(workspace / "tree", hostile_binary, "record", tool="/usr/bin/dracut")
+    ordinary_files(tree)
+    (tree / "etc/dracut.conf.d").mkdir()
+    set_text(tree, f"/boot/vmlinuz-{KERNEL}-2", "another kernel\n")
+    image = make_image(tree, workspace / "images" / "disk.img")
+    done = prepare(config_for(image), workspace / "state", "--json")
+    assert done.returncode == 0, done.stderr
+    assert guest_file(image, "/root/tool-args").splitlines() == [  # the script, its arguments
+        f"/usr/bin/dracut -f /boot/initrd.img-{KERNEL} {KERNEL}",
+        f"/usr/bin/dracut -f /boot/initrd.img-{KERNEL}-2 {KERNEL}-2"]
+    conf = guest_file(image, "/etc/dracut.conf.d/90-pvhvm-virtio.conf")
+    assert 'add_drivers+=" virtio virtio_ring virtio_pci virtio_blk virtio_net "' in conf
+    assert guest_file(image, f"/boot/initrd.img-{KERNEL}.pre-pvhvm") == "an initramfs\n"

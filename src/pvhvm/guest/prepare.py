@@ -9,6 +9,9 @@ initramfs tool runs there. Steps (SPEC.md, "Moving an installed Linux guest to P
 1. add ``virtio virtio_ring virtio_pci virtio_blk virtio_net`` (in this order) to
    ``/etc/initramfs-tools/modules`` and rebuild every initramfs with the guest's own
    ``update-initramfs -u -k all`` (with /proc, /sys and /dev, which ``MODULES=dep`` needs);
+   a dracut guest gets them in ``/etc/dracut.conf.d/90-pvhvm-virtio.conf`` (``add_drivers+=``)
+   and ``dracut -f IMAGE KVER`` for each kernel (as virt-v2v, which passes ``--add-drivers``;
+   the conf file keeps them in later rebuilds);
 2. rewrite kernel device names (``/dev/hda1``, ``/dev/sda1``, ``/dev/xvda1``, ``/dev/vda1``)
    that name a partition of this disk to ``UUID=`` in ``/etc/fstab``, ``/etc/crypttab`` and
    the bootloader configs (``root=``/``resume=`` in grub.cfg, /etc/default/grub, menu.lst,
@@ -24,7 +27,7 @@ Atomicity: the work is done on a copy of the image in a private directory (``mkd
 copy gets the image's mode and owner and replaces the image only after the appliance shut down
 cleanly (the guest's filesystems unmounted: a journal the guest left dirty is replayed by the
 mount). On any failure or timeout the appliance is killed and the directory removed: nothing
-is left. dracut and mkinitrd guests are refused with a message (not built yet).
+is left. mkinitrd (SUSE, old Red Hat) guests are refused with a message.
 
 Errors::
 
@@ -73,6 +76,11 @@ BOOTLOADER_FILES = (
     "/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg", "/extlinux.conf",
 )
 UPDATE_INITRAMFS = ("/usr/sbin/update-initramfs", "/sbin/update-initramfs")
+DRACUT = ("/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut", "/bin/dracut")
+#: dracut.conf(5): the drivers in every image dracut builds from now on (hostonly or not)
+DRACUT_CONF = "/etc/dracut.conf.d/90-pvhvm-virtio.conf"
+DRACUT_CONF_TEXT = ("# PV (virtio) drivers, added by pvhvm guest prepare\n"
+                    f'add_drivers+=" {" ".join(VIRTIO_MODULES)} "\n')
 #: the work directory's name starts so (then mkdtemp's random part)
 WORKDIR_PREFIX = ".pvhvm-prepare-"
 #: the image copy, before and while the appliance works on it (sparse, reflinked if it can)
@@ -280,18 +288,21 @@ class _Plan:
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)
-    tool: str = ""
+    #: kernel release → its initramfs image
+    initrds: dict[str, str] = field(default_factory=dict)
+    #: the guest's own commands that rebuild them, with what each is called in messages
+    commands: list[tuple[list[str], str]] = field(default_factory=list)
 
 
 def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
     """Read the guest's files and decide every text edit (no writes); ``name`` names the
     image in messages."""
     plan = _Plan()
-    plan.tool = next((p for p in UPDATE_INITRAMFS if fs.exists(p)), "")
-    if not plan.tool:
-        tool = "dracut" if fs.exists("/usr/bin/dracut") else "no initramfs-tools"
-        raise PrepareError(f"{name}: the guest uses {tool}; pvhvm guest prepare rebuilds "
-                           "initramfs-tools initramfs images only (for now)")
+    update = next((p for p in UPDATE_INITRAMFS if fs.exists(p)), "")
+    dracut = next((p for p in DRACUT if fs.exists(p)), "")
+    if not update and not dracut:
+        raise PrepareError(f"{name}: the guest has neither initramfs-tools nor dracut; pvhvm "
+                           "guest prepare rebuilds initramfs images with one of those")
     boot = fs.listdir("/boot") or []
     plan.kernels = sorted(n[len("vmlinuz-"):] for n in boot if n.startswith("vmlinuz-")
                           and not n.endswith(BACKUP_SUFFIX))
@@ -307,21 +318,29 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
             plan.edits[path] = (old, new)
             plan.changes += changes
 
-    modules = fs.read_text(INITRAMFS_MODULES_FILE)
-    if modules is None and fs.exists(INITRAMFS_MODULES_FILE):
-        plan.notes.append(f"{INITRAMFS_MODULES_FILE} is not a regular file in the guest: "
-                          "left alone")
-        added: list[str] = []
-    else:
-        new_modules, added = add_initramfs_modules(modules or "")
-        if added:
-            edit(INITRAMFS_MODULES_FILE, modules or "", new_modules, [Change(
-                INITRAMFS_MODULES_FILE, "initramfs", f"add {' '.join(added)}")])
+    debian = fs.exists("/etc/debian_version")
     for release in plan.kernels:
-        plan.changes.append(Change(
-            f"/boot/initrd.img-{release}", "initramfs",
-            "rebuild with the guest's update-initramfs -u -k all"
-            + (f" (adds {', '.join(added)})" if added else "")))
+        names = [f"/boot/initrd.img-{release}", f"/boot/initramfs-{release}.img"]
+        if not debian:
+            names.reverse()
+        plan.initrds[release] = next((n for n in names if n.removeprefix("/boot/") in boot),
+                                      names[0])
+    if update and (fs.exists("/etc/initramfs-tools") or not dracut):
+        added = _plan_initramfs_tools(fs, plan, edit)
+        plan.commands.append(([update, "-u", "-k", "all"], "update-initramfs"))
+        how = "rebuild with the guest's update-initramfs -u -k all"
+    else:
+        conf = fs.read_text(DRACUT_CONF)
+        added = list(VIRTIO_MODULES) if conf != DRACUT_CONF_TEXT else []
+        if added:
+            edit(DRACUT_CONF, conf or "", DRACUT_CONF_TEXT, [Change(
+                DRACUT_CONF, "initramfs", f"add_drivers+= {' '.join(added)}")])
+        for release in plan.kernels:
+            plan.commands.append(([dracut, "-f", plan.initrds[release], release], "dracut"))
+        how = "rebuild with the guest's dracut -f"
+    for release in plan.kernels:
+        plan.changes.append(Change(plan.initrds[release], "initramfs", how + (
+            f" (adds {', '.join(added)})" if added else "")))
     if fstab is not None:
         edit(FSTAB, fstab, *rewrite_fstab(fstab, resolve))
     crypttab = fs.read_text(CRYPTTAB)
@@ -341,6 +360,21 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
                     plan.notes.append(f"{printable(token)} is not on the root's disk: left "
                                       "as it is")
     return plan
+
+
+def _plan_initramfs_tools(fs: GuestFiles, plan: _Plan,
+                          edit: Callable[[str, str, str, list[Change]], None]) -> list[str]:
+    """The virtio modules into initramfs-tools' modules file; the ones added."""
+    modules = fs.read_text(INITRAMFS_MODULES_FILE)
+    if modules is None and fs.exists(INITRAMFS_MODULES_FILE):
+        plan.notes.append(f"{INITRAMFS_MODULES_FILE} is not a regular file in the guest: "
+                          "left alone")
+        return []
+    new_modules, added = add_initramfs_modules(modules or "")
+    if added:
+        edit(INITRAMFS_MODULES_FILE, modules or "", new_modules, [Change(
+            INITRAMFS_MODULES_FILE, "initramfs", f"add {' '.join(added)}")])
+    return added
 
 
 def root_filesystem(appliance: Appliance, guest: GuestOS) -> RootFilesystem:
@@ -483,24 +517,29 @@ def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say
         if real is not None and not appliance.is_file(real):
             result.notes.append(f"{path} is not a regular file in the guest: left alone")
             continue
-        if real is None:  # a new file (the initramfs modules list)
-            real = path
+        if real is None:  # a new file (the initramfs modules list, dracut's conf file)
+            parent = appliance.realpath(os.path.dirname(path))
+            if parent is None:
+                result.notes.append(f"{os.path.dirname(path)} is not in the guest: {path} "
+                                    "not written")
+                continue
+            real = f"{parent.rstrip('/')}/{os.path.basename(path)}"
         else:
             _backup(appliance, real, written)
         appliance.write_text(real, new)
         written.append(real)
     boot = "/boot"
-    for release in plan.kernels:
-        initrd = f"{boot}/initrd.img-{release}"
+    for initrd in plan.initrds.values():
         if appliance.is_symlink(initrd):
             result.notes.append(f"{initrd} is a symlink: not backed up")
         elif appliance.is_file(initrd):
             _backup(appliance, initrd, written)
     before = appliance.stat_entries(boot)
     mark = _timed(result, "edit", mark)
-    say("the guest's update-initramfs -u -k all, in the appliance")
-    appliance.run_guest([plan.tool, "-u", "-k", "all"], "the guest's update-initramfs")
-    mark = _timed(result, "update-initramfs", mark)
+    for argv, tool in plan.commands:
+        say(f"the guest's {printable(' '.join(argv))}, in the appliance")
+        appliance.run_guest(argv, f"the guest's {tool}")
+    mark = _timed(result, "initramfs", mark)
     after = appliance.stat_entries(boot)
     written += [f"{boot}/{name}" for name, st in sorted(after.items())
                 if before.get(name) != st and f"{boot}/{name}" not in written]

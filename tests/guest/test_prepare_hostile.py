@@ -23,6 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from pvhvm.guest.appliance import ApplianceTimeout, Timeouts, children_of
+from pvhvm.guest.prepare import prepare_image
+from pvhvm.runtime.state import StateStore
+
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("guestfs") is None, reason="libguestfs (python3-guestfs) is not installed"),
     pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("mke2fs") is None,
@@ -330,3 +334,24 @@ def test_a_dracut_guest_gets_a_conf_file_and_dracut_per_kernel(workspace: Path,
     conf = guest_file(image, "/etc/dracut.conf.d/90-pvhvm-virtio.conf")
     assert 'add_drivers+=" virtio virtio_ring virtio_pci virtio_blk virtio_net "' in conf
     assert guest_file(image, f"/boot/initrd.img-{KERNEL}.pre-pvhvm") == "an initramfs\n"
+
+
+def test_an_appliance_that_does_not_start_in_time_is_killed(workspace: Path,
+                                                            hostile_binary: Path) -> None:
+    """The launch deadline: the appliance (and whatever the launch started) is killed, the
+    work directory removed, the image untouched."""
+    tree = guest_tree(workspace / "tree", hostile_binary, "ok")
+    ordinary_files(tree)
+    image = make_image(tree, workspace / "images" / "disk.img")
+    original = image.read_bytes()
+    before = {p.name for p in image.parent.iterdir()}
+    children = children_of(os.getpid())
+    with pytest.raises(ApplianceTimeout, match="starting the appliance: no answer after 2 s"):
+        prepare_image(image, store=StateStore(workspace / "state"),
+                      timeouts=Timeouts(launch=2))
+    assert image.read_bytes() == original
+    nothing_left(image.parent, before)
+    deadline = time.monotonic() + 10
+    while children_of(os.getpid()) - children and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children_of(os.getpid()) - children == set()

@@ -67,7 +67,7 @@ class Timeouts:
     tool: float = 1800.0
 
 
-def _children_of(pid: int) -> set[int]:
+def children_of(pid: int) -> set[int]:
     """Process ids whose parent is ``pid`` (from /proc/*/stat)."""
     found: set[int] = set()
     for entry in os.scandir("/proc"):
@@ -120,7 +120,7 @@ class _Watchdog:
         child this process started since the launch began (QEMU, supermin, the recovery
         process)."""
         targets = {self.pid} if self.pid is not None else set()
-        targets |= _children_of(os.getpid()) - self.spared
+        targets |= children_of(os.getpid()) - self.spared
         for pid in targets:
             if pid is not None:
                 _kill_group(pid)
@@ -231,7 +231,7 @@ class Appliance:
         g.add_drive_opts(str(self.image), format="raw", readonly=self.readonly)
         self.say(f"starting the libguestfs appliance ({self.accel.value}; under TCG about "
                  "20 s)")
-        self._watchdog.spared = _children_of(os.getpid())
+        self._watchdog.spared = children_of(os.getpid())
         self._call("starting the appliance", self.timeouts.launch, g.launch)
         self._watchdog.pid = self._call("appliance pid", self.timeouts.step, g.get_pid)
 

@@ -231,6 +231,9 @@ def test_guest_symlinks_to_host_files_are_not_followed(workspace: Path, hostile_
             link.symlink_to("../" * (depth + 12) + str(target).lstrip("/"))
         else:
             link.symlink_to(target)
+    (tree / "dev").rmdir()  # and /dev: device nodes made there must not land on the host
+    (host / "devdir").mkdir()
+    (tree / "dev").symlink_to(host / "devdir")
     stats = {name: (host / name).stat() for name in contents}
     image = make_image(tree, workspace / "images" / "disk.img")
     cfg = config_for(image)
@@ -245,6 +248,7 @@ def test_guest_symlinks_to_host_files_are_not_followed(workspace: Path, hostile_
     data = image.read_bytes()
     for name, text in contents.items():
         assert text.split("\n")[0].encode() not in data, f"host file {name} copied into the image"
+    assert list((host / "devdir").iterdir()) == []
     notes = json.loads(done.stdout)["notes"]
     assert any("leads nowhere in the guest" in note for note in notes), notes
     nothing_left(image.parent, before)

@@ -24,7 +24,7 @@ NOT_FOR_A_DRY_RUN = (
     "pvhvm.platforms.libvirt", "pvhvm.xenstore", "pvhvm.runtime.hotplug", "pvhvm.runtime.resize",
     "pvhvm.runtime.save", "pvhvm.runtime.migrate", "pvhvm.runtime.supervisor",
     "pvhvm.libvirt", "pvhvm.xen", "pvhvm.inspect", "pvhvm.bench", "pvhvm.cli.domain",
-    "pvhvm.cli.export", "hypothesis", "pytest",
+    "pvhvm.cli.export", "hypothesis", "pytest", "guestfs", "pvhvm.guest.appliance",
 )
 
 PROBE = """\
@@ -92,7 +92,8 @@ def test_the_probe_sees_what_a_command_loads(tmp_path: Path, imagedir: Path) -> 
 def test_list_loads_a_platform_only_when_its_store_has_a_domain(tmp_path: Path) -> None:
     done, modules = loaded(tmp_path, "list", "--json")
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
-    assert heavy(modules, ("pvhvm.platforms.xen", "pvhvm.platforms.libvirt", "asyncio")) == []
+    assert heavy(modules, ("pvhvm.platforms.xen", "pvhvm.platforms.libvirt", "asyncio",
+                           "guestfs", "pvhvm.guest.appliance")) == []
 
     StateStore(tmp_path / "state" / "xen", base=tmp_path / "state").claim("g")
     done, modules = loaded(tmp_path, "list", "--json")

@@ -2,8 +2,8 @@
 
 Real QEMU (TCG), the real pvhvm CLI, the guest's own bootloader and initramfs. The sequence
 of issue 10's "Done when": IDE boot → check of the PV plan names what is missing → a real PV
-boot fails the way check said → ``guest prepare`` → PV boot with no IDE controller → IDE
-boot again. One guest at a time; each boot of Debian under TCG takes about a minute here.
+boot fails the way check said → ``guest prepare`` (the guest's own update-initramfs run in the
+libguestfs appliance, issue 17) → PV boot with no IDE controller → IDE boot again. One guest at a time; each boot of Debian under TCG takes about a minute here.
 """
 
 from __future__ import annotations

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pvhvm.guest.prepare import (
+    DRACUT_CONF,
+    DRACUT_CONF_TEXT,
+    INITRAMFS_MODULES_FILE,
     VIRTIO_MODULES,
+    PrepareError,
     RootFilesystem,
     add_initramfs_modules,
-    extract_range,
+    plan_changes,
     resolver_for,
     rewrite_crypttab,
     rewrite_default_grub,
     rewrite_fstab,
     rewrite_kernel_args,
     root_spec_of,
-    splice,
 )
 
-ROOT = RootFilesystem(offset=1 << 20, partition=1, uuids={1: "1111-root", 2: "2222-swap"})
+ROOT = RootFilesystem(device="/dev/sda1", partition=1, uuids={1: "1111-root", 2: "2222-swap"})
 RESOLVE = resolver_for(ROOT, "/dev/sda1")
 
 FSTAB = """\
@@ -117,27 +119,69 @@ def test_fstab_rewrite_touches_only_kernel_names(lines: list[str]) -> None:
     assert again == out and more == []
 
 
-def test_extract_and_splice_round_trip_a_partition(tmp_path: Path) -> None:
-    mib = 1 << 20
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as disk:
-        disk.truncate(6 * mib)
-        disk.seek(mib)
-        disk.write(b"A" * mib)  # partition block 0
-        disk.seek(3 * mib)
-        disk.write(b"C" * 100)  # partition block 2, partly
-    part = tmp_path / "part.ext4"
-    extract_range(image, part, mib, 4 * mib)
-    data = part.read_bytes()
-    assert data[:mib] == b"A" * mib and data[mib:2 * mib] == bytes(mib)
-    assert data[2 * mib:2 * mib + 100] == b"C" * 100
-    # the filesystem changes: block 0 zeroed (must reach the image), block 1 written
-    with open(part, "r+b") as fs:
-        fs.write(bytes(mib))
-        fs.write(b"B" * mib)
-    splice(part, image, mib)
-    after = image.read_bytes()
-    assert after[:mib] == bytes(mib)  # before the partition: untouched
-    assert after[mib:2 * mib] == bytes(mib) and after[2 * mib:3 * mib] == b"B" * mib
-    assert after[3 * mib:3 * mib + 100] == b"C" * 100
-    assert len(after) == 6 * mib
+
+class FakeGuest:
+    """A guest's files as a dict (path → text; None: a path that exists but is not a regular
+    file, such as a directory), for plan_changes without an appliance."""
+
+    def __init__(self, files: dict[str, str | None]) -> None:
+        self.files = files
+
+    def exists(self, path: str) -> bool:
+        return path in self.files
+
+    def listdir(self, path: str) -> list[str] | None:
+        prefix = path.rstrip("/") + "/"
+        return sorted({p[len(prefix):].split("/")[0] for p in self.files if p.startswith(prefix)})
+
+    def read_text(self, path: str) -> str | None:
+        return self.files.get(path)
+
+
+DEBIAN = {
+    "/usr/sbin/update-initramfs": "#!/bin/sh\n",
+    "/boot/vmlinuz-6.1.0-9-amd64": "", "/boot/initrd.img-6.1.0-9-amd64": "",
+    "/etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n/dev/sda2 /boot ext4 defaults 0 2\n",
+    "/boot/grub/grub.cfg": "linux /vmlinuz-6.1.0-9-amd64 root=/dev/sda1 ro\n",
+}
+
+
+def test_plan_with_a_separate_boot_rewrites_both_names() -> None:
+    plan = plan_changes(FakeGuest(dict(DEBIAN)), ROOT, "disk.img")
+    assert plan.commands == [(["/usr/sbin/update-initramfs", "-u", "-k", "all"],
+                              "update-initramfs")]
+    assert plan.kernels == ["6.1.0-9-amd64"]
+    assert plan.edits["/etc/fstab"][1].splitlines() == [
+        "UUID=1111-root / ext4 defaults 0 1", "UUID=2222-swap /boot ext4 defaults 0 2"]
+    assert "root=UUID=1111-root" in plan.edits["/boot/grub/grub.cfg"][1]
+    assert plan.edits[INITRAMFS_MODULES_FILE][1].splitlines()[-5:] == list(VIRTIO_MODULES)
+
+
+def test_plan_leaves_a_modules_file_that_is_no_regular_file_alone() -> None:
+    plan = plan_changes(FakeGuest({**DEBIAN, INITRAMFS_MODULES_FILE: None}), ROOT, "disk.img")
+    assert INITRAMFS_MODULES_FILE not in plan.edits
+    assert any("not a regular file" in note for note in plan.notes)
+
+
+def test_plan_for_a_dracut_guest_adds_a_conf_file_and_rebuilds_each_kernel() -> None:
+    files = {k: v for k, v in DEBIAN.items() if "update-initramfs" not in k}
+    files.update({"/usr/bin/dracut": "", "/boot/vmlinuz-5.14.0-1.el9": "",
+                  "/boot/initramfs-5.14.0-1.el9.img": ""})
+    plan = plan_changes(FakeGuest(files), ROOT, "disk.img")
+    assert plan.edits[DRACUT_CONF] == ("", DRACUT_CONF_TEXT)
+    assert 'add_drivers+=" virtio virtio_ring virtio_pci virtio_blk virtio_net "' in \
+        DRACUT_CONF_TEXT
+    assert plan.commands == [
+        (["/usr/bin/dracut", "-f", "/boot/initramfs-5.14.0-1.el9.img", "5.14.0-1.el9"],
+         "dracut"),
+        (["/usr/bin/dracut", "-f", "/boot/initrd.img-6.1.0-9-amd64", "6.1.0-9-amd64"],
+         "dracut"),
+    ]
+    again = plan_changes(FakeGuest({**files, DRACUT_CONF: DRACUT_CONF_TEXT}), ROOT, "d")
+    assert DRACUT_CONF not in again.edits
+
+
+def test_plan_refuses_a_guest_without_initramfs_tools_or_dracut() -> None:
+    files = {k: v for k, v in DEBIAN.items() if "update-initramfs" not in k}
+    with pytest.raises(PrepareError, match="neither initramfs-tools nor dracut"):
+        plan_changes(FakeGuest(files), ROOT, "disk.img")

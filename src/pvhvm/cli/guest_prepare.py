@@ -10,10 +10,13 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from pvhvm.cli.output import console, print_json
 from pvhvm.config.domain import load_config
 from pvhvm.config.lang import parse_cli_variable
+from pvhvm.errors import printable
+from pvhvm.guest.appliance import Timeouts
 from pvhvm.guest.prepare import PrepareError, PrepareResult, prepare_image
 from pvhvm.inspect.check import root_disk
 from pvhvm.plan.plan import Plan, Platform, make_plan
@@ -43,8 +46,9 @@ def changes_table(result: PrepareResult) -> Table:
     table.add_column("file")
     table.add_column("what")
     table.add_column("change")
-    for change in result.changes:
-        table.add_row(change.path, change.kind, change.detail)
+    for change in result.changes:  # guest text: escaped, and never read as rich markup
+        table.add_row(Text(printable(change.path)), Text(change.kind),
+                      Text(printable(change.detail)))
     return table
 
 
@@ -53,32 +57,39 @@ def changes_table(result: PrepareResult) -> Table:
 @click.argument("variables", nargs=-1, metavar="[VAR=VALUE]...")
 @click.option("-n", "--dry-run", is_flag=True, help="List the changes; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prepare(config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+@click.option("--timeout", type=click.FloatRange(min=1), default=Timeouts.tool,
+              show_default=True, metavar="SECONDS",
+              help="Stop the guest's initramfs rebuild (and the appliance) after this long.")
+def prepare(config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bool,
+            timeout: float) -> None:
     """Make the guest of CONFIG boot on PV (virtio) disks: add the drivers to its initramfs
     and rebuild it with the guest's own update-initramfs, name devices by UUID= in fstab,
-    crypttab and the bootloader; keep <file>.pre-pvhvm copies. Refused while a domain runs
-    on the image."""
+    crypttab and the bootloader; keep <file>.pre-pvhvm copies. All of it inside the
+    libguestfs appliance VM, on a private copy that replaces the image once done. Refused
+    while a domain runs on the image."""
     plan = make_plan(load_config(config, _variables(variables)), Platform.QEMU)
     image = root_image(plan)
+    timeouts = Timeouts(tool=timeout)
     err = console(stderr=True)
-    if as_json or dry_run:
-        result = prepare_image(image, dry_run=dry_run)
+    if as_json:
+        result = prepare_image(image, dry_run=dry_run, timeouts=timeouts)
     else:
         with err.status("preparing") as status:
 
             def progress(message: str) -> None:
-                status.update(message)
-                err.log(message)
+                status.update(Text(message))
+                err.log(Text(message))
 
-            result = prepare_image(image, progress=progress)
+            result = prepare_image(image, dry_run=dry_run, progress=progress,
+                                   timeouts=timeouts)
     if as_json:
         print_json(result.to_json())
         return
     for note in result.notes:
-        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
+        err.print(Text.assemble(("note:", "yellow"), " ", printable(note)))
     out = console()
     out.print(changes_table(result))
     if not dry_run:
         total = result.seconds.get("total", 0.0)
-        out.print(f"{len(result.written)} files written back; {total:.1f} s; backups end in "
-                  ".pre-pvhvm")
+        out.print(f"{len(result.written)} files written in the guest; {total:.1f} s; backups "
+                  "end in .pre-pvhvm")

@@ -1,11 +1,17 @@
 """Make an installed Linux guest boot on PV (virtio) disks, as virt-v2v's convert_linux does.
 
-On the guest's root filesystem (ext2/3/4, in a raw disk image; see SPEC.md, "Moving an
-installed Linux guest to PV disks"):
+Everything that reads or writes the guest's files or runs its programs happens inside the
+libguestfs appliance VM (:mod:`pvhvm.guest.appliance`; issue 17): the guest's filesystems are
+mounted there as its fstab says (ext2/3/4, XFS, btrfs, LVM, a separate /boot: what the
+appliance has tools for), every guest path is resolved inside the guest, and the guest's own
+initramfs tool runs there. Steps (SPEC.md, "Moving an installed Linux guest to PV disks"):
 
 1. add ``virtio virtio_ring virtio_pci virtio_blk virtio_net`` (in this order) to
    ``/etc/initramfs-tools/modules`` and rebuild every initramfs with the guest's own
-   ``update-initramfs -u -k all``, run in a chroot of an extracted copy of the filesystem;
+   ``update-initramfs -u -k all`` (with /proc, /sys and /dev, which ``MODULES=dep`` needs);
+   a dracut guest gets them in ``/etc/dracut.conf.d/90-pvhvm-virtio.conf`` (``add_drivers+=``)
+   and ``dracut -f IMAGE KVER`` for each kernel (as virt-v2v, which passes ``--add-drivers``;
+   the conf file keeps them in later rebuilds);
 2. rewrite kernel device names (``/dev/hda1``, ``/dev/sda1``, ``/dev/xvda1``, ``/dev/vda1``)
    that name a partition of this disk to ``UUID=`` in ``/etc/fstab``, ``/etc/crypttab`` and
    the bootloader configs (``root=``/``resume=`` in grub.cfg, /etc/default/grub, menu.lst,
@@ -13,25 +19,23 @@ installed Linux guest to PV disks"):
    update-grub keeps the UUIDs;
 3. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
 
-Atomicity: the work is done on a sparse (reflinked where possible) copy of the image next to
-it (``.<name>.pvhvm-prepare*``: the root filesystem alone, its extracted tree, then the image
-copy); ``e2fsck -fp`` first replays the journal of a guest that was
-destroyed rather than shut down (debugfs never does); the copy replaces the image by
-``rename(2)`` only after every write succeeded and ``e2fsck -fn`` finds the filesystem clean.
-An interruption leaves the original untouched (and a stale copy, removed by the next run).
-Files go back into the ext4 image with ``debugfs -w`` (``rm`` + ``write`` +
-``set_inode_field`` for mode, owner and times): nothing is mounted.
+A file prepare edits that is a symlink is followed inside the guest; one that leads nowhere in
+the guest (a link to a host path, say) is left alone, with a note.
 
-Why a chroot and not libguestfs: as root on a Debian host a chroot runs the guest's own
-update-initramfs in seconds; libguestfs would boot its appliance under TCG here for the same
-job (see benchmarks/installed-guest/README.md). dracut and mkinitrd guests are refused with
-a message (not built yet).
+Atomicity: the work is done on a copy of the image in a private directory (``mkdtemp``: mode
+0700, a random name, on the image's filesystem so that the final ``rename(2)`` is atomic); the
+copy gets the image's mode and owner and replaces the image only after the appliance shut down
+cleanly (the guest's filesystems unmounted: a journal the guest left dirty is replayed by the
+mount). On any failure or timeout the appliance is killed and the directory removed: nothing
+is left. mkinitrd (SUSE, old Red Hat) guests are refused with a message.
 
 Errors::
 
     PvhvmError
-    └── PrepareError                 the image cannot be prepared (unreadable, unsupported)
-        └── ImageInUseError          a running domain uses the image
+    ├── PrepareError                 the image cannot be prepared (unreadable, unsupported)
+    │   └── ImageInUseError          a running domain uses the image
+    └── ApplianceError               (pvhvm.guest.appliance) an appliance step failed
+        └── ApplianceTimeout         ... or passed its deadline
 """
 
 from __future__ import annotations
@@ -42,19 +46,18 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pvhvm.errors import PvhvmError
-from pvhvm.inspect.errors import InspectError
+from pvhvm.errors import PvhvmError, printable
+from pvhvm.guest.appliance import Appliance, GuestOS, Timeouts
 from pvhvm.inspect.etcfiles import DeviceName, Naming, classify
-from pvhvm.inspect.extfs import ExtFilesystem
-from pvhvm.inspect.partitions import probe_signature, read_table
 from pvhvm.runtime.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,16 @@ BOOTLOADER_FILES = (
     "/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/grub/menu.lst",
     "/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg", "/extlinux.conf",
 )
-#: parts of the extracted tree never written back
-_SCRATCH = ("dev", "proc", "sys", "run", "tmp")
+UPDATE_INITRAMFS = ("/usr/sbin/update-initramfs", "/sbin/update-initramfs")
+DRACUT = ("/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut", "/bin/dracut")
+#: dracut.conf(5): the drivers in every image dracut builds from now on (hostonly or not)
+DRACUT_CONF = "/etc/dracut.conf.d/90-pvhvm-virtio.conf"
+DRACUT_CONF_TEXT = ("# PV (virtio) drivers, added by pvhvm guest prepare\n"
+                    f'add_drivers+=" {" ".join(VIRTIO_MODULES)} "\n')
+#: the work directory's name starts so (then mkdtemp's random part)
+WORKDIR_PREFIX = ".pvhvm-prepare-"
+#: the image copy, before and while the appliance works on it (sparse, reflinked if it can)
+COPY_TIMEOUT = 1800.0
 _KERNEL_ARG = re.compile(r"(?<![\w.-])(root|resume)=(/dev/(?:hd|sd|xvd|vd)[a-z]+[0-9]*)")
 _DISABLE_UUID = re.compile(r"^(\s*)(GRUB_DISABLE_LINUX_UUID\s*=\s*[\"']?true[\"']?)\s*$", re.M)
 
@@ -109,7 +120,7 @@ class PrepareResult:
     dry_run: bool
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: files written back into the image (rebuilt initramfs images and backups included)
+    #: files written in the guest (rebuilt initramfs images and backups included)
     written: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -123,13 +134,13 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class RootFilesystem:
-    """Where the guest's root filesystem is: byte offset and size, its partition, the disk's
-    partitions' UUIDs by number (0: the whole disk is the filesystem)."""
+    """The guest's root filesystem: its device in the appliance, its partition number, and the
+    filesystem UUIDs of its disk's partitions by number (0: the whole disk is the
+    filesystem)."""
 
-    offset: int
+    device: str
     partition: int
     uuids: dict[int, str]
-    size: int = 0
 
 
 # -- pure rewriting -------------------------------------------------------------------------
@@ -213,41 +224,17 @@ def add_initramfs_modules(text: str) -> tuple[str, list[str]]:
     return text, missing
 
 
-# -- the image ------------------------------------------------------------------------------
+# -- the guest, read through the appliance --------------------------------------------------
 
 
-def find_root(image: Path) -> RootFilesystem:
-    """The ext filesystem of ``image`` holding /etc/fstab, and the UUIDs of all partitions."""
-    try:
-        size = image.stat().st_size
-        with open(image, "rb") as stream:
-            head = stream.read(4)
-            if head == b"QFI\xfb":
-                raise PrepareError(f"{image}: a qcow2 image; prepare works on raw images "
-                                   "(qemu-img convert -O raw first)")
-            table = read_table(stream, size)
-            places = ([(p.number, p.start) for p in table.partitions]
-                      if table.partitions else [(0, 0)])
-            sizes = {p.number: p.size for p in table.partitions} or {0: size}
-            uuids: dict[int, str] = {}
-            kinds: dict[int, str] = {}
-            for number, start in places:
-                signature = probe_signature(stream, start)
-                if signature is not None:
-                    uuids[number] = signature.uuid
-                    kinds[number] = signature.type
-    except OSError as err:
-        raise PrepareError(f"cannot read {image}: {err}") from err
-    offsets = dict(places)
-    for number, kind in kinds.items():
-        if not kind.startswith("ext"):
-            continue
-        try:
-            if ExtFilesystem(image, offsets[number]).read_text(FSTAB) is not None:
-                return RootFilesystem(offsets[number], number, uuids, sizes[number])
-        except InspectError as err:
-            raise PrepareError(str(err)) from err
-    raise PrepareError(f"{image}: no ext2/3/4 filesystem with {FSTAB} (a Linux root) found")
+class GuestFiles(Protocol):
+    """Read access to a guest's files, every path resolved inside the guest."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def listdir(self, path: str) -> list[str] | None: ...
+
+    def read_text(self, path: str) -> str | None: ...
 
 
 def resolver_for(root: RootFilesystem, root_spec: str | None) -> Resolver:
@@ -295,51 +282,65 @@ def images_in_use(image: Path, store: StateStore | None = None) -> list[str]:
 
 @dataclass
 class _Plan:
-    """The text edits to make, computed from the image's current files."""
+    """The text edits to make, computed from the guest's current files."""
 
     edits: dict[str, tuple[str, str]] = field(default_factory=dict)  # path → (old, new)
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)
+    #: kernel release → its initramfs image
+    initrds: dict[str, str] = field(default_factory=dict)
+    #: the guest's own commands that rebuild them, with what each is called in messages
+    commands: list[tuple[list[str], str]] = field(default_factory=list)
 
 
-def plan_changes(fs: ExtFilesystem, root: RootFilesystem) -> _Plan:
-    """Read the guest's files and decide every text edit (no writes)."""
+def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
+    """Read the guest's files and decide every text edit (no writes); ``name`` names the
+    image in messages."""
     plan = _Plan()
-    if not fs.exists("/usr/sbin/update-initramfs"):
-        tool = "dracut" if fs.exists("/usr/bin/dracut") else "no initramfs-tools"
-        raise PrepareError(f"{fs.image}: the guest uses {tool}; pvhvm guest prepare rebuilds "
-                           "initramfs-tools initramfs images only (for now)")
-    boot = fs.listdir("/boot") or {}
+    update = next((p for p in UPDATE_INITRAMFS if fs.exists(p)), "")
+    dracut = next((p for p in DRACUT if fs.exists(p)), "")
+    if not update and not dracut:
+        raise PrepareError(f"{name}: the guest has neither initramfs-tools nor dracut; pvhvm "
+                           "guest prepare rebuilds initramfs images with one of those")
+    boot = fs.listdir("/boot") or []
     plan.kernels = sorted(n[len("vmlinuz-"):] for n in boot if n.startswith("vmlinuz-")
                           and not n.endswith(BACKUP_SUFFIX))
     if not plan.kernels:
-        raise PrepareError(f"{fs.image}: no /boot/vmlinuz-* in the guest's root filesystem")
+        raise PrepareError(f"{name}: no /boot/vmlinuz-* in the guest")
     fstab = fs.read_text(FSTAB)
     bootloaders = {p: t for p in BOOTLOADER_FILES if (t := fs.read_text(p)) is not None}
     spec = root_spec_of(fstab, next(iter(bootloaders.values()), None))
     resolve = resolver_for(root, spec)
-    for line in (fstab or "").splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2 and fields[1] == "/boot":
-            raise PrepareError(f"{fs.image}: /boot is a separate filesystem ({fields[0]}); "
-                               "not supported yet")
 
     def edit(path: str, old: str, new: str, changes: list[Change]) -> None:
         if new != old:
             plan.edits[path] = (old, new)
             plan.changes += changes
 
-    modules = fs.read_text(INITRAMFS_MODULES_FILE) or ""
-    new_modules, added = add_initramfs_modules(modules)
-    if added:
-        edit(INITRAMFS_MODULES_FILE, modules, new_modules, [Change(
-            INITRAMFS_MODULES_FILE, "initramfs", f"add {' '.join(added)}")])
+    debian = fs.exists("/etc/debian_version")
     for release in plan.kernels:
-        plan.changes.append(Change(
-            f"/boot/initrd.img-{release}", "initramfs",
-            "rebuild with the guest's update-initramfs -u -k all"
-            + (f" (adds {', '.join(added)})" if added else "")))
+        names = [f"/boot/initrd.img-{release}", f"/boot/initramfs-{release}.img"]
+        if not debian:
+            names.reverse()
+        plan.initrds[release] = next((n for n in names if n.removeprefix("/boot/") in boot),
+                                      names[0])
+    if update and (fs.exists("/etc/initramfs-tools") or not dracut):
+        added = _plan_initramfs_tools(fs, plan, edit)
+        plan.commands.append(([update, "-u", "-k", "all"], "update-initramfs"))
+        how = "rebuild with the guest's update-initramfs -u -k all"
+    else:
+        conf = fs.read_text(DRACUT_CONF)
+        added = list(VIRTIO_MODULES) if conf != DRACUT_CONF_TEXT else []
+        if added:
+            edit(DRACUT_CONF, conf or "", DRACUT_CONF_TEXT, [Change(
+                DRACUT_CONF, "initramfs", f"add_drivers+= {' '.join(added)}")])
+        for release in plan.kernels:
+            plan.commands.append(([dracut, "-f", plan.initrds[release], release], "dracut"))
+        how = "rebuild with the guest's dracut -f"
+    for release in plan.kernels:
+        plan.changes.append(Change(plan.initrds[release], "initramfs", how + (
+            f" (adds {', '.join(added)})" if added else "")))
     if fstab is not None:
         edit(FSTAB, fstab, *rewrite_fstab(fstab, resolve))
     crypttab = fs.read_text(CRYPTTAB)
@@ -356,118 +357,41 @@ def plan_changes(fs: ExtFilesystem, root: RootFilesystem) -> _Plan:
             for token in fields[:2]:
                 device = classify(token)
                 if device.naming is Naming.KERNEL_NAME and resolve(device) is None:
-                    plan.notes.append(f"{token} is not on the root's disk: left as it is")
+                    plan.notes.append(f"{printable(token)} is not on the root's disk: left "
+                                      "as it is")
     return plan
 
 
-# -- extraction, chroot, write-back ---------------------------------------------------------
+def _plan_initramfs_tools(fs: GuestFiles, plan: _Plan,
+                          edit: Callable[[str, str, str, list[Change]], None]) -> list[str]:
+    """The virtio modules into initramfs-tools' modules file; the ones added."""
+    modules = fs.read_text(INITRAMFS_MODULES_FILE)
+    if modules is None and fs.exists(INITRAMFS_MODULES_FILE):
+        plan.notes.append(f"{INITRAMFS_MODULES_FILE} is not a regular file in the guest: "
+                          "left alone")
+        return []
+    new_modules, added = add_initramfs_modules(modules or "")
+    if added:
+        edit(INITRAMFS_MODULES_FILE, modules or "", new_modules, [Change(
+            INITRAMFS_MODULES_FILE, "initramfs", f"add {' '.join(added)}")])
+    return added
 
 
-def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    log.debug("run %s", argv)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-    except OSError as err:
-        raise PrepareError(f"cannot run {argv[0]}: {err}") from err
-    if done.returncode != 0:
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
-        raise PrepareError(f"{what} failed (exit status {done.returncode}): {tail}")
-    return done.stdout
+def root_filesystem(appliance: Appliance, guest: GuestOS) -> RootFilesystem:
+    """The root's device and the UUIDs of its disk's partitions, as the appliance sees them."""
+    uuids = appliance.partition_uuids(guest.root)
+    match = re.search(r"[0-9]+$", guest.root)
+    partition = int(match.group(0)) if match and guest.root.startswith("/dev/sd") else 0
+    return RootFilesystem(guest.root, partition, uuids)
 
 
-def _debugfs() -> str:
-    tool = shutil.which("debugfs") or shutil.which("/sbin/debugfs")
-    if tool is None:
-        raise PrepareError("debugfs (e2fsprogs) is not installed")
-    return tool
-
-
-def _quote(path: str) -> str:
-    if '"' in path or "\n" in path:
-        raise PrepareError(f"cannot handle the file name {path!r}")
-    return f'"{path}"'
-
-
-def extract(device: str, destination: Path) -> None:
-    """Copy the whole filesystem out with debugfs ``rdump`` (owners, modes, symlinks)."""
-    listing = _run([_debugfs(), "-c", "-R", "ls -p /", device], "debugfs ls")
-    names = []
-    for line in listing.splitlines():
-        fields = line.split("/")
-        if len(fields) >= 7 and fields[1].isdigit():
-            name = "/".join(fields[5:-2])
-            if name not in (".", "..", "lost+found"):
-                names.append(name)
-    script = "".join(f"rdump {_quote('/' + n)} {_quote(str(destination))}\n" for n in names)
-    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as commands:
-        commands.write(script)
-        commands.flush()
-        _run([_debugfs(), "-c", "-f", commands.name, device], "debugfs rdump")
-    for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("random", 1, 8),
-                               ("urandom", 1, 9)):
-        node = destination / "dev" / name
-        node.parent.mkdir(exist_ok=True)
-        if not node.exists():
-            os.mknod(node, 0o20666, os.makedev(major, minor))
-
-
-def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """path → (size, mtime_ns, mode) of every regular file and symlink outside scratch dirs."""
-    found: dict[str, tuple[int, int, int]] = {}
-    for top in root.iterdir():
-        if top.name in _SCRATCH:
-            continue
-        if top.is_symlink() or top.is_file():
-            st = top.lstat()
-            found["/" + top.name] = (st.st_size, st.st_mtime_ns, st.st_mode)
-            continue
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                path = Path(dirpath) / name
-                st = path.lstat()
-                found["/" + str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns,
-                                                           st.st_mode)
-    return found
-
-
-def write_back(device: str, root: Path, paths: list[str]) -> None:
-    """Write regular files ``paths`` of the extracted tree into the filesystem (debugfs -w)."""
-    lines = []
-    for path in paths:
-        host = root / path.lstrip("/")
-        st = host.lstat()
-        if not host.is_file() or host.is_symlink():
-            raise PrepareError(f"cannot write back {path}: not a regular file")
-        parent, name = os.path.split(path)
-        lines += [
-            f"cd {_quote(parent or '/')}",
-            f"rm {_quote(name)}",
-            f"write {_quote(str(host))} {_quote(name)}",
-            f"set_inode_field {_quote(name)} mode 0{st.st_mode:o}",
-            f"set_inode_field {_quote(name)} uid {st.st_uid}",
-            f"set_inode_field {_quote(name)} gid {st.st_gid}",
-            f"set_inode_field {_quote(name)} mtime @{int(st.st_mtime)}",
-        ]
-    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as commands:
-        commands.write("\n".join(lines) + "\n")
-        commands.flush()
-        done = subprocess.run([_debugfs(), "-w", "-f", commands.name, device],
-                              capture_output=True, text=True, check=False)
-    problems = [line for line in done.stderr.splitlines()
-                if line.strip() and not line.startswith("debugfs ")
-                and "File not found by ext2_lookup" not in line]
-    if done.returncode != 0 or problems:
-        raise PrepareError(f"debugfs -w failed: {' | '.join(problems[-4:]) or done.returncode}")
-
-
-def _chroot_env() -> dict[str, str]:
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+# -- doing it -------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def _exclusive(image: Path) -> Iterator[None]:
     """One prepare of an image at a time (flock on the image itself)."""
-    fd = os.open(image, os.O_RDONLY)
+    fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -479,167 +403,144 @@ def _exclusive(image: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | None = None,
-                  store: StateStore | None = None) -> PrepareResult:
-    """Prepare the guest in raw disk ``image`` for PV disks (see the module docstring)."""
-    say = progress or (lambda message: log.info("%s", message))
-    result = PrepareResult(image, dry_run)
-    started = time.monotonic()
-    if not image.is_file():
-        raise PrepareError(f"{image}: no such image file")
-    users = images_in_use(image, store)
-    if users:
-        raise ImageInUseError(f"{image} is in use by running domain {', '.join(users)}; "
-                              "shut it down first")
-    root = find_root(image)
-    if dry_run:
-        plan = _plan(image, root)
-        result.changes, result.notes = plan.changes, plan.notes
-        if needs_recovery(image, root):
-            result.notes.append("the filesystem's journal needs recovery (the guest did not "
-                                "shut down cleanly): prepare replays it first")
-        result.seconds["read"] = time.monotonic() - started
-        return result
-    if os.geteuid() != 0:
-        raise PrepareError("pvhvm guest prepare needs root (chroot into the guest's files)")
-    work_image = image.with_name(f".{image.name}.pvhvm-prepare")
-    work_fs = image.with_name(f".{image.name}.pvhvm-prepare.rootfs")
-    work_tree = image.with_name(f".{image.name}.pvhvm-prepare.tree")
-    with _exclusive(image):
-        try:
-            for stale in (work_image, work_fs):
-                stale.unlink(missing_ok=True)
-            shutil.rmtree(work_tree, ignore_errors=True)
-            _prepare_filesystem(image, work_fs, work_tree, root, result, say)
-            mark = time.monotonic()
-            say(f"writing the prepared filesystem into a copy of {image.name}")
-            _run(["cp", "--sparse=always", "--reflink=auto", str(image), str(work_image)],
-                 "cp")
-            splice(work_fs, work_image, root.offset)
-            _timed(result, "commit", mark)
-            os.replace(work_image, image)
-        finally:
-            for scratch in (work_image, work_fs):
-                scratch.unlink(missing_ok=True)
-            shutil.rmtree(work_tree, ignore_errors=True)
-    result.seconds["total"] = time.monotonic() - started
-    return result
-
-
-def extract_range(image: Path, target: Path, offset: int, size: int) -> None:
-    """Copy ``size`` bytes at ``offset`` of ``image`` into a new sparse file ``target``."""
-    block = 1 << 20
-    zero = bytes(block)
-    with open(image, "rb") as src, open(target, "wb") as dst:
-        dst.truncate(size)
-        src.seek(offset)
-        done = 0
-        while done < size:
-            chunk = src.read(min(block, size - done))
-            if not chunk:
-                break
-            if chunk != zero[:len(chunk)]:
-                dst.seek(done)
-                dst.write(chunk)
-            done += len(chunk)
-
-
-def splice(source: Path, image: Path, offset: int) -> None:
-    """Write ``source`` into ``image`` at ``offset``: only the MiB blocks that differ, so the
-    copy stays as sparse as the original; then fsync."""
-    block = 1 << 20
-    with open(source, "rb") as src, open(image, "r+b") as dst:
-        position = 0
-        while chunk := src.read(block):
-            dst.seek(offset + position)
-            if dst.read(len(chunk)) != chunk:
-                dst.seek(offset + position)
-                dst.write(chunk)
-            position += len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-
-
-def _plan(image: Path, root: RootFilesystem) -> _Plan:
-    try:
-        return plan_changes(ExtFilesystem(image, root.offset), root)
-    except InspectError as err:
-        raise PrepareError(str(err)) from err
-
-
-def needs_recovery(image: Path, root: RootFilesystem) -> bool:
-    """Whether the ext superblock says the journal must be replayed (incompat 0x4)."""
-    with open(image, "rb") as stream:
-        stream.seek(root.offset + 1024 + 96)
-        incompat = int.from_bytes(stream.read(4), "little")
-    return bool(incompat & 0x4)
-
-
-def recover(device: str) -> bool:
-    """``e2fsck -fp``: replay the journal of a guest that was not shut down, fix what is
-    safe; anything worse is the user's to decide (exit status 4 and up)."""
-    done = subprocess.run(["e2fsck", "-fp", device], capture_output=True, text=True,
-                          check=False)
-    if done.returncode >= 4:
-        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-        raise PrepareError(f"the guest's root filesystem has errors e2fsck -p will not fix "
-                           f"(run e2fsck on it first): {tail}")
-    return done.returncode != 0
-
-
 def _timed(result: PrepareResult, step: str, started: float) -> float:
     now = time.monotonic()
     result.seconds[step] = now - started
     return now
 
 
-def _prepare_filesystem(image: Path, work_fs: Path, tree: Path, root: RootFilesystem,
-                        result: PrepareResult, say: Progress) -> None:
-    """All the work, on a copy of the root filesystem alone (e2fsck and debugfs then need no
-    offset: e2fsck loses ``?offset=`` when it re-opens a device after a journal replay)."""
-    mark = time.monotonic()
-    say("copying the root filesystem out of the image")
-    extract_range(image, work_fs, root.offset, root.size)
-    mark = _timed(result, "copy", mark)
-    device = str(work_fs)
-    say("e2fsck -fp (replays the journal if the guest did not shut down)")
-    repaired = recover(device)
-    mark = _timed(result, "fsck-before", mark)
-    plan = _plan(work_fs, RootFilesystem(0, root.partition, root.uuids, root.size))
-    result.changes, result.notes = plan.changes, plan.notes
-    if repaired:
-        result.notes.append("e2fsck -p replayed the journal or fixed the filesystem first")
+def copy_image(image: Path, target: Path, timeout: float = COPY_TIMEOUT) -> None:
+    """A sparse (reflinked where the filesystem can) copy of ``image`` at the new name
+    ``target``, with the image's mode and owner; ``cp`` runs in its own process group, killed
+    at ``timeout``."""
+    argv = ["cp", "--sparse=always", "--reflink=auto", "--no-dereference", "--",
+            str(image), str(target)]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _out, err = process.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise PrepareError(f"copying {image} took longer than {timeout:.0f} s") from None
+    if process.returncode != 0:
+        raise PrepareError(f"copying {image} failed: {err.decode(errors='replace').strip()}")
+    st = image.stat()
+    os.chown(target, st.st_uid, st.st_gid)
+    os.chmod(target, st.st_mode & 0o7777)
+
+
+def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | None = None,
+                  store: StateStore | None = None,
+                  timeouts: Timeouts | None = None) -> PrepareResult:
+    """Prepare the guest in raw disk ``image`` for PV disks (see the module docstring)."""
+    say = progress or (lambda message: log.info("%s", message))
+    result = PrepareResult(image, dry_run)
+    started = time.monotonic()
+    if image.is_symlink() or not image.is_file():
+        raise PrepareError(f"{image}: not an image file (a symlink is not followed: name the "
+                           "file itself)")
+    users = images_in_use(image, store)
+    if users:
+        raise ImageInUseError(f"{image} is in use by running domain {', '.join(users)}; "
+                              "shut it down first")
+    with open(image, "rb") as stream:
+        if stream.read(4) == b"QFI\xfb":
+            raise PrepareError(f"{image}: a qcow2 image; prepare works on raw images "
+                               "(qemu-img convert -O raw first)")
+    if dry_run:
+        with Appliance(image, readonly=True, timeouts=timeouts, progress=say) as appliance:
+            mark = _timed(result, "launch", started)
+            guest = appliance.inspect()
+            result.notes += appliance.mount(guest)
+            plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image))
+            result.changes, result.notes = plan.changes, result.notes + plan.notes
+            _timed(result, "read", mark)
+        result.seconds["total"] = time.monotonic() - started
+        return result
+    with _exclusive(image):
+        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=image.parent))
+        try:
+            copy = workdir / "disk.img"
+            say(f"copying {image.name} into a private work directory")
+            copy_image(image, copy)
+            mark = _timed(result, "copy", started)
+            with Appliance(copy, readonly=False, timeouts=timeouts, tmpdir=workdir,
+                           progress=say) as appliance:
+                mark = _timed(result, "launch", mark)
+                _prepare_guest(appliance, image, result, say, mark)
+                mark = time.monotonic()
+                say("unmounting the guest's filesystems, stopping the appliance")
+            mark = _timed(result, "shutdown", mark)
+            with open(copy, "rb") as stream:
+                os.fsync(stream.fileno())
+            os.replace(copy, image)
+            directory = os.open(image.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            _timed(result, "commit", mark)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result.seconds["total"] = time.monotonic() - started
+    return result
+
+
+def _backup(appliance: Appliance, path: str, written: list[str]) -> None:
+    """``path.pre-pvhvm`` beside a resolved regular guest file, unless one is there already
+    (a second prepare keeps the first original)."""
+    backup = path + BACKUP_SUFFIX
+    if appliance.is_symlink(backup) or appliance.exists(backup):
+        return
+    appliance.copy(path, backup)
+    written.append(backup)
+
+
+def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say: Progress,
+                   mark: float) -> None:
+    """Inspect and mount the guest, edit its files, run its initramfs tool (in the appliance)."""
+    say("inspecting the guest and mounting its filesystems as its fstab says")
+    guest = appliance.inspect()
+    result.notes += appliance.mount(guest)
+    plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image))
+    result.changes, result.notes = plan.changes, result.notes + plan.notes
     mark = _timed(result, "read", mark)
-    tree.mkdir()
-    say("extracting the guest's files (debugfs rdump)")
-    extract(device, tree)
-    mark = _timed(result, "extract", mark)
-    before = _snapshot(tree)
+    written: list[str] = []
     for path, (_old, new) in plan.edits.items():
-        host = tree / path.lstrip("/")
-        backup = host.with_name(host.name + BACKUP_SUFFIX)
-        if host.exists() and not backup.exists():  # a new file has nothing to keep
-            shutil.copy2(host, backup)
-        mode = host.stat().st_mode if host.exists() else 0o100644
-        host.parent.mkdir(parents=True, exist_ok=True)
-        host.write_text(new)
-        host.chmod(mode & 0o7777)
-    for release in plan.kernels:
-        initrd = tree / "boot" / f"initrd.img-{release}"
-        backup = initrd.with_name(initrd.name + BACKUP_SUFFIX)
-        if initrd.is_file() and not backup.exists():
-            shutil.copy2(initrd, backup)
-    say("update-initramfs -u -k all in the guest (chroot)")
-    _run(["chroot", str(tree), "update-initramfs", "-u", "-k", "all"],
-         "the guest's update-initramfs", env=_chroot_env())
-    mark = _timed(result, "update-initramfs", mark)
-    after = _snapshot(tree)
-    changed = sorted(p for p, st in after.items() if before.get(p) != st
-                     and not Path(tree / p.lstrip("/")).is_symlink())
-    say(f"writing {len(changed)} files back (debugfs -w)")
-    write_back(device, tree, changed)
-    result.written = changed
-    mark = _timed(result, "write-back", mark)
-    say("e2fsck -fn")
-    _run(["e2fsck", "-fn", device], "e2fsck -fn on the prepared filesystem")
-    _timed(result, "fsck-after", mark)
+        real = appliance.realpath(path)
+        if real is None and appliance.is_symlink(path):
+            result.notes.append(f"{path} is a symlink that leads nowhere in the guest: left "
+                                "alone")
+            continue
+        if real is not None and not appliance.is_file(real):
+            result.notes.append(f"{path} is not a regular file in the guest: left alone")
+            continue
+        if real is None:  # a new file (the initramfs modules list, dracut's conf file)
+            parent = appliance.realpath(os.path.dirname(path))
+            if parent is None:
+                result.notes.append(f"{os.path.dirname(path)} is not in the guest: {path} "
+                                    "not written")
+                continue
+            real = f"{parent.rstrip('/')}/{os.path.basename(path)}"
+        else:
+            _backup(appliance, real, written)
+        appliance.write_text(real, new)
+        written.append(real)
+    boot = "/boot"
+    for initrd in plan.initrds.values():
+        if appliance.is_symlink(initrd):
+            result.notes.append(f"{initrd} is a symlink: not backed up")
+        elif appliance.is_file(initrd):
+            _backup(appliance, initrd, written)
+    before = appliance.stat_entries(boot)
+    mark = _timed(result, "edit", mark)
+    for argv, tool in plan.commands:
+        say(f"the guest's {printable(' '.join(argv))}, in the appliance")
+        appliance.run_guest(argv, f"the guest's {tool}")
+    mark = _timed(result, "initramfs", mark)
+    after = appliance.stat_entries(boot)
+    written += [f"{boot}/{name}" for name, st in sorted(after.items())
+                if before.get(name) != st and f"{boot}/{name}" not in written]
+    result.written = written

@@ -6,6 +6,8 @@ Facts it relies on (QEMU 7.2):
   ``-nodefaults`` has no IDE (class 0x0101) and no SATA (0x0106) function. So a plan that needs
   the IDE controller gets ``pc``, and a plan with no emulated disk gets that q35.
 * ioemu disks are ``ide-hd``/``ide-cd`` on ``ide.<channel>`` unit ``<unit>`` (hda..hdd);
+  emulated sd* disks are ``scsi-hd`` on an ``lsi53c895a`` (``scsi0``, the controller
+  ``if=scsi`` makes, as libxl_dm.c asks for it) at ``scsi-id`` = the disk's index;
   xenbus disks are ``virtio-blk-pci``; NICs are ``rtl8139``/``e1000``/``ne2k_pci`` or
   ``virtio-net-pci``.
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
@@ -34,7 +36,7 @@ from pvhvm.config.values import (
     parse_vnc_listen,
 )
 from pvhvm.errors import PlanError, SpecError
-from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
+from pvhvm.plan.plan import OVMF_PATH, SCSI_CONTROLLER, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.netdisk import available_drivers, drive_options, driver_of
 from pvhvm.qemu.opts import OptionPair, initrd_value, option_string
@@ -53,6 +55,8 @@ IDE_MACHINE = "pc"
 #: every domain's memory balloon (virtio, on the root bus): mem-set moves its target, as
 #: xl's mem-set moves a Xen guest's balloon (runtime/resize.py)
 BALLOON_DEVICE = option_string([("id", "balloon0")], head="virtio-balloon-pci")
+#: the emulated SCSI controller's id; its bus is ``scsi0.0``
+SCSI_ID = "scsi0"
 
 
 class Accel(Enum):
@@ -173,6 +177,8 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
             argv += ["-append", plan.cmdline]
     argv += _bridges(plan)
     argv += hotplug_ports(plan)
+    if plan.scsi_controller:
+        argv += ["-device", option_string([("id", SCSI_ID)], head=SCSI_CONTROLLER)]
     iothreads = 0
     pv_index = 0
     for disk in plan.disks:
@@ -226,6 +232,8 @@ def _display(display: Display, secret: Path | None) -> list[str]:
     """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
     vncpasswd, keymap of xl.cfg(5))."""
     argv = ["-device", option_string([], head=_VGA_DEVICES[display.vga])]
+    if display.spice is not None:
+        argv += _spice(display)
     if not display.vnc:
         return argv
     # the plan's listen is a checked host (config.values.parse_vnc_listen); checked again
@@ -249,6 +257,17 @@ def _display(display: Display, secret: Path | None) -> list[str]:
     if display.keymap:
         argv += ["-k", display.keymap]
     return argv
+
+
+def _spice(display: Display) -> list[str]:
+    """spice = 1 (xl.cfg(5): spicehost, spiceport, spicedisable_ticketing,
+    spiceagent_mouse): QEMU's SPICE server for the guest's card."""
+    spice = display.spice
+    assert spice is not None and spice.port is not None
+    options: list[OptionPair] = [("port", spice.port), ("addr", spice.host),
+                                 ("disable-ticketing", spice.disable_ticketing),
+                                 ("agent-mouse", spice.agent_mouse)]
+    return ["-spice", option_string(options)]
 
 
 def _vnc_listen(listen: str) -> tuple[str, int | None]:
@@ -444,6 +463,11 @@ def _disk(
     tuning = options.ide_tuning if emulated else options.pv_tuning
     argv = ["-drive", drive_value(disk, options)]
     boot: list[OptionPair] = [] if disk.bootindex is None else [("bootindex", disk.bootindex)]
+    if emulated and disk.scsi_unit is not None:
+        argv += ["-device", option_string([("drive", drive_id), ("bus", f"{SCSI_ID}.0"),
+                                           ("scsi-id", disk.scsi_unit), ("lun", 0), *boot],
+                                          head="scsi-hd")]
+        return argv, 0
     if emulated:
         assert disk.ide_place is not None
         channel, unit = disk.ide_place

@@ -218,6 +218,11 @@ class Plan:
         return self.kernel is not None
 
     @property
+    def scsi_model(self) -> str:
+        """The emulated SCSI controller's QEMU device (the plan table names it)."""
+        return SCSI_CONTROLLER
+
+    @property
     def scsi_controller(self) -> bool:
         """Whether the guest gets the emulated SCSI controller (some sd* disk is emulated)."""
         return any(d.scsi_unit is not None for d in self.disks)
@@ -491,7 +496,7 @@ def make_plan(
         platform=platform,
         memory_mib=memory,
         vcpus=config.vcpus or 1,
-        ide_controller=any(d.kind is DeviceKind.IOEMU for d in disks),
+        ide_controller=any(d.ide_place is not None for d in disks),
         disks=tuple(disks),
         vifs=tuple(vifs),
         kernel=kernel,

@@ -343,8 +343,17 @@ def _chardev_value(chardev: Chardev, chardev_id: str, *log: OptionPair) -> str |
         assert chardev.path is not None
         return _listening_socket(chardev_id, chardev.path, *log)
     assert chardev.host is not None and chardev.port is not None
+    if chardev.kind is ChardevKind.UDP:
+        local: list[OptionPair] = []
+        if chardev.local_host:
+            local.append(("localaddr", chardev.local_host))
+        if chardev.local_port is not None:
+            local.append(("localport", chardev.local_port))
+        return option_string([("id", chardev_id), ("host", chardev.host),
+                              ("port", chardev.port), *local, *log], head="udp")
+    telnet: list[OptionPair] = [("telnet", True)] if chardev.kind is ChardevKind.TELNET else []
     return option_string([("id", chardev_id), ("host", chardev.host), ("port", chardev.port),
-                          ("server", True), ("wait", False), *log], head="socket")
+                          ("server", True), ("wait", False), *telnet, *log], head="socket")
 
 
 def _chardev_port(chardev: Chardev, chardev_id: str, option: str,
@@ -358,7 +367,7 @@ def _chardev_port(chardev: Chardev, chardev_id: str, option: str,
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:
     """``serial=`` as xl knows it: ``pty``, ``null``, ``file:PATH``, ``unix:PATH``,
-    ``tcp:HOST:PORT``.
+    ``tcp:HOST:PORT``, ``telnet:HOST:PORT``, ``udp:HOST:PORT[@LOCAL:PORT]``.
 
     Without a serial= line the console is a Unix socket (for ``pvhvm console``); every form
     but ``file:`` also logs to the domain's console.log.

@@ -346,12 +346,13 @@ MINI_OS = xen_elf((6, b"Mini-OS\0"), (1, b"\0" * 8), (5, b"xen-3.0\0"))
     [
         (MINI_OS, "Xen's PV notes and no PVH entry"),
         (xen_elf((6, b"PVGRUB\0"), wide=False), "Xen's PV notes"),
-        (gzip.compress(MINI_OS), "gzip'd an ELF with Xen's PV notes"),
+        (gzip.compress(MINI_OS, mtime=0), "gzip'd an ELF with Xen's PV notes"),
         (xen_elf((6, b"linux\0\0\0"), (18, b"\0" * 4)), None),  # a PVH entry: QEMU boots it
         (b"\0" * 0x202 + b"HdrS" + b"\0" * 512, None),  # a bzImage
         (b"\x7fELF\x02\x01" + b"\0" * 58, None),  # an ELF with no Xen notes
         (b"\0" * 4096, None),
     ],
+    ids=["mini-os", "pv-grub-32", "gzip", "pvh", "bzimage", "plain-elf", "zeros"],
 )
 def test_pv_only_kernels_are_told_apart(tmp_path: Path, content: bytes,
                                          verdict: str | None) -> None:
@@ -363,7 +364,7 @@ def test_pv_only_kernels_are_told_apart(tmp_path: Path, content: bytes,
 
 def test_a_pv_only_kernel_cannot_boot_on_qemu(tmp_path: Path) -> None:
     kernel = tmp_path / "pv-grub.gz"
-    kernel.write_bytes(gzip.compress(xen_elf((6, b"PVGRUB\0"))))
+    kernel.write_bytes(gzip.compress(xen_elf((6, b"PVGRUB\0")), mtime=0))
     text = f'name="pvgrub"\nmemory=32\nkernel="{kernel}"\nextra="(hd0,0)/boot/grub/menu.lst"'
     with pytest.raises(ConfigError) as info:
         make_plan(config_from_text(text, "g.cfg"))
@@ -373,7 +374,7 @@ def test_a_pv_only_kernel_cannot_boot_on_qemu(tmp_path: Path) -> None:
 
 def test_a_stub_domains_memory_names_the_real_blocker(tmp_path: Path) -> None:
     kernel = tmp_path / "ioemu-stubdom.gz"
-    kernel.write_bytes(gzip.compress(MINI_OS))
+    kernel.write_bytes(gzip.compress(MINI_OS, mtime=0))
     text = f'name="stub"\nkernel="{kernel}"\nmemory = 8\n'
     with pytest.raises(ConfigError, match="boots only on Xen"):
         make_plan(config_from_text(text, "g.cfg"))

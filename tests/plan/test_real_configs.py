@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -266,9 +267,15 @@ def test_spice_is_realised_with_a_cirrus_card() -> None:
     assert devices(argv, "cirrus-vga") == ["cirrus-vga"]
     exported = export_xl(plan_of(text)).text
     assert "spice = 1" in exported and "spiceport = 5930" in exported
+    secret = qemu_argv(plan_of(text.replace("spicedisable_ticketing=1", 'spicepasswd="pw"')),
+                       replace(PATHS, vnc_secret=Path("/run/g/vnc.secret")))
+    assert "secret,id=vncpass0,file=/run/g/vnc.secret" in secret and "pw" not in " ".join(secret)
+    assert secret[secret.index("-spice") + 1] == (
+        "port=5930,addr=127.0.0.1,password-secret=vncpass0,agent-mouse=on")
     for line, words in (("spice=1\n", "spiceport"),
                         ("spice=1\nspiceport=5930\n", "spicedisable_ticketing"),
-                        ("spice=1\nspiceport=5930\nspicepasswd='x'\n", "spicepasswd")):
+                        ("spice=1\nspiceport=5930\nspicepasswd='x'\nvncpasswd='y'\n",
+                         "differ")):
         with pytest.raises(ConfigError) as info:
             plan_of('name="g"\ntype="hvm"\n' + line)
         assert str(info.value).startswith("g.cfg:") and words in str(info.value)

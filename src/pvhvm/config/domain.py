@@ -107,6 +107,8 @@ class Spice:
     tls_port: int | None = None
     disable_ticketing: bool = False
     agent_mouse: bool = True
+    #: spicepasswd: reaches QEMU as the display's secret (a 0600 file), never its argv
+    password: str | None = None
 
 
 T = TypeVar("T")
@@ -544,16 +546,18 @@ def _spice(r: _Reader) -> Spice | None:
     if tls_port is not None:
         raise r.fail("spicetls_port", "spicetls_port: the qemu platform has no SPICE TLS "
                                       "certificates; use spiceport (and an SSH tunnel)")
-    if r.values.get("spicepasswd"):
-        raise r.fail("spicepasswd", "spicepasswd: pvhvm does not pass SPICE passwords to QEMU "
-                                    "yet; use spicedisable_ticketing = 1 with spicehost = "
-                                    "\"127.0.0.1\" (reach it through an SSH tunnel)")
+    password = r.str_("spicepasswd") or None
+    vnc_password = r.str_("vncpasswd")
+    if password and vnc_password and password != vnc_password:
+        raise r.fail("spicepasswd", "spicepasswd and vncpasswd differ: pvhvm keeps one password "
+                                    "for the guest's display; give the same one to both")
     disable = r.bool_("spicedisable_ticketing", False)
-    if not disable:
+    if not disable and not password:
         raise r.fail("spice", "spice = 1 needs spicedisable_ticketing = 1 or spicepasswd "
                               "(libxl refuses a SPICE server with neither)")
-    return Spice(host=host, port=port, tls_port=tls_port, disable_ticketing=disable,
-                 agent_mouse=r.bool_("spiceagent_mouse", True))
+    return Spice(host=host, port=port, tls_port=tls_port,
+                 disable_ticketing=disable and not password,
+                 agent_mouse=r.bool_("spiceagent_mouse", True), password=password)
 
 
 def _whole_numbers(r: _Reader) -> None:

@@ -610,8 +610,9 @@ def _display(config: DomainConfig) -> Display | None:
         raise ConfigError(problem, file=config.file)
     return Display(
         vga=config.vga or "cirrus", vnc=config.vnc, listen=listen, display=display,
-        unused=config.vnc_unused, password=config.vnc_password, keymap=config.keymap,
-        spice=config.spice,
+        unused=config.vnc_unused, keymap=config.keymap, spice=config.spice,
+        # one secret for the display: vncpasswd, or spicepasswd (config.domain: never two)
+        password=config.vnc_password or (config.spice.password if config.spice else None),
     )
 
 

@@ -224,6 +224,8 @@ def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
 
 
 _VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+#: the id of the display's password secret (vncpasswd/spicepasswd, from a 0600 file)
+DISPLAY_SECRET = "vncpass0"
 #: vncunused tries this many displays after vncdisplay
 VNC_UNUSED_RANGE = 99
 
@@ -232,6 +234,10 @@ def _display(display: Display, secret: Path | None) -> list[str]:
     """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
     vncpasswd, keymap of xl.cfg(5))."""
     argv = ["-device", option_string([], head=_VGA_DEVICES[display.vga])]
+    if display.password and (display.vnc or display.spice is not None):
+        source: OptionPair = (("data", display.password) if secret is None
+                              else ("file", str(secret)))
+        argv += ["-object", option_string([("id", DISPLAY_SECRET), source], head="secret")]
     if display.spice is not None:
         argv += _spice(display)
     if not display.vnc:
@@ -249,10 +255,7 @@ def _display(display: Display, secret: Path | None) -> list[str]:
         # fails outright when to= is below the display)
         vnc_options.append(("to", min(display.display + VNC_UNUSED_RANGE, MAX_VNC_DISPLAY)))
     if display.password:
-        source: OptionPair = (("data", display.password) if secret is None
-                              else ("file", str(secret)))
-        argv += ["-object", option_string([("id", "vncpass0"), source], head="secret")]
-        vnc_options.append(("password-secret", "vncpass0"))
+        vnc_options.append(("password-secret", DISPLAY_SECRET))
     argv += ["-vnc", option_string(vnc_options, head=f"{listen}:{display.display}")]
     if display.keymap:
         argv += ["-k", display.keymap]
@@ -264,9 +267,12 @@ def _spice(display: Display) -> list[str]:
     spiceagent_mouse): QEMU's SPICE server for the guest's card."""
     spice = display.spice
     assert spice is not None and spice.port is not None
-    options: list[OptionPair] = [("port", spice.port), ("addr", spice.host),
-                                 ("disable-ticketing", spice.disable_ticketing),
-                                 ("agent-mouse", spice.agent_mouse)]
+    options: list[OptionPair] = [("port", spice.port), ("addr", spice.host)]
+    if display.password:
+        options.append(("password-secret", DISPLAY_SECRET))
+    else:
+        options.append(("disable-ticketing", spice.disable_ticketing))
+    options.append(("agent-mouse", spice.agent_mouse))
     return ["-spice", option_string(options)]
 
 

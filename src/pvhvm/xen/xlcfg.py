@@ -80,6 +80,7 @@ def _settings(plan: Plan) -> list[str]:
             lines += ["spice = 1", f"spicehost = {_quote(spice.host)}",
                       f"spiceport = {spice.port}",
                       f"spicedisable_ticketing = {1 if spice.disable_ticketing else 0}",
+                      *([f"spicepasswd = {_quote(spice.password)}"] if spice.password else []),
                       f"spiceagent_mouse = {1 if spice.agent_mouse else 0}"]
     else:
         lines.append('vga = "none"')

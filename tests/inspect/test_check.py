@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pvhvm.config.domain import load_config
+from pvhvm.config.domain import Dialect, load_config
 from pvhvm.inspect.check import Problem, Severity, check_plan, guest_disk_names
 from pvhvm.plan.plan import Plan, Platform, make_plan
 from tests.inspect.conftest import (
@@ -20,7 +20,8 @@ def plan_for(tmp_path: Path, disks: list[str], *, platform: Platform = Platform.
              extra: str = "", vif: str = '[""]') -> Plan:
     cfg = tmp_path / "guest.cfg"
     cfg.write_text(f'name = "g"\nbuilder = "hvm"\nboot = "c"\ndisk = {disks!r}\nvif = {vif}\n{extra}')
-    return make_plan(load_config(cfg, {}), platform)
+    # written with the RFC's defaults (an untyped xvd disk is PV): xend 3.0.2 (issue 20)
+    return make_plan(load_config(cfg, {}, Dialect.XEND_302), platform)
 
 
 def lines(problems: list[Problem], severity: Severity | None = None) -> list[str]:

@@ -227,6 +227,15 @@ def test_disk_buses_names_and_flags() -> None:
             "<disk device='cdrom'><target dev='sdb' bus='sata'/></disk>"))
 
 
+def test_a_sata_hard_disk_named_sda_stays_ide() -> None:
+    """libvirt names q35's SATA disks sdX; pvhvm's own sdX is emulated SCSI (issue 20), so a
+    SATA or IDE hard disk named sdX is read as the IDE disk at its place."""
+    plan = plan_xml(domain("<disk type='file' device='disk'><source file='/a'/>"
+                           "<target dev='sda' bus='sata'/></disk>"))
+    assert [(d.vdev, d.emulated_as, d.ide_place) for d in plan.disks] == [("hda", "IDE", (0, 0))]
+    assert not plan.scsi_controller
+
+
 def test_alias_gives_the_vdev_back_only_where_it_fits() -> None:
     disk = ("<disk><source file='/a'/><target dev='{dev}' bus='{bus}'/>"
             "<alias name='ua-disk-{alias}'/></disk>")

@@ -353,7 +353,7 @@ MINI_OS = xen_elf((6, b"Mini-OS\0"), (1, b"\0" * 8), (5, b"xen-3.0\0"))
     [
         (MINI_OS, "Xen's PV notes and no PVH entry"),
         (xen_elf((6, b"PVGRUB\0"), wide=False), "Xen's PV notes"),
-        (gzip.compress(MINI_OS, mtime=0), "gzip'd an ELF with Xen's PV notes"),
+        (gzip.compress(MINI_OS, mtime=0), "a gzip'd ELF with Xen's PV notes"),
         (xen_elf((6, b"linux\0\0\0"), (18, b"\0" * 4)), None),  # a PVH entry: QEMU boots it
         (b"\0" * 0x202 + b"HdrS" + b"\0" * 512, None),  # a bzImage
         (b"\x7fELF\x02\x01" + b"\0" * 58, None),  # an ELF with no Xen notes

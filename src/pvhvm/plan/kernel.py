@@ -143,5 +143,5 @@ def pv_only_kernel(path: str) -> str | None:
         return None  # the Linux boot protocol (a bzImage), or not an ELF: not ours to judge
     verdict = _elf_verdict(data)
     if verdict is not None and packed:
-        verdict = f"gzip'd {verdict}"
+        verdict = "a gzip'd " + verdict.removeprefix("an ")
     return verdict

@@ -44,8 +44,8 @@ def test_pv_only_example(capsys: pytest.CaptureFixture[str], imagedir: Path) -> 
     assert plan["ide_controller"] is False
     assert plan["disks"] == [
         {"vdev": "xvda", "devid": 51712, "type": "xenbus", "target": f"{imagedir}/rootfs.ext4",
-         "format": "raw", "mode": "w", "cdrom": False, "ide_place": None, "script": None,
-         "backend": None, "bootindex": None},
+         "format": "raw", "mode": "w", "cdrom": False, "ide_place": None, "scsi_unit": None,
+         "script": None, "backend": None, "bootindex": None},
     ]
     vifs = plan["vifs"]
     assert isinstance(vifs, list) and vifs[0]["type"] == "xenbus" and vifs[0]["model"] is None
@@ -104,7 +104,7 @@ def test_dry_run_says_the_hotplug_slots(capsys: pytest.CaptureFixture[str],
         ('name="g"; builder="hvm"\ndisk=["/x,raw,xvda,rw,type=floppy"]', "g.cfg:2:7: disk 'xvda': type='floppy'"),
         ('name="g"; builder="hvm"\ndisk=["/x,ioemu:hda,w,type=xenbus"]', "disagrees with the ioemu: prefix"),
         ('name="g"; builder="hvm"\ndisk=[",hdc:cdrom,r,type=xenbus"]', "a cdrom is always emulated"),
-        ('name="g"; builder="hvm"\ndisk=["DIR/a,raw,xvdb,rw,type=ioemu"]', "four IDE places"),
+        ('name="g"; builder="hvm"\ndisk=["DIR/a,raw,xvde,rw,type=ioemu"]', "four IDE places"),
         ('name="g"; builder="hvm"\ndisk=["DIR/a,raw,xvda,rw","DIR/b,raw,xvda,rw"]', "already used by disk"),
         ('name="g"; builder="hvm"\ndisk=["DIR/a,raw,xvda,rw","DIR/a,raw,xvdb,rw"]', "w! on both"),
         ('name="g"; builder="hvm"\ndisk=["DIR/none,raw,xvda,rw"]', "does not exist"),
@@ -270,15 +270,16 @@ def test_ctrl_c_while_the_cli_imports_is_quiet() -> None:
 
 
 def test_xl_numbered_vdevs(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
-    """vdev=d1p0 and a bare device number, as xl accepts them: PV by default; a number that
-    is another disk's device number is that disk's place."""
+    """vdev=d1p0 and a bare device number, as xl accepts them: d0p0 is xvda, which xl
+    emulates as the first of an HVM guest's disks (issue 20), a bare number is PV; a number
+    that is another disk's device number is that disk's place."""
     disk = f"{imagedir}/data.img"
     code, out, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                          f'disk=["{imagedir}/rootfs.ext4,raw,d0p0,rw", "{disk},raw,51728,r"]',
                          "--dry-run", "--json")
     assert code == 0, err
     disks = [(d["vdev"], d["devid"], d["type"]) for d in json.loads(out)["disks"]]
-    assert disks == [("d0p0", 51712, "xenbus"), ("51728", 51728, "xenbus")]
+    assert disks == [("d0p0", 51712, "ioemu"), ("51728", 51728, "xenbus")]
     code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                        f'disk=["{imagedir}/rootfs.ext4,raw,xvda,rw", "{disk},raw,51712,r"]',
                        "--dry-run")

@@ -163,7 +163,7 @@ def test_ignored_settings_are_said(tmp_path: Path) -> None:
 
 def test_export_keeps_platform_pci_and_notes_shared_disks() -> None:
     plan = make_plan(config_from_text(
-        'name="g"; builder="hvm"\nxen_platform_pci=0\ndisk=["/a.img,raw,xvda,w!", "/a.img,raw,xvdb,w!"]',
+        'name="g"; builder="hvm"\nxen_platform_pci=0\ndisk=["/a.img,raw,xvda,w!,type=xenbus", "/a.img,raw,xvdb,w!,type=xenbus"]',
         "g.cfg"), Platform.XEN, check_files=False)
     exported = export_xl(plan)
     assert "xen_platform_pci = 0" in exported.text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvhvm.config.disk import (
@@ -447,3 +447,44 @@ def test_vif_values_refused(spec: str, words: str) -> None:
 def test_rate_as_libxlutil_reads_it(rate: str, expected: Rate) -> None:
     assert parse_rate(rate) == expected
     assert expected.backend_value() == f"{expected.bytes_per_interval},{expected.interval_usecs}"
+
+
+# --- xl-only syntax: the evidence of an xl file (issue 20) -----------------------------
+
+
+@settings(deadline=None)
+@given(disks())
+def test_xls_canonical_form_is_always_xl_evidence(disk: DiskSpec) -> None:
+    assert parse_disk(format_disk(disk)).xl_only is not None
+
+
+@settings(deadline=None)
+@given(st.sampled_from(["phy", "file", "tap:aio", "raw", "qcow2"]), _word,
+       st.sampled_from(["hda", "xvdb", "sdc", "hdc:cdrom"]), st.sampled_from(["r", "w", "w!"]),
+       st.sampled_from(["", ",type=ioemu", ",type=xenbus"]))
+def test_xends_form_is_no_xl_evidence(prefix: str, target: str, vdev: str, mode: str,
+                                       type_: str) -> None:
+    """``prefix:target,vdev[:cdrom],mode`` is what xend read (type= is the RFC's own)."""
+    spec = parse_disk(f"{prefix}:/{target},{vdev},{mode}{type_}")
+    assert spec.xl_only is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "evidence"),
+    [("/dev/vg/x,raw,xvda,rw", "positional form"), ("/w.iso,,hdc,cdrom", "the flag 'cdrom'"),
+     ("vdev=xvda, target=/x", "vdev="), ("phy:/x,xvda,w,backendtype=phy", "backendtype="),
+     (",hdc:cdrom,r", None), ("file:/x,ioemu:hda,w", None)],
+)
+def test_disk_xl_evidence(spec: str, evidence: str | None) -> None:
+    found = parse_disk(spec).xl_only
+    assert (found is None) if evidence is None else (found is not None and evidence in found)
+
+
+@pytest.mark.parametrize(
+    ("spec", "evidence"),
+    [("devid=2", "devid="), ("mtu=9000", "mtu="), ("type=vif", "type=vif"),
+     ("gatewaydev=eth0", "gatewaydev="), ("untrusted", "untrusted"),
+     ("bridge=br0,model=e1000,type=ioemu", None), ("type=netfront", None), ("", None)],
+)
+def test_vif_xl_evidence(spec: str, evidence: str | None) -> None:
+    assert parse_vif(spec).xl_only == evidence

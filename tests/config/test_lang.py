@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pvhvm.config.domain import config_from_text
@@ -396,3 +396,34 @@ def test_self_referencing_programs_give_values_or_one_error(lines: list[str]) ->
         parse_config(text, "g.cfg")
     except ConfigError as err:
         assert str(err).startswith("g.cfg:") and "\n" not in str(err)
+
+
+# --- Python-only values: evidence of an xm file (issue 20) -----------------------------
+
+_xl_literal = st.recursive(
+    st.one_of(st.integers(0, 1 << 31), st.text(alphabet="abc/:,= -_.", max_size=12)),
+    lambda items: st.lists(items, max_size=4), max_leaves=8)
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.sampled_from(["memory", "disk", "vif", "extra", "boot"]),
+                       _xl_literal, max_size=5))
+def test_literals_xl_reads_are_no_python_evidence(values: dict[str, object]) -> None:
+    text = "\n".join(f"{key} = {value!r}" for key, value in values.items())
+    assert parse_config(text, "g.cfg").expressions == []
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [('a = "x"\nb = a', "the name a"), ('b = "x" + "y"', "'+'"), ('b = "%d" % 3', "'%'"),
+     ("b = (1, 2)", "a tuple"), ("b = {'k': 1}", "a dict"), ("b = None", "None"),
+     ("b = [True]", "True")],
+)
+def test_python_only_values_are_noted_where_they_are(text: str, what: str) -> None:
+    found = parse_config(text, "g.cfg").expressions
+    assert len(found) == 1 and what in found[0][0] and found[0][1].file == "g.cfg"
+
+
+def test_an_expression_on_a_command_line_variable_is_pvhvms_templating() -> None:
+    assert parse_config('disk = ["file:" + d + "/x,hda,w"]', "g.cfg", {"d": "/i"}).expressions == []
+    assert parse_config('disk = ["x"]\ndisk += ["y"]', "g.cfg").expressions == []

@@ -115,3 +115,32 @@ def test_xm_listen_display_and_bare_ipv6() -> None:
     assert (config.vnc_listen, config.vnc_display) == ("::1", None)  # not display 1 of ":"
     config = config_from_text('name="g"\nvnc=1\nvnclisten="0.0.0.0:4"\nvncdisplay=7\n', "g.cfg")
     assert config.vnc_display == 7
+
+
+@settings(deadline=None)
+@given(st.sampled_from([ChardevKind.TCP, ChardevKind.TELNET, ChardevKind.UDP]),
+       st.sampled_from(["127.0.0.1", "::1", "host.example", "0.0.0.0"]),
+       st.integers(1, 65535), st.one_of(st.none(), st.integers(1, 65535)),
+       st.sampled_from([None, "10.0.0.1", "fe80::1"]))
+def test_a_network_port_reads_back_from_its_spec(
+        kind: ChardevKind, host: str, port: int, local_port: int | None,
+        local_host: str | None) -> None:
+    """telnet/tcp/udp (issue 20): the xl spelling a Chardev gives is read as that Chardev."""
+    udp = kind is ChardevKind.UDP
+    chardev = Chardev(kind, host=host, port=port,
+                      local_host=local_host if udp and local_port is not None else None,
+                      local_port=local_port if udp else None)
+    assert parse_chardev(chardev.spec) == chardev
+
+
+@pytest.mark.parametrize(
+    ("text", "chardev"),
+    [("telnet:127.0.0.1:9999,listen", Chardev(ChardevKind.TELNET, host="127.0.0.1", port=9999)),
+     ("telnet::23,server,nowait", Chardev(ChardevKind.TELNET, host="127.0.0.1", port=23)),
+     ("udp:[::1]:5555@:6666", Chardev(ChardevKind.UDP, host="::1", port=5555, local_port=6666)),
+     ("udp:10.0.0.2:5555", Chardev(ChardevKind.UDP, host="10.0.0.2", port=5555))],
+)
+def test_telnet_and_udp_ports(text: str, chardev: Chardev) -> None:
+    assert parse_chardev(text) == chardev
+    with pytest.raises(SpecError, match="is not supported"):
+        parse_chardev(text, tcp=False)

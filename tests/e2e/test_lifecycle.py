@@ -196,7 +196,7 @@ def test_on_crash_destroy_preserve_and_a_vanished_qemu(
         """A disk of its own (the guest need not boot; QEMU locks images it writes)."""
         with open(imagedir / f"{name}.img", "wb") as image:
             image.truncate(1 << 20)
-        return f"disk=['{imagedir}/{name}.img,raw,xvda,w']"
+        return f"disk=['{imagedir}/{name}.img,raw,xvda,w,type=xenbus']"
 
     gone = json_of(create(pvhvm, domain, imagedir, "c-destroy", "on_crash=destroy", "--json",
                           blank("c-destroy")))

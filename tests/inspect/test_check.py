@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pvhvm.config.domain import load_config
+from pvhvm.config.domain import Dialect, load_config
 from pvhvm.inspect.check import Problem, Severity, check_plan, guest_disk_names
 from pvhvm.plan.plan import Plan, Platform, make_plan
 from tests.inspect.conftest import (
@@ -17,10 +17,11 @@ from tests.inspect.conftest import (
 
 
 def plan_for(tmp_path: Path, disks: list[str], *, platform: Platform = Platform.QEMU,
-             extra: str = "", vif: str = '[""]') -> Plan:
+             extra: str = "", vif: str = '[""]', dialect: Dialect = Dialect.XEND_302) -> Plan:
     cfg = tmp_path / "guest.cfg"
     cfg.write_text(f'name = "g"\nbuilder = "hvm"\nboot = "c"\ndisk = {disks!r}\nvif = {vif}\n{extra}')
-    return make_plan(load_config(cfg, {}), platform)
+    # written with the RFC's defaults (an untyped xvd disk is PV): xend 3.0.2 (issue 20)
+    return make_plan(load_config(cfg, {}, dialect), platform)
 
 
 def lines(problems: list[Problem], severity: Severity | None = None) -> list[str]:
@@ -34,6 +35,20 @@ def test_ide_install_boots_on_ide(ide_install: InstalledImage, tmp_path: Path) -
     assert not result.fatal, lines(result.problems)
     assert result.report is not None and result.disk is not None
     assert result.disk.vdev == "hda"
+
+
+def test_an_emulated_scsi_root_needs_sym53c8xx(tmp_path: Path) -> None:
+    """sd* is emulated as SCSI on the lsi53c895a (issue 20): an IDE install's initramfs has
+    ata_piix but not sym53c8xx, so that root disk is not found; one that has it boots."""
+    scsi = "drivers/scsi/sym53c8xx_2/sym53c8xx"
+    for modules, fatal in (((), True), ((scsi,), False)):
+        image = installed_image(tmp_path / f"scsi{len(modules)}",
+                                modules=(*IDE_MODULES, *modules))
+        plan = plan_for(tmp_path, [f"file:{image.path},sda,w"], vif='["type=xenbus"]',
+                        dialect=Dialect.XM)
+        assert plan.disks[0].scsi_unit == 0
+        found = lines(check_plan(plan).problems, Severity.FATAL)
+        assert any("emulated SCSI" in line and "sym53c8xx" in line for line in found) is fatal
 
 
 def test_ide_install_on_pv_disk_names_driver_and_devices(ide_install: InstalledImage,

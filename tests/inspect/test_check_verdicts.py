@@ -46,8 +46,10 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def _cfg(tmp_path: Path, disk: str, name: str = "g", extra: str = "") -> Path:
     cfg = tmp_path / f"{name}.cfg"
+    if "type=" not in disk:
+        disk += ",type=xenbus"  # PV: xl would emulate an untyped xvda (issue 20)
     cfg.write_text(f'name = "{name}"\nbuilder = "hvm"\nmemory = 128\nboot = "c"\n'
-                   f'disk = [ "{disk}" ]\nvif = [ "" ]\n{extra}')
+                   f'disk = [ "{disk}" ]\nvif = [ "type=xenbus" ]\n{extra}')
     return cfg
 
 

@@ -17,7 +17,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pvhvm.cli.main import main
-from pvhvm.config.domain import config_from_text, load_config
+from pvhvm.config.domain import Dialect, config_from_text, load_config
 from pvhvm.errors import PlanError
 from pvhvm.libvirt.xml import domain_xml
 from pvhvm.plan.plan import Plan, make_plan
@@ -40,11 +40,18 @@ def validate(xml: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + xml
 
 
+def rfc_dialect(text: str) -> Dialect | None:
+    """These configs are written with the RFC's defaults (untyped vifs and xvd disks PV):
+    read as xend 3.0.2 unless they name xl's guest type (issue 20: xl and xm emulate them)."""
+    return None if 'type="hvm"' in text else Dialect.XEND_302
+
+
 def plan_of(text: str) -> Plan:
     """An HVM guest unless the text names a guest type (a file with none is PV)."""
     if "builder" not in text and "type=" not in text.split("\n", 1)[0]:
         text += '\nbuilder="hvm"'
-    return make_plan(config_from_text(text, "g.cfg"), check_files=False)
+    return make_plan(config_from_text(text, "g.cfg", None, rfc_dialect(text)),
+                     check_files=False)
 
 
 def devices(xml: str, tag: str) -> list[ET.Element]:

@@ -117,27 +117,50 @@ HVM_DISKS = 'disk=["file:/a.img,xvda,w", "file:/b.img,hda,w", "file:/c.img,sdc,w
 
 def test_dialect_is_said_and_why() -> None:
     assert plan_of('name="g"\ntype="hvm"').dialect is Dialect.XL
-    assert plan_of('name="g"\nbuilder="hvm"').dialect is Dialect.XM
-    forced = plan_of('name="g"\nbuilder="hvm"', Dialect.XL)
-    assert forced.dialect is Dialect.XL and forced.dialect_reason == "--dialect xl"
+    # builder= alone tells nothing (libvirt's xl writer emits it): xl
+    alone = plan_of('name="g"\nbuilder="hvm"')
+    assert alone.dialect is Dialect.XL and "nothing in the file" in alone.dialect_reason
+    forced = plan_of('name="g"\nbuilder="hvm"', Dialect.XM)
+    assert forced.dialect is Dialect.XM and forced.dialect_reason == "--dialect xm"
     document = plan_of('name="g"\ntype="hvm"').to_json()
     assert document["dialect"] == "xl" and "type=" in document["dialect_reason"]
 
 
 def test_xl_hvm_emulates_first_four_disks_at_their_index() -> None:
     text = ('name="g"\ntype="hvm"\ndisk=["file:/a.img,xvda,w", "file:/b.img,xvdb,w", '
-            '"file:/c.iso,xvdc:cdrom,r", "file:/d.img,sdd,w", "file:/e.img,xvde,w"]')
+            '"file:/c.iso,xvdc:cdrom,r", "file:/d.img,hdd,w", "file:/e.img,xvde,w", '
+            '"file:/f.img,sdf,w"]')
     plan = plan_of(text)
     assert kinds(plan) == [("xvda", IO, (0, 0)), ("xvdb", IO, (0, 1)), ("xvdc", IO, (1, 0)),
-                           ("sdd", IO, (1, 1)), ("xvde", PV, None)]
-    assert plan.ide_controller
-    assert any("xvda, xvdb, sdd" in n and "type=xenbus" in n for n in plan.notes)
+                           ("hdd", IO, (1, 1)), ("xvde", PV, None), ("sdf", IO, None)]
+    # libxl_dm.c: sd* disks are SCSI, at the unit their index gives, whatever their index
+    assert [d.scsi_unit for d in plan.disks] == [None, None, None, None, None, 5]
+    assert plan.ide_controller and plan.scsi_controller
+    assert any("xvda, xvdb, hdd, sdf" in n and "type=xenbus" in n for n in plan.notes)
 
 
-def test_xm_hvm_keeps_the_rfc_defaults() -> None:
-    plan = plan_of('name="g"\nbuilder="hvm"\n' + HVM_DISKS + 'vif=["", "type=ioemu"]')
+def test_xend_3_0_2_keeps_the_rfc_defaults() -> None:
+    plan = plan_of('name="g"\nbuilder="hvm"\n' + HVM_DISKS + 'vif=["", "type=ioemu"]',
+                   Dialect.XEND_302)
     assert kinds(plan) == [("xvda", PV, None), ("hda", IO, (0, 0)), ("sdc", PV, None)]
     assert [v.kind for v in plan.vifs] == [PV, IO] and not plan.notes
+    assert plan.dialect_reason == "--dialect xend-3.0.2"
+
+
+def test_xm_is_xend_3_0_4_to_4_4() -> None:
+    """xend's image.py: an untyped HVM vif is emulated (and PV); qemu-dm's xenstore.c: hd*
+    IDE, sd* SCSI, xvd* PV only."""
+    plan = plan_of('name="g"\nbuilder="hvm"\ncdrom="/x.iso"\n' + HVM_DISKS
+                   + 'vif=["", "model=e1000", "type=netfront"]')
+    assert plan.dialect is Dialect.XM and "cdrom= is xm-only" in plan.dialect_reason
+    assert plan.dialect_reason.startswith("g.cfg:3:1:")
+    assert [(d.vdev, d.kind, d.emulated_as, d.scsi_unit) for d in plan.disks] == [
+        ("xvda", PV, None, None), ("hda", IO, "IDE", None), ("sdc", IO, "SCSI", 2),
+        ("hdc", IO, "IDE", None)]
+    assert [(v.kind, v.model) for v in plan.vifs] == [(IO, "rtl8139"), (IO, "e1000"), (PV, None)]
+    assert not any("ignored" in w for w in plan.warnings)
+    said = " ".join(plan.notes)
+    assert "xend (3.0.4-4.4)" in said and "hda, sdc" in said and "vif(s) 0, 1" in said
 
 
 def test_xl_two_disks_at_one_ide_place_is_an_error() -> None:
@@ -260,7 +283,8 @@ def test_export_of_a_pv_guest_is_a_pv_xl_cfg() -> None:
 
 def test_export_emulated_disk_with_pv_nic_says_how_to_keep_the_disk() -> None:
     plan = make_plan(config_from_text(
-        'name="g"\nbuilder="hvm"\nkernel="/k"\ndisk=["file:/a.img,hda,w"]\nvif=[""]', "g.cfg"),
+        'name="g"\nbuilder="hvm"\nkernel="/k"\ndisk=["file:/a.img,hda,w"]\nvif=["type=xenbus"]',
+        "g.cfg"),
         Platform.XEN, check_files=False)
     exported = export_xl(plan)
     assert "xen_emul_unplug=nics" in exported.text
@@ -290,7 +314,8 @@ def test_xl_serial_list_gives_more_ports() -> None:
 
 
 def test_vif_devid_and_mtu_are_planned_and_realised() -> None:
-    plan = plan_of('name="g"\nbuilder="hvm"\nvif=["devid=3,mtu=9000", "gatewaydev=eth1"]')
+    plan = plan_of('name="g"\nbuilder="hvm"\nvif=["devid=3,mtu=9000,type=vif", '
+                   '"gatewaydev=eth1,type=vif"]')
     assert [(v.devid, v.mtu) for v in plan.vifs] == [(3, 9000), (1, None)]
     argv = qemu_argv(plan, PATHS)
     assert any("id=vif-3" in a and "host_mtu=9000" in a for a in argv)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.config.domain import config_from_text
+from pvhvm.config.domain import Dialect, config_from_text
 from pvhvm.errors import ConfigError, PvhvmError
 from pvhvm.plan.plan import Plan, Platform, default_mac, make_plan
 from pvhvm.plan.types import DeviceClass, DeviceKind, DeviceType, default_registry
@@ -19,15 +19,15 @@ def images(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def plan_of(text: str, images: Path, **kw: object) -> Plan:
-    config = config_from_text(text, "g.cfg", {"d": str(images)})
+def plan_of(text: str, images: Path, dialect: Dialect | None = None, **kw: object) -> Plan:
+    config = config_from_text(text, "g.cfg", {"d": str(images)}, dialect)
     return make_plan(config, **kw)  # type: ignore[arg-type]
 
 
 def test_defaults_from_xen_3_0_2(images: Path) -> None:
     plan = plan_of(
         'name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w",'
-        '"phy:"+d+"/c.iso,sdc,r"]\nvif=["", "type=ioemu"]', images,
+        '"phy:"+d+"/c.iso,sdc,r"]\nvif=["", "type=ioemu"]', images, Dialect.XEND_302,
     )
     assert [x.kind for x in plan.disks] == [DeviceKind.IOEMU, DeviceKind.XENBUS, DeviceKind.XENBUS]
     assert [x.kind for x in plan.vifs] == [DeviceKind.XENBUS, DeviceKind.IOEMU]
@@ -51,11 +51,15 @@ def test_explicit_type_wins(images: Path) -> None:
 
 def test_ioemu_disk_outside_ide_places(images: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,xvda,rw,type=ioemu" % d]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,xvda,rw,type=ioemu" % d]', images,
+                Dialect.XM)
     assert "four IDE places hda, hdb, hdc, hdd" in str(info.value)
     assert str(info.value).startswith("g.cfg:2:7:")
     with pytest.raises(ConfigError, match="hde is not one"):
-        plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,hde,rw" % d]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["file:%s/a.img,hde,w" % d]', images, Dialect.XM)
+    # xl: a disk past the first four is PV only (libxl_dm.c)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["%s/a.img,raw,hde,rw" % d]', images)
+    assert plan.disks[0].kind is DeviceKind.XENBUS
 
 
 def test_cdrom_is_always_emulated(images: Path) -> None:
@@ -73,7 +77,11 @@ def test_unknown_type(images: Path) -> None:
     with pytest.raises(ConfigError, match="type='vif' is not a disk type"):
         plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=vif"]', images)
     with pytest.raises(ConfigError, match="type='bogus' is not a nic type"):
-        plan_of('name="g"; builder="hvm"\nvif=["type=bogus"]', images)
+        plan_of('name="g"; builder="hvm"\nvif=["type=bogus"]', images, Dialect.XM)
+    # xl: "Invalid parameter `type'." and its default, type=ioemu
+    plan = plan_of('name="g"; builder="hvm"\nvif=["type=bogus"]', images)
+    assert plan.vifs[0].kind is DeviceKind.IOEMU
+    assert any("Invalid parameter `type'" in w and "g.cfg:2:" in w for w in plan.warnings)
 
 
 def test_type_and_prefix_disagree(images: Path) -> None:
@@ -88,11 +96,13 @@ def test_two_disks_on_one_vdev(images: Path) -> None:
 
 def test_writable_image_twice(images: Path) -> None:
     with pytest.raises(ConfigError, match="use mode w! on both"):
-        plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,w", "file:"+d+"/a.img,xvdb,r"]', images)
+        plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,w", "file:"+d+"/a.img,xvdb,r"]', images,
+                Dialect.XM)
     plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,w!", "file:"+d+"/a.img,xvdb,w!"]',
                    images)
     assert len(plan.disks) == 2
-    plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,r", "file:"+d+"/a.img,xvdb,r"]', images)
+    plan = plan_of('name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,xvda,r", "file:"+d+"/a.img,xvdb,r"]', images,
+                   Dialect.XM)
     assert len(plan.disks) == 2
 
 
@@ -130,7 +140,7 @@ def test_bad_mode_and_vif_errors(images: Path) -> None:
 
 
 def test_model_without_type_warns(images: Path) -> None:
-    plan = plan_of('name="g"; builder="hvm"\nvif=["model=e1000"]', images)
+    plan = plan_of('name="g"; builder="hvm"\nvif=["model=e1000"]', images, Dialect.XEND_302)
     assert plan.vifs[0].kind is DeviceKind.XENBUS and plan.vifs[0].model is None
     assert any("model=e1000 ignored" in w for w in plan.warnings)
 
@@ -171,7 +181,8 @@ def test_kernel_checks(images: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("memory=1", "out of range"),
+        ("memory=0", "out of range"),
+        ("memory=8", "needs at least 16 MiB"),
         ("memory='lots'", "whole number"),
         ("vcpus=0", "out of range"),
         ("acpi=2", "must be 0 or 1"),

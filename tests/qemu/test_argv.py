@@ -52,7 +52,7 @@ def _device(argv: list[str], prefix: str) -> list[str]:
 
 
 def test_machine_follows_ide_need() -> None:
-    pv = argv_for('name="g"; builder="hvm"\ndisk=["/x,raw,xvda,rw"]')
+    pv = argv_for('name="g"; builder="hvm"\ndisk=["/x,raw,xvda,rw,type=xenbus"]')
     assert pv[pv.index("-machine") + 1] == "q35,sata=off,smbus=off"
     assert not _device(pv, "ide-")
     ide = argv_for('name="g"; builder="hvm"\ndisk=["/x,raw,hda,rw"]')
@@ -73,7 +73,8 @@ def test_ide_places_and_cdroms() -> None:
 
 
 def test_pv_disk_tuning_and_fallback() -> None:
-    argv = argv_for('name="g"; builder="hvm"\nvcpus=2\ndisk=["/a,raw,xvda,rw", "/b,qcow2,xvdb,ro"]',
+    argv = argv_for('name="g"; builder="hvm"\nvcpus=2\ndisk=["/a,raw,xvda,rw,type=xenbus", '
+                    '"/b,qcow2,xvdb,ro,type=xenbus"]',
                     no_direct_io=frozenset({"/b"}))
     drives = [a for a in argv if a.startswith("id=disk-")]
     assert "cache=none,aio=native" in drives[0]
@@ -84,7 +85,7 @@ def test_pv_disk_tuning_and_fallback() -> None:
 
 
 def test_nics_by_type_and_bridge() -> None:
-    argv = argv_for('name="g"; builder="hvm"\nvif=["mac=00:16:3e:00:00:01,bridge=br0",'
+    argv = argv_for('name="g"; builder="hvm"\nvif=["mac=00:16:3e:00:00:01,bridge=br0,type=vif",'
                     '"type=ioemu,model=e1000,mac=00:16:3e:00:00:02"]',
                     bridges=frozenset({"br0"}))
     assert "bridge,id=net0,br=br0" in argv and "user,id=net1" in argv

@@ -222,7 +222,7 @@ def _drive(argv: list[str], vdev: str) -> str:
 def test_network_disks_in_the_argv() -> None:
     argv = argv_of([
         "vdev=xvda,access=rw,type=xenbus,target=nbd://10.0.0.1:10810/root",
-        "nbd://10.0.0.2/data,xvdb,r",
+        "nbd://10.0.0.2/data,xvdb,r,type=xenbus",
         "vdev=hdc,devtype=cdrom,target=nbd:10.0.0.1:10811:exportname=iso",
         "/img,raw,hda,w",
     ])

@@ -109,7 +109,8 @@ def save_file(path: Path, image: DomainImage) -> Path:
 
 def config_text(disk: Path, extra: str = "") -> str:
     return (f'name = "g"\nuuid = "{UUID}"\nbuilder = "hvm"\nmemory = 128\nmaxmem = 256\n'
-            f'vcpus = 1\nmaxvcpus = 2\ndisk = ["{disk},raw,xvda,w"]\nvif = [""]\n{extra}')
+            f'vcpus = 1\nmaxvcpus = 2\ndisk = ["{disk},raw,xvda,w,type=xenbus"]\n'
+            f'vif = ["type=xenbus"]\n{extra}')
 
 
 def good_image(tmp_path: Path, **changes: Any) -> DomainImage:
@@ -224,7 +225,7 @@ def test_a_device_model_or_vif_script_in_the_config_runs_nothing(
     disk = tmp_path / "root.img"
     disk.write_bytes(bytes(8192))
     text = config_text(disk, f'device_model = "{trap["script"]}"\n').replace(
-        'vif = [""]', f'vif = ["script={trap["script"]},bridge=xenbr9"]')
+        'vif = ["type=xenbus"]', f'vif = ["script={trap["script"]},bridge=xenbr9"]')
     image = good_image(tmp_path, source=ConfigSource(file="g.cfg", text=text,
                                                      directory=str(tmp_path)))
     replanned = replan(image, "g.save")

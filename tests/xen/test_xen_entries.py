@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pvhvm.config.domain import config_from_text
+from pvhvm.config.domain import Dialect, config_from_text
 from pvhvm.errors import PlanError
 from pvhvm.plan.plan import Plan, Platform, make_plan
 from pvhvm.xen.xenbus import XenbusState, domain_entries
@@ -12,8 +12,10 @@ from pvhvm.xen.xlcfg import export_xl
 
 
 def plan_of(text: str) -> Plan:
-    return make_plan(config_from_text('name="g"; builder="hvm"\n' + text, "g.cfg"), Platform.XEN,
-                     check_files=False)
+    """These configs are written with the RFC's defaults (an untyped vif, xvd and sd disks
+    PV), so they are read as xend 3.0.2 (issue 20: xl or xm would emulate them)."""
+    return make_plan(config_from_text('name="g"; builder="hvm"\n' + text, "g.cfg", None,
+                                      Dialect.XEND_302), Platform.XEN, check_files=False)
 
 
 def test_only_xenbus_devices_get_nodes() -> None:

@@ -271,7 +271,7 @@ def test_rate_property_against_xl(xl: XlParser, rate: str) -> None:
 def test_rate_backend_node_is_what_netback_reads(xl: XlParser) -> None:
     """On the xen platform the vif backend's rate node is libxl's bytes,usecs."""
     plan = make_plan(
-        config_from_text('name="g"\nbuilder="hvm"\nvif=["mac=00:16:3e:00:00:09,rate=10240KB/s@20ms"]\n',
+        config_from_text('name="g"\nbuilder="hvm"\nvif=["mac=00:16:3e:00:00:09,rate=10240KB/s@20ms,type=vif"]\n',
                          "g.cfg"),
         Platform.XEN, check_files=False,
     )

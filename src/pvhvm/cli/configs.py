@@ -23,8 +23,8 @@ def variables(assignments: tuple[str, ...]) -> dict[str, Any]:
 def dialect_option(function: Any) -> Any:
     return click.option(
         "--dialect", type=click.Choice([d.value for d in Dialect]), default=None,
-        help="Read CONFIG as xm or xl reads it (default: xl when it sets type=, "
-             "xm when it sets builder=).",
+        help="Read CONFIG as xl, xm (xend 3.0.4-4.4) or xend 3.0.2 (the RFC's defaults) "
+             "read it (default: from what the file uses; xl when nothing tells).",
     )(function)
 
 

@@ -168,6 +168,8 @@ def plan_tables(plan: Plan) -> list[Table]:
             channel = "primary" if d.ide_place[0] == 0 else "secondary"
             unit = "master" if d.ide_place[1] == 0 else "slave"
             realised = f"IDE {'cdrom' if d.cdrom else 'disk'} {channel} {unit}"
+        elif d.scsi_unit is not None:
+            realised = f"SCSI disk ({plan.scsi_model}) id {d.scsi_unit}"
         else:
             realised = "PV block (xenbus)"
         _row(disks, d.vdev, str(d.devid), d.kind.value, realised, d.target or "(empty)",

@@ -38,7 +38,7 @@ prefix is refused (xl takes target= literally and would look for a file named ``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from pvhvm.config.optstr import Token, brief, tokenize
@@ -134,6 +134,9 @@ class DiskSpec:
     discard: bool | None = None
     trusted: bool | None = None
     direct_io_safe: bool = False
+    #: what in the spec only xl reads (a key=value item, a flag, the positional form
+    #: ``target,format,vdev,access``), or None for xend's form: evidence of an xl file
+    xl_only: str | None = field(default=None, compare=False)
 
     @property
     def is_empty(self) -> bool:
@@ -195,22 +198,27 @@ def parse_disk(spec: str) -> DiskSpec:
     b = _Builder(spec)
     tokens = tokenize(spec, rest_keys=frozenset({"target"}))
     positionals: list[Token] = []
+    xl_only: str | None = None
     for tok in tokens:
         if tok.key is None:
             if tok.value in FLAGS:
                 _flag(b, tok.value)
+                xl_only = xl_only or f"the flag {tok.value!r}"
             else:
                 positionals.append(tok)
             continue
         _keyword(b, tok)
+        if tok.key != "type":  # type= is the RFC's own, in either spelling
+            xl_only = xl_only or f"{tok.key}="
 
     # Drop trailing empty positionals ("x,,hda" keeps its middle empty one).
     while positionals and positionals[-1].value == "" and len(positionals) > 1:
         positionals.pop()
     if positionals == [Token(None, "", 0)] and len(tokens) == 1:
         raise b.fail("empty disk spec")
-    _positionals(b, positionals)
-    return _finish(b)
+    if not _positionals(b, positionals) and len(positionals) > 1:
+        xl_only = xl_only or "xl's positional form target,format,vdev,access"
+    return replace(_finish(b), xl_only=xl_only)
 
 
 def _flag(b: _Builder, flag: str) -> None:
@@ -306,9 +314,10 @@ def _vdev(b: _Builder, value: str, source: str) -> None:
     b.set("vdev", vdev, source)
 
 
-def _positionals(b: _Builder, positionals: list[Token]) -> None:
+def _positionals(b: _Builder, positionals: list[Token]) -> bool:
+    """Read the positionals; True when they are in xend's form (a prefix, or a vdev second)."""
     if not positionals:
-        return
+        return False
     target = positionals[0].value
     prefixes, _ = _split_prefixes(target)
     # xl: the second positional is the format unless a deprecated prefix came first (or, for
@@ -347,6 +356,7 @@ def _positionals(b: _Builder, positionals: list[Token]) -> None:
             b.set("access", _access(b, tok.value), source)
         else:
             b.set("backend", tok.value, source)
+    return legacy
 
 
 def _finish(b: _Builder) -> DiskSpec:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pvhvm.config.disk import DiskSpec, parse_disk
-from pvhvm.config.keys import KEY_USE, KNOWN_KEYS, KeyUse
+from pvhvm.config.keys import KEY_USE, KNOWN_KEYS, XL_ONLY, XL_WHOLE_NUMBERS, XM_ONLY, KeyUse
 from pvhvm.config.lang import (
     ConfigValues,
     Position,
@@ -25,6 +25,8 @@ from pvhvm.config.lang import (
 )
 from pvhvm.config.optstr import brief
 from pvhvm.config.values import (
+    host_problem,
+    is_ipv6,
     keymap_problem,
     parse_chardev,
     parse_vnc_listen,
@@ -56,10 +58,18 @@ def name_problem(name: str) -> str | None:
 
 class Dialect(Enum):
     """Which toolstack a config file was written for: its untyped devices mean what that
-    toolstack made of them (xm: the RFC's xend 3.0.2 defaults; xl: xl.cfg(5), libxl_dm.c)."""
+    toolstack made of them (SPEC.md "Xen's untyped devices, corrected"): xl 4.17 (xl.cfg(5),
+    libxl_dm.c); xm, xend 3.0.4-4.4 (image.py: an untyped HVM vif is emulated, sd* disks are
+    SCSI); xend-3.0.2, the RFC's own defaults (an untyped vif and xvd*/sd* disks are PV)."""
 
     XM = "xm"
     XL = "xl"
+    XEND_302 = "xend-3.0.2"
+
+    @property
+    def toolstack(self) -> str:
+        """The toolstack's name as a sentence says it."""
+        return {"xm": "xend (3.0.4-4.4)", "xl": "xl", "xend-3.0.2": "xend 3.0.2"}[self.value]
 
 
 class GuestType(Enum):
@@ -79,6 +89,26 @@ MAX_RTC_OFFSET = 2**31 - 1
 MAX_HOTPLUG_SLOTS = 16
 ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
            "coredump-restart")
+
+
+#: the least memory (MiB) a key may say; QEMU's own floor is checked by the planner, so a
+#: Mini-OS stub domain's ``memory = 8`` reaches the check that names the real blocker
+MIN_MEMORY_MIB = 1
+#: firmware= (xl.cfg(5), HVM): each name → the bios it boots
+FIRMWARES = {"bios": "seabios", "seabios": "seabios", "uefi": "ovmf", "ovmf": "ovmf"}
+
+
+@dataclass(frozen=True)
+class Spice:
+    """``spice = 1`` and its keys (xl.cfg(5)): a SPICE server for the guest's display."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    tls_port: int | None = None
+    disable_ticketing: bool = False
+    agent_mouse: bool = True
+    #: spicepasswd: reaches QEMU as the display's secret (a 0600 file), never its argv
+    password: str | None = None
 
 
 T = TypeVar("T")
@@ -104,9 +134,9 @@ class DomainConfig:
     vcpus: int | None = None
     maxvcpus: int | None = None
     builder: str = "hvm"
-    dialect: Dialect = Dialect.XM
-    #: why this dialect (a key the file sets, or --dialect)
-    dialect_reason: str = "builder= is set (xm)"
+    dialect: Dialect = Dialect.XL
+    #: why this dialect: the evidence that decided it, or --dialect
+    dialect_reason: str = "nothing in the file is xm- or xl-only: xl"
     guest_type: GuestType = GuestType.HVM
     guest_type_reason: str = "builder = 'hvm'"
     bootloader: str | None = None
@@ -150,6 +180,10 @@ class DomainConfig:
     bios: str = "seabios"
     soundhw: tuple[str, ...] = ()
     hpet: bool = True
+    #: SPICE (spice = 1), None without it
+    spice: Spice | None = None
+    #: where each key was set (for errors the planner finds)
+    positions: Mapping[str, Position] = field(default_factory=dict)
     #: pvhvm's own key: empty hot-pluggable PCIe slots reserved at create (q35)
     hotplug_slots: int | None = None
     parallel: str | None = None
@@ -160,6 +194,10 @@ class DomainConfig:
     #: GUEST keys (see config.keys): they change the guest and the qemu platform cannot do them
     unsupported: tuple[tuple[str, Position], ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def where(self, key: str) -> Position:
+        """Where ``key`` was set, or the file itself."""
+        return self.positions.get(key, Position(self.file, None, None))
 
 
 class _Reader:
@@ -275,14 +313,63 @@ def _key_warnings(raw: ConfigValues) -> tuple[list[str], list[tuple[str, Positio
     return warnings, unsupported
 
 
-def _dialect(raw: ConfigValues, forced: Dialect | None) -> tuple[Dialect, str]:
+def _xl_evidence(
+    raw: ConfigValues, disks: tuple[Located[DiskSpec], ...], vifs: tuple[Located[VifSpec], ...]
+) -> str | None:
+    """The first thing in the file only xl reads (SPEC.md "Xen's untyped devices,
+    corrected"): an xl-only key (``type=`` as guest type, ``device_model_version``,
+    ``bios=``, ``firmware=``...), or xl's disk or vif syntax. ``builder=`` is not one: libvirt's
+    xl writer emits ``builder = "hvm"``."""
+    for key in raw.values:
+        if key in XL_ONLY and key not in raw.referenced and key not in raw.cli_vars:
+            what = "type= (xl's guest type)" if key == "type" else f"{key}="
+            return f"{raw.position(key)}: {what} is xl-only"
+    for located in disks:
+        if located.value.xl_only is not None:
+            return f"{located.position}: the disk spec uses {located.value.xl_only} (xl-only)"
+    for vif in vifs:
+        if vif.value.xl_only is not None:
+            return f"{vif.position}: the vif spec uses {vif.value.xl_only} (xl-only)"
+    return None
+
+
+def _xm_evidence(raw: ConfigValues) -> str | None:
+    """The first thing in the file only xend read: a key xl does not know (``cdrom=``,
+    ``vncconsole``...), xmexample.hvm's ``kernel = ".../hvmloader"``, or a value written as a
+    Python expression (libxlutil reads strings, numbers and lists only)."""
+    found: list[tuple[Position, str]] = []
+    for key, value in raw.values.items():
+        if key in raw.referenced or key in raw.cli_vars:
+            continue
+        if key in XM_ONLY and key != "builder":
+            found.append((raw.position(key), f"{key}= is xm-only"))
+        elif key == "kernel" and isinstance(value, str) and value.endswith("/hvmloader"):
+            found.append((raw.position(key), "kernel = '.../hvmloader' is xm's firmware line"))
+    for what, position in raw.expressions:
+        found.append((position, f"{what}, a Python expression only xm evaluated"))
+    if not found:
+        return None
+    position, what = min(found, key=lambda item: (item[0].line or 0, item[0].col or 0))
+    return f"{position}: {what}"
+
+
+def _dialect(
+    raw: ConfigValues, forced: Dialect | None, disks: tuple[Located[DiskSpec], ...],
+    vifs: tuple[Located[VifSpec], ...],
+) -> tuple[Dialect, str]:
+    """xl when the file uses anything only xl reads, xm when it uses anything only xend
+    read, xl when nothing tells (every Xen since 4.5 runs xl); ``--dialect`` forces one.
+    When a file has both, xl's device syntax decides: xend could not have read it."""
     if forced is not None:
         return forced, f"--dialect {forced.value}"
-    if "type" in raw.values:
-        return Dialect.XL, "type= is set (xl.cfg)"
-    if "builder" in raw.values:
-        return Dialect.XM, "builder= is set (xm)"
-    return Dialect.XM, "neither type= nor builder= is set: xm, the RFC's defaults"
+    xl = _xl_evidence(raw, disks, vifs)
+    xm = _xm_evidence(raw)
+    if xl is not None:
+        also = f"; the file also has {xm} (--dialect xm reads it as xm)" if xm else ""
+        return Dialect.XL, f"{xl}{also}"
+    if xm is not None:
+        return Dialect.XM, xm
+    return Dialect.XL, "nothing in the file is xm- or xl-only: xl, which every Xen since 4.5 runs"
 
 
 def _guest_type(r: _Reader) -> tuple[GuestType, str]:
@@ -421,13 +508,19 @@ def _soundhw(r: _Reader) -> tuple[str, ...]:
 
 
 def _bios(r: _Reader, guest_type: GuestType) -> str:
+    """bios= and firmware= (xl.cfg(5)): seabios or ovmf; rombios needs qemu-xen-traditional.
+    A PV guest's firmware= (pvgrub32/64) is PV-GRUB, which only Xen boots."""
     bios = r.str_("bios")
     firmware = r.str_("firmware")
     if firmware is not None and guest_type is GuestType.HVM:
-        bios = bios or {"uefi": "ovmf", "bios": "seabios"}.get(firmware)
-        if bios is None:
+        chosen = FIRMWARES.get(firmware.lower())
+        if chosen is None:
             raise r.fail("firmware", f"firmware = {firmware!r}: the qemu platform boots "
-                                     "bios (SeaBIOS) or uefi (OVMF) firmware")
+                                     "bios/seabios (SeaBIOS) or uefi/ovmf (OVMF) firmware")
+        if bios is not None and bios != chosen:
+            raise r.fail("firmware", f"firmware = {firmware!r} and bios = {bios!r} disagree: "
+                                     "give one of them")
+        bios = chosen
     if bios is None:
         return "seabios"
     if bios not in ("seabios", "ovmf"):
@@ -436,13 +529,59 @@ def _bios(r: _Reader, guest_type: GuestType) -> str:
     return bios
 
 
+def _spice(r: _Reader) -> Spice | None:
+    """spice = 1 and spicehost, spiceport, spicetls_port, spicedisable_ticketing,
+    spicepasswd, spiceagent_mouse (xl.cfg(5)); libxl wants a port and either a password or
+    ticketing disabled."""
+    if not r.bool_("spice", False):
+        return None
+    host = r.str_("spicehost") or "127.0.0.1"
+    if not is_ipv6(host) and host_problem(host) is not None:
+        raise r.fail("spicehost", f"spicehost: {host_problem(host)}")
+    port = r.int_("spiceport", 1, 65535)
+    tls_port = r.int_("spicetls_port", 1, 65535)
+    if port is None and tls_port is None:
+        raise r.fail("spice", "spice = 1 needs spiceport = N (libxl: at least one of "
+                              "spiceport and spicetls_port)")
+    if tls_port is not None:
+        raise r.fail("spicetls_port", "spicetls_port: the qemu platform has no SPICE TLS "
+                                      "certificates; use spiceport (and an SSH tunnel)")
+    password = r.str_("spicepasswd") or None
+    vnc_password = r.str_("vncpasswd")
+    if password and vnc_password and password != vnc_password:
+        raise r.fail("spicepasswd", "spicepasswd and vncpasswd differ: pvhvm keeps one password "
+                                    "for the guest's display; give the same one to both")
+    disable = r.bool_("spicedisable_ticketing", False)
+    if not disable and not password:
+        raise r.fail("spice", "spice = 1 needs spicedisable_ticketing = 1 or spicepasswd "
+                              "(libxl refuses a SPICE server with neither)")
+    return Spice(host=host, port=port, tls_port=tls_port,
+                 disable_ticketing=disable and not password,
+                 agent_mouse=r.bool_("spiceagent_mouse", True), password=password)
+
+
+def _whole_numbers(r: _Reader) -> None:
+    """Keys xl reads as integers (xlu_cfg_get_long): ``cpu_weight = 0.75`` is refused here,
+    where export-xl would otherwise write a file xl does not take."""
+    for key in XL_WHOLE_NUMBERS:
+        value = r.values.get(key)
+        if key in r.raw.referenced or value is None:
+            continue
+        text = str(value).strip() if isinstance(value, str) else None
+        if isinstance(value, bool) or not (isinstance(value, int) or (
+                text is not None and text.isascii() and text.lstrip("-").isdigit())):
+            raise r.fail(key, f"{key} must be a whole number (xl reads it as an integer), "
+                              f"not {brief(value)}")
+
+
 def _xm_cdrom(r: _Reader) -> list[Located[DiskSpec]]:
     """xm's ``cdrom = "PATH"``: the hdc CD drive (xend's image.py)."""
     path = r.path_("cdrom")
     if path is None:
         return []
     try:
-        spec = parse_disk(f"format=raw, vdev=hdc, access=ro, devtype=cdrom, target={path}")
+        spec = replace(parse_disk(f"format=raw, vdev=hdc, access=ro, devtype=cdrom, "
+                                  f"target={path}"), xl_only=None)  # xm's own key
     except SpecError as err:
         raise r.fail("cdrom", str(err)) from err
     return [Located(spec, r.raw.position("cdrom"))]
@@ -474,7 +613,6 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
     if problem is not None:
         raise r.fail("name", problem)
 
-    dialect, dialect_reason = _dialect(raw, forced_dialect)
     guest_type, guest_type_reason = _guest_type(r)
 
     kernel = r.path_("kernel")
@@ -492,20 +630,24 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
 
     disks = tuple(_located(r, "disk", parse_disk)) + tuple(_xm_cdrom(r))
     vifs = tuple(_located(r, "vif", parse_vif))
+    dialect, dialect_reason = _dialect(raw, forced_dialect, disks, vifs)
+    _whole_numbers(r)
     serial, more_serials = _serials(r)
     boot = r.str_("boot")
     if boot is not None and (not boot or any(c not in "acdn" for c in boot)):
         raise r.fail("boot", f"boot = {boot!r}: use the letters c (disk), d (cdrom), n (network)")
 
-    memory = r.int_("memory", 16, 1 << 20)
-    maxmem = r.int_("maxmem", 16, 1 << 20)
+    memory = r.int_("memory", MIN_MEMORY_MIB, 1 << 20)
+    maxmem = r.int_("maxmem", MIN_MEMORY_MIB, 1 << 20)
     if memory is not None and maxmem is not None and maxmem < memory:
         raise r.fail("maxmem", f"maxmem = {maxmem} is below memory = {memory}")
     vcpus = r.int_("vcpus", 1, 255)
-    maxvcpus_key = "maxvcpus" if "maxvcpus" in raw.values else "maxcpus"
-    maxvcpus = r.int_(maxvcpus_key, 1, 255)
+    maxvcpus = r.int_("maxvcpus", 1, 255)
     if maxvcpus is not None and vcpus is not None and maxvcpus < vcpus:
-        raise r.fail(maxvcpus_key, f"{maxvcpus_key} = {maxvcpus} is below vcpus = {vcpus}")
+        raise r.fail("maxvcpus", f"maxvcpus = {maxvcpus} is below vcpus = {vcpus}")
+    if "maxcpus" in raw.values and "maxcpus" not in raw.referenced:
+        warnings.append(f"{raw.position('maxcpus')}: maxcpus is not maxvcpus: xl and xm ignore "
+                        "it, and so does pvhvm (maxvcpus = N lets vcpu-set go up to N)")
     platform_pci = r.values.get("xen_platform_pci")
     parallel = r.path_("parallel")
     if parallel not in (None, "", "none"):
@@ -569,6 +711,8 @@ def domain_config(raw: ConfigValues, forced_dialect: Dialect | None = None) -> D
         soundhw=_soundhw(r),
         hpet=r.bool_("hpet", True),
         hotplug_slots=r.int_("hotplug_slots", 0, MAX_HOTPLUG_SLOTS),
+        spice=_spice(r),
+        positions=dict(raw.positions),
         parallel=None if parallel in (None, "", "none") else parallel,
         parallel_position=r.raw.position("parallel") if "parallel" in raw.values else None,
         xl_passthrough=_passthrough(raw),

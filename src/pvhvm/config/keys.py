@@ -32,6 +32,7 @@ boot disk vif serial vnc vnclisten vncdisplay vncunused vncpasswd vncconsole sdl
 on_poweroff on_reboot on_crash acpi apic pae localtime rtc_timeoffset device_model
 device_model_version xen_platform_pci stdvga vga usb usbdevice bios cdrom soundhw hpet
 parallel bootloader vfb keymap videoram hvmloader firmware hotplug_slots
+spice spicehost spiceport spicetls_port spicedisable_ticketing spicepasswd spiceagent_mouse
 """
 
 _XEN = """
@@ -39,14 +40,13 @@ cpus cpus_soft cpu cpu_weight cpu_cap weight cap pool hap shadow_memory altp2m a
 tsc_mode timer_mode vpt_align nestedhvm max_grant_frames max_maptrack_frames
 max_grant_version max_event_channels seclabel init_seclabel device_model_stubdomain_override
 device_model_stubdomain_seclabel stubdomain_kernel stubdomain_ramdisk stubdomain_memory
-stubdomain_cmdline dm_restrict device_model_user device_model_override device_model_args
-device_model_args_hvm device_model_args_pv claim_mode superpages nomigrate driver_domain
+stubdomain_cmdline dm_restrict device_model_user device_model_override vkb_device claim_mode
+superpages nomigrate driver_domain
 on_watchdog on_soft_reset s3_integrity pci_permissive pci_msitranslate pci_power_mgmt
 pci_seize msitranslate power_mgmt vhpt e820_host mca_caps security access_control cpuid
 cpuid_check machine_address_size features suppress_spurious_page_faults guest_os_type nics
 blkif netif tpmif viridian acpi_s3 acpi_s4 acpi_laptop_slate nx vnuma vcpu_avail bootargs
-bootloader_args spice spicehost spiceport spicetls_port spicedisable_ticketing spicepasswd
-spiceagent_mouse spicevdagent spice_clipboard_sharing spiceusbredirection spice_image_compression
+bootloader_args spicevdagent spice_clipboard_sharing spiceusbredirection spice_image_compression
 spice_streaming_video opengl display xauthority isa monitor monitor_path expose_host_uuid
 xen_platform_pci_bar_uc gfx_passthru_kind smbios_firmware acpi_firmware ms_vm_genid
 apic_id_legacy passthrough iommu_memkb event_channels vmtrace_buf_kb vpmu tee
@@ -57,8 +57,13 @@ device_model_stubdomain memory_sharing migration_opts localtime_offset shadow_pa
 
 _GUEST = """
 pci ioports irqs irq iomem dtdev gfx_passthru vtpm usbctrl usbdev p9 p9fs channel vdispl vsnd
-vkb pvcalls virtio fda fdb usbport device_tree dm_vpmu rtc_offset
+vkb pvcalls virtio fda fdb usbport device_tree dm_vpmu rtc_offset device_model_args
+device_model_args_hvm device_model_args_pv
 """
+
+#: keys whose values reach QEMU's command line as they are written: refused with a line of
+#: their own (pvhvm builds every QEMU option from the plan, issue 18)
+RAW_QEMU_ARGS = frozenset({"device_model_args", "device_model_args_hvm", "device_model_args_pv"})
 
 
 def _table() -> dict[str, KeyUse]:
@@ -85,3 +90,23 @@ XM_ONLY = frozenset({
     "localtime_offset", "shadow_pages", "memory_sharing", "migration_opts", "rtc_offset",
     "irq",
 })
+
+#: keys only xl reads (xl.cfg(5), none of xm's create.py): evidence that a file is an xl one
+#: (config.domain). ``builder`` is not here or in XM_ONLY's evidence: libvirt's xl writer
+#: emits it.
+XL_ONLY = frozenset({
+    "type", "device_model_version", "device_model_override", "device_model_args",
+    "device_model_args_hvm", "device_model_args_pv", "device_model_user",
+    "device_model_stubdomain_override", "bios", "firmware", "vkb_device", "maxvcpus",
+    "max_grant_frames", "max_maptrack_frames", "max_grant_version", "max_event_channels",
+    "cpus_soft", "dm_restrict", "driver_domain", "usbctrl", "usbdev", "vdispl", "vsnd",
+    "pvcalls", "virtio", "p9", "vnuma", "altp2m", "tee", "vmtrace_buf_kb", "rdm",
+    "rdm_mem_boundary", "mmio_hole", "dtdev", "device_tree", "gic_version", "vuart",
+})
+
+#: keys xl reads with xlu_cfg_get_long: a whole number or nothing
+XL_WHOLE_NUMBERS = (
+    "cpu_weight", "cpu_cap", "weight", "cap", "shadow_memory", "max_grant_frames",
+    "max_maptrack_frames", "max_event_channels", "videoram", "stubdomain_memory",
+    "iommu_memkb", "vmtrace_buf_kb", "spiceport", "spicetls_port",
+)

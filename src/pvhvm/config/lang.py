@@ -100,6 +100,10 @@ class ConfigValues:
     shadowed: dict[str, tuple[Any, Position]] = field(default_factory=dict)
     #: "file:line:col: text" warnings about how the file was read (octal numbers, escapes)
     warnings: list[str] = field(default_factory=list)
+    #: values written as Python expressions xl's parser does not read (``+``, ``%``, names,
+    #: tuples, True/None...): what, and where. Evidence of an xm file (config.domain), so an
+    #: expression that reads a command-line variable (pvhvm's own templating) is left out
+    expressions: list[tuple[str, Position]] = field(default_factory=list)
 
     def position(self, key: str, index: int | None = None) -> Position:
         """The position of ``key`` (or of its ``index``-th element where known)."""
@@ -492,6 +496,7 @@ def _statement(ev: _Evaluator, stmt: ast.stmt, out: ConfigValues) -> None:
         for target in stmt.targets:
             assert isinstance(target, ast.Name)
             _bind(ev, out, target, value, stmt.value)
+            _note_expression(ev, out, target.id, stmt.value)
         return
     if isinstance(stmt, ast.AugAssign):
         if not isinstance(stmt.target, ast.Name):
@@ -509,6 +514,7 @@ def _statement(ev: _Evaluator, stmt: ast.stmt, out: ConfigValues) -> None:
         _bind(ev, out, stmt.target, value, stmt.value)
         if isinstance(stmt.value, ast.List | ast.Tuple):
             out.item_positions[stmt.target.id] = old_items + [ev.pos(e) for e in stmt.value.elts]
+        _note_expression(ev, out, stmt.target.id, stmt.value)  # xl reads += of a literal
         return
     if isinstance(stmt, ast.AnnAssign):
         raise ev.fail(stmt, "annotated assignments are not allowed")
@@ -520,6 +526,34 @@ def _statement(ev: _Evaluator, stmt: ast.stmt, out: ConfigValues) -> None:
                             "arch/arch_libdir lines: they only choose device_model, which "
                             "pvhvm does not use")
     raise ev.not_allowed(stmt)
+
+
+def python_only(node: ast.expr, cli: frozenset[str]) -> tuple[str, ast.AST] | None:
+    """The first part of ``node`` that xl's config parser (libxlutil: strings, numbers,
+    lists) does not read, and what it is; None for a literal, or when the expression reads
+    a command-line variable (pvhvm's templating, not the file's toolstack)."""
+    found: tuple[str, ast.AST] | None = None
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and sub.id in cli:
+            return None
+        if found is not None:
+            continue
+        if isinstance(sub, ast.BinOp):
+            found = ("'%' formatting" if isinstance(sub.op, ast.Mod) else "'+'"), sub
+        elif isinstance(sub, ast.Name):
+            found = f"the name {sub.id}", sub
+        elif isinstance(sub, ast.Tuple | ast.Dict):
+            found = ("a tuple" if isinstance(sub, ast.Tuple) else "a dict"), sub
+        elif isinstance(sub, ast.Constant) and (sub.value is None or isinstance(sub.value, bool)):
+            found = repr(sub.value), sub
+    return found
+
+
+def _note_expression(ev: _Evaluator, out: ConfigValues, name: str, node: ast.expr) -> None:
+    found = python_only(node, out.cli_vars)
+    if found is not None:
+        what, where = found
+        out.expressions.append((f"{name} = ... uses {what}", ev.pos(where)))
 
 
 def _bind(ev: _Evaluator, out: ConfigValues, target: ast.Name, value: Any, node: ast.expr) -> None:

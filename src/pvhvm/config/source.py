@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pvhvm.config.domain import Dialect
 from pvhvm.config.lang import MAX_FILE_BYTES, read_config_text
 
 #: ``VAR=VALUE`` arguments one source may hold, and the length of one
@@ -85,8 +86,9 @@ class ConfigSource:
                 or not all(isinstance(v, str) and len(v) <= MAX_VARIABLE_BYTES
                            for v in variables)):
             raise SourceFormatError("field 'variables' is not a list of VAR=VALUE strings")
-        if data["dialect"] is not None and data["dialect"] not in ("xm", "xl"):
-            raise SourceFormatError("field 'dialect' is not xm, xl or null")
+        dialects = [dialect.value for dialect in Dialect]
+        if data["dialect"] is not None and data["dialect"] not in dialects:
+            raise SourceFormatError(f"field 'dialect' is not {', '.join(dialects)} or null")
         if not isinstance(data["skip_unsupported"], bool):
             raise SourceFormatError("field 'skip_unsupported' is not true or false")
         return cls(file=data["file"], text=data["text"], variables=tuple(variables),

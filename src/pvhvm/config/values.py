@@ -7,9 +7,10 @@ line that pvhvm did not make from a parsed value).
 
 * character devices (``serial=``, ``parallel=``, xl.cfg(5), which xl hands to QEMU's
   ``-serial``: qemu-options.hx "-serial dev"): ``none pty null file:PATH unix:PATH[,server]
-  [,nowait] tcp:[HOST]:PORT[,server][,nowait]``. As QEMU reads them, ``file:`` takes the
-  rest literally and ``unix:``/``tcp:`` options follow commas (``,,`` is a comma in the
-  path);
+  [,nowait] tcp:[HOST]:PORT[,server][,nowait] telnet:[HOST]:PORT[,server][,nowait]
+  udp:[HOST]:PORT[@[LOCALHOST]:LOCALPORT]`` (``listen``, which real xl files write after a
+  telnet port, is read as ``server``). As QEMU reads them, ``file:`` takes the rest literally
+  and ``unix:``/``tcp:``/``telnet:`` options follow commas (``,,`` is a comma in the path);
 * VNC listen addresses (``vnclisten``): an IPv4 address, an IPv6 address (``[::1]`` or
   bare), or a host name, with an optional ``:DISPLAY``;
 * network interface names (``bridge=``, ``vifname=``): Linux's IFNAMSIZ rules;
@@ -39,8 +40,9 @@ KEYMAPS = (
 )
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 #: options a ``unix:``/``tcp:`` port may repeat: pvhvm's sockets always listen and never wait
-_SOCKET_OPTIONS = ("server", "server=on", "nowait", "wait=off")
-CHARDEV_FORMS = "none, pty, null, file:PATH, unix:PATH or tcp:[HOST]:PORT"
+_SOCKET_OPTIONS = ("server", "server=on", "listen", "nowait", "wait=off")
+_NETWORK_FORMS = ", tcp:[HOST]:PORT, telnet:[HOST]:PORT or udp:[HOST]:PORT[@[HOST]:PORT]"
+CHARDEV_FORMS = "none, pty, null, file:PATH, unix:PATH" + _NETWORK_FORMS
 
 
 class ChardevKind(Enum):
@@ -52,17 +54,23 @@ class ChardevKind(Enum):
     FILE = "file"
     UNIX = "unix"
     TCP = "tcp"
+    #: a TCP port speaking telnet (QEMU's ``telnet=on``)
+    TELNET = "telnet"
+    #: datagrams to HOST:PORT, from LOCALHOST:LOCALPORT
+    UDP = "udp"
 
 
 @dataclass(frozen=True)
 class Chardev:
-    """A parsed port spec. ``path``: FILE/UNIX; ``host``/``port``: TCP (host bare, no
-    brackets)."""
+    """A parsed port spec. ``path``: FILE/UNIX; ``host``/``port``: TCP, TELNET, UDP's remote
+    end (host bare, no brackets); ``local_host``/``local_port``: UDP's own end."""
 
     kind: ChardevKind
     path: str | None = None
     host: str | None = None
     port: int | None = None
+    local_host: str | None = None
+    local_port: int | None = None
 
     @property
     def spec(self) -> str:
@@ -72,9 +80,11 @@ class Chardev:
         if self.kind is ChardevKind.UNIX:
             assert self.path is not None
             return "unix:" + self.path.replace(",", ",,")
-        if self.kind is ChardevKind.TCP:
-            host = self.host or ""
-            return f"tcp:{f'[{host}]' if ':' in host else host}:{self.port}"
+        if self.kind in (ChardevKind.TCP, ChardevKind.TELNET, ChardevKind.UDP):
+            text = f"{self.kind.value}:{_bracketed(self.host or '')}:{self.port}"
+            if self.kind is ChardevKind.UDP and self.local_port is not None:
+                text += f"@{_bracketed(self.local_host or '')}:{self.local_port}"
+            return text
         return str(self.kind.value)
 
     @property
@@ -98,6 +108,26 @@ def _qemuopts_items(text: str) -> list[str]:
             items[-1] += text[i]
             i += 1
     return items
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _address(what: str, address: str) -> tuple[str, int]:
+    """``[HOST]:PORT`` → (host, port); the host bare (an IPv6 address without brackets),
+    empty when left out."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise SpecError(f"{what}: a network port needs HOST:PORT (HOST may be left out), the "
+                        "port 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not is_ipv6(host):
+            raise SpecError(f"{what}: [{host}] is not an IPv6 address")
+    elif host and host_problem(host) is not None:
+        raise SpecError(f"{what}: {host_problem(host)}")
+    return host, int(port)
 
 
 def _socket_options(what: str, options: list[str]) -> None:
@@ -124,24 +154,22 @@ def parse_chardev(text: str, key: str = "serial", *, tcp: bool = True) -> Charde
             raise SpecError(f"{what}: unix: needs a socket path")
         _socket_options(what, options)
         return Chardev(ChardevKind.UNIX, path=path)
-    if text.startswith("tcp:") and tcp:
-        address, *options = _qemuopts_items(text[4:])
-        host, sep, port = address.rpartition(":")
-        if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-            raise SpecError(f"{what}: tcp needs HOST:PORT (HOST may be left out), the port "
-                            "1-65535")
+    scheme = text.partition(":")[0]
+    if scheme in ("tcp", "telnet") and text.startswith(f"{scheme}:") and tcp:
+        address, *options = _qemuopts_items(text[len(scheme) + 1:])
+        host, port = _address(what, address)
         _socket_options(what, options)
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-            if not is_ipv6(host):
-                raise SpecError(f"{what}: [{host}] is not an IPv6 address")
-        elif host and host_problem(host) is not None:
-            raise SpecError(f"{what}: {host_problem(host)}")
-        return Chardev(ChardevKind.TCP, host=host or "127.0.0.1", port=int(port))
+        return Chardev(ChardevKind(scheme), host=host or "127.0.0.1", port=port)
+    if text.startswith("udp:") and tcp:
+        remote, at, local = text[4:].partition("@")
+        host, port = _address(what, remote)
+        local_host, local_port = _address(what, local) if at else ("", None)
+        return Chardev(ChardevKind.UDP, host=host or "127.0.0.1", port=port,
+                       local_host=local_host or None, local_port=local_port)
     if text == "stdio":
         raise SpecError(f"{what}: QEMU runs under pvhvm's supervisor with no terminal; use pty "
                         "(pvhvm console attaches to the console) or file:PATH")
-    forms = CHARDEV_FORMS if tcp else CHARDEV_FORMS.replace(" or tcp:[HOST]:PORT", "")
+    forms = CHARDEV_FORMS if tcp else "none, pty, null, file:PATH or unix:PATH"
     raise SpecError(f"{what} is not supported (use {forms})")
 
 

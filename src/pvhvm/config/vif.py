@@ -64,6 +64,17 @@ class VifSpec:
     devid: int | None = None
     trusted: bool | None = None
 
+    @property
+    def xl_only(self) -> str | None:
+        """What in the spec only xl reads (xl-network-configuration(5) keys xend never had,
+        ``type=vif``), or None: evidence of an xl file."""
+        for key in ("devid", "mtu", "gatewaydev", "forwarddev"):
+            if getattr(self, key) is not None:
+                return f"{key}="
+        if self.trusted is not None:
+            return "trusted" if self.trusted else "untrusted"
+        return "type=vif" if self.type == "vif" else None
+
 
 @dataclass(frozen=True)
 class Rate:

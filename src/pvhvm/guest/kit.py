@@ -54,7 +54,7 @@ SCRIPT_FILES = ("init", "rcS", "report.sh", "inittab", "acpi-power", "uevent")
 #: disks, CD-ROMs, the root filesystem. crc32c_generic satisfies ext4's ``softdep pre:
 #: crypto-crc32c`` (crc32c-intel needs SSE4.2, which TCG's default CPU lacks).
 STORAGE_MODULES = (
-    "ata_piix", "ata_generic", "ahci", "virtio_pci", "virtio_blk", "sd_mod", "sr_mod",
+    "ata_piix", "ata_generic", "ahci", "sym53c8xx", "virtio_pci", "virtio_blk", "sd_mod", "sr_mod",
     "crc32c_generic", "ext4",
 )
 #: Modules the root filesystem's rcS loads as well: NICs (8139cp before 8139too: QEMU's

@@ -56,6 +56,8 @@ from pvhvm.plan.vdev import VdevFamily, index_to_letters, parse_vdev
 PV_DISK_DRIVERS = {Platform.QEMU: (("virtio_pci",), ("virtio_blk",)),
                    Platform.XEN: (("xen_blkfront",),)}
 IDE_DISK_DRIVERS = (("ata_piix", "ata_generic"), ("sd_mod",))
+#: an emulated sd* disk: scsi-hd on the lsi53c895a (plan.SCSI_CONTROLLER)
+SCSI_DISK_DRIVERS = (("sym53c8xx",), ("sd_mod",))
 PV_NIC_DRIVERS = {Platform.QEMU: (("virtio_pci",), ("virtio_net",)),
                   Platform.XEN: (("xen_netfront",),)}
 NIC_MODEL_DRIVERS = {"rtl8139": (("8139cp", "8139too"),), "e1000": (("e1000",),),
@@ -177,7 +179,7 @@ def _arguments(cmdline: str, key: str) -> list[str]:
 
 def _realised(disk: DiskPlan, plan: Plan) -> str:
     if disk.kind is DeviceKind.IOEMU:
-        return "emulated IDE"
+        return "emulated SCSI" if disk.scsi_unit is not None else "emulated IDE"
     return "virtio-blk" if plan.platform is Platform.QEMU else "xen-blkfront"
 
 
@@ -306,7 +308,8 @@ def _check_disk_drivers(
 ) -> None:
     """The root disk's driver at boot: fatal only when its absence is read, not guessed."""
     needs: tuple[tuple[str, ...], ...] = (
-        PV_DISK_DRIVERS[plan.platform] if disk.kind is DeviceKind.XENBUS else IDE_DISK_DRIVERS
+        PV_DISK_DRIVERS[plan.platform] if disk.kind is DeviceKind.XENBUS
+        else SCSI_DISK_DRIVERS if disk.scsi_unit is not None else IDE_DISK_DRIVERS
     )
     missing = [" or ".join(alts) for alts in needs
                if not any(_at_boot(d, drivers, initrd) for d in alts)]

@@ -583,6 +583,12 @@ class _Reader:
         place = None
         if emulated:
             place = _ide_place(dev)
+            if dev.startswith("sd") and place is not None and \
+                    node.attrib.get("device") != "cdrom":
+                # an IDE/SATA hard disk libvirt names sdX is the IDE disk at that place:
+                # pvhvm's own sdX disk is emulated SCSI (issue 20), so it takes the place's
+                # hd name (a CD drive is IDE whatever its name)
+                name = list(IDE_PLACES)[list(IDE_PLACES.values()).index(place)]
             address = node.find("address")
             if address is not None and place is not None and address.attrib == {
                 "type": "drive", "controller": "0", "bus": str(place[0]), "target": "0",

@@ -130,6 +130,9 @@ def free_virtio_target(taken: set[str]) -> str:
 
 def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str],
           slots: Iterator[str] | None) -> None:
+    if disk.scsi_unit is not None:
+        raise PlanError(f"disk {disk.vdev!r}: an emulated SCSI disk has no libvirt export in "
+                        "pvhvm yet; make it PV (type=xenbus) or give it an hd name (IDE)")
     target = (ide_target(disk) if disk.kind is DeviceKind.IOEMU
               else f"vd{_disk_letters(pv_index)}")
     element = disk_element(disk, target, notes)
@@ -262,6 +265,11 @@ def _display(devices: ET.Element, display: Display) -> None:
         if display.keymap:
             attributes["keymap"] = display.keymap
         _sub(devices, "graphics", **attributes)
+    if display.spice is not None and display.spice.port is not None:
+        # no passwd: libvirt runs QEMU's SPICE server with disable-ticketing, as spice = 1 with
+        # spicedisable_ticketing = 1 says
+        _sub(devices, "graphics", type="spice", port=str(display.spice.port), autoport="no",
+             listen=display.spice.host)
     video = _sub(devices, "video")
     _sub(video, "model", type=_VIDEO[display.vga])
 

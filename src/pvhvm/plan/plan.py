@@ -15,7 +15,8 @@ from enum import Enum
 from typing import Any
 
 from pvhvm.config.disk import Access, DiskSpec
-from pvhvm.config.domain import Dialect, DomainConfig, GuestType, Located
+from pvhvm.config.domain import Dialect, DomainConfig, GuestType, Located, Spice
+from pvhvm.config.keys import RAW_QEMU_ARGS
 from pvhvm.config.lang import path_problem
 from pvhvm.config.values import (
     MAX_VNC_DISPLAY,
@@ -29,6 +30,7 @@ from pvhvm.config.values import (
 from pvhvm.config.vif import VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.hostfs import SocketPath, socket_path_state
+from pvhvm.plan.kernel import pv_only_kernel
 from pvhvm.plan.types import (
     DeviceClass,
     DeviceKind,
@@ -52,6 +54,14 @@ EMULATED_NIC_MODELS = (
 DEFAULT_NIC_MODEL = "rtl8139"
 #: xl emulates the first four disks of an HVM guest (libxl_dm.c: disk index 0..3 → hda..hdd)
 XL_EMULATED_DISKS = 4
+#: the emulated SCSI controller of sd* disks: QEMU's default for if=scsi, which libxl_dm.c
+#: and xend's qemu-dm used; Linux's sym53c8xx drives it and SeaBIOS boots from it
+SCSI_CONTROLLER = "lsi53c895a"
+#: its targets: a narrow SCSI bus of 8 ids, the controller's own being 7 (sda..sdg)
+SCSI_UNITS = 7
+#: the least memory QEMU's PC firmware and a kernel boot in (xl's own floor is lower: a
+#: Mini-OS stub domain runs in 8 MiB on Xen)
+MIN_QEMU_MEMORY_MIB = 16
 #: Debian's ovmf package: the firmware bios = "ovmf" boots
 OVMF_PATH = "/usr/share/ovmf/OVMF.fd"
 #: Xen's OUI; the other three octets are derived from the domain's uuid and the vif's index
@@ -77,17 +87,27 @@ class DiskPlan:
     format: str
     access: Access
     cdrom: bool
-    #: (channel, unit) on the emulated IDE controller, for ioemu disks
+    #: (channel, unit) on the emulated IDE controller, for ioemu disks but SCSI ones
     ide_place: tuple[int, int] | None
     script: str | None = None
     backend_domain: str | None = None
     backendtype: str | None = None
     #: firmware boot order (0 first), None when firmware should not boot it
     bootindex: int | None = None
+    #: the target id on the emulated SCSI controller (SCSI_CONTROLLER), for emulated sd*
+    #: disks: sda is 0 (libxl_dm.c: if=scsi,unit=<disk index>)
+    scsi_unit: int | None = None
 
     @property
     def is_empty(self) -> bool:
         return self.target == ""
+
+    @property
+    def emulated_as(self) -> str | None:
+        """How the device model presents it: "IDE", "SCSI", or None for a PV disk."""
+        if self.kind is not DeviceKind.IOEMU:
+            return None
+        return "SCSI" if self.scsi_unit is not None else "IDE"
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,8 @@ class Display:
     unused: bool = True
     password: str | None = None
     keymap: str | None = None
+    #: a SPICE server for the same card (spice = 1)
+    spice: Spice | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,9 @@ class Plan:
     #: serial ports after the console (ttyS1..ttyS3)
     more_serials: tuple[str, ...] = ()
     xl_passthrough: tuple[tuple[str, Any], ...] = ()
+    #: kernel= and ramdisk= as the file wrote them (export-xl keeps a relative path relative)
+    kernel_given: str | None = None
+    ramdisk_given: str | None = None
     #: how untyped devices were read (not problems: the dialect's meaning, said once)
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -191,6 +216,16 @@ class Plan:
     @property
     def direct_kernel_boot(self) -> bool:
         return self.kernel is not None
+
+    @property
+    def scsi_model(self) -> str:
+        """The emulated SCSI controller's QEMU device (the plan table names it)."""
+        return SCSI_CONTROLLER
+
+    @property
+    def scsi_controller(self) -> bool:
+        """Whether the guest gets the emulated SCSI controller (some sd* disk is emulated)."""
+        return any(d.scsi_unit is not None for d in self.disks)
 
     def to_json(self) -> dict[str, Any]:
         """The plan as plain JSON data (the ``--dry-run --json`` document)."""
@@ -207,6 +242,7 @@ class Plan:
             "vcpus": self.vcpus,
             "maxvcpus": self.maxvcpus,
             "ide_controller": self.ide_controller,
+            "scsi_controller": SCSI_CONTROLLER if self.scsi_controller else None,
             "boot": (
                 {"kernel": self.kernel, "ramdisk": self.ramdisk, "cmdline": self.cmdline}
                 if self.direct_kernel_boot
@@ -217,6 +253,7 @@ class Plan:
                     "vdev": d.vdev, "devid": d.devid, "type": d.kind.value, "target": d.target,
                     "format": d.format, "mode": d.access.value, "cdrom": d.cdrom,
                     "ide_place": list(d.ide_place) if d.ide_place else None,
+                    "scsi_unit": d.scsi_unit,
                     "script": d.script, "backend": d.backend_domain, "bootindex": d.bootindex,
                 }
                 for d in self.disks
@@ -242,6 +279,9 @@ class Plan:
                 "vga": self.display.vga, "vnc": self.display.vnc,
                 "listen": self.display.listen if self.display.vnc else None,
                 "display": self.display.display if self.display.vnc else None,
+                "spice": None if self.display.spice is None else {
+                    "host": self.display.spice.host, "port": self.display.spice.port,
+                },
             },
             "usb": self.usb or bool(self.usbdevices),
             "usbdevices": list(self.usbdevices),
@@ -403,6 +443,20 @@ def make_plan(
         if config.bios == "ovmf" and platform is Platform.QEMU and not os.path.isfile(OVMF_PATH):
             raise ConfigError(f"bios = 'ovmf' needs the OVMF firmware at {OVMF_PATH} "
                               "(Debian's ovmf package)", file=config.file)
+        if kernel is not None and platform is Platform.QEMU:
+            pv_only = pv_only_kernel(kernel)
+            if pv_only is not None:
+                raise config.where("kernel").error(
+                    f"kernel {config.kernel!r} is {pv_only}: a Xen PV-only kernel (PV-GRUB, "
+                    "Mini-OS, a unikernel) boots only on Xen, not on QEMU; use --platform xen "
+                    "or export-xl, or boot a Linux bzImage or a PVH/multiboot kernel here")
+    if platform is Platform.QEMU:
+        for key, value in (("memory", config.memory), ("maxmem", config.maxmem)):
+            if value is not None and value < MIN_QEMU_MEMORY_MIB:
+                raise config.where(key).error(
+                    f"{key} = {value}: a guest on QEMU needs at least {MIN_QEMU_MEMORY_MIB} "
+                    "MiB (its firmware and kernel); a Mini-OS stub domain's few MiB work only "
+                    "on Xen")
     if ramdisk is not None and "," in ramdisk:
         # QEMU splits -initrd at commas (multiboot modules); a Linux kernel's loader takes
         # the path whole, so no escape means the same to both
@@ -442,7 +496,7 @@ def make_plan(
         platform=platform,
         memory_mib=memory,
         vcpus=config.vcpus or 1,
-        ide_controller=any(d.kind is DeviceKind.IOEMU for d in disks),
+        ide_controller=any(d.ide_place is not None for d in disks),
         disks=tuple(disks),
         vifs=tuple(vifs),
         kernel=kernel,
@@ -481,6 +535,8 @@ def make_plan(
         bootloader=config.bootloader,
         more_serials=more_serials,
         xl_passthrough=config.xl_passthrough,
+        kernel_given=config.kernel,
+        ramdisk_given=config.ramdisk,
         notes=tuple(notes),
         warnings=tuple(warnings),
     )
@@ -495,6 +551,9 @@ def _unsupported_keys(
             f"{key} changes what the guest gets, and the {platform.value} platform cannot "
             "realise it (no passthrough or Xen-only device here)"
         )
+        if key in RAW_QEMU_ARGS:
+            message = (f"{key} would put arbitrary options on QEMU's command line, and pvhvm "
+                       "makes every QEMU option from the config's typed keys")
         if not skip:
             raise position.error(f"{message}; remove it, or give --skip-unsupported to create "
                                  "the guest without it")
@@ -530,7 +589,10 @@ def _check_pv_guest(config: DomainConfig, platform: Platform, warnings: list[str
 def _display(config: DomainConfig) -> Display | None:
     """The graphics card and VNC server; listen address, display and keymap checked as such
     (config.values) whatever reader made ``config``."""
-    if config.vga == "none" or not (config.vnc or config.vga):
+    if config.vga == "none" and config.spice is not None:
+        raise config.where("vga").error("vga = 'none' and spice = 1: SPICE shows the guest's "
+                                        "graphics card, so give it one (or drop spice)")
+    if config.vga == "none" or not (config.vnc or config.vga or config.spice):
         return None
     try:
         listen, display = parse_vnc_listen(config.vnc_listen)
@@ -548,7 +610,9 @@ def _display(config: DomainConfig) -> Display | None:
         raise ConfigError(problem, file=config.file)
     return Display(
         vga=config.vga or "cirrus", vnc=config.vnc, listen=listen, display=display,
-        unused=config.vnc_unused, password=config.vnc_password, keymap=config.keymap,
+        unused=config.vnc_unused, keymap=config.keymap, spice=config.spice,
+        # one secret for the display: vncpasswd, or spicepasswd (config.domain: never two)
+        password=config.vnc_password or (config.spice.password if config.spice else None),
     )
 
 
@@ -579,17 +643,31 @@ def _disk_kind(
     config: DomainConfig, spec: DiskSpec, vdev: Vdev, registry: TypeRegistry, where: str,
     pos: Any,
 ) -> DeviceKind:
-    """The one place an untyped disk's kind is decided: by guest type, then dialect."""
+    """The one place an untyped disk's kind is decided: by guest type, then dialect.
+
+    xl (libxl_dm.c, qemu-xen): sd* disks are emulated as SCSI, other disks among the first
+    four as IDE, the rest are PV only. xm (xend 3.0.4-4.4, qemu-dm's xenstore.c): hd* disks
+    IDE, sd* SCSI, xvd* PV only. xend 3.0.2 (the RFC): hd* IDE, everything else PV only."""
     kind = _explicit_kind(config, spec.type, DeviceClass.DISK, spec.cdrom, registry, where, pos)
     if kind is not None:
         return kind
     if spec.cdrom:
         return DeviceKind.IOEMU
     if config.dialect is Dialect.XL:
-        # libxl_dm.c (qemu-xen): the first four disks are emulated whatever their name
-        emulated = vdev.family is not VdevFamily.NUMBER and vdev.disk < XL_EMULATED_DISKS
+        emulated = vdev.family is VdevFamily.SD or (
+            vdev.family is not VdevFamily.NUMBER and vdev.disk < XL_EMULATED_DISKS)
         return DeviceKind.IOEMU if emulated else DeviceKind.XENBUS
+    if config.dialect is Dialect.XM and vdev.family is VdevFamily.SD:
+        return DeviceKind.IOEMU
     return default_disk_type(vdev.family.value)
+
+
+def _scsi_unit(config: DomainConfig, spec: DiskSpec, vdev: Vdev) -> int | None:
+    """An emulated sd* hard disk's SCSI target (sda → 0), as libxl_dm.c and xend's qemu-dm
+    place it; None for every other disk (xend 3.0.2 emulated IDE only)."""
+    if spec.cdrom or vdev.family is not VdevFamily.SD or config.dialect is Dialect.XEND_302:
+        return None
+    return vdev.disk
 
 
 def _ide_place(config: DomainConfig, spec: DiskSpec, vdev: Vdev) -> tuple[int, int] | None:
@@ -609,7 +687,7 @@ def _plan_disks(
     disks: list[DiskPlan] = []
     by_devid: dict[int, Located[DiskSpec]] = {}
     by_place: dict[tuple[int, int], Located[DiskSpec]] = {}
-    xl_emulated: list[str] = []
+    untyped_emulated: list[str] = []
     for located in config.disks:
         spec, pos = located.value, located.position
         where = f"disk {spec.vdev!r}"
@@ -617,6 +695,12 @@ def _plan_disks(
             vdev = parse_vdev(spec.vdev)
         except SpecError as err:
             raise pos.error(str(err)) from err
+        if vdev.devid in by_devid:
+            other = by_devid[vdev.devid]
+            raise pos.error(
+                f"{where}: virtual device already used by disk {other.value.vdev!r} "
+                f"at {other.position}"
+            )
         kind = _disk_kind(config, spec, vdev, registry, where, pos)
         if spec.cdrom and kind is DeviceKind.XENBUS:
             raise pos.error(
@@ -624,7 +708,18 @@ def _plan_disks(
                 "(drop type= or use type=ioemu)"
             )
         ide_place = None
-        if kind is DeviceKind.IOEMU:
+        scsi_unit = None if kind is DeviceKind.XENBUS else _scsi_unit(config, spec, vdev)
+        if scsi_unit is not None and scsi_unit >= SCSI_UNITS:
+            last = "sd" + chr(ord("a") + SCSI_UNITS - 1)
+            raise pos.error(
+                f"{where}: an emulated SCSI disk must be one of sda..{last} (the "
+                f"{SCSI_CONTROLLER} controller's {SCSI_UNITS} targets); make it PV "
+                "(type=xenbus) or give it one of those names"
+            )
+        if scsi_unit is not None:
+            if spec.type is None:
+                untyped_emulated.append(spec.vdev)
+        elif kind is DeviceKind.IOEMU:
             ide_place = _ide_place(config, spec, vdev)
             if ide_place is None:
                 hint = "" if spec.type else " (or give type=xenbus to make it PV)"
@@ -640,15 +735,10 @@ def _plan_disks(
                     f"{other_place.value.vdev!r} at {other_place.position}"
                 )
             by_place[ide_place] = located
-            if spec.type is None and not spec.cdrom and config.dialect is Dialect.XL:
-                xl_emulated.append(spec.vdev)
-        if vdev.devid in by_devid:
-            other = by_devid[vdev.devid]
-            raise pos.error(
-                f"{where}: virtual device already used by disk {other.value.vdev!r} "
-                f"at {other.position}"
-            )
-        if kind is DeviceKind.IOEMU and not spec.cdrom and not spec.access.writable:
+            if spec.type is None and not spec.cdrom and config.dialect is not Dialect.XEND_302:
+                untyped_emulated.append(spec.vdev)
+        if kind is DeviceKind.IOEMU and not spec.cdrom and not spec.access.writable \
+                and scsi_unit is None:
             how = ("xl emulates it as IDE (one of the first four disks), and neither xl "
                    "(XSA-142) nor QEMU can emulate" if spec.type is None
                    and config.dialect is Dialect.XL else "QEMU cannot emulate")
@@ -673,14 +763,18 @@ def _plan_disks(
                 vdev=spec.vdev, devid=vdev.devid, kind=kind, target=target,
                 format=spec.format, access=spec.access, cdrom=spec.cdrom, ide_place=ide_place,
                 script=spec.script, backend_domain=spec.backend, backendtype=spec.backendtype,
+                scsi_unit=scsi_unit,
             )
         )
-    if xl_emulated:
+    if untyped_emulated:
+        rule = ("emulates an HVM guest's sd* disks as SCSI and its other first four disks as "
+                "IDE" if config.dialect is Dialect.XL
+                else "emulates an HVM guest's hd* disks as IDE and its sd* disks as SCSI")
         notes.append(
-            f"disk(s) {', '.join(xl_emulated)} have no type=: xl emulates an HVM guest's first "
-            "four disks as IDE and offers them PV too, for the guest's PV drivers to unplug the "
-            "emulated ones; QEMU has no unplug, so they are emulated only (type=xenbus makes a "
-            "disk PV-only)"
+            f"disk(s) {', '.join(untyped_emulated)} have no type=: "
+            f"{config.dialect.toolstack} {rule} and offers them PV too, for the guest's PV "
+            "drivers to unplug the emulated ones; QEMU has no unplug, so they are emulated "
+            "only (type=xenbus makes a disk PV-only)"
         )
     _check_sharing(config)
     return disks
@@ -708,15 +802,26 @@ def _check_sharing(config: DomainConfig) -> None:
 
 
 def _nic_kind(
-    config: DomainConfig, spec: VifSpec, registry: TypeRegistry, where: str, pos: Any
+    config: DomainConfig, spec: VifSpec, registry: TypeRegistry, where: str, pos: Any,
+    warnings: list[str],
 ) -> DeviceKind:
-    """The one place an untyped NIC's kind is decided: by guest type, then dialect."""
-    kind = _explicit_kind(config, spec.type, DeviceClass.NIC, False, registry, where, pos)
+    """The one place an untyped NIC's kind is decided: by guest type, then dialect.
+
+    xl (xl-network-configuration(5)) and xend 3.0.4-4.4 (image.py) default an HVM guest's
+    vif to type=ioemu, an emulated NIC plus its PV path; xend 3.0.2 made it PV only. xl reads
+    a type it does not know with "Invalid parameter `type'." and the default."""
+    type_ = spec.type
+    if (config.dialect is Dialect.XL and type_ is not None
+            and type_ not in registry.names(DeviceClass.NIC)):
+        warnings.append(f"{pos}: {where}: type={type_}: xl says \"Invalid parameter `type'\" "
+                        "and uses its default, type=ioemu")
+        type_ = None
+    kind = _explicit_kind(config, type_, DeviceClass.NIC, False, registry, where, pos)
     if kind is not None:
         return kind
-    if config.dialect is Dialect.XL:
-        return DeviceKind.IOEMU  # xl-network-configuration(5): type=ioemu is the default
-    return default_nic_type()
+    if config.dialect is Dialect.XEND_302:
+        return default_nic_type()
+    return DeviceKind.IOEMU
 
 
 def _plan_vifs(
@@ -726,11 +831,12 @@ def _plan_vifs(
     vifs: list[VifPlan] = []
     macs: dict[str, Located[VifSpec]] = {}
     devids: dict[int, Located[VifSpec]] = {}
-    xl_emulated: list[str] = []
+    untyped_emulated: list[str] = []
     for index, located in enumerate(config.vifs):
         spec, pos = located.value, located.position
         where = f"vif {index}"
-        kind = _nic_kind(config, spec, registry, where, pos)
+        kind = _nic_kind(config, spec, registry, where, pos, warnings)
+        explicit_type = spec.type if spec.type in registry.names(DeviceClass.NIC) else None
         for key, value in (("script", spec.script), ("bridge", spec.bridge)):
             problem = None if value is None else path_problem(value)
             if problem is not None:
@@ -746,7 +852,8 @@ def _plan_vifs(
             except SpecError as err:
                 raise pos.error(str(err)) from err
         model = spec.model
-        if kind is DeviceKind.IOEMU and spec.type is None and (model or "").startswith("virtio"):
+        if kind is DeviceKind.IOEMU and explicit_type is None and \
+                (model or "").startswith("virtio"):
             # xl hands model= to QEMU as is: virtio-net is QEMU's PV NIC, so this vif is PV
             notes.append(f"{where}: model={model} is QEMU's PV NIC, so this vif is PV "
                          "(type=xenbus)")
@@ -761,16 +868,17 @@ def _plan_vifs(
                     f"{where}: model={model!r} is not an emulated NIC model QEMU has "
                     f"(known: {', '.join(EMULATED_NIC_MODELS)})"
                 )
-            if spec.type is None:
-                xl_emulated.append(str(index))
+            if explicit_type is None:
+                untyped_emulated.append(str(index))
         elif model is not None:
-            if spec.type is not None:
+            if explicit_type is not None:
                 raise pos.error(
                     f"{where}: model={model} applies only to emulated NICs, "
                     f"and this one is type={spec.type}"
                 )
             why = ("a PV guest's NICs are PV" if config.guest_type is GuestType.PV
-                   else "a vif without type= is PV in xm files (add type=ioemu to emulate it)")
+                   else "a vif without type= is PV in xend 3.0.2's files (add type=ioemu to "
+                        "emulate it)")
             warnings.append(f"{pos}: {where}: model={model} ignored: {why}")
             model = None
         mac = spec.mac or default_mac(uuid, index)
@@ -791,11 +899,12 @@ def _plan_vifs(
                 gatewaydev=spec.gatewaydev,
             )
         )
-    if xl_emulated:
+    if untyped_emulated:
         notes.append(
-            f"vif(s) {', '.join(xl_emulated)} have no type=: xl's default is type=ioemu, an "
-            "emulated NIC and a PV one the guest's drivers may use instead; QEMU has no "
-            "unplug, so they are emulated only (type=xenbus makes a NIC PV-only)"
+            f"vif(s) {', '.join(untyped_emulated)} have no type=: "
+            f"{config.dialect.toolstack}'s default is type=ioemu, an emulated NIC and a PV one "
+            "the guest's drivers may use instead; QEMU has no unplug, so they are emulated "
+            "only (type=xenbus makes a NIC PV-only)"
         )
     return vifs
 

@@ -6,6 +6,8 @@ Facts it relies on (QEMU 7.2):
   ``-nodefaults`` has no IDE (class 0x0101) and no SATA (0x0106) function. So a plan that needs
   the IDE controller gets ``pc``, and a plan with no emulated disk gets that q35.
 * ioemu disks are ``ide-hd``/``ide-cd`` on ``ide.<channel>`` unit ``<unit>`` (hda..hdd);
+  emulated sd* disks are ``scsi-hd`` on an ``lsi53c895a`` (``scsi0``, the controller
+  ``if=scsi`` makes, as libxl_dm.c asks for it) at ``scsi-id`` = the disk's index;
   xenbus disks are ``virtio-blk-pci``; NICs are ``rtl8139``/``e1000``/``ne2k_pci`` or
   ``virtio-net-pci``.
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
@@ -34,7 +36,7 @@ from pvhvm.config.values import (
     parse_vnc_listen,
 )
 from pvhvm.errors import PlanError, SpecError
-from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
+from pvhvm.plan.plan import OVMF_PATH, SCSI_CONTROLLER, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.netdisk import available_drivers, drive_options, driver_of
 from pvhvm.qemu.opts import OptionPair, initrd_value, option_string
@@ -53,6 +55,8 @@ IDE_MACHINE = "pc"
 #: every domain's memory balloon (virtio, on the root bus): mem-set moves its target, as
 #: xl's mem-set moves a Xen guest's balloon (runtime/resize.py)
 BALLOON_DEVICE = option_string([("id", "balloon0")], head="virtio-balloon-pci")
+#: the emulated SCSI controller's id; its bus is ``scsi0.0``
+SCSI_ID = "scsi0"
 
 
 class Accel(Enum):
@@ -173,6 +177,8 @@ def qemu_argv(plan: Plan, paths: RunPaths, options: ArgvOptions = ArgvOptions())
             argv += ["-append", plan.cmdline]
     argv += _bridges(plan)
     argv += hotplug_ports(plan)
+    if plan.scsi_controller:
+        argv += ["-device", option_string([("id", SCSI_ID)], head=SCSI_CONTROLLER)]
     iothreads = 0
     pv_index = 0
     for disk in plan.disks:
@@ -218,6 +224,8 @@ def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
 
 
 _VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+#: the id of the display's password secret (vncpasswd/spicepasswd, from a 0600 file)
+DISPLAY_SECRET = "vncpass0"
 #: vncunused tries this many displays after vncdisplay
 VNC_UNUSED_RANGE = 99
 
@@ -226,6 +234,12 @@ def _display(display: Display, secret: Path | None) -> list[str]:
     """The graphics card and the VNC server (vnc, vnclisten, vncdisplay, vncunused,
     vncpasswd, keymap of xl.cfg(5))."""
     argv = ["-device", option_string([], head=_VGA_DEVICES[display.vga])]
+    if display.password and (display.vnc or display.spice is not None):
+        source: OptionPair = (("data", display.password) if secret is None
+                              else ("file", str(secret)))
+        argv += ["-object", option_string([("id", DISPLAY_SECRET), source], head="secret")]
+    if display.spice is not None:
+        argv += _spice(display)
     if not display.vnc:
         return argv
     # the plan's listen is a checked host (config.values.parse_vnc_listen); checked again
@@ -241,14 +255,25 @@ def _display(display: Display, secret: Path | None) -> list[str]:
         # fails outright when to= is below the display)
         vnc_options.append(("to", min(display.display + VNC_UNUSED_RANGE, MAX_VNC_DISPLAY)))
     if display.password:
-        source: OptionPair = (("data", display.password) if secret is None
-                              else ("file", str(secret)))
-        argv += ["-object", option_string([("id", "vncpass0"), source], head="secret")]
-        vnc_options.append(("password-secret", "vncpass0"))
+        vnc_options.append(("password-secret", DISPLAY_SECRET))
     argv += ["-vnc", option_string(vnc_options, head=f"{listen}:{display.display}")]
     if display.keymap:
         argv += ["-k", display.keymap]
     return argv
+
+
+def _spice(display: Display) -> list[str]:
+    """spice = 1 (xl.cfg(5): spicehost, spiceport, spicedisable_ticketing,
+    spiceagent_mouse): QEMU's SPICE server for the guest's card."""
+    spice = display.spice
+    assert spice is not None and spice.port is not None
+    options: list[OptionPair] = [("port", spice.port), ("addr", spice.host)]
+    if display.password:
+        options.append(("password-secret", DISPLAY_SECRET))
+    else:
+        options.append(("disable-ticketing", spice.disable_ticketing))
+    options.append(("agent-mouse", spice.agent_mouse))
+    return ["-spice", option_string(options)]
 
 
 def _vnc_listen(listen: str) -> tuple[str, int | None]:
@@ -324,8 +349,17 @@ def _chardev_value(chardev: Chardev, chardev_id: str, *log: OptionPair) -> str |
         assert chardev.path is not None
         return _listening_socket(chardev_id, chardev.path, *log)
     assert chardev.host is not None and chardev.port is not None
+    if chardev.kind is ChardevKind.UDP:
+        local: list[OptionPair] = []
+        if chardev.local_host:
+            local.append(("localaddr", chardev.local_host))
+        if chardev.local_port is not None:
+            local.append(("localport", chardev.local_port))
+        return option_string([("id", chardev_id), ("host", chardev.host),
+                              ("port", chardev.port), *local, *log], head="udp")
+    telnet: list[OptionPair] = [("telnet", True)] if chardev.kind is ChardevKind.TELNET else []
     return option_string([("id", chardev_id), ("host", chardev.host), ("port", chardev.port),
-                          ("server", True), ("wait", False), *log], head="socket")
+                          ("server", True), ("wait", False), *telnet, *log], head="socket")
 
 
 def _chardev_port(chardev: Chardev, chardev_id: str, option: str,
@@ -339,7 +373,7 @@ def _chardev_port(chardev: Chardev, chardev_id: str, option: str,
 
 def _serial(plan: Plan, paths: RunPaths) -> list[str]:
     """``serial=`` as xl knows it: ``pty``, ``null``, ``file:PATH``, ``unix:PATH``,
-    ``tcp:HOST:PORT``.
+    ``tcp:HOST:PORT``, ``telnet:HOST:PORT``, ``udp:HOST:PORT[@LOCAL:PORT]``.
 
     Without a serial= line the console is a Unix socket (for ``pvhvm console``); every form
     but ``file:`` also logs to the domain's console.log.
@@ -444,6 +478,11 @@ def _disk(
     tuning = options.ide_tuning if emulated else options.pv_tuning
     argv = ["-drive", drive_value(disk, options)]
     boot: list[OptionPair] = [] if disk.bootindex is None else [("bootindex", disk.bootindex)]
+    if emulated and disk.scsi_unit is not None:
+        argv += ["-device", option_string([("drive", drive_id), ("bus", f"{SCSI_ID}.0"),
+                                           ("scsi-id", disk.scsi_unit), ("lun", 0), *boot],
+                                          head="scsi-hd")]
+        return argv, 0
     if emulated:
         assert disk.ide_place is not None
         channel, unit = disk.ide_place

@@ -61,7 +61,7 @@ def _settings(plan: Plan) -> list[str]:
     if plan.maxvcpus is not None:
         lines.append(f"maxvcpus = {plan.maxvcpus}")
     if plan.guest_type is GuestType.PV:
-        return lines
+        return lines + _vfb(plan)
     if plan.bios != "seabios":
         lines.append(f"bios = {_quote(plan.bios)}")
     display = plan.display
@@ -75,6 +75,13 @@ def _settings(plan: Plan) -> list[str]:
                 lines.append(f"vncpasswd = {_quote(display.password)}")
             if display.keymap:
                 lines.append(f"keymap = {_quote(display.keymap)}")
+        if display.spice is not None:
+            spice = display.spice
+            lines += ["spice = 1", f"spicehost = {_quote(spice.host)}",
+                      f"spiceport = {spice.port}",
+                      f"spicedisable_ticketing = {1 if spice.disable_ticketing else 0}",
+                      *([f"spicepasswd = {_quote(spice.password)}"] if spice.password else []),
+                      f"spiceagent_mouse = {1 if spice.agent_mouse else 0}"]
     else:
         lines.append('vga = "none"')
     if plan.usb:
@@ -90,6 +97,21 @@ def _settings(plan: Plan) -> list[str]:
     if plan.parallel:
         lines.append(f"parallel = {_quote(plan.parallel)}")
     return lines
+
+
+def _vfb(plan: Plan) -> list[str]:
+    """A PV guest's VNC framebuffer as xl.cfg(5)'s ``vfb = [ "vnc=1,..." ]`` (an HVM guest
+    says vnc= and friends instead)."""
+    display = plan.display
+    if display is None or not display.vnc:
+        return []
+    items = ["vnc=1", f"vnclisten={display.listen}", f"vncdisplay={display.display}",
+             f"vncunused={1 if display.unused else 0}"]
+    if display.password:
+        items.append(f"vncpasswd={display.password}")
+    if display.keymap:
+        items.append(f"keymap={display.keymap}")
+    return [f"vfb = [ {_quote(','.join(items))} ]"]
 
 
 def _disk(disk: DiskPlan) -> str:
@@ -140,11 +162,13 @@ def _hvm_notes(plan: Plan) -> tuple[list[str], str | None]:
         )
     cmdline = plan.cmdline
     non_cd_disks = [d for d in plan.disks if not d.cdrom]
-    emulated_too = [d.vdev for d in non_cd_disks[:4] if d.kind is DeviceKind.XENBUS]
+    emulated_too = [d.vdev for i, d in enumerate(non_cd_disks) if d.kind is DeviceKind.XENBUS
+                    and (i < 4 or d.vdev.startswith("sd"))]
     if emulated_too:
         notes.append(
             f"type=xenbus disk(s) {', '.join(emulated_too)}: xl also emulates the first "
-            "four disks (IDE) until the guest's PV drivers unplug them through "
+            "four disks (IDE) and sd* disks (SCSI) until the guest's PV drivers unplug them "
+            "through "
             "xen_platform_pci=1, so the firmware and an early boot see them as IDE"
         )
     unplug: str | None = None
@@ -223,9 +247,10 @@ def export_xl(plan: Plan) -> XlExport:
         f"vcpus = {plan.vcpus}",
     ]
     if plan.kernel:
-        lines.append(f"kernel = {_quote(plan.kernel)}")
+        # as the file wrote them: xl reads a relative path against where it runs, as pvhvm did
+        lines.append(f"kernel = {_quote(plan.kernel_given or plan.kernel)}")
         if plan.ramdisk:
-            lines.append(f"ramdisk = {_quote(plan.ramdisk)}")
+            lines.append(f"ramdisk = {_quote(plan.ramdisk_given or plan.ramdisk)}")
         if cmdline:
             lines.append(f"cmdline = {_quote(cmdline)}")
     elif pv_guest and plan.bootloader:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.guest.appliance import ApplianceTimeout, Timeouts, children_of
-from pvhvm.guest.prepare import prepare_image
+from pvhvm.guest.prepare import prepare_image, workdir_prefix
 from pvhvm.runtime.state import StateStore
 
 pytestmark = [
@@ -284,6 +284,13 @@ def test_planted_work_file_symlinks_are_left_alone(workspace: Path,
         victim.write_text(f"victim {secrets.token_hex(8)}\n")
         victims[f".{image.name}.pvhvm-prepare{suffix}"] = victim
         (image.parent / f".{image.name}.pvhvm-prepare{suffix}").symlink_to(victim)
+    # and a symlink named as a stale work directory of this image is (clear_stale_workdirs):
+    # to a directory of the victim's, whose file must survive
+    victim_dir = workspace / "victim-dir"
+    victim_dir.mkdir()
+    (victim_dir / "keep").write_text("keep\n")
+    stale = f"{workdir_prefix(image)}abcd1234"
+    (image.parent / stale).symlink_to(victim_dir)
     texts = {name: victim.read_text() for name, victim in victims.items()}
     cfg = config_for(image)
     before = {p.name for p in image.parent.iterdir()}
@@ -295,6 +302,7 @@ def test_planted_work_file_symlinks_are_left_alone(workspace: Path,
         assert victim.read_text() == texts[name]
     changes = json.loads(done.stdout)["changes"]
     assert any(c["path"] == "/etc/fstab" and "UUID=" in c["detail"] for c in changes), changes
+    assert (image.parent / stale).is_symlink() and (victim_dir / "keep").read_text() == "keep\n"
     nothing_left(image.parent, before)
 
 

@@ -77,8 +77,11 @@ def prepare(config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bo
         with err.status("preparing") as status:
 
             def progress(message: str) -> None:
-                status.update(Text(message))
-                err.log(Text(message))
+                # a terminal gets the steps as a log; a pipe only the outcome (or the one
+                # error line), as the status spinner shows nothing there either
+                status.update(Text(printable(message)))
+                if err.is_terminal:
+                    err.log(Text(printable(message)))
 
             result = prepare_image(image, dry_run=dry_run, progress=progress,
                                    timeouts=timeouts)

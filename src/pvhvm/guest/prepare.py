@@ -82,7 +82,7 @@ DRACUT_CONF = "/etc/dracut.conf.d/90-pvhvm-virtio.conf"
 DRACUT_CONF_TEXT = ("# PV (virtio) drivers, added by pvhvm guest prepare\n"
                     f'add_drivers+=" {" ".join(VIRTIO_MODULES)} "\n')
 #: the work directory's name starts so (then mkdtemp's random part)
-WORKDIR_PREFIX = ".pvhvm-prepare-"
+WORKDIR_PREFIX = ".pvhvm-prepare."
 #: the image copy, before and while the appliance works on it (sparse, reflinked if it can)
 COPY_TIMEOUT = 1800.0
 _KERNEL_ARG = re.compile(r"(?<![\w.-])(root|resume)=(/dev/(?:hd|sd|xvd|vd)[a-z]+[0-9]*)")
@@ -388,6 +388,27 @@ def root_filesystem(appliance: Appliance, guest: GuestOS) -> RootFilesystem:
 # -- doing it -------------------------------------------------------------------------------
 
 
+def workdir_prefix(image: Path) -> str:
+    """``.pvhvm-prepare.NAME.``: mkdtemp adds 8 random characters (no dot) to it."""
+    return f"{WORKDIR_PREFIX}{image.name}."
+
+
+def clear_stale_workdirs(image: Path) -> None:
+    """Remove the work directories of earlier prepares of ``image`` that were killed (SIGKILL
+    leaves one). Called under :func:`_exclusive`, so none of them is in use; only real
+    directories of this uid named exactly as mkdtemp names them for this image are removed
+    (rmtree follows no symlink)."""
+    prefix = workdir_prefix(image)
+    with os.scandir(image.parent) as entries:
+        for entry in entries:
+            rest = entry.name[len(prefix):]
+            if (not entry.name.startswith(prefix) or len(rest) != 8 or "." in rest
+                    or not entry.is_dir(follow_symlinks=False)
+                    or entry.stat(follow_symlinks=False).st_uid != os.geteuid()):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _exclusive(image: Path) -> Iterator[None]:
     """One prepare of an image at a time (flock on the image itself)."""
@@ -460,7 +481,8 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
         result.seconds["total"] = time.monotonic() - started
         return result
     with _exclusive(image):
-        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=image.parent))
+        clear_stale_workdirs(image)
+        workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix(image), dir=image.parent))
         try:
             copy = workdir / "disk.img"
             say(f"copying {image.name} into a private work directory")

@@ -367,6 +367,16 @@ class LibvirtPlatform(DomainPlatform):
         self._act(name, "resume")
 
     def reboot(self, name: str) -> None:
+        """``virsh reboot --mode acpi``: the guest is asked (libvirt's fakeReboot)."""
+        libvirt = _binding()
+        record = self.find(name)
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+    def reset(self, name: str) -> None:
         """``virsh reset``: a hard reset, as on the qemu platform."""
         record = self.find(name)
         with self._connection(self._uri(record)) as conn:

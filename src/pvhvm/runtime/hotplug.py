@@ -458,6 +458,7 @@ def _vif_plan(spec: VifSpec, record: DomainRecord) -> VifPlan:
         if problem is not None:
             raise HotplugError(f"vif: {key}: {problem}")
     return VifPlan(devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
+                   bridge_named=spec.bridge is not None,
                    model=None, ip=spec.ip, script=spec.script, vifname=spec.vifname,
                    rate=spec.rate, mtu=spec.mtu)
 
@@ -478,6 +479,9 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
         vif = vif_to_attach(spec_text, record)
         slot = _free_slot(record)
         bridges = lifecycle.host_bridges()
+        problems = lifecycle.vif_bridge_problems([vif], bridges)
+        if problems:
+            raise HotplugError(problems[0])
         warnings = lifecycle.vif_warnings([vif], bridges)
         netdev = qemu_hotplug.nic_netdev(vif, bridges)
         device = qemu_hotplug.nic_device(vif, slot)

@@ -6,13 +6,19 @@ marks the record running and tells ``create`` over a pipe. Then it waits — on 
 (a pidfd) and on QMP events, never polling — and applies the domain's actions
 (xl.cfg(5) on_poweroff / on_reboot / on_crash):
 
-* SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``
+* SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``;
+  ``on_reboot`` when ``pvhvm reboot`` asked for it (the record's ``reboot_requested``, as
+  libvirt's fakeReboot: restart is ``system_reset`` and ``cont`` in the same QEMU)
 * SHUTDOWN reason ``guest-reset`` or ``host-qmp-system-reset`` (only seen with ``-no-reboot``,
   i.e. on_reboot=destroy; otherwise QEMU resets in place and sends RESET): ``on_reboot``
 * GUEST_PANICKED (pvpanic, ``-action panic=pause``): ``on_crash``
 * QEMU exiting without being asked (killed, crashed, SIGTERM from someone else): ``on_crash``
 * QEMU quitting on a QMP ``quit``, or ``pvhvm destroy`` (a ``stop`` request to the host
   supervisor): destroy — quit QEMU (kill after a timeout), remove the record.
+
+Each QEMU start appends to the domain's logs, with a marker line in its console log, and
+rotates them by size; a running QEMU's logs are rotated every minute (runtime/logs.py). A
+failed start quotes the QEMU log from where this start began.
 
 ``restart`` relaunches the record's argv (without ``-S``; it holds hot-plugged devices
 too); ``preserve`` keeps the domain (QEMU stopped, state shutdown or crashed; or a record

@@ -17,7 +17,7 @@ from pvhvm.runtime import logs
 from pvhvm.runtime.lifecycle import (
     bridge_allowed,
     vif_bridge_problems,
-    vif_warnings,
+    vif_notes,
     vnc_display,
 )
 from pvhvm.runtime.listing import list_rows, vnc_address
@@ -117,8 +117,8 @@ def test_a_named_bridge_that_is_missing_is_a_problem_an_unnamed_one_a_note(
     assert problems == [
         "vif 0: bridge 'xenbr1' does not exist on this host (bridges here: br0); give an "
         "existing bridge, or no bridge= for QEMU user networking"]
-    assert vif_warnings([named_missing, unnamed, named_there], bridges) == [
-        "note: vif 1 names no bridge and 'xenbr0' is not on this host: QEMU user networking"]
+    assert vif_notes([named_missing, unnamed, named_there], bridges) == [
+        "vif 1 names no bridge and 'xenbr0' is not on this host: QEMU user networking"]
 
 
 def test_a_bridge_the_helper_does_not_allow_names_bridge_conf(tmp_path: Path) -> None:

@@ -142,6 +142,8 @@ def create(
             warn(message)
         for message in () if dry_run else plan.notes:  # a dry run shows them in its tables
             warn(message, "note")
+        for message in target.realise_notes(plan, options):
+            warn(message, "note")
     if dry_run:
         document = plan.to_json()
         document["warnings"] = warnings

@@ -154,6 +154,11 @@ class DomainPlatform(ABC):
     def unpause(self, name: str) -> None:
         raise self.not_here("unpause", name)
 
+    def realise_notes(self, plan: Plan, options: CreateOptions) -> list[str]:
+        """What create says of how this host realises the plan, beside its warnings (a vif
+        that names no bridge put on user networking)."""
+        return []
+
     def reboot(self, name: str) -> None:
         """Ask the guest to reboot (the ACPI power button, its power-off made a reboot)."""
         raise self.not_here("reboot", name)

@@ -682,7 +682,7 @@ class LibvirtPlatform(DomainPlatform):
             user = False
             if is_local(self._uri(record)):
                 bridges = lifecycle.host_bridges()
-                warnings = lifecycle.vif_warnings([vif], bridges)
+                warnings = lifecycle.vif_notes([vif], bridges)
                 user = vif.bridge not in bridges
             xml = device_text(interface_element(vif, user))
             dom.attachDeviceFlags(xml, flags)

@@ -64,7 +64,10 @@ class QemuPlatform(DomainPlatform):
         problems = lifecycle.vif_bridge_problems(plan.vifs, bridges)
         if problems and not options.dry_run:
             raise PlanError("; ".join(problems))
-        return problems + lifecycle.vif_warnings(plan.vifs, bridges) + ignored_settings(plan)
+        return problems + ignored_settings(plan)
+
+    def realise_notes(self, plan: Plan, options: CreateOptions) -> list[str]:
+        return lifecycle.vif_notes(plan.vifs, lifecycle.host_bridges())
 
     def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
         return {"qemu_argv": lifecycle.dry_run_argv(

@@ -482,7 +482,7 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
         problems = lifecycle.vif_bridge_problems([vif], bridges)
         if problems:
             raise HotplugError(problems[0])
-        warnings = lifecycle.vif_warnings([vif], bridges)
+        warnings = lifecycle.vif_notes([vif], bridges)
         netdev = qemu_hotplug.nic_netdev(vif, bridges)
         device = qemu_hotplug.nic_device(vif, slot)
 

@@ -236,14 +236,14 @@ def _note(message: str) -> None:
 def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:
     """What create says of the plan's NICs: their bridge problems (which a real create on
     the qemu platform refuses: :func:`argv_options`) and user networking notes."""
-    return vif_bridge_problems(plan.vifs, bridges) + vif_warnings(plan.vifs, bridges)
+    return vif_bridge_problems(plan.vifs, bridges) + vif_notes(plan.vifs, bridges)
 
 
-def vif_warnings(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
+def vif_notes(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
     """One note per NIC that names no bridge and gets QEMU user networking (no way in from
     the host) because the default bridge is not on this host."""
     return [
-        f"note: vif {v.devid} names no bridge and {v.bridge!r} is not on this host: "
+        f"vif {v.devid} names no bridge and {v.bridge!r} is not on this host: "
         "QEMU user networking"
         for v in vifs if not v.bridge_named and v.bridge not in bridges
     ]

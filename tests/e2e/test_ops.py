@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.guest.report import END
-from pvhvm.runtime.logs import MARKER_PREFIX, current_run
+from pvhvm.runtime.logs import MARKER_PREFIX, ROTATE_SIZE, current_run
 from tests.e2e.conftest import Pvhvm, json_of
 from tests.e2e.test_lifecycle import create, listed, record, wait_for
 
@@ -172,3 +173,25 @@ def test_vncdisplay_shows_the_port_qemu_chose(
     (long,) = json.loads(pvhvm.run("list", "-l", "seen").stdout)
     assert long["vnc"]["port"] == 5900 + int(display)
     pvhvm.run("destroy", "seen")
+
+
+def test_a_big_log_is_rotated_at_the_next_start(
+    pvhvm: Pvhvm, domain: list[str], imagedir: Path
+) -> None:
+    logs_dir = pvhvm.state / "logs"
+    logs_dir.mkdir(mode=0o700, exist_ok=True)
+    old = logs_dir / "rot.console.log"
+    old.write_bytes(b"an earlier run's output\n" * (ROTATE_SIZE // 20))
+    old.chmod(0o600)
+    with open(imagedir / "rot.img", "wb") as image:
+        image.truncate(1 << 20)
+    created = json_of(create(pvhvm, domain, imagedir, "rot", "--json", "--no-check",
+                             f"disk=['{imagedir}/rot.img,raw,xvda,w']"))
+    rotated = logs_dir / "rot.console.log.1"
+    assert rotated.read_bytes().startswith(b"an earlier run's output\n")
+    fresh = old.read_text(errors="replace")
+    assert fresh.startswith(MARKER_PREFIX + "rot started at ")
+    assert f"(QEMU pid {created['qemu_pid']}) ---" in fresh.splitlines()[0]
+    for path in (old, rotated, logs_dir / "qemu-dm-rot.log"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    pvhvm.run("destroy", "rot")

@@ -3,6 +3,7 @@ start quotes only its own QEMU output; bridges a vif names; the VNC display as r
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import stat
@@ -158,3 +159,24 @@ def test_vnc_as_query_vnc_says_it() -> None:
     assert row.to_json()["vnc"] == "127.0.0.1:3"
     with pytest.raises(DomainError, match="has no VNC server"):
         vnc_display(_record())
+
+
+def test_the_supervisor_rotates_open_logs_periodically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path)
+    paths = store.paths("g")
+    paths.console_log.parent.mkdir(parents=True)
+    for path in (paths.console_log, paths.qemu_log, paths.supervisor_log):
+        path.write_bytes(b"x" * 64)
+    monkeypatch.setattr(logs, "ROTATE_INTERVAL", 0.01)
+    monkeypatch.setattr(logs, "ROTATE_SIZE", 32)
+
+    async def a_while() -> None:
+        task = asyncio.create_task(Supervisor(store, "g").rotate_logs())
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(a_while())
+    for path in (paths.console_log, paths.qemu_log, paths.supervisor_log):
+        assert path.read_bytes() == b"" and logs.rotated(path, 1).read_bytes() == b"x" * 64

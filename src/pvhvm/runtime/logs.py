@@ -88,21 +88,21 @@ def _too_big(path: Path, limit: int) -> bool:
     return info.st_size > limit and not os.path.islink(path)
 
 
-def rotate(path: Path, limit: int = ROTATE_SIZE, keep: int = KEEP) -> bool:
+def rotate(path: Path, limit: int | None = None, keep: int = KEEP) -> bool:
     """Rotate ``path`` by renaming when it is larger than ``limit`` (nobody writes it now);
     True when it was."""
-    if not _too_big(path, limit):
+    if not _too_big(path, ROTATE_SIZE if limit is None else limit):
         return False
     _shift(path, keep)
     os.replace(path, rotated(path, 1))
     return True
 
 
-def rotate_open(path: Path, limit: int = ROTATE_SIZE, keep: int = KEEP) -> bool:
+def rotate_open(path: Path, limit: int | None = None, keep: int = KEEP) -> bool:
     """Rotate ``path``, which a running QEMU keeps open (O_APPEND), by copying it to
     ``LOG.1`` and truncating it in place; True when it was. Output written between the copy
     and the truncation is lost, as with logrotate's copytruncate."""
-    if not _too_big(path, limit):
+    if not _too_big(path, ROTATE_SIZE if limit is None else limit):
         return False
     _shift(path, keep)
     source = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)

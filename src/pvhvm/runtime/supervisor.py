@@ -466,10 +466,13 @@ class Supervisor:
         self.update(DomainState.RUNNING)
 
     async def rotate_logs(self) -> None:
-        """Every ROTATE_INTERVAL seconds, rotate the logs QEMU keeps open (runtime/logs.py)."""
+        """Every ROTATE_INTERVAL seconds, rotate the logs QEMU and the host supervisor keep
+        open (runtime/logs.py)."""
         while True:
             await asyncio.sleep(logs.ROTATE_INTERVAL)
-            for path in (self.paths.console_log, self.paths.qemu_log):
+            # the supervisor's own log too: the host supervisor keeps it open (O_APPEND)
+            for path in (self.paths.console_log, self.paths.qemu_log,
+                         self.paths.supervisor_log):
                 try:
                     if logs.rotate_open(path):
                         log.info("rotated %s", path)

@@ -119,7 +119,7 @@ def test_failed_starts_quote_only_their_own_errors(
     assert first.returncode == 1 and "did not start" in first.stderr
     errors = [line for line in first.stderr.splitlines() if line.startswith("pvhvm: error:")]
     assert len(errors) == 1, first.stderr
-    assert "note: vif 0 names no bridge" in first.stderr  # pv-only.cfg's vif names none
+    assert "note: vif 0: no bridge 'xenbr0'" in first.stderr  # pv-only.cfg's vif names none
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 5900 + 47))

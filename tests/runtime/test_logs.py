@@ -103,23 +103,26 @@ def test_failed_start_quotes_only_its_own_qemu_output(tmp_path: Path) -> None:
 
 
 def _vif(devid: int, bridge: str | None) -> VifPlan:
+    """A vif as the planner makes it: one that names no bridge is on Xen's default."""
     return VifPlan(devid=devid, kind=DeviceKind.XENBUS, mac="00:16:3e:00:00:01",
-                   bridge=bridge or DEFAULT_BRIDGE, model=None, bridge_named=bridge is not None)
+                   bridge=bridge or DEFAULT_BRIDGE, model=None)
 
 
-def test_a_named_bridge_that_is_missing_is_a_problem_an_unnamed_one_a_note(
-    tmp_path: Path
-) -> None:
+def test_a_missing_bridge_is_a_problem_xens_default_a_note(tmp_path: Path) -> None:
     conf = tmp_path / "bridge.conf"
     conf.write_text("allow br0\n")
     bridges = frozenset({"br0"})
-    named_missing, unnamed, named_there = _vif(0, "xenbr1"), _vif(1, None), _vif(2, "br0")
-    problems = vif_bridge_problems([named_missing, unnamed, named_there], bridges, conf)
-    assert problems == [
+    vifs = [_vif(0, "xenbr1"), _vif(1, None), _vif(2, "br0"), _vif(3, "xenbr0")]
+    assert vif_bridge_problems(vifs, bridges, conf) == [
         "vif 0: bridge 'xenbr1' does not exist on this host (bridges here: br0); give an "
         "existing bridge, or no bridge= for QEMU user networking"]
-    assert vif_notes([named_missing, unnamed, named_there], bridges) == [
-        "vif 1 names no bridge and 'xenbr0' is not on this host: QEMU user networking"]
+    assert vif_notes(vifs, bridges) == [
+        f"vif {n}: no bridge 'xenbr0' (Xen's default bridge, used when a vif names none) on "
+        "this host: QEMU user networking" for n in (1, 3)]
+    # where xenbr0 exists it is used, and QEMU's bridge helper must allow it
+    (problem,) = vif_bridge_problems([_vif(1, None)], frozenset({"xenbr0"}), conf)
+    assert "bridge 'xenbr0' exists but QEMU's bridge helper" in problem
+    assert vif_notes([_vif(1, None)], frozenset({"xenbr0"})) == []
 
 
 def test_a_bridge_the_helper_does_not_allow_names_bridge_conf(tmp_path: Path) -> None:

@@ -375,6 +375,7 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
         platform.console(record.name)
 
 
-COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
+COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, reset, vncdisplay,
+            block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             mem_set, vcpu_set, migrate, migrate_receive, save, restore)

@@ -108,9 +108,6 @@ class VifPlan:
     bootindex: int | None = None
     mtu: int | None = None
     gatewaydev: str | None = None
-    #: whether the vif named its bridge (bridge=): a named bridge that is not on the host is
-    #: an error at create; an unnamed one (DEFAULT_BRIDGE) falls back to user networking
-    bridge_named: bool = False
 
 
 @dataclass(frozen=True)
@@ -789,7 +786,6 @@ def _plan_vifs(
         vifs.append(
             VifPlan(
                 devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
-                bridge_named=spec.bridge is not None,
                 model=model, ip=spec.ip, script=spec.script, vifname=spec.vifname,
                 rate=spec.rate, backend_domain=spec.backend, mtu=spec.mtu,
                 gatewaydev=spec.gatewaydev,

@@ -458,7 +458,6 @@ def _vif_plan(spec: VifSpec, record: DomainRecord) -> VifPlan:
         if problem is not None:
             raise HotplugError(f"vif: {key}: {problem}")
     return VifPlan(devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
-                   bridge_named=spec.bridge is not None,
                    model=None, ip=spec.ip, script=spec.script, vifname=spec.vifname,
                    rate=spec.rate, mtu=spec.mtu)
 

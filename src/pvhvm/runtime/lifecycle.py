@@ -25,7 +25,7 @@ from typing import Any
 
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, ForeignPeerError, LaunchError, PlanError
-from pvhvm.plan.plan import Plan, VifPlan
+from pvhvm.plan.plan import DEFAULT_BRIDGE, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
@@ -162,13 +162,17 @@ def _bridge_acl(conf: Path, depth: int) -> tuple[set[str], set[str]] | None:
 def vif_bridge_problems(
     vifs: Iterable[VifPlan], bridges: frozenset[str], conf: Path = BRIDGE_CONF
 ) -> list[str]:
-    """One line per vif whose named bridge QEMU cannot put it on: not on this host (xl's
-    vif-bridge and virsh fail on it too), or not allowed by QEMU's bridge helper."""
+    """One line per vif whose bridge QEMU cannot put it on: not on this host (xl's vif-bridge
+    and virsh fail on it too), or not allowed by QEMU's bridge helper.
+
+    Xen's default bridge (DEFAULT_BRIDGE, xenbr0) is the exception when it is absent: it is
+    what a vif that names no bridge gets (as xl fills it in), and what export-libvirt writes
+    for such a vif, so it falls back to QEMU user networking (:func:`vif_notes`)."""
     problems = []
     for vif in vifs:
-        if not vif.bridge_named:
-            continue
         if vif.bridge not in bridges:
+            if vif.bridge == DEFAULT_BRIDGE:
+                continue
             problems.append(
                 f"vif {vif.devid}: bridge {vif.bridge!r} does not exist on this host "
                 f"(bridges here: {', '.join(sorted(bridges)) or 'none'}); give an existing "
@@ -240,12 +244,12 @@ def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:
 
 
 def vif_notes(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
-    """One note per NIC that names no bridge and gets QEMU user networking (no way in from
-    the host) because the default bridge is not on this host."""
+    """One note per NIC on Xen's default bridge (a vif that names no bridge is on it) when
+    that bridge is not on this host: it gets QEMU user networking (no way in from the host)."""
     return [
-        f"vif {v.devid} names no bridge and {v.bridge!r} is not on this host: "
-        "QEMU user networking"
-        for v in vifs if not v.bridge_named and v.bridge not in bridges
+        f"vif {v.devid}: no bridge {v.bridge!r} (Xen's default bridge, used when a vif names "
+        "none) on this host: QEMU user networking"
+        for v in vifs if v.bridge == DEFAULT_BRIDGE and v.bridge not in bridges
     ]
 
 

@@ -123,6 +123,9 @@ def test_a_missing_bridge_is_a_problem_xens_default_a_note(tmp_path: Path) -> No
     (problem,) = vif_bridge_problems([_vif(1, None)], frozenset({"xenbr0"}), conf)
     assert "bridge 'xenbr0' exists but QEMU's bridge helper" in problem
     assert vif_notes([_vif(1, None)], frozenset({"xenbr0"})) == []
+    # under libvirt no helper is involved: only a missing bridge is a problem there
+    assert vif_bridge_problems([_vif(1, None)], frozenset({"xenbr0"}), None) == []
+    assert len(vif_bridge_problems([_vif(0, "xenbr1")], frozenset(), None)) == 1
 
 
 def test_a_bridge_the_helper_does_not_allow_names_bridge_conf(tmp_path: Path) -> None:

@@ -160,10 +160,11 @@ def _bridge_acl(conf: Path, depth: int) -> tuple[set[str], set[str]] | None:
 
 
 def vif_bridge_problems(
-    vifs: Iterable[VifPlan], bridges: frozenset[str], conf: Path = BRIDGE_CONF
+    vifs: Iterable[VifPlan], bridges: frozenset[str], conf: Path | None = BRIDGE_CONF
 ) -> list[str]:
     """One line per vif whose bridge QEMU cannot put it on: not on this host (xl's vif-bridge
-    and virsh fail on it too), or not allowed by QEMU's bridge helper.
+    and virsh fail on it too), or not allowed by QEMU's bridge helper by ``conf`` (None: no
+    helper is used, as under libvirt, whose daemon makes the tap devices itself).
 
     Xen's default bridge (DEFAULT_BRIDGE, xenbr0) is the exception when it is absent: it is
     what a vif that names no bridge gets (as xl fills it in), and what export-libvirt writes
@@ -177,6 +178,8 @@ def vif_bridge_problems(
                 f"vif {vif.devid}: bridge {vif.bridge!r} does not exist on this host "
                 f"(bridges here: {', '.join(sorted(bridges)) or 'none'}); give an existing "
                 "bridge, or no bridge= for QEMU user networking")
+            continue
+        if conf is None:
             continue
         allowed = bridge_allowed(vif.bridge, conf)
         if not allowed:
@@ -213,8 +216,8 @@ def argv_options(
     plan: Plan, options: CreateOptions, store: StateStore, dry_run: bool = False
 ) -> ArgvOptions:
     """The realise-time choices for ``plan`` on this host (a dry run probes nothing); a NIC
-    on a named bridge QEMU cannot use is refused here, before anything starts (a dry run
-    only warns: :func:`network_warnings`)."""
+    on a bridge QEMU cannot use is refused here (restore and migrate-receive come this way;
+    create refuses it earlier, platforms/qemu.py)."""
     bridges = host_bridges()
     if not dry_run:
         problems = vif_bridge_problems(plan.vifs, bridges)
@@ -238,9 +241,9 @@ def _note(message: str) -> None:
 
 
 def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:
-    """What create says of the plan's NICs: their bridge problems (which a real create on
-    the qemu platform refuses: :func:`argv_options`) and user networking notes."""
-    return vif_bridge_problems(plan.vifs, bridges) + vif_notes(plan.vifs, bridges)
+    """What a create through libvirt says of the plan's NICs: bridges not on this host (the
+    daemon refuses them) and user networking notes; no bridge helper is involved there."""
+    return vif_bridge_problems(plan.vifs, bridges, None) + vif_notes(plan.vifs, bridges)
 
 
 def vif_notes(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -195,3 +198,76 @@ def test_a_big_log_is_rotated_at_the_next_start(
     for path in (old, rotated, logs_dir / "qemu-dm-rot.log"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     pvhvm.run("destroy", "rot")
+
+
+BRIDGE_SCRIPT = r"""
+set -e
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$WORK/upper,workdir=$WORK/work" /etc
+mount -t sysfs sysfs /sys
+ip link add br-t type bridge
+ip link set br-t up
+set +e
+"$PVHVM" create "$CFG" "imagedir=$IMAGEDIR" name=brt "vif=['bridge=br-t']" "$DISK" \
+    --accel tcg --no-check >"$WORK/first.out" 2>"$WORK/first.err"
+echo $? >"$WORK/first.rc"
+mkdir -p /etc/qemu && echo 'allow br-t' >/etc/qemu/bridge.conf
+"$PVHVM" create "$CFG" "imagedir=$IMAGEDIR" name=brt "vif=['bridge=br-t']" "$DISK" \
+    --accel tcg --no-check >"$WORK/second.out" 2>"$WORK/second.err"
+echo $? >"$WORK/second.rc"
+ls /sys/class/net/br-t/brif >"$WORK/ports"
+"$PVHVM" network-list brt --json >"$WORK/nics.json"
+"$PVHVM" destroy brt
+ls /sys/class/net/br-t/brif >"$WORK/ports-after"
+"""
+
+
+def test_a_real_bridge_needs_the_helpers_allow_line(
+    pvhvm: Pvhvm, imagedir: Path, tmp_path: Path
+) -> None:
+    """In a network and mount namespace of its own (its own bridge, /etc overlaid so the
+    host's is untouched): a bridge that exists but that /etc/qemu/bridge.conf does not allow
+    is refused naming that file; allowed, QEMU's bridge helper puts the NIC's tap on it."""
+    work = Path(tempfile.mkdtemp(prefix="pvb-", dir="/tmp"))
+    try:
+        for sub in ("upper", "work", "state"):
+            (work / sub).mkdir()
+        with open(imagedir / "brt.img", "wb") as image:
+            image.truncate(1 << 20)
+        env = {**os.environ, "WORK": str(work), "PVHVM_STATE_DIR": str(work / "state"),
+               "PVHVM_HOSTD_LINGER": "1", "PVHVM": str(Path(sys.executable).parent / "pvhvm"),
+               "CFG": str(Path(__file__).parents[2] / "examples" / "pv-only.cfg"),
+               "IMAGEDIR": str(imagedir), "DISK": f"disk=['{imagedir}/brt.img,raw,xvda,w']"}
+        probe = subprocess.run(["unshare", "--net", "--mount", "true"], check=False)
+        if probe.returncode != 0:
+            pytest.skip("cannot make network and mount namespaces here")
+        subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+                        BRIDGE_SCRIPT], env=env, check=True, timeout=300)
+        assert (work / "first.rc").read_text().strip() == "1"
+        refused = (work / "first.err").read_text()
+        assert refused.strip() == (
+            "pvhvm: error: vif 0: bridge 'br-t' exists but QEMU's bridge helper "
+            "(/usr/lib/qemu/qemu-bridge-helper) will refuse it: /etc/qemu/bridge.conf cannot "
+            "be read; add the line 'allow br-t' to /etc/qemu/bridge.conf"), refused
+        assert (work / "second.rc").read_text().strip() == "0", (work / "second.err").read_text()
+        assert len((work / "ports").read_text().split()) == 1  # the NIC's tap, on br-t
+        (nic,) = json.loads((work / "nics.json").read_text())
+        assert nic["bridge"] == "br-t"
+        assert (work / "ports-after").read_text().split() == []
+        assert not Path("/etc/qemu/bridge.conf").exists() or "br-t" not in Path(
+            "/etc/qemu/bridge.conf").read_text()
+    finally:
+        deadline = time.monotonic() + 15  # the namespace's host supervisor lingers 1 s
+        while time.monotonic() < deadline and _processes_mentioning(str(work)):
+            time.sleep(0.2)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Pids whose command line mentions ``text``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(entry.name)
+    return out

@@ -1,7 +1,7 @@
-"""Domain lifecycle on real guests (TCG): list, pause, console, reboot, shutdown, on_* actions,
+"""Domain lifecycle on real guests (TCG): list, pause, console, reset, shutdown, on_* actions,
 a toolstack that loses its supervisor, racing and interrupted creates.
 
-Boots are shared: one guest walks create -p → list → unpause → console → pause → reboot →
+Boots are shared: one guest walks create -p → list → unpause → console → pause → reset →
 shutdown -w. Tests that only need a QEMU (crashes, races, killed creates) do not wait for the
 guest to boot.
 """
@@ -125,9 +125,10 @@ def test_walk_create_paused_list_console_reboot_shutdown(
     pvhvm.run("unpause", "walk")
     assert listed(pvhvm)["walk"] == "r-----"
 
-    # reboot is a system reset; the console log stays open and keeps growing
+    # reset is a system reset; the console log stays open and keeps growing (reboot, which
+    # asks the guest: tests/e2e/test_ops.py)
     qemu_pid = record(pvhvm, "walk")["qemu_pid"]
-    pvhvm.run("reboot", "walk")
+    pvhvm.run("reset", "walk")
     wait_for("the report after the reset", lambda: reports(pvhvm, "walk") >= 2, 120)
     assert record(pvhvm, "walk")["qemu_pid"] == qemu_pid
 

@@ -84,7 +84,7 @@ def test_list_rows_json() -> None:
                        lambda r: 99.0 if r.qemu_pid else 0.0)
     assert row.to_json() == {
         "name": "web", "domid": 3, "memory_mib": 512, "vcpus": 2, "state": "crashed",
-        "flags": "---sc-", "cpu_seconds": 0.0,
+        "flags": "---sc-", "cpu_seconds": 0.0, "vnc": None,
     }
 
 

@@ -225,7 +225,7 @@ def test_a_device_model_or_vif_script_in_the_config_runs_nothing(
     disk = tmp_path / "root.img"
     disk.write_bytes(bytes(8192))
     text = config_text(disk, f'device_model = "{trap["script"]}"\n').replace(
-        'vif = ["type=xenbus"]', f'vif = ["script={trap["script"]},bridge=xenbr9"]')
+        'vif = ["type=xenbus"]', f'vif = ["script={trap["script"]}"]')
     image = good_image(tmp_path, source=ConfigSource(file="g.cfg", text=text,
                                                      directory=str(tmp_path)))
     replanned = replan(image, "g.save")

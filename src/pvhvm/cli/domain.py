@@ -1,7 +1,8 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
-reboot, block-list, network-list, block-attach, block-detach, network-attach, network-detach,
-cd-insert, cd-eject, mem-set, vcpu-set, migrate, save, restore. Thin: each asks the platform
-that holds the domain (pvhvm.platforms), which says in one line when a verb is not on it.
+reboot, reset, vncdisplay, block-list, network-list, block-attach, block-detach,
+network-attach, network-detach, cd-insert, cd-eject, mem-set, vcpu-set, migrate, save,
+restore. Thin: each asks the platform that holds the domain (pvhvm.platforms), which says in
+one line when a verb is not on it.
 
 Each verb is loaded when named (main.LazyGroup, main.DOMAIN_VERBS): ``create`` needs none."""
 
@@ -87,8 +88,25 @@ def unpause(name: str) -> None:
 @click.command()
 @click.argument("name")
 def reboot(name: str) -> None:
-    """Reset domain NAME (a hard system reset; on_reboot=destroy ends it)."""
+    """Ask domain NAME to reboot (the ACPI power button; its guest's power-off becomes a
+    reboot, as virsh reboot). A paused domain is refused."""
     _holder(name).reboot(name)
+
+
+@click.command()
+@click.argument("name")
+def reset(name: str) -> None:
+    """Reset domain NAME at once, as virsh reset (the guest is not asked; on_reboot=destroy
+    ends it)."""
+    _holder(name).reset(name)
+
+
+@click.command()
+@click.argument("name")
+def vncdisplay(name: str) -> None:
+    """Print HOST:DISPLAY of domain NAME's VNC server (the port QEMU chose), as virsh
+    vncdisplay."""
+    click.echo(_holder(name).vnc_display(name))
 
 
 @click.command(name="block-list")
@@ -357,6 +375,7 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
         platform.console(record.name)
 
 
-COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, block_list, network_list,
+COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, reset, vncdisplay,
+            block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             mem_set, vcpu_set, migrate, migrate_receive, save, restore)

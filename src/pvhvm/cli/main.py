@@ -49,7 +49,8 @@ class LazyGroup(click.Group):
 #: below (a dry run needs none of them)
 DOMAIN_VERBS = {
     "list": "list_cmd", "console": "console", "shutdown": "shutdown", "pause": "pause",
-    "unpause": "unpause", "reboot": "reboot", "block-list": "block_list",
+    "unpause": "unpause", "reboot": "reboot", "reset": "reset", "vncdisplay": "vncdisplay",
+    "block-list": "block_list",
     "network-list": "network_list", "block-attach": "block_attach",
     "block-detach": "block_detach", "network-attach": "network_attach",
     "network-detach": "network_detach", "cd-insert": "cd_insert", "cd-eject": "cd_eject",
@@ -128,7 +129,7 @@ def create(
     source = ConfigSource.read(config, variables, dialect, skip_unsupported)
     options = CreateOptions(
         accel=accel, paused=paused, console=attach_console, xenstore=xenstore, connect=connect,
-        source=source,
+        source=source, dry_run=dry_run,
     )
     platforms.check_options(target, options)
     domain = configs.domain_of_source(source)
@@ -140,6 +141,8 @@ def create(
         for message in warnings:
             warn(message)
         for message in () if dry_run else plan.notes:  # a dry run shows them in its tables
+            warn(message, "note")
+        for message in target.realise_notes(plan, options):
             warn(message, "note")
     if dry_run:
         document = plan.to_json()

@@ -13,6 +13,7 @@ from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import console, data, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report
+from pvhvm.runtime.logs import current_run
 
 PCI_CLASSES = {
     0x0100: "SCSI / virtio-blk", IDE_CLASS: "IDE controller", SATA_CLASS: "SATA controller",
@@ -22,11 +23,13 @@ PCI_CLASSES = {
 
 
 def wait_for_report(log: Path, domain_dir: Path, timeout: float) -> DeviceReport:
-    """The last report in ``log``; waits up to ``timeout`` seconds while the domain exists."""
+    """The last report of this QEMU run in ``log`` (the part after its last start marker:
+    the log keeps earlier runs, runtime/logs.py); waits up to ``timeout`` seconds while the
+    domain exists."""
     deadline = time.monotonic() + timeout
     with console(stderr=True).status("waiting for the guest's device report..."):
         while True:
-            text = log.read_text(errors="replace") if log.exists() else ""
+            text = current_run(log.read_text(errors="replace")) if log.exists() else ""
             if END in text or ERROR in text:
                 return parse_report(text)
             if not domain_dir.exists():

@@ -49,6 +49,8 @@ class CreateOptions:
     connect: str | None = None
     #: the config as create read it, kept in the record for save and migrate (issue 18)
     source: ConfigSource | None = None
+    #: ``create --dry-run``: what a real create would refuse on this host is a warning
+    dry_run: bool = False
 
     def given(self) -> list[str]:
         """The options set, by their CLI names."""
@@ -152,8 +154,22 @@ class DomainPlatform(ABC):
     def unpause(self, name: str) -> None:
         raise self.not_here("unpause", name)
 
+    def realise_notes(self, plan: Plan, options: CreateOptions) -> list[str]:
+        """What create says of how this host realises the plan, beside its warnings (a vif
+        that names no bridge put on user networking)."""
+        return []
+
     def reboot(self, name: str) -> None:
+        """Ask the guest to reboot (the ACPI power button, its power-off made a reboot)."""
         raise self.not_here("reboot", name)
+
+    def reset(self, name: str) -> None:
+        """Reset the domain at once, as ``virsh reset`` (the guest is not asked)."""
+        raise self.not_here("reset", name)
+
+    def vnc_display(self, name: str) -> str:
+        """``HOST:DISPLAY`` of the domain's VNC server, as ``virsh vncdisplay`` prints it."""
+        raise self.not_here("vncdisplay", name)
 
     def block_devices(self, name: str) -> list[BlockDevice]:
         """The domain's disks as ``xl block-list`` shows them, with what realises each."""

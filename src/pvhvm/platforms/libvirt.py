@@ -367,6 +367,16 @@ class LibvirtPlatform(DomainPlatform):
         self._act(name, "resume")
 
     def reboot(self, name: str) -> None:
+        """``virsh reboot --mode acpi``: the guest is asked (libvirt's fakeReboot)."""
+        libvirt = _binding()
+        record = self.find(name)
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+    def reset(self, name: str) -> None:
         """``virsh reset``: a hard reset, as on the qemu platform."""
         record = self.find(name)
         with self._connection(self._uri(record)) as conn:
@@ -672,7 +682,7 @@ class LibvirtPlatform(DomainPlatform):
             user = False
             if is_local(self._uri(record)):
                 bridges = lifecycle.host_bridges()
-                warnings = lifecycle.vif_warnings([vif], bridges)
+                warnings = lifecycle.vif_notes([vif], bridges)
                 user = vif.bridge not in bridges
             xml = device_text(interface_element(vif, user))
             dom.attachDeviceFlags(xml, flags)

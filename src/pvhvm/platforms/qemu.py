@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvhvm.errors import DomainError
+from pvhvm.errors import DomainError, PlanError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
@@ -22,6 +22,7 @@ from pvhvm.platforms.base import (
 )
 from pvhvm.qemu.argv import ignored_settings
 from pvhvm.runtime import lifecycle
+from pvhvm.runtime.logs import current_run
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
 
 if TYPE_CHECKING:
@@ -57,7 +58,16 @@ class QemuPlatform(DomainPlatform):
                                        source=options.source)
 
     def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
-        return lifecycle.network_warnings(plan, lifecycle.host_bridges()) + ignored_settings(plan)
+        """What create says before it starts anything; a NIC on a named bridge QEMU cannot
+        use is refused here (PlanError), a warning in a dry run."""
+        bridges = lifecycle.host_bridges()
+        problems = lifecycle.vif_bridge_problems(plan.vifs, bridges)
+        if problems and not options.dry_run:
+            raise PlanError("; ".join(problems))
+        return problems + ignored_settings(plan)
+
+    def realise_notes(self, plan: Plan, options: CreateOptions) -> list[str]:
+        return lifecycle.vif_notes(plan.vifs, lifecycle.host_bridges())
 
     def dry_run(self, plan: Plan, options: CreateOptions) -> dict[str, Any]:
         return {"qemu_argv": lifecycle.dry_run_argv(
@@ -101,6 +111,12 @@ class QemuPlatform(DomainPlatform):
 
     def reboot(self, name: str) -> None:
         lifecycle.reboot(name, self.store)
+
+    def reset(self, name: str) -> None:
+        lifecycle.reset(name, self.store)
+
+    def vnc_display(self, name: str) -> str:
+        return lifecycle.vnc_display(lifecycle.lookup(name, self.store))
 
     def block_devices(self, name: str) -> list[BlockDevice]:
         from pvhvm.runtime import listing
@@ -196,7 +212,8 @@ class QemuPlatform(DomainPlatform):
 
         paths = self.store.paths(name)
         log = paths.console_log
-        if not (log.exists() and END in log.read_text(errors="replace")):
+        # only this QEMU run's output counts (the log is kept across runs: runtime/logs.py)
+        if not (log.exists() and END in current_run(log.read_text(errors="replace"))):
             state = lifecycle.lookup(name, self.store).domain_state
             if state is not DomainState.RUNNING and state is not DomainState.STARTING:
                 what = "shut down" if state is DomainState.SHUTDOWN else state.value

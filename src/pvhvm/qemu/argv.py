@@ -378,7 +378,7 @@ def _serial(plan: Plan, paths: RunPaths) -> list[str]:
     Without a serial= line the console is a Unix socket (for ``pvhvm console``); every form
     but ``file:`` also logs to the domain's console.log.
     """
-    log: tuple[OptionPair, ...] = (("logfile", str(paths.console_log)), ("logappend", False))
+    log: tuple[OptionPair, ...] = (("logfile", str(paths.console_log)), ("logappend", True))
     if plan.serial is None or plan.serial == "":
         return _chardev_port(Chardev(ChardevKind.UNIX, path=str(paths.console_socket)),
                              "serial0", "-serial", *log)

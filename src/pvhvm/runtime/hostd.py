@@ -37,11 +37,13 @@ from typing import IO, Any
 
 from pvhvm.errors import DomainError, ForeignPeerError
 from pvhvm.private import foreign_peer, open_private, private_dir
-from pvhvm.runtime import hostctl
+from pvhvm.runtime import hostctl, logs
 from pvhvm.runtime.state import StateStore
 from pvhvm.runtime.supervisor import Incoming, Supervisor
 
 log = logging.getLogger("pvhvm.hostd")
+#: this daemon's stderr, in the state directory's logs/ (runtime/hostctl.py opens it)
+HOSTD_LOG = "hostd.log"
 
 #: the domain whose supervisor is logging (each supervisor task sets it for itself)
 current_domain: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -284,8 +286,23 @@ class HostDaemon:
         log.info("host supervisor %d for %s", os.getpid(), self.store.root)
         _tell(ready_fd, "ready")
         self._idle_check()
-        await self.finished
+        rotation = asyncio.create_task(self.rotate_own_log())
+        try:
+            await self.finished
+        finally:
+            rotation.cancel()
         return 0
+
+    async def rotate_own_log(self) -> None:
+        """Rotate ``logs/hostd.log`` (this daemon's stderr, O_APPEND) by size, every
+        ROTATE_INTERVAL seconds (runtime/logs.py); each domain's supervisor rotates its own."""
+        path = self.store.root / "logs" / HOSTD_LOG
+        while True:
+            await asyncio.sleep(logs.ROTATE_INTERVAL)
+            try:
+                logs.rotate_open(path)
+            except OSError as err:
+                log.warning("cannot rotate %s: %s", path, err)
 
 
 def _remove_stale_socket(path: str) -> None:

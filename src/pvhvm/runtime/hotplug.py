@@ -478,7 +478,10 @@ def network_attach(name: str, spec_text: str = "", store: StateStore | None = No
         vif = vif_to_attach(spec_text, record)
         slot = _free_slot(record)
         bridges = lifecycle.host_bridges()
-        warnings = lifecycle.vif_warnings([vif], bridges)
+        problems = lifecycle.vif_bridge_problems([vif], bridges)
+        if problems:
+            raise HotplugError(problems[0])
+        warnings = lifecycle.vif_notes([vif], bridges)
         netdev = qemu_hotplug.nic_netdev(vif, bridges)
         device = qemu_hotplug.nic_device(vif, slot)
 

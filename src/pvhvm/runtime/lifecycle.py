@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from pvhvm.config.source import ConfigSource
-from pvhvm.errors import DomainError, ForeignPeerError, LaunchError
-from pvhvm.plan.plan import Plan, VifPlan
+from pvhvm.errors import DomainError, ForeignPeerError, LaunchError, PlanError
+from pvhvm.plan.plan import DEFAULT_BRIDGE, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime import hostctl
+from pvhvm.runtime.listing import vnc_address
 from pvhvm.runtime.state import (
     DomainPaths,
     DomainRecord,
@@ -103,6 +104,14 @@ def write_vnc_secret(plan: Plan, directory: Path) -> None:
         out.write(plan.display.password)
 
 
+#: QEMU's bridge helper's allow list (qemu-bridge-helper.c: "allow BR", "allow all",
+#: "deny BR", "deny all", "include FILE"; deny wins; nothing allowed without it)
+BRIDGE_CONF = Path("/etc/qemu/bridge.conf")
+#: where Debian's qemu-system-common puts the helper (not setuid: root runs it, or an admin
+#: makes it setuid for other users)
+BRIDGE_HELPER = Path("/usr/lib/qemu/qemu-bridge-helper")
+
+
 def host_bridges() -> frozenset[str]:
     """Bridges that exist on this host (``/sys/class/net/*/bridge``)."""
     try:
@@ -111,6 +120,78 @@ def host_bridges() -> frozenset[str]:
         )
     except OSError:
         return frozenset()
+
+
+def bridge_allowed(bridge: str, conf: Path = BRIDGE_CONF) -> bool | None:
+    """Whether QEMU's bridge helper lets a guest onto ``bridge`` by ``conf`` (its ACL file,
+    qemu-bridge-helper.c's rules: a ``deny`` of the bridge or ``all`` wins over any ``allow``);
+    None when ``conf`` (or a file it includes) cannot be read: the helper then refuses."""
+    acl = _bridge_acl(conf, 0)
+    if acl is None:
+        return None
+    allowed, denied = acl
+    return bool({"all", bridge} & allowed) and not {"all", bridge} & denied
+
+
+def _bridge_acl(conf: Path, depth: int) -> tuple[set[str], set[str]] | None:
+    """(allowed, denied) bridge names of ``conf`` and the files it includes."""
+    try:
+        lines = conf.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if len(words) != 2:
+            continue
+        verb, what = words
+        if verb == "allow":
+            allowed.add(what)
+        elif verb == "deny":
+            denied.add(what)
+        elif verb == "include" and depth < 8:
+            included = _bridge_acl(Path(what), depth + 1)
+            if included is None:
+                return None
+            allowed |= included[0]
+            denied |= included[1]
+    return allowed, denied
+
+
+def vif_bridge_problems(
+    vifs: Iterable[VifPlan], bridges: frozenset[str], conf: Path | None = BRIDGE_CONF
+) -> list[str]:
+    """One line per vif whose bridge QEMU cannot put it on: not on this host (xl's vif-bridge
+    and virsh fail on it too), or not allowed by QEMU's bridge helper by ``conf`` (None: no
+    helper is used, as under libvirt, whose daemon makes the tap devices itself).
+
+    Xen's default bridge (DEFAULT_BRIDGE, xenbr0) is the exception when it is absent: it is
+    what a vif that names no bridge gets (as xl fills it in), and what export-libvirt writes
+    for such a vif, so it falls back to QEMU user networking (:func:`vif_notes`)."""
+    problems = []
+    for vif in vifs:
+        if vif.bridge not in bridges:
+            if vif.bridge == DEFAULT_BRIDGE:
+                continue
+            problems.append(
+                f"vif {vif.devid}: bridge {vif.bridge!r} does not exist on this host "
+                f"(bridges here: {', '.join(sorted(bridges)) or 'none'}); give an existing "
+                "bridge, or no bridge= for QEMU user networking")
+            continue
+        if conf is None:
+            continue
+        allowed = bridge_allowed(vif.bridge, conf)
+        if not allowed:
+            why = (f"{conf} cannot be read" if allowed is None
+                   else f"{conf} does not allow it")
+            problems.append(
+                f"vif {vif.devid}: bridge {vif.bridge!r} exists but QEMU's bridge helper "
+                f"({BRIDGE_HELPER}) will refuse it: {why}; add the line 'allow {vif.bridge}' "
+                f"to {conf}" + ("" if os.geteuid() == 0 else
+                                f", and the helper must be setuid root for user "
+                                f"{os.geteuid()} (chmod u+s {BRIDGE_HELPER})"))
+    return problems
 
 
 def direct_io_ok(target: str) -> bool:
@@ -134,14 +215,21 @@ def targets_without_direct_io(plan: Plan) -> frozenset[str]:
 def argv_options(
     plan: Plan, options: CreateOptions, store: StateStore, dry_run: bool = False
 ) -> ArgvOptions:
-    """The realise-time choices for ``plan`` on this host (a dry run probes nothing)."""
+    """The realise-time choices for ``plan`` on this host (a dry run probes nothing); a NIC
+    on a bridge QEMU cannot use is refused here (restore and migrate-receive come this way;
+    create refuses it earlier, platforms/qemu.py)."""
+    bridges = host_bridges()
+    if not dry_run:
+        problems = vif_bridge_problems(plan.vifs, bridges)
+        if problems:
+            raise PlanError("; ".join(problems))
     accel = choose_accel(
         options.accel, cache_dir=probe_cache_dir(), qemu_binary=options.qemu_binary,
         kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=not dry_run,
         notify=_note,
     )
     return ArgvOptions(
-        accel=accel, qemu_binary=options.qemu_binary, bridges=host_bridges(),
+        accel=accel, qemu_binary=options.qemu_binary, bridges=bridges,
         no_direct_io=targets_without_direct_io(plan), start_paused=options.paused,
     )
 
@@ -153,16 +241,28 @@ def _note(message: str) -> None:
 
 
 def network_warnings(plan: Plan, bridges: frozenset[str]) -> list[str]:
-    return vif_warnings(plan.vifs, bridges)
+    """What a create through libvirt says of the plan's NICs: bridges not on this host (the
+    daemon refuses them) and user networking notes; no bridge helper is involved there."""
+    return vif_bridge_problems(plan.vifs, bridges, None) + vif_notes(plan.vifs, bridges)
 
 
-def vif_warnings(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
-    """One line per NIC whose bridge is not on this host (it gets user networking)."""
+def vif_notes(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
+    """One note per NIC on Xen's default bridge (a vif that names no bridge is on it) when
+    that bridge is not on this host: it gets QEMU user networking (no way in from the host)."""
     return [
-        f"vif {v.devid}: bridge {v.bridge!r} does not exist on this host; "
-        "using QEMU user networking instead"
-        for v in vifs if v.bridge not in bridges
+        f"vif {v.devid}: no bridge {v.bridge!r} (Xen's default bridge, used when a vif names "
+        "none) on this host: QEMU user networking"
+        for v in vifs if v.bridge == DEFAULT_BRIDGE and v.bridge not in bridges
     ]
+
+
+def vnc_display(record: DomainRecord) -> str:
+    """``HOST:DISPLAY`` of the domain's VNC server as its QEMU reported it (query-vnc), as
+    ``virsh vncdisplay`` prints it (``:N`` when it listens on every address)."""
+    if not record.vnc:
+        raise DomainError(f"domain {record.name!r} has no VNC server (vnc=1 in its config "
+                          "gives it one)")
+    return vnc_address(record.vnc)
 
 
 def dry_run_argv(plan: Plan, options: CreateOptions, store: StateStore | None = None) -> list[str]:
@@ -500,10 +600,46 @@ def unpause(name: str, store: StateStore | None = None) -> None:
     _wait_state(name, store, {DomainState.RUNNING}, STATE_WAIT)
 
 
-def reboot(name: str, store: StateStore | None = None) -> None:
-    """Reset the domain (QMP ``system_reset``: a hard reset, not a request to the guest).
+def _refuse_paused(name: str, store: StateStore) -> DomainRecord:
+    """The domain's record, unless it is paused: its guest could not act on the power button
+    (xl queues the request, virsh's ACPI button waits for a resume; pvhvm says so instead)."""
+    record = lookup(name, store)
+    if record.domain_state is DomainState.PAUSED:
+        raise DomainError(
+            f"domain {name!r} is paused, so its guest cannot act on the power button "
+            f"('pvhvm unpause {name}' first, or 'pvhvm destroy {name}')"
+        )
+    return record
 
-    With on_reboot=destroy QEMU runs with ``-no-reboot`` and the reset ends the domain.
+
+def _set_reboot_requested(store: StateStore, name: str, value: bool) -> None:
+    def change(record: DomainRecord) -> None:
+        record.reboot_requested = value
+
+    store.modify(name, change)
+
+
+def reboot(name: str, store: StateStore | None = None) -> None:
+    """Ask the guest to reboot, as ``virsh reboot --mode acpi``: QEMU has no ACPI reboot
+    button, so (like libvirt's qemuDomainReboot, its fakeReboot flag) the record says that
+    the guest's next power-off is a reboot and the power button is pressed; the supervisor
+    then acts on ``on_reboot`` instead of ``on_poweroff`` (restart: ``system_reset`` and
+    ``cont`` in the same QEMU). A guest that ignores the button keeps running, and the request
+    stands until it powers off, a ``shutdown`` or a new QEMU start."""
+    store = store or StateStore()
+    _refuse_paused(name, store)
+    _set_reboot_requested(store, name, True)
+    try:
+        _control(name, store, "system_powerdown")
+    except BaseException:
+        with contextlib.suppress(DomainError, OSError):
+            _set_reboot_requested(store, name, False)
+        raise
+
+
+def reset(name: str, store: StateStore | None = None) -> None:
+    """Reset the domain at once (QMP ``system_reset``), as ``virsh reset``: the guest is not
+    asked. With on_reboot=destroy QEMU runs with ``-no-reboot`` and the reset ends the domain.
     """
     store = store or StateStore()
     _control(name, store, "system_reset")
@@ -521,11 +657,8 @@ def shutdown(
     still there after ``timeout``.
     """
     store = store or StateStore()
-    if wait and lookup(name, store).domain_state is DomainState.PAUSED:
-        raise DomainError(
-            f"domain {name!r} is paused, so its guest cannot act on the power button "
-            f"('pvhvm unpause {name}' first, or 'pvhvm destroy {name}')"
-        )
+    if _refuse_paused(name, store).reboot_requested:
+        _set_reboot_requested(store, name, False)  # as libvirt's shutdown clears fakeReboot
     _control(name, store, "system_powerdown")
     if not wait:
         return lookup(name, store)

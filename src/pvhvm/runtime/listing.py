@@ -50,6 +50,8 @@ class ListRow:
     state: str
     flags: str
     cpu_seconds: float
+    #: ``HOST:DISPLAY`` of the VNC server QEMU runs (query-vnc), None without one
+    vnc: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,9 +65,19 @@ def list_rows(
         ListRow(
             name=r.name, domid=r.domid, memory_mib=r.memory_mib, vcpus=r.vcpus, state=r.state,
             flags=state_flags(r.domain_state), cpu_seconds=cpu_seconds(r),
+            vnc=vnc_address(r.vnc) if r.vnc else None,
         )
         for r in records
     ]
+
+
+def vnc_address(vnc: Mapping[str, Any]) -> str:
+    """``HOST:DISPLAY`` of a VNC server as the record keeps it (supervisor.vnc_of), as
+    ``virsh vncdisplay`` prints it: ``:N`` when it listens on every address."""
+    host, display = str(vnc.get("host", "")), int(vnc.get("display", 0))
+    if host in ("", "0.0.0.0", "::"):
+        return f":{display}"
+    return f"[{host}]:{display}" if ":" in host else f"{host}:{display}"
 
 
 def format_list(rows: Iterable[ListRow]) -> str:

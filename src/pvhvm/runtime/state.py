@@ -115,6 +115,12 @@ class DomainRecord:
     releasing: list[dict[str, Any]] = field(default_factory=list)
     #: CD drives whose medium cd-insert / cd-eject changed: vdev → path ("" empty)
     media: dict[str, str] = field(default_factory=dict)
+    #: ``pvhvm reboot`` pressed the power button: the guest's next power-off is a reboot
+    #: (on_reboot), as libvirt's fakeReboot (runtime/lifecycle.py reboot); cleared by it,
+    #: by ``shutdown`` and by every QEMU start
+    reboot_requested: bool = False
+    #: the VNC server QEMU runs (QMP query-vnc at each start): host, port, display
+    vnc: dict[str, Any] | None = None
 
     @property
     def domain_state(self) -> DomainState:

@@ -6,13 +6,19 @@ marks the record running and tells ``create`` over a pipe. Then it waits — on 
 (a pidfd) and on QMP events, never polling — and applies the domain's actions
 (xl.cfg(5) on_poweroff / on_reboot / on_crash):
 
-* SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``
+* SHUTDOWN reason ``guest-shutdown`` (QEMU runs with ``-no-shutdown``): ``on_poweroff``;
+  ``on_reboot`` when ``pvhvm reboot`` asked for it (the record's ``reboot_requested``, as
+  libvirt's fakeReboot: restart is ``system_reset`` and ``cont`` in the same QEMU)
 * SHUTDOWN reason ``guest-reset`` or ``host-qmp-system-reset`` (only seen with ``-no-reboot``,
   i.e. on_reboot=destroy; otherwise QEMU resets in place and sends RESET): ``on_reboot``
 * GUEST_PANICKED (pvpanic, ``-action panic=pause``): ``on_crash``
 * QEMU exiting without being asked (killed, crashed, SIGTERM from someone else): ``on_crash``
 * QEMU quitting on a QMP ``quit``, or ``pvhvm destroy`` (a ``stop`` request to the host
   supervisor): destroy — quit QEMU (kill after a timeout), remove the record.
+
+Each QEMU start appends to the domain's logs, with a marker line in its console log, and
+rotates them by size; a running QEMU's logs are rotated every minute (runtime/logs.py). A
+failed start quotes the QEMU log from where this start began.
 
 ``restart`` relaunches the record's argv (without ``-S``; it holds hot-plugged devices
 too); ``preserve`` keeps the domain (QEMU stopped, state shutdown or crashed; or a record
@@ -49,6 +55,7 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 from pvhvm.errors import DomainError, ForeignPeerError
 from pvhvm.private import open_private, private_dir
 from pvhvm.qemu.qmp import connect
+from pvhvm.runtime import logs
 from pvhvm.runtime.resize import apply_balloon_target
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, qemu_alive
 
@@ -177,6 +184,8 @@ class Supervisor:
         self.qmp: QMPClient | None = None
         self.stopping = False
         self.stop_requested = asyncio.Event()
+        #: where this QEMU run's output starts in the QEMU log (a failed start quotes only it)
+        self.qemu_log_offset = 0
 
     # --- the record (this process is its only writer once create has handed over) --------
 
@@ -219,12 +228,17 @@ class Supervisor:
         for sock in (self.paths.qmp_socket, self.paths.control_socket):
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
+        console_logged = any(str(self.paths.console_log) in arg for arg in argv)
         try:
             private_dir(self.paths.qemu_log.parent)
-            if any(str(self.paths.console_log) in arg for arg in argv):
+            # nobody writes them now: too big, they are rotated by renaming (runtime/logs.py)
+            logs.rotate(self.paths.qemu_log)
+            if console_logged:
+                logs.rotate(self.paths.console_log)
                 # QEMU opens its console log itself: an older pvhvm's 0644 one is made 0600
                 os.close(open_private(self.paths.console_log))
             log_fd = open_private(self.paths.qemu_log)
+            self.qemu_log_offset = os.fstat(log_fd).st_size
         except OSError as err:
             raise DomainError(f"cannot open the domain's logs in {self.paths.qemu_log.parent}: "
                               f"{err.strerror or err}") from err
@@ -239,9 +253,19 @@ class Supervisor:
             )
         proc = WatchedProcess(popen.pid, popen)
         self.proc = proc
-        # A new QEMU has none of what a forced detach left to release.
+        if console_logged:
+            # QEMU appends (logappend=on) below this run's marker; its first output (the
+            # firmware's) comes well after its exec, so the marker is written first
+            try:
+                logs.write_marker(self.paths.console_log, self.name, proc.pid)
+            except OSError as err:
+                log.warning("cannot mark the console log: %s", err)
+        # A new QEMU has none of what a forced detach left to release, and no reboot asked
+        # of the last one's guest is pending.
         if self.record().releasing:
             self.update(releasing=[])
+        if self.record().reboot_requested:
+            self.update(reboot_requested=False)
         # Known at once, so a cleaner that finds this domain orphaned can kill this QEMU.
         self.update(qemu_pid=proc.pid)
         deadline = time.monotonic() + QMP_WAIT
@@ -263,6 +287,7 @@ class Supervisor:
                 raise DomainError(f"QEMU's QMP did not answer within {QMP_WAIT:.0f}s")
         status = await self.qmp.execute("query-status")
         log.info("QEMU %d up, status %s", proc.pid, status)
+        self.update(vnc=await vnc_server(self.qmp))
         await apply_balloon_target(self.qmp, self.record())  # a mem-set outlives a relaunch
 
     async def _exited(self, wait: float) -> bool:
@@ -274,9 +299,12 @@ class Supervisor:
         return True
 
     def _launch_failure(self, during: str = "start-up") -> str:
+        """QEMU's exit status and its last lines of this run (never an earlier run's)."""
         code = self.proc.returncode if self.proc else None
         try:
-            text = self.paths.qemu_log.read_text(errors="replace")
+            with open(self.paths.qemu_log, "rb") as qemu_log:
+                qemu_log.seek(self.qemu_log_offset)
+                text = qemu_log.read().decode(errors="replace")
         except OSError:
             text = ""
         lines = [ln for ln in text.splitlines() if ln and not ln.startswith("--- ")]
@@ -415,6 +443,42 @@ class Supervisor:
                     log.warning("releasing %s: %s failed: %s", device, entry["command"], err)
         self.update(releasing=[r for r in self.record().releasing if r not in pending])
 
+    async def reset_in_place(self) -> None:
+        """The guest powered off after ``pvhvm reboot``: reset the stopped QEMU (-no-shutdown
+        keeps it) and run it again, as libvirt's qemuProcessFakeReboot (system_reset, cont):
+        same QEMU, same domid and uuid, the console log kept open."""
+        if self.qmp is None:
+            return
+        try:
+            await asyncio.wait_for(self.qmp.execute("system_reset"), 10)
+            for attempt in range(20):
+                try:
+                    await asyncio.wait_for(self.qmp.execute("cont"), 10)
+                    break
+                except ExecuteError:  # the reset not yet processed: QEMU wants it first
+                    if attempt == 19:
+                        raise
+                    await asyncio.sleep(0.05)
+        except (QMPError, OSError, EOFError, TimeoutError) as err:
+            log.error("reboot after the guest's power-off failed: %s", err)
+            return
+        log.info("guest rebooted after its power-off (pvhvm reboot)")
+        self.update(DomainState.RUNNING)
+
+    async def rotate_logs(self) -> None:
+        """Every ROTATE_INTERVAL seconds, rotate the logs QEMU and the host supervisor keep
+        open (runtime/logs.py)."""
+        while True:
+            await asyncio.sleep(logs.ROTATE_INTERVAL)
+            # the supervisor's own log too: the host supervisor keeps it open (O_APPEND)
+            for path in (self.paths.console_log, self.paths.qemu_log,
+                         self.paths.supervisor_log):
+                try:
+                    if logs.rotate_open(path):
+                        log.info("rotated %s", path)
+                except OSError as err:
+                    log.warning("cannot rotate %s: %s", path, err)
+
     # --- events -------------------------------------------------------------------------
 
     @staticmethod
@@ -471,6 +535,18 @@ class Supervisor:
                 elif event == "quit":
                     quit_requested = True
                 elif event == "poweroff":
+                    if self.record().reboot_requested:
+                        # pvhvm reboot: this power-off is the guest's reboot (libvirt's
+                        # fakeReboot, qemuProcessShutdownOrReboot)
+                        self.update(reboot_requested=False)
+                        action = _normalise(record.on_reboot)
+                        if action == RESTART:
+                            await self.reset_in_place()
+                            continue
+                        if action != PRESERVE:
+                            return action
+                        self.update(DomainState.SHUTDOWN)
+                        continue
                     guest_shutdown = True
                     action = _normalise(record.on_poweroff)
                     if action != PRESERVE:
@@ -564,6 +640,15 @@ class Supervisor:
         """Apply the domain's actions run after run, until it is destroyed."""
         restarts = record.restarts
         events = first_events or asyncio.Queue()
+        rotation = asyncio.create_task(self.rotate_logs())
+        try:
+            return await self._supervise(record, events, restarts)
+        finally:
+            rotation.cancel()
+
+    async def _supervise(
+        self, record: DomainRecord, events: asyncio.Queue[str], restarts: int
+    ) -> int:
         while True:
             action = DESTROY if self.stopping else await self.run_once(record, events)
             events = asyncio.Queue()
@@ -629,3 +714,27 @@ def _normalise(action: str) -> str:
     if action == "preserve":
         return PRESERVE
     return DESTROY
+
+
+async def vnc_server(client: QMPClient) -> dict[str, object] | None:
+    """The VNC server QEMU runs (QMP query-vnc): host, port and display (port - 5900), the
+    port ``vncunused`` made QEMU pick; None without one."""
+    try:
+        info = await asyncio.wait_for(client.execute("query-vnc"), 5)
+    except (QMPError, OSError, EOFError, TimeoutError) as err:
+        log.info("query-vnc: %s", err)
+        return None
+    return vnc_of(info)
+
+
+def vnc_of(info: object) -> dict[str, object] | None:
+    """query-vnc's answer (qapi/ui.json VncInfo) as the record keeps it."""
+    if not isinstance(info, dict) or not info.get("enabled"):
+        return None
+    try:
+        port = int(str(info.get("service", "")))
+    except ValueError:
+        return None  # a Unix-socket VNC server: no port
+    host = str(info.get("host", ""))
+    return {"host": host, "port": port, "display": port - 5900,
+            "family": str(info.get("family", ""))}

@@ -200,7 +200,12 @@ def booted(image: XenHostImage, workdir: Path | None = None) -> Iterator[XenHost
 
 
 def main() -> None:
-    """Build (if needed) and boot a Xen host for a person; Ctrl-C stops it."""
+    """Build (if needed) and boot a Xen host for a person; Ctrl-C (or SIGTERM) stops it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     image = build_xenhost(progress=lambda message: print(message, file=sys.stderr))
     print(f"booting the Xen host from {image.directory} (TCG: a minute or two)...",
           file=sys.stderr)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from pvhvm.guest.xenhost import (
     DOM0_MEM_MIB,
     XenHostImage,
     package_version,
+    prune,
     required_distributions,
     source_digest,
 )
@@ -71,3 +74,18 @@ def test_qemu_argv_boots_xen_by_multiboot(tmp_path: Path) -> None:
 def test_qemu_argv_refuses_a_path_multiboot_would_split(tmp_path: Path) -> None:
     with pytest.raises(XenHostError, match="cannot take a path"):
         qemu_argv(XenHostImage(tmp_path / "a,b"), 2222, tmp_path / "serial.log")
+
+
+def test_prune_keeps_fresh_and_unfinished_images(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVHVM_XENHOST_DIR", str(tmp_path))
+    for name in ("image-keep", "image-old", "image-fresh", "image-building"):
+        (tmp_path / name).mkdir()
+    for name in ("image-keep", "image-old", "image-fresh"):
+        (tmp_path / name / "manifest.json").write_text("{}\n")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / "image-old" / "manifest.json", (two_days_ago, two_days_ago))
+    removed = prune(XenHostImage(tmp_path / "image-keep"))
+    assert removed == [tmp_path / "image-old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "image-building", "image-fresh", "image-keep"]

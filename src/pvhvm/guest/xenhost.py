@@ -21,7 +21,8 @@ SPEC.md, "A real Xen host inside QEMU". ``build_xenhost()`` writes, under
     image-KEY/manifest.json
 
 The tree is rebuilt only when its inputs change; the image when the tree, the hypervisor
-package or pvhvm's source changes (a second or two of copying plus ``mke2fs``). The
+package or pvhvm's source changes (about 20 s: copying plus ``mke2fs``); images of other
+checkouts are removed a day after they were built. The
 hypervisor must be the version of xen-utils-4.17 in the tree (both from bookworm-security).
 Nothing is installed on the host; building the tree needs root (chroot).
 """
@@ -38,6 +39,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,12 +494,24 @@ def _build_image(image: XenHostImage, key: str, tree_root: Path, hypervisor: deb
         os.replace(tmp, image.directory / MANIFEST)
 
 
+#: An image of another checkout is kept this long after it was built: a test run of that
+#: checkout may still be booting it (QEMU opens rootfs.img at start).
+PRUNE_AFTER_S = 24 * 3600
+
+
 def prune(keep: XenHostImage) -> list[Path]:
-    """Remove image directories other than ``keep`` (each build of a changed checkout makes one)."""
+    """Remove image directories of other checkouts built more than a day ago; one still being
+    built (no manifest yet) or built recently is left alone."""
     removed = []
+    now = time.time()
     for path in cache_root().glob("image-*"):
-        if path.is_dir() and path.resolve() != keep.directory.resolve():
+        if not path.is_dir() or path.resolve() == keep.directory.resolve():
+            continue
+        try:
+            built = (path / MANIFEST).stat().st_mtime
+        except OSError:
+            continue
+        if now - built > PRUNE_AFTER_S:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-

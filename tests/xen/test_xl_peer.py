@@ -231,6 +231,18 @@ def test_exported_xl_cfg_parses_in_xl(xl: XlParser, example: str, tmp_path: Path
     assert "vifs=" in proc.stdout
 
 
+def test_exported_negative_number_parses_in_xl(xl: XlParser, tmp_path: Path) -> None:
+    """libxlutil's lexer has no minus sign: export-xl quotes a negative value (the real xl
+    4.17 refused a bare ``rtc_timeoffset = -3600``, tests/xen/test_real_xen.py)."""
+    config = tmp_path / "neg.cfg"
+    config.write_text('builder = "hvm"\nname = "neg"\nmemory = 128\nrtc_timeoffset = -3600\n')
+    subprocess.run([sys.executable, "-m", "pvhvm", "export-xl", str(config), "-o",
+                    str(tmp_path / "out.cfg")], capture_output=True, text=True, check=True)
+    assert 'rtc_timeoffset = "-3600"' in (tmp_path / "out.cfg").read_text()
+    proc = xl.run("cfg", str(tmp_path / "out.cfg"))
+    assert proc.returncode == 0, proc.stderr
+
+
 def parse_config_disks(example: str, imagedir: Path) -> list[str]:
     from pvhvm.config.domain import load_config
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from pvhvm.errors import PvhvmError
 from pvhvm.guest.installed import VARIANTS, build_installed
 from pvhvm.guest.kit import OUTPUTS, build_kit
+from pvhvm.guest.xenhost import build_xenhost
 
 
 def _console() -> Console:
@@ -72,3 +73,25 @@ def build_installed_command(directory: Path | None, variant: str, force: bool) -
     console.print(f"{guest.disk}  {guest.disk.stat().st_size // (1 << 20)} MiB "
                   f"(kernel {manifest['kernel_release']}, root {manifest['root_device']}, "
                   f"UUID {manifest['root_uuid']})")
+
+
+@image.command("build-xenhost")
+@click.option("--force", is_flag=True, help="Rebuild the image even when it is up to date.")
+def build_xenhost_command(force: bool) -> None:
+    """Build a Xen 4.17 host to run in QEMU: Debian's hypervisor, a dom0 derived from the
+    installed guest's debootstrap with Xen's toolstack and this pvhvm, under
+    ~/.cache/pvhvm/xenhost; needs root (chroot). dev/xenhost boots it."""
+    console = _console()
+    try:
+        with console.status("building the Xen host") as status:
+
+            def progress(message: str) -> None:
+                status.update(message)
+                console.log(message)
+
+            host = build_xenhost(force=force, progress=progress)
+        manifest = host.manifest()
+    except PvhvmError as err:
+        raise click.ClickException(str(err)) from err
+    console.print(f"{host.directory}  (Xen {manifest['hypervisor']}, dom0 kernel "
+                  f"{manifest['kernel_release']})")

@@ -43,11 +43,13 @@ def _quote(value: str) -> str:
 
 
 def _value(value: Any) -> str:
-    """A config value in xl.cfg(5) syntax: strings quoted, numbers bare, lists in []."""
+    """A config value in xl.cfg(5) syntax: strings quoted, numbers bare, lists in [].
+    libxlutil's lexer has no minus sign (a bare ``-3600`` is a syntax error, seen with the real
+    xl 4.17): a negative number is written quoted, which its number getters read alike."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int | float):
-        return str(value)
+        return str(value) if value >= 0 else _quote(str(value))
     if isinstance(value, list | tuple):
         return "[ " + ", ".join(_value(v) for v in value) + " ]"
     return _quote(str(value))
@@ -93,7 +95,7 @@ def _settings(plan: Plan) -> list[str]:
     if not plan.hpet:
         lines.append("hpet = 0")
     if plan.rtc_timeoffset:
-        lines.append(f"rtc_timeoffset = {plan.rtc_timeoffset}")
+        lines.append(f"rtc_timeoffset = {_value(plan.rtc_timeoffset)}")
     if plan.parallel:
         lines.append(f"parallel = {_quote(plan.parallel)}")
     return lines

@@ -400,7 +400,8 @@ def _sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _workdir(directory: Path) -> Iterator[Path]:
+def build_workdir(directory: Path) -> Iterator[Path]:
+    """A private ``.build-*`` directory in ``directory`` for one build, gone afterwards."""
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
     try:
         yield work
@@ -435,7 +436,7 @@ def build_installed(
 
 
 def _build(guest: InstalledGuest, variant: str, base_root: Path, say: Progress) -> None:
-    with _workdir(guest.directory) as work:
+    with build_workdir(guest.directory) as work:
         root = work / "root"
         say("copying the debootstrap base")
         run(["cp", "-a", "--reflink=auto", str(base_root), str(root)])

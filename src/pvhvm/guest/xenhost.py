@@ -40,7 +40,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ import pvhvm
 from pvhvm.errors import GuestImageError
 from pvhvm.guest import debs
 from pvhvm.guest.debs import require_tool, run
-from pvhvm.guest.installed import base_recipe, build_base, kernel_release
+from pvhvm.guest.installed import base_recipe, build_base, build_workdir, kernel_release
 from pvhvm.guest.installed import cache_root as installed_cache_root
 from pvhvm.guest.kit import read_manifest
 from pvhvm.hostfs import cache_home, directory_lock
@@ -420,15 +420,6 @@ def is_built(image: XenHostImage, key: str) -> bool:
     return manifest.get("key") == key and all((image.directory / n).is_file() for n in OUTPUTS)
 
 
-@contextlib.contextmanager
-def _workdir(directory: Path) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def build_xenhost(*, force: bool = False, progress: Progress | None = None) -> XenHostImage:
     """Build (or find) the Xen host image for this checkout; see the module docstring."""
     say = progress or (lambda message: log.info("%s", message))
@@ -458,7 +449,7 @@ def _build_image(image: XenHostImage, key: str, tree_root: Path, hypervisor: deb
                  say: Progress) -> None:
     keygen = require_tool("ssh-keygen", "openssh-client")
     mke2fs = require_tool("mke2fs", "e2fsprogs")
-    with _workdir(image.directory) as work:
+    with build_workdir(image.directory) as work:
         say("extracting the hypervisor")
         extract_hypervisor(hypervisor, work / "xen")
         run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "pvhvm-xenhost",

@@ -10,22 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.cli.main import main
 from tests.inspect.conftest import IDE_MODULES, PV_MODULES, ROOT_UUID, installed_image
+from tests.inspect.test_check_verdicts import cli
 
 HOSTILE = ("Evil \x1b]8;;http://attacker.example/\x07click\x1b]8;;\x07 "
            "\x1b[5mblink [/] [bold]bold")
 RAW = ("\x1b", "\x07")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from pvhvm.runtime import console, hostctl
 from pvhvm.runtime.state import DomainRecord, OwnerLock, StateStore, pid_alive
 from pvhvm.xenstore.client import XenStoreClient
 from pvhvm.xenstore.errors import XenStoreConnectionError
+from tests.e2e.conftest import _processes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NOBODY = 65534
@@ -154,20 +155,6 @@ def _stop_supervisors(root: Path) -> None:
         deadline = time.monotonic() + 10
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-
-
-def _processes(root: Path, program: bytes) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if program in cmdline and os.fsencode(root) in cmdline:
-            out.append(int(proc.name))
-    return out
 
 
 def _pvhvm(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

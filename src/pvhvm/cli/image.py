@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -12,6 +14,19 @@ from pvhvm.errors import PvhvmError
 from pvhvm.guest.installed import VARIANTS, build_installed
 from pvhvm.guest.kit import OUTPUTS, build_kit
 from pvhvm.guest.xenhost import build_xenhost
+
+
+@contextlib.contextmanager
+def _building(console: Console, what: str) -> Iterator[Callable[[str], None]]:
+    """A spinner saying ``what``; the build's progress function updates it and logs each
+    step."""
+    with console.status(what) as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        yield progress
 
 
 def _console() -> Console:
@@ -34,12 +49,7 @@ def build(directory: Path, force: bool) -> None:
         raise click.ClickException(f"{directory} exists and is not a directory")
     console = _console()
     try:
-        with console.status("building the guest image kit") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                console.log(message)
-
+        with _building(console, "building the guest image kit") as progress:
             kit = build_kit(directory, force=force, progress=progress)
     except PvhvmError as err:
         raise click.ClickException(str(err)) from err
@@ -60,12 +70,7 @@ def build_installed_command(directory: Path | None, variant: str, force: bool) -
         raise click.ClickException(f"{directory} exists and is not a directory")
     console = _console()
     try:
-        with console.status(f"building the installed guest ({variant})") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                console.log(message)
-
+        with _building(console, f"building the installed guest ({variant})") as progress:
             guest = build_installed(directory, variant, force=force, progress=progress)
         manifest = guest.manifest()
     except PvhvmError as err:
@@ -83,12 +88,7 @@ def build_xenhost_command(force: bool) -> None:
     ~/.cache/pvhvm/xenhost; needs root (chroot). dev/xenhost boots it."""
     console = _console()
     try:
-        with console.status("building the Xen host") as status:
-
-            def progress(message: str) -> None:
-                status.update(message)
-                console.log(message)
-
+        with _building(console, "building the Xen host") as progress:
             host = build_xenhost(force=force, progress=progress)
         manifest = host.manifest()
     except PvhvmError as err:

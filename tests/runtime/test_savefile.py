@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import InputError
-from pvhvm.runtime.incoming import ImageMismatchError, file_problems, start_incoming
+from pvhvm.runtime.incoming import start_incoming
 from pvhvm.runtime.migrate import receiver_command
+from pvhvm.runtime.replan import ReplanError, file_problems
 from pvhvm.runtime.save import read_save_file, restore
 from pvhvm.runtime.savefile import (
     MAGIC,
@@ -148,11 +149,11 @@ def test_a_stale_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
     gone.unlink()
     store = StateStore(tmp_path / "state")
     # the plan itself finds gone.img missing (the planner checks files, as at create)
-    with (pytest.raises(ImageMismatchError, match=r"x.save: .*does not plan here: .*gone.img"),
+    with (pytest.raises(ReplanError, match=r"x.save: .*does not plan here: .*gone.img"),
           start_incoming(store, img, 0, "x.save")):
         pytest.fail("started")
     gone.write_bytes(b"\0")
-    with (pytest.raises(ImageMismatchError, match=r"xvda.*changed size"),
+    with (pytest.raises(ReplanError, match=r"xvda.*changed size"),
           start_incoming(store, img, 0, "x.save")):
         pytest.fail("started")
     assert store.names() == [] and not (tmp_path / "state").exists()

@@ -35,7 +35,6 @@ from pvhvm.runtime.replan import (
     Replanned,
     check_savable,
     device_set,
-    file_problems,
     file_size,
     opened_files,
     replan,
@@ -43,13 +42,6 @@ from pvhvm.runtime.replan import (
 from pvhvm.runtime.savefile import DomainImage, HotplugSpec, SavedFile
 from pvhvm.runtime.state import DomainPaths, DomainRecord, StateStore
 from pvhvm.runtime.supervisor import PAUSE, RUN
-
-#: a saved domain that no longer matches this host (kept name: ReplanError says it all)
-ImageMismatchError = ReplanError
-
-__all__ = ["ImageMismatchError", "IncomingDomain", "file_problems", "image_of", "realise",
-           "start_incoming"]
-
 
 # --- the image of a running domain -----------------------------------------------------------
 

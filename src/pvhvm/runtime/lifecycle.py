@@ -27,6 +27,7 @@ from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError, ForeignPeerError, LaunchError, PlanError
 from pvhvm.plan.plan import DEFAULT_BRIDGE, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
+from pvhvm.private import open_private
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.runtime import hostctl
@@ -71,12 +72,15 @@ VNC_SECRET = "vnc.secret"
 SOURCE_FILE = "source.json"
 
 
+def _write_private(path: Path, text: str) -> None:
+    """``text`` as the whole of file ``path``, 0600, no symlink followed (private.open_private)."""
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as out:
+        out.write(text)
+
+
 def write_source(directory: Path, source: ConfigSource) -> None:
     """Keep ``source`` beside the domain's record (see SOURCE_FILE)."""
-    fd = os.open(directory / SOURCE_FILE,
-                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(source.to_json(), out)
+    _write_private(directory / SOURCE_FILE, json.dumps(source.to_json()))
 
 
 def read_source(directory: Path) -> ConfigSource | None:
@@ -99,9 +103,7 @@ def write_vnc_secret(plan: Plan, directory: Path) -> None:
     """The plan's vncpasswd into the domain's directory, 0600 (not on QEMU's command line)."""
     if plan.display is None or not plan.display.password:
         return
-    fd = os.open(directory / VNC_SECRET, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(plan.display.password)
+    _write_private(directory / VNC_SECRET, plan.display.password)
 
 
 #: QEMU's bridge helper's allow list (qemu-bridge-helper.c: "allow BR", "allow all",

@@ -13,13 +13,17 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pvhvm.errors import PvhvmError
+from pvhvm.guest.xenhost import build_xenhost
 from pvhvm.hostfs import directory_lock
+from tests.xen.host import XenHost, booted
 
 SOURCE = Path(__file__).parent / "xlpeer" / "xlparse.c"
 #: headers, libxlutil + libxenlight, and the libraries libxenlight links
@@ -124,3 +128,16 @@ def _build() -> XlParser:
 def xl() -> XlParser:
     with directory_lock(CACHE):  # xdist workers share the cache: one builds, the others wait
         return _build()
+
+
+@pytest.fixture(scope="session")
+def xen_host() -> Iterator[XenHost]:
+    """One Xen host (tests/xen/host.py) for every test that asks for it: those tests are in the
+    ``xenhost`` xdist group, so they run on one worker and share this boot. A build or boot
+    failure fails them, saying why; nothing is skipped."""
+    try:
+        image = build_xenhost()
+    except PvhvmError as err:
+        pytest.fail(f"cannot build the Xen host: {err}")
+    with booted(image) as host:
+        yield host

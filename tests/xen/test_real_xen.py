@@ -1,4 +1,4 @@
-"""pvhvm against a real Xen 4.17 host (issue 19, items 1 and 4), booted once for the module.
+"""pvhvm against a real Xen 4.17 host (issue 19, items 1 and 4), booted once per test session (tests/xen/conftest.py).
 
 The host is Debian's hypervisor and a Debian dom0 in QEMU (TCG), built by ``pvhvm image
 build-xenhost`` with pvhvm from this checkout inside dom0 (tests/xen/host.py boots it). If it
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ import pytest
 from pvhvm.config.disk import parse_disk
 from pvhvm.config.lang import parse_config
 from pvhvm.errors import PvhvmError
-from pvhvm.guest.xenhost import build_xenhost
-from tests.xen.host import XenHost, booted
+from tests.xen.host import XenHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("xenhost")]
 
@@ -69,15 +67,6 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
 }
 
 
-@pytest.fixture(scope="module")
-def xen_host() -> Iterator[XenHost]:
-    """One Xen host for the whole module; a build or boot failure fails the tests."""
-    try:
-        image = build_xenhost()
-    except PvhvmError as err:
-        pytest.fail(f"cannot build the Xen host: {err}")
-    with booted(image) as host:
-        yield host
 
 
 def test_xl_info_has_hvm_and_hap(xen_host: XenHost) -> None:

@@ -128,6 +128,19 @@ def test_default_guest_has_ide_and_destroy_leaves_nothing(
     assert not libvirtd.qemu_pids()
     gone = pvhvm.run("destroy", "default", check=False)
     assert gone.returncode == 1 and gone.stderr.strip() == "pvhvm: error: no domain named 'default'"
+    # The console log outlives the domain and a new run appends to it after a start marker,
+    # as on the qemu platform: the first run's report is kept.
+    log = pvhvm.state / "libvirt" / "logs" / "default.console.log"
+    first = log.read_text(errors="replace")
+    assert first.startswith("--- pvhvm: domain default started at ")
+    assert "(started by libvirt) ---" in first.splitlines()[0] and "ata_piix" in first
+    lv_create(pvhvm, libvirtd, "default.cfg", imagedir, "-p")
+    try:
+        again = log.read_text(errors="replace")
+        assert again.startswith(first) and again.count("--- pvhvm: domain default started") == 2
+        assert (log.stat().st_mode & 0o777) == 0o600
+    finally:
+        pvhvm.run("destroy", "default")
 
 
 def test_failed_libvirt_create_leaves_nothing(

@@ -186,3 +186,9 @@ def test_the_supervisor_rotates_open_logs_periodically(
     asyncio.run(a_while())
     for path in (paths.console_log, paths.qemu_log, paths.supervisor_log):
         assert path.read_bytes() == b"" and logs.rotated(path, 1).read_bytes() == b"x" * 64
+
+
+def test_marker_for_a_qemu_libvirt_started() -> None:
+    moment = datetime.datetime(2026, 12, 7, 1, 0, 0, tzinfo=datetime.UTC)
+    assert logs.marker("web1", None, moment) == (
+        "--- pvhvm: domain web1 started at 2026-12-07T01:00:00+00:00 (started by libvirt) ---\n")

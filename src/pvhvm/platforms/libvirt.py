@@ -61,7 +61,7 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
-from pvhvm.runtime import hotplug, lifecycle, listing, resize
+from pvhvm.runtime import hotplug, lifecycle, listing, logs, resize
 from pvhvm.runtime.hotplug import HotplugError
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
@@ -248,13 +248,15 @@ class LibvirtPlatform(DomainPlatform):
         """Claim ``name``, record ``build(domid)`` as starting, have libvirt start it
         (``start(conn)`` returns the libvirt domain) and record what libvirt says; a failure
         anywhere destroys what libvirt started and leaves no record (create, restore).
-        ``fresh_log``: the console log starts empty (once the name is this domain's)."""
+        ``fresh_log``: a new run of the console log (once the name is this domain's): the log is
+        rotated by size and gets a start marker, as the qemu platform's supervisor does, so a
+        crash trace of an earlier run is kept and ``report`` reads only this run."""
         records = self.records
         paths = records.claim(name)
         paths.console_log.parent.mkdir(parents=True, exist_ok=True)
         if fresh_log:
-            with contextlib.suppress(FileNotFoundError):
-                paths.console_log.unlink()
+            logs.rotate(paths.console_log)
+            logs.write_marker(paths.console_log, name, None)
         dom: Any = None
         try:
             with records.locked():
@@ -552,7 +554,7 @@ class LibvirtPlatform(DomainPlatform):
                 f"domain {name!r} logs its console to no file (it has no serial console, or "
                 f"was created by libvirt on another host and migrated here): {how}",
                 platform=self.name, verb="report")
-        reported = log.exists() and END in log.read_text(errors="replace")
+        reported = log.exists() and END in logs.current_run(log.read_text(errors="replace"))
         if not reported and record.domain_state is not DomainState.RUNNING:
             raise DomainError(f"domain {name!r} is {record.state} and has not reported yet")
         return ReportSource(console_log=log, domain_directory=self.records.paths(name).directory)

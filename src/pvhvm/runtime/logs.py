@@ -36,13 +36,15 @@ ROTATE_INTERVAL = 60.0
 MARKER_PREFIX = "--- pvhvm: domain "
 
 
-def marker(name: str, qemu_pid: int, when: datetime.datetime | None = None) -> str:
-    """The console log's line for a QEMU start (ISO 8601 time, UTC)."""
+def marker(name: str, qemu_pid: int | None, when: datetime.datetime | None = None) -> str:
+    """The console log's line for a QEMU start (ISO 8601 time, UTC); ``qemu_pid`` None: a
+    QEMU that libvirt started (its pid is libvirt's business)."""
     moment = (when or datetime.datetime.now(datetime.UTC)).isoformat(timespec="seconds")
-    return f"{MARKER_PREFIX}{name} started at {moment} (QEMU pid {qemu_pid}) ---\n"
+    who = "started by libvirt" if qemu_pid is None else f"QEMU pid {qemu_pid}"
+    return f"{MARKER_PREFIX}{name} started at {moment} ({who}) ---\n"
 
 
-def write_marker(path: Path, name: str, qemu_pid: int) -> None:
+def write_marker(path: Path, name: str, qemu_pid: int | None) -> None:
     """Append the start marker to the console log ``path`` (created 0600 when missing).
 
     The marker starts a line of its own even when the last run's output ended mid-line."""

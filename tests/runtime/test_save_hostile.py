@@ -30,7 +30,7 @@ from pvhvm.qemu.argv import qemu_argv
 from pvhvm.runtime import hotplug, lifecycle, migrate, resize
 from pvhvm.runtime.incoming import image_of, realise
 from pvhvm.runtime.replan import ReplanError, check_savable, plan_source, replan
-from pvhvm.runtime.save import read_save_file, restore
+from pvhvm.runtime.save import check_restorable, read_save_file, restore
 from pvhvm.runtime.savefile import (
     MAGIC,
     PREFIX,
@@ -519,3 +519,27 @@ def test_a_pygrub_guest_is_planned_with_the_kernel_pygrub_finds_again(
         files[1], size=files[1].size + 1), files[2]))
     with pytest.raises(ReplanError, match=r"kernel: .* has changed size"):
         replan(bigger, "pg.save")
+
+
+def test_a_save_that_restore_would_refuse_is_refused_before_the_guest_stops(
+        tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save (which destroys the domain) first plans it again as restore will: a domain whose
+    disk was moved since create keeps running instead of becoming a file nothing restores."""
+    monkeypatch.setattr(lifecycle, "host_bridges", lambda: frozenset())
+    image = good_image(tmp_path)
+    store = StateStore(state)
+    paths = store.paths("g")
+    plan = plan_source(image.source)
+    record = DomainRecord(
+        name="g", domid=1, uuid=UUID, platform="qemu", memory_mib=128, vcpus=1,
+        plan=plan.to_json(), argv=["qemu-system-x86_64"], on_poweroff="destroy",
+        on_reboot="restart", on_crash="destroy")
+    paths.directory.mkdir(parents=True)
+    lifecycle.write_source(paths.directory, image.source)
+    check_restorable(record, store)  # as created: restore would take it
+    (tmp_path / "root.img").rename(tmp_path / "moved.img")
+    (tmp_path / "root.img").mkdir()  # image_of sizes it; the plan's file checks refuse it
+    with pytest.raises(ReplanError, match=r"^domain 'g' is not saved, as restore would "
+                                          r"refuse the file: domain 'g': ") as refused:
+        check_restorable(record, store)
+    assert "root.img" in str(refused.value) and "\n" not in str(refused.value)

@@ -34,7 +34,7 @@ from pvhvm.libvirt import saveimage
 from pvhvm.qemu import qmp
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.incoming import image_of, start_incoming
-from pvhvm.runtime.replan import check_savable
+from pvhvm.runtime.replan import ReplanError, check_savable, replan
 from pvhvm.runtime.savefile import (
     MAGIC,
     PREFIX,
@@ -238,6 +238,19 @@ def movable(name: str, store: StateStore, verb: str) -> DomainRecord:
     return record
 
 
+def check_restorable(record: DomainRecord, store: StateStore) -> None:
+    """Plan ``record``'s domain again as ``restore`` will (ReplanError, one line, when it would
+    refuse): run before a save that destroys the domain, so a save never trades a running guest
+    for a file this host cannot restore (a config that no longer plans, a disk moved or resized
+    since create)."""
+    image = image_of(record, store.paths(record.name))
+    try:
+        replan(image, f"domain {record.name!r}")
+    except ReplanError as err:
+        raise ReplanError(f"domain {record.name!r} is not saved, as restore would refuse the "
+                          f"file: {err}") from err
+
+
 def save(name: str, path: Path, store: StateStore | None = None, leave: str = "destroyed",
          progress: Progress = no_progress) -> SaveOutcome:
     """``xl save NAME FILE``: the domain's state into ``path``; ``leave`` says what becomes
@@ -248,6 +261,8 @@ def save(name: str, path: Path, store: StateStore | None = None, leave: str = "d
     with store.flocked(paths.hotplug_lock):  # no device changes while the state is taken
         record = movable(name, store, "saved")
         check_savable(record, paths.directory, "saved")
+        if leave == "destroyed":
+            check_restorable(record, store)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

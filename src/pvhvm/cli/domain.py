@@ -354,8 +354,12 @@ def save(name: str, file: Path, leave_running: bool, leave_paused: bool,
 @click.option("-p", "paused", is_flag=True, help="Do not unpause the domain after restoring it.")
 @click.option("-c", "attach_console", is_flag=True,
               help="Attach to the console once restored (^] detaches).")
+@click.option("--connect", metavar="URI", default=None,
+              help="The libvirt daemon to restore a libvirt save image on (default "
+                   "qemu:///system; never taken from the file).")
 @click.option("--json", "as_json", is_flag=True, help="The restored domain's record as JSON.")
-def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> None:
+def restore(file: Path, paused: bool, attach_console: bool, connect: str | None,
+            as_json: bool) -> None:
     """Restore the domain saved in FILE (as xl restore): same devices, MACs and disks,
     planned again from the config FILE carries (a file of yours or root's only)."""
     from pvhvm.runtime.save import peek
@@ -365,7 +369,7 @@ def restore(file: Path, paused: bool, attach_console: bool, as_json: bool) -> No
     platform = platforms.get(image.platform)
     platforms.check_free(image.name, platform)
     with stream_progress(f"restoring {image.name}") as progress:
-        record = platform.restore(file, image, paused, progress)
+        record = platform.restore(file, image, paused, progress, connect)
     if as_json:
         print_json(record.to_json())
     else:

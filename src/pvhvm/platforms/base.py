@@ -235,8 +235,9 @@ class DomainPlatform(ABC):
         raise self.not_here("save", name)
 
     def restore(self, path: Path, image: DomainImage, paused: bool = False,
-                progress: Progress | None = None) -> DomainRecord:
-        """Start the domain saved in ``path`` (whose preamble holds ``image``)."""
+                progress: Progress | None = None, connect: str | None = None) -> DomainRecord:
+        """Start the domain saved in ``path`` (whose preamble holds ``image``); ``connect``:
+        the libvirt URI the user named (libvirt only)."""
         raise self.not_here("restore", image.name)
 
     def migrate_to_host(self, name: str, host: str, ssh_command: str | None = None,

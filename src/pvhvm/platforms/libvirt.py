@@ -820,19 +820,26 @@ class LibvirtPlatform(DomainPlatform):
                            seconds=time.monotonic() - started, domain="destroyed")
 
     def restore(self, path: Path, image: DomainImage, paused: bool = False,
-                progress: Progress | None = None) -> DomainRecord:
-        """``virsh restore`` of a libvirt save image that ``pvhvm save`` wrote, at the URI
-        the domain was saved from. libvirt re-parses the image's domain XML itself; pvhvm's
-        record is planned again from the config its image carries (runtime/replan.py) and
-        the files it opens are checked first, so a stale or forged image starts nothing."""
+                progress: Progress | None = None, connect: str | None = None) -> DomainRecord:
+        """``virsh restore`` of a libvirt save image that ``pvhvm save`` wrote, on the daemon
+        at ``connect`` (default qemu:///system). The URI the image was saved from is never
+        connected to because the file says so: when it is another one, the user names it
+        with --connect. libvirt re-parses the image's domain XML itself; pvhvm's record is
+        planned again from the config its image carries (runtime/replan.py) and the files it
+        opens are checked first, so a stale or forged image starts nothing."""
         from pvhvm.runtime import replan
 
         libvirt = _binding()
-        uri = image.extra.get("libvirt_uri", DEFAULT_URI)
+        saved_at = str(image.extra.get("libvirt_uri", DEFAULT_URI))
+        uri = connect or DEFAULT_URI
+        if connect is None and saved_at != uri:
+            raise InputError(
+                f"{path} was saved from the libvirt daemon at {saved_at}: pvhvm connects "
+                f"only where you say; to restore it there, add --connect {saved_at}")
         if not is_local(uri):
             raise NotOnPlatformError(
-                f"{path} was saved from the libvirt host at {uri}: pvhvm restores libvirt "
-                "domains on a daemon on this host only", platform=self.name, verb="restore")
+                f"{uri} is a remote libvirt host: pvhvm restores libvirt domains on a daemon "
+                "on this host only", platform=self.name, verb="restore")
         replanned = replan.replan(image, str(path), check_slots=False)
         plan = replanned.plan
         flags = (libvirt.VIR_DOMAIN_SAVE_PAUSED if paused

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvhvm.errors import DomainError, PlanError
+from pvhvm.errors import DomainError, InputError, PlanError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
@@ -188,9 +188,12 @@ class QemuPlatform(DomainPlatform):
         return save.save(name, path, self.store, leave, progress or save.no_progress)
 
     def restore(self, path: Path, image: DomainImage, paused: bool = False,
-                progress: Progress | None = None) -> DomainRecord:
+                progress: Progress | None = None, connect: str | None = None) -> DomainRecord:
         from pvhvm.runtime import save
 
+        if connect is not None:
+            raise InputError(f"--connect applies to libvirt save images only; {path} was "
+                             f"saved on the {self.name} platform")
         return save.restore(path, self.store, paused, progress or save.no_progress)
 
     def migrate_to_host(self, name: str, host: str, ssh_command: str | None = None,

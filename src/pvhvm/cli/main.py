@@ -66,6 +66,7 @@ DOMAIN_VERBS = {
         "bench": "pvhvm.cli.bench:bench", "image": "pvhvm.cli.image:image",
         "guest": "pvhvm.cli.guest:guest",
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
+        "dmesg": "pvhvm.cli.logs:dmesg",
         "export-xl": "pvhvm.cli.export:export_xl_cmd",
         "export-libvirt": "pvhvm.cli.export:export_libvirt_cmd",
     },

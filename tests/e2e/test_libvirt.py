@@ -159,3 +159,25 @@ def test_failed_libvirt_create_leaves_nothing(
     wrong = pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                       "--connect", libvirtd.uri, check=False)
     assert wrong.returncode == 1 and "--connect applies to --platform libvirt only" in wrong.stderr
+
+
+def test_emulated_scsi_disk_through_libvirt(
+    pvhvm: Pvhvm, libvirtd: PrivateLibvirtd, imagedir: Path, tmp_path: Path
+) -> None:
+    """An untyped sda of an HVM guest (issue 20: emulated SCSI, as xl emulates it) exported to
+    libvirt as bus='scsi' on an lsilogic controller: libvirt's QEMU gives the guest the same
+    lsi53c895a that pvhvm's own QEMU gives it, and the guest boots from it (sym53c8xx)."""
+    cfg = tmp_path / "lvscsi.cfg"
+    cfg.write_text('name = "lvscsi"\nbuilder = "hvm"\nmemory = 256\nboot = "c"\n'
+                   f'disk = [ "{imagedir}/boot.img,raw,sda,rw" ]\n')
+    pvhvm.run("create", str(cfg), "--platform", "libvirt", "--connect", libvirtd.uri,
+              "--accel", "tcg")
+    try:
+        assert "model='lsilogic'" in libvirtd.virsh("dumpxml", "lvscsi").replace('"', "'")
+        seen = report(pvhvm, "lvscsi")
+        assert seen["ide_controller"] is False
+        blocks = {b["name"]: b["driver"] for b in seen["blocks"]}  # type: ignore[attr-defined]
+        assert blocks.get("sda") == "sym53c8xx"
+        assert str(seen["root"]).startswith("/dev/sda")
+    finally:
+        pvhvm.run("destroy", "lvscsi")

@@ -166,6 +166,9 @@ ROUND_TRIPS = {
         'memory=256\nmaxmem=768\nhotplug_slots=5\ndisk=["/a,raw,xvda,rw", "/b,raw,xvdb,rw"]'
         '\nvif=["", "type=ioemu,model=e1000"]\nusb=1\nsoundhw="hda,sb16,ac97"'),
     "no hotplug slots": 'hotplug_slots=0\ndisk=["/a,raw,xvda,rw"]',
+    # emulated sd* disks: SCSI on one lsilogic controller (q35 when no disk is IDE)
+    "scsi disks": 'type="hvm"\ndisk=["/a,raw,sda,rw", "/b,raw,sdc,rw", "/c,raw,xvdb,rw"]',
+    "scsi and ide": 'type="hvm"\ndisk=["/a,raw,sdb,rw", "/b,raw,hda,rw", ",,hdc,cdrom"]',
     "most hotplug slots": 'hotplug_slots=16\nvif=[""]',
 }
 
@@ -236,6 +239,26 @@ def test_a_sata_hard_disk_named_sda_stays_ide() -> None:
     assert not plan.scsi_controller
 
 
+def test_scsi_disks_on_the_lsilogic_controller() -> None:
+    """bus='scsi' (or an sdX target with no bus) is pvhvm's emulated SCSI disk, on libvirt's
+    default lsilogic controller; units are the disks' SCSI ids; q35 when no disk is IDE."""
+    plan = plan_xml(domain("<controller type='scsi' index='0' model='lsilogic'/>"
+                           "<disk><source file='/a'/><target dev='sdb' bus='scsi'/>"
+                           "<address type='drive' controller='0' bus='0' target='0' unit='1'/>"
+                           "</disk><disk><source file='/b'/><target dev='sdc'/></disk>"))
+    assert [(d.vdev, d.emulated_as, d.scsi_unit) for d in plan.disks] == [
+        ("sdb", "SCSI", 1), ("sdc", "SCSI", 2)]
+    assert plan.scsi_controller and not plan.ide_controller
+    assert not any("machine" in w for w in plan.warnings)
+    assert not any("address" in w and "sdb" in w for w in plan.warnings)
+    with pytest.raises(ConfigError, match="CD drives are emulated IDE"):
+        plan_xml(domain("<disk device='cdrom'><target dev='sda' bus='scsi'/></disk>"))
+    with pytest.raises(ConfigError, match=r"are sda\.\.sdg \(the lsilogic controller's ids"):
+        plan_xml(domain("<disk><source file='/a'/><target dev='sdh' bus='scsi'/></disk>"))
+    with pytest.raises(ConfigError, match=r"are sda\.\.sdg"):
+        plan_xml(domain("<disk><source file='/a'/><target dev='hdb' bus='scsi'/></disk>"))
+
+
 def test_alias_gives_the_vdev_back_only_where_it_fits() -> None:
     disk = ("<disk><source file='/a'/><target dev='{dev}' bus='{bus}'/>"
             "<alias name='ua-disk-{alias}'/></disk>")
@@ -247,8 +270,8 @@ def test_alias_gives_the_vdev_back_only_where_it_fits() -> None:
 
 
 @pytest.mark.parametrize(("disk", "what"), [
-    ("<disk><source file='/a'/><target dev='sda' bus='scsi'/></disk>", "on bus='scsi'"),
-    ("<disk><source file='/a'/><target dev='sda'/></disk>", "on bus='scsi'"),
+    ("<controller type='scsi' model='virtio-scsi'/>", "<controller type='scsi' model="
+                                                       "'virtio-scsi' index='0'>"),
     ("<disk><source file='/a'/><target dev='sda' bus='usb'/></disk>", "on bus='usb'"),
     ("<disk type='network'><source protocol='nbd'/><target dev='vda'/></disk>",
      "<disk type='network'>"),

@@ -5,6 +5,7 @@ The real daemon is in tests/e2e/test_libvirt_devices.py."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -300,12 +301,15 @@ def test_save_and_restore_leave_nothing_half_made(
     assert image.platform == "libvirt" and "argv" not in image.to_json()
     assert image.extra == {"libvirt_uri": URI} and image.hotplugged[0].vdev == "xvdb"
 
+    # the daemon is never taken from the file: the user names it (--connect)
+    with pytest.raises(InputError, match=f"add --connect {re.escape(URI)}$"):
+        lv.restore(target, image)
     fake.restore_fails = True
     with pytest.raises(DomainError, match="could not load the state"):
-        lv.restore(target, image)
+        lv.restore(target, image, connect=URI)
     assert not lv.holds("g")
     fake.restore_fails = False
-    restored = lv.restore(target, image)
+    restored = lv.restore(target, image, connect=URI)
     assert restored.state == "running"
     assert restored.hotplugged[0]["vdev"] == "xvdb"
     assert [d["vdev"] for d in restored.plan["disks"]] == ["xvda", "hdc", "xvdb"]
@@ -314,12 +318,12 @@ def test_save_and_restore_leave_nothing_half_made(
         "hdc": str(iso)}
     assert restored.hotplugged[0]["spec"] == f"{tmp_path / 'data.img'},raw,xvdb,w"
     with pytest.raises(DomainError, match="already exists"):
-        lv.restore(target, image)
+        lv.restore(target, image, connect=URI)
 
     (tmp_path / "data.img").write_bytes(bytes(10))  # a disk that changed since the save
     lv.destroy("g")
     with pytest.raises(InputError, match="has changed size"):
-        lv.restore(target, image)
+        lv.restore(target, image, connect=URI)
     assert not lv.holds("g")
 
 
@@ -348,6 +352,6 @@ def test_a_forged_libvirt_image_starts_nothing(fake: Any, lv: LibvirtPlatform,
          "devices its config and hot-plugged specs plan"),
     ]:
         with pytest.raises(ReplanError, match=words) as caught:
-            lv.restore(target, forged)
+            lv.restore(target, forged, connect=URI)
         assert "\n" not in str(caught.value)
         assert not lv.holds("g") and fake.conn.restored == []

@@ -89,9 +89,9 @@ from pvhvm.config.values import (
 )
 from pvhvm.config.vif import MTU_RANGE, VifSpec, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
-from pvhvm.libvirt.xml import HOTPLUG_PORT_ALIAS, Q35_RESERVED_SLOTS
+from pvhvm.libvirt.xml import HOTPLUG_PORT_ALIAS, Q35_RESERVED_SLOTS, SCSI_MODEL
 from pvhvm.libvirt.xmltree import Node, parse_xml, short_name
-from pvhvm.plan.plan import OVMF_PATH
+from pvhvm.plan.plan import OVMF_PATH, SCSI_UNITS
 from pvhvm.plan.vdev import IDE_PLACES, letters_to_index, parse_vdev
 
 #: libvirt's memory units (formatdomain "Memory Allocation"), case-insensitive
@@ -104,7 +104,7 @@ _UNITS = {
 _FORMATS = {"raw": "raw", "qcow": "qcow", "qcow2": "qcow2", "vpc": "vhd", "qed": "qed",
             # libvirt's Xen drivers: <driver name='tap' type='aio'> (xm's tap:aio:, raw), vhd
             "aio": "raw", "vhd": "vhd"}
-_EMULATED_BUSES = ("ide", "sata")
+_EMULATED_BUSES = ("ide", "sata", "scsi")
 _PV_BUSES = ("virtio", "xen")
 #: libvirt's bus for a target name without bus= (hd ide, sd scsi, vd virtio, xvd xen)
 _BUS_BY_PREFIX = (("xvd", "xen"), ("hd", "ide"), ("sd", "scsi"), ("vd", "virtio"))
@@ -421,7 +421,11 @@ class _Reader:
         disks, the USB controller, NICs, PCI sound cards, the balloon), each in the next
         free slot from 2; an address equal to its slot there is realised (it is where
         pvhvm's QEMU puts the device too)."""
-        placed: list[Node | None] = [node for spec, node in disks if spec.type != "ioemu"]
+        placed: list[Node | None] = []
+        if any(spec.type == "ioemu" and _scsi_unit(spec.vdev) is not None for spec, _ in disks):
+            placed.append(next((n for n in devices.findall("controller")
+                                if n.attrib.get("type") == "scsi"), None))
+        placed += [node for spec, node in disks if spec.type != "ioemu"]
         if values.get("usb") or values.get("usbdevices"):
             placed.append(next((n for n in devices.findall("controller")
                                 if n.attrib.get("type") == "usb"), None))
@@ -507,6 +511,7 @@ class _Reader:
         values.update(self.serials(devices))
         values.update(self.display(devices))
         values.update(self.usb(devices))
+        self.scsi_controllers(devices)
         values["soundhw"] = self.sound(devices)
         for tag in _UNSUPPORTED:
             for node in devices.findall(tag):
@@ -541,9 +546,13 @@ class _Reader:
                               "and sata disks and realises virtio and xen ones as PV)")
             return None
         emulated = bus in _EMULATED_BUSES
-        if cdrom and not emulated:
+        if cdrom and bus not in ("ide", "sata"):
             raise node.error(f"<disk device='cdrom'> {brief(dev)} on bus={brief(bus)}: pvhvm's "
-                             "CD drives are emulated (bus='ide' or 'sata')")
+                             "CD drives are emulated IDE (bus='ide' or 'sata')")
+        if bus == "scsi" and _scsi_unit(dev) is None:
+            raise node.error(f"<disk> {brief(dev)} on bus='scsi': pvhvm's emulated SCSI disks "
+                             f"are sda..sd{chr(ord('a') + SCSI_UNITS - 1)} (the lsilogic "
+                             "controller's ids; it has no more)")
         source = node.find("source")
         path = None if source is None else source.get("file" if kind == "file" else "dev")
         path = self.path(source or node, path, "<source>") or ""
@@ -581,7 +590,15 @@ class _Reader:
         if not emulated and dev.startswith("vd"):
             name = "x" + dev
         place = None
-        if emulated:
+        if bus == "scsi":  # pvhvm's own sdX: the lsilogic disk at unit = its index
+            address = node.find("address")
+            if address is not None and address.attrib == {
+                    "type": "drive", "controller": "0", "bus": "0", "target": "0",
+                    "unit": str(_scsi_unit(dev))}:
+                address.use(*address.attrib)
+            elif address is not None:
+                address.used = False
+        elif emulated:
             place = _ide_place(dev)
             if dev.startswith("sd") and place is not None and \
                     node.attrib.get("device") != "cdrom":
@@ -858,6 +875,22 @@ class _Reader:
                 "vnc_unused": autoport, "vnc_password": node.get("passwd"),
                 "keymap": keymap}
 
+    def scsi_controllers(self, devices: Node) -> None:
+        """An lsilogic SCSI controller (libvirt's default model for x86) is pvhvm's own, which
+        it adds for emulated sd* disks; another model (virtio-scsi, megasas...) would give the
+        guest a different controller: unsupported."""
+        for node in devices.findall("controller"):
+            if node.attrib.get("type") != "scsi":
+                continue
+            if node.attrib.get("model", SCSI_MODEL) == SCSI_MODEL and \
+                    node.attrib.get("index", "0") == "0":
+                node.use("type", "index", "model")
+            else:
+                self.refuse(node, f"<controller type='scsi' model="
+                                  f"{brief(node.attrib.get('model'))} index="
+                                  f"{brief(node.attrib.get('index', '0'))}> (pvhvm's emulated "
+                                  "SCSI is one lsilogic controller, QEMU's lsi53c895a)")
+
     def usb(self, devices: Node) -> dict[str, Any]:
         """A USB controller unless one says model='none' (libvirt adds one by default)."""
         usb = True
@@ -925,8 +958,10 @@ class _Reader:
 
 
 def _chosen_machine(disks: list[tuple[DiskSpec, Node]]) -> str:
-    """pvhvm's machine for these disks: pc (PIIX3 IDE) when one is emulated, else q35."""
-    return "pc" if any(spec.type == "ioemu" for spec, _ in disks) else "q35"
+    """pvhvm's machine for these disks: pc (PIIX3 IDE) when one is emulated as IDE, else q35
+    (emulated sd* disks are SCSI, on a controller of their own)."""
+    return "pc" if any(spec.type == "ioemu" and (spec.cdrom or _scsi_unit(spec.vdev) is None)
+                       for spec, _ in disks) else "q35"
 
 
 def _number(text: str | None) -> int | None:
@@ -955,6 +990,17 @@ def _is_hotplug_alias(node: Node) -> bool:
     prefix = HOTPLUG_PORT_ALIAS.format("")
     return name.startswith(prefix) and name[len(prefix):].isascii() and \
         name[len(prefix):].isdigit()
+
+
+def _scsi_unit(name: str) -> int | None:
+    """The SCSI id of pvhvm's emulated disk ``name`` (sda 0 ... up to the controller's
+    targets), None for any other name."""
+    letters = name.removeprefix("sd")
+    if not (name.startswith("sd") and letters.isascii() and letters.isalpha()
+            and letters.islower() and len(letters) <= 4):
+        return None
+    index = letters_to_index(letters)
+    return index if index < SCSI_UNITS else None
 
 
 def _ide_place(name: str) -> tuple[int, int] | None:

@@ -4,6 +4,9 @@ The mapping keeps each device's type, as the qemu platform does (SPEC.md "Platfo
 
 * ioemu disks and cdroms: ``bus='ide'`` at their hda-hdd place (drive address controller 0,
   bus = channel, unit) on machine ``pc`` (i440fx always has PIIX3 IDE);
+* emulated sd* disks: ``bus='scsi'`` named as in the config, on one
+  ``<controller type='scsi' model='lsilogic'>`` (QEMU's lsi53c895a, as pvhvm's own QEMU gives
+  them) at unit = the disk's index (its SCSI id);
 * xenbus disks: ``bus='virtio'`` (virtio-blk-pci), named vda, vdb... in plan order, with the
   pvhvm vdev kept as the user alias ``ua-disk-<vdev>``;
 * NICs: ``<model type='rtl8139|e1000|ne2k_pci|virtio'/>`` with the MAC the plan derived, on
@@ -63,6 +66,11 @@ class LibvirtExport:
     machine: str
 
 
+#: libvirt's name of pvhvm's emulated SCSI controller, QEMU's lsi53c895a (libvirt's QEMU
+#: driver makes model='lsilogic' an ``lsi`` device, the same controller)
+SCSI_MODEL = "lsilogic"
+
+
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
     element = ET.SubElement(parent, tag, attrib)
     if text is not None:
@@ -97,7 +105,8 @@ def disk_element(disk: DiskPlan, target_dev: str, notes: list[str] | None = None
     if not disk.is_empty:
         _sub(element, "source", **({"dev": disk.target} if block else {"file": disk.target}))
     _sub(element, "target", dev=target_dev,
-         bus="ide" if disk.kind is DeviceKind.IOEMU else "virtio")
+         bus="virtio" if disk.kind is not DeviceKind.IOEMU
+         else "scsi" if disk.scsi_unit is not None else "ide")
     if disk.cdrom or not disk.access.writable:
         _sub(element, "readonly")
     if disk.access.value == "w!":
@@ -105,7 +114,10 @@ def disk_element(disk: DiskPlan, target_dev: str, notes: list[str] | None = None
     if disk.bootindex is not None:
         _sub(element, "boot", order=str(disk.bootindex + 1))
     _sub(element, "alias", name=f"ua-disk-{disk.vdev}")
-    if disk.ide_place is not None:
+    if disk.scsi_unit is not None:  # lsilogic: libvirt makes the unit QEMU's scsi-id
+        _sub(element, "address", type="drive", controller="0", bus="0", target="0",
+             unit=str(disk.scsi_unit))
+    elif disk.ide_place is not None:
         channel, unit = disk.ide_place
         _sub(element, "address", type="drive", controller="0", bus=str(channel),
              target="0", unit=str(unit))
@@ -130,10 +142,8 @@ def free_virtio_target(taken: set[str]) -> str:
 
 def _disk(devices: ET.Element, disk: DiskPlan, pv_index: int, notes: list[str],
           slots: Iterator[str] | None) -> None:
-    if disk.scsi_unit is not None:
-        raise PlanError(f"disk {disk.vdev!r}: an emulated SCSI disk has no libvirt export in "
-                        "pvhvm yet; make it PV (type=xenbus) or give it an hd name (IDE)")
-    target = (ide_target(disk) if disk.kind is DeviceKind.IOEMU
+    target = (disk.vdev if disk.scsi_unit is not None
+              else ide_target(disk) if disk.kind is DeviceKind.IOEMU
               else f"vd{_disk_letters(pv_index)}")
     element = disk_element(disk, target, notes)
     if disk.kind is not DeviceKind.IOEMU and slots is not None:
@@ -350,7 +360,8 @@ def domain_xml(
     machine = IDE_MACHINE if plan.ide_controller else NO_IDE_MACHINE
     if machine == NO_IDE_MACHINE:
         notes.append(
-            "no disk is emulated, so the domain gets machine q35, which has no IDE controller; "
+            "no disk is emulated as IDE, so the domain gets machine q35, which has no IDE "
+            "controller; "
             "but libvirt always adds q35's integrated SATA controller (PCI class 0x0106, "
             "00:1f.2) and SMBus (00:1f.3), which pvhvm's own QEMU drops "
             "(q35,sata=off,smbus=off): libvirt has no supported way to remove them (only "
@@ -391,6 +402,10 @@ def domain_xml(
 
     devices = _sub(domain, "devices")
     slots = _hotplug_ports(devices, plan) if machine == NO_IDE_MACHINE else None
+    if plan.scsi_controller:  # first, as on pvhvm's own QEMU
+        scsi = _sub(devices, "controller", type="scsi", index="0", model=SCSI_MODEL)
+        if slots is not None:
+            _root_bus_address(scsi, next(slots))
     pv_index = 0
     for disk in plan.disks:
         _disk(devices, disk, pv_index, notes, slots)

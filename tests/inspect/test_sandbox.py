@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from pvhvm.inspect.errors import ImageUnreadableError
 from pvhvm.inspect.extfs import ExtFilesystem
-from pvhvm.inspect.sandbox import NOBODY, ImageHandle, run_tool
+from pvhvm.inspect.sandbox import LANDLOCK_ABI, NOBODY, ImageHandle, run_tool, stream_tool
 from tests.inspect.conftest import make_ext4, write_tree
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
@@ -127,3 +128,43 @@ def test_output_is_capped_on_a_pipe_and_in_a_file(tmp_path: Path) -> None:
                  stdout=stream.fileno(), max_output=1 << 20)
     assert out.stat().st_size <= 1 << 20
     handle.close()
+
+
+@needs_root
+@pytest.mark.skipif(LANDLOCK_ABI < 6, reason="this kernel has no Landlock ABI 6 (Linux 6.12)")
+def test_a_landlocked_tool_writes_nothing_and_signals_no_one_outside(
+        private_image: Path, tmp_path: Path) -> None:
+    """What nobody could still do without Landlock: write in a world-writable directory, make
+    a FIFO there, signal another process of nobody's; with it, only reading (and /dev/null)."""
+    handle = ImageHandle(private_image)
+    assert f"Landlocked (ABI {LANDLOCK_ABI})" in handle.confinement
+    shared = Path(tempfile.mkdtemp(prefix="pvhvm-landlock-", dir="/tmp"))
+    shared.chmod(0o1777)
+    outside = subprocess.Popen(["sleep", "60"], user=NOBODY, group=NOBODY, extra_groups=[])
+    script = (
+        f"head -c 4 {handle.child_path} >/dev/null && echo read-ok\n"
+        f"(echo x > {shared}/written) 2>/dev/null || echo write-refused\n"
+        f"mkfifo {shared}/fifo 2>/dev/null || echo fifo-refused\n"
+        f"kill -0 {outside.pid} 2>/dev/null || echo signal-refused\n"
+        "sleep 0 & wait $! && kill -0 $$ && echo own-signal-ok\n"
+    )
+    try:
+        out, err, status = run_tool(["sh", "-c", script], what="probe", image=handle)
+        assert not list(shared.iterdir())
+    finally:
+        outside.kill()
+        outside.wait()
+        shutil.rmtree(shared)
+        handle.close()
+    assert status == 0, err
+    assert set(out.decode().split()) == {"read-ok", "write-refused", "fifo-refused",
+                                         "signal-refused", "own-signal-ok"}
+
+
+@pytest.mark.skipif(LANDLOCK_ABI < 1, reason="this kernel has no Landlock")
+def test_a_decompressor_is_landlocked_too(tmp_path: Path) -> None:
+    target = tmp_path / "written"
+    script = f"cat >/dev/null; (echo x > {target}) 2>/dev/null || printf refused"
+    assert b"".join(stream_tool(["sh", "-c", script], memoryview(b"data"),
+                                what="probe")) == b"refused"
+    assert not target.exists()

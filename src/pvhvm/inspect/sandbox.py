@@ -17,6 +17,12 @@ and group to 65534 (mount_setattr(2), "Idmapped mounts"; Linux 5.12+, on ext4, x
 tmpfs...). Through that mount the file is nobody's and read-only; the mount is never attached
 to any directory, so nothing changes on the host and it goes away with its descriptor.
 
+Every confined tool (and the decompressors, which get only a pipe) is also Landlocked where the
+kernel has Landlock (Linux 5.13+; ABI 4 adds TCP, ABI 6 signal and abstract-socket scoping): it
+may read and execute what its uid may read, read the image's descriptor and use /dev/null, and
+nothing else, so an exploited parser writes no file (not even in a world-writable /tmp), creates
+no node, and cannot signal or ptrace a process outside its own sandbox.
+
 Where that is not possible (an old kernel, a filesystem without idmapped mounts, a block
 device) and ``nobody`` cannot read the image by its mode, the tool runs as the invoking user
 in the same namespaces, with every capability dropped (bounding set and capset(2)), and
@@ -74,6 +80,30 @@ _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_NOEXEC = 0x8
 _MOUNT_ATTR_IDMAP = 0x100000
 
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_LL_EXECUTE, _LL_WRITE_FILE, _LL_READ_FILE, _LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_LL_NET_BIND_TCP, _LL_NET_CONNECT_TCP = 1 << 0, 1 << 1
+_LL_SCOPE_ABSTRACT_UNIX_SOCKET, _LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
+
+
+class _LandlockRuleset(ctypes.Structure):
+    """struct landlock_ruleset_attr (linux/landlock.h): its size grows with the ABI."""
+
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _LandlockPathBeneath(ctypes.Structure):
+    """struct landlock_path_beneath_attr (packed)."""
+
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _unshare = _libc.unshare
 _prctl = _libc.prctl
@@ -81,9 +111,12 @@ _syscall = _libc.syscall
 _capset = _libc.capset
 
 
-def _confine_child(privileged: bool, file_size: int | None = None) -> Callable[[], None]:
-    """The preexec step of a confined tool: namespaces, then (as root) uid/gid nobody;
+def _confine_child(privileged: bool, file_size: int | None = None,
+                   readable: tuple[int, ...] = ()) -> Callable[[], None]:
+    """The preexec step of a confined tool: namespaces, then (as root) uid/gid nobody, no new
+    privileges, Landlock where the kernel has it (``readable``: descriptors it may read);
     ``file_size`` caps what it may write to a file (RLIMIT_FSIZE: SIGXFSZ beyond)."""
+    abi = LANDLOCK_ABI
 
     def confine() -> None:
         # only syscalls here: this runs between fork and exec
@@ -99,12 +132,76 @@ def _confine_child(privileged: bool, file_size: int | None = None) -> Callable[[
                 os.setresuid(NOBODY, NOBODY, NOBODY)
         if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if abi:
+            _landlock(abi, readable)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_AS, (TOOL_ADDRESS_SPACE, TOOL_ADDRESS_SPACE))
         if file_size is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
     return confine
+
+
+def landlock_abi() -> int:
+    """The running kernel's Landlock ABI version (0: none, or disabled at boot)."""
+    version = int(_syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                           ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)))
+    return max(version, 0)
+
+
+#: probed once: a cheap syscall, and the preexec step must not probe between fork and exec
+LANDLOCK_ABI = landlock_abi()
+
+
+def _landlock_fs_rights(abi: int) -> int:
+    """Every filesystem access right ABI ``abi`` knows (1: 13 rights, 2: +REFER,
+    3: +TRUNCATE, 5: +IOCTL_DEV): all handled, so all are denied unless a rule allows."""
+    rights = (1 << 13) - 1
+    if abi >= 2:
+        rights |= 1 << 13
+    if abi >= 3:
+        rights |= 1 << 14
+    if abi >= 5:
+        rights |= 1 << 15
+    return rights
+
+
+def _landlock(abi: int, readable: tuple[int, ...]) -> None:
+    """Landlock the calling process (after PR_SET_NO_NEW_PRIVS): it may read and execute what
+    its uid may read, read the descriptors in ``readable`` (the image, also through a detached
+    mount) and read or write /dev/null; it may write, create, remove, link or rename nothing,
+    bind or connect no TCP port (ABI 4), and signal or reach through an abstract Unix socket no
+    process outside its own domain (ABI 6). Descriptors open before (its stdout file) work as
+    they are. OSError when the kernel refuses."""
+    attr = _LandlockRuleset(handled_access_fs=_landlock_fs_rights(abi))
+    size = 8
+    if abi >= 4:
+        attr.handled_access_net = _LL_NET_BIND_TCP | _LL_NET_CONNECT_TCP
+        size = 16
+    if abi >= 6:
+        attr.scoped = _LL_SCOPE_ABSTRACT_UNIX_SOCKET | _LL_SCOPE_SIGNAL
+        size = 24
+    ruleset = int(_syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr),
+                           ctypes.c_size_t(size), ctypes.c_uint32(0)))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    opened: list[int] = []
+    try:
+        opened.append(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        opened.append(os.open("/dev/null", os.O_PATH | os.O_CLOEXEC))
+        rules = [(opened[0], _LL_EXECUTE | _LL_READ_FILE | _LL_READ_DIR),
+                 (opened[1], _LL_READ_FILE | _LL_WRITE_FILE),
+                 *((fd, _LL_READ_FILE) for fd in readable)]
+        for fd, allowed in rules:
+            rule = _LandlockPathBeneath(allowed_access=allowed, parent_fd=fd)
+            if _syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, _LANDLOCK_RULE_PATH_BENEATH,
+                        ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_add_rule")
+        if _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    finally:
+        for fd in (ruleset, *opened):
+            os.close(fd)
 
 
 def _drop_capabilities() -> None:
@@ -164,7 +261,8 @@ def run_tool(
     if image is not None:
         pass_fds = (image.child_fd,)
         preexec = _confine_child(image.privileged,
-                                 file_size=max_output if stdout is not None else None)
+                                 file_size=max_output if stdout is not None else None,
+                                 readable=(image.child_fd,))
     try:
         process = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL,
@@ -227,7 +325,7 @@ def stream_tool(argv: Sequence[str], data: memoryview, *, what: str,
             process = subprocess.Popen(
                 list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                 start_new_session=True,
-                preexec_fn=_confine_child(privileged=False) if os.geteuid() == 0 else None,
+                preexec_fn=_confine_child(privileged=False),
             )
         except (OSError, subprocess.SubprocessError) as err:
             raise ImageUnreadableError(f"{what}: cannot run {argv[0]}: {err}") from err
@@ -303,6 +401,9 @@ class ImageHandle:
                         f"as root without capabilities in own network/IPC/UTS namespaces: the "
                         f"image could not be handed to an unprivileged user "
                         f"({err.strerror or err})")
+        if LANDLOCK_ABI:
+            self.confinement += (f", Landlocked (ABI {LANDLOCK_ABI}): it writes no file and "
+                                 "signals no process outside")
         self._finalizer = weakref.finalize(self, _close_all, tuple(fds))
 
     @property

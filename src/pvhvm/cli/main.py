@@ -68,6 +68,7 @@ DOMAIN_VERBS = {
         "report": "pvhvm.cli.report:report", "xenstored": "pvhvm.cli.xenstored:xenstored",
         "export-xl": "pvhvm.cli.export:export_xl_cmd",
         "export-libvirt": "pvhvm.cli.export:export_libvirt_cmd",
+        "top": "pvhvm.cli.stats:top", "domstats": "pvhvm.cli.stats:domstats",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pvhvm.errors import DomainError, InputError, NotOnPlatformError
+from pvhvm.errors import DomainError, InputError, NotOnPlatformError, PlanError
 from pvhvm.guest.report import END
 from pvhvm.libvirt import saveimage
 from pvhvm.libvirt.xml import (
@@ -46,6 +46,7 @@ from pvhvm.libvirt.xml import (
     disk_element,
     domain_xml,
     free_virtio_target,
+    hostfwd_note,
     ide_target,
     interface_element,
 )
@@ -205,6 +206,9 @@ class LibvirtPlatform(DomainPlatform):
         return "kvm" if accel.value == "kvm" else "qemu"
 
     def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
+        forwarded = [hostfwd_note(v) for v in plan.vifs if v.hostfwd]
+        if forwarded and not options.dry_run:
+            raise PlanError("; ".join(forwarded))
         notes = list(domain_xml(plan, "qemu").notes)
         if not is_local(options.connect or DEFAULT_URI):
             return notes  # that host's bridges are its own business

@@ -23,6 +23,7 @@ Facts it relies on (QEMU 7.2):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -505,12 +506,30 @@ def _disk(
     return argv, 1 if tuning.iothread else 0
 
 
+def hostfwd_problems(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
+    """One line per vif whose hostfwd= cannot be realised here: it names no bridge, so it is
+    on Xen's default one, and that bridge exists on this host (no user networking)."""
+    return [
+        f"vif {v.devid}: hostfwd= forwards ports of QEMU user networking, but this vif names "
+        f"no bridge and so is on {v.bridge!r} (Xen's default), which this host has; give the "
+        "vif bridge= of its own and reach the guest at its address, or drop hostfwd="
+        for v in vifs if v.hostfwd and v.bridge in bridges
+    ]
+
+
 def _nic(vif: VifPlan, options: ArgvOptions) -> list[str]:
+    """The NIC's ``-netdev`` (its bridge when this host has it, else user networking with
+    the vif's port forwards) and ``-device``."""
     netdev_id = f"net{vif.devid}"
     if vif.bridge in options.bridges:
+        problems = hostfwd_problems([vif], options.bridges)
+        if problems:
+            raise PlanError(problems[0])
         netdev = option_string([("id", netdev_id), ("br", vif.bridge)], head="bridge")
     else:
-        netdev = option_string([("id", netdev_id)], head="user")
+        # each forward rebuilt from its typed fields (config.vif.HostForward), and escaped
+        netdev = option_string([("id", netdev_id),
+                                *(("hostfwd", str(f)) for f in vif.hostfwd)], head="user")
     model = "virtio-net-pci" if vif.kind is DeviceKind.XENBUS else vif.model
     assert model is not None
     device: list[OptionPair] = [("netdev", netdev_id), ("mac", vif.mac),

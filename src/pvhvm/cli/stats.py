@@ -156,7 +156,7 @@ def top(names: tuple[str, ...], batch: bool, iterations: int | None, delay: floa
     platforms = current_platforms()
     if batch:
         for figures in _rates_loop(platforms, names, delay, iterations or 1):
-            click.echo(format_top([top_row(f) for f in figures]))
+            click.echo(format_top([top_row(f) for f in figures]), nl=False)
         return
     from rich.live import Live
     from rich.table import Table

@@ -4,15 +4,22 @@ its CPU and disk counters move under load made inside the guest (issue 21, items
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Pvhvm
+from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import guest_shell
 
 pytestmark = pytest.mark.e2e
@@ -103,3 +110,65 @@ def test_a_port_forward_reaches_the_guest_and_the_figures_move_under_load(
     assert float(columns["CPU(%)"]) > 5, out
     assert float(columns["RD(KiB/s)"]) > 0 and float(columns["RD(op/s)"]) > 0, out
     assert columns["NETRX(KiB/s)"] == "-"  # user networking: no counters, none invented
+
+
+TAP_SCRIPT = r"""
+set -e
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$WORK/upper,workdir=$WORK/work" /etc
+mount -t sysfs sysfs /sys
+ip link add br-s type bridge
+ip addr add 10.9.9.1/24 dev br-s
+ip link set br-s up
+mkdir -p /etc/qemu && echo 'allow br-s' >/etc/qemu/bridge.conf
+"$PVHVM" create "$CFG" "imagedir=$IMAGEDIR" name=tapst "vif=['bridge=br-s']" "$DISK" \
+    --accel tcg --no-check
+"$PVHVM" domstats --json tapst >"$WORK/before.json"
+MAC=$(grep -o '"mac": "[^"]*"' "$WORK/before.json" | cut -d'"' -f4)
+ip neigh replace 10.9.9.2 lladdr "$MAC" dev br-s
+"$PY" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5): s.sendto(bytes(1000), ("10.9.9.2", 9))'
+"$PVHVM" domstats --json tapst >"$WORK/after.json"
+"$PVHVM" destroy tapst
+"""
+
+
+def test_a_nic_on_a_bridge_has_its_taps_counters(imagedir: Path, tmp_path: Path) -> None:
+    """In a network and mount namespace of its own (as test_ops' bridge test): the NIC's tap
+    is found from QEMU's descriptors, and what the host sends to the guest's MAC is the
+    guest's rx (no boot needed: the frames reach the tap whatever the guest does)."""
+    work = Path(tempfile.mkdtemp(prefix="pvt-", dir="/tmp"))
+    try:
+        for sub in ("upper", "work", "state"):
+            (work / sub).mkdir()
+        with open(imagedir / "tap.img", "wb") as image:
+            image.truncate(1 << 20)
+        env = {**os.environ, "WORK": str(work), "PVHVM_STATE_DIR": str(work / "state"),
+               "PVHVM_HOSTD_LINGER": "1", "PVHVM": str(Path(sys.executable).parent / "pvhvm"),
+               "PY": sys.executable,
+               "CFG": str(EXAMPLES / "pv-only.cfg"), "IMAGEDIR": str(imagedir),
+               "DISK": f"disk=['{imagedir}/tap.img,raw,xvda,w']"}
+        if subprocess.run(["unshare", "--net", "--mount", "true"], check=False).returncode:
+            pytest.skip("cannot make network and mount namespaces here")
+        subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+                        TAP_SCRIPT], env=env, check=True, timeout=120)
+        (before,) = json.loads((work / "before.json").read_text())["domains"][0]["net"]
+        (after,) = json.loads((work / "after.json").read_text())["domains"][0]["net"]
+        assert before["backend"] == "bridge" and before["unavailable"] is None
+        assert str(before["source"]).startswith("tap") and after["source"] == before["source"]
+        assert after["rx_bytes"] - before["rx_bytes"] >= 5 * 1000
+        assert after["rx_packets"] - before["rx_packets"] >= 5
+    finally:
+        deadline = time.monotonic() + 15  # the namespace's host supervisor lingers 1 s
+        while time.monotonic() < deadline and _mentioning(str(work)):
+            time.sleep(0.2)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _mentioning(text: str) -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(entry.name)
+    return out

@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import guest_shell
+from tests.libvirt.daemon import PrivateLibvirtd
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +173,29 @@ def _mentioning(text: str) -> list[str]:
                 if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
                     out.append(entry.name)
     return out
+
+
+@pytest.mark.xdist_group("libvirt")
+def test_domstats_of_a_libvirt_domain(pvhvm: Pvhvm, domain: list[str], imagedir: Path) -> None:
+    """The libvirt platform's figures come from libvirt itself (getCPUStats, vcpus,
+    memoryStats, blockStats; a user-networking NIC has none there): a private libvirtd."""
+    daemon = PrivateLibvirtd()
+    daemon.start()
+    try:
+        pvhvm.run("create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}", "name=lvst",
+                  "--platform", "libvirt", "--connect", daemon.uri, "--accel", "tcg")
+        try:
+            first = domstats(pvhvm, "lvst")
+            time.sleep(3)
+            second = domstats(pvhvm, "lvst")
+        finally:
+            pvhvm.run("destroy", "lvst")
+    finally:
+        assert not daemon.stop()
+    (disk,) = second["block"]
+    assert disk["vdev"] == "xvda" and disk["rd_bytes"] >= first["block"][0]["rd_bytes"] > 0
+    assert second["cpu"]["seconds"] > first["cpu"]["seconds"] > 0
+    assert [v["vcpu"] for v in second["cpu"]["vcpus"]] == [0]
+    assert second["memory"]["actual_kib"] > 0
+    (nic,) = second["net"]
+    assert nic["devid"] == 0 and nic["rx_bytes"] is None and nic["unavailable"]

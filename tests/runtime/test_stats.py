@@ -11,6 +11,7 @@ import pytest
 
 from pvhvm.cli.main import main
 from pvhvm.cli.stats import TOP_COLUMNS, format_top, stats_lines, top_row
+from pvhvm.runtime.state import DomainRecord
 from pvhvm.runtime.stats import (
     USER_NET_UNAVAILABLE,
     DiskCounters,
@@ -20,6 +21,7 @@ from pvhvm.runtime.stats import (
     bridged_devids,
     disk_counters,
     interface_counters,
+    libvirt_sample,
     nic_counters,
     rates,
     tap_names,
@@ -177,3 +179,57 @@ def test_domstats_and_top_of_no_domain_and_of_an_unknown_one(
     assert (code, out) == (1, "") and err == "pvhvm: error: no domain named 'ghost'\n"
     code, out, err = run("top", "-b", "-d", "0.1")
     assert code == 0 and out.split() == list(TOP_COLUMNS)
+
+
+class FakeLibvirtDomain:
+    """libvirt.virDomain's statistics calls, answering as libvirt 9.0 does."""
+
+    XML = """<domain><devices>
+      <disk type='file' device='disk'><source file='/i/root.img'/><target dev='vda'/>
+        <alias name='ua-disk-xvda'/></disk>
+      <disk type='file' device='cdrom'><target dev='hdc'/><alias name='ua-disk-hdc'/></disk>
+      <interface type='user'><mac address='00:16:3e:00:00:01'/><alias name='ua-vif-0'/>
+      </interface>
+      <interface type='bridge'><mac address='00:16:3e:00:00:02'/><target dev='vnet3'/>
+        <alias name='ua-vif-1'/></interface>
+    </devices></domain>"""
+
+    def getCPUStats(self, total: bool) -> list[dict[str, int]]:
+        return [{"cpu_time": 2_500_000_000, "user_time": 1, "system_time": 1}]
+
+    def vcpus(self) -> tuple[list[tuple[int, int, int, int]], list[object]]:
+        return [(0, 1, 1_000_000_000, 0), (1, 1, 500_000_000, 1)], []
+
+    def memoryStats(self) -> dict[str, int]:
+        return {"actual": 131072, "rss": 99}
+
+    def maxMemory(self) -> int:
+        return 262144
+
+    def XMLDesc(self, flags: int) -> str:
+        return self.XML
+
+    def blockStats(self, dev: str) -> tuple[int, int, int, int, int]:
+        assert dev == "vda"
+        return 10, 40960, 2, 8192, -1
+
+    def interfaceStats(self, dev: str) -> tuple[int, ...]:
+        assert dev == "vnet3"
+        return 100, 2, 0, 0, 300, 4, 0, 0
+
+
+def test_libvirt_figures_are_mapped_to_pvhvms_devices() -> None:
+    record = DomainRecord(
+        name="lv", domid=5, uuid="u", platform="libvirt", memory_mib=128, vcpus=2,
+        plan={"disks": [{"vdev": "xvda"}, {"vdev": "hdc"}], "vifs": []}, argv=[],
+        on_poweroff="destroy", on_reboot="restart", on_crash="destroy", state="running")
+    sample = libvirt_sample(record, FakeLibvirtDomain())
+    assert sample.cpu_seconds == 2.5
+    assert sample.vcpus == (VcpuTime(0, None, 1.0), VcpuTime(1, None, 0.5))
+    assert (sample.memory_actual_kib, sample.memory_target_kib,
+            sample.memory_max_kib) == (131072, 131072, 262144)
+    assert sample.disks == (DiskCounters("xvda", 40960, 8192, 10, 2),)  # the empty CD: none
+    user, bridged = sample.nics
+    assert user.devid == 0 and user.rx_bytes is None and user.unavailable
+    assert bridged == NicCounters(1, "00:16:3e:00:00:02", "bridge", rx_bytes=100,
+                                  tx_bytes=300, rx_packets=2, tx_packets=4, source="vnet3")

@@ -62,10 +62,11 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
-from pvhvm.runtime import hotplug, lifecycle, listing, resize
+from pvhvm.runtime import hotplug, lifecycle, listing, resize, stats
 from pvhvm.runtime.hotplug import HotplugError
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.runtime.stats import DomainSample
 
 if TYPE_CHECKING:  # save is imported by its verbs: a dry run needs none of it
     from pvhvm.runtime.save import Progress, SaveOutcome
@@ -744,6 +745,22 @@ class LibvirtPlatform(DomainPlatform):
     def cd_eject(self, name: str, vdev: str) -> DeviceChange:
         self._change_medium(name, vdev, "", "cd-eject")
         return DeviceChange(f"cdrom {vdev}: ejected")
+
+    def domain_stats(self, name: str) -> DomainSample:
+        """virsh domstats: the figures libvirt keeps (runtime/stats.libvirt_sample)."""
+        libvirt = _binding()
+        record = self.find(name)
+        if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
+            raise DomainError(f"domain {name!r} is {record.state}: nothing runs it to measure")
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            try:
+                return stats.libvirt_sample(record, dom)
+            except libvirt.libvirtError as err:
+                raise DomainError(f"domstats {name}: libvirt refused it: "
+                                  f"{_message(err)}") from err
 
     def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
         """``virsh setmem --live``: the virtio balloon's target, within the maximum the

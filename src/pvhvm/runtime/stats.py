@@ -20,6 +20,11 @@ Where each figure comes from (QEMU 7.2, Linux):
   on a bridge, so the match is certain. A NIC on QEMU user networking (slirp) has no
   counters anywhere: said so, never a made-up zero.
 
+On the libvirt platform the same figures come from libvirt (:func:`libvirt_sample`):
+``getCPUStats`` (the domain's CPU time), ``vcpus`` (each vCPU's), ``memoryStats`` (the
+balloon's ``actual``), ``blockStats`` per disk and ``interfaceStats`` per NIC (by the target
+device in the live XML; a user-networking NIC has none there either).
+
 A :class:`DomainSample` holds cumulative counters at one moment; :func:`rates` turns two
 samples of one domain into per-second figures (what ``top`` shows).
 """
@@ -31,6 +36,7 @@ import contextlib
 import itertools
 import os
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +60,8 @@ class VcpuTime:
     """One vCPU: its index, the QEMU thread that runs it and that thread's CPU seconds."""
 
     index: int
-    thread_id: int
+    #: None where the thread is not known (libvirt's vcpus() does not say)
+    thread_id: int | None
     seconds: float
 
 
@@ -367,3 +374,60 @@ def rates(before: DomainSample, after: DomainSample) -> DomainRates:
         rd_ops_per_s=sum(r[2] for r in per_disk.values()),
         wr_ops_per_s=sum(r[3] for r in per_disk.values()),
         rx_bytes_per_s=rx, tx_bytes_per_s=tx, per_disk=per_disk)
+
+
+# --- libvirt -------------------------------------------------------------------------------
+
+
+def _alias(element: ET.Element) -> str:
+    alias = element.find("alias")
+    return "" if alias is None else str(alias.get("name") or "")
+
+
+def libvirt_sample(record: DomainRecord, dom: Any) -> DomainSample:
+    """The counters libvirt gives for ``dom`` (a libvirt.virDomain of ``record``), as
+    ``virsh domstats`` reads them; libvirt's errors are the caller's to turn into lines."""
+    state = record.domain_state
+    monotonic, wallclock = time.monotonic(), time.time()
+    cpu = dom.getCPUStats(True)[0]
+    vcpus = tuple(VcpuTime(int(number), None, int(cpu_time) / 1e9)
+                  for number, _state, cpu_time, _cpu in dom.vcpus()[0])
+    memory = dom.memoryStats()
+    live = ET.fromstring(dom.XMLDesc(0))
+    by_alias = {f"ua-disk-{d.get('vdev')}": str(d.get("vdev"))
+                for d in record.plan.get("disks", [])}
+    disks = []
+    for disk in live.findall("devices/disk"):
+        target = disk.find("target")
+        dev = None if target is None else target.get("dev")
+        if dev is None or disk.find("source") is None:
+            continue  # an empty CD drive has nothing to count
+        rd_ops, rd_bytes, wr_ops, wr_bytes, _errors = dom.blockStats(dev)
+        disks.append(DiskCounters(by_alias.get(_alias(disk), dev), int(rd_bytes),
+                                  int(wr_bytes), int(rd_ops), int(wr_ops)))
+    nics = []
+    for interface in live.findall("devices/interface"):
+        alias = _alias(interface)
+        devid = int(alias[7:]) if alias.startswith("ua-vif-") and alias[7:].isdigit() else -1
+        mac_element = interface.find("mac")
+        mac = "" if mac_element is None else str(mac_element.get("address"))
+        backend = "user" if interface.get("type") == "user" else "bridge"
+        target = interface.find("target")
+        dev = None if target is None else target.get("dev")
+        if dev is None:
+            nics.append(NicCounters(devid, mac, backend, unavailable=(
+                "libvirt has no host device for this NIC to count (user networking)")))
+            continue
+        rx_bytes, rx_packets, _e, _d, tx_bytes, tx_packets, _te, _td = dom.interfaceStats(dev)
+        nics.append(NicCounters(devid, mac, backend, rx_bytes=int(rx_bytes),
+                                tx_bytes=int(tx_bytes), rx_packets=int(rx_packets),
+                                tx_packets=int(tx_packets), source=dev))
+    # the static maximum the domain booted with (<memory>, KiB)
+    maximum = int(dom.maxMemory())
+    return DomainSample(
+        name=record.name, domid=record.domid, state=state.value, monotonic=monotonic,
+        wallclock=wallclock, cpu_seconds=int(cpu.get("cpu_time", 0)) / 1e9, vcpus=vcpus,
+        memory_actual_kib=int(memory["actual"]) if "actual" in memory else None,
+        memory_target_kib=int(record.plan.get("memory_target_kib")
+                              or record.memory_mib * 1024),
+        memory_max_kib=int(maximum), disks=tuple(disks), nics=tuple(nics))

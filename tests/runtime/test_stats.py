@@ -11,6 +11,8 @@ import pytest
 
 from pvhvm.cli.main import main
 from pvhvm.cli.stats import TOP_COLUMNS, format_top, stats_lines, top_row
+from pvhvm.errors import NotOnPlatformError
+from pvhvm.platforms.xen import XenPlatform
 from pvhvm.runtime.state import DomainRecord
 from pvhvm.runtime.stats import (
     USER_NET_UNAVAILABLE,
@@ -233,3 +235,10 @@ def test_libvirt_figures_are_mapped_to_pvhvms_devices() -> None:
     assert user.devid == 0 and user.rx_bytes is None and user.unavailable
     assert bridged == NicCounters(1, "00:16:3e:00:00:02", "bridge", rx_bytes=100,
                                   tx_bytes=300, rx_packets=2, tx_packets=4, source="vnet3")
+
+
+def test_the_xen_platform_points_at_xl_top() -> None:
+    with pytest.raises(NotOnPlatformError) as info:
+        XenPlatform().domain_stats("g")
+    assert str(info.value) == ("domain 'g' is on the xen platform: no hypervisor runs it on "
+                               "this host to measure; on a Xen host use 'xl top' (xentop)")

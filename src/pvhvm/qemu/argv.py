@@ -13,6 +13,9 @@ Facts it relies on (QEMU 7.2):
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
 * memory is ``-m`` of the static maximum (maxmem) with a ``virtio-balloon-pci`` whose target
   is ``memory``; vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS`` (hot-pluggable CPU objects).
+* a NIC on a bridge this host has is ``-netdev bridge`` (QEMU's bridge helper), else
+  ``-netdev user`` with the vif's ``hostfwd=`` forwards, each rebuilt from its typed fields;
+  a forward on a bridge is refused (:func:`hostfwd_problems`);
 * every option string is made by qemu.opts.option_string (QemuOpts: ``,,`` in a value), and
   every value in it comes from the typed plan (issue 18);
 * a ``file`` chardev truncates what is there unless ``append=on`` (seen with QEMU 7.2), so

@@ -186,6 +186,10 @@ def test_domstats_of_a_libvirt_domain(pvhvm: Pvhvm, domain: list[str], imagedir:
                   "--platform", "libvirt", "--connect", daemon.uri, "--accel", "tcg")
         try:
             first = domstats(pvhvm, "lvst")
+            deadline = time.monotonic() + 120
+            while first["block"][0]["rd_bytes"] == 0 and time.monotonic() < deadline:
+                time.sleep(1)  # the guest's kernel has not read its root disk yet
+                first = domstats(pvhvm, "lvst")
             time.sleep(3)
             second = domstats(pvhvm, "lvst")
         finally:

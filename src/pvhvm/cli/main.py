@@ -69,6 +69,7 @@ DOMAIN_VERBS = {
         "dmesg": "pvhvm.cli.logs:dmesg",
         "export-xl": "pvhvm.cli.export:export_xl_cmd",
         "export-libvirt": "pvhvm.cli.export:export_libvirt_cmd",
+        "top": "pvhvm.cli.stats:top", "domstats": "pvhvm.cli.stats:domstats",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -9,10 +9,18 @@ xl, does nothing.
 
 Where pvhvm differs from xl on purpose: an unknown key, a key given twice and a bad value are
 errors (xl prints a line and carries on with the rest); xl's COLO keys are not accepted.
+
+pvhvm's own key ``hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`` is a port
+forward of QEMU user networking (QEMU's ``-netdev user,hostfwd=``, same syntax, no comma in
+it), given once per forward: ``hostfwd=tcp::2222-:22,hostfwd=udp::5353-:53``. Each is typed
+here (:class:`HostForward`): protocol tcp or udp (tcp when empty, as QEMU), IPv4 addresses
+only (QEMU 7.2's slirp refuses IPv6 ones), ports 1..65535, the guest address inside QEMU's
+user network (10.0.2.0/24). An empty HOSTADDR is left for the planner to decide.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, fields
 
@@ -26,9 +34,11 @@ STRING_KEYS = (
     "gatewaydev", "forwarddev", "accel",
 )
 INT_KEYS = ("mtu", "devid")
+#: pvhvm's port forward key (QEMU user networking), the one key that may be given more than once
+HOSTFWD_KEY = "hostfwd"
 #: keys that name a host network interface (Linux's rules: config.values.ifname_problem)
 IFNAME_KEYS = ("bridge", "vifname", "gatewaydev", "forwarddev")
-KEYS = (*STRING_KEYS, *INT_KEYS)
+KEYS = (*STRING_KEYS, *INT_KEYS, HOSTFWD_KEY)
 FLAGS = ("trusted", "untrusted")
 #: deprecated spellings xl still reads
 ALIASES = {"netdev": "gatewaydev"}
@@ -38,9 +48,86 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 # libxlu_vif.c's two regular expressions
 _RATE = re.compile(r"^[0-9]+[GMK]?[Bb]/s$")
 _INTERVAL = re.compile(r"^[0-9]+[mu]?s?$")
+#: QEMU user networking's guest network (slirp's default ``net=``) and the addresses in it
+#: that are not the guest's: the network, its gateway (the host), its DNS, the broadcast
+USER_NETWORK = ipaddress.IPv4Network("10.0.2.0/24")
+USER_NETWORK_RESERVED = frozenset(
+    ipaddress.IPv4Address(a) for a in ("10.0.2.0", "10.0.2.2", "10.0.2.3", "10.0.2.255"))
+HOSTFWD_PROTOCOLS = ("tcp", "udp")
+_HOSTFWD_EXAMPLE = "e.g. hostfwd=tcp:127.0.0.1:2222-:22"
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 DEFAULT_RATE_INTERVAL_USECS = 50_000
+
+
+@dataclass(frozen=True)
+class HostForward:
+    """One ``hostfwd=`` port forward of QEMU user networking (QEMU's net/slirp.c syntax)."""
+
+    protocol: str
+    #: None: not given (the planner decides; QEMU's own default is every address)
+    host_address: str | None
+    host_port: int
+    guest_port: int
+    #: None: the guest's address from slirp's DHCP (10.0.2.15)
+    guest_address: str | None = None
+
+    def __str__(self) -> str:
+        """``PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT``, what QEMU's hostfwd= reads;
+        :func:`parse_hostfwd` gives the forward back."""
+        return (f"{self.protocol}:{self.host_address or ''}:{self.host_port}-"
+                f"{self.guest_address or ''}:{self.guest_port}")
+
+
+def _port(text: str, what: str, where: str, spec: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise SpecError(f"{where}: hostfwd={spec!r}: {what} {text!r} is not a port number "
+                   f"(1..65535; {_HOSTFWD_EXAMPLE})")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise SpecError(f"{where}: hostfwd={spec!r}: {what} {port} is out of range (1..65535)")
+    return port
+
+
+def _ipv4(text: str, what: str, where: str, spec: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise SpecError(f"{where}: hostfwd={spec!r}: {what} {text!r} is not an IPv4 address "
+                        "(QEMU 7.2's user networking forwards IPv4 only)") from None
+
+
+def parse_hostfwd(text: str, where: str = "hostfwd") -> HostForward:
+    """``[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`` as QEMU's slirp_hostfwd reads
+    it, with pvhvm's stricter checks (dotted-quad IPv4, ports 1..65535, a guest address in
+    QEMU's user network); raise SpecError naming the bad part."""
+    host, dash, guest = text.partition("-")
+    host_parts = host.split(":")
+    guest_parts = guest.split(":")
+    if not dash or len(host_parts) != 3 or len(guest_parts) != 2:
+        raise SpecError(f"{where}: hostfwd={text!r} is not [tcp|udp]:[HOSTADDR]:HOSTPORT-"
+                        f"[GUESTADDR]:GUESTPORT ({_HOSTFWD_EXAMPLE})")
+    protocol, host_address, host_port = host_parts
+    guest_address, guest_port = guest_parts
+    protocol = protocol or "tcp"
+    if protocol not in HOSTFWD_PROTOCOLS:
+        raise SpecError(f"{where}: hostfwd={text!r}: protocol {protocol!r} is not one of "
+                        f"{', '.join(HOSTFWD_PROTOCOLS)}")
+    if host_address:
+        _ipv4(host_address, "host address", where, text)
+    if guest_address:
+        address = _ipv4(guest_address, "guest address", where, text)
+        if address not in USER_NETWORK or address in USER_NETWORK_RESERVED:
+            raise SpecError(
+                f"{where}: hostfwd={text!r}: guest address {guest_address} is not a guest's "
+                f"address in QEMU's user network ({USER_NETWORK}, without .0 .2 .3 .255); "
+                "leave it empty for the guest's own (10.0.2.15)")
+    return HostForward(
+        protocol=protocol, host_address=host_address or None,
+        host_port=_port(host_port, "host port", where, text),
+        guest_address=guest_address or None,
+        guest_port=_port(guest_port, "guest port", where, text),
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +150,8 @@ class VifSpec:
     mtu: int | None = None
     devid: int | None = None
     trusted: bool | None = None
+    #: pvhvm's port forwards (QEMU user networking), in the order given
+    hostfwd: tuple[HostForward, ...] = ()
 
     @property
     def xl_only(self) -> str | None:
@@ -174,6 +263,7 @@ def parse_vif(spec: str) -> VifSpec:
         raise SpecError(f"vif entry {brief(spec)} is not a string")
     where = f"vif spec {spec!r}"
     values: dict[str, object] = {}
+    forwards: list[HostForward] = []
     for tok in tokenize(spec):
         if tok.key is None:
             if tok.value == "":
@@ -194,6 +284,13 @@ def parse_vif(spec: str) -> VifSpec:
             raise SpecError(f"{where}: {key} given twice")
         if tok.value == "":
             raise SpecError(f"{where}: {tok.key}= needs a value")
+        if key == HOSTFWD_KEY:
+            forward = parse_hostfwd(tok.value, where)
+            if any(forwards_clash(forward, f) for f in forwards):
+                raise SpecError(f"{where}: hostfwd={tok.value!r}: {forward.protocol} host "
+                                f"port {forward.host_port} is forwarded twice")
+            forwards.append(forward)
+            continue
         if key in INT_KEYS:
             values[key] = _integer(where, key, tok.value)
         elif key == "mac":
@@ -207,7 +304,18 @@ def parse_vif(spec: str) -> VifSpec:
             if key == "rate":
                 parse_rate(tok.value, where)
             values[key] = tok.value
+    if forwards:
+        values[HOSTFWD_KEY] = tuple(forwards)
     return VifSpec(**values)  # type: ignore[arg-type]
+
+
+def forwards_clash(one: HostForward, other: HostForward) -> bool:
+    """Whether two forwards would listen on the same host socket (an empty host address, or
+    0.0.0.0, is every address, so it meets any other of the same protocol and port)."""
+    every = (None, "0.0.0.0")
+    return (one.protocol == other.protocol and one.host_port == other.host_port
+            and (one.host_address in every or other.host_address in every
+                 or one.host_address == other.host_address))
 
 
 def format_vif(vif: VifSpec) -> str:
@@ -215,8 +323,9 @@ def format_vif(vif: VifSpec) -> str:
     items = [
         f"{f.name}={getattr(vif, f.name)}"
         for f in fields(vif)
-        if f.name != "trusted" and getattr(vif, f.name) is not None
+        if f.name not in ("trusted", HOSTFWD_KEY) and getattr(vif, f.name) is not None
     ]
+    items += [f"{HOSTFWD_KEY}={forward}" for forward in vif.hostfwd]
     if vif.trusted is not None:
         items.append("trusted" if vif.trusted else "untrusted")
     return ",".join(items)

@@ -189,7 +189,22 @@ def interface_element(vif: VifPlan, user: bool, notes: list[str] | None = None
     if unexpressed and notes is not None:
         notes.append(f"vif {vif.devid}: {', '.join(unexpressed)} not exported (xl settings "
                      "with no counterpart here; libvirt's own bridge setup applies)")
+    if vif.hostfwd and notes is not None:
+        notes.append(hostfwd_note(vif))
     return element
+
+
+def hostfwd_note(vif: VifPlan) -> str:
+    """Why a vif's hostfwd= is not in the XML: libvirt 9.0 (Debian 12's) reads
+    ``<portForward>`` but realises it only with the passt backend, which that build refuses
+    ("Invalid value for attribute 'type' in element 'backend': 'passt'"); on a SLIRP
+    ``<interface type='user'>`` it keeps the element and starts QEMU with no forward (seen
+    here: ``-netdev {"type":"user"}``). So writing it would say a forward that is not there."""
+    forwards = ", ".join(f"hostfwd={f}" for f in vif.hostfwd)
+    return (f"vif {vif.devid}: {forwards} not exported: libvirt 9.0 realises <portForward> "
+            "only with the passt backend, which Debian 12's libvirt refuses, and ignores it "
+            "on a SLIRP user interface; forward the port on the host instead, or run the "
+            "domain on the qemu platform")
 
 
 def device_text(element: ET.Element) -> str:

@@ -27,7 +27,7 @@ from pvhvm.config.values import (
     parse_chardev,
     parse_vnc_listen,
 )
-from pvhvm.config.vif import VifSpec, normalise_mac
+from pvhvm.config.vif import HostForward, VifSpec, forwards_clash, normalise_mac
 from pvhvm.errors import ConfigError, SpecError
 from pvhvm.hostfs import SocketPath, socket_path_state
 from pvhvm.plan.kernel import pv_only_kernel
@@ -45,6 +45,9 @@ DEFAULT_MEMORY_MIB = 512
 #: empty hot-pluggable slots (pcie-root-port on q35) a domain gets unless hotplug_slots= says
 DEFAULT_HOTPLUG_SLOTS = 2
 DEFAULT_BRIDGE = "xenbr0"
+#: where a hostfwd= with no host address listens: this host only, as vnclisten's default
+#: (QEMU's own default is every address, which would open the guest's port to the network)
+DEFAULT_HOSTFWD_ADDRESS = "127.0.0.1"
 #: the emulated NIC models QEMU 7.2 has on PCI (``-device help``); xl passes model= as is
 EMULATED_NIC_MODELS = (
     "rtl8139", "e1000", "e1000-82544gc", "e1000-82545em", "e1000e", "ne2k_pci", "pcnet",
@@ -128,6 +131,8 @@ class VifPlan:
     bootindex: int | None = None
     mtu: int | None = None
     gatewaydev: str | None = None
+    #: port forwards of QEMU user networking (hostfwd=), host addresses decided
+    hostfwd: tuple[HostForward, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,8 @@ class Plan:
                     "model": v.model, "ip": v.ip, "script": v.script, "vifname": v.vifname,
                     "rate": v.rate, "backend": v.backend_domain, "bootindex": v.bootindex,
                     "mtu": v.mtu, "gatewaydev": v.gatewaydev,
+                    # only where given, so plans without forwards read as before
+                    **({"hostfwd": [str(f) for f in v.hostfwd]} if v.hostfwd else {}),
                 }
                 for v in self.vifs
             ],
@@ -431,6 +438,7 @@ def make_plan(
         _check_pv_guest(config, platform, warnings)
     disks = _plan_disks(config, registry, check_files, notes)
     vifs = _plan_vifs(config, registry, uuid, warnings, notes)
+    vifs = _plan_forwards(config, vifs, platform, skip_unsupported, warnings)
 
     kernel, ramdisk = _absolute(config.kernel), _absolute(config.ramdisk)
     if ramdisk is not None and kernel is None:
@@ -907,6 +915,46 @@ def _plan_vifs(
             "only (type=xenbus makes a NIC PV-only)"
         )
     return vifs
+
+
+def _plan_forwards(
+    config: DomainConfig, vifs: list[VifPlan], platform: Platform, skip: bool,
+    warnings: list[str],
+) -> list[VifPlan]:
+    """hostfwd= (pvhvm's port forwards of QEMU user networking): refused on a vif that names
+    a bridge, on the xen platform (xl's vifs are all on bridges; with ``skip`` a warning, as
+    export-xl plans), and where two forwards would listen on one host port; an empty host
+    address becomes DEFAULT_HOSTFWD_ADDRESS."""
+    planned: list[VifPlan] = []
+    seen: list[tuple[HostForward, str]] = []
+    for index, (vif, located) in enumerate(zip(vifs, config.vifs, strict=True)):
+        spec, pos = located.value, located.position
+        if not spec.hostfwd:
+            planned.append(vif)
+            continue
+        where = f"vif {index}"
+        if spec.bridge is not None:
+            raise pos.error(f"{where}: hostfwd= forwards ports of QEMU user networking, and "
+                            f"bridge={spec.bridge} puts this vif on a bridge (reach the guest "
+                            "at its own address there); drop one of them")
+        if platform is Platform.XEN:
+            message = (f"{where}: hostfwd= forwards ports of QEMU user networking, which the "
+                       "xen platform has not: xl puts every vif on a bridge")
+            if not skip:
+                raise pos.error(f"{message}; remove it, or give --skip-unsupported to create "
+                                "the guest without it")
+            warnings.append(f"{pos}: {message}: left out")
+        forwards = tuple(
+            f if f.host_address is not None else replace(f, host_address=DEFAULT_HOSTFWD_ADDRESS)
+            for f in spec.hostfwd)
+        for forward in forwards:
+            for other, other_where in seen:
+                if forwards_clash(forward, other):
+                    raise pos.error(f"{where}: hostfwd={forward}: {forward.protocol} host port "
+                                    f"{forward.host_port} is forwarded by {other_where} too")
+            seen.append((forward, f"{where} at {pos}"))
+        planned.append(replace(vif, hostfwd=forwards))
+    return planned
 
 
 def _assign_bootindex(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # not imported at run time: a dry run needs none of them
     from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
     from pvhvm.runtime.save import Progress, SaveOutcome
     from pvhvm.runtime.savefile import DomainImage
+    from pvhvm.runtime.stats import DomainSample
 
 #: how long ``shutdown -w`` waits by default (seconds)
 SHUTDOWN_TIMEOUT = 60.0
@@ -182,6 +183,10 @@ class DomainPlatform(ABC):
     def report_source(self, name: str) -> ReportSource:
         """Where the guest's device report appears (``pvhvm report``)."""
         raise self.not_here("report", name)
+
+    def domain_stats(self, name: str) -> DomainSample:
+        """The running domain's CPU, memory, block and net counters now (runtime/stats.py)."""
+        raise self.not_here("domstats", name)
 
     # --- devices of a running domain (xl block-attach ... cd-eject) ------------------------
 

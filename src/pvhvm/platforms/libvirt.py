@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pvhvm.errors import DomainError, InputError, NotOnPlatformError
+from pvhvm.errors import DomainError, InputError, NotOnPlatformError, PlanError
 from pvhvm.guest.report import END
 from pvhvm.libvirt import saveimage
 from pvhvm.libvirt.xml import (
@@ -46,6 +46,7 @@ from pvhvm.libvirt.xml import (
     disk_element,
     domain_xml,
     free_virtio_target,
+    hostfwd_note,
     ide_target,
     interface_element,
 )
@@ -61,10 +62,11 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.qemu.accel import choose_accel, probe_cache_dir
-from pvhvm.runtime import hotplug, lifecycle, listing, logs, resize
+from pvhvm.runtime import hotplug, lifecycle, listing, logs, resize, stats
 from pvhvm.runtime.hotplug import HotplugError
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
+from pvhvm.runtime.stats import DomainSample
 
 if TYPE_CHECKING:  # save is imported by its verbs: a dry run needs none of it
     from pvhvm.runtime.save import Progress, SaveOutcome
@@ -205,6 +207,9 @@ class LibvirtPlatform(DomainPlatform):
         return "kvm" if accel.value == "kvm" else "qemu"
 
     def realise_warnings(self, plan: Plan, options: CreateOptions) -> list[str]:
+        forwarded = [hostfwd_note(v) for v in plan.vifs if v.hostfwd]
+        if forwarded and not options.dry_run:
+            raise PlanError("; ".join(forwarded))
         notes = list(domain_xml(plan, "qemu").notes)
         if not is_local(options.connect or DEFAULT_URI):
             return notes  # that host's bridges are its own business
@@ -742,6 +747,22 @@ class LibvirtPlatform(DomainPlatform):
     def cd_eject(self, name: str, vdev: str) -> DeviceChange:
         self._change_medium(name, vdev, "", "cd-eject")
         return DeviceChange(f"cdrom {vdev}: ejected")
+
+    def domain_stats(self, name: str) -> DomainSample:
+        """virsh domstats: the figures libvirt keeps (runtime/stats.libvirt_sample)."""
+        libvirt = _binding()
+        record = self.find(name)
+        if record.domain_state not in (DomainState.RUNNING, DomainState.PAUSED):
+            raise DomainError(f"domain {name!r} is {record.state}: nothing runs it to measure")
+        with self._connection(self._uri(record)) as conn:
+            dom = self._lookup(conn, record)
+            if dom is None:
+                raise DomainError(f"no domain named {name!r}")
+            try:
+                return stats.libvirt_sample(record, dom)
+            except libvirt.libvirtError as err:
+                raise DomainError(f"domstats {name}: libvirt refused it: "
+                                  f"{_message(err)}") from err
 
     def mem_set(self, name: str, memory_kib: int) -> DeviceChange:
         """``virsh setmem --live``: the virtio balloon's target, within the maximum the

@@ -20,7 +20,7 @@ from pvhvm.platforms.base import (
     DomainPlatform,
     ReportSource,
 )
-from pvhvm.qemu.argv import ignored_settings
+from pvhvm.qemu.argv import hostfwd_problems, ignored_settings
 from pvhvm.runtime import lifecycle
 from pvhvm.runtime.logs import current_run
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, process_cpu_seconds
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pvhvm.runtime.migrate import MigrationOutcome, ReceiverChannel
     from pvhvm.runtime.save import Progress, SaveOutcome
     from pvhvm.runtime.savefile import DomainImage
+    from pvhvm.runtime.stats import DomainSample
 
 
 class QemuPlatform(DomainPlatform):
@@ -61,7 +62,8 @@ class QemuPlatform(DomainPlatform):
         """What create says before it starts anything; a NIC on a named bridge QEMU cannot
         use is refused here (PlanError), a warning in a dry run."""
         bridges = lifecycle.host_bridges()
-        problems = lifecycle.vif_bridge_problems(plan.vifs, bridges)
+        problems = (lifecycle.vif_bridge_problems(plan.vifs, bridges)
+                    + hostfwd_problems(plan.vifs, bridges))
         if problems and not options.dry_run:
             raise PlanError("; ".join(problems))
         return problems + ignored_settings(plan)
@@ -127,6 +129,11 @@ class QemuPlatform(DomainPlatform):
         from pvhvm.runtime import listing
 
         return listing.network_devices(self.find(name), None)
+
+    def domain_stats(self, name: str) -> DomainSample:
+        from pvhvm.runtime import stats
+
+        return stats.sample(lifecycle.lookup(name, self.store), self.store.paths(name))
 
     def block_attach(self, name: str, spec: str) -> DeviceChange:
         from pvhvm.runtime import hotplug

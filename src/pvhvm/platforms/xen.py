@@ -23,6 +23,7 @@ from pvhvm.platforms.base import (
 from pvhvm.runtime import hotplug, listing, resize
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, StateStore
+from pvhvm.runtime.stats import DomainSample
 from pvhvm.xen import domain as xen_domain
 from pvhvm.xen.xenbus import BACKEND_DOMID, vbd_entry, vif_entry
 
@@ -80,6 +81,11 @@ class XenPlatform(DomainPlatform):
                 f"Xen host use 'xl {verb} {name}'"
             )
         return NotOnPlatformError(message, platform=self.name, verb=verb)
+
+    def domain_stats(self, name: str) -> DomainSample:
+        raise NotOnPlatformError(
+            f"domain {name!r} is on the xen platform: no hypervisor runs it on this host to "
+            "measure; on a Xen host use 'xl top' (xentop)", platform=self.name, verb="domstats")
 
     def block_devices(self, name: str) -> list[BlockDevice]:
         record = self.find(name)

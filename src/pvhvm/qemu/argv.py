@@ -13,6 +13,9 @@ Facts it relies on (QEMU 7.2):
 * firmware boot order is ``bootindex`` on the devices; direct boot uses ``-kernel``.
 * memory is ``-m`` of the static maximum (maxmem) with a ``virtio-balloon-pci`` whose target
   is ``memory``; vCPUs are ``-smp VCPUS,maxcpus=MAXVCPUS`` (hot-pluggable CPU objects).
+* a NIC on a bridge this host has is ``-netdev bridge`` (QEMU's bridge helper), else
+  ``-netdev user`` with the vif's ``hostfwd=`` forwards, each rebuilt from its typed fields;
+  a forward on a bridge is refused (:func:`hostfwd_problems`);
 * every option string is made by qemu.opts.option_string (QemuOpts: ``,,`` in a value), and
   every value in it comes from the typed plan (issue 18);
 * a ``file`` chardev truncates what is there unless ``append=on`` (seen with QEMU 7.2), so
@@ -23,6 +26,7 @@ Facts it relies on (QEMU 7.2):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -505,12 +509,30 @@ def _disk(
     return argv, 1 if tuning.iothread else 0
 
 
+def hostfwd_problems(vifs: Iterable[VifPlan], bridges: frozenset[str]) -> list[str]:
+    """One line per vif whose hostfwd= cannot be realised here: it names no bridge, so it is
+    on Xen's default one, and that bridge exists on this host (no user networking)."""
+    return [
+        f"vif {v.devid}: hostfwd= forwards ports of QEMU user networking, but this vif names "
+        f"no bridge and so is on {v.bridge!r} (Xen's default), which this host has; give the "
+        "vif bridge= of its own and reach the guest at its address, or drop hostfwd="
+        for v in vifs if v.hostfwd and v.bridge in bridges
+    ]
+
+
 def _nic(vif: VifPlan, options: ArgvOptions) -> list[str]:
+    """The NIC's ``-netdev`` (its bridge when this host has it, else user networking with
+    the vif's port forwards) and ``-device``."""
     netdev_id = f"net{vif.devid}"
     if vif.bridge in options.bridges:
+        problems = hostfwd_problems([vif], options.bridges)
+        if problems:
+            raise PlanError(problems[0])
         netdev = option_string([("id", netdev_id), ("br", vif.bridge)], head="bridge")
     else:
-        netdev = option_string([("id", netdev_id)], head="user")
+        # each forward rebuilt from its typed fields (config.vif.HostForward), and escaped
+        netdev = option_string([("id", netdev_id),
+                                *(("hostfwd", str(f)) for f in vif.hostfwd)], head="user")
     model = "virtio-net-pci" if vif.kind is DeviceKind.XENBUS else vif.model
     assert model is not None
     device: list[OptionPair] = [("netdev", netdev_id), ("mac", vif.mac),

@@ -444,6 +444,10 @@ def _vif_plan(spec: VifSpec, record: DomainRecord) -> VifPlan:
     if kind is DeviceKind.IOEMU or (spec.model and not spec.model.startswith("virtio")):
         raise HotplugError("vif: an emulated NIC cannot be hot-plugged (it is fixed at "
                            "create); network-attach adds PV NICs (type=xenbus), as xl")
+    if spec.hostfwd:
+        raise HotplugError("vif: hostfwd= (port forwards of QEMU user networking) is taken at "
+                           "create only, in the config's vif= line; network-attach does not "
+                           "add forwards")
     vifs = record.plan.get("vifs", [])
     devids = {int(v.get("devid") or 0) for v in vifs}
     devid = spec.devid if spec.devid is not None else next(

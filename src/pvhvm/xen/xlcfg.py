@@ -14,7 +14,8 @@ returns it as a warning) wherever xl cannot say exactly what the plan says:
 * mixed: ``xen_platform_pci=1`` and, when only hda is emulated, ``xen_emul_unplug=aux-ide-disks``
   on a direct-boot kernel command line (keep hda, unplug other IDE disks); other mixes
   cannot be expressed and are noted.
-* NICs: ``type=vif`` (PV only) or ``type=ioemu`` with the model.
+* NICs: ``type=vif`` (PV only) or ``type=ioemu`` with the model; pvhvm's ``hostfwd=`` (QEMU
+  user networking) has no xl counterpart and is noted.
 
 No device is ever dropped.
 """
@@ -284,6 +285,12 @@ def export_xl(plan: Plan) -> XlExport:
     for vif in plan.vifs:
         lines.append(f"    {_quote(_vif(vif))},  # pvhvm type={vif.kind.value}")
     lines.append("]")
+    for vif in plan.vifs:
+        if vif.hostfwd:
+            forwards = ", ".join(f"hostfwd={f}" for f in vif.hostfwd)
+            notes.append(f"vif {vif.devid}: {forwards} left out: a port forward of QEMU user "
+                         "networking, and xl puts every vif on a bridge (reach the guest at "
+                         "its address there, or forward the port in dom0)")
     lines += _passthrough(plan, notes)
     if notes:
         lines.append("")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -278,3 +279,48 @@ def test_start_of_what_is_not_defined_and_host_unit(
     # nothing to do: host start and stop succeed and say nothing
     assert run(capsys, "host", "start", "--json")[:2] == (0, '{\n  "done": [],\n  "failed": []\n}\n')
     assert run(capsys, "host", "stop", "--json")[0] == 0
+
+
+def _dead_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+def test_host_start_removes_what_a_crash_left_and_keeps_definitions(
+        state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A domain nobody answers for whose QEMU is gone (the host went down under it) is removed
+    at host start without its on_crash (restart here); its definition stays, shut off."""
+    store = StateStore(state)
+    record = _record("web1", 1)
+    record.state, record.on_crash = "running", "restart"
+    record.qemu_pid, record.supervisor_pid = _dead_pid(), _dead_pid()
+    store.introduce("web1", lambda domid, paths: record)[1].close()
+    Definitions(state).define(Definition("web1", record.uuid, False, source()))
+    code, out, err = run(capsys, "host", "start", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"done": [
+        "web1: removed (its QEMU was gone: the host went down under it)"], "failed": []}
+    assert store.names() == [] and Definitions(state).names() == ["web1"]
+    code, out, _ = run(capsys, "list", "--all", "--json")
+    assert [(r["name"], r["state"]) for r in json.loads(out)] == [("web1", "shut off")]
+
+
+def test_undefine_of_a_running_domain_leaves_it_running_transient(
+        state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As virsh undefine: the definition goes, the domain runs on (here a record whose owner
+    lock this test holds stands for its supervisor)."""
+    store = StateStore(state)
+    record = _record("web1", 1)
+    record.state = "running"
+    _, owner = store.introduce("web1", lambda domid, paths: record)
+    try:
+        Definitions(state).define(Definition("web1", record.uuid, False, source()))
+        code, _, err = run(capsys, "undefine", record.uuid)
+        assert code == 0 and err == "domain web1 undefined; it runs on as a transient domain\n"
+        assert Definitions(state).names() == [] and store.names() == ["web1"]
+        code, _, err = run(capsys, "start", "web1")
+        assert code == 1 and "is not defined" in err
+    finally:
+        owner.close()
+        store.release("web1")

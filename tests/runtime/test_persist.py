@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from pvhvm.cli.main import main
+from pvhvm.config.domain import config_from_text
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError
-from pvhvm.plan.plan import default_mac
+from pvhvm.inspect import checkcache
+from pvhvm.plan.plan import default_mac, make_plan
 from pvhvm.runtime.persist import (
     Definition,
     Definitions,
@@ -324,3 +326,16 @@ def test_undefine_of_a_running_domain_leaves_it_running_transient(
     finally:
         owner.close()
         store.release("web1")
+
+
+def test_the_guest_check_cache_does_not_key_on_the_uuid(tmp_path: Path) -> None:
+    """A fresh uuid (and MACs) at each create must not make create's guest check run afresh
+    each time (inspect/checkcache.py): the check reads disks, not identities."""
+    disk = tmp_path / "root.img"
+    disk.write_bytes(b"\0" * 4096)
+    text = f'name = "web1"\nbuilder = "hvm"\ndisk = [ "{disk},raw,xvda,w" ]\nvif = [ "" ]\n'
+    first, second = (make_plan(config_from_text(text, "web1.cfg")) for _ in range(2))
+    assert first.uuid != second.uuid and first.vifs[0].mac != second.vifs[0].mac
+    assert checkcache.key(first.to_json()) == checkcache.key(second.to_json())
+    other = make_plan(config_from_text(text.replace("xvda", "xvdb"), "web1.cfg"))
+    assert checkcache.key(other.to_json()) != checkcache.key(first.to_json())

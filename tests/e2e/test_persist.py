@@ -78,8 +78,8 @@ def test_host_restart_brings_back_the_autostart_domain_only(
     host: Pvhvm, imagedir: Path, tmp_path: Path
 ) -> None:
     host.run("define", PV_ONLY, f"imagedir={imagedir}", "name=auto")
-    host.run("define", PV_ONLY, f"imagedir={second_imagedir(imagedir, tmp_path)}",
-             "name=manual")
+    other = second_imagedir(imagedir, tmp_path)
+    host.run("define", PV_ONLY, f"imagedir={other}", "name=manual")
     host.run("autostart", "auto")
     for name in ("auto", "manual"):
         host.run("start", name, "--accel", "tcg")
@@ -136,6 +136,13 @@ def test_host_restart_brings_back_the_autostart_domain_only(
     rows = listed_all(host)
     assert {name: row["state"] for name, row in rows.items()} == {
         "auto": "shut off", "manual": "shut off"}
+    # create of a defined domain's file: transient, with the definition's uuid, which stays
+    manual = json.loads(host.run("list", "-l", "manual").stdout)[0]
+    created = host.run("create", PV_ONLY, f"imagedir={other}", "name=manual", "--accel", "tcg")
+    assert "note: domain manual is defined: this runs" in created.stderr, created.stderr
+    assert json.loads(host.run("list", "-l", "manual").stdout)[0]["uuid"] == manual["uuid"]
+    host.run("destroy", "manual")
+    assert listed_all(host)["manual"]["state"] == "shut off"
     for name in ("auto", "manual"):
         host.run("undefine", name)
     assert host.run("list", "--all", "--json").stdout.strip() == "[]"

@@ -86,8 +86,12 @@ def test_a_definition_that_is_not_pvhvms_is_one_line(state: Path) -> None:
 
 def test_identity_config_definition_or_fresh(state: Path) -> None:
     definitions = Definitions(state)
-    fresh = {identity("web1", None, definitions) for _ in range(3)}
-    assert len(fresh) == 3  # as xl: a new uuid at every create of an undefined domain
+    fresh = {identity("web1", None, definitions, remember=False) for _ in range(3)}
+    assert len(fresh) == 3 and not state.exists()  # dry runs: fresh each time, nothing kept
+    first = identity("web1", None, definitions)  # the first create: random, then kept
+    assert first not in fresh and identity("web1", None, definitions) == first
+    assert identity("web1", None, definitions, remember=False) == first
+    assert identity("web2", None, definitions) != first
     given = "12345678-1234-1234-1234-123456789abc"
     assert identity("web1", given.upper(), definitions) == given
     kept = str(uuid.uuid4())

@@ -146,9 +146,14 @@ def create(
     if target.plan_target is Platform.QEMU:
         domain = configs.run_bootloader(domain)
     # its uuid: the config's, a defined domain's, else a fresh one (runtime/persist.identity)
-    uuid = identity(domain.name, domain.uuid, Definitions())
+    definitions = Definitions()
+    uuid = identity(domain.name, domain.uuid, definitions, remember=not dry_run)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported, uuid=uuid)
     warnings = list(plan.warnings) + target.realise_warnings(plan, options)
+    if not as_json and not dry_run and definitions.read(plan.name) is not None:
+        warn(f"domain {plan.name} is defined: this runs {config}'s config, transient, with "
+             f"its uuid; the definition is unchanged ('pvhvm start {plan.name}' runs it)",
+             "note")
     if not as_json:
         for message in warnings:
             warn(message)

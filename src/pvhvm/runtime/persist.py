@@ -4,6 +4,7 @@ domain named by name, domid or UUID (item 6).
 
 Layout under the state directory (runtime/state.py)::
 
+    uuids.json               name → the uuid its first create got (:func:`identity`)
     defined/                 0700
         lock                 flock held by each define, undefine, autostart, config-update
         NAME/                0700; appears whole (staged as ``.NAME.PID.new``, then renamed)
@@ -50,6 +51,9 @@ from pvhvm.runtime.state import (
 DEFINED = "defined"
 SOURCE_FILE = "source.json"
 DOMAIN_FILE = "domain.json"
+#: name → the uuid the first create of that name got, in the state directory
+UUIDS_FILE = "uuids.json"
+MAX_REMEMBERED = 4096
 
 
 class IdentityError(InputError):
@@ -195,6 +199,35 @@ class Definitions:
             shutil.rmtree(gone, ignore_errors=True)
             return old
 
+    def given_uuid(self, name: str, remember: bool = True) -> str:
+        """The uuid this state directory gave domain ``name`` at its first create, or a fresh
+        one (kept in ``uuids.json`` when ``remember``; at most MAX_REMEMBERED names, the
+        oldest forgotten first)."""
+        if not remember:  # a dry run: no lock, nothing made
+            return self._given().get(name) or str(uuidlib.uuid4())
+        with self.locked():
+            given = self._given()
+            kept = given.get(name)
+            if kept is not None:
+                return kept
+            given[name] = fresh = str(uuidlib.uuid4())
+            while len(given) > MAX_REMEMBERED:
+                given.pop(next(iter(given)))
+            write_atomic(self.base / UUIDS_FILE, json.dumps(given))
+            return fresh
+
+    def _given(self) -> dict[str, str]:
+        """``uuids.json``; empty when missing or unreadable (an identity is not worth an
+        error: the name then gets a fresh uuid)."""
+        try:
+            data = json.loads((self.base / UUIDS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items()
+                if isinstance(k, str) and isinstance(v, str) and normal_uuid(v) == v}
+
     def _introduce(self, definition: Definition) -> None:
         staging = self.root / f".{definition.name}.{os.getpid()}{STAGING_SUFFIX}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -235,11 +268,14 @@ def _read_json(path: Path) -> object:
         raise DomainError(f"{path} is unreadable: {err}") from err
 
 
-def identity(name: str, config_uuid: str | None, definitions: Definitions) -> str:
+def identity(name: str, config_uuid: str | None, definitions: Definitions,
+             remember: bool = True) -> str:
     """The uuid a domain called ``name`` gets at create (item 6): the config's ``uuid=``;
-    else its definition's, so re-creating a defined domain keeps its uuid and MACs; else a
-    fresh random one, as xl makes one at every create. A config whose ``uuid=`` is not its
-    definition's is refused (libvirt: "already defined with uuid")."""
+    else its definition's; else the one this state directory gave the name at its first
+    create (``uuids.json``), so re-creating a domain keeps its uuid and MACs on this host;
+    else a fresh random one, as xl makes one (so two hosts' ``web1`` differ), kept when
+    ``remember`` (a dry run keeps nothing). A config whose ``uuid=`` is not its definition's
+    is refused (libvirt: "already defined with uuid")."""
     definition = definitions.read(name)
     if definition is not None:
         if config_uuid is not None and normal_uuid(config_uuid) != definition.uuid:
@@ -251,7 +287,7 @@ def identity(name: str, config_uuid: str | None, definitions: Definitions) -> st
         known = normal_uuid(config_uuid)
         if known is not None:
             return known
-    return str(uuidlib.uuid4())
+    return definitions.given_uuid(name, remember)
 
 
 # --- naming a domain: name, domid or UUID (xl: name or id; virsh: id, name or UUID) -------

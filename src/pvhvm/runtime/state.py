@@ -5,6 +5,7 @@ Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/sta
     lock                     flock held while allocating a domid
     domid                    the last domid given: domids are not reused (issue 21 item 6)
     defined/                 defined (persistent) domains (runtime/persist.py)
+    uuids.json               the uuid each name got at its first create (runtime/persist.py)
     host-saved.json          the domains ``pvhvm host stop --save-dir`` saved (runtime/hostsvc.py)
     domains/<name>/          one directory per domain; it appears whole, with its record and
                              owner lock, by renaming a staging directory ``.<name>.<pid>.new``
@@ -418,7 +419,7 @@ class StateStore:
 
 #: what pvhvm keeps in a state directory (and a platform's store under it)
 STATE_ENTRIES = frozenset({"lock", "hostd.lock", "hostd.sock", "domains", "logs",
-                           "xenstored", DOMID_FILE, "defined", "host-saved.json",
+                           "xenstored", DOMID_FILE, "defined", "host-saved.json", "uuids.json",
                            *PLATFORM_SUBSTORES})
 
 

@@ -282,6 +282,12 @@ def test_start_of_what_is_not_defined_and_host_unit(
     assert lines["ExecStop"].endswith(" host stop --timeout 300")
     program = lines["ExecStart"].split()[0]
     assert os.access(program, os.X_OK)
+    units = state.parent / "units"
+    units.mkdir()
+    code, _, err = run(capsys, "host", "install-unit", "--dir", str(units))
+    assert code == 0 and (units / "pvhvm-host.service").read_text() == out, err
+    code, _, err = run(capsys, "host", "install-unit", "--dir", str(units / "nope"))
+    assert code == 1 and err.count("\n") == 1 and "no such directory" in err
     # nothing to do: host start and stop succeed and say nothing
     assert run(capsys, "host", "start", "--json")[:2] == (0, '{\n  "done": [],\n  "failed": []\n}\n')
     assert run(capsys, "host", "stop", "--json")[0] == 0

@@ -21,6 +21,7 @@ from pvhvm.config.domain import Dialect, config_from_text, load_config
 from pvhvm.errors import PlanError
 from pvhvm.libvirt.xml import domain_xml
 from pvhvm.plan.plan import Plan, make_plan
+from tests.identity import golden_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.cfg"))
@@ -60,8 +61,8 @@ def devices(xml: str, tag: str) -> list[ET.Element]:
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_golden_xml(example: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    plan = make_plan(load_config(ROOT / "examples" / example, {"imagedir": IMAGES}),
-                     check_files=False)
+    config = load_config(ROOT / "examples" / example, {"imagedir": IMAGES})
+    plan = make_plan(config, check_files=False, uuid=golden_uuid(config.name))
     exported = domain_xml(plan)
     golden = GOLDEN / f"{example}.xml"
     if request.config.getoption("--regen-golden"):

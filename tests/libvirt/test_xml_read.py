@@ -28,6 +28,7 @@ from pvhvm.libvirt.read import config_from_xml, is_domain_xml
 from pvhvm.libvirt.xml import domain_xml
 from pvhvm.plan.plan import Plan, make_plan
 from pvhvm.platforms import PLATFORM_NAMES
+from tests.identity import golden_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.cfg"))
@@ -90,10 +91,12 @@ def test_cli_round_trip_of_every_example(
     (qemu) the same QEMU argv, on every platform."""
     config = str(ROOT / "examples" / example)
     xml = tmp_path / f"{example}.xml"
-    code, _, err = run(["export-libvirt", config, f"imagedir={imagedir}", "-o", str(xml)],
+    # one uuid for both: without uuid= each plan gets a fresh one (and MACs from it), as xl
+    uuid = "uuid=4f0b6f33-8a7d-4c4e-9b55-31c1d9a1e7a2"
+    code, _, err = run(["export-libvirt", config, f"imagedir={imagedir}", uuid, "-o", str(xml)],
                        capsys)
     assert code == 0, err
-    code, out, err = run(["create", config, f"imagedir={imagedir}", "-n", "--json",
+    code, out, err = run(["create", config, f"imagedir={imagedir}", uuid, "-n", "--json",
                           "--platform", platform], capsys)
     assert code == 0, err
     original = json.loads(out)
@@ -109,8 +112,8 @@ def test_cli_round_trip_of_every_example(
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_golden_reads_back_as_its_config(example: str) -> None:
-    original = make_plan(load_config(ROOT / "examples" / example, {"imagedir": "/images"}),
-                         check_files=False)
+    config = load_config(ROOT / "examples" / example, {"imagedir": "/images"})
+    original = make_plan(config, check_files=False, uuid=golden_uuid(config.name))
     golden = GOLDEN / f"{example}.xml"
     read = make_plan(config_from_xml(golden.read_text(), str(golden)), check_files=False)
     same_plan(original, read)

@@ -17,6 +17,7 @@ from pvhvm.plan.plan import Plan, Platform, make_plan
 from pvhvm.plan.types import DeviceKind
 from pvhvm.qemu.argv import ArgvOptions, RunPaths, qemu_argv
 from pvhvm.xen.xlcfg import export_xl
+from tests.identity import golden_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -298,7 +299,7 @@ def test_export_emulated_disk_with_pv_nic_says_how_to_keep_the_disk() -> None:
 def test_golden_dry_run_plan(example: str, request: pytest.FixtureRequest) -> None:
     config = config_from_text((ROOT / "examples" / example).read_text(), f"examples/{example}",
                               {"imagedir": "/images"})
-    document = make_plan(config, check_files=False).to_json()
+    document = make_plan(config, check_files=False, uuid=golden_uuid(config.name)).to_json()
     golden = GOLDEN / f"{example}.plan.json"
     if request.config.getoption("--regen-golden"):
         golden.parent.mkdir(exist_ok=True)

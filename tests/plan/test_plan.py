@@ -145,18 +145,27 @@ def test_model_without_type_warns(images: Path) -> None:
     assert any("model=e1000 ignored" in w for w in plan.warnings)
 
 
-def test_macs_are_stable_and_xen_oui(images: Path) -> None:
+def test_macs_follow_the_uuid_and_xen_oui(images: Path) -> None:
+    """Default MACs derive from the domain's uuid: the same uuid (a defined domain's, kept by
+    the toolstack) gives the same MACs; with none kept, each plan gets a fresh uuid, as xl
+    makes one at every create, so two hosts' domains of one name differ (issue 21 item 6)."""
     text = 'name="g"; builder="hvm"\nvif=["", "", "type=ioemu"]'
-    first, second = plan_of(text, images), plan_of(text, images)
+    kept = "0b8c2f6e-50c4-4d8e-9a9e-0d6c1b7f2a31"
+    first, second = plan_of(text, images, uuid=kept), plan_of(text, images, uuid=kept)
+    assert first.uuid == second.uuid == kept
     macs = [v.mac for v in first.vifs]
     assert macs == [v.mac for v in second.vifs]
     assert len(set(macs)) == 3 and all(m.startswith("00:16:3e:") for m in macs)
     assert int(macs[0].split(":")[3], 16) < 0x80
     assert default_mac(first.uuid, 0) == macs[0]
-    other = plan_of('name="h"; builder="hvm"\nvif=[""]', images)
-    assert other.vifs[0].mac != macs[0]
+    fresh, again = plan_of(text, images), plan_of(text, images)
+    assert len({fresh.uuid, again.uuid, kept}) == 3
+    assert fresh.vifs[0].mac != again.vifs[0].mac != macs[0]
     fixed = plan_of('name="g"; builder="hvm"\nuuid="12345678-1234-1234-1234-123456789abc"\nvif=[""]', images)
     assert fixed.uuid == "12345678-1234-1234-1234-123456789abc"
+    given = plan_of('name="g"; builder="hvm"\nuuid="12345678-1234-1234-1234-123456789abc"', images,
+                    uuid="0b8c2f6e-50c4-4d8e-9a9e-0d6c1b7f2a31")
+    assert given.uuid == "12345678-1234-1234-1234-123456789abc"  # the config's uuid= wins
 
 
 def test_boot_order(images: Path) -> None:
@@ -225,9 +234,10 @@ def test_unknown_key_warns_with_nearest(images: Path) -> None:
 def test_registry_extension_keeps_old_meanings(images: Path) -> None:
     registry = default_registry()
     text = 'name="g"; builder="hvm"\ndisk=["file:"+d+"/a.img,hda,w", "file:"+d+"/b.img,xvdb,w"]'
-    before = plan_of(text, images, registry=registry)
+    kept = "0b8c2f6e-50c4-4d8e-9a9e-0d6c1b7f2a31"
+    before = plan_of(text, images, registry=registry, uuid=kept)
     registry.register(DeviceType("vhost", DeviceKind.XENBUS, frozenset({DeviceClass.DISK}), "x"))
-    after = plan_of(text, images, registry=registry)
+    after = plan_of(text, images, registry=registry, uuid=kept)
     assert before == after
     assert plan_of('name="g"; builder="hvm"\ndisk=[d+"/a.img,,xvda,rw,type=vhost"]', images,
                    registry=registry).disks[0].kind is DeviceKind.XENBUS

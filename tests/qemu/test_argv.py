@@ -17,6 +17,7 @@ from pvhvm.errors import ConfigError, PlanError
 from pvhvm.plan.plan import make_plan
 from pvhvm.qemu.accel import choose_accel
 from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
+from tests.identity import golden_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,7 +34,7 @@ def argv_for(text_or_path: str | Path, **options: object) -> list[str]:
         config = load_config(text_or_path, {"imagedir": IMAGES})
     else:
         config = config_from_text(text_or_path, "g.cfg")
-    plan = make_plan(config, check_files=False)
+    plan = make_plan(config, check_files=False, uuid=golden_uuid(config.name))
     return qemu_argv(plan, PATHS, ArgvOptions(**options))  # type: ignore[arg-type]
 
 

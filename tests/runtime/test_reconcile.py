@@ -79,11 +79,12 @@ def test_introduce_makes_a_whole_domain_and_one_of_two_wins(store: StateStore) -
     assert not [p for p in (store.root / "domains").iterdir() if p.name.startswith(".")]
 
 
-def test_domids_are_the_smallest_free(store: StateStore) -> None:
+def test_domids_are_not_reused(store: StateStore) -> None:
+    """Issue 21 item 6: a freed domid is not given again (it was the smallest free one)."""
     for name in ("a", "b", "c"):
         store.introduce(name, build())[1].close()
     store.release("b")
-    assert store.introduce("d", build())[0].domid == 2
+    assert store.introduce("d", build())[0].domid == 4
 
 
 def test_staging_of_a_dead_creator_is_swept(store: StateStore) -> None:

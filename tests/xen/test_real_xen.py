@@ -29,6 +29,8 @@ from pvhvm.errors import PvhvmError
 from tests.xen.host import XenHost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("xenhost")]
+#: the uuid every export and its plan are given (VAR=VALUE)
+EXPORT_UUID = "5d1e6c1a-2f0b-4b8e-8d3a-6a7c9e0b1f24"
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.cfg"))
@@ -198,7 +200,10 @@ def test_export_xl_meets_real_xl(xen_host: XenHost) -> None:
         variables = {"imagedir": DOM0_IMAGEDIR} if path.parent.name == "examples" else {}
         stand_ins.update(referenced_files(path, variables))
         name = f"{path.parent.name}-{path.name}"
-        jobs.append([name, f"/root/cfg/{name}", [f"{k}={v}" for k, v in variables.items()],
+        # one uuid for the plan and the export: without uuid= each gets a fresh one (and its
+        # default MACs from it), as xl makes one at every create (issue 21 item 6)
+        jobs.append([name, f"/root/cfg/{name}",
+                     [f"{k}={v}" for k, v in variables.items()] + [f"uuid={EXPORT_UUID}"],
                      path.read_text()])
     xen_host.put(DOM0_DRIVER, "/root/driver.py")
     bundle = json.dumps({"stand_ins": sorted(stand_ins), "jobs": jobs})

@@ -18,6 +18,7 @@ import click
 
 from pvhvm.cli import output
 from pvhvm.cli.context import current_platforms
+from pvhvm.cli.naming import definitions, resolve_name, resolve_names
 from pvhvm.cli.output import print_json
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 
@@ -32,20 +33,31 @@ def _holder(name: str) -> DomainPlatform:
 
 
 @click.command(name="list")
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
 @click.option("-l", "--long", "long_", is_flag=True, help="Full records as JSON (xl list -l).")
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
-def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
+@click.option("-a", "--all", "all_", is_flag=True,
+              help="Defined domains that are not running too, shut off (virsh list --all).")
+def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool, all_: bool) -> None:
     """List domains as xl list prints them (Name ID Mem VCPUs State Time(s))."""
     from pvhvm.runtime import listing  # with the listings: create does not need it
 
     # no names: platform by platform, qemu-platform domains then xen-platform ones
-    records = ([_holder(name).find(name) for name in names] if names
+    running = [name for name in names if current_platforms().holder(name) is not None]
+    records = ([_holder(name).find(name) for name in running] if names
                else current_platforms().domains())
+    # named, or --all: defined domains that are not running, shut off
+    shown = {record.name for record in records}
+    inactive = [d for d in definitions().definitions()
+                if d.name not in shown and (d.name in names if names else all_)]
     if long_:
-        print_json(listing.long_list(records))
+        print_json(listing.long_list(records) + listing.long_defined(inactive))
         return
     rows = listing.list_rows(records, current_platforms().cpu_seconds)
+    if inactive:
+        from pvhvm.runtime import hostsvc  # reads their configs (the parsers)
+
+        rows += listing.defined_rows(inactive, hostsvc.config_size)
     if as_json:
         print_json([row.to_json() for row in rows])
         return
@@ -53,14 +65,14 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
     _holder(name).console(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.option("-w", "--wait", is_flag=True, help="Wait until the domain has shut down.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -72,21 +84,21 @@ def shutdown(name: str, wait: bool, timeout: float) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def pause(name: str) -> None:
     """Pause domain NAME (its vCPUs stop)."""
     _holder(name).pause(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def unpause(name: str) -> None:
     """Unpause domain NAME."""
     _holder(name).unpause(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def reboot(name: str) -> None:
     """Ask domain NAME to reboot (the ACPI power button; its guest's power-off becomes a
     reboot, as virsh reboot). A paused domain is refused."""
@@ -94,7 +106,7 @@ def reboot(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def reset(name: str) -> None:
     """Reset domain NAME at once, as virsh reset (the guest is not asked; on_reboot=destroy
     ends it)."""
@@ -102,7 +114,7 @@ def reset(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def vncdisplay(name: str) -> None:
     """Print HOST:DISPLAY of domain NAME's VNC server (the port QEMU chose), as virsh
     vncdisplay."""
@@ -110,7 +122,7 @@ def vncdisplay(name: str) -> None:
 
 
 @click.command(name="block-list")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
@@ -125,7 +137,7 @@ def block_list(name: str, as_json: bool) -> None:
 
 
 @click.command(name="network-list")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
@@ -187,7 +199,7 @@ _force = click.option("--force", is_flag=True,
 
 
 @click.command(name="block-attach")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("spec")
 def block_attach(name: str, spec: str) -> None:
     """Add a PV disk to running domain NAME (SPEC as in a disk= entry; PV only, as xl)."""
@@ -195,7 +207,7 @@ def block_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="block-detach")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("disk", metavar="VDEV|DEVID")
 @_force
 @_detach_timeout
@@ -205,7 +217,7 @@ def block_detach(name: str, disk: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="network-attach")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("spec", default="", metavar="[VIFSPEC]")
 def network_attach(name: str, spec: str) -> None:
     """Add a PV NIC to running domain NAME (VIFSPEC as in a vif= entry; PV only, as xl)."""
@@ -213,7 +225,7 @@ def network_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="network-detach")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("nic", metavar="DEVID|MAC")
 @_force
 @_detach_timeout
@@ -223,7 +235,7 @@ def network_detach(name: str, nic: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="cd-insert")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("vdev")
 @click.argument("target")
 def cd_insert(name: str, vdev: str, target: str) -> None:
@@ -232,7 +244,7 @@ def cd_insert(name: str, vdev: str, target: str) -> None:
 
 
 @click.command(name="cd-eject")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("vdev")
 def cd_eject(name: str, vdev: str) -> None:
     """Eject the medium of emulated CD drive VDEV of domain NAME."""
@@ -240,7 +252,7 @@ def cd_eject(name: str, vdev: str) -> None:
 
 
 @click.command(name="mem-set")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("memory", metavar="MEM")
 def mem_set(name: str, memory: str) -> None:
     """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
@@ -252,7 +264,7 @@ def mem_set(name: str, memory: str) -> None:
 
 
 @click.command(name="vcpu-set")
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("vcpus", metavar="VCPUS")
 @click.option("-i", "--ignore-host", is_flag=True,
               help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
@@ -265,7 +277,7 @@ def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("host", required=False)
 @click.option("--to", "destination", metavar="URI", default=None,
               help="libvirt: the destination daemon's URI (instead of HOST).")
@@ -324,7 +336,7 @@ def migrate_receive() -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path),
                 callback=output.writable_option)
 @click.option("-c", "leave_running", is_flag=True,

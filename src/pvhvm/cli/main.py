@@ -16,11 +16,13 @@ import click
 from pvhvm import __version__
 from pvhvm.cli import configs
 from pvhvm.cli.context import current_platforms
+from pvhvm.cli.naming import resolve_name
 from pvhvm.cli.output import console, plan_tables, print_findings, print_json, say, warn
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
+from pvhvm.runtime.persist import Definitions, identity
 
 
 class LazyGroup(click.Group):
@@ -59,6 +61,13 @@ DOMAIN_VERBS = {
 }
 
 
+#: persistent domains and the host service (cli/persist.py), loaded when named
+PERSIST_VERBS = {
+    "define": "define", "start": "start", "undefine": "undefine", "autostart": "autostart",
+    "config-update": "config_update", "edit": "edit", "host": "host",
+}
+
+
 @click.group(
     cls=LazyGroup,
     lazy={
@@ -70,6 +79,7 @@ DOMAIN_VERBS = {
         "export-xl": "pvhvm.cli.export:export_xl_cmd",
         "export-libvirt": "pvhvm.cli.export:export_libvirt_cmd",
         "top": "pvhvm.cli.stats:top", "domstats": "pvhvm.cli.stats:domstats",
+        **{name: f"pvhvm.cli.persist:{attribute}" for name, attribute in PERSIST_VERBS.items()},
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -137,8 +147,15 @@ def create(
     domain = configs.domain_of_source(source)
     if target.plan_target is Platform.QEMU:
         domain = configs.run_bootloader(domain)
-    plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported)
+    # its uuid: the config's, a defined domain's, else a fresh one (runtime/persist.identity)
+    definitions = Definitions()
+    uuid = identity(domain.name, domain.uuid, definitions, remember=not dry_run)
+    plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported, uuid=uuid)
     warnings = list(plan.warnings) + target.realise_warnings(plan, options)
+    if not as_json and not dry_run and definitions.read(plan.name) is not None:
+        warn(f"domain {plan.name} is defined: this runs {config}'s config, transient, with "
+             f"its uuid; the definition is unchanged ('pvhvm start {plan.name}' runs it)",
+             "note")
     if not as_json:
         for message in warnings:
             warn(message)
@@ -182,7 +199,7 @@ def create(
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 def destroy(name: str) -> None:
     """Stop domain NAME at once and remove everything it made (as xl destroy)."""
     current_platforms().locate(name).destroy(name)

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pvhvm.cli.context import current_platforms
+from pvhvm.cli.naming import resolve_name
 from pvhvm.cli.output import console, data, print_json
 from pvhvm.errors import DomainError
 from pvhvm.guest.report import END, ERROR, IDE_CLASS, SATA_CLASS, DeviceReport, parse_report
@@ -61,7 +62,7 @@ def report_tables(name: str, report: DeviceReport) -> list[Table]:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=resolve_name)
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the guest to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

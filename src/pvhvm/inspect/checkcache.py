@@ -47,8 +47,13 @@ def key(plan: dict[str, Any]) -> str | None:
     files += [str(boot[k]) for k in ("kernel", "ramdisk") if boot.get(k)]
     checker = sorted(str(p) for p in Path(__file__).parent.glob("*.py"))
     identities = [_identity(f) for f in files] + [_identity(f) for f in checker]
+    # the domain's identity (its uuid, and the default MACs derived from it) checks nothing:
+    # a fresh uuid at each create must not make every create check afresh
+    checked = {k: v for k, v in plan.items() if k != "uuid"}
+    checked["vifs"] = [{k: v for k, v in vif.items() if k != "mac"}
+                       for vif in plan.get("vifs", []) if isinstance(vif, dict)]
     try:
-        text = json.dumps([plan, identities], sort_keys=True, default=str)
+        text = json.dumps([checked, identities], sort_keys=True, default=str)
     except (TypeError, ValueError):
         return None
     return hashlib.sha256(text.encode()).hexdigest()

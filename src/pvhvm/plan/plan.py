@@ -69,7 +69,6 @@ MIN_QEMU_MEMORY_MIB = 16
 OVMF_PATH = "/usr/share/ovmf/OVMF.fd"
 #: Xen's OUI; the other three octets are derived from the domain's uuid and the vif's index
 XEN_OUI = "00:16:3e"
-_UUID_NAMESPACE = uuidlib.UUID("6f1c0a6e-3b9e-4f3c-9a57-7076686d0001")
 
 
 class Platform(Enum):
@@ -401,10 +400,12 @@ def _plan_ports(
     return serial, tuple(more), parallel
 
 
-def domain_uuid(config: DomainConfig) -> str:
-    """The config's uuid, or one derived from the name so a re-created guest keeps it."""
+def domain_uuid(config: DomainConfig, identity: str | None = None) -> str:
+    """The config's ``uuid=``; else ``identity``, the uuid the toolstack keeps for the domain
+    (a defined domain's, a saved one's: runtime/persist.py); else a fresh random one, as xl
+    makes one at every create (xl.cfg(5) ``uuid``: "a random one is generated")."""
     if config.uuid is None:
-        return str(uuidlib.uuid5(_UUID_NAMESPACE, config.name))
+        return identity if identity is not None else str(uuidlib.uuid4())
     try:
         return str(uuidlib.UUID(config.uuid))
     except ValueError as err:
@@ -423,16 +424,19 @@ def make_plan(
     registry: TypeRegistry | None = None,
     check_files: bool = True,
     skip_unsupported: bool = False,
+    uuid: str | None = None,
 ) -> Plan:
     """Resolve every device of ``config`` and decide every default.
 
     ``skip_unsupported`` turns keys that change the guest but cannot be realised here (PCI
-    passthrough, a vTPM...) from errors into warnings; export-xl keeps them either way."""
+    passthrough, a vTPM...) from errors into warnings; export-xl keeps them either way.
+    ``uuid``: the domain's kept identity, used when the config has no ``uuid=``
+    (:func:`domain_uuid`); the default MACs derive from the uuid (:func:`default_mac`)."""
     registry = registry or default_registry()
     warnings = list(config.warnings)
     notes: list[str] = []
     _unsupported_keys(config, platform, skip_unsupported, warnings)
-    uuid = domain_uuid(config)
+    uuid = domain_uuid(config, uuid)
     pv_guest = config.guest_type is GuestType.PV
     if pv_guest:
         _check_pv_guest(config, platform, warnings)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pvhvm.runtime.persist import Definition
 from pvhvm.runtime.state import DomainRecord, DomainState
 
 LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
@@ -44,7 +45,8 @@ class ListRow:
     """One line of ``list``."""
 
     name: str
-    domid: int
+    #: None: a defined domain that is not running (``list --all``), shown "-" as virsh does
+    domid: int | None
     memory_mib: int
     vcpus: int
     state: str
@@ -71,6 +73,28 @@ def list_rows(
     ]
 
 
+#: the state ``list --all`` gives a defined domain that is not running (virsh's word)
+SHUT_OFF = "shut off"
+
+
+def defined_rows(definitions: Iterable[Definition],
+                 size: Callable[[Definition], tuple[int, int]]) -> list[ListRow]:
+    """``list --all``'s rows of defined domains that are not running: no id, no CPU time;
+    memory (MiB) and vCPUs as ``size`` reads them from the config (runtime/hostsvc.py)."""
+    rows = []
+    for definition in definitions:
+        memory, vcpus = size(definition)
+        rows.append(ListRow(name=definition.name, domid=None, memory_mib=memory, vcpus=vcpus,
+                            state=SHUT_OFF, flags="------", cpu_seconds=0.0))
+    return rows
+
+
+def long_defined(definitions: Iterable[Definition]) -> list[dict[str, Any]]:
+    """``list -l --all``'s objects of defined domains that are not running."""
+    return [{"domid": None, "name": d.name, "uuid": d.uuid, "state": SHUT_OFF,
+             "autostart": d.autostart, "config_file": d.source.file} for d in definitions]
+
+
 def vnc_address(vnc: Mapping[str, Any]) -> str:
     """``HOST:DISPLAY`` of a VNC server as the record keeps it (supervisor.vnc_of), as
     ``virsh vncdisplay`` prints it: ``:N`` when it listens on every address."""
@@ -85,7 +109,8 @@ def format_list(rows: Iterable[ListRow]) -> str:
     lines = [LIST_HEADER]
     for row in rows:
         lines.append(
-            f"{row.name:<40} {row.domid:5d} {row.memory_mib:5d} {row.vcpus:5d}     "
+            f"{row.name:<40} {'-' if row.domid is None else row.domid:>5} "
+            f"{row.memory_mib:5d} {row.vcpus:5d}     "
             f"{row.flags}  {row.cpu_seconds:8.1f}"
         )
     return "\n".join(lines) + "\n"

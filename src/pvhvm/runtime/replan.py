@@ -83,12 +83,15 @@ def resolving_in(directory: str) -> Iterator[None]:
             os.chdir(before if before is not None and os.path.isdir(before) else "/")
 
 
-def plan_source(source: ConfigSource, target: Platform = Platform.QEMU) -> Plan:
-    """``source``'s plan, as ``create`` makes it (pygrub run on the qemu target)."""
-    return _plan_source(source, target)[0]
+def plan_source(source: ConfigSource, target: Platform = Platform.QEMU,
+                uuid: str | None = None) -> Plan:
+    """``source``'s plan, as ``create`` makes it (pygrub run on the qemu target); ``uuid``:
+    the domain's kept identity, for a config without ``uuid=`` (plan.domain_uuid)."""
+    return _plan_source(source, target, uuid)[0]
 
 
-def _plan_source(source: ConfigSource, target: Platform) -> tuple[Plan, bool]:
+def _plan_source(source: ConfigSource, target: Platform,
+                 uuid: str | None = None) -> tuple[Plan, bool]:
     """:func:`plan_source`, and whether the kernel came from the bootloader (pygrub)."""
     with resolving_in(source.directory):
         config = domain_config(source)
@@ -96,7 +99,7 @@ def _plan_source(source: ConfigSource, target: Platform) -> tuple[Plan, bool]:
         if target is Platform.QEMU:
             config = pygrub.run_bootloader(config)
         plan = make_plan(config, target, check_files=True,
-                         skip_unsupported=source.skip_unsupported)
+                         skip_unsupported=source.skip_unsupported, uuid=uuid)
     return plan, loaded and target is Platform.QEMU
 
 
@@ -265,7 +268,7 @@ def replan(image: DomainImage, where: str, target: Platform = Platform.QEMU,
     ``check_slots``: hot-plugged devices name pvhvm's hotplug ports (not on libvirt, which
     places them itself)."""
     try:
-        plan, loaded = _plan_source(image.source, target)
+        plan, loaded = _plan_source(image.source, target, image.uuid)
     except PvhvmError as err:
         raise ReplanError(f"{where}: the saved domain's config does not plan here: {err}"
                           ) from err

@@ -3,6 +3,10 @@
 Layout (``PVHVM_STATE_DIR``, else ``$XDG_STATE_HOME/pvhvm``, else ``~/.local/state/pvhvm``)::
 
     lock                     flock held while allocating a domid
+    domid                    the last domid given: domids are not reused (issue 21 item 6)
+    defined/                 defined (persistent) domains (runtime/persist.py)
+    uuids.json               the uuid each name got at its first create (runtime/persist.py)
+    host-saved.json          the domains ``pvhvm host stop --save-dir`` saved (runtime/hostsvc.py)
     domains/<name>/          one directory per domain; it appears whole, with its record and
                              owner lock, by renaming a staging directory ``.<name>.<pid>.new``
                              (a rename onto an existing domain fails: one of two racing
@@ -50,6 +54,10 @@ OWNER_LOCK = "owner.lock"
 #: in the state directory itself): xen/domain.py, platforms/libvirt.py
 PLATFORM_SUBSTORES = ("xen", "libvirt")
 STAGING_SUFFIX = ".new"
+#: the last domid given (StateStore.next_domid), in the state directory
+DOMID_FILE = "domid"
+#: Xen's DOMID_FIRST_RESERVED is 0x7FF0: domids of guests stay below it
+DOMID_MAX = 0x7FEF
 
 
 class DomainState(Enum):
@@ -388,18 +396,31 @@ class StateStore:
                 out.append(record)
         return out
 
-    def next_domid(self) -> int:
-        """The smallest domid not in use on any platform (call with :meth:`locked` held)."""
+    def next_domid(self, take: bool = True) -> int:
+        """The domid after the last one given, skipping any in use on a platform (call with
+        :meth:`locked` held). The last one is kept in the state directory's ``domid``, so
+        domids are not reused while this state directory lives, host supervisor restarts
+        included (Xen reuses them only after its 32-bit space wraps; pvhvm wraps at
+        DOMID_MAX). An unreadable counter starts again after the highest in use.
+        ``take=False`` (a dry run): the domid the next create would get, nothing written."""
         used = {r.domid for store in (self, *self.peers) for r in store.records()}
-        domid = 1
+        counter = self.base / DOMID_FILE
+        try:
+            last = int(counter.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            last = max(used, default=0)
+        domid = last + 1 if 0 <= last < DOMID_MAX else 1
         while domid in used:
-            domid += 1
+            domid = domid + 1 if domid < DOMID_MAX else 1
+        if take:
+            write_atomic(counter, f"{domid}\n")
         return domid
 
 
 #: what pvhvm keeps in a state directory (and a platform's store under it)
 STATE_ENTRIES = frozenset({"lock", "hostd.lock", "hostd.sock", "domains", "logs",
-                           "xenstored", *PLATFORM_SUBSTORES})
+                           "xenstored", DOMID_FILE, "defined", "host-saved.json", "uuids.json",
+                           *PLATFORM_SUBSTORES})
 
 
 def _state_dir(directory: Path, pvhvms: bool = False) -> None:

@@ -254,7 +254,7 @@ def list_domains(store: StateStore | None = None) -> list[DomainRecord]:
 def dry_run_nodes(plan: Plan, store: StateStore | None = None) -> dict[str, str]:
     """The nodes create would write (``--dry-run --json --platform xen``)."""
     records = xen_store(store)
-    return domain_entries(plan, records.next_domid()).as_dict()
+    return domain_entries(plan, records.next_domid(take=False)).as_dict()
 
 
 def device_drivers(record: DomainRecord) -> dict[str, str]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import click
 
 from pvhvm.cli.context import current_platforms
+from pvhvm.cli.naming import resolve_names
 from pvhvm.cli.output import console, print_json
 from pvhvm.errors import DomainError, NotOnPlatformError, PvhvmError
 from pvhvm.platforms import Platforms
@@ -75,7 +76,7 @@ def stats_lines(sample: DomainSample) -> list[str]:
 
 
 @click.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 def domstats(names: tuple[str, ...], as_json: bool) -> None:
     """CPU, memory, block and network counters of running domains (as virsh domstats).
@@ -145,7 +146,7 @@ def _rates_loop(platforms: Platforms, names: tuple[str, ...], delay: float,
 
 
 @click.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
 @click.option("-b", "--batch", is_flag=True, help="Print a table per sample (for scripts).")
 @click.option("-n", "--iterations", type=click.IntRange(min=1), default=None,
               help="Stop after N samples (default: until ^C; batch mode: 1).")

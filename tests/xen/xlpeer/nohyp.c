@@ -10,13 +10,21 @@
  * parse_config_data and libxl's JSON generator run for real. Any call to something a dry run
  * should never reach (creating a domain, writing XenStore) fails loudly: the shim prints
  * "nohyp: unexpected NAME" on stderr and exits 70, so a test sees the peer broke.
+ *
+ * The same shim lets Debian's oxenstored run on a Unix socket with --no-domain-init
+ * (benchmarks/xenstore/sidebyside.py): it opens a libxc handle, an event channel handle (here
+ * a pipe that never becomes readable: no domain ever signals) bound to VIRQ_DOM_EXC, and a
+ * grant table handle, and asks for the domains it knows (none).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xenctrl.h>
+#include <xenevtchn.h>
+#include <xengnttab.h>
 #include <xenstore.h>
 
 #define NR_CPUS 4
@@ -139,6 +147,100 @@ long xc_sharing_used_frames(xc_interface *xch)
     (void)xch;
     errno = ENOSYS;
     return -1;
+}
+
+int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigned int max_doms,
+                      xc_dominfo_t *info)
+{
+    (void)xch; (void)first_domid; (void)max_doms; (void)info;
+    return 0;   /* no domains */
+}
+
+/* An event channel handle: a pipe whose read end never becomes readable. */
+struct xenevtchn_handle {
+    int fds[2];
+};
+
+xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
+{
+    (void)logger; (void)flags;
+    xenevtchn_handle *xce = malloc(sizeof(*xce));
+    if (xce && pipe(xce->fds) < 0) {
+        free(xce);
+        xce = NULL;
+    }
+    return xce;
+}
+
+int xenevtchn_close(xenevtchn_handle *xce)
+{
+    if (xce) {
+        close(xce->fds[0]);
+        close(xce->fds[1]);
+        free(xce);
+    }
+    return 0;
+}
+
+int xenevtchn_fd(xenevtchn_handle *xce)
+{
+    return xce->fds[0];
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *xce, unsigned int virq)
+{
+    (void)xce; (void)virq;
+    return 1;
+}
+
+xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce)
+{
+    (void)xce;
+    errno = EAGAIN;
+    return -1;
+}
+
+int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    (void)xce; (void)port;
+    return 0;
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+                                                     evtchn_port_t remote_port)
+{
+    (void)xce; (void)domid;
+    return (xenevtchn_port_or_error_t)remote_port + 100;
+}
+
+int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    (void)xce; (void)port;
+    return 0;
+}
+
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port)
+{
+    (void)xce; (void)port;
+    return 0;
+}
+
+xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned int open_flags)
+{
+    (void)logger; (void)open_flags;
+    return (xengnttab_handle *)&handle_token;
+}
+
+int xengnttab_close(xengnttab_handle *xgt)
+{
+    (void)xgt;
+    return 0;
+}
+
+int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants)
+{
+    (void)xgt; (void)nr_grants;
+    return 0;
 }
 
 /* What a dry run must never do: each a loud failure rather than a silent success. */

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
+import select
 import shutil
 import socket
 import statistics
@@ -208,39 +210,124 @@ def run_throughput(daemons: list[Daemon], xsload: Path, seconds: float, rounds: 
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 
+#: a phase whose good clients have not all finished this long after its end is "stalled"
+STALL_SECONDS = 30.0
+
+
+def run_good(path: str, clients: int, seconds: float) -> tuple[float, float, float, int] | None:
+    """hostile.run_good with a bound: None when a good client is still waiting for a reply
+    STALL_SECONDS after the phase (its processes are then killed)."""
+    start_at = time.time() + 1.0
+    procs = [subprocess.Popen(hostile._me("good", path, str(i), str(start_at), str(seconds)),
+                              stdout=subprocess.PIPE, text=True) for i in range(clients)]
+    deadline = time.monotonic() + 1.0 + seconds + STALL_SECONDS
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+                other.wait()
+            return None
+    results = [json.loads(out) for out in outputs]
+    requests = sum(r["requests"] for r in results)
+    elapsed = max(r["elapsed"] for r in results)
+    sample = sorted(x for r in results for x in r["sample"])
+    return (requests / elapsed, sample[len(sample) // 2],
+            sample[min(len(sample) - 1, int(len(sample) * 0.99))], requests)
+
+
+#: the hostile clients of a phase not all in place this long after they started: the phase
+#: is reported as such and skipped
+SETUP_SECONDS = 180.0
+
+
+def start_hostile(path: str, kinds: tuple[str, ...], prefix: str
+                  ) -> tuple[list[subprocess.Popen[str]], str | None]:
+    """hostile.start_hostile, bounded: the processes, and the first client not "ready"
+    within SETUP_SECONDS (None when all are)."""
+    procs: list[subprocess.Popen[str]] = []
+    deadline = time.monotonic() + SETUP_SECONDS
+    for kind in kinds:
+        proc = subprocess.Popen(hostile._me("hostile", path, kind, prefix),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready or proc.stdout.readline().strip() != "ready":
+            return procs, kind
+    return procs, None
+
+
+def stop_hostile(procs: list[subprocess.Popen[str]]) -> None:
+    """hostile.stop_hostile, bounded: a hostile client stuck in connect() to a daemon that
+    no longer accepts (C xenstored's backlog is 1) is killed after 30 s."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_hostile(daemons: list[Daemon], seconds: float, rounds: int, clients: int) -> None:
     print(f"\nhostile clients (hostile.py), {clients} good client(s); {rounds} rounds of "
           f"{seconds:g} s per phase, medians; ratio: to the same daemon's solo rate")
     print(f"{'daemon':>11} {'phase':>32} {'req/s':>8} {'ratio':>6} {'p50 µs':>7} "
           f"{'p99 µs':>7} {'cpu µs':>7} {'RSS MiB':>8} {'log B':>7}")
     rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    stalled: set[tuple[str, str]] = set()
+    skipped: set[tuple[str, str]] = set()
     for _ in range(rounds):
         for daemon in daemons:
             solo = 0.0
             for phase, kinds, prefix in hostile.PHASES:
-                procs = hostile.start_hostile(daemon.socket, kinds, prefix)
+                procs, not_ready = start_hostile(daemon.socket, kinds, prefix)
+                if not_ready is not None:
+                    stop_hostile(procs)
+                    print(f"{daemon.name:>11} {phase:>32}  the {not_ready} client was not in "
+                          f"place {SETUP_SECONDS:g} s after it started: phase skipped",
+                          flush=True)
+                    skipped.add((daemon.name, phase))
+                    continue
                 size = _log_size(daemon)
                 before = sum(_cpu(daemon.pid))
-                rate, p50, p99, requests = hostile.run_good(daemon.socket, clients, seconds)
+                measured = run_good(daemon.socket, clients, seconds)
+                if measured is None:
+                    stalled.add((daemon.name, phase))
+                    measured = (0.0, float("nan"), float("nan"), 1)
+                rate, p50, p99, requests = measured
                 cpu = (sum(_cpu(daemon.pid)) - before) / requests
                 rss = hostile._rss_kib(daemon.pid) / 1024
                 after = _log_size(daemon)
                 grown = float("nan") if size is None or after is None else after - size
-                hostile.stop_hostile(procs)
+                stop_hostile(procs)
                 solo = solo or rate
                 rows.setdefault((daemon.name, phase), []).append(
-                    (rate, rate / solo, p50, p99, cpu, rss, grown))
+                    (rate, rate / solo if solo else float("nan"), p50, p99, cpu, rss, grown))
+                print(f"{daemon.name:>11} {phase:>32} {rate:>8.0f}  (this round)", flush=True)
                 time.sleep(0.5)
+    print("medians:")
     for daemon in daemons:
         for phase, _, _ in hostile.PHASES:
+            if (daemon.name, phase) not in rows:
+                print(f"{daemon.name:>11} {phase:>32}  skipped: hostile clients not in place")
+                continue
             rate, ratio, p50, p99, cpu, rss, grown = (
                 statistics.median(c) for c in zip(*rows[(daemon.name, phase)], strict=True))
+            note = (f"  stalled: a good request unanswered {STALL_SECONDS:g} s after the phase"
+                    if (daemon.name, phase) in stalled else "")
             print(f"{daemon.name:>11} {phase:>32} {rate:>8.0f} {ratio:>6.2f} "
                   f"{p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} {rss:>8.1f} "
-                  f"{grown:>7.0f}", flush=True)
+                  f"{grown:>7.0f}{note}", flush=True)
     for daemon in daemons:
-        print(f"{daemon.name:>11} at end: RSS {hostile._rss_kib(daemon.pid) / 1024:.1f} MiB, "
-              f"{len(hostile.daemon_connections(daemon.pid))} sockets open")
+        with contextlib.suppress(OSError):
+            print(f"{daemon.name:>11} at end: RSS {hostile._rss_kib(daemon.pid) / 1024:.1f} "
+                  f"MiB, {len(hostile.daemon_connections(daemon.pid))} sockets open")
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ defaults here (libxl_create.c libxl__domain_build_info_setdefault, libxl_nic.c,
 libxl_dm.c: which disk and NIC the device model emulates), and then every fact pvhvm's plan
 decides (guest type, memory, vcpus, firmware, boot order, each disk's and NIC's fate and
 parameters, display, serial ports, USB, timers, on_* actions, kernel) must be xl's, or be
-listed in DIFFERENCES for that file with its reason. A listed difference that no longer
-occurs fails too.
+listed in DIFFERENCES for that file with its reason, or be one of pvhvm's own defaults
+(DEFAULT_CHOICES: display, platform device, memory) in a file that leaves that key unset. A
+listed difference that no longer occurs fails too, and so does a default choice that no
+file shows any more.
 
 The corpus is tests/xen/corpus-full/: files written for this test in the shapes real ones have
 (a Windows installer's, libvirt's xl writer's, xlexample.pvlinux's, users' files), and

@@ -210,6 +210,7 @@ def run_throughput(daemons: list[Daemon], xsload: Path, seconds: float, rounds: 
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 
+DAEMONS = ("pvhvm", "cxenstored", "oxenstored")
 #: a phase whose good clients have not all finished this long after its end is "stalled"
 STALL_SECONDS = 30.0
 
@@ -331,6 +332,7 @@ def run_hostile(daemons: list[Daemon], seconds: float, rounds: int, clients: int
 
 
 def main() -> None:
+    global STALL_SECONDS  # --stall
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path("src"),
                         help="the source tree holding pvhvm/ (default: src)")
@@ -339,9 +341,15 @@ def main() -> None:
     parser.add_argument("--only", choices=("throughput", "hostile"))
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16],
                         help="good clients for the hostile phases")
+    parser.add_argument("--daemons", nargs="+", default=list(DAEMONS), choices=DAEMONS,
+                        help="which daemons (the first is the ratios' base)")
+    parser.add_argument("--stall", type=float, default=STALL_SECONDS,
+                        help="seconds after a hostile phase before a good request counts "
+                             "as stalled")
     args = parser.parse_args()
+    STALL_SECONDS = args.stall
     unpack()
-    names = ("pvhvm", "cxenstored", "oxenstored")
+    names = args.daemons
     with tempfile.TemporaryDirectory(prefix="xsb", dir="/tmp") as tmpdir, \
             contextlib.ExitStack() as stack:
         tmp = Path(tmpdir)

@@ -4,6 +4,10 @@ The fixture fetches Debian's libxen-dev (headers) and libxenmisc4.17 (libxlutil,
 with ``apt-get download``, unpacks them with dpkg-deb into a cache, and compiles xlparse with
 the host's gcc. Nothing is installed system-wide. It skips, saying why, only when the
 packages cannot be downloaded or there is no C compiler.
+
+``xl_native`` is Debian's whole xl 4.17 binary (xen-utils-4.17, unpacked beside them) run as
+``xl -N create FILE`` under the LD_PRELOAD shim tests/xen/xlpeer/nohyp.c, which stands in for
+the hypervisor and XenStore handles so that only xl's parse_config_data runs for real.
 """
 
 from __future__ import annotations
@@ -128,6 +132,73 @@ def _build() -> XlParser:
 def xl() -> XlParser:
     with directory_lock(CACHE):  # xdist workers share the cache: one builds, the others wait
         return _build()
+
+
+#: the package with xl itself (/usr/lib/xen-4.17/bin/xl); its libraries are PACKAGES
+XL_PACKAGE = "xen-utils-4.17"
+XL_BINARY = Path("usr/lib/xen-4.17/bin/xl")
+SHIM_SOURCE = Path(__file__).parent / "xlpeer" / "nohyp.c"
+
+
+@dataclass(frozen=True)
+class XlDryRun:
+    """What ``xl -N create`` made of a file: libxl's domain config, or xl's refusal."""
+
+    config: dict[str, Any] | None
+    stderr: str
+
+
+@dataclass(frozen=True)
+class XlNative:
+    """Debian's xl 4.17 with the hypervisor shimmed away (tests/xen/xlpeer/nohyp.c)."""
+
+    binary: Path
+    libdir: Path
+    shim: Path
+
+    def create_dry_run(self, path: Path) -> XlDryRun:
+        """``xl -N create PATH``: libxl's domain config as xl builds it (before libxl's own
+        defaults), or None and xl's message. A shim or xl crash is an AssertionError."""
+        env = {**os.environ, "LD_LIBRARY_PATH": str(self.libdir), "LD_PRELOAD": str(self.shim)}
+        proc = subprocess.run([str(self.binary), "-N", "create", str(path.resolve())],
+                              capture_output=True,
+                              text=True, env=env, check=False, timeout=30)
+        if proc.returncode == 0:
+            return XlDryRun(json.loads(proc.stdout), proc.stderr)
+        if proc.returncode in (1, 255) and "nohyp:" not in proc.stderr:  # xl's own refusal
+            return XlDryRun(None, proc.stderr.strip())
+        raise AssertionError(f"xl -N create {path} failed ({proc.returncode}): {proc.stderr}")
+
+
+def _build_native() -> XlNative:
+    parser = _build()  # the libraries and headers
+    root = CACHE / "root"
+    if not (root / XL_BINARY).exists():
+        debs = CACHE / "debs"
+        fetched = subprocess.run(["apt-get", "download", XL_PACKAGE], cwd=debs,
+                                 capture_output=True, text=True, check=False)
+        if fetched.returncode != 0:
+            pytest.skip(f"apt-get download {XL_PACKAGE} failed: {fetched.stderr.strip()}")
+        for deb in sorted(debs.glob(f"{XL_PACKAGE}_*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    digest = hashlib.sha256(SHIM_SOURCE.read_bytes()).hexdigest()[:12]
+    shim = CACHE / f"nohyp-{digest}.so"
+    if not shim.exists():
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        if compiler is None:
+            pytest.skip("no C compiler to build the xl shim")
+        built = shim.with_name(f"{shim.name}.{os.getpid()}")
+        subprocess.run([compiler, "-O1", "-Wall", "-Werror", "-shared", "-fPIC", "-o",
+                        str(built), str(SHIM_SOURCE), f"-I{root / 'usr/include'}"],
+                       check=True, capture_output=True)
+        os.replace(built, shim)
+    return XlNative(root / XL_BINARY, parser.libdir, shim)
+
+
+@pytest.fixture(scope="session")
+def xl_native() -> XlNative:
+    with directory_lock(CACHE):
+        return _build_native()
 
 
 @pytest.fixture(scope="session")

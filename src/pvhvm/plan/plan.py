@@ -604,7 +604,9 @@ def _display(config: DomainConfig) -> Display | None:
     if config.vga == "none" and config.spice is not None:
         raise config.where("vga").error("vga = 'none' and spice = 1: SPICE shows the guest's "
                                         "graphics card, so give it one (or drop spice)")
-    if config.vga == "none" or not (config.vnc or config.vga or config.spice):
+    # sdl = 1 asks for a window on the card, so the guest has its card (xl: cirrus) even
+    # where no window opens (the qemu platform says it ignores sdl)
+    if config.vga == "none" or not (config.vnc or config.vga or config.spice or config.sdl):
         return None
     try:
         listen, display = parse_vnc_listen(config.vnc_listen)
@@ -658,13 +660,17 @@ def _disk_kind(
     """The one place an untyped disk's kind is decided: by guest type, then dialect.
 
     xl (libxl_dm.c, qemu-xen): sd* disks are emulated as SCSI, other disks among the first
-    four as IDE, the rest are PV only. xm (xend 3.0.4-4.4, qemu-dm's xenstore.c): hd* disks
-    IDE, sd* SCSI, xvd* PV only. xend 3.0.2 (the RFC): hd* IDE, everything else PV only."""
+    four as IDE, the rest are PV only, and a disk served by a driver domain (backend=) is PV
+    only (libxl_disk.c: no local path for the device model to open). xm (xend 3.0.4-4.4,
+    qemu-dm's xenstore.c): hd* disks IDE, sd* SCSI, xvd* PV only. xend 3.0.2 (the RFC): hd*
+    IDE, everything else PV only."""
     kind = _explicit_kind(config, spec.type, DeviceClass.DISK, spec.cdrom, registry, where, pos)
     if kind is not None:
         return kind
     if spec.cdrom:
         return DeviceKind.IOEMU
+    if config.dialect is Dialect.XL and spec.backend is not None:
+        return DeviceKind.XENBUS
     if config.dialect is Dialect.XL:
         emulated = vdev.family is VdevFamily.SD or (
             vdev.family is not VdevFamily.NUMBER and vdev.disk < XL_EMULATED_DISKS)

@@ -1,0 +1,371 @@
+"""pvhvm's xenstored beside Xen's own two, on the same client load, in one run (issue 19 item 5;
+not a timed test).
+
+The daemons, each on a Unix socket of its own, none of them the host's:
+
+* ``pvhvm``: ``python -m pvhvm.xenstore --socket PATH`` from ``--src``;
+* ``cxenstored``: Debian's C xenstored 4.17 (``xen-utils-4.17``:
+  /usr/lib/xen-4.17/bin/xenstored), ``--no-fork``, its socket in ``XENSTORED_RUNDIR``. It
+  introduces dom0 at start from /proc/xen/xsd_port and xsd_kva, so it runs in a mount
+  namespace of its own where those are a port number and a zeroed page (an empty ring);
+  with ``--no-domain-init`` it crashes at the first request (a NULL domain);
+* ``oxenstored``: Debian's OCaml oxenstored 4.17 with Debian's /etc/xen/oxenstored.conf
+  (xen-utils-common; quotas, access log), ``--no-domain-init --no-fork``. Its socket path is
+  compiled in (/var/run/xenstored/socket), so it runs in a mount namespace of its own with a
+  private /run (reached from here as /proc/PID/root/run/xenstored/socket), where
+  /proc/sys/fs/nr_open reads as this host's hard RLIMIT_NOFILE: it raises its limit to
+  nr_open at start, which a container without CAP_SYS_RESOURCE refuses.
+
+The Xen binaries come unpacked from Debian's packages (``apt-get download``, ``dpkg-deb -x``,
+nothing installed; the cache tests/xen/conftest.py's ``xl_native`` fixture uses). On a host with
+no Xen, both daemons' libxc, event channel and grant table handles are
+tests/xen/xlpeer/nohyp.c (LD_PRELOAD), built here with gcc: an event channel that never
+fires. Socket connections are dom0's to all three (no per-domain quotas apply to them).
+
+The load is throughput.py's (``xsload.c``: one C process per client, one request in flight or
+pipelined) and hostile.py's (good Python clients alone, beside all the hostile clients, beside
+a 20,000-watch flood on unrelated paths). Each round runs every daemon in turn, ``--rounds``
+times, and medians are printed, with each daemon's rate as a ratio to pvhvm's, and its CPU
+time per request, user and system apart, from /proc. Usage::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/xenstore/sidebyside.py [--seconds 2]
+        [--rounds 3] [--only throughput|hostile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hostile
+import throughput
+
+HERE = Path(__file__).resolve().parent
+SHIM = HERE.parents[1] / "tests" / "xen" / "xlpeer" / "nohyp.c"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pvhvm" / "xlpeer"
+ROOT = CACHE / "root"
+LIBDIR = ROOT / "usr/lib/x86_64-linux-gnu"
+BINDIR = ROOT / "usr/lib/xen-4.17/bin"
+#: xen-utils-4.17 (the daemons), xen-utils-common (oxenstored.conf), the libraries they link
+PACKAGES = (
+    "xen-utils-4.17", "xen-utils-common", "libxen-dev", "libxenmisc4.17", "libxentoollog1",
+    "libyajl2", "libxenhypfs1", "libxengnttab1", "libxenevtchn1", "libxenforeignmemory1",
+    "libxencall1", "libxendevicemodel1", "libxenstore4", "libxentoolcore1",
+)
+
+
+def unpack() -> None:
+    """Debian's packages unpacked into the cache (what is already there is kept)."""
+    needed = [BINDIR / "xenstored", BINDIR / "oxenstored", ROOT / "etc/xen/oxenstored.conf",
+              LIBDIR / "libxenctrl.so.4.17", ROOT / "usr/include/xenevtchn.h"]
+    if all(path.exists() for path in needed):
+        return
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for package in PACKAGES:
+        if not list(debs.glob(f"{package}_*.deb")):
+            subprocess.run(["apt-get", "download", package], cwd=debs, check=True,
+                           capture_output=True)
+    for package in PACKAGES:
+        for deb in debs.glob(f"{package}_*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(ROOT)], check=True)
+
+
+def build_shim(directory: Path) -> Path:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        sys.exit("sidebyside.py: needs gcc (or cc) for the oxenstored shim")
+    shim = directory / "nohyp.so"
+    subprocess.run([gcc, "-O1", "-shared", "-fPIC", "-o", str(shim), str(SHIM),
+                    f"-I{ROOT / 'usr/include'}"], check=True)
+    return shim
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    pid: int
+    socket: str
+    log: Path | None
+
+
+def _wait_for(path: str, process: subprocess.Popen[bytes], name: str) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start (exit {process.poll()})") from None
+            time.sleep(0.05)
+        finally:
+            probe.close()
+
+
+@contextlib.contextmanager
+def started(name: str, src: Path, tmp: Path, shim: Path) -> Iterator[Daemon]:
+    """One daemon on a socket of its own; stopped (SIGTERM, then waited for) on exit."""
+    env = dict(os.environ, LD_LIBRARY_PATH=str(LIBDIR))
+    log: Path | None = None
+    if name == "pvhvm":
+        path = str(tmp / "pvhvm.sock")
+        log = tmp / "pvhvm.log"
+        argv = [sys.executable, "-m", "pvhvm.xenstore", "--socket", path]
+        env = dict(os.environ, PYTHONPATH=str(src))
+    elif name == "cxenstored":
+        # --no-domain-init crashes it at the first request (4.17: a socket connection then
+        # has no domain), so dom0 is introduced as in a real dom0: its event channel port
+        # and ring page come from /proc/xen (here a private one: a port number and a zeroed
+        # page, an empty ring no one writes), its event channel and grant handles from nohyp
+        rundir = tmp / "cxenstored"
+        procxen = rundir / "proc-xen"
+        procxen.mkdir(parents=True)
+        (procxen / "xsd_port").write_text("7\n")
+        (procxen / "xsd_kva").write_bytes(bytes(4096))
+        path = str(rundir / "socket")
+        env.update(XENSTORED_RUNDIR=str(rundir), LD_PRELOAD=str(shim))
+        script = (f"mount -t tmpfs tmpfs /proc && mkdir /proc/xen && "
+                  f'mount --bind {procxen} /proc/xen && exec "$0" --no-fork')
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                str(BINDIR / "xenstored")]
+    else:
+        conf = tmp / "oxenstored.conf"
+        text = (ROOT / "etc/xen/oxenstored.conf").read_text()
+        conf.write_text(text.replace("/var/run/xen/xenstored.pid", "/run/xen/xenstored.pid")
+                        + "xenstored-log-file = /run/xenstored/log\n"
+                        + "access-log-file = /run/xenstored/access-log\n")
+        nr_open = tmp / "nr_open"
+        nr_open.write_text(f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}\n")
+        env["LD_PRELOAD"] = str(shim)
+        script = ("mount -t tmpfs tmpfs /run && mkdir /run/xenstored /run/xen && "
+                  f"mount --bind {nr_open} /proc/sys/fs/nr_open && "
+                  f'exec "$0" --no-domain-init --no-fork --config-file {conf}')
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                str(BINDIR / "oxenstored")]
+        path = ""
+    output = open(log if log is not None else os.devnull, "wb")  # noqa: SIM115
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                               stderr=output)
+    try:
+        if name == "oxenstored":  # unshare and sh exec: this pid is the daemon's
+            path = f"/proc/{process.pid}/root/run/xenstored/socket"
+            log = Path(f"/proc/{process.pid}/root/run/xenstored/log")
+        _wait_for(path, process, name)
+        yield Daemon(name, process.pid, path, log)
+    finally:
+        process.terminate()
+        process.wait(10)
+        output.close()
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    return throughput._daemon_cpu(pid)
+
+
+def _log_size(daemon: Daemon) -> int | None:
+    try:
+        return daemon.log.stat().st_size if daemon.log is not None else None
+    except OSError:
+        return None
+
+
+def run_throughput(daemons: list[Daemon], xsload: Path, seconds: float, rounds: int) -> None:
+    print(f"\nthroughput (xsload.c); {rounds} rounds of {seconds:g} s, medians; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(f"{'daemon':>11} {'mix':>10} {'clients':>7} {'depth':>5} {'req/s':>8} {'ratio':>6} "
+          f"{'p50 µs':>7} {'p99 µs':>7} {'usr µs':>6} {'sys µs':>6}")
+    for mix, clients, depth in throughput.SCENARIOS:
+        rows: dict[str, list[tuple[float, ...]]] = {d.name: [] for d in daemons}
+        for _ in range(rounds):
+            for daemon in daemons:
+                before = _cpu(daemon.pid)
+                rate, p50, p99, requests = throughput.run_client(
+                    [str(xsload), daemon.socket, str(clients), str(seconds), mix, str(depth)])
+                user, system = ((a - b) / requests
+                                for a, b in zip(_cpu(daemon.pid), before, strict=True))
+                rows[daemon.name].append((rate, p50, p99, user, system))
+        base = statistics.median(r[0] for r in rows[daemons[0].name])
+        for daemon in daemons:
+            rate, p50, p99, user, system = (statistics.median(c)
+                                            for c in zip(*rows[daemon.name], strict=True))
+            print(f"{daemon.name:>11} {mix:>10} {clients:>7} {depth:>5} {rate:>8.0f} "
+                  f"{rate / base:>6.2f} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} "
+                  f"{user * 1e6:>6.1f} {system * 1e6:>6.1f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+
+
+DAEMONS = ("pvhvm", "cxenstored", "oxenstored")
+#: a phase whose good clients have not all finished this long after its end is "stalled"
+STALL_SECONDS = 30.0
+
+
+def run_good(path: str, clients: int, seconds: float) -> tuple[float, float, float, int] | None:
+    """hostile.run_good with a bound: None when a good client is still waiting for a reply
+    STALL_SECONDS after the phase (its processes are then killed)."""
+    start_at = time.time() + 1.0
+    procs = [subprocess.Popen(hostile._me("good", path, str(i), str(start_at), str(seconds)),
+                              stdout=subprocess.PIPE, text=True) for i in range(clients)]
+    deadline = time.monotonic() + 1.0 + seconds + STALL_SECONDS
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+                other.wait()
+            return None
+    results = [json.loads(out) for out in outputs]
+    requests = sum(r["requests"] for r in results)
+    elapsed = max(r["elapsed"] for r in results)
+    sample = sorted(x for r in results for x in r["sample"])
+    return (requests / elapsed, sample[len(sample) // 2],
+            sample[min(len(sample) - 1, int(len(sample) * 0.99))], requests)
+
+
+#: the hostile clients of a phase not all in place this long after they started: the phase
+#: is reported as such and skipped
+SETUP_SECONDS = 180.0
+
+
+def start_hostile(path: str, kinds: tuple[str, ...], prefix: str
+                  ) -> tuple[list[subprocess.Popen[str]], str | None]:
+    """hostile.start_hostile, bounded: the processes, and the first client not "ready"
+    within SETUP_SECONDS (None when all are)."""
+    procs: list[subprocess.Popen[str]] = []
+    deadline = time.monotonic() + SETUP_SECONDS
+    for kind in kinds:
+        proc = subprocess.Popen(hostile._me("hostile", path, kind, prefix),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready or proc.stdout.readline().strip() != "ready":
+            return procs, kind
+    return procs, None
+
+
+def stop_hostile(procs: list[subprocess.Popen[str]]) -> None:
+    """hostile.stop_hostile, bounded: a hostile client stuck in connect() to a daemon that
+    no longer accepts (C xenstored's backlog is 1) is killed after 30 s."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_hostile(daemons: list[Daemon], seconds: float, rounds: int, clients: int) -> None:
+    print(f"\nhostile clients (hostile.py), {clients} good client(s); {rounds} rounds of "
+          f"{seconds:g} s per phase, medians; ratio: to the same daemon's solo rate")
+    print(f"{'daemon':>11} {'phase':>32} {'req/s':>8} {'ratio':>6} {'p50 µs':>7} "
+          f"{'p99 µs':>7} {'cpu µs':>7} {'RSS MiB':>8} {'log B':>7}")
+    rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    stalled: set[tuple[str, str]] = set()
+    skipped: set[tuple[str, str]] = set()
+    for _ in range(rounds):
+        for daemon in daemons:
+            solo = 0.0
+            for phase, kinds, prefix in hostile.PHASES:
+                procs, not_ready = start_hostile(daemon.socket, kinds, prefix)
+                if not_ready is not None:
+                    stop_hostile(procs)
+                    print(f"{daemon.name:>11} {phase:>32}  the {not_ready} client was not in "
+                          f"place {SETUP_SECONDS:g} s after it started: phase skipped",
+                          flush=True)
+                    skipped.add((daemon.name, phase))
+                    continue
+                size = _log_size(daemon)
+                before = sum(_cpu(daemon.pid))
+                measured = run_good(daemon.socket, clients, seconds)
+                if measured is None:
+                    stalled.add((daemon.name, phase))
+                    measured = (0.0, float("nan"), float("nan"), 1)
+                rate, p50, p99, requests = measured
+                cpu = (sum(_cpu(daemon.pid)) - before) / requests
+                rss = hostile._rss_kib(daemon.pid) / 1024
+                after = _log_size(daemon)
+                grown = float("nan") if size is None or after is None else after - size
+                stop_hostile(procs)
+                solo = solo or rate
+                rows.setdefault((daemon.name, phase), []).append(
+                    (rate, rate / solo if solo else float("nan"), p50, p99, cpu, rss, grown))
+                print(f"{daemon.name:>11} {phase:>32} {rate:>8.0f}  (this round)", flush=True)
+                time.sleep(0.5)
+    print("medians:")
+    for daemon in daemons:
+        for phase, _, _ in hostile.PHASES:
+            if (daemon.name, phase) not in rows:
+                print(f"{daemon.name:>11} {phase:>32}  skipped: hostile clients not in place")
+                continue
+            rate, ratio, p50, p99, cpu, rss, grown = (
+                statistics.median(c) for c in zip(*rows[(daemon.name, phase)], strict=True))
+            note = (f"  stalled: a good request unanswered {STALL_SECONDS:g} s after the phase"
+                    if (daemon.name, phase) in stalled else "")
+            print(f"{daemon.name:>11} {phase:>32} {rate:>8.0f} {ratio:>6.2f} "
+                  f"{p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} {rss:>8.1f} "
+                  f"{grown:>7.0f}{note}", flush=True)
+    for daemon in daemons:
+        with contextlib.suppress(OSError):
+            print(f"{daemon.name:>11} at end: RSS {hostile._rss_kib(daemon.pid) / 1024:.1f} "
+                  f"MiB, {len(hostile.daemon_connections(daemon.pid))} sockets open")
+
+
+def main() -> None:
+    global STALL_SECONDS  # --stall
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--src", type=Path, default=Path("src"),
+                        help="the source tree holding pvhvm/ (default: src)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations")
+    parser.add_argument("--only", choices=("throughput", "hostile"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16],
+                        help="good clients for the hostile phases")
+    parser.add_argument("--daemons", nargs="+", default=list(DAEMONS), choices=DAEMONS,
+                        help="which daemons (the first is the ratios' base)")
+    parser.add_argument("--stall", type=float, default=STALL_SECONDS,
+                        help="seconds after a hostile phase before a good request counts "
+                             "as stalled")
+    args = parser.parse_args()
+    STALL_SECONDS = args.stall
+    unpack()
+    names = args.daemons
+    with tempfile.TemporaryDirectory(prefix="xsb", dir="/tmp") as tmpdir, \
+            contextlib.ExitStack() as stack:
+        tmp = Path(tmpdir)
+        shim = build_shim(tmp)
+        xsload = throughput.compile_xsload(tmp)
+        daemons = [stack.enter_context(started(name, args.src.resolve(), tmp, shim))
+                   for name in names]
+        for daemon in daemons:
+            print(f"{daemon.name}: pid {daemon.pid}, socket {daemon.socket}, RSS at start "
+                  f"{hostile._rss_kib(daemon.pid) / 1024:.1f} MiB")
+        if args.only in (None, "throughput"):
+            run_throughput(daemons, xsload, args.seconds, args.rounds)
+        if args.only in (None, "hostile"):
+            for clients in args.clients:
+                run_hostile(daemons, args.seconds, args.rounds, clients)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pvhvm.cli import output
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import print_json
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
@@ -32,7 +33,7 @@ def _holder(name: str) -> DomainPlatform:
 
 
 @click.command(name="list")
-@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=complete_domain)
 @click.option("-l", "--long", "long_", is_flag=True, help="Full records as JSON (xl list -l).")
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
 def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
@@ -53,14 +54,14 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
     _holder(name).console(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.option("-w", "--wait", is_flag=True, help="Wait until the domain has shut down.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -72,21 +73,21 @@ def shutdown(name: str, wait: bool, timeout: float) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def pause(name: str) -> None:
     """Pause domain NAME (its vCPUs stop)."""
     _holder(name).pause(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def unpause(name: str) -> None:
     """Unpause domain NAME."""
     _holder(name).unpause(name)
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def reboot(name: str) -> None:
     """Ask domain NAME to reboot (the ACPI power button; its guest's power-off becomes a
     reboot, as virsh reboot). A paused domain is refused."""
@@ -94,7 +95,7 @@ def reboot(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def reset(name: str) -> None:
     """Reset domain NAME at once, as virsh reset (the guest is not asked; on_reboot=destroy
     ends it)."""
@@ -102,7 +103,7 @@ def reset(name: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 def vncdisplay(name: str) -> None:
     """Print HOST:DISPLAY of domain NAME's VNC server (the port QEMU chose), as virsh
     vncdisplay."""
@@ -110,7 +111,7 @@ def vncdisplay(name: str) -> None:
 
 
 @click.command(name="block-list")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
@@ -125,7 +126,7 @@ def block_list(name: str, as_json: bool) -> None:
 
 
 @click.command(name="network-list")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
@@ -187,7 +188,7 @@ _force = click.option("--force", is_flag=True,
 
 
 @click.command(name="block-attach")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("spec")
 def block_attach(name: str, spec: str) -> None:
     """Add a PV disk to running domain NAME (SPEC as in a disk= entry; PV only, as xl)."""
@@ -195,7 +196,7 @@ def block_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="block-detach")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("disk", metavar="VDEV|DEVID")
 @_force
 @_detach_timeout
@@ -205,7 +206,7 @@ def block_detach(name: str, disk: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="network-attach")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("spec", default="", metavar="[VIFSPEC]")
 def network_attach(name: str, spec: str) -> None:
     """Add a PV NIC to running domain NAME (VIFSPEC as in a vif= entry; PV only, as xl)."""
@@ -213,7 +214,7 @@ def network_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="network-detach")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("nic", metavar="DEVID|MAC")
 @_force
 @_detach_timeout
@@ -223,7 +224,7 @@ def network_detach(name: str, nic: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="cd-insert")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("vdev")
 @click.argument("target")
 def cd_insert(name: str, vdev: str, target: str) -> None:
@@ -232,7 +233,7 @@ def cd_insert(name: str, vdev: str, target: str) -> None:
 
 
 @click.command(name="cd-eject")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("vdev")
 def cd_eject(name: str, vdev: str) -> None:
     """Eject the medium of emulated CD drive VDEV of domain NAME."""
@@ -240,7 +241,7 @@ def cd_eject(name: str, vdev: str) -> None:
 
 
 @click.command(name="mem-set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("memory", metavar="MEM")
 def mem_set(name: str, memory: str) -> None:
     """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
@@ -252,7 +253,7 @@ def mem_set(name: str, memory: str) -> None:
 
 
 @click.command(name="vcpu-set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("vcpus", metavar="VCPUS")
 @click.option("-i", "--ignore-host", is_flag=True,
               help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
@@ -265,7 +266,7 @@ def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("host", required=False)
 @click.option("--to", "destination", metavar="URI", default=None,
               help="libvirt: the destination daemon's URI (instead of HOST).")
@@ -324,7 +325,7 @@ def migrate_receive() -> None:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path),
                 callback=output.writable_option)
 @click.option("-c", "leave_running", is_flag=True,

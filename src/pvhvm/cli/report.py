@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.output import console, data, print_json
 from pvhvm.errors import DomainError
@@ -61,7 +62,7 @@ def report_tables(name: str, report: DeviceReport) -> list[Table]:
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_domain)
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the guest to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

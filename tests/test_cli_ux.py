@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -15,7 +16,12 @@ import pytest
 
 from pvhvm.cli import manpage, output
 from pvhvm.cli.main import cli, main
+from pvhvm.cli.report import report_document
+from pvhvm.guest.report import parse_report
+from pvhvm.runtime.migrate import MigrationOutcome
+from pvhvm.runtime.save import SaveOutcome
 from tests import jsonout
+from tests.test_strings_are_data import hostile_log
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -314,3 +320,20 @@ def test_man_page_renders_without_warnings() -> None:
 
 def test_roff_escapes() -> None:
     assert manpage.roff_text(".x\n'y\na-b\\c") == "\\&.x\n\\&'y\na\\-b\\ec"
+
+
+def test_results_only_e2e_runs_print_match_the_schema() -> None:
+    """report, save and migrate --json need a running guest (the e2e tests check them
+    through jsonout); their documents, made here from the same objects the CLI prints, match
+    the schema too, so a field renamed in those objects fails here first."""
+    validator = jsonout.validator()
+    report = report_document("g", parse_report(hostile_log()))
+    saved = SaveOutcome(path=Path("/s/g.save"), size=1 << 20, seconds=1.5, domain="destroyed")
+    moved = MigrationOutcome(host="h", state="running", total_ms=900, qemu_total_ms=880,
+                             downtime_ms=12, transferred=1 << 24, seconds=0.9)
+    for command, result in (("report", report),
+                            ("save", {**asdict(saved), "path": str(saved.path)}),
+                            ("migrate", asdict(moved))):
+        document = output.envelope(command, result)
+        errors = [e.message for e in validator.iter_errors(json.loads(json.dumps(document)))]
+        assert errors == [], (command, errors)

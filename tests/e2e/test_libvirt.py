@@ -83,7 +83,9 @@ def test_pv_only_guest_through_libvirt(
         assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
             ("xvda", "xenbus", "libvirt virtio vda")]
         nics = jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout)
-        assert [n["driver"] for n in nics] == ["libvirt virtio (user networking)"]
+        # no xenbr0 here: user networking, said in a field of its own (not in the driver)
+        assert [(n["driver"], n["bridge"], n["user_networking"]) for n in nics] == [
+            ("libvirt virtio", "xenbr0", True)]
 
         pvhvm.run("pause", "pv-only")
         assert listed(pvhvm)["pv-only"] == "paused"

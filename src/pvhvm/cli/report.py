@@ -43,19 +43,19 @@ def wait_for_report(log: Path, domain_dir: Path, timeout: float) -> DeviceReport
 def report_tables(name: str, report: DeviceReport) -> list[Table]:
     pci = Table(title=f"{name}: PCI functions", title_justify="left")
     for column in ("slot", "class", "what", "vendor:device", "driver"):
-        pci.add_column(column)
+        pci.add_column(column, overflow="fold")
     for fn in report.pci:
         pci.add_row(data(fn.slot), f"0x{fn.pci_class:04x}", PCI_CLASSES.get(fn.pci_class, ""),
                     f"{fn.vendor:04x}:{fn.device:04x}", data(fn.driver or "-"))
     disks = Table(title="Block devices", title_justify="left")
     for column in ("name", "driver", "size"):
-        disks.add_column(column)
+        disks.add_column(column, overflow="fold")
     for blk in report.blocks:
         disks.add_row(data(blk.name), data(blk.driver or "-"),
                       f"{blk.sectors * 512 / 2**20:.0f} MiB")
     nics = Table(title="NICs", title_justify="left")
     for column in ("ifname", "driver", "mac"):
-        nics.add_column(column)
+        nics.add_column(column, overflow="fold")
     for net in report.nets:
         nics.add_row(data(net.ifname), data(net.driver or "-"), data(net.mac))
     return [pci, disks, nics]

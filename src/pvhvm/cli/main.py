@@ -120,7 +120,11 @@ DOMAIN_VERBS = {
 )
 @click.version_option(__version__, prog_name="pvhvm")
 def cli() -> None:
-    """HVM guests whose disks and NICs are each deterministically emulated or PV."""
+    """Run Xen HVM guests from xm/xl domain configs on QEMU/KVM (or on Xen, or through
+    libvirt), each disk and NIC emulated or paravirtual exactly as its config line says.
+
+    The verbs are xl's. --json gives one JSON document (docs/json.md); the man page
+    (man -l docs/pvhvm.1) has every command."""
 
 
 def _known_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -25,6 +25,13 @@ settings.load_profile("pvhvm")
 # each test's own state directory is left with no process soon after it ends.
 os.environ.setdefault("PVHVM_HOSTD_LINGER", "1")
 
+# pvhvm's tables are as wide as COLUMNS says (cli/output.py); pytest-xdist's workers are given
+# COLUMNS=80 and LINES=24, a shell may export its own: every test starts without them, so the
+# output a test reads is the same with or without -n and whatever the terminal (a test that is
+# about COLUMNS sets it itself).
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true", help="rewrite golden files")

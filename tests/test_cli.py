@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.cli.main import main
+from tests import jsonout
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,7 +33,7 @@ def dry_json(capsys: pytest.CaptureFixture[str], cfg: str, imagedir: Path) -> di
     code, out, err = run(capsys, "create", str(EXAMPLES / cfg), f"imagedir={imagedir}",
                          "--dry-run", "--json")
     assert code == 0, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert isinstance(document, dict)
     return document
 
@@ -136,16 +136,20 @@ def test_bad_input_exit_1(
 
 
 def test_bad_cli_arguments(capsys: pytest.CaptureFixture[str], imagedir: Path) -> None:
+    """Usage errors (click's: missing argument, bad choice, unknown command) exit 2, as click
+    and xl's getopt give; bad input in what was given exits 1."""
     code, _, err = run(capsys, "create")
-    assert code == 1 and "Missing argument" in err
+    assert code == 2 and "Missing argument" in err
     code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "novalue", "-n")
     assert code == 1 and "not NAME=VALUE" in err
     code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "-n")
     assert code == 1 and "name 'imagedir' is not defined" in err
     code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "--platform", "vmware")
-    assert code == 1 and "vmware" in err
+    assert code == 2 and "vmware" in err
     code, _, err = run(capsys, "nosuchcommand")
-    assert code == 1
+    assert code == 2
+    code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), "--no-such-option")
+    assert code == 2 and "No such option" in err
 
 
 def test_subprocess_no_traceback(tmp_path: Path) -> None:
@@ -278,7 +282,7 @@ def test_xl_numbered_vdevs(capsys: pytest.CaptureFixture[str], imagedir: Path) -
                          f'disk=["{imagedir}/rootfs.ext4,raw,d0p0,rw", "{disk},raw,51728,r"]',
                          "--dry-run", "--json")
     assert code == 0, err
-    disks = [(d["vdev"], d["devid"], d["type"]) for d in json.loads(out)["disks"]]
+    disks = [(d["vdev"], d["devid"], d["type"]) for d in jsonout.result(out)["disks"]]
     assert disks == [("d0p0", 51712, "ioemu"), ("51728", 51728, "xenbus")]
     code, _, err = run(capsys, "create", str(EXAMPLES / "pv-only.cfg"), f"imagedir={imagedir}",
                        f'disk=["{imagedir}/rootfs.ext4,raw,xvda,rw", "{disk},raw,51712,r"]',
@@ -302,11 +306,11 @@ def test_dialect_option_and_notes_for_scripts(
     cfg = tmp_path / "g.cfg"
     cfg.write_text('name = "g"\nbuilder = "hvm"\nvif = [ "bridge=xenbr0" ]\n')
     code, out, _ = run(capsys, "create", str(cfg), "--dry-run", "--json", "--dialect", "xl")
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert code == 0 and document["dialect"] == "xl"
     assert document["vifs"][0]["type"] == "ioemu" and document["notes"]
     code, _, err = run(capsys, "create", str(cfg), "--dry-run", "--dialect", "xq")
-    assert code == 1 and "'xq' is not one of 'xm', 'xl'" in err
+    assert code == 2 and "'xq' is not one of 'xm', 'xl'" in err
 
 
 def test_export_xl_notes_are_one_line_each_in_a_pipe(tmp_path: Path) -> None:

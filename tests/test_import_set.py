@@ -15,6 +15,7 @@ import pytest
 
 from pvhvm.platforms import PLATFORM_NAMES, default_platforms
 from pvhvm.runtime.state import PLATFORM_SUBSTORES, StateStore
+from tests import jsonout
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -85,13 +86,13 @@ def test_the_probe_sees_what_a_command_loads(tmp_path: Path, imagedir: Path) -> 
     done, modules = loaded(tmp_path, "create", str(EXAMPLES / "pv-only.cfg"),
                            f"imagedir={imagedir}", "--dry-run", "--json", "--platform", "xen")
     assert done.returncode == 0, done.stderr
-    assert "xenstore" in json.loads(done.stdout)
+    assert "xenstore" in jsonout.result(done.stdout)
     assert "pvhvm.platforms.xen" in modules and "pvhvm.platforms.libvirt" not in modules
 
 
 def test_list_loads_a_platform_only_when_its_store_has_a_domain(tmp_path: Path) -> None:
     done, modules = loaded(tmp_path, "list", "--json")
-    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+    assert (done.returncode, jsonout.result(done.stdout, "list")) == (0, []), done.stderr
     assert heavy(modules, ("pvhvm.platforms.xen", "pvhvm.platforms.libvirt", "asyncio",
                            "guestfs", "pvhvm.guest.appliance")) == []
 
@@ -143,7 +144,7 @@ def test_dry_run_of_a_domain_xml_loads_the_reader(tmp_path: Path, imagedir: Path
                    f"<os><type>hvm</type><kernel>{imagedir}/vmlinuz</kernel></os></domain>\n")
     done, modules = loaded(tmp_path, "create", str(xml), "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["name"] == "g"
+    assert jsonout.result(done.stdout)["name"] == "g"
     assert "pvhvm.libvirt.read" in modules
 
 

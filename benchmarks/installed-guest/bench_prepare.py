@@ -40,7 +40,9 @@ def prepare_once(src: Path | None, disk: Path, workdir: Path) -> tuple[float, di
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"prepare failed ({src or 'this checkout'}): {done.stderr}")
-    seconds: dict[str, float] = json.loads(done.stdout)["seconds"]
+    document = json.loads(done.stdout)
+    # the --json envelope (docs/json.md); a checkout from before it printed the result bare
+    seconds: dict[str, float] = document.get("result", document)["seconds"]
     image.unlink()
     return wall, seconds
 

@@ -84,11 +84,11 @@ def main() -> None:
         remote.start()
         back = ["--unsafe", "--migrate-uri", f"tcp://{host.host_address}"]
         _, dry = cli.run("create", *common, "--dry-run", "--json")
-        argv = json.loads(dry.stdout)["qemu_argv"]
+        argv = json.loads(dry.stdout)["result"]["qemu_argv"]  # docs/json.md
         xml = state / "pv-only.xml"
         _, lv_dry = cli.run("create", *common, "--platform", "libvirt", "--connect", daemon.uri,
                             "--dry-run", "--json")
-        xml.write_text(json.loads(lv_dry.stdout)["libvirt_xml"])
+        xml.write_text(json.loads(lv_dry.stdout)["result"]["libvirt_xml"])
         for _ in range(args.repeat):
             samples["bare_qemu_create"].append(qemu_by_hand(argv))
             shutil.rmtree(state / "domains" / "pv-only", ignore_errors=True)

@@ -115,7 +115,7 @@ def run_pvhvm(work: Path, images: Path, size: int) -> tuple[dict[str, Any], list
     receiver = f"env PVHVM_STATE_DIR={other} {sys.executable} -m pvhvm migrate-receive"
     migrate_s, done = timed(lambda: pvhvm(state, "migrate", "-s", "", name, receiver,
                                           "--json"))
-    outcome = json.loads(done.stdout)
+    outcome = json.loads(done.stdout)["result"]  # the --json envelope, docs/json.md
     pvhvm(other, "destroy", name)
     figures = {"save_s": save_s, "save_mib": saved.stat().st_size / 2**20,
                "restore_s": restore_s, "migrate_s": migrate_s,

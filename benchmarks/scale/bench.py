@@ -85,7 +85,7 @@ def one_round(count: int, kit_dir: Path, work: Path) -> dict[str, object]:
     listing = pvhvm(state, "list", "--json")
     out, _ = listing.communicate()
     list_s = time.perf_counter() - listed
-    running = len(json.loads(out)) if listing.returncode == 0 else -1
+    running = len(json.loads(out)["result"]) if listing.returncode == 0 else -1
     marker = str(state).encode()
     supervisors = rss_kib(b"pvhvm.runtime.hostd", marker)
     toolstack_private = private_kib(b"pvhvm.runtime.hostd", marker)

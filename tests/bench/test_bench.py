@@ -27,6 +27,7 @@ from pvhvm.bench.setups import DEFAULT, DEFAULT_SETUP, IDE, IDE_DIRECT, select_s
 from pvhvm.bench.toolstack import vdev_name
 from pvhvm.guest.bench import parse_dpkg_search, parse_needed
 from pvhvm.qemu.argv import PV_DISK_TUNING
+from tests import jsonout
 
 FIO_JSON = {
     "fio version": "fio-3.33",
@@ -146,7 +147,7 @@ def pvhvm(*args: str, tmp: Path, timeout: float = 240) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "pvhvm", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    document = json.loads(done.stdout)
+    document = jsonout.result(done.stdout)
     assert isinstance(document, dict)
     return document
 

@@ -31,6 +31,7 @@ from pvhvm.bench.netenv import (
     link_exists,
     remove_acl,
 )
+from tests import jsonout
 
 IPERF_JSON = {
     "start": {"version": "iperf 3.12"},
@@ -137,7 +138,7 @@ def test_bench_net_tiny_boots_a_pv_guest_on_a_bridge(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    document = json.loads(done.stdout)
+    document = jsonout.result(done.stdout)
     assert document["schema"] == "pvhvm-bench-net/1"
     rows = document["results"]
     assert {(r["job"], r["device"], r["setup"]) for r in rows} == {

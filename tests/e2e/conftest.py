@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -18,6 +17,7 @@ import pytest
 
 from pvhvm.guest.kit import Kit
 from pvhvm.guest.report import END, DeviceReport, parse_report
+from tests import jsonout
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BOOT_TIMEOUT = float(os.environ.get("PVHVM_BOOT_TIMEOUT", "240"))
@@ -171,6 +171,6 @@ def domain(pvhvm: Pvhvm, imagedir: Path) -> Iterator[list[str]]:
 
 
 def json_of(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    document = json.loads(proc.stdout)
+    document = jsonout.result(proc.stdout)
     assert isinstance(document, dict)
     return document

@@ -23,6 +23,7 @@ import pytest
 from pvhvm.guest.report import END
 from pvhvm.qemu import qmp
 from pvhvm.runtime.logs import MARKER_PREFIX
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm, console_shell
 
 pytestmark = pytest.mark.e2e
@@ -63,13 +64,13 @@ def last_report(pvhvm: Pvhvm, name: str, after: int) -> list[str]:
 
 
 def blocks(pvhvm: Pvhvm, name: str) -> list[tuple[str, str, str]]:
-    rows = json.loads(pvhvm.run("block-list", name, "--json").stdout)
+    rows = jsonout.result(pvhvm.run("block-list", name, "--json").stdout)
     return [(r["vdev"], r["type"], r["driver"]) for r in rows]
 
 
 def nics(pvhvm: Pvhvm, name: str) -> list[tuple[int, str]]:
     return [(n["devid"], n["mac"])
-            for n in json.loads(pvhvm.run("network-list", name, "--json").stdout)]
+            for n in jsonout.result(pvhvm.run("network-list", name, "--json").stdout)]
 
 
 def node_names(pvhvm: Pvhvm, name: str) -> Any:
@@ -120,8 +121,8 @@ def test_pv_disk_and_nic_hotplug_walk(pvhvm: Pvhvm, domain: list[str], imagedir:
     assert "no free hotplug slot" in refused(pvhvm, "block-attach", name, f"{spare},xvdc,w")
     assert "no free hotplug slot" in refused(pvhvm, "network-attach", name)
     assert [d["vdev"] for d in record(pvhvm, name)["plan"]["disks"]] == ["xvda", "xvdb"]
-    long = json.loads(pvhvm.run("list", "-l", name).stdout)
-    assert [d["vdev"] for d in long[0]["config"]["disks"]] == ["xvda", "xvdb"]
+    long = jsonout.result(pvhvm.run("list", "-l", name).stdout)
+    assert [d["vdev"] for d in long[0]["plan"]["disks"]] == ["xvda", "xvdb"]
 
     # a guest reboot (ACPI; then reset in place, on_reboot=restart) keeps them
     pvhvm.run("reboot", name)
@@ -213,7 +214,7 @@ def test_cd_insert_and_eject_in_an_empty_drive(
     assert "no cdrom 'hdd'" in refused(pvhvm, "cd-insert", name, "hdd", str(iso))
     assert "does not exist" in refused(pvhvm, "cd-insert", name, "hdc", str(iso) + ".nope")
     pvhvm.run("cd-insert", name, "hdc", str(iso))
-    rows = json.loads(pvhvm.run("block-list", name, "--json").stdout)
+    rows = jsonout.result(pvhvm.run("block-list", name, "--json").stdout)
     assert rows[1]["target"] == str(iso)
     inserted = wait_for("the medium in the guest", lambda: (
         out if "PVHVM-CD-MEDIUM!" in (out := guest_shell(pvhvm, name, probe)) else None), 60)
@@ -222,7 +223,7 @@ def test_cd_insert_and_eject_in_an_empty_drive(
     assert f"file={iso}" in drive  # a relaunch starts with the medium in
 
     pvhvm.run("cd-eject", name, "hdc")
-    rows = json.loads(pvhvm.run("block-list", name, "--json").stdout)
+    rows = jsonout.result(pvhvm.run("block-list", name, "--json").stdout)
     assert rows[1]["target"] == "(empty)"
     assert "No medium found" in guest_shell(pvhvm, name, probe)
     drive = next(a for a in record(pvhvm, name)["argv"] if a.startswith("id=disk-hdc,"))

@@ -7,7 +7,6 @@ between hosts, are in test_libvirt_hosts.py.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import jsonout
 from tests.e2e.conftest import BOOT_TIMEOUT, EXAMPLES, Pvhvm
 from tests.libvirt.daemon import PrivateLibvirtd
 
@@ -44,13 +44,13 @@ def lv_create(pvhvm: Pvhvm, libvirtd: PrivateLibvirtd, example: str, imagedir: P
 def report(pvhvm: Pvhvm, name: str) -> dict[str, object]:
     done = pvhvm.run("report", name, "--json", "--timeout", str(BOOT_TIMEOUT),
                      timeout=BOOT_TIMEOUT + 60)
-    document = json.loads(done.stdout)
+    document = jsonout.result(done.stdout)
     assert isinstance(document, dict)
     return document
 
 
 def listed(pvhvm: Pvhvm) -> dict[str, str]:
-    rows = json.loads(pvhvm.run("list", "--json").stdout)
+    rows = jsonout.result(pvhvm.run("list", "--json").stdout)
     return {row["name"]: row["state"] for row in rows}
 
 
@@ -62,7 +62,7 @@ def test_pv_only_guest_through_libvirt(
         created.stderr.split())
     try:
         assert libvirtd.virsh("list", "--name").split() == ["pv-only"]
-        record = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)[0]
+        record = jsonout.result(pvhvm.run("list", "-l", "pv-only").stdout)[0]
         assert record["platform"] == "libvirt" and record["accel"] == "tcg"
         assert listed(pvhvm)["pv-only"] == "running"
 
@@ -75,15 +75,17 @@ def test_pv_only_guest_through_libvirt(
         assert seen["sata_controller"] is True
         nets = seen["nets"]
         assert [(n["driver"], n["mac"]) for n in nets] == [  # type: ignore[attr-defined]
-            ("virtio_net", record["config"]["vifs"][0]["mac"])]
+            ("virtio_net", record["plan"]["vifs"][0]["mac"])]
 
-        (row,) = json.loads(pvhvm.run("list", "--json", "pv-only").stdout)
+        (row,) = jsonout.result(pvhvm.run("list", "--json", "pv-only").stdout)
         assert row["cpu_seconds"] > 0  # libvirt's CPU time of a guest that has booted
-        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
+        disks = jsonout.result(pvhvm.run("block-list", "pv-only", "--json").stdout)
         assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
             ("xvda", "xenbus", "libvirt virtio vda")]
-        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
-        assert [n["driver"] for n in nics] == ["libvirt virtio (user networking)"]
+        nics = jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout)
+        # no xenbr0 here: user networking, said in a field of its own (not in the driver)
+        assert [(n["driver"], n["bridge"], n["user_networking"]) for n in nics] == [
+            ("libvirt virtio", "xenbr0", True)]
 
         pvhvm.run("pause", "pv-only")
         assert listed(pvhvm)["pv-only"] == "paused"
@@ -114,7 +116,7 @@ def test_default_guest_has_ide_and_destroy_leaves_nothing(
         assert blocks == {"sda": "ata_piix"}
         assert [n["driver"] for n in seen["nets"]] in (  # type: ignore[attr-defined]
             ["8139cp"], ["8139too"])
-        disks = json.loads(pvhvm.run("block-list", "default", "--json").stdout)
+        disks = jsonout.result(pvhvm.run("block-list", "default", "--json").stdout)
         assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
             ("hda", "ioemu", "libvirt ide hda")]
         # names stay unique across platforms: the qemu platform refuses this one

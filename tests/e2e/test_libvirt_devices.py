@@ -13,7 +13,6 @@ ports stay empty once libvirt has placed the domain's devices.
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import random
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 
 from pvhvm.guest.report import END
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import refused, wait_for
 from tests.e2e.test_libvirt import libvirtd, listed, lv_create  # noqa: F401 (a fixture)
@@ -104,7 +104,7 @@ def balloon_mib(daemon: PrivateLibvirtd) -> int:
 
 
 def rows(pvhvm: Pvhvm, verb: str) -> list[dict[str, Any]]:
-    document = json.loads(pvhvm.run(verb, NAME, "--json").stdout)
+    document = jsonout.result(pvhvm.run(verb, NAME, "--json").stdout)
     assert isinstance(document, list)
     return document
 
@@ -180,7 +180,7 @@ def test_live_devices_save_restore_and_mem_set_through_libvirt(
         assert wait_for("the balloon at 160 MiB", lambda: balloon_mib(libvirtd) == 160, 60)
         wait_for("MemTotal down", lambda: 92 * 1024 <= high - mem_total_kib(pvhvm) <= 100 * 1024,
                  60)
-        assert json.loads(pvhvm.run("list", "-l", NAME).stdout)[0]["config"]["memory"] == 160
+        assert jsonout.result(pvhvm.run("list", "-l", NAME).stdout)[0]["plan"]["memory"] == 160
 
         # save: libvirt's own image; the domain is gone from pvhvm and from libvirt
         disks, nics = rows(pvhvm, "block-list"), rows(pvhvm, "network-list")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
 import pty
 import random
@@ -50,6 +49,7 @@ from pathlib import Path
 import pytest
 
 from pvhvm.guest.report import END, IDE_CLASS, DeviceReport, parse_report
+from tests import jsonout
 from tests.e2e.conftest import BOOT_TIMEOUT, EXAMPLES, Pvhvm
 from tests.hosts import NetnsHost, namespace_pids, namespaces
 from tests.libvirt.daemon import PrivateLibvirtd
@@ -247,8 +247,8 @@ def test_created_on_a_tcp_host_and_live_migrated_between_two(
     try:
         assert f"started by libvirt at {second.uri} (tcg)" in " ".join(created.stderr.split())
         assert second.names() == ["pv-only"] and first.names() == []
-        (record,) = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)
-        assert record["platform"] == "libvirt" and record["config"]["libvirt_uri"] == second.uri
+        (record,) = jsonout.result(pvhvm.run("list", "-l", "pv-only").stdout)
+        assert record["platform"] == "libvirt" and record["plan"]["libvirt_uri"] == second.uri
         uuid = record["uuid"]
         assert second.daemon.virsh("domuuid", "pv-only").strip() == uuid
         # the guest's NIC is on the second host's bridge, which this host does not have
@@ -264,10 +264,10 @@ def test_created_on_a_tcp_host_and_live_migrated_between_two(
         seen = console_report(pvhvm, "pv-only")
         assert not seen.has_class(IDE_CLASS) and seen.root == "/dev/vda"
         assert [(b.name, b.driver) for b in seen.blocks] == [("vda", "virtio_blk")]
-        mac = record["config"]["vifs"][0]["mac"]
+        mac = record["plan"]["vifs"][0]["mac"]
         assert [(n.driver, n.mac) for n in seen.nets] == [("virtio_net", mac)]
-        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
-        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
+        disks = jsonout.result(pvhvm.run("block-list", "pv-only", "--json").stdout)
+        nics = jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout)
         assert [(d["vdev"], d["driver"]) for d in disks] == [("xvda", "libvirt virtio vda")]
         assert [(n["driver"], n["bridge"]) for n in nics] == [("libvirt virtio", "xenbr0")]
 
@@ -283,18 +283,18 @@ def test_created_on_a_tcp_host_and_live_migrated_between_two(
             assert there.names() == ["pv-only"] and here.names() == []
             assert there.daemon.virsh("domuuid", "pv-only").strip() == uuid
             assert len(there.bridge_ports()) == 1 and here.no_bridge_ports()
-            (moved,) = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)
-            assert moved["config"]["libvirt_uri"] == there.uri
+            (moved,) = jsonout.result(pvhvm.run("list", "-l", "pv-only").stdout)
+            assert moved["plan"]["libvirt_uri"] == there.uri
             assert moved["state"] == "running" and moved["uuid"] == uuid
-            assert json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
-            assert json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
+            assert jsonout.result(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
+            assert jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
             # the guest came along, and sees the same devices as before
             assert devices(console_report(pvhvm, "pv-only", timeout=60)) == devices(seen)
         again = pvhvm.run("migrate", "pv-only", "--to", second.uri, check=False)
         assert again.returncode == 1 and "already runs at" in again.stderr
 
         pvhvm.run("shutdown", "-w", "pv-only", "--timeout", "120", timeout=180)
-        (rows) = json.loads(pvhvm.run("list", "--json").stdout)
+        (rows) = jsonout.result(pvhvm.run("list", "--json").stdout)
         assert "pv-only" not in [row["name"] for row in rows]
         assert first.names() == [] and second.names() == []
     finally:
@@ -321,11 +321,11 @@ def test_between_this_hosts_libvirt_and_a_tcp_host(
         assert f"<log file='{log}' append='on'/>" in live_xml(local)
         done = pvhvm.run("report", "pv-only", "--json", "--timeout", str(BOOT_TIMEOUT),
                          timeout=BOOT_TIMEOUT + 60)
-        booted = json.loads(done.stdout)
+        booted = jsonout.result(done.stdout)
         assert booted["ide_controller"] is False and booted["root"] == "/dev/vda"
-        disks = json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout)
-        nics = json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout)
-        uuid = json.loads(pvhvm.run("list", "-l", "pv-only").stdout)[0]["uuid"]
+        disks = jsonout.result(pvhvm.run("block-list", "pv-only", "--json").stdout)
+        nics = jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout)
+        uuid = jsonout.result(pvhvm.run("list", "-l", "pv-only").stdout)[0]["uuid"]
 
         # --to the URI alone: the TCP host's libvirt names its own address for the stream
         pvhvm.run("migrate", "pv-only", "--to", remote.uri, "--unsafe", timeout=300)
@@ -334,8 +334,8 @@ def test_between_this_hosts_libvirt_and_a_tcp_host(
         assert "<log " not in live_xml(remote.daemon)
         refused = pvhvm.run("report", "pv-only", check=False)
         assert refused.returncode == 1 and f"libvirt host at {remote.uri}" in refused.stderr
-        assert json.loads(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
-        assert json.loads(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
+        assert jsonout.result(pvhvm.run("block-list", "pv-only", "--json").stdout) == disks
+        assert jsonout.result(pvhvm.run("network-list", "pv-only", "--json").stdout) == nics
         away = console_report(pvhvm, "pv-only", timeout=60)
         assert (away.root, [(b.name, b.driver) for b in away.blocks]) == (
             "/dev/vda", [("vda", "virtio_blk")])
@@ -347,7 +347,7 @@ def test_between_this_hosts_libvirt_and_a_tcp_host(
         assert remote.names() == [] and local.virsh("list", "--name").split() == ["pv-only"]
         assert local.virsh("domuuid", "pv-only").strip() == uuid
         assert f"<log file='{log}' append='on'/>" in live_xml(local)
-        again = json.loads(pvhvm.run("report", "pv-only", "--json").stdout)
+        again = jsonout.result(pvhvm.run("report", "pv-only", "--json").stdout)
         assert again == booted
         assert devices(console_report(pvhvm, "pv-only", timeout=60)) == devices(away)
         pvhvm.run("shutdown", "-w", "pv-only", "--timeout", "120", timeout=180)

@@ -23,6 +23,7 @@ import pytest
 from pvhvm.guest.report import END
 from pvhvm.runtime.lifecycle import destroy
 from pvhvm.runtime.state import StateStore, pid_alive, process_cpu_seconds
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm, json_of
 
 pytestmark = pytest.mark.e2e
@@ -110,14 +111,14 @@ def test_walk_create_paused_list_console_reboot_shutdown(
     time.sleep(2)
     assert process_cpu_seconds(supervisor) - before < 0.2
 
-    rows = json.loads(pvhvm.run("list", "--json").stdout)
+    rows = jsonout.result(pvhvm.run("list", "--json").stdout)
     assert [(r["name"], r["state"], r["flags"]) for r in rows] == [("walk", "running", "r-----")]
-    long = json.loads(pvhvm.run("list", "-l").stdout)
-    assert long[0]["domid"] == created["domid"] and long[0]["config"]["name"] == "walk"
-    blocks = json.loads(pvhvm.run("block-list", "walk", "--json").stdout)
+    long = jsonout.result(pvhvm.run("list", "-l").stdout)
+    assert long[0]["domid"] == created["domid"] and long[0]["plan"]["name"] == "walk"
+    blocks = jsonout.result(pvhvm.run("block-list", "walk", "--json").stdout)
     assert [(b["vdev"], b["devid"], b["type"], b["driver"]) for b in blocks] == [
         ("xvda", 51712, "xenbus", "virtio-blk-pci")]
-    nics = json.loads(pvhvm.run("network-list", "walk", "--json").stdout)
+    nics = jsonout.result(pvhvm.run("network-list", "walk", "--json").stdout)
     assert [(n["type"], n["driver"]) for n in nics] == [("xenbus", "virtio-net-pci")]
 
     pvhvm.run("pause", "walk")
@@ -266,7 +267,7 @@ def test_create_killed_midway_leaves_a_guest_or_nothing(
         proc.wait()
 
         def settled(name: str = name) -> str | None:
-            rows = {r["name"]: r for r in json.loads(pvhvm.run("list", "--json").stdout)}
+            rows = {r["name"]: r for r in jsonout.result(pvhvm.run("list", "--json").stdout)}
             if name not in rows:
                 return "nothing"
             return "running" if rows[name]["state"] == "running" else None

@@ -7,7 +7,6 @@ exist is refused; the VNC display QEMU chose is shown.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -22,6 +21,7 @@ import pytest
 
 from pvhvm.guest.report import END
 from pvhvm.runtime.logs import MARKER_PREFIX, ROTATE_SIZE, current_run
+from tests import jsonout
 from tests.e2e.conftest import Pvhvm, json_of
 from tests.e2e.test_lifecycle import create, listed, record, wait_for
 
@@ -101,7 +101,7 @@ def test_a_panic_trace_is_kept_across_on_crash_restart(
     restarted = record(pvhvm, "phoenix2")
     assert restarted is not None
     report = pvhvm.run("report", "phoenix2", "--json", timeout=300)  # this run's report
-    assert json.loads(report.stdout)
+    assert jsonout.result(report.stdout)
     text = console_text(pvhvm, "phoenix2")
     markers = [line for line in text.splitlines() if line.startswith(MARKER_PREFIX)]
     assert len(markers) == 2, markers
@@ -171,9 +171,9 @@ def test_vncdisplay_shows_the_port_qemu_chose(
     assert host == "127.0.0.1" and int(display) > 40
     with socket.create_connection(("127.0.0.1", 5900 + int(display)), timeout=10) as client:
         assert client.recv(12).startswith(b"RFB ")  # QEMU's VNC server answers there
-    (row,) = json.loads(pvhvm.run("list", "--json", "seen").stdout)
+    (row,) = jsonout.result(pvhvm.run("list", "--json", "seen").stdout)
     assert row["vnc"] == shown
-    (long,) = json.loads(pvhvm.run("list", "-l", "seen").stdout)
+    (long,) = jsonout.result(pvhvm.run("list", "-l", "seen").stdout)
     assert long["vnc"]["port"] == 5900 + int(display)
     pvhvm.run("destroy", "seen")
 
@@ -250,7 +250,7 @@ def test_a_real_bridge_needs_the_helpers_allow_line(
             "be read; add the line 'allow br-t' to /etc/qemu/bridge.conf"), refused
         assert (work / "second.rc").read_text().strip() == "0", (work / "second.err").read_text()
         assert len((work / "ports").read_text().split()) == 1  # the NIC's tap, on br-t
-        (nic,) = json.loads((work / "nics.json").read_text())
+        (nic,) = jsonout.result((work / "nics.json").read_text())
         assert nic["bridge"] == "br-t"
         assert (work / "ports-after").read_text().split() == []
         assert not Path("/etc/qemu/bridge.conf").exists() or "br-t" not in Path(

@@ -5,13 +5,13 @@ both. One boot."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from pvhvm.qemu import qmp
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import guest_shell, last_report, refused, wait_for
 
@@ -37,7 +37,7 @@ def balloon_mib(pvhvm: Pvhvm, name: str) -> int:
 
 
 def listed(pvhvm: Pvhvm, name: str) -> tuple[int, int]:
-    row = json.loads(pvhvm.run("list", "--json", name).stdout)[0]
+    row = jsonout.result(pvhvm.run("list", "--json", name).stdout)[0]
     return int(row["memory_mib"]), int(row["vcpus"])
 
 
@@ -86,7 +86,7 @@ def test_mem_set_and_vcpu_set_seen_by_the_guest(
     last_report(pvhvm, name, 1)
     assert wait_for("the balloon at 160 MiB", lambda: balloon_mib(pvhvm, name) == 160, 60)
     assert wait_for("two vCPUs online", lambda: online_cpus(pvhvm, name) == "0-1", 60)
-    long = json.loads(pvhvm.run("list", "-l", name).stdout)[0]
-    assert (long["config"]["memory"], long["config"]["maxmem"]) == (160, 320)
-    assert (long["config"]["vcpus"], long["config"]["maxvcpus"]) == (2, 2)
+    long = jsonout.result(pvhvm.run("list", "-l", name).stdout)[0]
+    assert (long["plan"]["memory"], long["plan"]["maxmem"]) == (160, 320)
+    assert (long["plan"]["vcpus"], long["plan"]["maxvcpus"]) == (2, 2)
     assert "2,maxcpus=2" in long["argv"]

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from pvhvm.runtime.save import peek
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm, console_shell
 from tests.hosts import NetnsHost
 
@@ -69,8 +70,8 @@ def processes_of(state: Path) -> list[int]:
 
 def devices(run: Any, name: str) -> tuple[Any, Any]:
     """(block-list, network-list) as JSON, less the per-host bridge note."""
-    blocks = json.loads(run("block-list", name, "--json").stdout)
-    nics = json.loads(run("network-list", name, "--json").stdout)
+    blocks = jsonout.result(run("block-list", name, "--json").stdout)
+    nics = jsonout.result(run("network-list", name, "--json").stdout)
     return ([(b["vdev"], b["devid"], b["type"], b["driver"], b["target"]) for b in blocks],
             [(n["devid"], n["mac"], n["type"], n["driver"]) for n in nics])
 
@@ -100,13 +101,13 @@ def test_save_restore_migrate_there_and_back(
     before = devices(pvhvm.run, name)
     assert before[1][1][1] == "00:16:3e:7a:00:02"
     up = uptime(here, pvhvm.env(), name)
-    argv_before = json.loads(pvhvm.run("list", "-l", name).stdout)[0]["argv"]
+    argv_before = jsonout.result(pvhvm.run("list", "-l", name).stdout)[0]["argv"]
 
     # --- save: the domain is gone, the file is whole -------------------------------------
     saved = tmp_path / "mover.save"
     done = pvhvm.run("save", name, str(saved))
     assert "saved to" in done.stderr and not pvhvm.leftovers(name)
-    assert json.loads(pvhvm.run("list", "--json").stdout) == []
+    assert jsonout.result(pvhvm.run("list", "--json").stdout) == []
     assert saved.read_bytes()[:8] == b"PVHVMSAV" and saved.stat().st_mode & 0o077 == 0
     # the file carries the config as create read it and the attach's spec, no command line
     image = peek(saved)
@@ -117,9 +118,9 @@ def test_save_restore_migrate_there_and_back(
     # --- restore: planned again, the very argv create and network-attach made; same
     # devices, the guest's clock goes on ------------------------------------------------------
     pvhvm.run("restore", str(saved))
-    assert json.loads(pvhvm.run("list", "-l", name).stdout)[0]["argv"] == argv_before
+    assert jsonout.result(pvhvm.run("list", "-l", name).stdout)[0]["argv"] == argv_before
     assert devices(pvhvm.run, name) == before
-    assert json.loads(pvhvm.run("list", "--json").stdout)[0]["state"] == "running"
+    assert jsonout.result(pvhvm.run("list", "--json").stdout)[0]["state"] == "running"
     up_restored = uptime(here, pvhvm.env(), name)
     assert up_restored > up
 
@@ -127,7 +128,7 @@ def test_save_restore_migrate_there_and_back(
     second_host.start_sshd()
     moved = pvhvm.run("migrate", "-s", second_host.ssh_command, name,
                       f"root@{second_host.address}", "--json", timeout=300)
-    outcome = json.loads(moved.stdout)
+    outcome = jsonout.result(moved.stdout)
     # QEMU reports whole milliseconds: an idle guest can switch over in less than one
     assert outcome["state"] == "running" and outcome["total_ms"] > 0, json.dumps(outcome)
     # the whole RAM went (a reading taken for an earlier migration's would say nothing moved)
@@ -139,7 +140,7 @@ def test_save_restore_migrate_there_and_back(
     assert outcome["total_ms"] >= outcome["downtime_ms"]
     assert not pvhvm.leftovers(name)
     remote = second_host.run(["pvhvm", "list", "--json"], capture_output=True, text=True)
-    assert [r["name"] for r in json.loads(remote.stdout)] == [name], remote.stderr
+    assert [r["name"] for r in jsonout.result(remote.stdout)] == [name], remote.stderr
 
     def run_there(*args: str) -> subprocess.CompletedProcess[str]:
         done = second_host.run(["pvhvm", *args], capture_output=True, text=True)
@@ -153,7 +154,7 @@ def test_save_restore_migrate_there_and_back(
     # --- and back: the second host runs pvhvm migrate to this host's sshd --------------------
     back = shlex.join(source_host.ssh_argv(BACK_PORT)[:-1])
     run_there("migrate", "-s", back, name, f"root@{second_host.host_address}")
-    assert json.loads(run_there("list", "--json").stdout) == []
+    assert jsonout.result(run_there("list", "--json").stdout) == []
     assert not list((second_host.state_dir / "domains").glob("*"))
     assert devices(pvhvm.run, name) == before
     up_back = uptime(here, pvhvm.env(), name)
@@ -179,7 +180,7 @@ def test_save_restore_migrate_there_and_back(
     assert migration.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("pvhvm: error: migration of 'mover'"), err
     assert "Traceback" not in err
-    listed = json.loads(pvhvm.run("list", "--json").stdout)
+    listed = jsonout.result(pvhvm.run("list", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listed] == [(name, "running")]
     # nothing left there: no domain, and no process once its host supervisor, which has no
     # domain left, has lingered its while (the tests' 1 s: the netns sshd sets it too)

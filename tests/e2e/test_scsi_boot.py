@@ -4,6 +4,8 @@ HVM guest, as xl (libxl_dm.c) and xend emulate it, booted by SeaBIOS from the ls
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,11 @@ def test_root_on_an_emulated_scsi_disk_boots_from_firmware(
     disks = planned["disks"]
     assert isinstance(disks, list) and len(disks) == 1
     assert (disks[0]["type"], disks[0]["scsi_unit"], disks[0]["bootindex"]) == ("ioemu", 0, 0)
-    table = pvhvm.run("create", str(cfg), "--dry-run").stdout
+    # wide enough that no cell wraps (a table fits COLUMNS, 120 when piped, folding the long
+    # pytest paths and wrapping the other cells to make room)
+    table = subprocess.run([sys.executable, "-m", "pvhvm", "create", str(cfg), "--dry-run"],
+                           capture_output=True, text=True, env={**pvhvm.env(), "COLUMNS": "250"},
+                           timeout=120, check=True).stdout
     assert "SCSI disk (lsi53c895a)" in table
 
     domain.append("scsi")

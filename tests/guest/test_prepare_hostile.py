@@ -10,7 +10,6 @@ read, no process left, nothing left beside the image.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import secrets
 import shutil
@@ -26,6 +25,7 @@ import pytest
 from pvhvm.guest.appliance import ApplianceTimeout, Timeouts, children_of
 from pvhvm.guest.prepare import prepare_image, workdir_prefix
 from pvhvm.runtime.state import StateStore
+from tests import jsonout
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("guestfs") is None, reason="libguestfs (python3-guestfs) is not installed"),
@@ -249,7 +249,7 @@ def test_guest_symlinks_to_host_files_are_not_followed(workspace: Path, hostile_
     for name, text in contents.items():
         assert text.split("\n")[0].encode() not in data, f"host file {name} copied into the image"
     assert list((host / "devdir").iterdir()) == []
-    notes = json.loads(done.stdout)["notes"]
+    notes = jsonout.result(done.stdout)["notes"]
     assert any("leads nowhere in the guest" in note for note in notes), notes
     nothing_left(image.parent, before)
 
@@ -300,7 +300,7 @@ def test_planted_work_file_symlinks_are_left_alone(workspace: Path,
         planted = image.parent / name
         assert planted.is_symlink() and planted.readlink() == victim
         assert victim.read_text() == texts[name]
-    changes = json.loads(done.stdout)["changes"]
+    changes = jsonout.result(done.stdout)["changes"]
     assert any(c["path"] == "/etc/fstab" and "UUID=" in c["detail"] for c in changes), changes
     assert (image.parent / stale).is_symlink() and (victim_dir / "keep").read_text() == "keep\n"
     nothing_left(image.parent, before)
@@ -318,7 +318,7 @@ def test_the_image_keeps_its_mode_and_owner(workspace: Path, hostile_binary: Pat
     assert done.returncode == 0, done.stderr
     st = image.stat()
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 2345)
-    assert "/etc/fstab" in json.loads(done.stdout)["written"]
+    assert "/etc/fstab" in jsonout.result(done.stdout)["written"]
     nothing_left(image.parent, before)
 
 

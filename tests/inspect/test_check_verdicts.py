@@ -5,7 +5,6 @@ refuses only the second."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 from pvhvm.cli.main import main
 from pvhvm.inspect import check as checker
 from pvhvm.inspect.check import Severity, check_plan
+from tests import jsonout
 from tests.inspect.conftest import (
     IDE_MODULES,
     MIB,
@@ -59,7 +59,7 @@ def test_initramfs_tools_without_virtio_will_not_boot(capsys: pytest.CaptureFixt
     code, out, err = cli(capsys, "guest", "check", str(_cfg(tmp_path, f"{image.path},raw,xvda,w")),
                          "--json")
     assert code == 1, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["verdict"] == "will-not-boot"
     assert len(document["reasons"]) == 1
     assert "built by initramfs-tools" in document["reasons"][0]
@@ -82,7 +82,7 @@ def test_with_the_driver_it_boots(capsys: pytest.CaptureFixture[str], tmp_path: 
                                 generator="dracut", compression="xz")
     cfg = _cfg(tmp_path, f"{image.path},raw,xvda,w")
     code, out, _ = cli(capsys, "guest", "check", str(cfg), "--json")
-    document = json.loads(out)
+    document = jsonout.result(out)
     # the swap line's /dev/sda5 is a note: swap is wanted, not required
     assert code == 0 and document["verdict"] == "boots", document
     assert document["reasons"] == []
@@ -135,7 +135,7 @@ def test_own_init_with_modules_outside_lib_modules_and_no_root_creates(
     cfg = _cfg(tmp_path, f"{rootfs},raw,xvda,w", extra=(
         f'kernel = "{kernel}"\nramdisk = "{ramdisk}"\nextra = "console=ttyS0"\n'))
     code, out, _err = cli(capsys, "guest", "check", str(cfg), "--json")
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["verdict"] == "boots" and code == 0, document
     notes = [p["message"] for p in document["problems"]]
     assert any("no root=" in n for n in notes)  # said, as advice
@@ -144,7 +144,7 @@ def test_own_init_with_modules_outside_lib_modules_and_no_root_creates(
     cfg = _cfg(tmp_path, f"{rootfs},raw,xvda,w", "bare", extra=(
         f'kernel = "{kernel}"\nramdisk = "{bare}"\nextra = "console=ttyS0"\n'))
     code, out, _ = cli(capsys, "guest", "check", str(cfg), "--json")
-    assert code == 2 and json.loads(out)["verdict"] == "cannot-tell"
+    assert code == 2 and jsonout.result(out)["verdict"] == "cannot-tell"
 
 
 def _lvm_image(path: Path) -> Path:
@@ -182,7 +182,7 @@ def test_unreadable_root_is_cannot_tell(capsys: pytest.CaptureFixture[str], tmp_
     assert any(line.startswith("cannot-tell: disk xvda: no readable Linux root filesystem")
                and said in line for line in err.splitlines()), err
     code, out, _ = cli(capsys, "guest", "check", str(cfg), "--json")
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert code == 2 and document["verdict"] == "cannot-tell" and document["boots"] is False
     assert said in document["reasons"][0]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from pvhvm.cli.main import main
 from pvhvm.guest.kit import Kit
+from tests import jsonout
 from tests.inspect.conftest import ROOT_UUID, InstalledImage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -34,7 +34,7 @@ def test_inspect_json_and_tables(capsys: pytest.CaptureFixture[str],
                                  ide_install: InstalledImage) -> None:
     code, out, err = run(capsys, "guest", "inspect", str(ide_install.path), "--json")
     assert code == 0, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["partition_table"]["scheme"] == "mbr"
     assert document["os"]["ID"] == "debian"
     assert document["bootloader"]["entries"][0]["cmdline"].startswith("root=/dev/sda2")
@@ -75,7 +75,7 @@ def test_check_pv_plan_fails_and_names_the_driver(capsys: pytest.CaptureFixture[
     assert any("root=/dev/sda2" in line and "/dev/vda2" in line for line in fatal)
     code, out, _ = run(capsys, "guest", "check", str(pv), "--json")
     assert code == 1
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["boots"] is False and document["disk"] == "hda"
     assert document["verdict"] == "will-not-boot"
     assert any("lacks virtio_pci and virtio_blk" in r for r in document["reasons"])
@@ -115,7 +115,7 @@ def test_kit_examples_pass(capsys: pytest.CaptureFixture[str], kit: Kit) -> None
         code, out, err = run(capsys, "guest", "check", str(EXAMPLES / cfg),
                              f"imagedir={kit.directory}", "--json")
         assert code == 0, err
-        document = json.loads(out)
+        document = jsonout.result(out)
         assert document["boots"] is True and document["problems"] == [], (cfg, document)
     # the kit's root= names the disk: on a PV disk /dev/sda will not exist
     code, out, err = run(capsys, "guest", "check", str(EXAMPLES / "pv-only.cfg"),
@@ -129,11 +129,11 @@ def test_boot_entry(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                     ide_install: InstalledImage) -> None:
     code, out, err = run(capsys, "guest", "boot-entry", str(ide_install.path), "--json")
     assert code == 0, err
-    assert json.loads(out)["cmdline"] == "root=/dev/sda2 ro console=ttyS0,115200"
+    assert jsonout.result(out)["cmdline"] == "root=/dev/sda2 ro console=ttyS0,115200"
     code, out, err = run(capsys, "guest", "boot-entry", str(ide_install.path),
                          "--extract", str(tmp_path), "--json")
     assert code == 0, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert Path(document["kernel_file"]).read_bytes() == ide_install.kernel
     assert Path(document["initrd_file"]).read_bytes() == ide_install.initrd
     blank = tmp_path / "blank.img"

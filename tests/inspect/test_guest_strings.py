@@ -5,11 +5,11 @@ title or an fstab device holding a terminal hyperlink (OSC 8), blink (SGR 5) or 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from tests import jsonout
 from tests.inspect.conftest import IDE_MODULES, PV_MODULES, ROOT_UUID, installed_image
 from tests.inspect.test_check_verdicts import cli
 
@@ -35,7 +35,7 @@ def test_inspect_text_and_json(capsys: pytest.CaptureFixture[str], hostile_image
     code, out, err = cli(capsys, "guest", "inspect", str(hostile_image), "--json")
     assert code == 0, err
     assert not any(c in out for c in RAW)
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["os"]["PRETTY_NAME"] == HOSTILE  # JSON escapes; the value is whole
     assert document["bootloader"]["entries"][0]["title"] == HOSTILE
 
@@ -46,7 +46,7 @@ def test_boot_entry_text(capsys: pytest.CaptureFixture[str], hostile_image: Path
     assert not any(c in out for c in RAW)
     assert "title: Evil \\x1b]8;;http://attacker.example/\\x07click" in out
     code, out, _ = cli(capsys, "guest", "boot-entry", str(hostile_image), "--json")
-    assert not any(c in out for c in RAW) and json.loads(out)["title"] == HOSTILE
+    assert not any(c in out for c in RAW) and jsonout.result(out)["title"] == HOSTILE
 
 
 def test_check_findings(capsys: pytest.CaptureFixture[str], hostile_image: Path,

@@ -10,7 +10,6 @@ both alike).
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
@@ -28,6 +27,7 @@ from pvhvm.libvirt.read import config_from_xml, is_domain_xml
 from pvhvm.libvirt.xml import domain_xml
 from pvhvm.plan.plan import Plan, make_plan
 from pvhvm.platforms import PLATFORM_NAMES
+from tests import jsonout
 from tests.identity import golden_uuid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,10 +99,10 @@ def test_cli_round_trip_of_every_example(
     code, out, err = run(["create", config, f"imagedir={imagedir}", uuid, "-n", "--json",
                           "--platform", platform], capsys)
     assert code == 0, err
-    original = json.loads(out)
+    original = jsonout.result(out)
     code, out, err = run(["create", str(xml), "-n", "--json", "--platform", platform], capsys)
     assert code == 0, err
-    read = json.loads(out)
+    read = jsonout.result(out)
     assert realised(read) == realised(original)
     assert read["dialect"] == "xl" and read["notes"] == []
     assert read["guest_type"] == "hvm"
@@ -548,7 +548,7 @@ def test_budgets_files_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixtu
         code, out, err = run(["create", *argv, "--dry-run"], capsys)
         assert code == 1 and len(err.splitlines()) == 1 and message in err, err
     code, out, err = run(["create", str(good), "--dry-run", "--json"], capsys)
-    assert code == 0 and json.loads(out)["name"] == "g"
+    assert code == 0 and jsonout.result(out)["name"] == "g"
 
 
 @given(st.text(max_size=400))

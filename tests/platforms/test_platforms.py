@@ -8,7 +8,6 @@ tests/xen, tests/runtime and tests/e2e.
 from __future__ import annotations
 
 import ast
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from pvhvm.platforms.base import (
 from pvhvm.platforms.libvirt import is_local
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, StateStore
+from tests import jsonout
 
 CLI_DIR = Path(__file__).resolve().parents[2] / "src" / "pvhvm" / "cli"
 
@@ -167,7 +167,7 @@ def test_create_goes_to_the_default_or_the_named_platform(
                          "--xenstore", "/x.sock", "--json")
     assert code == 0, err
     assert beta.calls == [("create", "h", "xenstore")]
-    assert json.loads(out)["platform"] == "beta"
+    assert jsonout.result(out)["platform"] == "beta"
 
 
 def test_dry_run_asks_the_platform_and_starts_nothing(
@@ -176,7 +176,7 @@ def test_dry_run_asks_the_platform_and_starts_nothing(
     code, out, err = run(capsys, platforms, "create", str(config), "--platform", "beta",
                          "-n", "--json")
     assert code == 0, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["beta_would"] == "g"
     assert document["warnings"] == ["beta realises g its own way"]
     assert beta.calls == [] and not beta.records
@@ -195,7 +195,7 @@ def test_verbs_reach_the_platform_that_holds_the_domain(
     assert alpha.calls == [("pause", "g"), ("unpause", "g"), ("reboot", "g"), ("console", "g"),
                            ("shutdown", "g", "wait=True", "timeout=5")]
     code, out, _ = run(capsys, platforms, "block-list", "g", "--json")
-    assert code == 0 and json.loads(out)[0]["driver"] == "alpha-blk"
+    assert code == 0 and jsonout.result(out)[0]["driver"] == "alpha-blk"
     code, out, _ = run(capsys, platforms, "network-list", "g")
     assert code == 0 and "alpha-net" in out
     assert beta.calls == []
@@ -227,9 +227,9 @@ def test_list_and_destroy_across_platforms(
     assert run(capsys, platforms, "create", str(config))[0] == 0
     code, out, _ = run(capsys, platforms, "list", "--json")
     assert code == 0
-    assert [(row["name"], row["domid"]) for row in json.loads(out)] == [("g", 1), ("h", 10)]
+    assert [(row["name"], row["domid"]) for row in jsonout.result(out)] == [("g", 1), ("h", 10)]
     code, out, _ = run(capsys, platforms, "list", "-l", "h")
-    assert code == 0 and json.loads(out)[0]["platform"] == "beta"
+    assert code == 0 and jsonout.result(out)[0]["platform"] == "beta"
 
     assert run(capsys, platforms, "destroy", "h")[0] == 0
     assert beta.calls[-1] == ("destroy", "h") and ("destroy", "h") not in alpha.calls
@@ -264,7 +264,7 @@ def test_options_a_platform_does_not_act_on_are_refused_before_anything(
         assert code == 1 and "applies to --platform alpha only" in err, option
     assert alpha.calls == [] and beta.calls == []
     code, _, err = run(capsys, platforms, "create", str(config), "--platform", "qemu")
-    assert code == 1 and "'qemu' is not one of alpha, beta" in err
+    assert code == 2 and "'qemu' is not one of alpha, beta" in err  # a bad choice: usage
 
 
 def test_registry_rules(alpha: FakePlatform) -> None:
@@ -319,7 +319,7 @@ def test_libvirt_dry_run_needs_no_daemon(
               "--accel", "tcg", "-n", "--json"])
     out, err = capsys.readouterr()
     assert info.value.code == 0, err
-    document = json.loads(out)
+    document = jsonout.result(out)
     assert document["libvirt_uri"] == "qemu:///session"
     root = ET.fromstring(document["libvirt_xml"])
     assert root.get("type") == "qemu"

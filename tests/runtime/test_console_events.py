@@ -14,6 +14,7 @@ from pvhvm.errors import DomainError
 from pvhvm.runtime import console
 from pvhvm.runtime.state import DomainRecord
 from pvhvm.runtime.supervisor import _event_word, _normalise
+from tests import jsonout
 
 
 def record_with_console(spec: str | None) -> DomainRecord:
@@ -167,6 +168,6 @@ def test_cli_verbs_on_unknown_domain(
     code, out, err = run(capsys, "list")
     assert code == 0 and out.startswith("Name ") and len(out.splitlines()) == 1
     code, out, _ = run(capsys, "list", "--json")
-    assert code == 0 and out.strip() == "[]"
-    code, _, err = run(capsys, "shutdown", "ghost", "--timeout", "0")
-    assert code == 1 and err.startswith("pvhvm: error:") and "Traceback" not in err
+    assert code == 0 and jsonout.result(out, "list") == []
+    code, _, err = run(capsys, "shutdown", "ghost", "--timeout", "0")  # a bad value: usage
+    assert code == 2 and err.startswith("pvhvm: error:") and "Traceback" not in err

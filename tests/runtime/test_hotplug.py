@@ -166,3 +166,15 @@ def test_a_refused_block_node_adds_no_device(tmp_path: Path) -> None:
     with pytest.raises(DomainError, match="QEMU refused blockdev-add"):
         asyncio.run(attach_through(fake, tmp_path / "q.sock"))
     assert [c for c, _ in fake.commands] == ["qmp_capabilities", "blockdev-add"]
+
+
+@pytest.mark.parametrize(("attach", "spec", "prefix"), [
+    (hotplug.disk_to_attach, "/i/d.img,xvdb,w,junk=1", "disk spec '/i/d.img,xvdb,w,junk=1': "),
+    (hotplug.vif_to_attach, "bridge=br0,colour=red", "vif spec 'bridge=br0,colour=red': "),
+])
+def test_a_bad_spec_is_named_once(attach: Any, spec: str, prefix: str) -> None:
+    """block-/network-attach's error names the spec once (the parser's message already
+    does; it used to read "disk spec ...: disk spec ...:")."""
+    with pytest.raises(hotplug.HotplugError) as info:
+        attach(spec, record_of(PV))
+    assert str(info.value).startswith(prefix) and str(info.value).count(spec) == 1, info.value

@@ -89,10 +89,21 @@ def test_list_rows_json() -> None:
 
 
 def test_long_list_is_domid_and_config_first() -> None:
+    """As xl list -l: domid, then config in libxl_domain_config's shape (c_info, b_info,
+    disks, nics); pvhvm's record after it, its plan under its own name."""
     (document,) = long_list([record()])
     assert list(document)[:2] == ["domid", "config"]
-    assert document["config"]["disks"][0]["vdev"] == "hda"
-    assert document["name"] == "web" and "plan" not in document
+    config = document["config"]
+    assert config["c_info"] == {"type": "hvm", "name": "web", "uuid": "u"}
+    assert (config["b_info"]["max_memkb"], config["b_info"]["target_memkb"]) == (512 << 10,
+                                                                                512 << 10)
+    assert config["b_info"]["avail_vcpus"] == [0, 1]
+    assert [(d["vdev"], d["pdev_path"], d["readwrite"], d["is_cdrom"])
+            for d in config["disks"]] == [("hda", "/i/a", 1, 0), ("hdc", "", 0, 0),
+                                          ("xvdb", "/i/b", 1, 0)]
+    assert [(n["devid"], n["nictype"], n["bridge"]) for n in config["nics"]] == [
+        (0, "vif_ioemu", "xenbr0"), (1, "vif", "br1")]
+    assert document["name"] == "web" and document["plan"]["disks"][0]["vdev"] == "hda"
 
 
 def test_block_devices_say_how_each_disk_is_realised() -> None:
@@ -118,5 +129,8 @@ def test_network_devices() -> None:
     lines = format_network_list(devices).splitlines()
     assert lines[0].split() == ["Idx", "Type", "Driver", "Mac", "Addr.", "Bridge"]
     assert lines[2].split() == ["1", "xenbus", "virtio-net-pci", "00:16:3e:00:00:02", "br1"]
-    # vif 0's bridge (xenbr0) was missing at create, so QEMU put it on user networking.
-    assert devices[0].bridge == "xenbr0 (absent: user networking)"
+    # vif 0's bridge (xenbr0) was missing at create, so QEMU put it on user networking: a
+    # field of its own, said in the text's Bridge column
+    assert (devices[0].bridge, devices[0].user_networking) == ("xenbr0", True)
+    assert (devices[1].bridge, devices[1].user_networking) == ("br1", False)
+    assert lines[1].endswith("xenbr0 (absent: user networking)")

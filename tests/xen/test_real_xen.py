@@ -137,7 +137,7 @@ for name, path, variables, text in bundle["jobs"]:
     if code != 0:  # keys QEMU cannot realise: the devices are planned all the same
         code, text, err = pvhvm("create", path, *variables, "--dry-run", "--json",
                                 "--skip-unsupported")
-    out["plan"] = json.loads(text) if code == 0 else None
+    out["plan"] = json.loads(text)["result"] if code == 0 else None  # the --json envelope
     out["plan_error"] = None if code == 0 else err.strip()
     code, text, err = pvhvm("export-xl", path, *variables)
     out["export_error"] = None if code == 0 else (err or text).strip()

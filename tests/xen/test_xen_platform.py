@@ -15,6 +15,7 @@ import pytest
 
 from pvhvm.runtime.state import pid_alive
 from pvhvm.xenstore.daemon import DaemonProcess, spawn_daemon
+from tests import jsonout
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("xenstore-ls") is None,
@@ -96,12 +97,11 @@ def test_create_writes_xenbus_nodes_and_destroy_restores(
 
 
 def test_dry_run_json_has_xenstore(images: Path, short_dir: Path) -> None:
-    import json
 
     proc = pvhvm(short_dir / "state", "create", str(ROOT / "examples" / "pv-only.cfg"),
                  f"imagedir={images}", "--platform", "xen", "-n", "--json")
     assert proc.returncode == 0, proc.stderr
-    nodes = json.loads(proc.stdout)["xenstore"]
+    nodes = jsonout.result(proc.stdout)["xenstore"]
     assert nodes["/local/domain/1/device/vbd/51712/backend"] == (
         "/local/domain/0/backend/vbd/1/51712")
     assert not (short_dir / "state" / "xen" / "domains").exists()
@@ -158,7 +158,6 @@ def test_failed_xen_create_leaves_nothing(
 def test_verbs_on_a_xen_domain(xenstored: DaemonProcess, images: Path, short_dir: Path) -> None:
     """list NAME and block-/network-list read the domain back (backends and their xenbus state
     live from XenStore); verbs that need a running guest say why they cannot act."""
-    import json
 
     sock = xenstored.socket_path
     state = short_dir / "state"
@@ -168,7 +167,7 @@ def test_verbs_on_a_xen_domain(xenstored: DaemonProcess, images: Path, short_dir
     listed = pvhvm(state, "list", "mixed")
     assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:2] == ["mixed", "1"]
 
-    disks = json.loads(pvhvm(state, "block-list", "mixed", "--json").stdout)
+    disks = jsonout.result(pvhvm(state, "block-list", "mixed", "--json").stdout)
     assert [(d["vdev"], d["type"], d["driver"]) for d in disks] == [
         ("hda", "ioemu", "device model"),
         ("xvdb", "xenbus", "/local/domain/0/backend/vbd/1/51728 (state 1)"),
@@ -177,13 +176,13 @@ def test_verbs_on_a_xen_domain(xenstored: DaemonProcess, images: Path, short_dir
     xs(sock, "xenstore-write", "/local/domain/0/backend/vbd/1/51728/state", "2")
     text = pvhvm(state, "block-list", "mixed").stdout
     assert "/local/domain/0/backend/vbd/1/51728 (state 2)" in text
-    nics = json.loads(pvhvm(state, "network-list", "mixed", "--json").stdout)
+    nics = jsonout.result(pvhvm(state, "network-list", "mixed", "--json").stdout)
     assert [(n["type"], n["driver"]) for n in nics] == [
         ("ioemu", "device model"), ("xenbus", "/local/domain/0/backend/vif/1/1 (state 1)"),
     ]
     # Removed behind pvhvm's back: said, not a traceback.
     xs(sock, "xenstore-rm", "/local/domain/1/device/vif/1")
-    nics = json.loads(pvhvm(state, "network-list", "mixed", "--json").stdout)
+    nics = jsonout.result(pvhvm(state, "network-list", "mixed", "--json").stdout)
     assert nics[1]["driver"] == "missing from XenStore"
 
     for verb in ("pause", "unpause", "shutdown", "reboot", "console"):

@@ -227,7 +227,7 @@ def run_toolstack(options: ToolstackOptions, step: Step = lambda _: None) -> dic
             dry = [cli.run("create", "--dry-run", "--json", "--accel", "tcg", str(config))
                    for _ in range(options.repeat)]
             row["dry_run_cli_s"] = _median([elapsed for elapsed, _ in dry])
-            argv = json.loads(dry[0][1].stdout)["qemu_argv"]
+            argv = json.loads(dry[0][1].stdout)["result"]["qemu_argv"]  # docs/json.md
             row["argv_words"] = len(argv)
             if count <= options.real_create_max_disks:
                 try:

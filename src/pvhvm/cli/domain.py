@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pvhvm.cli import output
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import definitions, resolve_name, resolve_names
 from pvhvm.cli.output import print_json
@@ -33,7 +34,8 @@ def _holder(name: str) -> DomainPlatform:
 
 
 @click.command(name="list")
-@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names,
+                shell_complete=complete_domain)
 @click.option("-l", "--long", "long_", is_flag=True, help="Full records as JSON (xl list -l).")
 @click.option("--json", "as_json", is_flag=True, help="The rows as one JSON array.")
 @click.option("-a", "--all", "all_", is_flag=True,
@@ -65,14 +67,14 @@ def list_cmd(names: tuple[str, ...], long_: bool, as_json: bool, all_: bool) -> 
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def console(name: str) -> None:
     """Attach to domain NAME's serial console; ^] detaches."""
     _holder(name).console(name)
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("-w", "--wait", is_flag=True, help="Wait until the domain has shut down.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -84,21 +86,21 @@ def shutdown(name: str, wait: bool, timeout: float) -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def pause(name: str) -> None:
     """Pause domain NAME (its vCPUs stop)."""
     _holder(name).pause(name)
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def unpause(name: str) -> None:
     """Unpause domain NAME."""
     _holder(name).unpause(name)
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def reboot(name: str) -> None:
     """Ask domain NAME to reboot (the ACPI power button; its guest's power-off becomes a
     reboot, as virsh reboot). A paused domain is refused."""
@@ -106,7 +108,7 @@ def reboot(name: str) -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def reset(name: str) -> None:
     """Reset domain NAME at once, as virsh reset (the guest is not asked; on_reboot=destroy
     ends it)."""
@@ -114,7 +116,7 @@ def reset(name: str) -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def vncdisplay(name: str) -> None:
     """Print HOST:DISPLAY of domain NAME's VNC server (the port QEMU chose), as virsh
     vncdisplay."""
@@ -122,7 +124,7 @@ def vncdisplay(name: str) -> None:
 
 
 @click.command(name="block-list")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def block_list(name: str, as_json: bool) -> None:
     """List domain NAME's disks: vdev, devid, ioemu|xenbus, QEMU device or xenbus backend,
@@ -137,7 +139,7 @@ def block_list(name: str, as_json: bool) -> None:
 
 
 @click.command(name="network-list")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def network_list(name: str, as_json: bool) -> None:
     """List domain NAME's NICs: index, ioemu|xenbus, QEMU device or xenbus backend, MAC,
@@ -199,7 +201,7 @@ _force = click.option("--force", is_flag=True,
 
 
 @click.command(name="block-attach")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("spec")
 def block_attach(name: str, spec: str) -> None:
     """Add a PV disk to running domain NAME (SPEC as in a disk= entry; PV only, as xl)."""
@@ -207,7 +209,7 @@ def block_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="block-detach")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("disk", metavar="VDEV|DEVID")
 @_force
 @_detach_timeout
@@ -217,7 +219,7 @@ def block_detach(name: str, disk: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="network-attach")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("spec", default="", metavar="[VIFSPEC]")
 def network_attach(name: str, spec: str) -> None:
     """Add a PV NIC to running domain NAME (VIFSPEC as in a vif= entry; PV only, as xl)."""
@@ -225,7 +227,7 @@ def network_attach(name: str, spec: str) -> None:
 
 
 @click.command(name="network-detach")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("nic", metavar="DEVID|MAC")
 @_force
 @_detach_timeout
@@ -235,7 +237,7 @@ def network_detach(name: str, nic: str, force: bool, timeout: float) -> None:
 
 
 @click.command(name="cd-insert")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("vdev")
 @click.argument("target")
 def cd_insert(name: str, vdev: str, target: str) -> None:
@@ -244,7 +246,7 @@ def cd_insert(name: str, vdev: str, target: str) -> None:
 
 
 @click.command(name="cd-eject")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("vdev")
 def cd_eject(name: str, vdev: str) -> None:
     """Eject the medium of emulated CD drive VDEV of domain NAME."""
@@ -252,7 +254,7 @@ def cd_eject(name: str, vdev: str) -> None:
 
 
 @click.command(name="mem-set")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("memory", metavar="MEM")
 def mem_set(name: str, memory: str) -> None:
     """Set running domain NAME's memory to MEM (MiB, or with a suffix b k m g t, as xl;
@@ -264,7 +266,7 @@ def mem_set(name: str, memory: str) -> None:
 
 
 @click.command(name="vcpu-set")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("vcpus", metavar="VCPUS")
 @click.option("-i", "--ignore-host", is_flag=True,
               help="Allow more vCPUs than this host has CPUs (as xl vcpu-set -i).")
@@ -277,7 +279,7 @@ def vcpu_set(name: str, vcpus: str, ignore_host: bool) -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("host", required=False)
 @click.option("--to", "destination", metavar="URI", default=None,
               help="libvirt: the destination daemon's URI (instead of HOST).")
@@ -336,7 +338,7 @@ def migrate_receive() -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path),
                 callback=output.writable_option)
 @click.option("-c", "leave_running", is_flag=True,

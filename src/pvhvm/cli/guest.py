@@ -93,8 +93,8 @@ def report_tables(report: ImageReport) -> list[Table]:
     """The readable form of an ImageReport (every cell escaped: it is the guest's text)."""
     tables: list[Table] = []
     summary = Table(title="Image", show_header=False, title_justify="left")
-    summary.add_column("key", style="bold")
-    summary.add_column("value")
+    summary.add_column("key", style="bold", overflow="fold")
+    summary.add_column("value", overflow="fold")
     _row(summary, "path", report.path)
     _row(summary, "size", f"{report.size >> 20} MiB")
     _row(summary, "partition table", f"{report.table.scheme} {report.table.disk_id}".strip())
@@ -115,7 +115,7 @@ def report_tables(report: ImageReport) -> list[Table]:
 
     filesystems = Table(title="Filesystems", title_justify="left")
     for column in ("part", "start", "size", "type", "uuid", "label", "partuuid", "role"):
-        filesystems.add_column(column)
+        filesystems.add_column(column, overflow="fold")
     for fs in report.filesystems:
         sig = fs.signature
         _row(filesystems,
@@ -127,7 +127,7 @@ def report_tables(report: ImageReport) -> list[Table]:
     kernels = Table(title="Kernels and their storage/network drivers", title_justify="left")
     for column in ("release", "initrd", "at boot (built in or initramfs)", "modules only",
                    "absent"):
-        kernels.add_column(column)
+        kernels.add_column(column, overflow="fold")
     for kernel in report.kernels:
         initrd = kernel.initrd
         at_boot, modules, absent = [], [], []
@@ -152,7 +152,7 @@ def report_tables(report: ImageReport) -> list[Table]:
 
     mounts = Table(title="fstab / crypttab", title_justify="left")
     for column in ("file:line", "device", "named by", "mountpoint", "type", "options"):
-        mounts.add_column(column)
+        mounts.add_column(column, overflow="fold")
     for mount in report.fstab:
         _row(mounts, f"fstab:{mount.line}", mount.device.spec, mount.device.naming.value,
              mount.mountpoint, mount.fstype, ",".join(mount.options))

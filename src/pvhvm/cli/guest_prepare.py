@@ -43,9 +43,9 @@ def root_image(plan: Plan) -> Path:
 def changes_table(result: PrepareResult) -> Table:
     verb = "would change" if result.dry_run else "changed"
     table = Table(title=f"{result.image}: {verb}")
-    table.add_column("file")
-    table.add_column("what")
-    table.add_column("change")
+    table.add_column("file", overflow="fold")
+    table.add_column("what", overflow="fold")
+    table.add_column("change", overflow="fold")
     for change in result.changes:  # guest text: escaped, and never read as rich markup
         table.add_row(Text(printable(change.path)), Text(change.kind),
                       Text(printable(change.detail)))

@@ -1,13 +1,18 @@
 """The `pvhvm` command: thin click commands over the config, plan and realiser stages.
 
-Every PvhvmError and every usage error becomes one line on stderr and exit status 1.
+Every PvhvmError becomes one line on stderr and exit status 1; a usage error (unknown option
+or command, missing argument, bad choice) one line and exit status 2, as click and xl's own
+getopt give. With ``--json`` the same failure is also one JSON document on stdout
+(output.error_envelope, docs/json.md), with the same exit status.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +20,33 @@ import click
 
 from pvhvm import __version__
 from pvhvm.cli import configs
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import resolve_name
-from pvhvm.cli.output import console, plan_tables, print_findings, print_json, say, warn
+from pvhvm.cli.output import (
+    command_name,
+    console,
+    error_envelope,
+    plan_tables,
+    print_findings,
+    print_json,
+    print_json_document,
+    say,
+    warn,
+)
 from pvhvm.config.source import ConfigSource
-from pvhvm.errors import PvhvmError, printable
+from pvhvm.errors import (
+    ConfigError,
+    DomainError,
+    GuestImageError,
+    InputError,
+    LaunchError,
+    NotOnPlatformError,
+    PlanError,
+    PvhvmError,
+    XenStoreError,
+    printable,
+)
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.platforms import PLATFORM_NAMES, CreateOptions, Platforms
 from pvhvm.runtime.persist import Definitions, identity
@@ -45,6 +72,26 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attribute)
         assert isinstance(command, click.Command)
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """click's, with "Did you mean" only for a near miss: click suggests any command whose
+        difflib ratio reaches 0.6, which offers 'create' for 'rename' (0.67); a transposed
+        or dropped letter ('lsit', 'destory', 'creat') scores 0.75 and more."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as err:
+            near = difflib.get_close_matches(err.command_name, self.list_commands(ctx),
+                                             n=3, cutoff=SUGGESTION_CUTOFF)
+            message = f"No such command {err.command_name!r}."
+            if near:
+                message += f" Did you mean {' or '.join(repr(n) for n in near)}?"
+            raise click.UsageError(message, ctx=ctx) from None
+
+
+#: how close (difflib's ratio) a mistyped command must be to a real one to be suggested
+SUGGESTION_CUTOFF = 0.75
 
 
 #: the lifecycle verbs of cli/domain.py by command name: loaded when named, like the commands
@@ -85,7 +132,11 @@ PERSIST_VERBS = {
 )
 @click.version_option(__version__, prog_name="pvhvm")
 def cli() -> None:
-    """HVM guests whose disks and NICs are each deterministically emulated or PV."""
+    """Run Xen HVM guests from xm/xl domain configs on QEMU/KVM (or on Xen, or through
+    libvirt), each disk and NIC emulated or paravirtual exactly as its config line says.
+
+    The verbs are xl's. --json gives one JSON document (docs/json.md); the man page
+    (man -l docs/pvhvm.1) has every command."""
 
 
 def _known_platform(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -199,7 +250,7 @@ def create(
 
 
 @cli.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def destroy(name: str) -> None:
     """Stop domain NAME at once and remove everything it made (as xl destroy)."""
     current_platforms().locate(name).destroy(name)
@@ -208,33 +259,111 @@ def destroy(name: str) -> None:
 
 
 def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> None:
-    """Entry point: run the CLI; turn expected errors into one message and exit status 1.
+    """Entry point: run the CLI; turn expected errors into one message and exit status 1 (2
+    for a usage error), and into a JSON error document as well under ``--json``.
 
     ``platforms``: the platforms the commands may use (default: the built-in ones).
     """
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = wants_json(args)
     try:
-        cli.main(args=argv, prog_name="pvhvm", standalone_mode=False, obj=platforms)
+        cli.main(args=args, prog_name="pvhvm", standalone_mode=False, obj=platforms)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.Abort:
-        click.echo("pvhvm: aborted", err=True)
-        sys.exit(1)
+        _fail(args, as_json, "aborted", None, "aborted", 1, prefix="pvhvm: ")
+    except click.UsageError as err:
+        hint = (f"Try '{err.ctx.command_path} --help' for help."
+                if err.ctx is not None else None)
+        _fail(args, as_json, printable(err.format_message()), _usage_where(err), "usage",
+              err.exit_code, hint=hint, ctx=err.ctx)
     except click.ClickException as err:
-        click.echo(f"pvhvm: error: {printable(err.format_message())}", err=True)
-        if isinstance(err, click.UsageError) and err.ctx is not None:
-            click.echo(f"Try '{err.ctx.command_path} --help' for help.", err=True)
-        sys.exit(1)
+        _fail(args, as_json, printable(err.format_message()), None, "input", err.exit_code)
     except PvhvmError as err:
-        click.echo(f"pvhvm: error: {printable(str(err))}", err=True)
-        sys.exit(1)
+        where = _config_where(err) if isinstance(err, ConfigError) else None
+        _fail(args, as_json, printable(str(err)), where, error_kind(err), 1)
     except OSError as err:
         # the host refused pvhvm itself (a read-only or full state directory, ...): one line
         # naming the file; the operation has already undone what it made
-        click.echo(f"pvhvm: error: {os_error_line(err)}", err=True)
-        sys.exit(1)
+        where = None if err.filename is None else printable(os.fsdecode(err.filename))
+        _fail(args, as_json, os_error_line(err), where, "host", 1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(0)
+
+
+def wants_json(args: Sequence[str]) -> bool:
+    """Whether this command line asks for JSON (``--json``, or ``list -l``, which prints
+    JSON as xl's does): then its failure is a JSON document too."""
+    words = list(args[:args.index("--")] if "--" in args else args)
+    if "--json" in words:
+        return True
+    return bool(words) and words[0] == "list" and ("-l" in words or "--long" in words)
+
+
+def _fail(args: Sequence[str], as_json: bool, message: str, where: str | None, kind: str,
+          status: int, *, prefix: str = "pvhvm: error: ", hint: str | None = None,
+          ctx: click.Context | None = None) -> None:
+    """The one line on stderr (and a hint), the JSON error document on stdout when asked for,
+    and exit ``status``."""
+    click.echo(f"{prefix}{message}", err=True)
+    if hint is not None:
+        click.echo(hint, err=True)
+    if as_json:
+        command = command_name(ctx) if ctx is not None else command_words(args)
+        print_json_document(error_envelope(command, message, where, kind))
+    sys.exit(status)
+
+
+def error_kind(err: PvhvmError) -> str:
+    """The ``kind`` of a JSON error document (docs/json.md): the branch of pvhvm.errors'
+    tree the error is on."""
+    for cls, kind in ((InputError, "input"), (PlanError, "plan"), (LaunchError, "launch"),
+                      (NotOnPlatformError, "not-on-platform"), (DomainError, "domain"),
+                      (GuestImageError, "guest-image"), (XenStoreError, "xenstore")):
+        if isinstance(err, cls):
+            return kind
+    return "error"
+
+
+def _config_where(err: ConfigError) -> str | None:
+    """``file:line:col`` of a config error, as much as it knows."""
+    if err.file is None:
+        return None
+    where = printable(err.file)
+    for part in (err.line, err.col if err.line is not None else None):
+        if part is not None:
+            where += f":{part}"
+    return where
+
+
+def _usage_where(err: click.UsageError) -> str | None:
+    """The option or argument a usage error is about (``--accel``, ``CONFIG``), if click says."""
+    if isinstance(err, click.NoSuchOption):
+        return err.option_name
+    param = getattr(err, "param", None)
+    if isinstance(param, click.Option):
+        return "/".join(param.opts)
+    if isinstance(param, click.Parameter):
+        return param.human_readable_name
+    return None
+
+
+def command_words(args: Sequence[str]) -> str:
+    """The command a command line names (``guest check``), as far as its words resolve; ""
+    when none does (a failure before any command was found)."""
+    words: list[str] = []
+    group: click.Command = cli
+    ctx = click.Context(cli, info_name="pvhvm")
+    for word in args:
+        if word.startswith("-") or not isinstance(group, click.Group):
+            break
+        found = group.get_command(ctx, word)
+        if found is None:
+            break
+        words.append(word)
+        group = found
+    return " ".join(words)
 
 
 def os_error_line(err: OSError) -> str:

@@ -1,4 +1,5 @@
-"""Terminal output: rich consoles with a fixed width when not writing to a terminal.
+"""Terminal output: rich consoles sized to the terminal, or to ``COLUMNS`` (else a fixed
+width) when not writing to one; and the JSON envelope of every ``--json`` (docs/json.md).
 
 rich is imported by the functions that print with it, not with this module: it is the largest
 import of ``pvhvm create --dry-run`` (about a fifth of its time), which its ``--json`` form and
@@ -10,6 +11,16 @@ raise MarkupError, ``[link=...]`` make a hyperlink); text from users, configs an
 to rich as :class:`rich.text.Text` made by :func:`data`, with control characters (terminal
 escape sequences, carriage returns) shown as escapes by :func:`pvhvm.errors.printable`. Style
 is given as rich styles on Text, never as markup inside a string.
+
+Colour follows https://no-color.org: a ``NO_COLOR`` that is present and not empty "prevents
+the addition of ANSI color" (rich reads it). The standard is about colour only, so bold and
+italic stay, as rich leaves them: they carry no colour and read on any terminal.
+
+Every ``--json`` document is an envelope (schema: cli/schema/, described in docs/json.md)::
+
+    {"pvhvm": 1, "command": "list", "ok": true, "result": ...}
+    {"pvhvm": 1, "command": "create", "ok": false,
+     "error": {"message": "...", "where": "g.cfg:3:9", "kind": "input"}}
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pvhvm.errors import PvhvmError, printable
+from pvhvm.errors import InputError, printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,8 +42,23 @@ if TYPE_CHECKING:
 
     from pvhvm.plan.plan import Plan
 
-#: width used when stdout/stderr is a pipe or file, so scripted output does not wrap oddly
+#: width used when stdout/stderr is a pipe or file and COLUMNS says none, so scripted output
+#: does not wrap oddly
 PIPE_WIDTH = 120
+
+#: the version of the JSON envelope and of the schemas in cli/schema/: a field may be added
+#: within a version; one renamed, removed or changing its meaning makes the next version
+JSON_VERSION = 1
+
+
+def output_width(stream: Any) -> int | None:
+    """Columns for ``stream``: ``COLUMNS`` when it is a positive number (as a shell exports it,
+    and as a script sets it for a pipe), else the terminal's own (None: rich asks it), else
+    :data:`PIPE_WIDTH`."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if stream.isatty() else PIPE_WIDTH
 
 
 def console(stderr: bool = False) -> Console:
@@ -40,7 +66,7 @@ def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else PIPE_WIDTH
+    width = output_width(stream)
     # emoji codes off: a path such as /srv/a:cd:b is text, not a picture
     return Console(file=stream, width=width, highlight=False, soft_wrap=False, emoji=False,
                    markup=False)
@@ -84,18 +110,48 @@ def _json_text(document: Any) -> str:
     return json.dumps(document, indent=2, sort_keys=False) + "\n"
 
 
-def print_json(document: Any) -> None:
-    """Exactly one JSON document on stdout."""
+def command_name(ctx: click.Context | None = None) -> str:
+    """The command words of ``ctx`` (default: the current one) without the program's:
+    ``"list"``, ``"guest inspect"``; "" outside any command."""
+    ctx = ctx if ctx is not None else click.get_current_context(silent=True)
+    words: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        words.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(words))
+
+
+def envelope(command: str, result: Any) -> dict[str, Any]:
+    """The JSON document of a command that succeeded (schema: cli/schema/envelope.json)."""
+    return {"pvhvm": JSON_VERSION, "command": command, "ok": True, "result": result}
+
+
+def error_envelope(command: str, message: str, where: str | None, kind: str) -> dict[str, Any]:
+    """The JSON document of a command that failed: the one line text mode prints, where the
+    mistake is (``file:line:col``, an option, or None) and what kind of error it is."""
+    return {"pvhvm": JSON_VERSION, "command": command, "ok": False,
+            "error": {"message": message, "where": where, "kind": kind}}
+
+
+def print_json(result: Any) -> None:
+    """Exactly one JSON document on stdout: the current command's ``result`` in the envelope."""
+    sys.stdout.write(_json_text(envelope(command_name(), result)))
+
+
+def print_json_document(document: Any) -> None:
+    """A whole JSON document (an envelope made elsewhere) on stdout."""
     sys.stdout.write(_json_text(document))
 
 
 def save_json(path: Path, document: Any) -> None:
-    """The same JSON document :func:`print_json` prints, written to ``path``."""
+    """A result as :func:`print_json` prints it, without the envelope (a figures file, read by
+    the benchmarks' plots), written to ``path``."""
     write_output(path, _json_text(document))
 
 
-class OutputError(PvhvmError):
-    """An output file (``-o``, ``--save``, ``--plot``) cannot be written."""
+class OutputError(InputError):
+    """An output file (``-o``, ``--save``, ``--plot``) cannot be written: the user's path,
+    so an input error (exit status 1), not a usage error."""
 
 
 def check_writable(path: Path) -> Path:
@@ -116,13 +172,16 @@ def check_writable(path: Path) -> Path:
 def writable_option(
     ctx: click.Context, param: click.Parameter, value: Path | None
 ) -> Path | None:
-    """A click callback: an output-file option is checked as it is parsed."""
+    """A click callback: an output-file option is checked as it is parsed (OutputError, not
+    click's BadParameter: a path that cannot be written is bad input, exit status 1)."""
     if value is None:
         return None
     try:
         return check_writable(value)
     except OutputError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param) from err
+        name = "/".join(param.opts) if isinstance(param, click.Option) else (
+            param.human_readable_name)
+        raise OutputError(f"{name}: {err}") from err
 
 
 def write_output(path: Path, text: str) -> None:
@@ -138,8 +197,8 @@ def plan_tables(plan: Plan) -> list[Table]:
     from rich.table import Table
 
     summary = Table(title=f"Domain {plan.name}", show_header=False, title_justify="left")
-    summary.add_column("key", style="bold")
-    summary.add_column("value")
+    summary.add_column("key", style="bold", overflow="fold")
+    summary.add_column("value", overflow="fold")
     _row(summary, "platform", plan.platform.value)
     _row(summary, "guest type", f"{plan.guest_type.value} ({plan.guest_type_reason})")
     _row(summary, "dialect", f"{plan.dialect.value} ({plan.dialect_reason})")
@@ -162,7 +221,7 @@ def plan_tables(plan: Plan) -> list[Table]:
 
     disks = Table(title="Disks", title_justify="left")
     for column in ("vdev", "devid", "type", "realised as", "target", "format", "mode", "boot"):
-        disks.add_column(column)
+        disks.add_column(column, overflow="fold")
     for d in plan.disks:
         if d.ide_place is not None:
             channel = "primary" if d.ide_place[0] == 0 else "secondary"
@@ -176,14 +235,14 @@ def plan_tables(plan: Plan) -> list[Table]:
              d.format, d.access.value, "" if d.bootindex is None else str(d.bootindex))
     nics = Table(title="NICs", title_justify="left")
     for column in ("devid", "type", "model", "mac", "bridge"):
-        nics.add_column(column)
+        nics.add_column(column, overflow="fold")
     for v in plan.vifs:
         _row(nics, str(v.devid), v.kind.value, v.model or "PV net", v.mac, v.bridge)
     tables = [summary, disks, nics]
     if plan.notes:
         notes = Table(title="How untyped devices were read", title_justify="left",
                       show_header=False)
-        notes.add_column("note")
+        notes.add_column("note", overflow="fold")
         for note in plan.notes:
             _row(notes, note)
         tables.append(notes)

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import resolve_name
 from pvhvm.cli.output import console, data, print_json
@@ -43,26 +44,26 @@ def wait_for_report(log: Path, domain_dir: Path, timeout: float) -> DeviceReport
 def report_tables(name: str, report: DeviceReport) -> list[Table]:
     pci = Table(title=f"{name}: PCI functions", title_justify="left")
     for column in ("slot", "class", "what", "vendor:device", "driver"):
-        pci.add_column(column)
+        pci.add_column(column, overflow="fold")
     for fn in report.pci:
         pci.add_row(data(fn.slot), f"0x{fn.pci_class:04x}", PCI_CLASSES.get(fn.pci_class, ""),
                     f"{fn.vendor:04x}:{fn.device:04x}", data(fn.driver or "-"))
     disks = Table(title="Block devices", title_justify="left")
     for column in ("name", "driver", "size"):
-        disks.add_column(column)
+        disks.add_column(column, overflow="fold")
     for blk in report.blocks:
         disks.add_row(data(blk.name), data(blk.driver or "-"),
                       f"{blk.sectors * 512 / 2**20:.0f} MiB")
     nics = Table(title="NICs", title_justify="left")
     for column in ("ifname", "driver", "mac"):
-        nics.add_column(column)
+        nics.add_column(column, overflow="fold")
     for net in report.nets:
         nics.add_row(data(net.ifname), data(net.driver or "-"), data(net.mac))
     return [pci, disks, nics]
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Seconds to wait for the guest to report.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -459,8 +459,9 @@ class LibvirtPlatform(DomainPlatform):
             elif device.tag == "interface" and key.startswith("vif-"):
                 model = device.find("model")
                 kind = device.get("type")
-                out[key] = (f"libvirt {model.get('type') if model is not None else '?'}"
-                            + (" (user networking)" if kind == "user" else ""))
+                out[key] = f"libvirt {model.get('type') if model is not None else '?'}"
+                if kind == "user":
+                    out[f"user:{key}"] = "user"  # network_devices: a note, not a driver
         return out
 
     def block_devices(self, name: str) -> list[BlockDevice]:
@@ -469,7 +470,9 @@ class LibvirtPlatform(DomainPlatform):
 
     def network_devices(self, name: str) -> list[NetworkDevice]:
         record = self.find(name)
-        return listing.network_devices(record, self._live_devices(record))
+        drivers = self._live_devices(record)
+        user = {key.removeprefix("user:") for key in drivers if key.startswith("user:")}
+        return listing.network_devices(record, drivers, user_networked=user)
 
     def migrate(self, name: str, destination: str, *, migrate_uri: str | None = None,
                 unsafe: bool = False) -> DomainRecord:

@@ -196,7 +196,7 @@ def disk_to_attach(spec_text: str, record: DomainRecord) -> DiskPlan:
     try:
         spec = parse_disk(spec_text)
     except SpecError as err:
-        raise HotplugError(f"disk spec {spec_text!r}: {err}") from err
+        raise HotplugError(str(err)) from err  # it names the spec already
     return _disk_plan(spec, record)
 
 
@@ -205,7 +205,7 @@ def vif_to_attach(spec_text: str, record: DomainRecord) -> VifPlan:
     try:
         spec = parse_vif(spec_text)
     except SpecError as err:
-        raise HotplugError(f"vif spec {spec_text!r}: {err}") from err
+        raise HotplugError(str(err)) from err  # it names the spec already
     return _vif_plan(spec, record)
 
 

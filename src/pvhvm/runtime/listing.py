@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pvhvm.runtime import xl_long
 from pvhvm.runtime.persist import Definition
 from pvhvm.runtime.state import DomainRecord, DomainState
 
@@ -117,14 +118,11 @@ def format_list(rows: Iterable[ListRow]) -> str:
 
 
 def long_list(records: Iterable[DomainRecord]) -> list[dict[str, Any]]:
-    """``list -l``: like ``xl list -l``, one object per domain with its domid and config
-    (the plan), plus everything else the record knows."""
-    out = []
-    for record in records:
-        document = record.to_json()
-        config = document.pop("plan")
-        out.append({"domid": record.domid, "config": config, **document})
-    return out
+    """``list -l``: as ``xl list -l``, one object per domain with its ``domid`` and its
+    ``config`` in libxl's shape (runtime/xl_long.py), then pvhvm's record (its ``plan``,
+    argv, state...) under the record's own names."""
+    return [{"domid": record.domid, "config": xl_long.domain_config(record), **record.to_json()}
+            for record in records]
 
 
 # --- devices ----------------------------------------------------------------------------
@@ -153,10 +151,20 @@ class NetworkDevice:
     type: str
     driver: str
     mac: str
+    #: the bridge the vif names ("" for none)
     bridge: str
+    #: the NIC is on QEMU user networking: its bridge does not exist on this host
+    user_networking: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def bridge_text(self) -> str:
+        """The Bridge column: the bridge, and what the NIC is on instead when it is not."""
+        if not self.user_networking:
+            return self.bridge
+        return f"{self.bridge} (absent: user networking)" if self.bridge else "user networking"
 
 
 def _device_drivers(argv: list[str]) -> dict[str, str]:
@@ -207,22 +215,25 @@ def _user_networked(argv: list[str]) -> set[str]:
 
 
 def network_devices(
-    record: DomainRecord, drivers: Mapping[str, str] | None = None
+    record: DomainRecord, drivers: Mapping[str, str] | None = None,
+    user_networked: set[str] | None = None,
 ) -> list[NetworkDevice]:
     """The domain's NICs: devid, ioemu|xenbus, what realises each (``drivers``, keyed
     ``vif-<devid>``, by default the QEMU device model in the argv), MAC and bridge. A NIC put on
-    QEMU user networking because its bridge does not exist here says so in the bridge column."""
-    user = _user_networked(record.argv) if drivers is None else set()
+    QEMU user networking because its bridge does not exist here says so
+    (user_networking; ``user_networked``: the keys of such NICs when ``drivers`` are given)."""
+    if user_networked is not None:
+        user = user_networked
+    else:
+        user = _user_networked(record.argv) if drivers is None else set()
     drivers = _device_drivers(record.argv) if drivers is None else drivers
     out = []
     for vif in record.plan.get("vifs", []):
         devid = int(vif.get("devid") or 0)
-        bridge = str(vif.get("bridge") or "")
-        if f"vif-{devid}" in user:
-            bridge = f"{bridge} (absent: user networking)" if bridge else "user networking"
         out.append(NetworkDevice(
             devid=devid, type=str(vif.get("type")), driver=drivers.get(f"vif-{devid}", "?"),
-            mac=str(vif.get("mac")), bridge=bridge,
+            mac=str(vif.get("mac")), bridge=str(vif.get("bridge") or ""),
+            user_networking=f"vif-{devid}" in user,
         ))
     return out
 
@@ -248,5 +259,5 @@ def format_block_list(devices: list[BlockDevice]) -> str:
 def format_network_list(devices: list[NetworkDevice]) -> str:
     return format_table(
         ["Idx", "Type", "Driver", "Mac Addr.", "Bridge"],
-        [[str(d.devid), d.type, d.driver, d.mac, d.bridge] for d in devices],
+        [[str(d.devid), d.type, d.driver, d.mac, d.bridge_text] for d in devices],
     )

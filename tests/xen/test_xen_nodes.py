@@ -84,6 +84,17 @@ def tree(domid, env=None):
                                else value, norm(perms)]
     return out
 
+results = {}
+for name in sys.argv[2:]:  # libxl's nodes first, with nothing else running in dom0
+    made = subprocess.run(["pvhvm", "create", f"{DIR}/{name}.cfg", "--platform", "xen", "-p",
+                           "--no-check"], capture_output=True, text=True, cwd=DIR)
+    if made.returncode != 0:
+        results[name] = {"error": made.stderr.strip()}
+        continue
+    domid = int(run("xl", "domid", name).strip())
+    results[name] = {"libxl": tree(domid)}
+    run("pvhvm", "destroy", name)
+
 daemon = subprocess.Popen(["pvhvm", "xenstored", "--socket", SOCK],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
@@ -92,28 +103,19 @@ try:
             break
         time.sleep(0.1)
     xsenv = {"XENSTORED_PATH": SOCK}
-    results = {}
     for name in sys.argv[2:]:
-        cfg = f"{DIR}/{name}.cfg"
-        made = subprocess.run(["pvhvm", "create", cfg, "--platform", "xen", "-p", "--no-check"],
-                              capture_output=True, text=True, cwd=DIR)
-        if made.returncode != 0:
-            results[name] = {"error": made.stderr.strip()}
+        if "error" in results[name]:
             continue
-        domid = int(run("xl", "domid", name).strip())
-        libxl = tree(domid)
-        run("pvhvm", "destroy", name)
         state = {"PVHVM_STATE_DIR": f"{DIR}/state-{name}"}
-        made = subprocess.run(["pvhvm", "create", cfg, "--platform", "xen", "--xenstore", SOCK,
-                               "--no-check"], capture_output=True, text=True, cwd=DIR,
-                              env={**os.environ, **state})
+        made = subprocess.run(["pvhvm", "create", f"{DIR}/{name}.cfg", "--platform", "xen",
+                               "--xenstore", SOCK, "--no-check"], capture_output=True,
+                              text=True, cwd=DIR, env={**os.environ, **state})
         if made.returncode != 0:
             results[name] = {"error": "pvhvm's writer: " + made.stderr.strip()}
             continue
-        pvhvm_domid = int(run("xenstore-read", "/local/domain/1/domid", env=xsenv).strip())
-        own = tree(pvhvm_domid, env=xsenv)
+        domid = json.loads(run("pvhvm", "list", "--json", env=state))[0]["domid"]
+        results[name]["pvhvm"] = tree(domid, env=xsenv)
         run("pvhvm", "destroy", name, env=state)
-        results[name] = {"libxl": libxl, "pvhvm": own}
     print(json.dumps(results))
 finally:
     daemon.terminate()

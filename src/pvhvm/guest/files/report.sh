@@ -7,12 +7,12 @@ driver_of() {  # driver_of SYSFS-DIR: the name of the driver bound to a device, 
     if [ -e "$1/driver" ]; then basename "$(readlink -f "$1/driver")"; else echo -; fi
 }
 
-provider_driver() {  # the driver of the first virtio, PCI or xenbus device at or above SYSFS-DIR
+provider_driver() {  # the driver of the first virtio or PCI device at or above SYSFS-DIR
     dir="$(readlink -f "$1" 2>/dev/null)"
     while [ -n "$dir" ] && [ "$dir" != /sys/devices ] && [ "$dir" != / ]; do
         if [ -e "$dir/subsystem" ]; then
             case "$(basename "$(readlink -f "$dir/subsystem")")" in
-                virtio|pci|xen) driver_of "$dir"; return ;;
+                virtio|pci) driver_of "$dir"; return ;;
             esac
         fi
         dir="$(dirname "$dir")"

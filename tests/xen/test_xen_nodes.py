@@ -79,9 +79,16 @@ def tree(domid, env=None):
             if not match:
                 continue
             path, value, perms = match.groups()
-            norm = lambda text: re.sub(rf"(?<![0-9]){domid}(?![0-9])", "DOMID", text)
-            out[norm(path)] = [norm(value) if (value == str(domid) or "/" in value)
-                               else value, norm(perms)]
+            def norm(text):  # the guest's own directory and its backend directories
+                text = re.sub(rf"/local/domain/{domid}(?=/|$)", "/local/domain/DOMID", text)
+                return re.sub(rf"(/backend/[^/]+/){domid}(?=/|$)", r"\1DOMID", text)
+            # the guest's domid is in paths, in path values and in frontend-id only (a
+            # state or devid that happens to equal it is left alone)
+            guest = "/" in value or path.endswith("/frontend-id")
+            if path.endswith("/frontend-id"):
+                value = value.replace(str(domid), "DOMID")
+            out[norm(path)] = [norm(value) if guest else value,
+                               re.sub(rf"(?<=[nrwb]){domid}(?![0-9])", "DOMID", perms)]
     return out
 
 results = {}

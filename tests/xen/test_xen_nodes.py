@@ -133,7 +133,11 @@ finally:
 '''
 
 #: (config, difference, normalised path) -> why. A difference is "only libxl", "only pvhvm",
-#: "value" or "perms".
+#: "value" or "perms"; a path may end in ``/*`` (a whole directory) or be a ``^regex``.
+#: EMPTY FOR NOW: on the loaded machine where this was written, Xen's hotplug scripts (block,
+#: vif-bridge) were killed by libxl's timeout in every run that got as far as the HVM config,
+#: so no run produced the list; the test prints every difference it finds ("node
+#: differences:", pytest -s) for it to be filled in from a run that completes.
 KNOWN_DIFFERENCES: dict[tuple[str, str, str], str] = {}
 
 
@@ -172,13 +176,14 @@ def test_libxl_nodes_against_pvhvm_writer(xen_host: XenHost) -> None:
         host.ssh("for d in nodes-pv nodes-hvm; do xl destroy $d; done 2>/dev/null; "
                  f"ip link delete xenbr0; rm -rf {DOM0_DIR}", check=False)
     found: dict[tuple[str, str, str], str] = {}
-    for name in CONFIGS:
-        result = results[name]
-        assert "error" not in result, result.get("error")
-        assert result["libxl"] and result["pvhvm"], result
-        for (what, path), detail in differences(result["libxl"], result["pvhvm"]).items():
-            found[(name, what, path)] = detail
+    failed = {name: result["error"] for name, result in results.items() if "error" in result}
+    for name, result in results.items():
+        if "error" not in result:
+            for (what, path), detail in differences(result["libxl"], result["pvhvm"]).items():
+                found[(name, what, path)] = detail
     report = "\n".join(f"{key}: {detail}" for key, detail in sorted(found.items()))
+    print(f"node differences:\n{report}")  # seen even when a create failed
+    assert not failed, failed
     unlisted = {key for key in found if not _listed(key)}
     gone = {pattern for pattern in KNOWN_DIFFERENCES
             if not any(_matches(pattern, key) for key in found)}

@@ -37,6 +37,7 @@ from pvhvm.platforms.xen import XenPlatform
 from pvhvm.runtime.state import StateStore
 from pvhvm.xen.xl import Xl, one_line
 from pvhvm.xenstore.daemon import spawn_daemon
+from tests import jsonout
 from tests.xen.host import XenHost
 
 # -- a stand-in xl for the toolstack logic -----------------------------------------------------
@@ -166,7 +167,7 @@ def test_create_goes_through_xl_and_list_follows_it(
     assert out.splitlines()[1].split()[:6] == ["pvg", "6", "256", "1", "--p---", "3.0"]
     assert toolstack.run(capsys, "unpause", "pvg")[0] == 0
     code, out, _ = toolstack.run(capsys, "list", "--json")
-    assert json.loads(out)[0]["state"] == "running"
+    assert jsonout.result(out, "list")[0]["state"] == "running"
     code, out, err = toolstack.run(capsys, "block-attach", "pvg", "/nonexistent.img,raw,xvdb,w")
     assert code == 1 and err.count("\n") == 1 and "/nonexistent.img" in err
     assert not any(call[0] == "block-attach" for call in toolstack.calls())
@@ -347,7 +348,7 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
                            timeout=900, check=False)
         assert created.returncode == 0, created.stderr
         create_s = time.monotonic() - started
-        listed = json.loads(host.ssh("pvhvm list --json").stdout)
+        listed = jsonout.result(host.ssh("pvhvm list --json").stdout, "list")
         domid = int(host.ssh("xl domid pvplat").stdout.strip())
         assert [(d["name"], d["domid"], d["state"]) for d in listed] == [
             ("pvplat", domid, "paused")]
@@ -356,7 +357,7 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
         host.ssh("pvhvm unpause pvplat")
 
         report = guest_report(host)
-        mac = json.loads(host.ssh("pvhvm network-list pvplat --json").stdout)[0]["mac"]
+        mac = jsonout.result(host.ssh("pvhvm network-list pvplat --json").stdout)[0]["mac"]
         # blkfront's and netfront's devices: no PCI or virtio parent, so no driver (report.py)
         assert "blk xvda driver=- size=131072" in report, report
         assert f"net eth0 driver=- mac={mac}" in report, report
@@ -373,7 +374,7 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
                  == ("4", "4"), 300)
         # the guest's own view: blkfront's size of xvdb in sectors
         assert xs_read(host, f"{back}/sectors") == str(32 << 11)
-        listed_disks = json.loads(host.ssh("pvhvm block-list pvplat --json").stdout)
+        listed_disks = jsonout.result(host.ssh("pvhvm block-list pvplat --json").stdout)
         assert [(d["vdev"], d["driver"]) for d in listed_disks] == [
             ("xvda", f"/local/domain/0/backend/vbd/{domid}/51712 (state 4)"),
             ("xvdb", f"{back} (state 4)"),

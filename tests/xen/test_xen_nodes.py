@@ -123,7 +123,7 @@ try:
         if made.returncode != 0:
             results[name] = {"error": "pvhvm's writer: " + made.stderr.strip()}
             continue
-        domid = json.loads(run("pvhvm", "list", "--json", env=state))[0]["domid"]
+        domid = json.loads(run("pvhvm", "list", "--json", env=state))["result"][0]["domid"]
         results[name]["pvhvm"] = tree(domid, env=xsenv)
         run("pvhvm", "destroy", name, env=state)
     print(json.dumps(results))

@@ -52,16 +52,18 @@ SCRIPT_FILES = ("init", "rcS", "report.sh", "inittab", "acpi-power", "uevent")
 
 #: Modules the initramfs loads, in this order after their dependencies: disk controllers,
 #: disks, CD-ROMs, the root filesystem. crc32c_generic satisfies ext4's ``softdep pre:
-#: crypto-crc32c`` (crc32c-intel needs SSE4.2, which TCG's default CPU lacks).
+#: crypto-crc32c`` (crc32c-intel needs SSE4.2, which TCG's default CPU lacks). xen-blkfront
+#: is the PV disk driver on Xen (a PV domU's xvda root, an HVM guest's PV disks).
 STORAGE_MODULES = (
     "ata_piix", "ata_generic", "ahci", "sym53c8xx", "virtio_pci", "virtio_blk", "sd_mod", "sr_mod",
-    "crc32c_generic", "ext4",
+    "xen-blkfront", "crc32c_generic", "ext4",
 )
 #: Modules the root filesystem's rcS loads as well: NICs (8139cp before 8139too: QEMU's
 #: rtl8139 is a C+ chip, which 8139too refuses anyway), af_packet (built in on Debian), and
 #: the ACPI power button with evdev for acpid, and pvpanic-mmio, the driver of QEMU's ISA
 #: pvpanic device (ACPI QEMU0001), so a kernel panic reaches the host as GUEST_PANICKED.
-NET_MODULES = ("virtio_net", "8139cp", "8139too", "e1000", "ne2k-pci", "af_packet")
+NET_MODULES = ("virtio_net", "8139cp", "8139too", "e1000", "ne2k-pci", "xen-netfront",
+               "af_packet")
 ACPI_MODULES = ("button", "evdev", "pvpanic-mmio")
 #: virtio_balloon follows the balloon target ``pvhvm mem-set`` moves (a module on Debian; CPU
 #: hotplug, ACPI_HOTPLUG_CPU, is built in)

@@ -591,7 +591,8 @@ def _check_pv_guest(config: DomainConfig, platform: Platform, warnings: list[str
             f"{config.guest_type_reason}, and a PV guest needs kernel= (or bootloader=); "
             f"{hvm_hint}", file=config.file,
         )
-    if config.cmdline and any(f"console={c}" in config.cmdline for c in ("hvc0", "xvc0")):
+    if platform is not Platform.XEN and config.cmdline and any(
+            f"console={c}" in config.cmdline for c in ("hvc0", "xvc0")):
         warnings.append(
             "the kernel command line names Xen's PV console (hvc0/xvc0), which QEMU does not "
             "have: the serial console is ttyS0 (extra = \"console=ttyS0 ...\")"

@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket as sockets
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 from pvhvm.errors import DomainError, XenStoreError
 from pvhvm.plan.plan import Plan
-from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, pid_alive
+from pvhvm.runtime.state import DomainRecord, DomainState, StateStore, pid_alive, pid_cmdline
 from pvhvm.xen.xenbus import (
     DeviceEntry,
     DomainEntries,
@@ -67,6 +69,27 @@ def ensure_embedded_daemon(store: StateStore) -> Path:
             socket, pid_file=pid_file, log_file=socket.parent / "xenstored.log", detach=True
         )
     return socket
+
+
+def served_by_pvhvm(socket: Path) -> bool:
+    """Whether the xenstored answering at ``socket`` is pvhvm's own daemon: the process at the
+    socket's other end (SO_PEERCRED) runs ``pvhvm.xenstore`` or ``pvhvm xenstored``. False when
+    it is another program, or cannot be told (no answer, a peer in another pid namespace)."""
+    try:
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as peer:
+            peer.settimeout(5)
+            peer.connect(str(socket))
+            creds = peer.getsockopt(sockets.SOL_SOCKET, sockets.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+    except OSError:
+        return False
+    pid = struct.unpack("3i", creds)[0]
+    if pid <= 0:
+        return False
+    argv = pid_cmdline(pid)
+    if any("pvhvm.xenstore" in arg for arg in argv):
+        return True
+    return any(Path(arg).name == "pvhvm" for arg in argv) and "xenstored" in argv
 
 
 def _answers(socket: Path) -> bool:

@@ -296,3 +296,13 @@ def export_xl(plan: Plan) -> XlExport:
         lines.append("")
         lines += [f"# NOTE: {note}" for note in notes]
     return XlExport(text="\n".join(lines) + "\n", notes=tuple(notes))
+
+
+def disk_spec(disk: DiskPlan) -> str:
+    """One disk as xl-disk-configuration(5) spells it (``xl block-attach`` takes it)."""
+    return _disk(disk).replace(", ", ",")
+
+
+def vif_spec(vif: VifPlan) -> str:
+    """One NIC as xl-network-configuration(5) spells it (``xl network-attach`` takes it)."""
+    return _vif(vif)

@@ -329,6 +329,7 @@ def guest_report(host: XenHost, timeout: float = 600) -> str:
 
 
 @pytest.mark.e2e
+@pytest.mark.xen_domains
 @pytest.mark.xdist_group("xenhost")
 @pytest.mark.timeout(2400)  # the session's Xen host may boot in this test's setup (6-10 min)
 def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:

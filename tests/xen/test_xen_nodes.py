@@ -22,7 +22,8 @@ from tests.xen.host import XenHost
 
 #: the session's Xen host may boot inside the first test that asks for it: 6-10 minutes on a
 #: loaded 2-core machine (pytest-timeout counts fixture setup)
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("xenhost"), pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.xen_domains, pytest.mark.xdist_group("xenhost"),
+              pytest.mark.timeout(2400)]
 
 DOM0_DIR = "/root/pvnodes"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pvhvm.cli.complete import domain_names
 from pvhvm.cli.main import main
 from pvhvm.config.domain import config_from_text
 from pvhvm.config.source import ConfigSource
@@ -161,6 +162,12 @@ def test_define_list_all_autostart_undefine(
     kept = err.split("uuid ")[1].rstrip(")\n")
     stored = json.loads((state / "defined" / "web1" / "source.json").read_text())
     assert stored["text"] == CONFIG and stored["directory"] == str(tmp_path)
+    assert domain_names() == ["web1"]  # completes though it is not running
+    # redefined with --json: the definition, same uuid, in the envelope
+    code, out, err = run(capsys, "define", "web1.cfg", "--json")
+    defined = jsonout.result(out, "define")
+    assert code == 0 and (defined["name"], defined["uuid"], defined["autostart"]) == (
+        "web1", kept, False), err
     code, out, _ = run(capsys, "list")
     assert out.count("\n") == 1  # not running: only with --all
     code, out, _ = run(capsys, "list", "--all")
@@ -187,6 +194,7 @@ def test_define_list_all_autostart_undefine(
     assert code == 1 and f"defined with uuid {kept}" in err and err.count("\n") == 1
     code, _, err = run(capsys, "undefine", "web1")
     assert code == 0 and err == "domain web1 undefined\n"
+    assert domain_names() == []
     code, _, err = run(capsys, "undefine", "web1")
     assert code == 1 and err == "pvhvm: error: no domain named 'web1'\n"
 

@@ -117,8 +117,8 @@ def test_host_restart_brings_back_the_autostart_domain_only(
     after = json_of(host, "list", "-l", "auto")[0]
     # the same identity: uuid and MACs kept; a new domid, never one given before
     assert after["uuid"] == before["uuid"]
-    assert [v["mac"] for v in after["config"]["vifs"]] == [
-        v["mac"] for v in before["config"]["vifs"]]
+    assert [v["mac"] for v in after["plan"]["vifs"]] == [
+        v["mac"] for v in before["plan"]["vifs"]]
     assert after["domid"] > max(before["domid"], 2)
     # idempotent: nothing more to start
     assert json_of(host, "host", "start", "--json") == {"done": [], "failed": []}

@@ -10,7 +10,6 @@ The test has a state directory of its own: ``host stop`` acts on every domain of
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,11 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pvhvm.guest.report import END
 from pvhvm.runtime.logs import current_run
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm, _qemu_processes, _supervisors
 from tests.e2e.test_lifecycle import wait_for
 
@@ -63,8 +64,14 @@ def console_run(pvhvm: Pvhvm, name: str) -> str:
     return current_run(log.read_text(errors="replace")) if log.exists() else ""
 
 
+def json_of(pvhvm: Pvhvm, *argv: str) -> Any:
+    """The result of ``pvhvm ARGV`` (a --json or -l), checked against the schema."""
+    words = argv[:2] if argv[0] == "host" else argv[:1]
+    return jsonout.result(pvhvm.run(*argv).stdout, " ".join(words))
+
+
 def listed_all(pvhvm: Pvhvm) -> dict[str, dict[str, object]]:
-    rows = json.loads(pvhvm.run("list", "--all", "--json").stdout)
+    rows = json_of(pvhvm, "list", "--all", "--json")
     return {row["name"]: row for row in rows}
 
 
@@ -85,10 +92,10 @@ def test_host_restart_brings_back_the_autostart_domain_only(
         host.run("start", name, "--accel", "tcg")
     for name in ("auto", "manual"):
         host.wait_report(name)
-    before = json.loads(host.run("list", "-l", "auto").stdout)[0]
+    before = json_of(host, "list", "-l", "auto")[0]
     # named by its uuid and by its domid, as virsh and xl allow
-    assert json.loads(host.run("list", "-l", before["uuid"].upper()).stdout)[0]["name"] == "auto"
-    assert json.loads(host.run("list", "--json", str(before["domid"])).stdout)[0]["name"] == "auto"
+    assert json_of(host, "list", "-l", before["uuid"].upper())[0]["name"] == "auto"
+    assert json_of(host, "list", "--json", str(before["domid"]))[0]["name"] == "auto"
 
     # the host crashes: its supervisor and every QEMU are killed at once
     victims = _supervisors(host.state) + _qemu_processes(host.state)
@@ -98,7 +105,7 @@ def test_host_restart_brings_back_the_autostart_domain_only(
     wait_for("the killed processes to be gone", lambda: dead(victims), 10)
 
     # boot: the service starts what is marked autostart, and only that
-    started = json.loads(host.run("host", "start", "--json").stdout)
+    started = json_of(host, "host", "start", "--json")
     assert started["failed"] == []
     assert any(line.startswith("auto: started (id ") for line in started["done"]), started
     assert not any(line.startswith("manual: started") for line in started["done"]), started
@@ -107,45 +114,45 @@ def test_host_restart_brings_back_the_autostart_domain_only(
     rows = listed_all(host)
     assert rows["manual"]["state"] == "shut off" and rows["manual"]["domid"] is None
     assert rows["auto"]["state"] == "running"
-    after = json.loads(host.run("list", "-l", "auto").stdout)[0]
+    after = json_of(host, "list", "-l", "auto")[0]
     # the same identity: uuid and MACs kept; a new domid, never one given before
     assert after["uuid"] == before["uuid"]
-    assert [v["mac"] for v in after["config"]["vifs"]] == [
-        v["mac"] for v in before["config"]["vifs"]]
+    assert [v["mac"] for v in after["plan"]["vifs"]] == [
+        v["mac"] for v in before["plan"]["vifs"]]
     assert after["domid"] > max(before["domid"], 2)
     # idempotent: nothing more to start
-    assert json.loads(host.run("host", "start", "--json").stdout) == {"done": [], "failed": []}
+    assert json_of(host, "host", "start", "--json") == {"done": [], "failed": []}
 
     # host stop --save-dir saves it; the next host start restores it (and does not start a
     # second one)
     saves = tmp_path / "saves"
     saves.mkdir()
-    saved = json.loads(host.run("host", "stop", "--save-dir", str(saves), "--json").stdout)
+    saved = json_of(host, "host", "stop", "--save-dir", str(saves), "--json")
     assert saved["failed"] == [] and (saves / "auto.save").exists(), saved
     assert listed_all(host)["auto"]["state"] == "shut off"
-    restored = json.loads(host.run("host", "start", "--json").stdout)
+    restored = json_of(host, "host", "start", "--json")
     assert [line.split(" (id")[0] for line in restored["done"]] == [
         f"auto: restored from {saves / 'auto.save'}"], restored
     assert not (saves / "auto.save").exists()
     assert listed_all(host)["auto"]["state"] == "running"
 
     # host stop: the guest is asked and powers off cleanly
-    stopped = json.loads(host.run("host", "stop", "--timeout", "120", "--json").stdout)
+    stopped = json_of(host, "host", "stop", "--timeout", "120", "--json")
     assert stopped == {"done": ["auto: shut down"], "failed": []}
     assert "reboot: Power down" in console_run(host, "auto")
     rows = listed_all(host)
     assert {name: row["state"] for name, row in rows.items()} == {
         "auto": "shut off", "manual": "shut off"}
     # create of a defined domain's file: transient, with the definition's uuid, which stays
-    manual = json.loads(host.run("list", "-l", "manual").stdout)[0]
+    manual = json_of(host, "list", "-l", "manual")[0]
     created = host.run("create", PV_ONLY, f"imagedir={other}", "name=manual", "--accel", "tcg")
     assert "note: domain manual is defined: this runs" in created.stderr, created.stderr
-    assert json.loads(host.run("list", "-l", "manual").stdout)[0]["uuid"] == manual["uuid"]
+    assert json_of(host, "list", "-l", "manual")[0]["uuid"] == manual["uuid"]
     host.run("destroy", "manual")
     assert listed_all(host)["manual"]["state"] == "shut off"
     for name in ("auto", "manual"):
         host.run("undefine", name)
-    assert host.run("list", "--all", "--json").stdout.strip() == "[]"
+    assert json_of(host, "list", "--all", "--json") == []
     deadline = time.monotonic() + 5
     while _qemu_processes(host.state) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -5,7 +5,6 @@ its CPU and disk counters move under load made inside the guest (issue 21, items
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import guest_shell
 from tests.libvirt.daemon import PrivateLibvirtd
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 
 def domstats(pvhvm: Pvhvm, name: str) -> dict[str, Any]:
-    document = json.loads(pvhvm.run("domstats", "--json", name).stdout)
+    document = jsonout.result(pvhvm.run("domstats", "--json", name).stdout, "domstats")
     (figures,) = document["domains"]
     assert figures["name"] == name
     return dict(figures)
@@ -152,8 +152,10 @@ def test_a_nic_on_a_bridge_has_its_taps_counters(imagedir: Path, tmp_path: Path)
             pytest.skip("cannot make network and mount namespaces here")
         subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
                         TAP_SCRIPT], env=env, check=True, timeout=120)
-        (before,) = json.loads((work / "before.json").read_text())["domains"][0]["net"]
-        (after,) = json.loads((work / "after.json").read_text())["domains"][0]["net"]
+        (before,) = jsonout.result((work / "before.json").read_text(), "domstats")["domains"][0][
+            "net"]
+        (after,) = jsonout.result((work / "after.json").read_text(), "domstats")["domains"][0][
+            "net"]
         assert before["backend"] == "bridge" and before["unavailable"] is None
         assert str(before["source"]).startswith("tap") and after["source"] == before["source"]
         assert after["rx_bytes"] - before["rx_bytes"] >= 5 * 1000

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pvhvm.cli.complete import domain_names
 from pvhvm.cli.main import main
 from pvhvm.config.domain import config_from_text
 from pvhvm.config.source import ConfigSource
@@ -29,6 +30,7 @@ from pvhvm.runtime.persist import (
     resolve,
 )
 from pvhvm.runtime.state import DomainRecord, StateStore
+from tests import jsonout
 
 CONFIG = 'name = "web1"\nbuilder = "hvm"\nmemory = 256\nvcpus = 2\nvif = [ "" ]\n'
 
@@ -160,23 +162,30 @@ def test_define_list_all_autostart_undefine(
     kept = err.split("uuid ")[1].rstrip(")\n")
     stored = json.loads((state / "defined" / "web1" / "source.json").read_text())
     assert stored["text"] == CONFIG and stored["directory"] == str(tmp_path)
+    assert domain_names() == ["web1"]  # completes though it is not running
+    # redefined with --json: the definition, same uuid, in the envelope
+    code, out, err = run(capsys, "define", "web1.cfg", "--json")
+    defined = jsonout.result(out, "define")
+    assert code == 0 and (defined["name"], defined["uuid"], defined["autostart"]) == (
+        "web1", kept, False), err
     code, out, _ = run(capsys, "list")
     assert out.count("\n") == 1  # not running: only with --all
     code, out, _ = run(capsys, "list", "--all")
     assert out.splitlines()[1].split() == ["web1", "-", "256", "2", "------", "0.0"]
     code, out, _ = run(capsys, "list", "--all", "--json")
-    assert json.loads(out) == [{"name": "web1", "domid": None, "memory_mib": 256, "vcpus": 2,
+    assert jsonout.result(out, "list") == [{"name": "web1", "domid": None, "memory_mib": 256, "vcpus": 2,
                                 "state": "shut off", "flags": "------", "cpu_seconds": 0.0,
                                 "vnc": None}]
     code, out, _ = run(capsys, "list", kept.upper(), "-l")  # named by its uuid
-    assert json.loads(out)[0]["uuid"] == kept and json.loads(out)[0]["autostart"] is False
+    (entry,) = jsonout.result(out, "list")
+    assert entry["uuid"] == kept and entry["autostart"] is False
     assert run(capsys, "autostart", "web1")[0] == 0
     assert Definitions(state).read("web1").autostart  # type: ignore[union-attr]
     assert run(capsys, "autostart", kept, "--disable")[0] == 0
     assert not Definitions(state).read("web1").autostart  # type: ignore[union-attr]
     # the dry run of its file shows the uuid and MACs the defined domain has
     code, out, _ = run(capsys, "create", "web1.cfg", "-n", "--json")
-    plan = json.loads(out)
+    plan = jsonout.result(out, "create")
     assert plan["uuid"] == kept and plan["vifs"][0]["mac"] == default_mac(kept, 0)
     # a file naming it with another uuid is refused, as libvirt refuses a second uuid
     other = CONFIG + 'uuid = "12345678-1234-1234-1234-123456789abc"\n'
@@ -185,6 +194,7 @@ def test_define_list_all_autostart_undefine(
     assert code == 1 and f"defined with uuid {kept}" in err and err.count("\n") == 1
     code, _, err = run(capsys, "undefine", "web1")
     assert code == 0 and err == "domain web1 undefined\n"
+    assert domain_names() == []
     code, _, err = run(capsys, "undefine", "web1")
     assert code == 1 and err == "pvhvm: error: no domain named 'web1'\n"
 
@@ -199,7 +209,7 @@ def test_two_defines_of_one_name_on_two_hosts_differ(
         monkeypatch.setenv("PVHVM_STATE_DIR", str(tmp_path / host))
         assert run(capsys, "define", "web1.cfg")[0] == 0
         _, out, _ = run(capsys, "create", "web1.cfg", "-n", "--json")
-        plan = json.loads(out)
+        plan = jsonout.result(out, "create")
         macs.append((plan["uuid"], plan["vifs"][0]["mac"]))
     assert macs[0][0] != macs[1][0] and macs[0][1] != macs[1][1]
 
@@ -289,8 +299,10 @@ def test_start_of_what_is_not_defined_and_host_unit(
     code, _, err = run(capsys, "host", "install-unit", "--dir", str(units / "nope"))
     assert code == 1 and err.count("\n") == 1 and "no such directory" in err
     # nothing to do: host start and stop succeed and say nothing
-    assert run(capsys, "host", "start", "--json")[:2] == (0, '{\n  "done": [],\n  "failed": []\n}\n')
-    assert run(capsys, "host", "stop", "--json")[0] == 0
+    code, out, _ = run(capsys, "host", "start", "--json")
+    assert (code, jsonout.result(out, "host start")) == (0, {"done": [], "failed": []})
+    code, out, _ = run(capsys, "host", "stop", "--json")
+    assert (code, jsonout.result(out, "host stop")) == (0, {"done": [], "failed": []})
 
 
 def _dead_pid() -> int:
@@ -311,11 +323,12 @@ def test_host_start_removes_what_a_crash_left_and_keeps_definitions(
     Definitions(state).define(Definition("web1", record.uuid, False, source()))
     code, out, err = run(capsys, "host", "start", "--json")
     assert code == 0, err
-    assert json.loads(out) == {"done": [
+    assert jsonout.result(out, "host start") == {"done": [
         "web1: removed (its QEMU was gone: the host went down under it)"], "failed": []}
     assert store.names() == [] and Definitions(state).names() == ["web1"]
     code, out, _ = run(capsys, "list", "--all", "--json")
-    assert [(r["name"], r["state"]) for r in json.loads(out)] == [("web1", "shut off")]
+    assert [(r["name"], r["state"]) for r in jsonout.result(out, "list")] == [
+        ("web1", "shut off")]
 
 
 def test_undefine_of_a_running_domain_leaves_it_running_transient(

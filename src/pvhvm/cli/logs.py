@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from pvhvm.cli.complete import complete_domain
 from pvhvm.errors import InputError, printable
 from pvhvm.runtime import logs
 from pvhvm.runtime.hostd import HOSTD_LOG
@@ -35,7 +36,7 @@ def tail(paths: list[Path], lines: int | None) -> list[str]:
 
 
 @click.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_domain)
 @click.option("--qemu", is_flag=True, help="Domain NAME's QEMU log instead of its supervisor's.")
 @click.option("-n", "--lines", type=click.IntRange(min=1), default=None,
               help="Only the last LINES lines.")

@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from pvhvm.cli import configs
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import definitions, resolve_name
 from pvhvm.cli.output import print_json, say, warn
@@ -92,7 +93,7 @@ def define(config: Path, variables: tuple[str, ...], dialect: str | None,
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("-p", "--paused", is_flag=True, help="Leave the domain paused.")
 @click.option("-c", "--console", "attach_console", is_flag=True,
               help="Attach to the console once started (^] detaches).")
@@ -122,7 +123,7 @@ def start(name: str, paused: bool, attach_console: bool, accel: str, as_json: bo
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def undefine(name: str) -> None:
     """Remove defined domain NAME's definition (as virsh undefine: a running domain runs on,
     transient, and is gone once it shuts down)."""
@@ -132,7 +133,7 @@ def undefine(name: str) -> None:
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @click.option("--disable", is_flag=True, help="Do not start it at host start.")
 def autostart(name: str, disable: bool) -> None:
     """Start defined domain NAME at 'pvhvm host start' (at boot), as virsh autostart."""
@@ -155,7 +156,7 @@ def _replace_config(name: str, source: ConfigSource) -> None:
 
 
 @click.command(name="config-update")
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 @_config_argument
 @_variables_argument
 @configs.dialect_option
@@ -168,7 +169,7 @@ def config_update(name: str, config: Path, variables: tuple[str, ...], dialect: 
 
 
 @click.command()
-@click.argument("name", callback=resolve_name)
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
 def edit(name: str) -> None:
     """Edit defined domain NAME's config in $VISUAL or $EDITOR (as virsh edit): a copy is
     edited, and kept only once it parses and plans; a bad edit keeps the old config."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import click
 
+from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import resolve_names
 from pvhvm.cli.output import console, print_json
@@ -76,7 +77,8 @@ def stats_lines(sample: DomainSample) -> list[str]:
 
 
 @click.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names,
+                shell_complete=complete_domain)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 def domstats(names: tuple[str, ...], as_json: bool) -> None:
     """CPU, memory, block and network counters of running domains (as virsh domstats).
@@ -146,7 +148,8 @@ def _rates_loop(platforms: Platforms, names: tuple[str, ...], delay: float,
 
 
 @click.command()
-@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names)
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=resolve_names,
+                shell_complete=complete_domain)
 @click.option("-b", "--batch", is_flag=True, help="Print a table per sample (for scripts).")
 @click.option("-n", "--iterations", type=click.IntRange(min=1), default=None,
               help="Stop after N samples (default: until ^C; batch mode: 1).")

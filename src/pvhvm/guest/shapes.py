@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ Progress = Callable[[str], None]
 SHAPE_RECIPE_VERSION = 1
 SHAPES = ("lvm", "xfs", "btrfs", "xenpv")
 VARIANT_PREFIX = "shape-"
+SHAPE_VARIANTS = tuple(VARIANT_PREFIX + name for name in SHAPES)
 DISK_MIB = 2048
 BOOT_MIB = 256
 SWAP_MIB = 64
@@ -149,12 +151,15 @@ def shape_of(variant: str) -> Shape | None:
 
 
 def recipe_digest(shape: Shape) -> str:
-    """The cache key: the base's recipe, the shape's, and the text of this module."""
-    source = Path(__file__).read_bytes()
+    """The cache key: the base's recipe, the shape's, and the source of every step that
+    shapes the disk (so a change to one of them rebuilds, and nothing else does)."""
+    steps = "".join(inspect.getsource(step) for step in (
+        install_packages, common_files, default_grub, grub_cfg, _initramfs_modules,
+        tree_files, uuid_files, _partitions, _in_appliance, _boot_code, _build))
     return hashlib.sha256(repr((
-        installed.base_recipe(), SHAPE_RECIPE_VERSION, shape, DISK_MIB, CONSOLE,
+        installed.base_recipe(), SHAPE_RECIPE_VERSION, shape, DISK_MIB, CONSOLE, VG,
         installed.REPORT_TTY, installed.REPORT_UNIT, guest_file("report.sh"),
-        hashlib.sha256(source).hexdigest(),
+        hashlib.sha256(steps.encode()).hexdigest(),
     )).encode()).hexdigest()
 
 
@@ -199,6 +204,11 @@ def install_packages(root: Path, packages: tuple[str, ...], say: Progress) -> No
     shutil.copyfile("/etc/resolv.conf", resolv)
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
+    # the initramfs is made later, in the appliance: no package trigger makes one here
+    update_conf = root / "etc" / "initramfs-tools" / "update-initramfs.conf"
+    saved = update_conf.read_text() if update_conf.is_file() else None
+    if saved is not None:
+        update_conf.write_text(saved.replace("update_initramfs=yes", "update_initramfs=no"))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
            "DEBIAN_FRONTEND": "noninteractive",
            "INITRD": "No"}  # the initramfs is made in the appliance, on the disk
@@ -209,6 +219,8 @@ def install_packages(root: Path, packages: tuple[str, ...], say: Progress) -> No
         run(["chroot", str(root), "apt-get", "clean"], env=env)
     finally:
         policy.unlink()
+        if saved is not None:
+            update_conf.write_text(saved)
         resolv.unlink()
         resolv.write_text("")
     shutil.rmtree(root / "var" / "lib" / "apt" / "lists", ignore_errors=True)

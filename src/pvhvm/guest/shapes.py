@@ -378,7 +378,7 @@ def _in_appliance(shape: Shape, disk: Path, tarball: Path, release: str, workdir
     """Partitions, LVM, filesystems, the tree, the initramfs, extlinux; the UUIDs made."""
     uuids: dict[str, str] = {}
     with Appliance(disk, readonly=False, tmpdir=workdir, progress=say,
-                   timeouts=Timeouts(tool=1800.0)) as app:
+                   timeouts=Timeouts(step=1800.0, tool=3600.0)) as app:
         call = app.call
         g = app.g
         call("partitioning", g.part_init, "/dev/sda", "msdos")

@@ -455,12 +455,17 @@ def _root_label(report: ImageReport) -> str:
 
 
 def _target_for(device: DeviceName, report: ImageReport) -> str | None:
-    """UUID=... of the filesystem a kernel name meant (by its partition number)."""
+    """UUID=... of the filesystem a kernel name meant (by its partition number); the
+    partition's PARTUUID=... when it holds no filesystem with a UUID (a plain dm-crypt
+    swap)."""
     for fs in report.filesystems:
         if fs.signature is None or not fs.signature.uuid:
             continue
         if fs.partition == device.partition or (fs.partition is None and device.partition is None):
             return f"UUID={fs.signature.uuid}"
+    for fs in report.filesystems:
+        if device.partition is not None and fs.partition == device.partition and fs.partuuid:
+            return f"PARTUUID={fs.partuuid}"
     return None
 
 

@@ -17,7 +17,18 @@ initramfs tool runs there. Steps (SPEC.md, "Moving an installed Linux guest to P
    the bootloader configs (``root=``/``resume=`` in grub.cfg, /etc/default/grub, menu.lst,
    extlinux.conf, syslinux.cfg); ``GRUB_DISABLE_LINUX_UUID=true`` is turned off so a later
    update-grub keeps the UUIDs;
-3. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
+3. initramfs-tools' ``conf.d/*`` ``RESUME=`` the same way; a partition with no filesystem UUID
+   (a plain dm-crypt swap in crypttab) is named by its ``PARTUUID=`` (MBR disk id and number),
+   which holds on IDE and virtio alike, as UUID= does;
+4. a Xen guest's console: ``console=hvc0``/``xvc0`` → ``console=ttyS0,115200`` in every boot
+   loader config and /etc/default/grub, inittab getty lines, and systemd's
+   ``getty.target.wants/serial-getty@hvc0.service`` link replaced by one for ttyS0;
+5. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
+
+grub.cfg, menu.lst and extlinux.conf are edited in place, never regenerated: grub-mkconfig run in
+the appliance names the appliance's disks where the guest has ``GRUB_DISABLE_LINUX_UUID=true``
+(virt-v2v's failure, SPEC.md), and where it would name them right (UUIDs, LVM) the in-place edit
+gives the same kernel arguments without running more guest code.
 
 A file prepare edits that is a symlink is followed inside the guest; one that leads nowhere in
 the guest (a link to a host path, say) is left alone, with a note.

@@ -17,6 +17,7 @@ from pvhvm.guest.prepare import (
     rewrite_console,
     rewrite_crypttab,
     rewrite_inittab,
+    rewrite_kernel_args,
     rewrite_resume_conf,
 )
 from pvhvm.inspect.deep import ApplianceReader
@@ -166,3 +167,14 @@ def test_deep_reader_maps_boot_and_subvolume_paths() -> None:
                            subvolume="@")
     assert root._guest_path("/@/boot/vmlinuz-1") == "/boot/vmlinuz-1"
     assert root._guest_path("/boot/x") == "/boot/x"
+
+
+def test_comments_that_name_old_devices_are_left_as_they_are() -> None:
+    resolve = resolver_for(DISK, "/dev/sda1")
+    text = ("# the installer wrote root=/dev/sda1 console=hvc0\n"
+            'GRUB_CMDLINE_LINUX="root=/dev/sda1 console=hvc0"\n')
+    out, changes = rewrite_kernel_args(text, resolve, "/etc/default/grub")
+    out, more = rewrite_console(out, "/etc/default/grub")
+    assert out.splitlines() == ["# the installer wrote root=/dev/sda1 console=hvc0",
+                                'GRUB_CMDLINE_LINUX="root=UUID=b00t-uuid console=ttyS0,115200"']
+    assert [c.detail.split(":")[0] for c in changes + more] == ["line 2", "line 2"]

@@ -217,7 +217,36 @@ def rewrite_kernel_args(text: str, resolve: Resolver, path: str) -> tuple[str, l
                               f"{replacement}"))
         return f"{match.group(1)}={replacement}"
 
-    return _KERNEL_ARG.sub(replace, text), changes
+    return _outside_comments(_KERNEL_ARG, replace, text), changes
+
+
+def _outside_comments(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str],
+                      text: str) -> str:
+    """``pattern.sub(replace, text)`` on the lines that are not ``#`` comments (a comment
+    that mentions ``root=/dev/sda1`` says what was, and is left as it is); match offsets
+    stay those of ``text``."""
+    out: list[str] = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+        else:
+            out.append(_sub_span(pattern, replace, text, offset, offset + len(line)))
+        offset += len(line)
+    return "".join(out)
+
+
+def _sub_span(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str,
+              start: int, end: int) -> str:
+    """``text[start:end]`` with each match of ``pattern`` in it replaced."""
+    pieces: list[str] = []
+    last = start
+    for match in pattern.finditer(text, start, end):
+        pieces.append(text[last:match.start()])
+        pieces.append(replace(match))
+        last = match.end()
+    pieces.append(text[last:end])
+    return "".join(pieces)
 
 
 def rewrite_default_grub(text: str, resolve: Resolver) -> tuple[str, list[Change]]:
@@ -262,7 +291,7 @@ def rewrite_console(text: str, path: str) -> tuple[str, list[Change]]:
                                                f"console={SERIAL_TTY},115200"))
         return f"console={SERIAL_TTY},115200"
 
-    return _XEN_CONSOLE.sub(replace, text), changes
+    return _outside_comments(_XEN_CONSOLE, replace, text), changes
 
 
 def rewrite_inittab(text: str, path: str = INITTAB) -> tuple[str, list[Change]]:

@@ -237,6 +237,11 @@ def common_files(root: Path, shape: Shape) -> None:
     _write(root, "/etc/systemd/system/pvhvm-report.service", installed.REPORT_UNIT)
     _link(root, "/etc/systemd/system/multi-user.target.wants/pvhvm-report.service",
           "/etc/systemd/system/pvhvm-report.service")
+    # under TCG on a loaded host udevd can start more than 90 s (systemd's default device
+    # timeout) after the jobs for fstab's and crypttab's devices: they then fail, whatever the
+    # names, and a /boot mount takes the guest to emergency mode
+    _write(root, "/etc/systemd/system.conf.d/pvhvm-tcg.conf",
+           "[Manager]\nDefaultTimeoutStartSec=900s\n")
 
 
 def default_grub(cmdline: str, disable_uuid: bool) -> str:

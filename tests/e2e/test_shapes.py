@@ -170,8 +170,11 @@ def test_shape_moves_to_pv_disks(pvhvm: Pvhvm, domains: list[str], tmp_path: Pat
     assert MULTI_USER in log, log[-3000:]
     assert not report.has_class(IDE_CLASS) and not report.has_class(SATA_CLASS)
     assert _disks(report) == {"vda": "virtio_blk"}
-    if xen_pv:
-        assert "console=ttyS0" in log or "ttyS0" in log
+    if xen_pv:  # pygrub booted the edited menu.lst: UUID names, the serial console
+        cmdline = re.search(r"Kernel command line: (.*)", log)
+        assert cmdline is not None, log[:3000]
+        assert "console=ttyS0,115200" in cmdline.group(1)
+        assert "hvc0" not in cmdline.group(1) and "root=UUID=" in cmdline.group(1)
 
     # 5. On IDE again (the names prepare wrote hold on both buses).
     if not xen_pv:

@@ -19,6 +19,7 @@ from pvhvm.errors import printable
 from pvhvm.guest.appliance import Timeouts
 from pvhvm.guest.prepare import PrepareError, PrepareResult, prepare_image
 from pvhvm.inspect.check import root_disk
+from pvhvm.inspect.pygrub import run_bootloader
 from pvhvm.plan.plan import Plan, Platform, make_plan
 
 
@@ -67,7 +68,9 @@ def prepare(config: Path, variables: tuple[str, ...], dry_run: bool, as_json: bo
     crypttab and the bootloader; keep <file>.pre-pvhvm copies. All of it inside the
     libguestfs appliance VM, on a private copy that replaces the image once done. Refused
     while a domain runs on the image."""
-    plan = make_plan(load_config(config, _variables(variables)), Platform.QEMU)
+    # a Xen PV guest's bootloader = "pygrub" is read as create reads it (its boot disk is
+    # the one prepared); the kernel it finds is not what prepare works on
+    plan = make_plan(run_bootloader(load_config(config, _variables(variables))), Platform.QEMU)
     image = root_image(plan)
     timeouts = Timeouts(tool=timeout)
     err = console(stderr=True)

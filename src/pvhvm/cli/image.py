@@ -13,6 +13,7 @@ from rich.console import Console
 from pvhvm.errors import PvhvmError
 from pvhvm.guest.installed import VARIANTS, build_installed
 from pvhvm.guest.kit import OUTPUTS, build_kit
+from pvhvm.guest.shapes import SHAPE_VARIANTS, build_shape, shape_of
 from pvhvm.guest.xenhost import build_xenhost
 
 
@@ -60,8 +61,10 @@ def build(directory: Path, force: bool) -> None:
 
 @image.command("build-installed")
 @click.argument("directory", type=click.Path(path_type=Path), required=False)
-@click.option("--variant", type=click.Choice(VARIANTS), default="ide", show_default=True,
-              help="ide: initramfs without virtio (installed on IDE); full: MODULES=most.")
+@click.option("--variant", type=click.Choice((*VARIANTS, *SHAPE_VARIANTS)), default="ide",
+              show_default=True,
+              help="ide: initramfs without virtio (installed on IDE); full: MODULES=most; "
+                   "shape-lvm|xfs|btrfs|xenpv: the shapes of pvhvm.guest.shapes.")
 @click.option("--force", is_flag=True, help="Rebuild even when the disk is up to date.")
 def build_installed_command(directory: Path | None, variant: str, force: bool) -> None:
     """Build an installed Debian 12 guest disk into DIRECTORY (default
@@ -71,12 +74,17 @@ def build_installed_command(directory: Path | None, variant: str, force: bool) -
     console = _console()
     try:
         with _building(console, f"building the installed guest ({variant})") as progress:
-            guest = build_installed(directory, variant, force=force, progress=progress)
+            shape = shape_of(variant)
+            if shape is not None:
+                guest = build_shape(shape, directory, force=force, progress=progress)
+            else:
+                guest = build_installed(directory, variant, force=force, progress=progress)
         manifest = guest.manifest()
     except PvhvmError as err:
         raise click.ClickException(str(err)) from err
+    root = manifest.get("root_device") or manifest.get("summary")
     console.print(f"{guest.disk}  {guest.disk.stat().st_size // (1 << 20)} MiB "
-                  f"(kernel {manifest['kernel_release']}, root {manifest['root_device']}, "
+                  f"(kernel {manifest['kernel_release']}, root {root}, "
                   f"UUID {manifest['root_uuid']})")
 
 

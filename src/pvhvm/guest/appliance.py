@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: blkid types whose UUID names no filesystem a guest mounts or swaps on (an LVM PV's UUID
+#: is LVM's own, not a name udev gives a by-uuid link that fstab could use)
+NOT_NAMED_BY_UUID = ("LVM2_member",)
 #: the largest guest text file read into memory (fstab, grub.cfg, ...)
 MAX_TEXT = 16 << 20
 
@@ -272,6 +275,10 @@ class Appliance:
         finally:
             self._watchdog.disarm()
 
+    def call(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One libguestfs call on the handle with the step deadline (see :meth:`_call`)."""
+        return self._call(what, self.timeouts.step, function, *args, **kwargs)
+
     @property
     def g(self) -> Any:
         if self._handle is None:
@@ -366,6 +373,45 @@ class Appliance:
                                  self.g.read_file, real)
         return data.decode("utf-8", "surrogateescape")
 
+    def file_size(self, path: str) -> int | None:
+        """The size of a regular guest file (resolved inside the guest); None if none."""
+        real = self.realpath(path)
+        if real is None or not self._call("stat", self.timeouts.step, self.g.is_file, real):
+            return None
+        return int(self._call("stat", self.timeouts.step, self.g.filesize, real))
+
+    def read_bytes(self, path: str) -> bytes:
+        """A small regular guest file's bytes (one libguestfs message: under 2 MiB)."""
+        real = self.realpath(path)
+        if real is None:
+            raise ApplianceError(f"{printable(path)}: not in the guest")
+        data: bytes = self._call(f"reading {printable(path)}", self.timeouts.step,
+                                 self.g.read_file, real)
+        return data
+
+    def download(self, path: str, target: Path) -> None:
+        """A guest file (resolved inside the guest) into the new host file ``target``, which
+        the caller made room for in a private directory."""
+        real = self.realpath(path)
+        if real is None:
+            raise ApplianceError(f"{printable(path)}: not in the guest")
+        self._call(f"downloading {printable(path)}", self.timeouts.step, self.g.download,
+                   real, str(target))
+
+    def filesystem_identity(self, device: str) -> tuple[str, str, str]:
+        """(type, UUID, label) of the filesystem on an appliance device, as blkid says."""
+        step = self.timeouts.step
+        return (str(self._call("filesystem type", step, self.g.vfs_type, device)),
+                str(self._call("filesystem UUID", step, self.g.vfs_uuid, device)),
+                str(self._call("filesystem label", step, self.g.vfs_label, device)))
+
+    def partition_number(self, device: str) -> int | None:
+        """The partition number of an appliance device (None: an LV or a whole disk)."""
+        if not device.startswith("/dev/sd") or not device[-1].isdigit():
+            return None
+        return int(self._call("partition number", self.timeouts.step, self.g.part_to_partnum,
+                              device))
+
     def write_text(self, path: str, text: str) -> None:
         """Write a guest file that :meth:`realpath` resolved (an existing file keeps its mode
         and owner)."""
@@ -376,6 +422,14 @@ class Appliance:
         """``cp -a`` of resolved guest paths, inside the appliance."""
         self._call(f"copying {printable(source)}", self.timeouts.step, self.g.cp_a, source,
                    target)
+
+    def remove(self, path: str) -> None:
+        """Remove a resolved guest path that is a file or a symlink (never followed)."""
+        self._call(f"removing {printable(path)}", self.timeouts.step, self.g.rm, path)
+
+    def symlink(self, target: str, path: str) -> None:
+        """Make the symlink ``path`` → ``target`` (``path``'s directory resolved already)."""
+        self._call(f"linking {printable(path)}", self.timeouts.step, self.g.ln_sf, target, path)
 
     def stat_entries(self, directory: str) -> dict[str, tuple[int, int, int]]:
         """name → (size, mtime ns, mode) of each entry of a guest directory (no symlink
@@ -407,12 +461,36 @@ class Appliance:
             number = 0 if partition == disk else int(
                 self._call("partition number", step, g.part_to_partnum, partition))
             try:
+                kind = str(self._call("filesystem type", step, g.vfs_type, partition))
                 uuid = str(self._call("uuid", step, g.vfs_uuid, partition))
             except ApplianceError:
                 continue
-            if uuid:
+            if uuid and kind not in NOT_NAMED_BY_UUID:
                 uuids[number] = uuid
         return uuids
+
+    def partition_partuuids(self) -> dict[int, str]:
+        """Partition number → PARTUUID on the first disk: an MBR's is its disk identifier
+        (bytes 440-443) and the number (``8f3a41c2-03``), a GPT's the entry's GUID."""
+        step = self.timeouts.step
+        g = self.g
+        disk = str(self._call("devices", step, g.list_devices)[0])
+        found: dict[int, str] = {}
+        try:
+            scheme = str(self._call("partition table", step, g.part_get_parttype, disk))
+        except ApplianceError:
+            return found
+        numbers = [int(p["part_num"]) for p in self._call("partitions", step, g.part_list,
+                                                           disk)]
+        if scheme == "msdos":
+            raw: bytes = self._call("disk identifier", step, g.pread_device, disk, 4, 440)
+            ident = int.from_bytes(raw, "little")
+            return {n: f"{ident:08x}-{n:02x}" for n in numbers}
+        if scheme == "gpt":
+            for number in numbers:
+                found[number] = str(self._call("partition GUID", step, g.part_get_gpt_guid,
+                                               disk, number)).lower()
+        return found
 
     # -- guest programs -------------------------------------------------------------------
 

@@ -17,7 +17,18 @@ initramfs tool runs there. Steps (SPEC.md, "Moving an installed Linux guest to P
    the bootloader configs (``root=``/``resume=`` in grub.cfg, /etc/default/grub, menu.lst,
    extlinux.conf, syslinux.cfg); ``GRUB_DISABLE_LINUX_UUID=true`` is turned off so a later
    update-grub keeps the UUIDs;
-3. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
+3. initramfs-tools' ``conf.d/*`` ``RESUME=`` the same way; a partition with no filesystem UUID
+   (a plain dm-crypt swap in crypttab) is named by its ``PARTUUID=`` (MBR disk id and number),
+   which holds on IDE and virtio alike, as UUID= does;
+4. a Xen guest's console: ``console=hvc0``/``xvc0`` → ``console=ttyS0,115200`` in every boot
+   loader config and /etc/default/grub, inittab getty lines, and systemd's
+   ``getty.target.wants/serial-getty@hvc0.service`` link replaced by one for ttyS0;
+5. keep the previous version of every file it changes as ``<file>.pre-pvhvm``.
+
+grub.cfg, menu.lst and extlinux.conf are edited in place, never regenerated: grub-mkconfig run in
+the appliance names the appliance's disks where the guest has ``GRUB_DISABLE_LINUX_UUID=true``
+(virt-v2v's failure, SPEC.md), and where it would name them right (UUIDs, LVM) the in-place edit
+gives the same kernel arguments without running more guest code.
 
 A file prepare edits that is a symlink is followed inside the guest; one that leads nowhere in
 the guest (a link to a host path, say) is left alone, with a note.
@@ -85,6 +96,16 @@ DRACUT_CONF_TEXT = ("# PV (virtio) drivers, added by pvhvm guest prepare\n"
 WORKDIR_PREFIX = ".pvhvm-prepare."
 #: the image copy, before and while the appliance works on it (sparse, reflinked if it can)
 COPY_TIMEOUT = 1800.0
+RESUME_CONF_DIR = "/etc/initramfs-tools/conf.d"
+INITTAB = "/etc/inittab"
+GETTY_WANTS = "/etc/systemd/system/getty.target.wants"
+SERIAL_GETTY_UNITS = ("/lib/systemd/system/serial-getty@.service",
+                      "/usr/lib/systemd/system/serial-getty@.service")
+SERIAL_TTY = "ttyS0"
+XEN_CONSOLES = ("hvc0", "xvc0")
+_RESUME = re.compile(r"^(\s*RESUME\s*=\s*)([\"']?)(\S+?)\2[ \t]*$", re.M)
+_XEN_CONSOLE = re.compile(r"(?<![\w.-])console=(?:hvc0|xvc0)(?:,\S*)?")
+_XEN_GETTY = re.compile(r"^(?:serial-)?getty@(hvc0|xvc0)\.service$")
 _KERNEL_ARG = re.compile(r"(?<![\w.-])(root|resume)=(/dev/(?:hd|sd|xvd|vd)[a-z]+[0-9]*)")
 _DISABLE_UUID = re.compile(r"^(\s*)(GRUB_DISABLE_LINUX_UUID\s*=\s*[\"']?true[\"']?)\s*$", re.M)
 
@@ -141,6 +162,9 @@ class RootFilesystem:
     device: str
     partition: int
     uuids: dict[int, str]
+    #: partition number → PARTUUID (MBR: disk id and number; GPT: the entry's GUID), for a
+    #: partition that has no filesystem UUID (a plain dm-crypt swap, say)
+    partuuids: dict[int, str] = field(default_factory=dict)
 
 
 # -- pure rewriting -------------------------------------------------------------------------
@@ -193,7 +217,36 @@ def rewrite_kernel_args(text: str, resolve: Resolver, path: str) -> tuple[str, l
                               f"{replacement}"))
         return f"{match.group(1)}={replacement}"
 
-    return _KERNEL_ARG.sub(replace, text), changes
+    return _outside_comments(_KERNEL_ARG, replace, text), changes
+
+
+def _outside_comments(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str],
+                      text: str) -> str:
+    """``pattern.sub(replace, text)`` on the lines that are not ``#`` comments (a comment
+    that mentions ``root=/dev/sda1`` says what was, and is left as it is); match offsets
+    stay those of ``text``."""
+    out: list[str] = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+        else:
+            out.append(_sub_span(pattern, replace, text, offset, offset + len(line)))
+        offset += len(line)
+    return "".join(out)
+
+
+def _sub_span(pattern: re.Pattern[str], replace: Callable[[re.Match[str]], str], text: str,
+              start: int, end: int) -> str:
+    """``text[start:end]`` with each match of ``pattern`` in it replaced."""
+    pieces: list[str] = []
+    last = start
+    for match in pattern.finditer(text, start, end):
+        pieces.append(text[last:match.start()])
+        pieces.append(replace(match))
+        last = match.end()
+    pieces.append(text[last:end])
+    return "".join(pieces)
 
 
 def rewrite_default_grub(text: str, resolve: Resolver) -> tuple[str, list[Change]]:
@@ -208,6 +261,54 @@ def rewrite_default_grub(text: str, resolve: Resolver) -> tuple[str, list[Change
         return f"{match.group(1)}#{match.group(2)}  # pvhvm guest prepare"
 
     return _DISABLE_UUID.sub(disable, text), changes
+
+
+def rewrite_resume_conf(text: str, resolve: Resolver, path: str) -> tuple[str, list[Change]]:
+    """initramfs-tools' ``conf.d/resume`` (``RESUME=/dev/xvda2``): the device renamed."""
+    changes: list[Change] = []
+
+    def replace(match: re.Match[str]) -> str:
+        device = classify(match.group(3))
+        replacement = resolve(device) if device.naming is Naming.KERNEL_NAME else None
+        if replacement is None:
+            return match.group(0)
+        number = text.count("\n", 0, match.start()) + 1
+        changes.append(Change(path, "resume", f"line {number}: RESUME={match.group(3)} -> "
+                                              f"RESUME={replacement}"))
+        return f"{match.group(1)}{replacement}"
+
+    return _RESUME.sub(replace, text), changes
+
+
+def rewrite_console(text: str, path: str) -> tuple[str, list[Change]]:
+    """Xen's PV console (``console=hvc0``, ``xvc0``) on a kernel command line → ttyS0, the
+    serial port an HVM guest has (virt-v2v moves it the same way)."""
+    changes: list[Change] = []
+
+    def replace(match: re.Match[str]) -> str:
+        number = text.count("\n", 0, match.start()) + 1
+        changes.append(Change(path, "console", f"line {number}: {match.group(0)} -> "
+                                               f"console={SERIAL_TTY},115200"))
+        return f"console={SERIAL_TTY},115200"
+
+    return _outside_comments(_XEN_CONSOLE, replace, text), changes
+
+
+def rewrite_inittab(text: str, path: str = INITTAB) -> tuple[str, list[Change]]:
+    """inittab(5) getty lines on hvc0/xvc0 moved to ttyS0."""
+    out: list[str] = []
+    changes: list[Change] = []
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        fields = line.split(":", 3)
+        if (len(fields) == 4 and "getty" in fields[3] and not line.lstrip().startswith("#")
+                and re.search(r"\b(hvc0|xvc0)\b", fields[3])):
+            new = re.sub(r"\b(hvc0|xvc0)\b", SERIAL_TTY, fields[3])
+            ident = SERIAL_TTY if fields[0] in XEN_CONSOLES else fields[0]
+            line = ":".join((ident, fields[1], fields[2], new))
+            changes.append(Change(path, "console", f"line {number}: getty on {SERIAL_TTY} "
+                                                   "instead of Xen's console"))
+        out.append(line)
+    return "".join(out), changes
 
 
 def add_initramfs_modules(text: str) -> tuple[str, list[str]]:
@@ -237,23 +338,33 @@ class GuestFiles(Protocol):
     def read_text(self, path: str) -> str | None: ...
 
 
-def resolver_for(root: RootFilesystem, root_spec: str | None) -> Resolver:
-    """Rewrite names on the root's disk: ``<disk><n>`` → ``UUID=`` of partition n.
+def resolver_for(root: RootFilesystem, root_spec: str | None,
+                 named: tuple[str, ...] = ()) -> Resolver:
+    """Rewrite names on the root's disk: ``<disk><n>`` → ``UUID=`` of partition n (its
+    ``PARTUUID=`` when it has no filesystem UUID: a plain dm-crypt swap).
 
-    The root's disk is the one the guest's fstab (or root=) names for ``/``; other disks are
-    left as they are (their images are not read here).
+    The root's disk is the one the guest's fstab (or root=) names for ``/``; when the root is
+    named otherwise (LVM, UUID=), the disk is the first disk of its kind among the kernel
+    names the guest uses (``sda``, ``hda``, ``xvda``, ``vda``: the one it booted from, its
+    /boot). Other disks are left as they are (their images are not read here).
     """
-    disk = ""
+    disks: set[str] = set()
     if root_spec is not None:
         device = classify(root_spec)
         if device.naming is Naming.KERNEL_NAME:
-            disk = device.disk
+            disks = {device.disk}
+    if not disks:
+        disks = {d.disk for d in map(classify, named)
+                 if d.naming is Naming.KERNEL_NAME and d.disk.endswith("da")}
 
     def resolve(device: DeviceName) -> str | None:
-        if device.naming is not Naming.KERNEL_NAME or device.disk != disk:
+        if device.naming is not Naming.KERNEL_NAME or device.disk not in disks:
             return None
         uuid = root.uuids.get(device.partition or 0)
-        return f"UUID={uuid}" if uuid else None
+        if uuid:
+            return f"UUID={uuid}"
+        partuuid = root.partuuids.get(device.partition or 0)
+        return f"PARTUUID={partuuid}" if partuuid else None
 
     return resolve
 
@@ -292,6 +403,9 @@ class _Plan:
     initrds: dict[str, str] = field(default_factory=dict)
     #: the guest's own commands that rebuild them, with what each is called in messages
     commands: list[tuple[list[str], str]] = field(default_factory=list)
+    #: symlinks to make (path → target) and to remove (systemd's getty units)
+    links: dict[str, str] = field(default_factory=dict)
+    unlinks: list[str] = field(default_factory=list)
 
 
 def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
@@ -310,8 +424,15 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
         raise PrepareError(f"{name}: no /boot/vmlinuz-* in the guest")
     fstab = fs.read_text(FSTAB)
     bootloaders = {p: t for p in BOOTLOADER_FILES if (t := fs.read_text(p)) is not None}
+    crypttab = fs.read_text(CRYPTTAB)
+    default_grub = fs.read_text(DEFAULT_GRUB)
+    resume_confs = {f"{RESUME_CONF_DIR}/{n}": t for n in fs.listdir(RESUME_CONF_DIR) or []
+                    if (t := fs.read_text(f"{RESUME_CONF_DIR}/{n}")) is not None}
     spec = root_spec_of(fstab, next(iter(bootloaders.values()), None))
-    resolve = resolver_for(root, spec)
+    named = tuple(re.findall(r"/dev/(?:hd|sd|xvd|vd)[a-z]+[0-9]*", "\n".join(
+        t or "" for t in (fstab, crypttab, default_grub, *bootloaders.values(),
+                          *resume_confs.values()))))
+    resolve = resolver_for(root, spec, named)
 
     def edit(path: str, old: str, new: str, changes: list[Change]) -> None:
         if new != old:
@@ -343,14 +464,22 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
             f" (adds {', '.join(added)})" if added else "")))
     if fstab is not None:
         edit(FSTAB, fstab, *rewrite_fstab(fstab, resolve))
-    crypttab = fs.read_text(CRYPTTAB)
     if crypttab is not None:
         edit(CRYPTTAB, crypttab, *rewrite_crypttab(crypttab, resolve))
-    default_grub = fs.read_text(DEFAULT_GRUB)
     if default_grub is not None:
-        edit(DEFAULT_GRUB, default_grub, *rewrite_default_grub(default_grub, resolve))
+        new, changes = rewrite_default_grub(default_grub, resolve)
+        new, more = rewrite_console(new, DEFAULT_GRUB)
+        edit(DEFAULT_GRUB, default_grub, new, changes + more)
     for path, text in bootloaders.items():
-        edit(path, text, *rewrite_kernel_args(text, resolve, path))
+        new, changes = rewrite_kernel_args(text, resolve, path)
+        new, more = rewrite_console(new, path)
+        edit(path, text, new, changes + more)
+    for path, text in resume_confs.items():
+        edit(path, text, *rewrite_resume_conf(text, resolve, path))
+    inittab = fs.read_text(INITTAB)
+    if inittab is not None:
+        edit(INITTAB, inittab, *rewrite_inittab(inittab))
+    _plan_gettys(fs, plan)
     for listed in (fstab, crypttab):
         for line in (listed or "").splitlines():
             fields = line.split("#", 1)[0].split()
@@ -360,6 +489,25 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
                     plan.notes.append(f"{printable(token)} is not on the root's disk: left "
                                       "as it is")
     return plan
+
+
+def _plan_gettys(fs: GuestFiles, plan: _Plan) -> None:
+    """systemd's getty on Xen's console (``serial-getty@hvc0.service`` wanted by
+    getty.target) moved to the serial port: that link removed, one for ttyS0 made."""
+    wants = fs.listdir(GETTY_WANTS) or []
+    xen = [name for name in wants if _XEN_GETTY.match(name)]
+    if not xen:
+        return
+    unit = next((u for u in SERIAL_GETTY_UNITS if fs.exists(u)), SERIAL_GETTY_UNITS[0])
+    for name in xen:
+        plan.unlinks.append(f"{GETTY_WANTS}/{name}")
+        plan.changes.append(Change(f"{GETTY_WANTS}/{name}", "console",
+                                   "removed: Xen's console is not there on QEMU"))
+    ttys = f"serial-getty@{SERIAL_TTY}.service"
+    if ttys not in wants:
+        plan.links[f"{GETTY_WANTS}/{ttys}"] = unit
+        plan.changes.append(Change(f"{GETTY_WANTS}/{ttys}", "console",
+                                   f"added: a getty on {SERIAL_TTY} (-> {unit})"))
 
 
 def _plan_initramfs_tools(fs: GuestFiles, plan: _Plan,
@@ -382,7 +530,7 @@ def root_filesystem(appliance: Appliance, guest: GuestOS) -> RootFilesystem:
     uuids = appliance.partition_uuids(guest.root)
     match = re.search(r"[0-9]+$", guest.root)
     partition = int(match.group(0)) if match and guest.root.startswith("/dev/sd") else 0
-    return RootFilesystem(guest.root, partition, uuids)
+    return RootFilesystem(guest.root, partition, uuids, appliance.partition_partuuids())
 
 
 # -- doing it -------------------------------------------------------------------------------
@@ -520,6 +668,28 @@ def _backup(appliance: Appliance, path: str, written: list[str]) -> None:
     written.append(backup)
 
 
+def _apply_links(appliance: Appliance, plan: _Plan, result: PrepareResult,
+                 written: list[str]) -> None:
+    """The planned symlink removals and additions, each in a directory resolved inside the
+    guest (the links themselves are never followed)."""
+    for path in plan.unlinks:
+        parent = appliance.realpath(os.path.dirname(path))
+        if parent is None:
+            continue
+        link = f"{parent.rstrip('/')}/{os.path.basename(path)}"
+        if appliance.is_symlink(link):
+            appliance.remove(link)
+            written.append(link)
+    for path, target in plan.links.items():
+        parent = appliance.realpath(os.path.dirname(path))
+        if parent is None:
+            result.notes.append(f"{os.path.dirname(path)} is not in the guest: {path} not made")
+            continue
+        link = f"{parent.rstrip('/')}/{os.path.basename(path)}"
+        appliance.symlink(target, link)
+        written.append(link)
+
+
 def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say: Progress,
                    mark: float) -> None:
     """Inspect and mount the guest, edit its files, run its initramfs tool (in the appliance)."""
@@ -550,6 +720,7 @@ def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say
             _backup(appliance, real, written)
         appliance.write_text(real, new)
         written.append(real)
+    _apply_links(appliance, plan, result, written)
     boot = "/boot"
     for initrd in plan.initrds.values():
         if appliance.is_symlink(initrd):

@@ -38,6 +38,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pvhvm.guest.appliance import ApplianceError
+from pvhvm.inspect.deep import deep_report
 from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.etcfiles import DeviceName, Naming, classify
 from pvhvm.inspect.image import (
@@ -453,12 +455,17 @@ def _root_label(report: ImageReport) -> str:
 
 
 def _target_for(device: DeviceName, report: ImageReport) -> str | None:
-    """UUID=... of the filesystem a kernel name meant (by its partition number)."""
+    """UUID=... of the filesystem a kernel name meant (by its partition number); the
+    partition's PARTUUID=... when it holds no filesystem with a UUID (a plain dm-crypt
+    swap)."""
     for fs in report.filesystems:
         if fs.signature is None or not fs.signature.uuid:
             continue
         if fs.partition == device.partition or (fs.partition is None and device.partition is None):
             return f"UUID={fs.signature.uuid}"
+    for fs in report.filesystems:
+        if device.partition is not None and fs.partition == device.partition and fs.partuuid:
+            return f"PARTUUID={fs.partuuid}"
     return None
 
 
@@ -598,12 +605,14 @@ def _first_boot_device(plan: Plan) -> str | None:
     return None
 
 
-def check_plan(plan: Plan) -> CheckResult:
+def check_plan(plan: Plan, *, deep: bool = False) -> CheckResult:
     """Read the plan's root disk image (and a direct boot's ``ramdisk=``) and check them.
 
     An image that cannot be read (not raw, a block device debugfs cannot open, a root on
     LVM, XFS, btrfs or LUKS) is *cannot tell*, never a refusal: only what was read can be
-    found wrong.
+    found wrong. ``deep`` (``guest check --deep``; never ``create``) reads such an image
+    through libguestfs's appliance instead (:mod:`.deep`), so the same rules give *boots* or
+    *will not boot* from the guest's own files.
     """
     disk = root_disk(plan)
     problems: list[Problem] = []
@@ -628,12 +637,20 @@ def check_plan(plan: Plan) -> CheckResult:
         except InspectError as err:
             problems.append(Problem(Severity.CANNOT_TELL, f"disk {disk.vdev}",
                                     f"image not inspected: {err}"))
-        if report is not None and report.root is None:
+        if report is not None and report.root is None and deep:
+            try:
+                report = deep_report(Path(disk.target))
+            except (ApplianceError, InspectError) as err:
+                problems.append(Problem(Severity.CANNOT_TELL, f"disk {disk.vdev}",
+                                        f"not read through the appliance either: {err}"))
+                report = None
+        elif report is not None and report.root is None:
             found = "; ".join(report.notes)
             problems.append(Problem(
                 Severity.CANNOT_TELL, f"disk {disk.vdev}",
                 f"no readable Linux root filesystem on the image ({found}); only ext2/3/4 "
-                "is read here, so the guest is not checked"))
+                "is read here, so the guest is not checked (guest check --deep reads it "
+                "through libguestfs's appliance)"))
             report = None
     if plan.direct_kernel_boot and plan.ramdisk:
         try:

@@ -210,6 +210,28 @@ def _open_image(path: Path) -> tuple[int, bytes]:
     return size, head
 
 
+def open_image(path: Path) -> int:
+    """The size of a raw image that can be read (InspectError: not one)."""
+    return _open_image(path)[0]
+
+
+def partition_filesystems(path: Path,
+                          size: int) -> tuple[PartitionTable, list[FilesystemReport]]:
+    """The image's partition table and what each partition holds (signatures probed)."""
+    return _filesystems(path, size)
+
+
+def read_guest(path: Path, report: ImageReport, root: GuestFilesystem,
+               boot: GuestFilesystem | None, boot_partition: int | None) -> None:
+    """Fill ``report`` from a guest's filesystems read through other readers (``guest check
+    --deep``: the appliance's)."""
+    guest = _Guest(path, root, boot, boot_partition)
+    _read_etc(guest, report)
+    _read_bootloader(guest, report)
+    _read_kernels(guest, report)
+    report.debugfs_calls = guest.calls
+
+
 def _filesystems(path: Path, size: int) -> tuple[PartitionTable, list[FilesystemReport]]:
     with open(path, "rb") as stream:
         table = read_table(stream, size)

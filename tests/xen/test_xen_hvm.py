@@ -326,6 +326,8 @@ def _run_guests(host: XenHost, kit: Kit, workdir: Path,
             raise AssertionError(f"{name}: no device report after {REPORT_TIMEOUT:.0f} s; "
                                  f"its console ends:\n{tail}")
         run.report = parse_report(run.console[run.console.rindex(BEGIN):])
+        # a guest that triple-faulted under TCG was restarted (on_reboot) with a new domid
+        run.domid = int(host.ssh(f"xl domid {name}").stdout)
         listing = host.ssh(
             f"for kind in vbd qdisk vif; do for devid in $(xenstore-list "
             f"/local/domain/0/backend/$kind/{run.domid} 2>/dev/null); do echo $kind $devid "

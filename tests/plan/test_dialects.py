@@ -288,7 +288,7 @@ def test_export_emulated_disk_with_pv_nic_says_how_to_keep_the_disk() -> None:
         "g.cfg"),
         Platform.XEN, check_files=False)
     exported = export_xl(plan)
-    assert "xen_emul_unplug=nics" in exported.text
+    assert "xen_emul_unplug=unnecessary" in exported.text  # blkfront leaves the hda vbd alone
     assert not any("while other disks are PV" in n for n in exported.notes)
 
 

@@ -94,8 +94,11 @@ def test_export_mixed_keeps_every_device_and_notes() -> None:
     exported = export_xl(plan)
     assert len(_devices_in(exported.text, "disk")) == 3
     assert len(_devices_in(exported.text, "vif")) == 2
-    assert 'cmdline = "quiet xen_emul_unplug=aux-ide-disks"' in exported.text
+    assert 'cmdline = "quiet xen_emul_unplug=unnecessary"' in exported.text
+    assert "vdev=xvdf, access=w, target=/b" in exported.text  # xvdb: no longer emulated
     assert "devtype=cdrom" in exported.text
     assert all(f"# NOTE: {n}" in exported.text for n in exported.notes)
+    # any number of emulated disks stays emulated beside PV ones (tests/xen/test_xen_hvm.py)
     two_emulated = export_xl(plan_of('disk=["/a,raw,hda,rw", "/c,raw,hdb,rw", "/b,raw,xvdc,rw"]'))
-    assert any("cannot keep hda, hdb emulated" in n for n in two_emulated.notes)
+    assert "vdev=hdb" in two_emulated.text and "vdev=xvdg" in two_emulated.text
+    assert any("xen_emul_unplug=unnecessary" in n for n in two_emulated.notes)

@@ -29,6 +29,12 @@ from pvhvm.config.domain import GuestType
 from pvhvm.config.keys import XM_ONLY
 from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
+from pvhvm.plan.vdev import IDE_PLACES, VdevFamily, index_to_letters, parse_vdev
+
+#: libxl_dm.c (Xen 4.17) emulates a non-sd disk as IDE only at indices 0-3
+XL_IDE_DISKS = 4
+#: the IDE name of each (channel, unit) place
+IDE_NAMES = {place: name for name, place in IDE_PLACES.items()}
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,8 @@ def _vfb(plan: Plan) -> list[str]:
     return [f"vfb = [ {_quote(','.join(items))} ]"]
 
 
-def _disk(disk: DiskPlan) -> str:
-    items = [f"format={disk.format}", f"vdev={disk.vdev}", f"access={disk.access.value}"]
+def _disk(disk: DiskPlan, vdev: str) -> str:
+    items = [f"format={disk.format}", f"vdev={vdev}", f"access={disk.access.value}"]
     if disk.access.value == "w!":
         items[-1] = "access=rw"
     if disk.cdrom:
@@ -149,68 +155,126 @@ def _vif(vif: VifPlan) -> str:
     return ",".join(items)
 
 
-def _hvm_notes(plan: Plan) -> tuple[list[str], str | None]:
-    """What xl's HVM device model does differently from the plan, and the kernel command line
-    that gets closest (xen_emul_unplug= of Linux's PV drivers)."""
+def _disk_index(vdev: str) -> int | None:
+    """The disk index libxl_dm.c emulates a disk by, or None when it cannot tell (a bare device
+    number: libxl__device_disk_dev_number gives no index for one, so it is never emulated)."""
+    parsed = parse_vdev(vdev)
+    return None if parsed.family is VdevFamily.NUMBER else parsed.disk
+
+
+def _emulated_by_xl(vdev: str) -> bool:
+    """Whether Xen 4.17's device model emulates a (non-cdrom) disk of this name: libxl_dm.c
+    passes every ``sd*`` disk as SCSI and any other disk at index 0-3 as IDE."""
+    index = _disk_index(vdev)
+    return index is not None and (vdev.startswith("sd") or index < XL_IDE_DISKS)
+
+
+def _firmware_boot_disk(plan: Plan, disk: DiskPlan) -> bool:
+    """Whether SeaBIOS must find ``disk`` on the emulated IDE controller to boot the guest
+    (SeaBIOS on Xen has no PV block driver; OVMF's XenPvBlkDxe has one)."""
+    return (not plan.direct_kernel_boot and plan.bios == "seabios"
+            and disk.bootindex is not None)
+
+
+def xl_vdevs(plan: Plan) -> dict[str, str]:
+    """The vdev each disk of an HVM ``plan`` is exported under, where it differs.
+
+    * a ``type=xenbus`` disk xl would emulate, or named hd/sd, moves to an xvd index libxl_dm.c
+      does not emulate (4 or more: ``xvda`` becomes ``xvde``, ``hdb`` ``xvdf``), so it is PV
+      from the firmware on and blkfront takes it whatever the guest's unplug choice; the disk
+      SeaBIOS boots from stays where it is (emulated until the guest's PV drivers unplug it);
+    * a ``type=ioemu`` IDE disk is written under its IDE name (``xvdb`` at hdb becomes
+      ``hdb``): Linux's blkfront, told ``xen_emul_unplug=unnecessary``, leaves the PV path of
+      an hd/sd vbd alone (it takes xvd ones only), so the disk stays emulated only.
+    """
+    if plan.guest_type is GuestType.PV:
+        return {}
+    taken = {_disk_index(d.vdev) for d in plan.disks if d.vdev.startswith("xvd")}
+    names: dict[str, str] = {}
+    for disk in plan.disks:
+        if disk.cdrom:
+            continue
+        if disk.kind is DeviceKind.IOEMU:
+            if disk.ide_place is not None and not disk.vdev.startswith("hd"):
+                names[disk.vdev] = IDE_NAMES[disk.ide_place]
+            continue
+        if _firmware_boot_disk(plan, disk) or not (
+                _emulated_by_xl(disk.vdev) or disk.vdev.startswith(("hd", "sd"))):
+            continue
+        parsed = parse_vdev(disk.vdev)
+        index = parsed.disk + XL_IDE_DISKS
+        while index in taken:
+            index += 1
+        taken.add(index)
+        names[disk.vdev] = f"xvd{index_to_letters(index)}{parsed.partition or ''}"
+    return names
+
+
+def _hvm_notes(plan: Plan, vdevs: dict[str, str]) -> tuple[list[str], str | None]:
+    """What the HVM guest gets from xl and its device model, where that is not exactly the
+    plan, and the kernel command line that gets closest (Linux's xen_emul_unplug=,
+    arch/x86/xen/platform-pci-unplug.c)."""
     notes: list[str] = []
-    pv_disks = [d for d in plan.disks if d.kind is DeviceKind.XENBUS]
-    emu_disks = [d.vdev for d in plan.disks if d.kind is DeviceKind.IOEMU and not d.cdrom]
+    disks = [d for d in plan.disks if not d.cdrom]
+    pv_disks = [d for d in disks if d.kind is DeviceKind.XENBUS]
+    emu_disks = [d for d in disks if d.kind is DeviceKind.IOEMU]
     pv_nics = [v for v in plan.vifs if v.kind is DeviceKind.XENBUS]
     emu_nics = [str(v.devid) for v in plan.vifs if v.kind is DeviceKind.IOEMU]
     pv_any = bool(pv_disks or pv_nics)
+    cmdline = plan.cmdline
     if pv_any and not plan.xen_platform_pci:
         notes.append(
             "xen_platform_pci=0 as the config says: without the Xen platform device an HVM "
             "guest's PV drivers do not start, so its type=xenbus devices stay unused"
         )
-    cmdline = plan.cmdline
-    non_cd_disks = [d for d in plan.disks if not d.cdrom]
-    emulated_too = [d.vdev for i, d in enumerate(non_cd_disks) if d.kind is DeviceKind.XENBUS
-                    and (i < 4 or d.vdev.startswith("sd"))]
-    if emulated_too:
+    moved = [f"{d.vdev} as {vdevs[d.vdev]}" for d in pv_disks if d.vdev in vdevs]
+    if moved:
         notes.append(
-            f"type=xenbus disk(s) {', '.join(emulated_too)}: xl also emulates the first "
-            "four disks (IDE) and sd* disks (SCSI) until the guest's PV drivers unplug them "
-            "through "
-            "xen_platform_pci=1, so the firmware and an early boot see them as IDE"
+            f"type=xenbus disk(s) {', '.join(moved)}: xl's device model emulates every sd* "
+            "disk (SCSI) and any other disk at index 0-3 (IDE); at index 4 or more a disk is "
+            "PV only from the firmware on, and the guest names it so"
         )
-    unplug: str | None = None
+    kept = [d.vdev for d in pv_disks if d.vdev not in vdevs and _emulated_by_xl(d.vdev)]
+    if kept:
+        notes.append(
+            f"type=xenbus disk(s) {', '.join(kept)}: SeaBIOS boots from it and reads only "
+            "emulated disks, so xl also emulates it (IDE) until the guest's PV drivers unplug "
+            "it through the Xen platform device"
+        )
+    renamed = [f"{d.vdev} as {vdevs[d.vdev]}" for d in emu_disks if d.vdev in vdevs]
+    if renamed:
+        notes.append(f"type=ioemu disk(s) {', '.join(renamed)}: its IDE name, whose PV path "
+                     "Linux's blkfront leaves alone under xen_emul_unplug=unnecessary")
+    if not plan.ide_controller:
+        notes.append(
+            "no disk is emulated as IDE, but Xen's device model (the xenfv machine) always has "
+            "PIIX3's IDE function (8086:7010 at 00:01.1): the guest sees the controller with "
+            "no disk on it"
+        )
     if not pv_any:
         notes.append(
             "all devices are emulated: xen_platform_pci=0, so the guest never sees the PV "
             "backends xl still creates"
         )
-    elif emu_disks and pv_disks:
-        if emu_disks == ["hda"]:
-            unplug = "aux-ide-disks"
-            how = "through xen_emul_unplug=aux-ide-disks on the kernel command line"
-            if not plan.direct_kernel_boot:
-                how = "only if the guest's kernel command line has xen_emul_unplug=aux-ide-disks"
-            notes.append(f"mixed disks: hda stays emulated {how}; the other disks are used "
-                         "through PV drivers")
-        else:
-            notes.append(
-                f"mixed disks: xl cannot keep {', '.join(emu_disks)} emulated while other "
-                "disks are PV; the guest's PV drivers will unplug them (set Linux's "
-                "xen_emul_unplug= to choose, e.g. never or aux-ide-disks)"
-            )
-    elif emu_disks and pv_nics:
-        unplug = "nics"
-        how = "xen_emul_unplug=nics on the kernel command line keeps them"
-        if not plan.direct_kernel_boot:
-            how = "add xen_emul_unplug=nics to the guest's kernel command line to keep them"
+        return notes, cmdline
+    if not (emu_disks or emu_nics) or not plan.xen_platform_pci:
+        return notes, cmdline
+    how = ("xen_emul_unplug=unnecessary is on the kernel command line" if plan.direct_kernel_boot
+           else "the guest's kernel command line needs xen_emul_unplug=unnecessary (the guest's "
+                "choice: Linux's default unplugs every emulated disk and NIC)")
+    notes.append(
+        f"emulated and PV devices together: {how}; then nothing is unplugged, blkfront takes "
+        "the xvd disks only and netfront every vif"
+    )
+    if emu_nics:
         notes.append(
-            f"disk(s) {', '.join(emu_disks)} are emulated and only NICs are PV: Linux's PV "
-            f"drivers unplug emulated disks too by default; {how}"
+            f"type=ioemu vif(s) {', '.join(emu_nics)}: xl gives every vif a PV backend too "
+            "and no xl setting removes it, so a guest whose netfront runs sees the NIC twice "
+            "(emulated and netfront, one MAC); only the guest can refuse it "
+            "(xen_emul_unplug=never, which stops every PV driver)"
         )
-    if pv_any and emu_nics:
-        notes.append(
-            f"type=ioemu vif(s) {', '.join(emu_nics)}: xl also gives each a PV path, so "
-            "the guest either loses the emulated NIC (PV drivers unplug it) or, when "
-            "xen_emul_unplug= does not list nics, sees it twice (emulated and netfront)"
-        )
-    if unplug is not None and plan.direct_kernel_boot:
-        cmdline = (cmdline + " " if cmdline else "") + f"xen_emul_unplug={unplug}"
+    if plan.direct_kernel_boot:
+        cmdline = (cmdline + " " if cmdline else "") + "xen_emul_unplug=unnecessary"
     return notes, cmdline
 
 
@@ -232,8 +296,9 @@ def export_xl(plan: Plan) -> XlExport:
     notes: list[str] = []
     pv_guest = plan.guest_type is GuestType.PV
     cmdline = plan.cmdline
+    vdevs = xl_vdevs(plan)
     if not pv_guest:
-        notes, cmdline = _hvm_notes(plan)
+        notes, cmdline = _hvm_notes(plan, vdevs)
     shared = [d.vdev for d in plan.disks if d.access.value == "w!"]
     if shared:
         notes.append(
@@ -279,7 +344,9 @@ def export_xl(plan: Plan) -> XlExport:
     lines += _settings(plan)
     lines.append("disk = [")
     for disk in plan.disks:
-        lines.append(f"    {_quote(_disk(disk))},  # pvhvm type={disk.kind.value}")
+        vdev = vdevs.get(disk.vdev, disk.vdev)
+        origin = "" if vdev == disk.vdev else f" vdev={disk.vdev}"
+        lines.append(f"    {_quote(_disk(disk, vdev))},  # pvhvm type={disk.kind.value}{origin}")
     lines.append("]")
     lines.append("vif = [")
     for vif in plan.vifs:

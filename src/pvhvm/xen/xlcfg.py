@@ -367,7 +367,7 @@ def export_xl(plan: Plan) -> XlExport:
 
 def disk_spec(disk: DiskPlan) -> str:
     """One disk as xl-disk-configuration(5) spells it (``xl block-attach`` takes it)."""
-    return _disk(disk).replace(", ", ",")
+    return _disk(disk, disk.vdev).replace(", ", ",")
 
 
 def vif_spec(vif: VifPlan) -> str:

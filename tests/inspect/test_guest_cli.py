@@ -104,7 +104,7 @@ def test_create_refuses_a_guest_that_will_not_boot(
         "(pvhvm guest prepare) or use --no-check to create it anyway"
     )
     assert "lacks virtio_pci and virtio_blk" in err
-    assert not state.exists() or not any(p for p in state.rglob("*") if p.is_file())
+    assert not state.exists() or not any(p for p in state.rglob("*") if p.is_file()), sorted(state.rglob("*"))
     assert not any(name.startswith("pv") for name in os.listdir(tmp_path)
                    if name.endswith(".sock"))
 

@@ -1,5 +1,5 @@
 """Domain lifecycle verbs as xl users know them: list, console, shutdown, pause, unpause,
-reboot, reset, vncdisplay, block-list, network-list, block-attach, block-detach,
+reboot, reset, vncdisplay, vncviewer, block-list, network-list, block-attach, block-detach,
 network-attach, network-detach, cd-insert, cd-eject, mem-set, vcpu-set, migrate, save,
 restore. Thin: each asks the platform that holds the domain (pvhvm.platforms), which says in
 one line when a verb is not on it.
@@ -8,6 +8,8 @@ Each verb is loaded when named (main.LazyGroup, main.DOMAIN_VERBS): ``create`` n
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -21,6 +23,7 @@ from pvhvm.cli.complete import complete_domain
 from pvhvm.cli.context import current_platforms
 from pvhvm.cli.naming import definitions, resolve_name, resolve_names
 from pvhvm.cli.output import print_json
+from pvhvm.errors import InputError
 from pvhvm.platforms.base import DETACH_TIMEOUT, SHUTDOWN_TIMEOUT, DeviceChange, DomainPlatform
 
 if TYPE_CHECKING:
@@ -121,6 +124,24 @@ def vncdisplay(name: str) -> None:
     """Print HOST:DISPLAY of domain NAME's VNC server (the port QEMU chose), as virsh
     vncdisplay."""
     click.echo(_holder(name).vnc_display(name))
+
+
+#: VNC viewers that take HOST:DISPLAY, first found on PATH is run (Debian: tigervnc-viewer,
+#: xtightvncviewer, ssvnc)
+VNC_VIEWERS = ("vncviewer", "xtightvncviewer", "xvnc4viewer")
+
+
+@click.command()
+@click.argument("name", callback=resolve_name, shell_complete=complete_domain)
+def vncviewer(name: str) -> None:
+    """Run a VNC viewer on domain NAME's display, as xl vncviewer (HOST:DISPLAY from
+    vncdisplay; the viewer asks for the password, if the config set one)."""
+    display = _holder(name).vnc_display(name)
+    viewer = next((found for tool in VNC_VIEWERS if (found := shutil.which(tool))), None)
+    if viewer is None:
+        raise InputError(f"no VNC viewer on PATH ({', '.join(VNC_VIEWERS)}; Debian: "
+                         f"apt install tigervnc-viewer); domain {name}'s display is {display}")
+    os.execv(viewer, [viewer, display])
 
 
 @click.command(name="block-list")
@@ -393,7 +414,7 @@ def restore(file: Path, paused: bool, attach_console: bool, connect: str | None,
         platform.console(record.name)
 
 
-COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, reset, vncdisplay,
+COMMANDS = (list_cmd, console, shutdown, pause, unpause, reboot, reset, vncdisplay, vncviewer,
             block_list, network_list,
             block_attach, block_detach, network_attach, network_detach, cd_insert, cd_eject,
             mem_set, vcpu_set, migrate, migrate_receive, save, restore)

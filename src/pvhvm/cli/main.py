@@ -99,6 +99,7 @@ SUGGESTION_CUTOFF = 0.75
 DOMAIN_VERBS = {
     "list": "list_cmd", "console": "console", "shutdown": "shutdown", "pause": "pause",
     "unpause": "unpause", "reboot": "reboot", "reset": "reset", "vncdisplay": "vncdisplay",
+    "vncviewer": "vncviewer",
     "block-list": "block_list",
     "network-list": "network_list", "block-attach": "block_attach",
     "block-detach": "block_detach", "network-attach": "network_attach",
@@ -200,7 +201,8 @@ def create(
         domain = configs.run_bootloader(domain)
     # its uuid: the config's, a defined domain's, else a fresh one (runtime/persist.identity)
     definitions = Definitions()
-    uuid = identity(domain.name, domain.uuid, definitions, remember=not dry_run)
+    # (kept for the name only once the create has succeeded: a refused create keeps nothing)
+    uuid = identity(domain.name, domain.uuid, definitions, remember=False)
     plan = make_plan(domain, target.plan_target, skip_unsupported=skip_unsupported, uuid=uuid)
     warnings = list(plan.warnings) + target.realise_warnings(plan, options)
     if not as_json and not dry_run and definitions.read(plan.name) is not None:
@@ -239,6 +241,8 @@ def create(
             checkcache.remember(plan_json, found)
     created = platforms.create(target, plan, options)
     record = created.record
+    if domain.uuid is None and definitions.read(plan.name) is None:
+        definitions.remember_uuid(plan.name, uuid)
     if found and not as_json:
         print_findings(found)
     if as_json:

@@ -216,6 +216,19 @@ class Definitions:
             write_atomic(self.base / UUIDS_FILE, json.dumps(given))
             return fresh
 
+    def remember_uuid(self, name: str, uuid: str) -> None:
+        """Keep ``uuid`` as the one domain ``name`` got at its first create, unless this state
+        directory already keeps one for it (called once a create has succeeded, so a refused
+        create leaves nothing)."""
+        with self.locked():
+            given = self._given()
+            if name in given:
+                return
+            given[name] = uuid
+            while len(given) > MAX_REMEMBERED:
+                given.pop(next(iter(given)))
+            write_atomic(self.base / UUIDS_FILE, json.dumps(given))
+
     def _given(self) -> dict[str, str]:
         """``uuids.json``; empty when missing or unreadable (an identity is not worth an
         error: the name then gets a fresh uuid)."""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.cli.main import main
 from tests import jsonout
+from tests.cli_run import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -21,12 +21,6 @@ def imagedir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def dry_json(capsys: pytest.CaptureFixture[str], cfg: str, imagedir: Path) -> dict[str, object]:

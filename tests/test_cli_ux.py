@@ -15,12 +15,13 @@ import click
 import pytest
 
 from pvhvm.cli import manpage, output
-from pvhvm.cli.main import cli, main
+from pvhvm.cli.main import cli
 from pvhvm.cli.report import report_document
 from pvhvm.guest.report import parse_report
 from pvhvm.runtime.migrate import MigrationOutcome
 from pvhvm.runtime.save import SaveOutcome
 from tests import jsonout
+from tests.cli_run import run
 from tests.test_strings_are_data import hostile_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +36,6 @@ def imagedir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def pvhvm(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.cli.main import main
 from pvhvm.guest.kit import Kit
 from tests import jsonout
+from tests.cli_run import run
 from tests.inspect.conftest import ROOT_UUID, InstalledImage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def _cfg(tmp_path: Path, disk: str, name: str = "inst") -> Path:

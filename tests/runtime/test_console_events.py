@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.cli.main import main
 from pvhvm.errors import DomainError
 from pvhvm.runtime import console
 from pvhvm.runtime.state import DomainRecord
 from pvhvm.runtime.supervisor import _event_word, _normalise
 from tests import jsonout
+from tests.cli_run import run
 
 
 def record_with_console(spec: str | None) -> DomainRecord:
@@ -148,12 +148,6 @@ def test_xl_actions() -> None:
     assert _normalise("coredump-destroy") == "destroy"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def test_cli_verbs_on_unknown_domain(

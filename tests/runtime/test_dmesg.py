@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pvhvm.cli.main import main
 from pvhvm.runtime import logs
 from pvhvm.runtime.state import StateStore
+from tests.cli_run import run as cli_run
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["dmesg", *argv])
-    out, err = capsys.readouterr()
-    return (info.value.code if isinstance(info.value.code, int) else 1), out, err
+    return cli_run(capsys, "dmesg", *argv)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pvhvm.cli.complete import domain_names
-from pvhvm.cli.main import main
 from pvhvm.config.domain import config_from_text
 from pvhvm.config.source import ConfigSource
 from pvhvm.errors import DomainError
@@ -31,6 +30,7 @@ from pvhvm.runtime.persist import (
 )
 from pvhvm.runtime.state import DomainRecord, StateStore
 from tests import jsonout
+from tests.cli_run import run
 
 CONFIG = 'name = "web1"\nbuilder = "hvm"\nmemory = 256\nvcpus = 2\nvif = [ "" ]\n'
 
@@ -43,12 +43,6 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def source(text: str = CONFIG, file: str = "web1.cfg") -> ConfigSource:

@@ -372,3 +372,13 @@ class NetnsHost:
         shutil.rmtree(self.root, ignore_errors=True)
         return leftovers
 
+
+def processes_mentioning(text: str) -> list[str]:
+    """Pids whose command line mentions ``text``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(entry.name)
+    return out

@@ -24,6 +24,7 @@ from pvhvm.runtime.logs import MARKER_PREFIX, ROTATE_SIZE, current_run
 from tests import jsonout
 from tests.e2e.conftest import Pvhvm, json_of
 from tests.e2e.test_lifecycle import create, listed, record, wait_for
+from tests.hosts import processes_mentioning
 
 pytestmark = pytest.mark.e2e
 
@@ -262,17 +263,7 @@ def test_a_real_bridge_needs_the_helpers_allow_line(
             "/etc/qemu/bridge.conf").read_text()
     finally:
         deadline = time.monotonic() + 15  # the namespace's host supervisor lingers 1 s
-        while time.monotonic() < deadline and _processes_mentioning(str(work)):
+        while time.monotonic() < deadline and processes_mentioning(str(work)):
             time.sleep(0.2)
         shutil.rmtree(work, ignore_errors=True)
 
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Pids whose command line mentions ``text``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(entry.name)
-    return out

@@ -4,7 +4,6 @@ its CPU and disk counters move under load made inside the guest (issue 21, items
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -21,6 +20,7 @@ import pytest
 from tests import jsonout
 from tests.e2e.conftest import EXAMPLES, Pvhvm
 from tests.e2e.test_hotplug import guest_shell
+from tests.hosts import processes_mentioning
 from tests.libvirt.daemon import PrivateLibvirtd
 
 pytestmark = pytest.mark.e2e
@@ -162,19 +162,10 @@ def test_a_nic_on_a_bridge_has_its_taps_counters(imagedir: Path, tmp_path: Path)
         assert after["rx_packets"] - before["rx_packets"] >= 5
     finally:
         deadline = time.monotonic() + 15  # the namespace's host supervisor lingers 1 s
-        while time.monotonic() < deadline and _mentioning(str(work)):
+        while time.monotonic() < deadline and processes_mentioning(str(work)):
             time.sleep(0.2)
         shutil.rmtree(work, ignore_errors=True)
 
-
-def _mentioning(text: str) -> list[str]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(entry.name)
-    return out
 
 
 @pytest.mark.xdist_group("libvirt")

@@ -203,18 +203,12 @@ class Definitions:
         """The uuid this state directory gave domain ``name`` at its first create, or a fresh
         one (kept in ``uuids.json`` when ``remember``; at most MAX_REMEMBERED names, the
         oldest forgotten first)."""
-        if not remember:  # a dry run: no lock, nothing made
-            return self._given().get(name) or str(uuidlib.uuid4())
-        with self.locked():
-            given = self._given()
-            kept = given.get(name)
-            if kept is not None:
-                return kept
-            given[name] = fresh = str(uuidlib.uuid4())
-            while len(given) > MAX_REMEMBERED:
-                given.pop(next(iter(given)))
-            write_atomic(self.base / UUIDS_FILE, json.dumps(given))
-            return fresh
+        kept = self._given().get(name)
+        if kept is not None or not remember:  # a dry run: nothing made
+            return kept or str(uuidlib.uuid4())
+        fresh = str(uuidlib.uuid4())
+        self.remember_uuid(name, fresh)
+        return self._given().get(name, fresh)  # another create's, if it came first
 
     def remember_uuid(self, name: str, uuid: str) -> None:
         """Keep ``uuid`` as the one domain ``name`` got at its first create, unless this state

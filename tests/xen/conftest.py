@@ -212,19 +212,3 @@ def xen_host() -> Iterator[XenHost]:
         pytest.fail(f"cannot build the Xen host: {err}")
     with booted(image) as host:
         yield host
-
-
-#: why the xen_domains tests are not in the default run (said in every run's summary)
-XEN_DOMAINS_OPT_IN = (
-    "opt-in (PVHVM_XEN_DOMAINS=1): domains created through xl run Xen's hotplug scripts in a "
-    "TCG dom0, which timed out under libxl's limit on this 2-core machine in every run so far; "
-    "not yet seen passing, so not part of ./dev/test")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The ``xen_domains`` tests run only when asked for (XEN_DOMAINS_OPT_IN says why)."""
-    if os.environ.get("PVHVM_XEN_DOMAINS") == "1":
-        return
-    for item in items:
-        if item.get_closest_marker("xen_domains") is not None:
-            item.add_marker(pytest.mark.skip(reason=XEN_DOMAINS_OPT_IN))

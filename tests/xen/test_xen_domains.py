@@ -396,5 +396,8 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
     assert host.ssh(f"xenstore-exists /local/domain/{domid}", check=False).returncode != 0
     assert not [n for n in host.ssh("ls /sys/class/net").stdout.split()
                 if n.startswith(f"vif{domid}.")]
-    assert host.ssh("losetup -a").stdout.strip() == ""
+    # the block script's loop devices go when blkback lets go of them, after the domain is
+    # gone (seconds later under load): waited for, within a bound
+    wait_for("the block script's loop devices released",
+             lambda: host.ssh("losetup -a").stdout.strip() == "", 120)
     host.ssh(f"ip link delete xenbr0; rm -rf {DOM0_DIR}", check=False)

@@ -40,10 +40,15 @@ def test_vbd_nodes_and_permissions() -> None:
     assert {k.rsplit("/", 1)[1]: v for k, v in nodes.items() if k.startswith(back + "/")} == {
         "frontend": front, "frontend-id": "3", "online": "1", "state": "1",
         "params": "/dev/vg/lv", "type": "phy", "mode": "r", "dev": "xvda",
-        "device-type": "disk", "removable": "0", "bootable": "1",
+        "device-type": "disk", "removable": "0", "bootable": "1", "discard-enable": "1",
+        "specification": "xen",
     }
+    assert nodes[f"{front}/trusted"] == "1"
+    assert f"{front}/protocol" not in nodes  # an HVM guest: libxl writes it for PV guests only
     perms = {n.path: n.perms for n in entries.nodes if n.perms}
     assert perms[front] == ("n3", "r0") and perms[back] == ("n0", "r3")
+    # the guest may read device/vbd but not add devices to it (libxl's permissions)
+    assert perms["/local/domain/3/device/vbd"] == ("n0", "r3")
     assert nodes["/local/domain/3/name"] == "g"
     assert nodes["/local/domain/3/memory/target"] == str(512 * 1024)
 
@@ -55,7 +60,30 @@ def test_vif_nodes() -> None:
     assert nodes["/local/domain/2/device/vif/0/mac"] == "00:16:3e:00:00:09"
     assert nodes["/local/domain/2/device/vif/0/handle"] == "0"
     assert (nodes[f"{back}/bridge"], nodes[f"{back}/script"], nodes[f"{back}/ip"]) == (
-        "br1", "vif-nat", "10.0.0.2")
+        "br1", "/etc/xen/scripts/vif-nat", "10.0.0.2")
+    assert nodes["/local/domain/2/device/vif/0/trusted"] == "1"
+
+
+def test_frontend_mtu_is_read_only_and_untrusted_is_said() -> None:
+    plan = plan_of('vif=["mac=00:16:3e:00:00:09,mtu=9000,untrusted"]\n'
+                   'disk=["/b,raw,xvda,rw,untrusted,no-discard"]')
+    entries = domain_entries(plan, 4)
+    nodes = entries.as_dict()
+    perms = {n.path: n.perms for n in entries.nodes if n.perms}
+    front = "/local/domain/4/device/vif/0"
+    assert nodes[f"{front}/mtu"] == "9000" and perms[f"{front}/mtu"] == ("n0", "r4")
+    assert nodes[f"{front}/trusted"] == "0"
+    assert nodes["/local/domain/4/device/vbd/51712/trusted"] == "0"
+    assert nodes["/local/domain/0/backend/vbd/4/51712/discard-enable"] == "0"
+    assert domain_entries(plan_of('vif=[""]'), 4).as_dict()[f"{front}/mtu"] == "1500"
+
+
+def test_pv_guest_vbd_frontend_names_its_ring_protocol() -> None:
+    plan = make_plan(config_from_text('name="g"\nkernel="/k"\ndisk=["/b,raw,xvda,rw"]\n',
+                                      "g.cfg", None, Dialect.XL), Platform.XEN,
+                     check_files=False)
+    nodes = domain_entries(plan, 5).as_dict()
+    assert nodes["/local/domain/5/device/vbd/51712/protocol"] == "x86_64-abi"
 
 
 def test_driver_domain_backend() -> None:

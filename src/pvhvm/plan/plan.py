@@ -99,6 +99,10 @@ class DiskPlan:
     #: the target id on the emulated SCSI controller (SCSI_CONTROLLER), for emulated sd*
     #: disks: sda is 0 (libxl_dm.c: if=scsi,unit=<disk index>)
     scsi_unit: int | None = None
+    #: xl-disk-configuration's trusted/untrusted (the frontend's ``trusted`` node; libxl's
+    #: default is trusted) and discard/no-discard (the backend's ``discard-enable``)
+    trusted: bool = True
+    discard: bool = True
 
     @property
     def is_empty(self) -> bool:
@@ -130,6 +134,8 @@ class VifPlan:
     bootindex: int | None = None
     mtu: int | None = None
     gatewaydev: str | None = None
+    #: xl-network-configuration's trusted/untrusted (the frontend's ``trusted`` node)
+    trusted: bool = True
     #: port forwards of QEMU user networking (hostfwd=), host addresses decided
     hostfwd: tuple[HostForward, ...] = ()
 
@@ -782,7 +788,8 @@ def _plan_disks(
                 vdev=spec.vdev, devid=vdev.devid, kind=kind, target=target,
                 format=spec.format, access=spec.access, cdrom=spec.cdrom, ide_place=ide_place,
                 script=spec.script, backend_domain=spec.backend, backendtype=spec.backendtype,
-                scsi_unit=scsi_unit,
+                scsi_unit=scsi_unit, trusted=spec.trusted is not False,
+                discard=spec.discard is not False,
             )
         )
     if untyped_emulated:
@@ -915,7 +922,7 @@ def _plan_vifs(
                 devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
                 model=model, ip=spec.ip, script=spec.script, vifname=spec.vifname,
                 rate=spec.rate, backend_domain=spec.backend, mtu=spec.mtu,
-                gatewaydev=spec.gatewaydev,
+                gatewaydev=spec.gatewaydev, trusted=spec.trusted is not False,
             )
         )
     if untyped_emulated:

@@ -180,7 +180,8 @@ def _disk_plan(spec: DiskSpec, record: DomainRecord) -> DiskPlan:
                 f"{where}: image {spec.target!r} is also used by disk {disk.get('vdev')!r}, "
                 "and one of them is writable; use mode w! on both to share it on purpose")
     return DiskPlan(vdev=spec.vdev, devid=vdev.devid, kind=kind, target=target,
-                    format=spec.format, access=spec.access, cdrom=False, ide_place=None)
+                    format=spec.format, access=spec.access, cdrom=False, ide_place=None,
+                    trusted=spec.trusted is not False, discard=spec.discard is not False)
 
 
 def _disk_json(disk: DiskPlan) -> dict[str, Any]:
@@ -463,7 +464,7 @@ def _vif_plan(spec: VifSpec, record: DomainRecord) -> VifPlan:
             raise HotplugError(f"vif: {key}: {problem}")
     return VifPlan(devid=devid, kind=kind, mac=mac, bridge=spec.bridge or DEFAULT_BRIDGE,
                    model=None, ip=spec.ip, script=spec.script, vifname=spec.vifname,
-                   rate=spec.rate, mtu=spec.mtu)
+                   rate=spec.rate, mtu=spec.mtu, trusted=spec.trusted is not False)
 
 
 def _vif_json(vif: VifPlan) -> dict[str, Any]:

@@ -6,23 +6,31 @@ and a separate step writes them all in one transaction (:mod:`pvhvm.xen.domain`)
 
 Layout (xenstore-paths.pandoc, xen-vbd-interface(7), and libxl):
 
-* frontend ``/local/domain/<domid>/device/<kind>/<devid>``: ``backend backend-id state``,
-  plus ``virtual-device device-type`` (vbd) or ``handle mac`` (vif);
+* ``/local/domain/<domid>/device/<kind>``: owned by dom0, read by the guest (so the guest
+  cannot add devices of its own);
+* frontend ``/local/domain/<domid>/device/<kind>/<devid>``: ``backend backend-id state
+  trusted``, plus ``virtual-device device-type`` (and ``protocol`` for a PV guest) (vbd) or
+  ``handle mac`` and a read-only ``mtu`` (vif);
   permissions ``n<domid>, r<backend>`` (the guest owns it, the backend reads it);
 * backend ``/local/domain/<backend>/backend/<kind>/<domid>/<devid>``:
   ``frontend frontend-id online state``, plus ``params type mode dev device-type removable
-  bootable`` (vbd) or ``script mac bridge handle type`` (vif), and a vif's ``rate`` as
-  netback reads it, ``bytes,usecs``;
+  bootable discard-enable specification`` (vbd) or ``script mac bridge handle type`` (vif,
+  the script as an absolute path under /etc/xen/scripts), and a vif's ``rate`` as netback
+  reads it, ``bytes,usecs``;
   permissions ``n<backend>, r<domid>``.
+
+tests/xen/test_xen_nodes.py compares these with what libxl 4.17 writes for the same configs
+on a real Xen host, every remaining difference listed there with its reason.
 
 ioemu devices get no xenbus nodes at all: that is the RFC's determinism.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
+from pvhvm.config.domain import GuestType
 from pvhvm.config.vif import parse_rate
 from pvhvm.errors import PlanError, SpecError
 from pvhvm.plan.plan import DiskPlan, Plan, VifPlan
@@ -30,6 +38,12 @@ from pvhvm.plan.types import DeviceKind
 
 BACKEND_DOMID = 0
 DEFAULT_VIF_SCRIPT = "vif-bridge"
+#: where xl's relative hotplug script names live (libxl's XEN_SCRIPT_DIR)
+XEN_SCRIPT_DIR = "/etc/xen/scripts"
+#: the frontend's ``mtu`` when the vif gives none (libxl_nic.c: netfront reads it)
+DEFAULT_MTU = 1500
+#: the ring ABI libxl writes into a PV guest's vbd frontends (an x86-64 toolstack)
+PV_PROTOCOL = "x86_64-abi"
 
 
 class XenbusState(IntEnum):
@@ -62,6 +76,8 @@ class DeviceEntry:
     devid: int
     frontend: dict[str, str]
     backend: dict[str, str]
+    #: frontend nodes the guest may read but not change (owned by the backend's domain)
+    frontend_readonly: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ def vbd_entry(disk: DiskPlan) -> DeviceEntry:
     frontend = {
         "virtual-device": str(disk.devid),
         "device-type": "cdrom" if disk.cdrom else "disk",
+        "trusted": "1" if disk.trusted else "0",
     }
     backend = {
         "params": disk.target,
@@ -108,6 +125,8 @@ def vbd_entry(disk: DiskPlan) -> DeviceEntry:
         "device-type": "cdrom" if disk.cdrom else "disk",
         "removable": "1" if disk.cdrom else "0",
         "bootable": "1",
+        "discard-enable": "1" if disk.discard else "0",
+        "specification": "xen",
     }
     if disk.script is not None:
         backend["script"] = disk.script
@@ -118,9 +137,9 @@ def vbd_entry(disk: DiskPlan) -> DeviceEntry:
 
 def vif_entry(vif: VifPlan) -> DeviceEntry:
     """The vif nodes of one xenbus NIC."""
-    frontend = {"handle": str(vif.devid), "mac": vif.mac}
+    frontend = {"handle": str(vif.devid), "mac": vif.mac, "trusted": "1" if vif.trusted else "0"}
     backend = {
-        "script": vif.script or DEFAULT_VIF_SCRIPT,
+        "script": script_path(vif.script or DEFAULT_VIF_SCRIPT),
         "mac": vif.mac,
         "bridge": vif.bridge,
         "handle": str(vif.devid),
@@ -138,7 +157,13 @@ def vif_entry(vif: VifPlan) -> DeviceEntry:
             backend["rate"] = parse_rate(vif.rate, f"vif {vif.devid}").backend_value()
         except SpecError as err:
             raise PlanError(str(err)) from err
-    return DeviceEntry("vif", vif.devid, frontend, backend)
+    return DeviceEntry("vif", vif.devid, frontend, backend,
+                       frontend_readonly={"mtu": str(vif.mtu or DEFAULT_MTU)})
+
+
+def script_path(script: str) -> str:
+    """A hotplug script as libxl writes it: a bare name is under XEN_SCRIPT_DIR."""
+    return script if script.startswith("/") else f"{XEN_SCRIPT_DIR}/{script}"
 
 
 def device_entries(plan: Plan) -> list[tuple[DeviceEntry, int]]:
@@ -175,7 +200,12 @@ def domain_entries(plan: Plan, domid: int) -> DomainEntries:
         Node(f"{dom}/cpu/{cpu}/availability", "online") for cpu in range(plan.vcpus)
     ]
     owned = [vm, dom]
-    for entry, backend_id in device_entries(plan):
+    entries = device_entries(plan)
+    for kind in dict.fromkeys(entry.kind for entry, _backend in entries):
+        nodes.append(Node(f"{dom}/device/{kind}", "", (f"n{BACKEND_DOMID}", f"r{domid}")))
+    for entry, backend_id in entries:
+        if entry.kind == "vbd" and plan.guest_type is GuestType.PV:
+            entry = replace(entry, frontend={**entry.frontend, "protocol": PV_PROTOCOL})
         nodes += device_nodes(entry, backend_id, domid)
         backend_dom = f"/local/domain/{backend_id}/backend/{entry.kind}/{domid}"
         if backend_dom not in owned:
@@ -199,6 +229,8 @@ def device_nodes(entry: DeviceEntry, backend_id: int, domid: int) -> list[Node]:
         "backend": backend, "backend-id": str(backend_id), "state": state, **entry.frontend,
     }.items():
         nodes.append(Node(f"{frontend}/{key}", value))
+    for key, value in entry.frontend_readonly.items():
+        nodes.append(Node(f"{frontend}/{key}", value, (f"n{backend_id}", f"r{domid}")))
     nodes.append(Node(backend, "", (f"n{backend_id}", f"r{domid}")))
     for key, value in {
         "frontend": frontend, "frontend-id": str(domid), "online": "1", "state": state,

@@ -103,7 +103,12 @@ def test_cli_round_trip_of_every_example(
     code, out, err = run(["create", str(xml), "-n", "--json", "--platform", platform], capsys)
     assert code == 0, err
     read = jsonout.result(out)
-    assert realised(read) == realised(original)
+    expected = realised(original)
+    if original["guest_type"] == "pv" and "xenstore" in expected:
+        # the XML makes a PV guest HVM, and a vbd's ring protocol is written for PV guests only
+        expected["xenstore"] = {path: value for path, value in expected["xenstore"].items()
+                                if not path.endswith("/protocol")}
+    assert realised(read) == expected
     assert read["dialect"] == "xl" and read["notes"] == []
     assert read["guest_type"] == "hvm"
     # the XML adds no warning of its own: each is one the config's plan has too

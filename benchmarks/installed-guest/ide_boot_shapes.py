@@ -5,7 +5,7 @@ record that test trusts for that very recipe), with the test's own helpers and a
 Each shape is built first when its cached image is missing or stale. A Xen PV guest (xenpv) has
 no IDE boot. Usage (root)::
 
-    .venv/bin/python benchmarks/installed-guest/ide_boot_shapes.py lvm xfs btrfs
+    PYTHONPATH=. .venv/bin/python benchmarks/installed-guest/ide_boot_shapes.py lvm xfs btrfs
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from pvhvm.guest import shapes
 from pvhvm.guest.installed import copy_disk
 from pvhvm.guest.report import IDE_CLASS
-from tests.e2e.conftest import Pvhvm
+from tests.e2e.conftest import Pvhvm, _supervisors
 from tests.e2e.test_shapes import MULTI_USER, _boot, _config, _disks
 
 
@@ -38,6 +38,9 @@ def boot_on_ide(name: str) -> None:
     finally:
         for domain in domains:
             pvhvm.run("destroy", domain, check=False)
+        deadline = time.monotonic() + 15  # the host supervisor lingers after its last domain
+        while _supervisors(work / "state") and time.monotonic() < deadline:
+            time.sleep(0.2)
         shutil.rmtree(work, ignore_errors=True)
     assert MULTI_USER in log, log[-3000:]
     assert report.has_class(IDE_CLASS) and _disks(report) == {"sda": "ata_piix"}, report

@@ -43,6 +43,8 @@ from pvhvm.xenstore.wire import HEADER, HEADER_SIZE, Op, encode, join_strings
 HOSTILE = ("flood", "nonreader", "idle", "half", "malformed", "transactions")
 #: watches a flood client registers (sidebyside.py's --watches passes fewer, for slow hosts)
 FLOOD_WATCHES = 20_000
+#: transactions the transactions client tries to open (sidebyside.py's --transactions)
+TRANSACTIONS_TRIED = 20_000
 
 
 def _connect(path: str) -> socket.socket:
@@ -95,7 +97,7 @@ def good_worker(path: str, index: int, start_at: float, seconds: float) -> None:
 
 
 def hostile_worker(path: str, kind: str, watch_prefix: str,
-                   watches: int = FLOOD_WATCHES) -> None:
+                   watches: int = FLOOD_WATCHES, transactions: int = TRANSACTIONS_TRIED) -> None:
     """Run one hostile client until stdin closes; print "ready" once it is in place."""
     keep: list[socket.socket] = []
     if kind == "flood":
@@ -142,12 +144,12 @@ def hostile_worker(path: str, kind: str, watch_prefix: str,
         sock = _connect(path)
         buffer = bytearray()
         refused = 0
-        for _ in range(20_000):
+        for _ in range(transactions):
             sock.sendall(encode(Op.TRANSACTION_START, b"\0"))
             if _recv_reply(sock, buffer) == Op.ERROR:
                 refused += 1
         keep.append(sock)
-        print(f"transactions refused: {refused} of 20000", file=sys.stderr)
+        print(f"transactions refused: {refused} of {transactions}", file=sys.stderr)
     print("ready", flush=True)
     if kind == "malformed":
         oversized = (Op.WRITE.to_bytes(4, sys.byteorder) + bytes(8)
@@ -293,7 +295,8 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "hostile":
         hostile_worker(sys.argv[2], sys.argv[3], sys.argv[4],
-                       int(sys.argv[5]) if len(sys.argv) > 5 else FLOOD_WATCHES)
+                       int(sys.argv[5]) if len(sys.argv) > 5 else FLOOD_WATCHES,
+                       int(sys.argv[6]) if len(sys.argv) > 6 else TRANSACTIONS_TRIED)
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per phase")

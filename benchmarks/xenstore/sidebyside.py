@@ -134,7 +134,7 @@ class Daemon:
 
 
 def _wait_for(path: str, process: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 90  # dom0 under TCG: pvhvm under cProfile took over 15 s
     while True:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -261,6 +261,9 @@ def run_throughput(daemons: list[Daemon], xsload: Path, seconds: float, rounds: 
           f"load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'daemon':>15} {'mix':>10} {'clients':>7} {'depth':>5} {'req/s':>8} {'ratio':>6} "
           f"{'p50 µs':>7} {'p99 µs':>7} {'usr µs':>7} {'sys µs':>7}")
+    for daemon in daemons:  # warm up (not counted): a fresh daemon's first requests are slow
+        throughput.run_client([str(xsload), daemon.socket, "16", "1",
+                               "read" if daemon.name.startswith("dom0:") else "writeread", "1"])
     for mix, clients, depth in scenarios:
         these = [d for d in daemons if not d.name.startswith("dom0:") or mix in READ_ONLY_MIXES]
         rows: dict[str, list[tuple[float, ...]]] = {d.name: [] for d in these}
@@ -317,14 +320,16 @@ SETUP_SECONDS = 180.0
 
 
 def start_hostile(path: str, kinds: tuple[str, ...], prefix: str,
-                  watches: int = hostile.FLOOD_WATCHES
+                  watches: int = hostile.FLOOD_WATCHES,
+                  transactions: int = hostile.TRANSACTIONS_TRIED
                   ) -> tuple[list[subprocess.Popen[str]], str | None]:
     """hostile.start_hostile, bounded: the processes, and the first client not "ready"
     within SETUP_SECONDS (None when all are)."""
     procs: list[subprocess.Popen[str]] = []
     deadline = time.monotonic() + SETUP_SECONDS
     for kind in kinds:
-        proc = subprocess.Popen(hostile._me("hostile", path, kind, prefix, str(watches)),
+        proc = subprocess.Popen(hostile._me("hostile", path, kind, prefix, str(watches),
+                                            str(transactions)),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         assert proc.stdout is not None
@@ -349,11 +354,13 @@ def stop_hostile(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def run_hostile(daemons: list[Daemon], seconds: float, rounds: int, clients: int,
-                watches: int = hostile.FLOOD_WATCHES) -> None:
+                watches: int = hostile.FLOOD_WATCHES,
+                transactions: int = hostile.TRANSACTIONS_TRIED) -> None:
     print(f"\nhostile clients (hostile.py), {clients} good client(s); {rounds} rounds of "
           f"{seconds:g} s per phase, medians; ratio: to the same daemon's solo rate"
           + (f"; floods of {watches:,} watches (the phase names say 20,000)"
-             if watches != 20_000 else ""))
+             if watches != 20_000 else "")
+          + (f"; {transactions:,} transactions tried" if transactions != 20_000 else ""))
     print(f"{'daemon':>11} {'phase':>32} {'req/s':>8} {'ratio':>6} {'p50 µs':>7} "
           f"{'p99 µs':>7} {'cpu µs':>7} {'RSS MiB':>8} {'log B':>7}")
     rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
@@ -363,7 +370,8 @@ def run_hostile(daemons: list[Daemon], seconds: float, rounds: int, clients: int
         for daemon in daemons:
             solo = 0.0
             for phase, kinds, prefix in hostile.PHASES:
-                procs, not_ready = start_hostile(daemon.socket, kinds, prefix, watches)
+                procs, not_ready = start_hostile(daemon.socket, kinds, prefix, watches,
+                                                 transactions)
                 if not_ready is not None:
                     stop_hostile(procs)
                     print(f"{daemon.name:>11} {phase:>32}  the {not_ready} client was not in "
@@ -417,7 +425,7 @@ def print_profile(profile: Path, lines: int) -> None:
 
 
 def main() -> None:
-    global STALL_SECONDS  # --stall
+    global STALL_SECONDS, SETUP_SECONDS  # --stall, --setup
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--src", type=Path, default=None,
                         help="the source tree holding pvhvm/ (default: src on this host; in "
@@ -443,11 +451,16 @@ def main() -> None:
                              "socket, read-only mixes only")
     parser.add_argument("--watches", type=int, default=hostile.FLOOD_WATCHES,
                         help="the flood clients' watches (hostile.py's default: 20,000)")
+    parser.add_argument("--transactions", type=int, default=hostile.TRANSACTIONS_TRIED,
+                        help="transactions the hostile client tries (default: 20,000)")
+    parser.add_argument("--setup", type=float, default=SETUP_SECONDS,
+                        help="seconds a phase's hostile clients get to be in place")
     parser.add_argument("--profile", type=Path,
                         help="run pvhvm's daemon under cProfile, stats to this file, and "
                              "print its top functions after the run")
     args = parser.parse_args()
     STALL_SECONDS = args.stall
+    SETUP_SECONDS = args.setup
     if args.real and not args.in_dom0:
         parser.error("--real needs --in-dom0 (a running xenstored is dom0's)")
     xen = XenTools(Path("/"), True) if args.in_dom0 else XenTools(ROOT, False)
@@ -483,7 +496,8 @@ def main() -> None:
         if args.only in (None, "hostile"):
             own = [d for d in daemons if d is not real]
             for clients in args.clients:
-                run_hostile(own, args.seconds, args.rounds, clients, args.watches)
+                run_hostile(own, args.seconds, args.rounds, clients, args.watches,
+                            args.transactions)
     if args.profile is not None:
         print_profile(args.profile, 25)
 

@@ -41,6 +41,10 @@ from pvhvm.xenstore.daemon import spawn_daemon
 from pvhvm.xenstore.wire import HEADER, HEADER_SIZE, Op, encode, join_strings
 
 HOSTILE = ("flood", "nonreader", "idle", "half", "malformed", "transactions")
+#: watches a flood client registers (sidebyside.py's --watches passes fewer, for slow hosts)
+FLOOD_WATCHES = 20_000
+#: transactions the transactions client tries to open (sidebyside.py's --transactions)
+TRANSACTIONS_TRIED = 20_000
 
 
 def _connect(path: str) -> socket.socket:
@@ -92,21 +96,23 @@ def good_worker(path: str, index: int, start_at: float, seconds: float) -> None:
                       "sample": latencies[::step]}))
 
 
-def hostile_worker(path: str, kind: str, watch_prefix: str) -> None:
+def hostile_worker(path: str, kind: str, watch_prefix: str,
+                   watches: int = FLOOD_WATCHES, transactions: int = TRANSACTIONS_TRIED) -> None:
     """Run one hostile client until stdin closes; print "ready" once it is in place."""
     keep: list[socket.socket] = []
     if kind == "flood":
         sock = _connect(path)
         buffer = bytearray()
         refused = 0
-        for start in range(0, 20_000, 500):
+        for start in range(0, watches, 500):
+            batch = min(500, watches - start)
             sock.sendall(b"".join(
                 encode(Op.WATCH, join_strings(f"{watch_prefix}{i % 100}" if watch_prefix
                                               else "/good", f"t{i}"))
-                for i in range(start, start + 500)))
+                for i in range(start, start + batch)))
             # each WATCH: its ack and its initial event, or an error (a daemon's quota)
             answered = events = errors = 0
-            while answered < 500 or events < answered - errors:
+            while answered < batch or events < answered - errors:
                 op = _recv_reply(sock, buffer)
                 if op == Op.WATCH_EVENT:
                     events += 1
@@ -115,7 +121,7 @@ def hostile_worker(path: str, kind: str, watch_prefix: str) -> None:
                 errors += op == Op.ERROR
             refused += errors
         keep.append(sock)  # and never reads again
-        print(f"watches refused: {refused} of 20000", file=sys.stderr)
+        print(f"watches refused: {refused} of {watches}", file=sys.stderr)
     elif kind == "nonreader":
         sock = _connect(path)
         sock.setblocking(False)
@@ -138,12 +144,12 @@ def hostile_worker(path: str, kind: str, watch_prefix: str) -> None:
         sock = _connect(path)
         buffer = bytearray()
         refused = 0
-        for _ in range(20_000):
+        for _ in range(transactions):
             sock.sendall(encode(Op.TRANSACTION_START, b"\0"))
             if _recv_reply(sock, buffer) == Op.ERROR:
                 refused += 1
         keep.append(sock)
-        print(f"transactions refused: {refused} of 20000", file=sys.stderr)
+        print(f"transactions refused: {refused} of {transactions}", file=sys.stderr)
     print("ready", flush=True)
     if kind == "malformed":
         oversized = (Op.WRITE.to_bytes(4, sys.byteorder) + bytes(8)
@@ -288,7 +294,9 @@ def main() -> None:
         good_worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "hostile":
-        hostile_worker(sys.argv[2], sys.argv[3], sys.argv[4])
+        hostile_worker(sys.argv[2], sys.argv[3], sys.argv[4],
+                       int(sys.argv[5]) if len(sys.argv) > 5 else FLOOD_WATCHES,
+                       int(sys.argv[6]) if len(sys.argv) > 6 else TRANSACTIONS_TRIED)
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per phase")

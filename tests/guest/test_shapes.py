@@ -5,10 +5,16 @@ shapes themselves are built, checked, prepared and booted in tests/e2e/test_shap
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from pvhvm.guest import shapes
+import pytest
+
+from pvhvm.errors import GuestImageError
+from pvhvm.guest import bootdisk, shapes
+from pvhvm.guest.initramfs import CpioEntry, cpio_newc
 from pvhvm.guest.prepare import (
     GETTY_WANTS,
     RootFilesystem,
@@ -21,6 +27,7 @@ from pvhvm.guest.prepare import (
     rewrite_resume_conf,
 )
 from pvhvm.inspect.deep import ApplianceReader
+from pvhvm.inspect.partitions import probe_signature, read_table
 from tests.guest.test_prepare import FakeGuest
 
 DISK = RootFilesystem("/dev/pvhvm/root", 0, {1: "b00t-uuid", 2: "5wap-uuid"},
@@ -45,6 +52,128 @@ def test_partitions_fit_the_disk_and_start_aligned() -> None:
             assert after.start == before.end
         assert parts[-1].end <= shapes.DISK_MIB * 2048, shape.name
         assert sum(p.active for p in parts) == (0 if shape.loader == "pv" else 1)
+
+
+def test_each_generator_is_run_as_on_the_original_hardware() -> None:
+    """hostonly and MODULES=dep would look at the build host (virtio): the explicit
+    equivalents, and the guest's own config left as the shape says."""
+    lvm = shapes.RECIPES["lvm"].initramfs
+    assert lvm[:2] == ("dracut", "-f") and "--no-hostonly" in lvm
+    drivers = lvm[lvm.index("--drivers") + 1].split()
+    assert {"ata_piix", "sd_mod", "ext4", "dm_mod"} <= set(drivers)
+    assert not set(drivers) & set(shapes.VIRTIO_DRIVERS)
+    assert set(shapes.VIRTIO_BOOT) <= set(lvm[lvm.index("--omit-drivers") + 1].split())
+    assert shapes.RECIPES["btrfs"].initramfs == ("dracut", "-f", *shapes.DRACUT_OUT)
+    assert shapes.RECIPES["btrfs"].generic
+    assert shapes.RECIPES["xfs"].initramfs[0] == "update-initramfs"
+    xenpv = shapes.RECIPES["xenpv"]
+    assert xenpv.initramfs[:3] == ("mkinitramfs", "-d", "{confdir}")
+    assert xenpv.dep_modules == ("ext3", "xen_blkfront")
+    assert [s.name for s in shapes.RECIPES.values() if s.generic] == ["btrfs"]
+
+
+def test_the_dep_pick_is_written_out_beside_the_guests_config(tmp_path: Path) -> None:
+    conf = tmp_path / "etc" / "initramfs-tools"
+    (conf / "conf.d").mkdir(parents=True)
+    (conf / "initramfs.conf").write_text("MODULES=dep\nCOMPRESS=zstd\n")
+    (conf / "conf.d" / "resume").write_text("RESUME=/dev/xvda2\n")
+    (conf / "modules").write_text("# none\n")
+    confdir = shapes._fixture_confdir(tmp_path, shapes.RECIPES["xenpv"])
+    assert confdir == tmp_path / shapes.FIXTURE_CONFDIR.lstrip("/")
+    assert (confdir / "initramfs.conf").read_text() == "MODULES=dep\nCOMPRESS=zstd\n"
+    assert (confdir / "conf.d" / "resume").read_text() == "RESUME=/dev/xvda2\n"
+    override = (confdir / "conf.d" / "zz-pvhvm-fixture").read_text()
+    assert override.splitlines()[-1] == "MODULES=list"
+    hook = confdir / "hooks" / "pvhvm-fixture-dep"
+    assert hook.stat().st_mode & stat.S_IXUSR
+    assert "manual_add_modules ext3 xen_blkfront\n" in hook.read_text()
+    assert hook.read_text().startswith("#!/bin/sh\n")
+    # the guest's own configuration is untouched
+    assert sorted(p.name for p in conf.rglob("*")) == ["conf.d", "initramfs.conf", "modules",
+                                                        "resume"]
+
+
+def _initrd(root: Path, release: str, modules: list[str]) -> None:
+    entries = [CpioEntry.directory("usr"), CpioEntry.directory("usr/lib"),
+               CpioEntry.directory("usr/lib/modules"),
+               CpioEntry.directory(f"usr/lib/modules/{release}")]
+    entries += [CpioEntry.file(f"usr/lib/modules/{release}/kernel/{name.replace('_', '-')}.ko",
+                               b"\x7fELF") for name in modules]
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"initrd.img-{release}").write_bytes(cpio_newc(entries))
+
+
+def test_the_built_initramfs_is_checked_for_the_original_hardware(tmp_path: Path) -> None:
+    release = "6.1.0-9-amd64"
+    xfs, btrfs = shapes.RECIPES["xfs"], shapes.RECIPES["btrfs"]
+    _initrd(tmp_path, release, ["ata_piix", "ata_generic", "sd_mod", "xfs", "libata"])
+    assert shapes.initramfs_drivers(tmp_path, xfs, release) == [
+        "ata_generic", "ata_piix", "libata", "sd_mod", "xfs"]
+    with pytest.raises(GuestImageError, match="lacks btrfs"):
+        shapes.initramfs_drivers(tmp_path, btrfs, release)
+    _initrd(tmp_path, release, ["ata_piix", "ata_generic", "sd_mod", "xfs", "virtio_blk"])
+    with pytest.raises(GuestImageError, match="carries virtio_blk, which its original"):
+        shapes.initramfs_drivers(tmp_path, xfs, release)
+    _initrd(tmp_path, release, ["ata_piix", "sd_mod", "btrfs"])
+    with pytest.raises(GuestImageError, match="generic but lacks virtio"):
+        shapes.initramfs_drivers(tmp_path, btrfs, release)
+    _initrd(tmp_path, release, ["ata_piix", "sd_mod", "btrfs", "virtio_pci", "virtio_blk"])
+    assert "virtio_blk" in shapes.initramfs_drivers(tmp_path, btrfs, release)
+    (tmp_path / "boot" / f"initrd.img-{release}").write_bytes(b"not an initramfs")
+    with pytest.raises(GuestImageError, match="cannot read the xfs initramfs"):
+        shapes.initramfs_drivers(tmp_path, xfs, release)
+
+
+def test_the_xenpv_disk_is_made_on_the_host(tmp_path: Path) -> None:
+    """ext3 root (mke2fs -d) and swap (mkswap) in their partitions, the MBR's table kept."""
+    shape = shapes.RECIPES["xenpv"]
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("pvhvm-xenpv\n")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as stream:
+        stream.truncate(shapes.DISK_MIB << 20)
+        stream.write(bootdisk.mbr(b"", shapes._partitions(shape), 0x1F720F7B))
+    uuids = shapes._host_disk(shape, tree, disk)
+    with open(disk, "rb") as stream:
+        table = read_table(stream, disk.stat().st_size)
+        assert stream.read(440) == bytes(440)  # pygrub reads the filesystem: no boot code
+        parts = shapes._partitions(shape)
+        assert [(p.start, p.size) for p in table.partitions] == [
+            (p.offset, p.sectors * bootdisk.SECTOR) for p in parts]
+        assert not any(p.bootable for p in table.partitions)
+        root = probe_signature(stream, parts[0].offset)
+        swap = probe_signature(stream, parts[1].offset)
+    assert root is not None and (root.type, root.uuid) == ("ext3", uuids["root"])
+    assert swap is not None and (swap.type, swap.uuid) == ("swap", uuids["swap"])
+    assert table.disk_id == "1f720f7b"  # the table written before is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.img", "tree"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_a_chroot_tool_past_its_deadline_is_killed_with_its_children(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shapes, "TOOL_TIMEOUT", 1.0)
+    marker = tmp_path / "started"
+    with pytest.raises(GuestImageError, match="no end after 1 s; killed"):
+        shapes._chroot(Path("/"), ["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"],
+                       "a hanging hook")
+    child = int(marker.read_text())
+    assert not Path(f"/proc/{child}").exists() or \
+        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    with pytest.raises(GuestImageError, match=r"a failing tool failed \(exit status 3\): out"):
+        shapes._chroot(Path("/"), ["sh", "-c", "echo out >&2; exit 3"], "a failing tool")
+    assert shapes._chroot(Path("/"), ["echo", "fine"], "echo") == "fine\n"
+
+
+def test_build_steps_are_timed() -> None:
+    lines: list[str] = []
+    steps = shapes._Steps(lines.append)
+    with steps.step("copy", "copying"):
+        pass
+    steps.say("more")
+    assert list(steps.seconds) == ["copy"] and steps.seconds["copy"] >= 0
+    assert lines[0].endswith("s] copying") and lines[1].endswith("s] more")
 
 
 def test_recipes_are_keyed_apart() -> None:

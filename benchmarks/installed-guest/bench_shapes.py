@@ -91,11 +91,14 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in args.shapes.split(",") if n]
     methods = [m for m in args.methods.split(",") if m]
+    print("| shape | initramfs | prepare wall clock (s) | steps (s) |\n|---|---|---|---|",
+          flush=True)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        rows = list(pool.map(lambda item: bench(item[1], methods, args.build, item[0]),
-                             enumerate(names)))
-    print("| shape | initramfs | prepare wall clock (s) | steps (s) |\n|---|---|---|---|")
-    print("\n".join(row for group in rows for row in group))
+        # each shape's rows as soon as they are measured (a long regenerate does not hide
+        # the rows before it)
+        for group in pool.map(lambda item: bench(item[1], methods, args.build, item[0]),
+                              enumerate(names)):
+            print("\n".join(group), flush=True)
 
 
 if __name__ == "__main__":

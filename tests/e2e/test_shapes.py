@@ -67,7 +67,7 @@ def _boot(pvhvm: Pvhvm, domains: list[str], config: Path, name: str) -> tuple[De
                                                                                str, float]:
     domains.append(name)
     started = time.monotonic()
-    pvhvm.run("create", str(config), "--accel", "tcg")
+    pvhvm.run("create", str(config), f"name={name}", "--accel", "tcg")
     log = pvhvm.console_log(name)
     deadline = started + BOOT_TIMEOUT
     text = ""

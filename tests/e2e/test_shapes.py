@@ -108,13 +108,14 @@ BEFORE = {
 }
 
 
-#: PVHVM_SHAPES=lvm,xenpv runs only those (each cold run builds its image: 10-20 min under TCG
-#: on a loaded machine; each prepare rebuilds an initramfs in the appliance: 5-15 min)
+#: PVHVM_SHAPES=lvm,xenpv runs only those (a cold run builds the image first; prepare appends
+#: the drivers, 2-3.5 min under TCG at load 8-12, most of it the appliance's start and reading)
 SELECTED = [n for n in os.environ.get("PVHVM_SHAPES", ",".join(shapes.SHAPES)).split(",") if n]
 #: why ./dev/test does not run them unless asked (said in every run's summary)
-OPT_IN = ("opt-in (PVHVM_SHAPES=lvm,xfs,btrfs,xenpv or a subset): a shape costs 6-40 min warm "
-          "and 11-40 min to build under TCG on 2 cores, beyond the suite's 30-minute budget; "
-          "./dev/test runs every shape's unit tests (tests/guest/test_shapes.py)")
+OPT_IN = ("opt-in (PVHVM_SHAPES=lvm,xfs,btrfs,xenpv or a subset): warm, a shape costs 3-17 min "
+          "under TCG on 2 cores (check --deep, prepare, a virtio and an IDE boot; the four "
+          "about 26 min wall with -n 2 at load 8-12), beyond the 8 minutes the suite can "
+          "spare; ./dev/test runs every shape's unit tests (tests/guest/test_shapes.py)")
 _MARKS = [] if "PVHVM_SHAPES" in os.environ else [pytest.mark.skip(reason=OPT_IN)]
 
 

@@ -842,6 +842,9 @@ def _append_drivers(appliance: Appliance, release: str, initrd: str, result: Pre
     held = modules_in_archive(initramfs, release)
     names = {module_name(m) for m in held.modules}
     new = [m for m in wanted if module_name(m) not in names]
+    # what was done replaces what the plan said would be
+    result.changes = [c for c in result.changes
+                      if not (c.path == initrd and c.kind == "initramfs")]
     if not new:
         result.changes.append(Change(initrd, "initramfs", "already has "
                                      f"{', '.join(ROOT_ON_VIRTIO)} and what they need"))

@@ -148,8 +148,12 @@ DEBIAN = {
 
 def test_plan_with_a_separate_boot_rewrites_both_names() -> None:
     plan = plan_changes(FakeGuest(dict(DEBIAN)), ROOT, "disk.img")
-    assert plan.commands == [(["/usr/sbin/update-initramfs", "-u", "-k", "all"],
-                              "update-initramfs")]
+    assert plan.commands == []  # by default no guest program runs: the drivers are appended
+    assert any(c.kind == "initramfs" and "appended" in c.detail for c in plan.changes)
+    regenerated = plan_changes(FakeGuest(dict(DEBIAN)), ROOT, "disk.img", regenerate=True)
+    assert regenerated.commands == [(["/usr/sbin/update-initramfs", "-u", "-k", "all"],
+                                     "update-initramfs")]
+    assert regenerated.edits == plan.edits
     assert plan.kernels == ["6.1.0-9-amd64"]
     assert plan.edits["/etc/fstab"][1].splitlines() == [
         "UUID=1111-root / ext4 defaults 0 1", "UUID=2222-swap /boot ext4 defaults 0 2"]
@@ -167,7 +171,8 @@ def test_plan_for_a_dracut_guest_adds_a_conf_file_and_rebuilds_each_kernel() -> 
     files = {k: v for k, v in DEBIAN.items() if "update-initramfs" not in k}
     files.update({"/usr/bin/dracut": "", "/boot/vmlinuz-5.14.0-1.el9": "",
                   "/boot/initramfs-5.14.0-1.el9.img": ""})
-    plan = plan_changes(FakeGuest(files), ROOT, "disk.img")
+    assert plan_changes(FakeGuest(files), ROOT, "disk.img").commands == []
+    plan = plan_changes(FakeGuest(files), ROOT, "disk.img", regenerate=True)
     assert plan.edits[DRACUT_CONF] == ("", DRACUT_CONF_TEXT)
     assert 'add_drivers+=" virtio virtio_ring virtio_pci virtio_blk virtio_net "' in \
         DRACUT_CONF_TEXT

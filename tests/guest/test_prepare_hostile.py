@@ -9,11 +9,13 @@ read, no process left, nothing left beside the image.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from pvhvm.guest.appliance import ApplianceTimeout, Timeouts, children_of
+from pvhvm.guest.initramfs import CpioEntry, cpio_newc
 from pvhvm.guest.prepare import prepare_image, workdir_prefix
+from pvhvm.inspect.cpio import read_initramfs
 from pvhvm.runtime.state import StateStore
 from tests import jsonout
 
@@ -189,8 +193,8 @@ def test_guest_code_cannot_leave_its_sandbox(workspace: Path, hostile_binary: Pa
     image = make_image(tree, workspace / "images" / "disk.img")
     cfg = config_for(image)
     before = {p.name for p in image.parent.iterdir()}
-    try:
-        done = prepare(cfg, workspace / "state")
+    try:  # the guest's own update-initramfs (the hostile one) runs in the appliance
+        done = prepare(cfg, workspace / "state", "--regenerate-initramfs")
         assert not escaped.exists(), "guest code wrote a file on the host"
         assert processes_with(f"escape-{marker}") == [], "guest code left a host process"
         nothing_left(image.parent, before)
@@ -262,7 +266,8 @@ def test_a_hanging_hook_ends_at_the_timeout(workspace: Path, hostile_binary: Pat
     cfg = config_for(image)
     before = {p.name for p in image.parent.iterdir()}
     started = time.monotonic()
-    done = prepare(cfg, workspace / "state", "--timeout", "20", "--json", timeout=600)
+    done = prepare(cfg, workspace / "state", "--timeout", "20", "--json",
+                   "--regenerate-initramfs", timeout=600)
     seconds = time.monotonic() - started
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
@@ -294,7 +299,7 @@ def test_planted_work_file_symlinks_are_left_alone(workspace: Path,
     texts = {name: victim.read_text() for name, victim in victims.items()}
     cfg = config_for(image)
     before = {p.name for p in image.parent.iterdir()}
-    done = prepare(cfg, workspace / "state", "--json")
+    done = prepare(cfg, workspace / "state", "--json", "--regenerate-initramfs")
     assert done.returncode == 0, done.stderr
     for name, victim in victims.items():
         planted = image.parent / name
@@ -314,7 +319,7 @@ def test_the_image_keeps_its_mode_and_owner(workspace: Path, hostile_binary: Pat
     os.chown(image, 1234, 2345)
     cfg = config_for(image)
     before = {p.name for p in image.parent.iterdir()}
-    done = prepare(cfg, workspace / "state", "--json")
+    done = prepare(cfg, workspace / "state", "--json", "--regenerate-initramfs")
     assert done.returncode == 0, done.stderr
     st = image.stat()
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 2345)
@@ -329,6 +334,13 @@ def guest_file(image: Path, path: str) -> str:
     return done.stdout
 
 
+def guest_bytes(image: Path, path: str, scratch: Path) -> bytes:
+    """A file of the test image as bytes (debugfs dump into ``scratch``)."""
+    subprocess.run(["debugfs", "-R", f"dump {path} {scratch}", str(image)], check=True,
+                   capture_output=True)
+    return scratch.read_bytes()
+
+
 def test_a_dracut_guest_gets_a_conf_file_and_dracut_per_kernel(workspace: Path,
                                                                hostile_binary: Path) -> None:
     """Not hostile: a dracut guest (here a tool that records its arguments) is prepared with
@@ -338,8 +350,9 @@ def test_a_dracut_guest_gets_a_conf_file_and_dracut_per_kernel(workspace: Path,
     (tree / "etc/dracut.conf.d").mkdir()
     set_text(tree, f"/boot/vmlinuz-{KERNEL}-2", "another kernel\n")
     image = make_image(tree, workspace / "images" / "disk.img")
-    done = prepare(config_for(image), workspace / "state", "--json")
+    done = prepare(config_for(image), workspace / "state", "--json", "--regenerate-initramfs")
     assert done.returncode == 0, done.stderr
+    assert jsonout.result(done.stdout)["initramfs"] == "regenerate"
     assert guest_file(image, "/root/tool-args").splitlines() == [  # the script, its arguments
         f"/usr/bin/dracut -f /boot/initrd.img-{KERNEL} {KERNEL}",
         f"/usr/bin/dracut -f /boot/initrd.img-{KERNEL}-2 {KERNEL}-2"]
@@ -367,3 +380,82 @@ def test_an_appliance_that_does_not_start_in_time_is_killed(workspace: Path,
     while children_of(os.getpid()) - children and time.monotonic() < deadline:
         time.sleep(0.2)
     assert children_of(os.getpid()) - children == set()
+
+
+def _host_modules() -> Path:
+    """A host kernel's module tree with virtio_pci and virtio_blk as modules (the
+    appliance's kernel, which libguestfs needs anyway)."""
+    for tree in sorted(Path("/lib/modules").iterdir()):
+        if (tree / "kernel/drivers/block/virtio_blk.ko").is_file():
+            return tree
+    pytest.skip("no host kernel with virtio_blk as a module")
+
+
+VIRTIO = ("drivers/virtio/virtio", "drivers/virtio/virtio_ring",
+          "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci_modern_dev",
+          "drivers/virtio/virtio_pci", "drivers/block/virtio_blk")
+
+
+def test_drivers_are_appended_without_running_guest_code(workspace: Path,
+                                                          hostile_binary: Path) -> None:
+    """The default prepare: real virtio modules (the host kernel's, as this guest's) and
+    kmod's index appended to the guest's gzip initramfs; the guest's update-initramfs (a tool
+    that records being run) never runs; a module the initramfs has whose guest file is a
+    link to a host file is not read (it leaves the new index, with a note)."""
+    host = _host_modules()
+    tree = guest_tree(workspace / "tree", hostile_binary, "record")
+    ordinary_files(tree)
+    moddir = tree / "lib/modules" / KERNEL
+    for module in VIRTIO:
+        target = moddir / f"kernel/{module}.ko"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(host / f"kernel/{module}.ko", target)
+    secret = workspace / "secret"
+    secret.write_text(f"HOST-SECRET-{secrets.token_hex(12)}\n")
+    secret.chmod(0o600)
+    (moddir / "kernel/drivers/ata").mkdir(parents=True)
+    (moddir / "kernel/drivers/ata/ata_piix.ko").symlink_to(secret)
+    dep = {m: [] for m in VIRTIO}
+    dep["drivers/virtio/virtio_pci"] = [m for m in VIRTIO[:4]]
+    dep["drivers/block/virtio_blk"] = list(VIRTIO[:2])
+    (moddir / "modules.dep").write_text("kernel/drivers/ata/ata_piix.ko:\n" + "".join(
+        f"kernel/{m}.ko: {' '.join(f'kernel/{d}.ko' for d in deps)}\n".replace(": \n", ":\n")
+        for m, deps in dep.items()))
+    (moddir / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    modules = f"usr/lib/modules/{KERNEL}"
+    initrd = gzip.compress(cpio_newc([
+        CpioEntry.directory("usr"), CpioEntry.directory("usr/lib"),
+        CpioEntry.symlink("lib", "usr/lib"), CpioEntry.directory("usr/lib/modules"),
+        CpioEntry.directory(modules), CpioEntry.directory(f"{modules}/kernel"),
+        CpioEntry.directory(f"{modules}/kernel/drivers"),
+        CpioEntry.directory(f"{modules}/kernel/drivers/ata"),
+        CpioEntry.file(f"{modules}/kernel/drivers/ata/ata_piix.ko", b"\x7fELF old"),
+        CpioEntry.file(f"{modules}/modules.dep", b"kernel/drivers/ata/ata_piix.ko:\n"),
+        CpioEntry.file("init", b"#!/bin/sh\n", 0o755)]), mtime=0)
+    (tree / f"boot/initrd.img-{KERNEL}").write_bytes(initrd)
+    image = make_image(tree, workspace / "images" / "disk.img")
+    cfg = config_for(image)
+    before = {p.name for p in image.parent.iterdir()}
+    done = prepare(cfg, workspace / "state", "--json")
+    assert done.returncode == 0, done.stderr
+    result = jsonout.result(done.stdout)
+    assert result["initramfs"] == "append"
+    assert guest_file(image, "/root/tool-args") == ""  # the guest's tool never ran
+    assert any("not in the guest's" in n and "ata_piix" in n for n in result["notes"]), result
+    data = guest_bytes(image, f"/boot/initrd.img-{KERNEL}", workspace / "initrd")
+    assert data.startswith(initrd)  # the guest's archive as it was, then the new one
+    parsed = read_initramfs(data)
+    assert len(parsed.segments) == 2 and parsed.segments[1].compression == "none"
+    assert {"virtio_blk", "virtio_pci", "virtio", "virtio_ring", "ata_piix"} <= \
+        parsed.module_files()
+    index = parsed.files[f"{modules}/modules.dep"].decode()
+    assert "kernel/drivers/block/virtio_blk.ko:" in index and "ata_piix" not in index
+    assert parsed.members[f"{modules}/modules.dep.bin"].size > 0
+    assert parsed.members[f"{modules}/modules.alias.bin"].size > 0
+    assert stat.S_ISLNK(parsed.members["lib"].mode)  # the link is kept
+    assert guest_bytes(image, f"/boot/initrd.img-{KERNEL}.pre-pvhvm", workspace / "pre") == \
+        initrd
+    assert secret.read_text().strip().encode() not in image.read_bytes()
+    modules_file = guest_file(image, "/etc/initramfs-tools/modules")
+    assert "virtio_blk" in modules_file  # the guest's own next rebuild keeps them
+    nothing_left(image.parent, before)

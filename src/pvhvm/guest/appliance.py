@@ -22,12 +22,17 @@ Errors::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import os
+import posixpath
+import shlex
 import signal
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +55,10 @@ T = TypeVar("T")
 NOT_NAMED_BY_UUID = ("LVM2_member",)
 #: the largest guest text file read into memory (fstab, grub.cfg, ...)
 MAX_TEXT = 16 << 20
+#: marks the lines of an appliance script's answer that list its files
+_LISTED = "pvhvm-listed: "
+#: bytes per write_append call (a libguestfs message carries 4 MB at most)
+APPEND_PIECE = 1 << 20
 
 
 class ApplianceError(PvhvmError):
@@ -491,6 +500,81 @@ class Appliance:
                 found[number] = str(self._call("partition GUID", step, g.part_get_gpt_guid,
                                                disk, number)).lower()
         return found
+
+    def regular_files(self, directory: str, relpaths: Iterable[str]) -> dict[str, str]:
+        """relpath → its path resolved inside the guest, for each of ``relpaths`` under the
+        guest directory ``directory`` that is a regular file there (symlinks resolved in the
+        guest; what is missing or not a regular file is left out). One lstat call per
+        directory, so a few hundred modules cost a few dozen calls."""
+        step = self.timeouts.step
+        by_parent: dict[str, list[str]] = {}
+        for relpath in relpaths:
+            by_parent.setdefault(posixpath.dirname(relpath), []).append(relpath)
+        found: dict[str, str] = {}
+        for parent, members in sorted(by_parent.items()):
+            real = self.realpath(f"{directory.rstrip('/')}/{parent}".rstrip("/"))
+            if real is None:
+                continue
+            names = [posixpath.basename(m) for m in members]
+            stats = self._call("lstat", step, self.g.lstatnslist, real, names)
+            for relpath, name, st in zip(members, names, stats, strict=True):
+                path = f"{real.rstrip('/')}/{name}"
+                mode = int(st["st_mode"])
+                if int(st["st_ino"]) == -1:
+                    continue
+                if stat.S_ISREG(mode):
+                    found[relpath] = path
+                elif stat.S_ISLNK(mode):
+                    target = self.realpath(path)
+                    if target is not None and self._call("stat", step, self.g.is_file, target):
+                        found[relpath] = target
+        return found
+
+    def append(self, path: str, data: bytes) -> None:
+        """Append ``data`` to the guest file ``path`` that :meth:`realpath` resolved (in
+        pieces that each fit one libguestfs message)."""
+        for start in range(0, len(data), APPEND_PIECE):
+            self._call(f"appending to {printable(path)}", self.timeouts.step,
+                       self.g.write_append, path, data[start:start + APPEND_PIECE])
+
+    def run_appliance(self, script: str, what: str, timeout: float | None = None) -> str:
+        """Run a shell script of the appliance's own programs (never the guest's: the guest is
+        under /sysroot and nothing there is executed); its standard output."""
+        return str(self._call(what, timeout or self.timeouts.step, self.g.debug, "sh",
+                              [script]))
+
+    def depmod(self, release: str, files: Mapping[str, str]) -> dict[str, bytes]:
+        """kmod's index for the modules in ``files`` (path under ``lib/modules/RELEASE`` →
+        the guest file, resolved inside the guest), made by the appliance's own depmod in a
+        private tree in the appliance: name → bytes of every ``modules.*`` file there
+        (modules.dep, modules.dep.bin, modules.alias.bin, ... and the copied
+        modules.builtin). The guest's ELF files are parsed in the VM, not on the host."""
+        base = "/tmp/pvhvm-depmod"
+        tree = f"{base}/lib/modules/{release}"
+        lines = ["set -e", f"rm -rf {base}", f"mkdir -p {shlex.quote(tree)}",
+                 f"cd {shlex.quote(tree)}"]
+        for relpath in sorted({posixpath.dirname(r) for r in files if "/" in r}):
+            lines.append(f"mkdir -p -- {shlex.quote(relpath)}")
+        for relpath, real in sorted(files.items()):
+            lines.append(f"cp -- {shlex.quote('/sysroot' + real)} {shlex.quote(relpath)}")
+        lines.append(f"depmod -b {base} {shlex.quote(release)}")
+        lines.append(f"for f in modules.*; do echo \"{_LISTED}$f\"; done")
+        # the answer has depmod's warnings (stderr) in it too: only the marked lines count
+        listed = self.run_appliance("\n".join(lines), f"depmod for {printable(release)}, "
+                                    "in the appliance")
+        index: dict[str, bytes] = {}
+        for line in listed.splitlines():
+            name = line.removeprefix(_LISTED)
+            if name == line or not name.startswith("modules.") or "/" in name:
+                continue
+            encoded = self.run_appliance(f"base64 -w0 -- {shlex.quote(tree + '/' + name)}",
+                                         f"reading {name}")
+            try:
+                index[name] = base64.b64decode(encoded.strip(), validate=True)
+            except binascii.Error as err:
+                raise ApplianceError(f"reading {name} from the appliance: {err}") from err
+        self.run_appliance(f"rm -rf {base}", "removing the depmod tree")
+        return index
 
     # -- guest programs -------------------------------------------------------------------
 

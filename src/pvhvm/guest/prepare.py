@@ -3,15 +3,19 @@
 Everything that reads or writes the guest's files or runs its programs happens inside the
 libguestfs appliance VM (:mod:`pvhvm.guest.appliance`; issue 17): the guest's filesystems are
 mounted there as its fstab says (ext2/3/4, XFS, btrfs, LVM, a separate /boot: what the
-appliance has tools for), every guest path is resolved inside the guest, and the guest's own
-initramfs tool runs there. Steps (SPEC.md, "Moving an installed Linux guest to PV disks"):
+appliance has tools for) and every guest path is resolved inside the guest. By default no
+guest program runs at all. Steps (SPEC.md, "Moving an installed Linux guest to PV disks"):
 
 1. add ``virtio virtio_ring virtio_pci virtio_blk virtio_net`` (in this order) to
-   ``/etc/initramfs-tools/modules`` and rebuild every initramfs with the guest's own
-   ``update-initramfs -u -k all`` (with /proc, /sys and /dev, which ``MODULES=dep`` needs);
-   a dracut guest gets them in ``/etc/dracut.conf.d/90-pvhvm-virtio.conf`` (``add_drivers+=``)
-   and ``dracut -f IMAGE KVER`` for each kernel (as virt-v2v, which passes ``--add-drivers``;
-   the conf file keeps them in later rebuilds);
+   ``/etc/initramfs-tools/modules``, or for a dracut guest to
+   ``/etc/dracut.conf.d/90-pvhvm-virtio.conf`` (``add_drivers+=``), so that the guest's own
+   next rebuild keeps them; then, for each kernel, append to its initramfs an archive with
+   ``virtio_pci``, ``virtio_blk`` and what the guest's modules.dep says they need, and kmod's
+   index over its old and new modules (:mod:`.initrd_append`; the kernel unpacks
+   concatenated archives in order). With ``regenerate`` (``--regenerate-initramfs``) the
+   guest's own ``update-initramfs -u -k all`` (with /proc, /sys and /dev, which
+   ``MODULES=dep`` needs) or ``dracut -f IMAGE KVER`` per kernel (as virt-v2v) rebuilds them
+   instead, in the appliance: minutes under TCG;
 2. rewrite kernel device names (``/dev/hda1``, ``/dev/sda1``, ``/dev/xvda1``, ``/dev/vda1``)
    that name a partition of this disk to ``UUID=`` in ``/etc/fstab``, ``/etc/crypttab`` and
    the bootloader configs (``root=``/``resume=`` in grub.cfg, /etc/default/grub, menu.lst,
@@ -68,12 +72,30 @@ from typing import Any, Protocol
 
 from pvhvm.errors import PvhvmError, printable
 from pvhvm.guest.appliance import Appliance, GuestOS, Timeouts
+from pvhvm.guest.initrd_append import (
+    INDEX_INPUTS,
+    MODULE_SUFFIX,
+    ROOT_ON_VIRTIO,
+    ModuleDepError,
+    appended_archive,
+    builtin_names,
+    closure,
+    module_name,
+    modules_in_archive,
+    parse_modules_dep,
+)
+from pvhvm.inspect.cpio import read_initramfs
+from pvhvm.inspect.deep import MESSAGE_LIMIT, appliance_report
+from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.etcfiles import DeviceName, Naming, classify
+from pvhvm.inspect.image import MAX_INITRAMFS, ImageReport
 from pvhvm.runtime.state import StateStore
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+#: what the caller makes of the prepared guest's report (``guest check --deep``'s verdict)
+Verify = Callable[[ImageReport], dict[str, Any]]
 
 #: virt-v2v's list, in its order (the order sets vdX numbering when all are modules)
 VIRTIO_MODULES = ("virtio", "virtio_ring", "virtio_pci", "virtio_blk", "virtio_net")
@@ -92,6 +114,8 @@ DRACUT = ("/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut", "/bin/dracut")
 DRACUT_CONF = "/etc/dracut.conf.d/90-pvhvm-virtio.conf"
 DRACUT_CONF_TEXT = ("# PV (virtio) drivers, added by pvhvm guest prepare\n"
                     f'add_drivers+=" {" ".join(VIRTIO_MODULES)} "\n')
+#: the largest kernel module read (Debian 12's largest, amdgpu, is 11 MiB)
+MAX_MODULE = 64 << 20
 #: the work directory's name starts so (then mkdtemp's random part)
 WORKDIR_PREFIX = ".pvhvm-prepare."
 #: the image copy, before and while the appliance works on it (sparse, reflinked if it can)
@@ -144,12 +168,18 @@ class PrepareResult:
     #: files written in the guest (rebuilt initramfs images and backups included)
     written: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: how the drivers reached the initramfs: "append" (no guest program ran) or
+    #: "regenerate" (the guest's own generator, in the appliance)
+    initramfs: str = "append"
+    #: what ``verify`` said of the prepared guest, read in the same appliance session
+    check: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "image": str(self.image), "dry_run": self.dry_run,
+            "image": str(self.image), "dry_run": self.dry_run, "initramfs": self.initramfs,
             "changes": [c.to_json() for c in self.changes], "notes": self.notes,
             "written": self.written, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "check": self.check,
         }
 
 
@@ -408,9 +438,11 @@ class _Plan:
     unlinks: list[str] = field(default_factory=list)
 
 
-def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
+def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str, *,
+                 regenerate: bool = False) -> _Plan:
     """Read the guest's files and decide every text edit (no writes); ``name`` names the
-    image in messages."""
+    image in messages. ``regenerate``: the guest's own generator rebuilds each initramfs
+    (``plan.commands``); otherwise the drivers are appended to it (:mod:`.initrd_append`)."""
     plan = _Plan()
     update = next((p for p in UPDATE_INITRAMFS if fs.exists(p)), "")
     dracut = next((p for p in DRACUT if fs.exists(p)), "")
@@ -448,7 +480,8 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
                                       names[0])
     if update and (fs.exists("/etc/initramfs-tools") or not dracut):
         added = _plan_initramfs_tools(fs, plan, edit)
-        plan.commands.append(([update, "-u", "-k", "all"], "update-initramfs"))
+        if regenerate:
+            plan.commands.append(([update, "-u", "-k", "all"], "update-initramfs"))
         how = "rebuild with the guest's update-initramfs -u -k all"
     else:
         conf = fs.read_text(DRACUT_CONF)
@@ -456,9 +489,15 @@ def plan_changes(fs: GuestFiles, root: RootFilesystem, name: str) -> _Plan:
         if added:
             edit(DRACUT_CONF, conf or "", DRACUT_CONF_TEXT, [Change(
                 DRACUT_CONF, "initramfs", f"add_drivers+= {' '.join(added)}")])
-        for release in plan.kernels:
-            plan.commands.append(([dracut, "-f", plan.initrds[release], release], "dracut"))
+        if regenerate:
+            for release in plan.kernels:
+                plan.commands.append(([dracut, "-f", plan.initrds[release], release],
+                                      "dracut"))
         how = "rebuild with the guest's dracut -f"
+    if not regenerate:
+        how = (f"add {', '.join(ROOT_ON_VIRTIO)} and what they need in place (an archive "
+               "appended, no guest program run)")
+        added = []
     for release in plan.kernels:
         plan.changes.append(Change(plan.initrds[release], "initramfs", how + (
             f" (adds {', '.join(added)})" if added else "")))
@@ -601,11 +640,15 @@ def copy_image(image: Path, target: Path, timeout: float = COPY_TIMEOUT) -> None
 
 
 def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | None = None,
-                  store: StateStore | None = None,
-                  timeouts: Timeouts | None = None) -> PrepareResult:
-    """Prepare the guest in raw disk ``image`` for PV disks (see the module docstring)."""
+                  store: StateStore | None = None, timeouts: Timeouts | None = None,
+                  regenerate: bool = False, verify: Verify | None = None) -> PrepareResult:
+    """Prepare the guest in raw disk ``image`` for PV disks (see the module docstring).
+    ``regenerate``: rebuild each initramfs with the guest's own generator (in the appliance)
+    instead of appending the drivers; ``verify`` is given the prepared guest as ``guest check
+    --deep`` reads it, in the same appliance session, and its answer is the result's
+    ``check``."""
     say = progress or (lambda message: log.info("%s", message))
-    result = PrepareResult(image, dry_run)
+    result = PrepareResult(image, dry_run, initramfs="regenerate" if regenerate else "append")
     started = time.monotonic()
     if image.is_symlink() or not image.is_file():
         raise PrepareError(f"{image}: not an image file (a symlink is not followed: name the "
@@ -623,7 +666,8 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
             mark = _timed(result, "launch", started)
             guest = appliance.inspect()
             result.notes += appliance.mount(guest)
-            plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image))
+            plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image),
+                                regenerate=regenerate)
             result.changes, result.notes = plan.changes, result.notes + plan.notes
             _timed(result, "read", mark)
         result.seconds["total"] = time.monotonic() - started
@@ -639,7 +683,8 @@ def prepare_image(image: Path, *, dry_run: bool = False, progress: Progress | No
             with Appliance(copy, readonly=False, timeouts=timeouts, tmpdir=workdir,
                            progress=say) as appliance:
                 mark = _timed(result, "launch", mark)
-                _prepare_guest(appliance, image, result, say, mark)
+                _prepare_guest(appliance, image, result, say, mark,
+                               _Work(workdir, copy, regenerate, verify))
                 mark = time.monotonic()
                 say("unmounting the guest's filesystems, stopping the appliance")
             mark = _timed(result, "shutdown", mark)
@@ -690,13 +735,25 @@ def _apply_links(appliance: Appliance, plan: _Plan, result: PrepareResult,
         written.append(link)
 
 
+@dataclass(frozen=True)
+class _Work:
+    """How one prepare runs: its private directory, the image copy, the initramfs method."""
+
+    directory: Path
+    copy: Path
+    regenerate: bool
+    verify: Verify | None
+
+
 def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say: Progress,
-                   mark: float) -> None:
-    """Inspect and mount the guest, edit its files, run its initramfs tool (in the appliance)."""
+                   mark: float, work: _Work) -> None:
+    """Inspect and mount the guest, edit its files, add the drivers to its initramfs images
+    (appended, or its own generator run in the appliance), then verify it if asked."""
     say("inspecting the guest and mounting its filesystems as its fstab says")
     guest = appliance.inspect()
     result.notes += appliance.mount(guest)
-    plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image))
+    plan = plan_changes(appliance, root_filesystem(appliance, guest), str(image),
+                        regenerate=work.regenerate)
     result.changes, result.notes = plan.changes, result.notes + plan.notes
     mark = _timed(result, "read", mark)
     written: list[str] = []
@@ -729,11 +786,103 @@ def _prepare_guest(appliance: Appliance, image: Path, result: PrepareResult, say
             _backup(appliance, initrd, written)
     before = appliance.stat_entries(boot)
     mark = _timed(result, "edit", mark)
-    for argv, tool in plan.commands:
-        say(f"the guest's {printable(' '.join(argv))}, in the appliance")
-        appliance.run_guest(argv, f"the guest's {tool}")
+    if work.regenerate:
+        for argv, tool in plan.commands:
+            say(f"the guest's {printable(' '.join(argv))}, in the appliance")
+            appliance.run_guest(argv, f"the guest's {tool}")
+    else:
+        for release in plan.kernels:
+            say(f"adding the virtio drivers to {plan.initrds[release]}")
+            _append_drivers(appliance, release, plan.initrds[release], result, work.directory)
     mark = _timed(result, "initramfs", mark)
     after = appliance.stat_entries(boot)
     written += [f"{boot}/{name}" for name, st in sorted(after.items())
                 if before.get(name) != st and f"{boot}/{name}" not in written]
     result.written = written
+    if work.verify is not None:
+        say("checking the prepared guest (guest check --deep), in the same appliance")
+        report = appliance_report(appliance, work.copy, guest, work.directory, name=str(image))
+        result.check = work.verify(report)
+        _timed(result, "check", mark)
+
+
+def _append_drivers(appliance: Appliance, release: str, initrd: str, result: PrepareResult,
+                    workdir: Path) -> None:
+    """Append the modules root on virtio needs, and kmod's index over the initramfs's old
+    and new modules, to the initramfs of kernel ``release`` (:mod:`.initrd_append`)."""
+    real = appliance.realpath(initrd)
+    if real is None or not appliance.is_file(real):
+        result.notes.append(f"{initrd} is not a regular file in the guest: no drivers added "
+                            f"for kernel {printable(release)}")
+        return
+    moddir = appliance.realpath(f"/lib/modules/{release}")
+    dep_text = appliance.read_text(f"{moddir}/modules.dep") if moddir else None
+    if moddir is None or dep_text is None:
+        raise PrepareError(f"{initrd}: the guest has no /lib/modules/{printable(release)}/"
+                           "modules.dep to find the drivers by (guest prepare "
+                           "--regenerate-initramfs runs the guest's own generator)")
+    builtin = appliance.read_text(f"{moddir}/modules.builtin") or ""
+    try:
+        wanted = closure(ROOT_ON_VIRTIO, parse_modules_dep(dep_text), builtin_names(builtin))
+    except ModuleDepError as err:
+        raise PrepareError(f"kernel {printable(release)}: {err}") from err
+    size = appliance.file_size(real) or 0
+    if size > MAX_INITRAMFS:
+        raise PrepareError(f"{initrd}: {size} bytes, more than an initramfs has")
+    local = workdir / "initrd"
+    appliance.download(real, local)
+    try:
+        initramfs = read_initramfs(local.read_bytes())
+    except InspectError as err:
+        raise PrepareError(f"{initrd}: not read ({err}); guest prepare "
+                           "--regenerate-initramfs rebuilds it with the guest's own "
+                           "generator") from err
+    finally:
+        local.unlink(missing_ok=True)
+    held = modules_in_archive(initramfs, release)
+    names = {module_name(m) for m in held.modules}
+    new = [m for m in wanted if module_name(m) not in names]
+    # what was done replaces what the plan said would be
+    result.changes = [c for c in result.changes
+                      if not (c.path == initrd and c.kind == "initramfs")]
+    if not new:
+        result.changes.append(Change(initrd, "initramfs", "already has "
+                                     f"{', '.join(ROOT_ON_VIRTIO)} and what they need"))
+        return
+    union = set(held.modules) | set(new)
+    files = appliance.regular_files(moddir, sorted(union | set(INDEX_INPUTS)))
+    lost = sorted(m for m in new if m not in files)
+    if lost:
+        raise PrepareError(f"kernel {printable(release)}: {', '.join(map(printable, lost))} "
+                           "not a regular file in the guest's /lib/modules")
+    gone = sorted(m for m in held.modules if m not in files)
+    if gone:
+        result.notes.append(f"{initrd}: {len(gone)} module(s) it has are not in the guest's "
+                            f"/lib/modules/{printable(release)} (e.g. {printable(gone[0])}): "
+                            "left out of its new module index")
+    index = {name: data for name, data in appliance.depmod(release, files).items()
+             if not MODULE_SUFFIX.search(name)}
+    if "modules.dep.bin" not in index:
+        raise PrepareError(f"kernel {printable(release)}: depmod made no modules.dep.bin")
+    modules = {m: _guest_bytes(appliance, files[m], workdir) for m in new}
+    archive = appended_archive(initramfs, held.directory, modules, index, size)
+    appliance.append(real, archive)
+    result.changes.append(Change(initrd, "initramfs", (
+        f"appended {', '.join(module_name(m) for m in new)} and kmod's index of "
+        f"{len(union)} modules ({len(archive)} bytes at "
+        f"{printable(held.directory)}; no guest program ran)")))
+
+
+def _guest_bytes(appliance: Appliance, path: str, workdir: Path) -> bytes:
+    """A guest file's bytes (resolved inside the guest), through the appliance."""
+    size = appliance.file_size(path) or 0
+    if size <= MESSAGE_LIMIT:
+        return appliance.read_bytes(path)
+    if size > MAX_MODULE:
+        raise PrepareError(f"{printable(path)}: {size} bytes, more than a kernel module has")
+    local = workdir / "module"
+    appliance.download(path, local)
+    try:
+        return local.read_bytes()
+    finally:
+        local.unlink(missing_ok=True)

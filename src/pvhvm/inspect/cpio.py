@@ -411,12 +411,43 @@ class _Decoder:
         self.consumed = pos - len(decoder.unused_data)
 
     def _tool(self) -> Generator[bytes, None, None]:
-        """zstd and lz4 through Debian's own tools (``-dc``: to stdout, concatenated frames)."""
+        """zstd and lz4 through Debian's own tools (``-dc``: to stdout). A zstd member is one
+        frame, as the kernel's unzstd decodes it (what follows, an appended archive say, is
+        the next member); an lz4 member runs to the end of the image."""
         tool = shutil.which(self.kind)
         if tool is None:
             raise ImageUnreadableError(
                 f"the initramfs is {self.kind}-compressed and the {self.kind} tool is not "
                 f"installed (apt-get install {self.kind})"
             )
-        yield from stream_tool([tool, "-dc"], self.data, what=f"{self.kind} -dc")
+        end = zstd_frame_end(self.data) if self.kind == "zstd" else None
+        data = self.data if end is None else self.data[:end]
+        self.consumed = end
+        yield from stream_tool([tool, "-dc"], data, what=f"{self.kind} -dc")
+
+
+def zstd_frame_end(data: memoryview | bytes) -> int | None:
+    """Where the zstd frame at the start of ``data`` ends (RFC 8878, 3.1.1: its header, then
+    3-byte block headers each giving the block's size, then the optional checksum); None
+    when the frame is truncated or malformed (then the tool is given the rest of the image)."""
+    view = memoryview(data)
+    if len(view) < 6 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = view[4]
+    single_segment = bool(descriptor & 0x20)
+    checksum = bool(descriptor & 0x04)
+    content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
+    while True:
+        if pos + 3 > len(view):
+            return None
+        header = int.from_bytes(view[pos:pos + 3], "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3:
+            return None
+        pos += 3 + (1 if kind == 1 else size)
+        if last:
+            break
+    pos += 4 if checksum else 0
+    return pos if pos <= len(view) else None
 

@@ -35,7 +35,7 @@ from pvhvm.inspect.partitions import Signature
 
 #: read_file's answer travels in one libguestfs message (4 MB at most): larger files are
 #: downloaded into a private directory instead
-_MESSAGE_LIMIT = 2 << 20
+MESSAGE_LIMIT = 2 << 20
 
 
 class ApplianceReader:
@@ -86,7 +86,7 @@ class ApplianceReader:
         if size > (limit or MAX_INITRAMFS):
             raise ImageUnreadableError(f"{printable(path)}: {size} bytes, more than "
                                        f"{(limit or MAX_INITRAMFS) >> 20} MiB")
-        if size <= _MESSAGE_LIMIT:
+        if size <= MESSAGE_LIMIT:
             data = self.appliance.read_bytes(guest)
             return data
         target = Path(tempfile.mkdtemp(dir=self.workdir)) / "file"
@@ -134,33 +134,41 @@ def _filesystem(appliance: Appliance, device: str, role: str,
     return out
 
 
+def appliance_report(appliance: Appliance, path: Path, guest: GuestOS, work: Path, *,
+                     notes: list[str] | None = None, name: str | None = None) -> ImageReport:
+    """The report of the guest in ``path`` that a running appliance has inspected and
+    mounted (``work``: a private directory for large files); ``name`` is what the report
+    calls the image (prepare reads its private copy, named as the image)."""
+    size = open_image(path)
+    table, filesystems = partition_filesystems(path, size)
+    fstab = appliance.read_text("/etc/fstab") or ""
+    filesystems = _filesystem(appliance, guest.root, "root", filesystems)
+    boot_device = guest.mountpoints.get("/boot")
+    if boot_device is not None:
+        filesystems = _filesystem(appliance, boot_device, "boot", filesystems)
+    for point, device in guest.mountpoints.items():
+        if point not in ("/", "/boot"):
+            filesystems = _filesystem(appliance, device, "", filesystems)
+    report = ImageReport(name or str(path), size, table, filesystems, notes=list(notes or []))
+    subvolume = _subvolume(guest, fstab)
+    root = ApplianceReader(appliance, work, subvolume=subvolume)
+    boot = ApplianceReader(appliance, work, "/boot") if boot_device else None
+    number = appliance.partition_number(boot_device) if boot_device else None
+    read_guest(path, report, root, boot, number)
+    report.notes.append(f"read through libguestfs's appliance ({guest.distro}; root "
+                        f"{guest.root})")
+    return report
+
+
 def deep_report(path: Path, timeouts: Timeouts | None = None) -> ImageReport:
     """Inspect a raw image through the appliance (read-only); see the module docstring.
     Raises ApplianceError (the appliance failed) or InspectError (the image is unreadable)."""
-    size = open_image(path)
-    table, filesystems = partition_filesystems(path, size)
+    open_image(path)
     work = Path(tempfile.mkdtemp(prefix="pvhvm-deep-"))
     try:
         with Appliance(path, readonly=True, timeouts=timeouts, tmpdir=work) as appliance:
             guest = appliance.inspect()
             notes = appliance.mount(guest)
-            fstab = appliance.read_text("/etc/fstab") or ""
-            filesystems = _filesystem(appliance, guest.root, "root", filesystems)
-            boot_device = guest.mountpoints.get("/boot")
-            if boot_device is not None:
-                filesystems = _filesystem(appliance, boot_device, "boot", filesystems)
-            for point, device in guest.mountpoints.items():
-                if point not in ("/", "/boot"):
-                    filesystems = _filesystem(appliance, device, "", filesystems)
-            report = ImageReport(str(path), size, table, filesystems, notes=notes)
-            subvolume = _subvolume(guest, fstab)
-            root = ApplianceReader(appliance, work, subvolume=subvolume)
-            boot = ApplianceReader(appliance, work, "/boot") if boot_device else None
-            number = appliance.partition_number(boot_device) if boot_device else None
-            read_guest(path, report, root, boot, number)
-            report.notes.append(f"read through libguestfs's appliance ({guest.distro}; root "
-                                f"{guest.root})")
-            return report
+            return appliance_report(appliance, path, guest, work, notes=notes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-

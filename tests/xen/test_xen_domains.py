@@ -381,6 +381,38 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
             ("xvdb", f"{back} (state 4)"),
         ]
 
+        # pause and unpause: Xen's own view of the domain (xl list's state column)
+        host.ssh("pvhvm pause pvplat")
+        assert jsonout.result(host.ssh("pvhvm list --json").stdout)[0]["state"] == "paused"
+        assert "p" in host.ssh("xl list pvplat").stdout.splitlines()[1].split()[4]
+        host.ssh("pvhvm unpause pvplat")
+        assert jsonout.result(host.ssh("pvhvm list --json").stdout)[0]["state"] != "paused"
+
+        # block-detach: blkfront lets go of xvdb and libxl removes both ends
+        detached = host.ssh("pvhvm block-detach pvplat xvdb", check=False, timeout=400)
+        assert detached.returncode == 0, detached.stderr
+        wait_for("xvdb's nodes gone", lambda: host.ssh(
+            f"xenstore-exists {front} || xenstore-exists {back}", check=False).returncode != 0,
+            120)
+        assert [d["vdev"] for d in jsonout.result(
+            host.ssh("pvhvm block-list pvplat --json").stdout)] == ["xvda"]
+
+        # network-attach and -detach of a second NIC: netfront connects to it, then it goes
+        attached = host.ssh("pvhvm network-attach pvplat bridge=xenbr0", check=False,
+                            timeout=400)
+        assert attached.returncode == 0, attached.stderr
+        nics = jsonout.result(host.ssh("pvhvm network-list pvplat --json").stdout)
+        assert [n["devid"] for n in nics] == [0, 1], nics
+        vif_front = f"/local/domain/{domid}/device/vif/1"
+        wait_for("the second vif's netfront Connected",
+                 lambda: xs_read(host, f"{vif_front}/state") == "4", 300)
+        detached = host.ssh("pvhvm network-detach pvplat 1", check=False, timeout=400)
+        assert detached.returncode == 0, detached.stderr
+        wait_for("the second vif's nodes gone", lambda: host.ssh(
+            f"xenstore-exists {vif_front}", check=False).returncode != 0, 120)
+        assert [n["devid"] for n in jsonout.result(
+            host.ssh("pvhvm network-list pvplat --json").stdout)] == [0]
+
         down = host.ssh("pvhvm shutdown -w --timeout 300 pvplat", check=False, timeout=400)
         assert down.returncode == 0, down.stderr
         print(f"pvhvm create took {create_s:.0f} s; the whole PV domU test "

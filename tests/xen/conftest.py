@@ -212,20 +212,3 @@ def xen_host() -> Iterator[XenHost]:
         pytest.fail(f"cannot build the Xen host: {err}")
     with booted(image) as host:
         yield host
-
-
-#: why the xen_domains tests are not in the default run (said in every run's summary)
-XEN_DOMAINS_OPT_IN = (
-    "opt-in (PVHVM_XEN_DOMAINS=1): they pass on the Xen host (2026-12-07: all at load 1; at load "
-    "5-12 the PV domU test failed 3 of 4 runs on Xen's own hotplug scripts: block add killed at "
-    "libxl's fixed timeout twice, and once the block remove script wrote hotplug-error under a "
-    "backend libxl had already removed), so not yet reliable enough for ./dev/test")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The ``xen_domains`` tests run only when asked for (XEN_DOMAINS_OPT_IN says why)."""
-    if os.environ.get("PVHVM_XEN_DOMAINS") == "1":
-        return
-    for item in items:
-        if item.get_closest_marker("xen_domains") is not None:
-            item.add_marker(pytest.mark.skip(reason=XEN_DOMAINS_OPT_IN))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,15 +40,6 @@ def installed_ide() -> InstalledGuest:
 @pytest.fixture(scope="session")
 def installed_full() -> InstalledGuest:
     return _build("full")
-
-
-@pytest.fixture
-def domains(pvhvm: Pvhvm) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        pvhvm.run("destroy", name, check=False)
-        assert not pvhvm.leftovers(name), pvhvm.leftovers(name)
 
 
 def wait_console(pvhvm: Pvhvm, name: str, pattern: str, timeout: float = BOOT_TIMEOUT) -> str:

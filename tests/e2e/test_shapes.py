@@ -14,7 +14,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,15 +41,6 @@ bootloader = "pygrub"
 disk = [ "file:{disk},xvda,w" ]
 vif = [ "" ]
 """
-
-
-@pytest.fixture
-def domains(pvhvm: Pvhvm) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        pvhvm.run("destroy", name, check=False)
-        assert not pvhvm.leftovers(name), pvhvm.leftovers(name)
 
 
 def _config(directory: Path, name: str, disk: Path, pv: bool, xen_pv: bool) -> Path:

@@ -35,8 +35,9 @@ from pvhvm.platforms import QemuPlatform
 from pvhvm.platforms.base import Platforms
 from pvhvm.platforms.xen import XenPlatform
 from pvhvm.runtime.state import StateStore
-from pvhvm.xen.xl import Xl, one_line
-from pvhvm.xenstore.daemon import spawn_daemon
+from pvhvm.xen.xl import Xl, XlError, domids_named, one_line
+from pvhvm.xenstore.client import XenStoreClient
+from pvhvm.xenstore.daemon import DaemonProcess, spawn_daemon
 from tests import jsonout
 from tests.xen.host import XenHost
 
@@ -117,10 +118,17 @@ class Toolstack:
             (directory / name).write_bytes(b"\0" * 4096)
         self.config = directory / "pvg.cfg"
         self.config.write_text(PV_CFG.format(dir=directory))
+        self.daemon: DaemonProcess | None = None
 
     def platforms(self) -> Platforms:
         return Platforms([QemuPlatform(self.store),
-                          XenPlatform(self.store, xl=Xl(str(self.xl)), privcmd=[self.privcmd])])
+                          XenPlatform(self.store, xl=Xl(str(self.xl)), privcmd=[self.privcmd],
+                                      xenstore=self.xenstore)])
+
+    def xenstore(self) -> XenStoreClient:
+        """dom0's XenStore: pvhvm's own daemon stands in for it here."""
+        assert self.daemon is not None
+        return XenStoreClient(self.daemon.socket_path)
 
     def run(self, capsys: pytest.CaptureFixture[str], *argv: str,
             **env: str) -> tuple[int, str, str]:
@@ -147,8 +155,11 @@ class Toolstack:
 
 @pytest.fixture
 def toolstack() -> Iterator[Toolstack]:
-    with tempfile.TemporaryDirectory(prefix="pvx-", dir="/tmp") as directory:
-        yield Toolstack(Path(directory))
+    with tempfile.TemporaryDirectory(prefix="pvx-", dir="/tmp") as directory, \
+            spawn_daemon(Path(directory) / "dom0-xs.sock") as daemon:
+        made = Toolstack(Path(directory))
+        made.daemon = daemon
+        yield made
 
 
 def test_create_goes_through_xl_and_list_follows_it(
@@ -198,6 +209,38 @@ def test_failed_xl_create_is_one_line_and_leaves_nothing(
     assert ["destroy", "pvg"] in toolstack.calls()
     assert json.loads(Path(toolstack.env["FAKE_XL_STATE"]).read_text()) == {}
     assert toolstack.records() == []
+
+
+def test_destroy_removes_what_a_killed_hotplug_script_left(
+    toolstack: Toolstack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert toolstack.run(capsys, "create", str(toolstack.config), "--platform", "xen")[0] == 0
+    back = "/local/domain/0/backend"
+    # what the block script's child wrote after libxl removed domain 6's vbd, and a
+    # neighbour's backend that must stay
+    with toolstack.xenstore() as xs:
+        xs.write(f"{back}/vbd/6/51712/hotplug-error", "losetup failed")
+        xs.write(f"{back}/vbd/9/51712/state", "4")
+    code, _, err = toolstack.run(capsys, "destroy", "pvg")
+    assert code == 0, err
+    assert err == (f"note: domain 6: removed what libxl's killed hotplug scripts left in "
+                   f"XenStore: {back}/vbd/6\n")
+    with toolstack.xenstore() as xs:
+        assert xs.directory(f"{back}/vbd") == ["9"]
+    assert toolstack.records() == []
+
+
+def test_a_failed_create_settles_the_domid_libxl_named(
+    toolstack: Toolstack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with toolstack.xenstore() as xs:
+        xs.write("/local/domain/0/backend/vbd/7/51712/hotplug-error", "late")
+    code, _, err = toolstack.run(capsys, "create", str(toolstack.config), "--platform", "xen",
+                                 FAKE_XL_FAIL="1")
+    assert code == 1
+    assert "note: domain 7: removed" in err and err.endswith("unable to add disk devices\n")
+    with toolstack.xenstore() as xs:
+        assert xs.directory("/local/domain/0/backend/vbd") == []
 
 
 def test_a_name_xl_already_runs_is_refused(
@@ -251,6 +294,25 @@ def test_libxl_output_as_one_line() -> None:
                                 "Domain 4:unable to add disk devices")
     assert one_line("Parsing config from x\nwarning: nothing\n") == "warning: nothing"
     assert one_line("") == "no output"
+    assert domids_named("Domain 4:unable to add disk devices; Domain 12:x") == [4, 12]
+
+
+def test_a_hotplug_script_killed_at_libxls_timeout_is_said(tmp_path: Path) -> None:
+    """libxl's own words when it SIGKILLs a script at LIBXL_HOTPLUG_TIMEOUT (Xen 4.17), as
+    a (real) shell script that prints them and fails as xl does."""
+    xl = tmp_path / "xl"
+    xl.write_text("#!/bin/sh\ncat >&2 <<'EOF'\nParsing config from pvg.cfg\n"
+                  "libxl: error: libxl_exec.c:117:libxl_report_child_exitstatus: "
+                  "/etc/xen/scripts/block add [2211] died due to fatal signal Killed\n"
+                  "libxl: error: libxl_create.c:1886:domcreate_attach_devices: Domain 5:unable "
+                  "to add disk devices\nEOF\nexit 3\n")
+    xl.chmod(0o755)
+    with pytest.raises(XlError) as raised:
+        Xl(str(xl)).run("create", "pvg.cfg")
+    assert str(raised.value) == (
+        "xl create: /etc/xen/scripts/block add [2211] died due to fatal signal Killed; "
+        "Domain 5:unable to add disk devices (/etc/xen/scripts/block add was killed at "
+        "libxl's fixed 40 s hotplug-script timeout: this host was too busy to run it in time)")
 
 
 # -- end to end on the real Xen host -----------------------------------------------------------
@@ -413,8 +475,17 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
         assert [n["devid"] for n in jsonout.result(
             host.ssh("pvhvm network-list pvplat --json").stdout)] == [0]
 
+        # a killed hotplug script's child, as seen on a loaded host: it inherited libxl's
+        # XENBUS_PATH and writes hotplug-error under xvda's backend after libxl removed the
+        # domain; pvhvm waits for it and removes what it wrote
+        late = f"/local/domain/0/backend/vbd/{domid}/51712/hotplug-error"
+        host.ssh(f"XENBUS_PATH=backend/vbd/{domid}/51712 setsid sh -c 'while xenstore-exists "
+                 f"/local/domain/{domid}; do sleep 1; done; sleep 3; xenstore-write {late} "
+                 "late' </dev/null >/dev/null 2>&1 &")
         down = host.ssh("pvhvm shutdown -w --timeout 300 pvplat", check=False, timeout=400)
         assert down.returncode == 0, down.stderr
+        assert (f"note: domain {domid}: removed what libxl's killed hotplug scripts left in "
+                f"XenStore: /local/domain/0/backend/vbd/{domid}") in down.stderr, down.stderr
         print(f"pvhvm create took {create_s:.0f} s; the whole PV domU test "
               f"{time.monotonic() - started:.0f} s")
     finally:

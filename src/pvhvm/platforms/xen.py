@@ -18,12 +18,13 @@ to use xl on a Xen host.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pvhvm.errors import DomainError, NotOnPlatformError
+from pvhvm.errors import DomainError, NotOnPlatformError, XenStoreError
 from pvhvm.plan.plan import Plan
 from pvhvm.plan.plan import Platform as PlanTarget
 from pvhvm.platforms.base import (
@@ -40,13 +41,21 @@ from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
 from pvhvm.runtime.stats import DomainSample
 from pvhvm.xen import domain as xen_domain
+from pvhvm.xen import settle as xen_settle
 from pvhvm.xen import xl as xen_xl
 from pvhvm.xen.xenbus import BACKEND_DOMID, vbd_entry, vif_entry
 from pvhvm.xen.xl import PRIVCMD, Xl, hypervisor_present, is_xl_record
 from pvhvm.xen.xlcfg import disk_spec, export_xl, vif_spec
+from pvhvm.xenstore.client import XenStoreClient
 
 #: how often ``shutdown -w`` asks xl whether the domain is gone (seconds)
 _POLL = 1.0
+
+
+def _note(message: str) -> None:
+    """What pvhvm did beyond xl's own work, for the user (stderr)."""
+    sys.stderr.write(f"note: {message}\n")
+    sys.stderr.flush()
 
 
 class XenPlatform(DomainPlatform):
@@ -58,11 +67,14 @@ class XenPlatform(DomainPlatform):
     create_options = frozenset({"xenstore", "paused", "console"})
 
     def __init__(self, store: StateStore | None = None, xl: Xl | None = None,
-                 privcmd: Sequence[Path] = PRIVCMD) -> None:
+                 privcmd: Sequence[Path] = PRIVCMD,
+                 xenstore: Callable[[], XenStoreClient] = XenStoreClient) -> None:
         #: the state directory proper; xen records live in its ``xen/`` store
         self._base = store
         self._xl = xl or Xl()
         self._privcmd = privcmd
+        #: dom0's XenStore, where a dead domain's leftover backend nodes are removed
+        self._xenstore = xenstore
 
     @property
     def records(self) -> StateStore:
@@ -110,7 +122,14 @@ class XenPlatform(DomainPlatform):
 
     def create(self, plan: Plan, options: CreateOptions) -> Created:
         if self._through_xl(options):
-            record = xen_xl.create(plan, self.records, self._xl, paused=options.paused)
+            try:
+                record = xen_xl.create(plan, self.records, self._xl, paused=options.paused)
+            except xen_xl.XlError as err:
+                # libxl destroyed the domain its failed build made; what that build's
+                # hotplug scripts left (named by libxl's "Domain N:" messages) goes too
+                for domid in xen_xl.domids_named(str(err)):
+                    self._settle(domid)
+                raise
             how = "paused" if options.paused else "running"
             return Created(record, f"created by xl ({how}; config {record.plan['xl_config']})")
         record = xen_domain.create(plan, options.xenstore, self._base)
@@ -139,6 +158,28 @@ class XenPlatform(DomainPlatform):
     def _unknown(name: str) -> DomainError:
         return DomainError(f"no domain named {name!r}")
 
+    def _settle(self, domid: int, kinds: Iterable[str] | None = None,
+                devid: int | None = None) -> None:
+        """After libxl let go of domain ``domid`` (or of its device ``devid``): wait for its
+        hotplug scripts' programs and remove the nodes they left (xen/settle.py); what it did
+        is said on stderr. A dom0 whose XenStore pvhvm cannot reach is said, not fatal: the
+        domain is gone either way."""
+        if domid < 0:
+            return
+        try:
+            settled = xen_settle.settle(domid, self._live_domids, kinds=kinds, devid=devid,
+                                        connect=self._xenstore)
+        except (XenStoreError, OSError) as err:
+            _note(f"could not check dom0's XenStore for what domain {domid}'s hotplug "
+                  f"scripts left: {err}")
+            return
+        said = xen_settle.describe(settled)
+        if said:
+            _note(f"domain {domid}: {said}")
+
+    def _live_domids(self) -> set[int]:
+        return {domain.domid for domain in self._xl.list().values()}
+
     def domains(self) -> list[DomainRecord]:
         records = xen_domain.list_domains(self._base)
         if not any(is_xl_record(record) for record in records):
@@ -156,8 +197,10 @@ class XenPlatform(DomainPlatform):
     def destroy(self, name: str) -> None:
         record = self.records.read(name)
         if record is not None and is_xl_record(record):
-            if self._xl.find(name) is not None:
+            live = self._xl.find(name)
+            if live is not None:
                 self._xl.run("destroy", name)
+                self._settle(live.domid)
             self.records.release(name)
             return
         if not xen_domain.destroy(name, self._base):
@@ -216,6 +259,7 @@ class XenPlatform(DomainPlatform):
             live = self._xl.find(name)
             if live is None or live.state is DomainState.SHUTDOWN:
                 if live is None:
+                    self._settle(record.domid)
                     self.records.release(name)
                 return
             time.sleep(_POLL)
@@ -316,6 +360,7 @@ class XenPlatform(DomainPlatform):
         devid = self._pv_device(name, "disks", {disk}, f"disk {disk}")
         if is_xl_record(record):
             self._xl_detach(name, "block-detach", devid, force, timeout)
+            self._settle(record.domid, xen_settle.DISK_KINDS, devid)
             self._record_device(name, "disks", None, devid)
             return DeviceChange(f"disk {disk}: detached by xl")
         xen_domain.detach(name, "vbd", devid, "disks", force, timeout, self._base)
@@ -327,6 +372,7 @@ class XenPlatform(DomainPlatform):
         devid = self._pv_device(name, "vifs", {nic.lower()}, f"vif {nic}")
         if is_xl_record(record):
             self._xl_detach(name, "network-detach", devid, force, timeout)
+            self._settle(record.domid, xen_settle.NIC_KINDS, devid)
             self._record_device(name, "vifs", None, devid)
             return DeviceChange(f"vif {nic}: detached by xl")
         xen_domain.detach(name, "vif", devid, "vifs", force, timeout, self._base)

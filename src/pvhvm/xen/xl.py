@@ -31,6 +31,11 @@ XL_TIMEOUT = 600.0
 _LIBXL_PREFIX = re.compile(r"^libxl: (?:error|warning|debug|info): (?:[\w./-]+:\d+:\w+: )?")
 #: export-xl's file for the domain, in its state directory: what ``xl create`` was given
 XL_CONFIG = "xl.cfg"
+#: libxl's report of a hotplug script it SIGKILLed at LIBXL_HOTPLUG_TIMEOUT (40 s in 4.17)
+_KILLED_SCRIPT = re.compile(r"(\S+/scripts/\S+ (?:add|remove|online|offline)) \[\d+\] died due "
+                            r"to fatal signal Killed")
+#: libxl's prefix on a message about one domain: ``Domain 7:``
+_DOMAIN_PREFIX = re.compile(r"\bDomain (\d+):")
 _NOISE = ("Parsing config from", "xl: ", "Waiting for domain")
 
 
@@ -56,6 +61,11 @@ def one_line(output: str) -> str:
     chosen = errors or [line for line in lines if not line.startswith(_NOISE)] or lines[-1:]
     text = "; ".join(chosen) or "no output"
     return text if len(text) <= 400 else text[:397] + "..."
+
+
+def domids_named(message: str) -> list[int]:
+    """The domids libxl's messages name (``Domain 7:unable to add disk devices``)."""
+    return sorted({int(found) for found in _DOMAIN_PREFIX.findall(message)})
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,11 @@ class Xl:
         except OSError as err:
             raise XlError(f"cannot run {argv[0]}: {err.strerror}") from err
         if done.returncode != 0:
-            raise XlError(f"xl {args[0]}: {one_line(done.stderr + done.stdout)}")
+            said = done.stderr + done.stdout
+            killed = _KILLED_SCRIPT.search(said)
+            hint = (f" ({killed.group(1)} was killed at libxl's fixed 40 s hotplug-script "
+                    "timeout: this host was too busy to run it in time)" if killed else "")
+            raise XlError(f"xl {args[0]}: {one_line(said)}{hint}")
         return done.stdout
 
     def list(self) -> dict[str, XlDomain]:

@@ -370,6 +370,24 @@ def wait_for(what: str, probe: object, timeout: float, every: float = 3) -> None
     raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
+#: what pvhvm says when libxl killed a hotplug script at its fixed 40 s timeout (xen/xl.py)
+HOTPLUG_KILLED = "killed at libxl's fixed 40 s hotplug-script timeout"
+
+
+def pvhvm_in_dom0(host: XenHost, command: str, timeout: float = 900,
+                  tries: int = 3) -> subprocess.CompletedProcess[str]:
+    """``pvhvm COMMAND`` in dom0; tried again (each try printed) only when libxl killed a
+    hotplug script at its fixed timeout, which a dom0 under TCG on a loaded 2-core machine
+    hits (issue 19): the domain or device was not made, and pvhvm left nothing of it."""
+    for attempt in range(1, tries + 1):
+        done = host.ssh(f"cd {DOM0_DIR} && pvhvm {command}", timeout=timeout, check=False)
+        if done.returncode == 0 or HOTPLUG_KILLED not in done.stderr or attempt == tries:
+            return done
+        print(f"pvhvm {command}: try {attempt} of {tries} failed ({done.stderr.strip()}); "
+              "trying again")
+    raise AssertionError("not reached")
+
+
 #: ``pvhvm console`` under a pty (xl console wants a terminal), its output kept in a file
 CONSOLE = ("timeout 1200 python3 -c 'import pty; pty.spawn([\"pvhvm\", \"console\", "
            "\"pvplat\"])' </dev/null >{out} 2>&1 & echo $! >{pid}")
@@ -407,8 +425,7 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
     started = time.monotonic()
     try:
         # created paused, so the console is attached before the guest prints a thing
-        created = host.ssh(f"cd {DOM0_DIR} && pvhvm create pvplat.cfg --platform xen -p",
-                           timeout=900, check=False)
+        created = pvhvm_in_dom0(host, "create pvplat.cfg --platform xen -p")
         assert created.returncode == 0, created.stderr
         create_s = time.monotonic() - started
         listed = jsonout.result(host.ssh("pvhvm list --json").stdout, "list")
@@ -427,8 +444,8 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
         assert "root /dev/xvda fstype=ext4" in report, report
         assert "pci " not in report, report  # a PV domU has no PCI bus at all
 
-        attached = host.ssh(f"pvhvm block-attach pvplat {DOM0_DIR}/data.img,raw,xvdb,w",
-                            check=False, timeout=600)
+        attached = pvhvm_in_dom0(host, f"block-attach pvplat {DOM0_DIR}/data.img,raw,xvdb,w",
+                                 timeout=600)
         assert attached.returncode == 0, attached.stderr
         front = f"/local/domain/{domid}/device/vbd/51728"
         back = f"/local/domain/0/backend/vbd/{domid}/51728"
@@ -460,8 +477,7 @@ def test_pv_domu_created_by_pvhvm(xen_host: XenHost, kit_for_xen: str) -> None:
             host.ssh("pvhvm block-list pvplat --json").stdout)] == ["xvda"]
 
         # network-attach and -detach of a second NIC: netfront connects to it, then it goes
-        attached = host.ssh("pvhvm network-attach pvplat bridge=xenbr0", check=False,
-                            timeout=400)
+        attached = pvhvm_in_dom0(host, "network-attach pvplat bridge=xenbr0", timeout=400)
         assert attached.returncode == 0, attached.stderr
         nics = jsonout.result(host.ssh("pvhvm network-list pvplat --json").stdout)
         assert [n["devid"] for n in nics] == [0, 1], nics

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from pvhvm.guest.kit import Kit, build_kit
+from pvhvm.hostfs import cache_home
 from tests.hosts import NetnsHost
 
 # These machines are noisy: no per-example deadline anywhere.
@@ -38,9 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def kit_directory() -> Path:
-    """Where tests keep the guest image kit: $PVHVM_IMAGE_DIR or ~/.cache/pvhvm/image."""
+    """Where tests keep the guest image kit: $PVHVM_IMAGE_DIR or pvhvm's cache's ``image``
+    (``$XDG_CACHE_HOME/pvhvm/image``, ``~/.cache/pvhvm/image`` by default)."""
     configured = os.environ.get("PVHVM_IMAGE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "pvhvm" / "image"
+    return Path(configured) if configured else cache_home() / "image"
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from pvhvm.bench.setups import (
 )
 from pvhvm.guest.bench import BenchExtra, build_bench_extra
 from pvhvm.guest.kit import Kit, build_kit
+from pvhvm.hostfs import cache_home
 from pvhvm.qemu.argv import Accel
 
 SCHEMA = "pvhvm-bench-io/1"
@@ -50,7 +51,7 @@ class IoOptions:
     #: run no guest: host fio only (and the guests' plans)
     dry: bool = False
     accel: Accel = Accel.TCG
-    kit_dir: Path = Path.home() / ".cache" / "pvhvm" / "image"
+    kit_dir: Path = field(default_factory=lambda: cache_home() / "image")
     workdir: Path | None = None
 
 

@@ -43,6 +43,7 @@ from pvhvm.config.domain import config_from_text
 from pvhvm.guest import debs, initramfs
 from pvhvm.guest.bench import BenchExtra, build_net_extra
 from pvhvm.guest.kit import Kit, build_kit
+from pvhvm.hostfs import cache_home
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
 
@@ -101,7 +102,7 @@ class NetOptions:
     setups: tuple[NicSetup, ...] = SETUPS
     host: bool = True
     accel: Accel = Accel.TCG
-    kit_dir: Path = Path.home() / ".cache" / "pvhvm" / "image"
+    kit_dir: Path = field(default_factory=lambda: cache_home() / "image")
     workdir: Path | None = None
     network: Network = field(default_factory=Network)
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pvhvm.bench import BenchError
 from pvhvm.config.domain import config_from_text
 from pvhvm.guest.kit import Kit, build_kit
 from pvhvm.guest.report import END
+from pvhvm.hostfs import cache_home
 from pvhvm.plan.plan import Platform, make_plan
 from pvhvm.qemu.argv import Accel, ArgvOptions, RunPaths, qemu_argv
 
@@ -47,7 +48,7 @@ class ToolstackOptions:
     #: real creates are done for disk counts up to this
     real_create_max_disks: int = 64
     boot: bool = True
-    kit_dir: Path = Path.home() / ".cache" / "pvhvm" / "image"
+    kit_dir: Path = field(default_factory=lambda: cache_home() / "image")
 
 
 Step = Callable[[str], None]

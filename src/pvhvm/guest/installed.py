@@ -57,7 +57,7 @@ from pvhvm.guest import bootdisk
 from pvhvm.guest.debs import require_tool, run
 from pvhvm.guest.kit import read_manifest
 from pvhvm.guest.rootfs import guest_file
-from pvhvm.hostfs import directory_lock
+from pvhvm.hostfs import cache_home, directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,10 @@ class InstalledGuest:
 
 
 def cache_root() -> Path:
-    """``$PVHVM_INSTALLED_DIR`` or ``~/.cache/pvhvm/installed``."""
+    """``$PVHVM_INSTALLED_DIR`` or pvhvm's cache's ``installed`` (``~/.cache/pvhvm/installed``
+    unless ``$XDG_CACHE_HOME`` says otherwise)."""
     configured = os.environ.get("PVHVM_INSTALLED_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "pvhvm" / "installed"
+    return Path(configured) if configured else cache_home() / "installed"
 
 
 def _digest(*parts: object) -> str:

@@ -34,6 +34,19 @@ for _variable in ("COLUMNS", "LINES"):
     os.environ.pop(_variable, None)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``-n N --dist loadgroup`` (./dev/test), a test of an ``xdist_group`` must carry
+    its group in its id: that is how pytest-xdist keeps a group on one worker (one Xen host
+    boot, one installed guest at a time). pytest 9.2 made xdist 3.8's renaming a no-op,
+    silently; such a test fails here, saying so, instead of booting every shared fixture once
+    per worker."""
+    if (getattr(item.config.option, "loadgroup", False)
+            and item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid):
+        pytest.fail(f"pytest-xdist's --dist loadgroup does not group {item.nodeid} with pytest "
+                    f"{pytest.__version__}: its xdist_group would run on every worker (see the "
+                    "pytest pin in pyproject.toml)", pytrace=False)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true", help="rewrite golden files")
 

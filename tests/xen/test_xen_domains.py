@@ -87,6 +87,8 @@ elif verb in ("pause", "unpause"):
 elif verb == "shutdown":
     doms.pop(args[-1], None)
     save()
+elif verb == "console":
+    sys.exit(int(os.environ.get("FAKE_XL_CONSOLE_STATUS", "0")))
 '''
 
 PV_CFG = """\
@@ -241,6 +243,19 @@ def test_a_failed_create_settles_the_domid_libxl_named(
     assert "note: domain 7: removed" in err and err.endswith("unable to add disk devices\n")
     with toolstack.xenstore() as xs:
         assert xs.directory("/local/domain/0/backend/vbd") == []
+
+
+def test_a_console_that_fails_after_the_json_result_adds_no_second_document(
+    toolstack: Toolstack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = toolstack.run(capsys, "create", str(toolstack.config), "--platform", "xen",
+                                   "--json", "-c", FAKE_XL_CONSOLE_STATUS="1")
+    assert code == 1
+    assert jsonout.result(out, "create")["name"] == "pvg"  # one document: the create's
+    assert err.endswith("pvhvm: error: xl console pvg failed (exit status 1)\n")
+    # the next command in this process prints its own document again
+    code, out, _ = toolstack.run(capsys, "block-list", "nosuch", "--json")
+    assert code == 1 and json.loads(out)["ok"] is False
 
 
 def test_a_name_xl_already_runs_is_refused(

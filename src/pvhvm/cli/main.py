@@ -27,6 +27,8 @@ from pvhvm.cli.output import (
     command_name,
     console,
     error_envelope,
+    json_printed,
+    new_command,
     plan_tables,
     print_findings,
     print_json,
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None, platforms: Platforms | None = None) -> N
     """
     args = sys.argv[1:] if argv is None else list(argv)
     as_json = wants_json(args)
+    new_command()
     try:
         cli.main(args=args, prog_name="pvhvm", standalone_mode=False, obj=platforms)
     except click.exceptions.Exit as exit_:
@@ -313,7 +316,7 @@ def _fail(args: Sequence[str], as_json: bool, message: str, where: str | None, k
     click.echo(f"{prefix}{message}", err=True)
     if hint is not None:
         click.echo(hint, err=True)
-    if as_json:
+    if as_json and not json_printed():
         command = command_name(ctx) if ctx is not None else command_words(args)
         print_json_document(error_envelope(command, message, where, kind))
     sys.exit(status)

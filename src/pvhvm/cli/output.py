@@ -133,14 +133,33 @@ def error_envelope(command: str, message: str, where: str | None, kind: str) -> 
             "error": {"message": message, "where": where, "kind": kind}}
 
 
+#: whether this process has printed its JSON document (one per command: a step that fails
+#: after the result was printed, such as ``create -c``'s console, adds none)
+_printed = False
+
+
 def print_json(result: Any) -> None:
     """Exactly one JSON document on stdout: the current command's ``result`` in the envelope."""
-    sys.stdout.write(_json_text(envelope(command_name(), result)))
+    print_json_document(envelope(command_name(), result))
 
 
 def print_json_document(document: Any) -> None:
     """A whole JSON document (an envelope made elsewhere) on stdout."""
+    global _printed
     sys.stdout.write(_json_text(document))
+    sys.stdout.flush()
+    _printed = True
+
+
+def new_command() -> None:
+    """A command starts (the tests run several in one process): nothing printed yet."""
+    global _printed
+    _printed = False
+
+
+def json_printed() -> bool:
+    """Whether the command has printed its JSON document already."""
+    return _printed
 
 
 def save_json(path: Path, document: Any) -> None:

@@ -125,6 +125,11 @@ def test_dialect_is_said_and_why() -> None:
     assert forced.dialect is Dialect.XM and forced.dialect_reason == "--dialect xm"
     document = plan_of('name="g"\ntype="hvm"').to_json()
     assert document["dialect"] == "xl" and "type=" in document["dialect_reason"]
+    # xl's grammar has no signed numbers (the real xl refuses the file): only xm read one
+    signed = plan_of('name="g"\nbuilder="hvm"\nrtc_timeoffset = -3600')
+    assert signed.dialect is Dialect.XM
+    assert signed.dialect_reason.endswith(":3:18: rtc_timeoffset = ... uses a signed number, a "
+                                          "Python expression only xm evaluated"), signed.dialect_reason
 
 
 def test_xl_hvm_emulates_first_four_disks_at_their_index() -> None:

@@ -544,6 +544,9 @@ def python_only(node: ast.expr, cli: frozenset[str]) -> tuple[str, ast.AST] | No
             found = f"the name {sub.id}", sub
         elif isinstance(sub, ast.Tuple | ast.Dict):
             found = ("a tuple" if isinstance(sub, ast.Tuple) else "a dict"), sub
+        elif isinstance(sub, ast.UnaryOp):
+            # libxlutil's lexer has unsigned numbers only: xl refuses "rtc_timeoffset = -3600"
+            found = "a signed number", sub
         elif isinstance(sub, ast.Constant) and (sub.value is None or isinstance(sub.value, bool)):
             found = repr(sub.value), sub
     return found

@@ -267,11 +267,11 @@ def bench(seconds: float, client_counts: list[int], rounds: int) -> None:
                         time.sleep(0.5)  # let the daemon forget the hostile connections
                 for name, _, _ in PHASES:
                     columns = list(zip(*rows[name], strict=True))
-                    rate, ratio, p50, p99, cpu, rss, grown, load = (
+                    rate, ratio, p50, p99, cpu, rss, log_growth, load = (
                         _median(list(c)) for c in columns)
                     print(f"{name:>34} {clients:>7} {rate:>8.0f} {ratio:>6.2f} "
                           f"{p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f} {cpu * 1e6:>7.1f} "
-                          f"{rss:>8.1f} {grown:>7.0f} {load:>5.1f}", flush=True)
+                          f"{rss:>8.1f} {log_growth:>7.0f} {load:>5.1f}", flush=True)
             rate, p50, p99, _ = run_good(path, client_counts[0], seconds)
             print(f"{'after: hostile clients gone':>34} {client_counts[0]:>7} {rate:>8.0f} "
                   f"{'':>6} {p50 * 1e6:>7.0f} {p99 * 1e6:>7.0f}")

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pvhvm.cli.main import main
 from pvhvm.config.domain import Dialect, config_from_text, load_config
 from pvhvm.errors import PlanError
+from pvhvm.libvirt.read import config_from_xml
 from pvhvm.libvirt.xml import domain_xml
 from pvhvm.plan.plan import Plan, make_plan
 from tests.identity import golden_uuid
@@ -230,6 +231,8 @@ def test_direct_boot_actions_clock_and_features(tmp_path: Path) -> None:
     ("file:/var/log/g.log", "file", {"path": "/var/log/g.log", "append": "on"}),
     ("unix:/run/g.sock", "unix", {"mode": "bind", "path": "/run/g.sock"}),
     ("tcp::4555", "tcp", {"mode": "bind", "host": "127.0.0.1", "service": "4555"}),
+    ("telnet:127.0.0.2:4556", "tcp", {"mode": "bind", "host": "127.0.0.2", "service": "4556"}),
+    ("null", "null", None),
 ])
 def test_serial_and_console(
     serial: str | None, kind: str, source: dict[str, str] | None, tmp_path: Path
@@ -244,6 +247,25 @@ def test_serial_and_console(
     assert (None if got is None else got.attrib) == source
     assert console.find("target").attrib == {"type": "serial", "port": "0"}  # type: ignore[union-attr]
     assert not devices(domain_xml(plan_of('name="g"\nbuilder="hvm"\nserial="none"')).xml, "serial")
+
+
+def test_network_serial_ports_after_the_console(tmp_path: Path) -> None:
+    """xl takes tcp:/telnet: on any port (QEMU's -serial): so do pvhvm and its export, and the
+    reader takes the XML back."""
+    plan = plan_of('name="g"\nbuilder="hvm"\nserial=["pty", "tcp::4556,server,nowait", '
+                   '"telnet:127.0.0.2:4557", "udp:127.0.0.1:4558"]')
+    with pytest.raises(PlanError, match=r"udp:127\.0\.0\.1:4558.* not supported on libvirt"):
+        domain_xml(plan)
+    plan = plan_of('name="g"\nbuilder="hvm"\nserial=["pty", "tcp::4556,server,nowait", '
+                   '"telnet:127.0.0.2:4557"]')
+    xml = domain_xml(plan).xml
+    validate(xml, tmp_path)
+    ports = devices(xml, "serial")
+    assert [(p.get("type"), p.find("target").get("port"),  # type: ignore[union-attr]
+             p.find("protocol").get("type") if p.find("protocol") is not None else None)
+            for p in ports] == [("pty", "0", None), ("tcp", "1", "raw"), ("tcp", "2", "telnet")]
+    back = config_from_xml(xml)
+    assert back.more_serials == ("tcp:127.0.0.1:4556", "telnet:127.0.0.2:4557")
 
 
 def test_what_libvirt_cannot_run_is_an_error() -> None:

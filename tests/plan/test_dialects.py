@@ -317,6 +317,11 @@ def test_xl_serial_list_gives_more_ports() -> None:
     serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
     assert serials == ["chardev:serial0", "chardev:serial1"]
     assert "file,id=serial1,path=/tmp/s1.log,append=on" in argv
+    # a network port on any of them, as xl passes it to QEMU (listening, local by default)
+    argv = argv_of('name="g"\ntype="hvm"\nserial=["pty", "tcp::4556,server,nowait", '
+                   '"telnet:127.0.0.2:4557"]')
+    assert "socket,id=serial1,host=127.0.0.1,port=4556,server=on,wait=off" in argv
+    assert "socket,id=serial2,host=127.0.0.2,port=4557,server=on,wait=off,telnet=on" in argv
 
 
 def test_vif_devid_and_mtu_are_planned_and_realised() -> None:

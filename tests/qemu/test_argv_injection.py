@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -630,3 +631,32 @@ def test_real_qemu_opens_the_nasty_but_valid_paths(tmp_path: Path) -> None:
     # nothing was made under another name (QEMU removes its sockets when it quits)
     assert {p.name for p in nasty.iterdir()} == {
         "disk,1.img", "serial,1.log", "vnc,secret", "con,sole.log"}
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+def test_real_qemu_listens_on_a_network_serial_port_after_the_console(tmp_path: Path) -> None:
+    """``serial = ["pty", "tcp:127.0.0.1:PORT"]`` (xl passes any port form to QEMU): QEMU
+    started with pvhvm's argv listens on PORT for ttyS1, on the loopback address only."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    plan = make_plan(config_from_text(HVM + f'serial = ["pty", "tcp:127.0.0.1:{port}"]\n',
+                                      "g.cfg"))
+    paths = RunPaths(qmp_socket=tmp_path / "qmp", control_socket=tmp_path / "ctl",
+                     console_socket=tmp_path / "console", console_log=tmp_path / "console.log")
+    argv = qemu_argv(plan, paths, ArgvOptions(supervised=False, start_paused=True))
+    qemu = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not paths.qmp_socket.exists():
+            assert qemu.poll() is None, qemu.communicate()[0]
+            assert time.monotonic() < deadline, "QEMU made no QMP socket"
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # ttyS1's chardev accepted the connection
+        chardevs = asyncio.run(_qmp(paths.qmp_socket, "query-chardev"))[0]
+        (serial1,) = [c for c in chardevs if c["label"] == "serial1"]
+        assert f"tcp:127.0.0.1:{port},server=on" in serial1["filename"]
+    finally:
+        qemu.kill()
+        qemu.wait()

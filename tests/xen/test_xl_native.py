@@ -75,10 +75,6 @@ NO_PYGRUB = (
     "pvhvm does not run a bootloader from the guest's disk on QEMU: it names the keys to set "
     "(kernel=, ramdisk=, extra=); Xen runs pygrub in dom0"
 )
-TCP_SERIAL = (
-    "pvhvm takes a network serial port (tcp:, telnet:, udp:) for the console (the first port) "
-    "only, and refuses one as ttyS1..3 naming the forms it takes; xl passes any to QEMU as is"
-)
 QXL = (
     "pvhvm refuses vga = 'qxl' (its message says SPICE is missing, which is stale: pvhvm "
     "plans SPICE with a cirrus or std card); xl gives the QXL card"
@@ -104,7 +100,6 @@ def _corpus_choice(name: str) -> str:
 DIFFERENCES: dict[str, dict[str, str]] = {
     "corpus-full/pv-pygrub.cfg": {"pvhvm refuses the file": NO_PYGRUB},
     "corpus-full/pv-vfb.cfg": {"vfbs": PV_VFB},
-    "corpus-full/hvm-serial-tcp.cfg": {"pvhvm refuses the file": TCP_SERIAL},
     "corpus-full/hvm-vga-qxl.cfg": {"pvhvm refuses the file": QXL},
     "corpus-full/hvm-xl-extras.cfg": {"vif 1 fate": VIRTIO_MODEL, "vif 1 model": VIRTIO_MODEL},
     "corpus-full/pvh-direct-kernel.cfg": {"pvhvm refuses the file": PVH},

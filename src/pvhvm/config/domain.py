@@ -410,8 +410,8 @@ def _serials(r: _Reader) -> tuple[str | None, tuple[str, ...]]:
         if port is None or (index == 0 and port == ""):
             continue  # no serial= line, or "": the console on pvhvm's own socket
         try:
-            # xl.cfg(5)'s port forms, typed (config.values); tcp: on the console only
-            parse_chardev(str(port), "serial", tcp=index == 0)
+            # xl.cfg(5)'s port forms, typed (config.values), on any of the ports as in xl
+            parse_chardev(str(port), "serial")
         except SpecError as err:
             where = index if isinstance(serial, list | tuple) else None
             raise r.fail("serial", str(err), where) from err

@@ -780,10 +780,13 @@ class _Reader:
                 "parallel_position": parallel_position}
 
     def chardev(self, node: Node) -> str | None:
-        """A character device as xl's serial= spells it: pty, file:, unix:, tcp:."""
+        """A character device as xl's serial= spells it: pty, null, file:, unix:, tcp:,
+        telnet:."""
         node.use()
         kind = node.get("type") or "pty"
         source = node.find("source")
+        if kind == "null":
+            return "null"
         if kind == "pty":
             if source is not None:
                 source.use("path")  # the pty libvirt allocated last time
@@ -804,7 +807,8 @@ class _Reader:
             if source.attrib.get("mode", "bind") == "bind":
                 source.use("mode")
             protocol = node.find("protocol")
-            if protocol is not None and protocol.attrib.get("type", "raw") == "raw":
+            telnet = protocol is not None and protocol.attrib.get("type") == "telnet"
+            if protocol is not None and protocol.attrib.get("type", "raw") in ("raw", "telnet"):
                 protocol.use("type")
             elif protocol is not None:
                 protocol.used = False
@@ -816,7 +820,8 @@ class _Reader:
             problem = None if is_ipv6(host) else host_problem(host)
             if problem is not None:
                 raise source.error(f"<source host=>: {problem}")
-            return Chardev(ChardevKind.TCP, host=host, port=int(service)).spec
+            return Chardev(ChardevKind.TELNET if telnet else ChardevKind.TCP, host=host,
+                           port=int(service)).spec
         if kind == "dev":
             self.refuse(node, f"<{node.label} type='dev'> (a host device passed through)")
             return None

@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pvhvm.config.values import parse_chardev
+from pvhvm.config.values import ChardevKind, parse_chardev
 from pvhvm.errors import PlanError
 from pvhvm.plan.plan import OVMF_PATH, DiskPlan, Display, Plan, VifPlan
 from pvhvm.plan.types import DeviceKind
@@ -218,26 +218,7 @@ def _serial(devices: ET.Element, spec: str | None, log: str | None) -> None:
     ``log``: a file that also gets the output (not with file:, which is one already)."""
     if spec == "none":
         return
-    if spec in (None, "", "pty"):
-        serial = _sub(devices, "serial", type="pty")
-    elif spec.startswith("file:") and spec[5:]:
-        serial = _sub(devices, "serial", type="file")
-        # append: pvhvm never truncates a file a port writes to (qemu.argv, issue 18)
-        _sub(serial, "source", path=spec[5:], append="on")
-    elif spec.startswith("unix:") and spec[5:]:
-        serial = _sub(devices, "serial", type="unix")
-        _sub(serial, "source", mode="bind", path=parse_chardev(spec).path or "")
-    elif spec.startswith("tcp:"):
-        host, _, port = spec[4:].split(",")[0].rpartition(":")
-        if not port.isdigit():
-            raise PlanError(f"serial = {spec!r}: tcp needs HOST:PORT")
-        serial = _sub(devices, "serial", type="tcp")
-        _sub(serial, "source", mode="bind", host=host or "127.0.0.1", service=port)
-        _sub(serial, "protocol", type="raw")
-    else:
-        raise PlanError(
-            f"serial = {spec!r} is not supported (use pty, file:PATH, unix:PATH or tcp:HOST:PORT)"
-        )
+    serial = _chardev_element(devices, "serial", spec or "pty")
     if log is not None and serial.get("type") != "file":
         # append: a migration's destination QEMU opens the log again and would truncate it
         _sub(serial, "log", file=log, append="on")
@@ -315,20 +296,37 @@ def _sound(devices: ET.Element, plan: Plan, slots: Iterator[str] | None) -> None
 
 
 def _port(devices: ET.Element, kind: str, spec: str, port: int) -> None:
-    """A serial port after the console, or the parallel port: pty, file:PATH, unix:PATH."""
+    """A serial port after the console, or the parallel port."""
     if spec == "none":
         return
-    if spec == "pty":
-        element = _sub(devices, kind, type="pty")
-    elif spec.startswith("file:") and spec[5:]:
-        element = _sub(devices, kind, type="file")
-        _sub(element, "source", path=spec[5:], append="on")
-    elif spec.startswith("unix:") and spec[5:]:
-        element = _sub(devices, kind, type="unix")
-        _sub(element, "source", mode="bind", path=parse_chardev(spec).path or "")
-    else:
-        raise PlanError(f"{kind} = {spec!r} is not supported (use pty, file:PATH, unix:PATH)")
+    element = _chardev_element(devices, kind, spec)
     _sub(element, "target", port=str(port))
+
+
+def _chardev_element(devices: ET.Element, kind: str, spec: str) -> ET.Element:
+    """A ``<serial>``/``<parallel>`` for a planned port (config.values.parse_chardev's
+    forms): pty, file:PATH (appended to: pvhvm never truncates what a port writes, issue
+    18), unix:PATH, tcp:/telnet:HOST:PORT (listening, as on pvhvm's QEMU), null."""
+    chardev = parse_chardev(spec, kind)
+    if chardev.kind in (ChardevKind.PTY, ChardevKind.NULL):
+        return _sub(devices, kind, type=chardev.kind.value)
+    if chardev.kind is ChardevKind.FILE:
+        element = _sub(devices, kind, type="file")
+        _sub(element, "source", path=chardev.path or "", append="on")
+        return element
+    if chardev.kind is ChardevKind.UNIX:
+        element = _sub(devices, kind, type="unix")
+        _sub(element, "source", mode="bind", path=chardev.path or "")
+        return element
+    if chardev.kind in (ChardevKind.TCP, ChardevKind.TELNET):
+        element = _sub(devices, kind, type="tcp")
+        _sub(element, "source", mode="bind", host=chardev.host or "127.0.0.1",
+             service=str(chardev.port))
+        _sub(element, "protocol", type="telnet" if chardev.kind is ChardevKind.TELNET
+             else "raw")
+        return element
+    raise PlanError(f"{kind} = {spec!r} is not supported on libvirt (use pty, null, "
+                    "file:PATH, unix:PATH, tcp:HOST:PORT or telnet:HOST:PORT)")
 
 
 def _action(key: str, value: str, notes: list[str]) -> str:

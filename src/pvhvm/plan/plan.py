@@ -399,7 +399,7 @@ def _plan_ports(
     serial = _plan_port(config, "serial", config.serial, tcp=True, check_files=check)
     more: list[str] = []
     for spec in config.more_serials:
-        planned = _plan_port(config, "serial", spec, tcp=False, check_files=check)
+        planned = _plan_port(config, "serial", spec, tcp=True, check_files=check)
         if planned:
             more.append(planned)
     parallel = _plan_port(config, "parallel", config.parallel, tcp=False, check_files=check)

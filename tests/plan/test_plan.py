@@ -200,7 +200,7 @@ def test_kernel_checks(images: Path) -> None:
         ("type='pv'", "a PV guest needs kernel="),
         ("type='pvh'", "PVH guest needs the Xen hypervisor"),
         ("builder='sun'", "is not one of: hvm, generic, linux"),
-        ("type='hvm'\nvga='qxl'", "needs SPICE"),
+        ("type='hvm'\nvga='virtio'", "is not one of: stdvga, cirrus, qxl, none"),
         ("soundhw='gus'", "not one of: hda"),
         ("usbdevice='host:1234:5678'", "passthrough"),
         ("maxvcpus=1\nvcpus=2", "below vcpus"),

@@ -41,7 +41,14 @@ def orphan(daemon: DaemonProcess, xenbus_path: str, delay: float,
     ``write`` (a node under dom0's backend tree) after ``delay`` seconds."""
     script = f"sleep {delay}" + (f"; xenstore-write {write} late" if write else "")
     env = dict(os.environ, XENBUS_PATH=xenbus_path, XENSTORED_PATH=str(daemon.socket_path))
-    return subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+    child = subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+    # until it has exec'd, the child is a fork of this process, with this environment
+    domid = int(xenbus_path.split("/")[2])
+    deadline = time.monotonic() + 10
+    while child.pid not in hotplug_processes(domid):
+        assert time.monotonic() < deadline, "the orphan never showed its XENBUS_PATH"
+        time.sleep(0.01)
+    return child
 
 
 def nodes(daemon: DaemonProcess) -> set[str]:

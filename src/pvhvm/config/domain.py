@@ -82,7 +82,7 @@ class GuestType(Enum):
 
 #: xl's emulated sound cards (soundhw=) → QEMU devices
 SOUND_CARDS = {"hda": "intel-hda", "ac97": "AC97", "sb16": "sb16", "es1370": "ES1370"}
-VGA_KINDS = ("std", "cirrus", "none")
+VGA_KINDS = ("std", "cirrus", "qxl", "none")
 #: rtc_timeoffset's bound: libxl keeps it in 32 bits (and QEMU's -rtc base must be a date)
 MAX_RTC_OFFSET = 2**31 - 1
 #: hotplug_slots: pcie-root-ports on q35 take root-bus slots (32, some used by the platform)
@@ -470,10 +470,11 @@ def _vnc(r: _Reader) -> dict[str, Any]:
 def _vga(r: _Reader) -> str | None:
     vga = r.str_("vga")
     if vga is not None:
-        vga = {"stdvga": "std", "cirrus": "cirrus", "none": "none", "std": "std"}.get(vga)
+        vga = {"stdvga": "std", "cirrus": "cirrus", "none": "none", "std": "std",
+               "qxl": "qxl"}.get(vga)
         if vga is None:
-            raise r.fail("vga", f"vga = {r.str_('vga')!r} is not one of: stdvga, cirrus, none "
-                                "(qxl needs SPICE, which the qemu platform does not run)")
+            raise r.fail("vga", f"vga = {r.str_('vga')!r} is not one of: stdvga, cirrus, qxl, "
+                                "none")
     if "stdvga" in r.values:
         stdvga = r.bool_("stdvga", False)
         if vga is not None and (vga == "std") != stdvga:

@@ -111,7 +111,7 @@ _BUS_BY_PREFIX = (("xvd", "xen"), ("hd", "ide"), ("sd", "scsi"), ("vd", "virtio"
 _BOOT_DEVICES = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
 _PV_NIC_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional", "netfront")
 _SOUND = {"ich6": "hda", "ac97": "ac97", "sb16": "sb16", "es1370": "es1370"}
-_VIDEO = {"vga": "std", "cirrus": "cirrus", "none": "none"}
+_VIDEO = {"vga": "std", "cirrus": "cirrus", "qxl": "qxl", "none": "none"}
 #: libvirt's own tap names: it ignores them in an XML it is given, and so does pvhvm
 _GENERATED_TAP_PREFIXES = ("vnet", "vif", "macvtap")
 #: elements that change what the guest gets and that no pvhvm platform realises

@@ -256,7 +256,7 @@ def _usb(devices: ET.Element, plan: Plan, machine: str, slots: Iterator[str] | N
         _sub(devices, "input", type=device, bus="usb")
 
 
-_VIDEO = {"std": "vga", "cirrus": "cirrus"}
+_VIDEO = {"std": "vga", "cirrus": "cirrus", "qxl": "qxl"}
 
 
 def _display(devices: ET.Element, display: Display) -> None:

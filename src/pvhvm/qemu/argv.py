@@ -227,7 +227,9 @@ def _rtc(plan: Plan, options: ArgvOptions) -> list[str]:
     return ["-rtc", option_string([("base", time.strftime("%Y-%m-%dT%H:%M:%S", clock))])]
 
 
-_VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga"}
+#: xl.cfg(5)'s vga= cards as QEMU devices (qxl: the primary, VGA-compatible QXL, as libxl's
+#: ``-vga qxl``; shown by VNC or SPICE alike)
+_VGA_DEVICES = {"std": "VGA", "cirrus": "cirrus-vga", "qxl": "qxl-vga"}
 #: the id of the display's password secret (vncpasswd/spicepasswd, from a 0600 file)
 DISPLAY_SECRET = "vncpass0"
 #: vncunused tries this many displays after vncdisplay

@@ -586,6 +586,15 @@ async def _qmp(socket: Path, *commands: str) -> list[Any]:
         await client.disconnect()
 
 
+def _wait_for_qmp(qemu: subprocess.Popen[bytes], qmp_socket: Path) -> None:
+    """Until QEMU (started paused) has made its QMP socket; its output if it exits first."""
+    deadline = time.monotonic() + 20
+    while not qmp_socket.exists():
+        assert qemu.poll() is None, qemu.communicate()[0]
+        assert time.monotonic() < deadline, "QEMU made no QMP socket"
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
 def test_real_qemu_opens_the_nasty_but_valid_paths(tmp_path: Path) -> None:
     """QEMU started with pvhvm's argv opens a disk, a vnc password file, a file and a
@@ -610,11 +619,7 @@ def test_real_qemu_opens_the_nasty_but_valid_paths(tmp_path: Path) -> None:
                                               no_direct_io=frozenset({str(disk)})))
     qemu = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while not paths.qmp_socket.exists():
-            assert qemu.poll() is None, qemu.communicate()[0]
-            assert time.monotonic() < deadline, "QEMU made no QMP socket"
-            time.sleep(0.05)
+        _wait_for_qmp(qemu, paths.qmp_socket)
         blocks, vnc = asyncio.run(_qmp(paths.qmp_socket, "query-block", "query-vnc"))
         files = {b["device"]: b["inserted"]["file"] for b in blocks if "inserted" in b}
         assert files == {"disk-xvda": str(disk)}
@@ -647,11 +652,7 @@ def test_real_qemu_listens_on_a_network_serial_port_after_the_console(tmp_path: 
     argv = qemu_argv(plan, paths, ArgvOptions(supervised=False, start_paused=True))
     qemu = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while not paths.qmp_socket.exists():
-            assert qemu.poll() is None, qemu.communicate()[0]
-            assert time.monotonic() < deadline, "QEMU made no QMP socket"
-            time.sleep(0.05)
+        _wait_for_qmp(qemu, paths.qmp_socket)
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass  # ttyS1's chardev accepted the connection
         chardevs = asyncio.run(_qmp(paths.qmp_socket, "query-chardev"))[0]

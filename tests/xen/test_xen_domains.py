@@ -60,6 +60,12 @@ if verb == "list":
     print("Domain-0                                     0  1024     2     r-----      12.5")
     for name, dom in doms.items():
         print(f"{name:<40} {dom['domid']:5d} {dom['mem']:5d} {1:5d}     {dom['flags']}  3.0")
+    for name, dom in list(doms.items()):
+        if "lists" in dom and "preserve" not in os.environ.get("FAKE_XL_ON_POWEROFF", ""):
+            dom["lists"] -= 1
+            if dom["lists"] < 0:
+                doms.pop(name)
+    save()
 elif verb == "create":
     text = open(args[-1]).read()
     name = re.search(r'^name = "([^"]+)"', text, re.M).group(1)
@@ -85,7 +91,13 @@ elif verb in ("pause", "unpause"):
     doms[args[1]]["flags"] = "--p---" if verb == "pause" else "-b----"
     save()
 elif verb == "shutdown":
-    doms.pop(args[-1], None)
+    # xl list shows a shut-down domain ("s") until xl's daemon destroys it (on_poweroff=
+    # destroy): FAKE_XL_SHUTDOWN_LISTS lists of it first (preserve: it stays)
+    lists = int(os.environ.get("FAKE_XL_SHUTDOWN_LISTS", "0"))
+    if lists or "preserve" in os.environ.get("FAKE_XL_ON_POWEROFF", ""):
+        doms[args[-1]].update(flags="---s--", lists=lists)
+    else:
+        doms.pop(args[-1], None)
     save()
 elif verb == "console":
     sys.exit(int(os.environ.get("FAKE_XL_CONSOLE_STATUS", "0")))
@@ -230,6 +242,30 @@ def test_destroy_removes_what_a_killed_hotplug_script_left(
     with toolstack.xenstore() as xs:
         assert xs.directory(f"{back}/vbd") == ["9"]
     assert toolstack.records() == []
+
+
+def test_shutdown_wait_waits_for_xls_destroy_and_then_settles(
+    toolstack: Toolstack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """on_poweroff=destroy: xl list shows the domain shut down (``s``) until xl's daemon has
+    destroyed it; shutdown -w waits for that, then removes what its hotplug scripts left."""
+    assert toolstack.run(capsys, "create", str(toolstack.config), "--platform", "xen")[0] == 0
+    with toolstack.xenstore() as xs:
+        xs.write("/local/domain/0/backend/vbd/6/51712/hotplug-error", "late")
+    code, _, err = toolstack.run(capsys, "shutdown", "-w", "pvg", FAKE_XL_SHUTDOWN_LISTS="3")
+    assert code == 0, err
+    assert "note: domain 6: removed" in err
+    assert toolstack.records() == [] and "pvg" not in json.loads(
+        Path(toolstack.env["FAKE_XL_STATE"]).read_text())
+    # on_poweroff=preserve: the shut-down domain stays, and so do its record and nodes
+    config = toolstack.directory / "keep.cfg"
+    config.write_text(toolstack.config.read_text().replace('"pvg"', '"keep"')
+                      + 'on_poweroff = "preserve"\n')
+    assert toolstack.run(capsys, "create", str(config), "--platform", "xen")[0] == 0
+    code, _, err = toolstack.run(capsys, "shutdown", "-w", "keep",
+                                 FAKE_XL_ON_POWEROFF="preserve")
+    assert (code, err) == (0, "")
+    assert toolstack.records() == ["keep"]
 
 
 def test_a_failed_create_settles_the_domid_libxl_named(

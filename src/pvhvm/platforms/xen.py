@@ -246,21 +246,28 @@ class XenPlatform(DomainPlatform):
     def shutdown(self, name: str, wait: bool = False,
                  timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """``xl shutdown -F``: the PV control node, or the ACPI power button for a guest
-        without PV drivers (as pvhvm's shutdown on QEMU); ``wait``: until xl has no such
-        domain (on_poweroff=destroy) or it is shut down (preserve)."""
+        without PV drivers (as pvhvm's shutdown on QEMU); ``wait``: until the domain is gone
+        (on_poweroff=destroy: xl list shows it shut down, ``s``, until xl's daemon has
+        destroyed it), restarted with a new domid (restart), or shut down (preserve); then
+        what its hotplug scripts left is cleaned up (:meth:`_settle`)."""
         record = self._xl_record(name, "shutdown")
         if record.domain_state is DomainState.PAUSED:
             raise DomainError(f"domain {name!r} is paused; unpause it first, or destroy it")
         self._xl.run("shutdown", "-F", name)
         if not wait:
             return
+        stays = record.on_poweroff in ("preserve", "coredump-preserve")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = self._xl.find(name)
-            if live is None or live.state is DomainState.SHUTDOWN:
+            if live is None or live.domid != record.domid:
+                self._settle(record.domid)
                 if live is None:
-                    self._settle(record.domid)
                     self.records.release(name)
+                else:
+                    xen_xl.reconcile(record, live, self.records)
+                return
+            if stays and live.state is DomainState.SHUTDOWN:
                 return
             time.sleep(_POLL)
         raise DomainError(f"domain {name!r} did not shut down within {timeout:g} s")

@@ -103,6 +103,22 @@ def test_console_and_nic_notes(tmp_path: Path) -> None:
     assert "no ne2k_pci module" in subjects["vif 0"].message
 
 
+def test_a_pv_guest_xen_runs_has_hvc0_as_its_console(tmp_path: Path) -> None:
+    """A PV domU on Xen has Xen's PV console (hvc0) and no serial port: nothing is said of
+    console=hvc0 there; the same guest on QEMU (run as HVM) is told about ttyS0."""
+    image = installed_image(tmp_path / "hvc", cmdline="console=hvc0",
+                            modules=(*IDE_MODULES, *PV_MODULES))
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\0" * 4096)
+    cfg = tmp_path / "pv.cfg"
+    cfg.write_text(f'name = "g"\nkernel = "{kernel}"\nextra = "console=hvc0 root=/dev/xvda1"\n'
+                   f'disk = ["{image.path},raw,xvda,w"]\n')
+    xen = check_plan(make_plan(load_config(cfg, {}), Platform.XEN)).problems
+    assert not [p for p in xen if p.subject.startswith("console")], lines(xen)
+    qemu = check_plan(make_plan(load_config(cfg, {}), Platform.QEMU)).problems
+    assert {"console=hvc0", "console"} <= {p.subject for p in qemu}, lines(qemu)
+
+
 def test_guest_disk_names(tmp_path: Path, ide_install: InstalledImage) -> None:
     other = tmp_path / "data.img"
     other.write_bytes(b"\0" * 4096)

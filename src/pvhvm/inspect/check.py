@@ -13,8 +13,10 @@ disks", virt-v2v's convert_linux):
   xen-blkfront's ``xvd<letter>`` of its vdev (hda and sda both become xvda). ``root=``,
   ``resume=``, fstab and crypttab must name devices that exist: a kernel name of a planned
   disk, or a UUID=/LABEL=/PARTUUID= found on the image.
-* console: the guest's serial port is ttyS0 on both platforms; the kernel and a getty
-  should use it (``console=ttyS0``), not Xen's PV console (hvc0/xvc0).
+* console: an HVM guest's serial port is ttyS0 on both platforms, and a PV guest's on QEMU
+  (which runs it as HVM); the kernel and a getty should use it (``console=ttyS0``), not Xen's
+  PV console (hvc0/xvc0). A PV guest that Xen runs (the xen platform) has hvc0 only: nothing
+  is said of its console.
 
 Three answers (:class:`Verdict`), as each finding's :class:`Severity` decides:
 
@@ -38,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pvhvm.config.domain import GuestType
 from pvhvm.guest.appliance import ApplianceError
 from pvhvm.inspect.deep import deep_report
 from pvhvm.inspect.errors import InspectError
@@ -245,7 +248,8 @@ def check_guest(
             _check_cmdline(cmdline, disk, names, valid, report, initrd, problems)
         _check_fstab(disk, names, valid, report, problems)
         _check_default_grub(names, valid, report, disk, problems)
-    if cmdline is not None:
+    xen_pv = plan.platform is Platform.XEN and plan.guest_type is GuestType.PV
+    if cmdline is not None and not xen_pv:
         _check_console(cmdline, report, problems)
     return problems
 

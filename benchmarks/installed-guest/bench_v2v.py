@@ -180,9 +180,12 @@ def v2v_message(log: str) -> str:
     lines = [line.strip() for line in log.splitlines()]
     error = [i for i, line in enumerate(lines) if line.startswith("virt-v2v: error:")]
     if error:
-        text = " ".join(line for line in lines[error[0]:] if line and
-                        not line.startswith(("If reporting bugs", "virt-v2v: Exiting")))
-        return text[:600]
+        said = []
+        for line in lines[error[0]:]:
+            if line.startswith("If reporting bugs"):
+                break
+            said.append(line)
+        return " ".join(line for line in said if line)[:600]
     notes = [line.removeprefix("virt-v2v: ") for line in lines
              if line.startswith("virt-v2v:") or line.startswith("virt-v2v: warning")]
     return "; ".join(notes)

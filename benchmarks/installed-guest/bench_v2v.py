@@ -5,7 +5,7 @@ run and alternating which tool goes first per shape, each on its own fresh spars
 
 - pvhvm: ``python -m pvhvm guest prepare CFG --json`` (the default: the drivers appended), as
   bench_shapes.py runs it, with the PV plan's config;
-- virt-v2v: ``virt-v2v -i disk COPY -o local -os OUTDIR -of raw`` with
+- virt-v2v: ``virt-v2v -x -i disk COPY -o local -os OUTDIR -of raw`` with
   ``LIBGUESTFS_BACKEND_SETTINGS=force_tcg`` (KVM does not work here; SPEC.md).
 
 Each runs in its own process group with a timeout (the group is killed when it passes). The
@@ -216,7 +216,7 @@ def pvhvm_prepare(name: str, disk: Path, work: Path, timeout: float) -> Run:
 
 
 def virt_v2v(name: str, disk: Path, work: Path, logs: Path, timeout: float) -> Run:
-    """``virt-v2v -i disk COPY -o local -os OUTDIR -of raw`` on a fresh copy."""
+    """``virt-v2v -x -i disk COPY -o local -os OUTDIR -of raw`` on a fresh copy."""
     run = Run("virt-v2v")
     source = work / "v2v-in" / f"{name}.img"  # -i disk names the guest after the file
     outdir = work / "v2v-out"

@@ -94,9 +94,9 @@ def test_a_dead_domains_leftovers_go_after_its_orphans_end(daemon: DaemonProcess
     assert child.poll() is not None and time.monotonic() - started >= 1.4
     assert settled.still_running == []
     assert sorted(settled.removed) == [f"{BACKEND_ROOT}/vbd/7", f"{BACKEND_ROOT}/vif/7"]
+    # and the vif directory it emptied, as libxl leaves no empty directory behind
     assert nodes(daemon) == {f"{BACKEND_ROOT}/vbd", f"{BACKEND_ROOT}/vbd/8",
-                             f"{BACKEND_ROOT}/vbd/8/51712", f"{BACKEND_ROOT}/vbd/8/51712/state",
-                             f"{BACKEND_ROOT}/vif"}
+                             f"{BACKEND_ROOT}/vbd/8/51712", f"{BACKEND_ROOT}/vbd/8/51712/state"}
     said = describe(settled)
     assert said is not None and f"{BACKEND_ROOT}/vbd/7" in said
 
@@ -134,8 +134,12 @@ def test_a_detached_device_is_removed_only_once_its_frontend_is_gone(
     assert settle(7, lambda: {7}, kinds=("vbd",), devid=51712,
                   connect=lambda: connect(daemon), timeout=5).removed == []
     assert f"{back}/51712/state" in nodes(daemon)
-    # the last device of a domain's kind: its empty domid directory goes with it
+    # the last device of a domain's kind: its empty domid and kind directories go with it
     write(daemon, f"{BACKEND_ROOT}/vif/7/1/hotplug-error")
     assert settle(7, lambda: {7}, kinds=("vif",), devid=1,
                   connect=lambda: connect(daemon), timeout=5).removed == [f"{BACKEND_ROOT}/vif/7/1"]
-    assert not any(path.startswith(f"{BACKEND_ROOT}/vif/7") for path in nodes(daemon))
+    assert not any(path.startswith(f"{BACKEND_ROOT}/vif") for path in nodes(daemon))
+    # and a domain's last backend: the backend directory itself (xenstore-ls -f lists
+    # nothing under it then, as before the domain was made)
+    settle(7, set, connect=lambda: connect(daemon), timeout=5)
+    assert nodes(daemon) == set()

@@ -114,10 +114,24 @@ def settle(domid: int, live_domids: Callable[[], set[int]], *,
                 path = f"{path}/{devid}"
             xs.rm(path)
             removed.append(path)
-            parent = path.rsplit("/", 1)[0]
-            if devid is not None and not _children(xs, parent):
-                xs.rm(parent)
+            _remove_empty_parents(xs, path)
     return Settled(waited, running, removed)
+
+
+def _remove_empty_parents(xs: XenStoreClient, path: str) -> None:
+    """Each parent of ``path`` up to :data:`BACKEND_ROOT` that has no value and no children
+    left, as libxl's own removal of a device leaves none (libxl__xs_path_cleanup)."""
+    parent = path.rsplit("/", 1)[0]
+    while parent == BACKEND_ROOT or parent.startswith(BACKEND_ROOT + "/"):
+        try:
+            if xs.read(parent) != b"" or _children(xs, parent):
+                return
+        except XenStoreErrnoError as err:
+            if err.errno_name == "ENOENT":
+                return
+            raise
+        xs.rm(parent)
+        parent = parent.rsplit("/", 1)[0]
 
 
 def describe(settled: Settled) -> str | None:

@@ -29,8 +29,10 @@ import logging
 import os
 import posixpath
 import shlex
+import shutil
 import signal
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +57,9 @@ T = TypeVar("T")
 NOT_NAMED_BY_UUID = ("LVM2_member",)
 #: the largest guest text file read into memory (fstab, grub.cfg, ...)
 MAX_TEXT = 16 << 20
+#: read_file's answer travels in one libguestfs message (4 MB at most): larger files are
+#: downloaded into a private directory instead
+MESSAGE_LIMIT = 2 << 20
 #: marks the lines of an appliance script's answer that list its files
 _LISTED = "pvhvm-listed: "
 #: bytes per write_append call (a libguestfs message carries 4 MB at most)
@@ -397,6 +402,20 @@ class Appliance:
         data: bytes = self._call(f"reading {printable(path)}", self.timeouts.step,
                                  self.g.read_file, real)
         return data
+
+    def read_whole(self, path: str, size: int, workdir: Path, limit: int) -> bytes:
+        """The bytes of the guest file ``path`` (resolved inside the guest), whose size the
+        caller read and bounded, at most ``limit`` of them: in one libguestfs message when
+        small, else downloaded into a private directory under ``workdir``, removed after."""
+        if size <= MESSAGE_LIMIT:
+            return self.read_bytes(path)
+        target = Path(tempfile.mkdtemp(dir=workdir)) / "file"
+        try:
+            self.download(path, target)
+            with open(target, "rb") as stream:
+                return stream.read(limit)
+        finally:
+            shutil.rmtree(target.parent, ignore_errors=True)
 
     def download(self, path: str, target: Path) -> None:
         """A guest file (resolved inside the guest) into the new host file ``target``, which

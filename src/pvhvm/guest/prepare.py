@@ -85,7 +85,7 @@ from pvhvm.guest.initrd_append import (
     parse_modules_dep,
 )
 from pvhvm.inspect.cpio import read_initramfs
-from pvhvm.inspect.deep import MESSAGE_LIMIT, appliance_report
+from pvhvm.inspect.deep import appliance_report
 from pvhvm.inspect.errors import InspectError
 from pvhvm.inspect.etcfiles import DeviceName, Naming, classify
 from pvhvm.inspect.image import MAX_INITRAMFS, ImageReport
@@ -829,16 +829,12 @@ def _append_drivers(appliance: Appliance, release: str, initrd: str, result: Pre
     size = appliance.file_size(real) or 0
     if size > MAX_INITRAMFS:
         raise PrepareError(f"{initrd}: {size} bytes, more than an initramfs has")
-    local = workdir / "initrd"
-    appliance.download(real, local)
     try:
-        initramfs = read_initramfs(local.read_bytes())
+        initramfs = read_initramfs(appliance.read_whole(real, size, workdir, MAX_INITRAMFS))
     except InspectError as err:
         raise PrepareError(f"{initrd}: not read ({err}); guest prepare "
                            "--regenerate-initramfs rebuilds it with the guest's own "
                            "generator") from err
-    finally:
-        local.unlink(missing_ok=True)
     held = modules_in_archive(initramfs, release)
     names = {module_name(m) for m in held.modules}
     new = [m for m in wanted if module_name(m) not in names]
@@ -876,13 +872,6 @@ def _append_drivers(appliance: Appliance, release: str, initrd: str, result: Pre
 def _guest_bytes(appliance: Appliance, path: str, workdir: Path) -> bytes:
     """A guest file's bytes (resolved inside the guest), through the appliance."""
     size = appliance.file_size(path) or 0
-    if size <= MESSAGE_LIMIT:
-        return appliance.read_bytes(path)
     if size > MAX_MODULE:
         raise PrepareError(f"{printable(path)}: {size} bytes, more than a kernel module has")
-    local = workdir / "module"
-    appliance.download(path, local)
-    try:
-        return local.read_bytes()
-    finally:
-        local.unlink(missing_ok=True)
+    return appliance.read_whole(path, size, workdir, MAX_MODULE)

@@ -33,10 +33,6 @@ from pvhvm.inspect.image import (
 )
 from pvhvm.inspect.partitions import Signature
 
-#: read_file's answer travels in one libguestfs message (4 MB at most): larger files are
-#: downloaded into a private directory instead
-MESSAGE_LIMIT = 2 << 20
-
 
 class ApplianceReader:
     """The guest's files as :class:`.image.GuestFilesystem` reads them, through a running
@@ -86,16 +82,7 @@ class ApplianceReader:
         if size > (limit or MAX_INITRAMFS):
             raise ImageUnreadableError(f"{printable(path)}: {size} bytes, more than "
                                        f"{(limit or MAX_INITRAMFS) >> 20} MiB")
-        if size <= MESSAGE_LIMIT:
-            data = self.appliance.read_bytes(guest)
-            return data
-        target = Path(tempfile.mkdtemp(dir=self.workdir)) / "file"
-        try:
-            self.appliance.download(guest, target)
-            with open(target, "rb") as stream:
-                return stream.read((limit or MAX_INITRAMFS) + 1)[:limit or MAX_INITRAMFS]
-        finally:
-            shutil.rmtree(target.parent, ignore_errors=True)
+        return self.appliance.read_whole(guest, size, self.workdir, limit or MAX_INITRAMFS)
 
     def dump(self, path: str, destination: Path) -> bool:
         guest = self._guest_path(path)

@@ -18,7 +18,6 @@ to use xl on a Xen host.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from pvhvm.platforms.base import (
     ReportSource,
 )
 from pvhvm.runtime import hotplug, listing, resize
+from pvhvm.runtime.lifecycle import note
 from pvhvm.runtime.listing import BlockDevice, NetworkDevice
 from pvhvm.runtime.state import DomainRecord, DomainState, StateStore
 from pvhvm.runtime.stats import DomainSample
@@ -50,12 +50,6 @@ from pvhvm.xenstore.client import XenStoreClient
 
 #: how often ``shutdown -w`` asks xl whether the domain is gone (seconds)
 _POLL = 1.0
-
-
-def _note(message: str) -> None:
-    """What pvhvm did beyond xl's own work, for the user (stderr)."""
-    sys.stderr.write(f"note: {message}\n")
-    sys.stderr.flush()
 
 
 class XenPlatform(DomainPlatform):
@@ -170,12 +164,12 @@ class XenPlatform(DomainPlatform):
             settled = xen_settle.settle(domid, self._live_domids, kinds=kinds, devid=devid,
                                         connect=self._xenstore)
         except (XenStoreError, OSError) as err:
-            _note(f"could not check dom0's XenStore for what domain {domid}'s hotplug "
+            note(f"could not check dom0's XenStore for what domain {domid}'s hotplug "
                   f"scripts left: {err}")
             return
         said = xen_settle.describe(settled)
         if said:
-            _note(f"domain {domid}: {said}")
+            note(f"domain {domid}: {said}")
 
     def _live_domids(self) -> set[int]:
         return {domain.domid for domain in self._xl.list().values()}

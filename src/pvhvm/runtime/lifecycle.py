@@ -228,7 +228,7 @@ def argv_options(
     accel = choose_accel(
         options.accel, cache_dir=probe_cache_dir(), qemu_binary=options.qemu_binary,
         kernel=Path(plan.kernel) if plan.kernel else None, probe_allowed=not dry_run,
-        notify=_note,
+        notify=note,
     )
     return ArgvOptions(
         accel=accel, qemu_binary=options.qemu_binary, bridges=bridges,
@@ -236,8 +236,10 @@ def argv_options(
     )
 
 
-def _note(message: str) -> None:
-    """Long work the user would otherwise wait through in silence (the KVM probe)."""
+def note(message: str) -> None:
+    """One ``note:`` line on stderr: long work the user would otherwise wait through in
+    silence (the KVM probe), or what pvhvm did beyond the toolstack's own work (the xen
+    platform's cleanup after libxl)."""
     sys.stderr.write(f"note: {message}\n")
     sys.stderr.flush()
 
